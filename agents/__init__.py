@@ -1,0 +1,1 @@
+"""CPU stages: image decoding, detection, embedding, retrieval, prompt composition, depth."""

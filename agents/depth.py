@@ -1,0 +1,39 @@
+"""Monocular depth (Depth Anything V2, DPT, ... through transformers) as a ControlNet depth map."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class DepthEstimator:
+    def __init__(self, model, processor, device: str):
+        self.model = model
+        self.processor = processor
+        self.device = device
+
+    @classmethod
+    def from_pretrained(cls, model_id: str, device: str = "cpu") -> "DepthEstimator":
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        processor = AutoImageProcessor.from_pretrained(model_id)
+        model = AutoModelForDepthEstimation.from_pretrained(model_id).to(device).eval()
+        return cls(model, processor, device)
+
+    @torch.inference_mode()
+    def estimate(self, image: Image.Image) -> Image.Image:
+        """A 3-channel 8-bit depth map the size of `image`, near = bright (ControlNet's convention)."""
+        inputs = self.processor(images=image, return_tensors="pt").to(self.device)
+        predicted = self.model(**inputs).predicted_depth
+        resized = torch.nn.functional.interpolate(
+            predicted.unsqueeze(1).float(), size=image.size[::-1], mode="bicubic",
+            align_corners=False,
+        )[0, 0].cpu().numpy()
+        return depth_to_image(resized)
+
+
+def depth_to_image(depth: np.ndarray) -> Image.Image:
+    low, high = float(depth.min()), float(depth.max())
+    scaled = (depth - low) / (high - low) if high > low else np.zeros_like(depth)
+    gray = (scaled * 255.0).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([gray] * 3, axis=-1))

@@ -1,0 +1,52 @@
+"""Decoding untrusted image bytes safely, and encoding results."""
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from schemas import ErrorCode, StageFailure
+
+
+def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+    """RGB image from bytes. The pixel count is checked from the header before any pixel is
+    decoded, so a decompression bomb costs nothing."""
+    if not data:
+        raise StageFailure(ErrorCode.NOT_AN_IMAGE, f"{name} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise StageFailure(ErrorCode.IMAGE_TOO_LARGE,
+                           f"{name} declares more pixels than Pillow will safely open") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise StageFailure(ErrorCode.NOT_AN_IMAGE,
+                           f"{name} is not an image format restyle can read "
+                           f"(first bytes {data[:8]!r})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise StageFailure(ErrorCode.IMAGE_TOO_LARGE,
+                           f"{name} is {width}x{height} = {width * height:,} pixels, above the "
+                           f"limit of {max_pixels:,} (RESTYLE_MAX_IMAGE_PIXELS)")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise StageFailure(ErrorCode.NOT_AN_IMAGE, f"{name} is corrupt: {exc}") from None
+    return image.convert("RGB")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def fit_within(image: Image.Image, max_side: int) -> Image.Image:
+    if max(image.size) <= max_side:
+        return image
+    copy = image.copy()
+    copy.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return copy

@@ -1,0 +1,101 @@
+"""The room makeover's stages as plain functions: decoded inputs in, outputs out, no Kafka.
+
+The faust agents in `agents/makeover_agents.py` wrap each one: decode, call, emit.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from PIL import Image
+
+from schemas import (Detection, ErrorCode, MakeoverJob, ProductMatch, RenderParams, StageFailure,
+                     UploadEvent)
+from schemas.params import MAX_SEED
+
+
+def resolve_params(upload: UploadEvent, settings, rng: random.Random) -> RenderParams:
+    """Fill what the user left out from configured defaults; pick and record a seed."""
+    given = upload.params
+    params = RenderParams(
+        steps=given.steps or settings.default_steps,
+        guidance=settings.default_guidance if given.guidance is None else given.guidance,
+        controlnet_scale=(settings.default_controlnet_scale if given.controlnet_scale is None
+                          else given.controlnet_scale),
+        seed=rng.randint(0, MAX_SEED) if given.seed is None else given.seed,
+        width=given.width or settings.default_width,
+        height=given.height or settings.default_height,
+        negative_prompt=(settings.default_negative_prompt if given.negative_prompt is None
+                         else given.negative_prompt),
+        num_images=given.num_images or settings.default_num_images,
+    )
+    if params.width % 8 or params.height % 8:
+        raise StageFailure(ErrorCode.INVALID_PARAMS,
+                           f"width and height must be multiples of 8 "
+                           f"(got {params.width}x{params.height})")
+    return params
+
+
+def admit(upload: UploadEvent, job_id: str, settings, now: float,
+          rng: random.Random) -> MakeoverJob:
+    """Validate what the schema cannot (style, URI policy) and resolve the job's parameters."""
+    style = upload.style.strip().lower()
+    if style not in settings.styles:
+        known = ", ".join(sorted(settings.styles))
+        raise StageFailure(ErrorCode.UNKNOWN_STYLE,
+                           f"unknown style {upload.style!r}; choose one of: {known}")
+    return MakeoverJob(job_id=job_id, tenant=upload.tenant, style=style, image=upload.image,
+                       params=resolve_params(upload, settings, rng), submitted_at=now)
+
+
+def crop(image: Image.Image, detection: Detection, min_side: int = 8) -> Image.Image:
+    box = detection.box
+    x0, y0 = int(box.x0), int(box.y0)
+    x1, y1 = max(int(box.x1), x0 + min_side), max(int(box.y1), y0 + min_side)
+    return image.crop((x0, y0, min(x1, image.width), min(y1, image.height)))
+
+
+def embed_detections(image: Image.Image, detections: list[Detection], embedder) -> list[Detection]:
+    if not detections:
+        return []
+    vectors = embedder.embed_images([crop(image, d) for d in detections])
+    return [d.model_copy(update={"embedding": v.tolist()}) for d, v in zip(detections, vectors)]
+
+
+def match_products(detections: list[Detection], index, k: int,
+                   min_score: float) -> list[ProductMatch]:
+    """k nearest catalog products per detected object, best first, each product once."""
+    best: dict[str, ProductMatch] = {}
+    for detection in detections:
+        if detection.embedding is None:
+            continue
+        for hit in index.query(detection.embedding, k=k, min_score=min_score):
+            current = best.get(hit.product.product_id)
+            if current is None or hit.score > current.score:
+                best[hit.product.product_id] = ProductMatch(
+                    product_id=hit.product.product_id, caption=hit.product.caption,
+                    category=hit.product.category, score=hit.score, box=detection.box,
+                    label=detection.label)
+    return sorted(best.values(), key=lambda m: m.score, reverse=True)
+
+
+_COMPEL_SPECIALS = re.compile(r"[()\[\]+\-]|\.and\(|\.blend\(")
+
+
+def _quote(text: str) -> str:
+    # Captions are free text: strip characters compel would read as weighting syntax.
+    return " ".join(_COMPEL_SPECIALS.sub(" ", text).split())
+
+
+def compose_prompt(style_prompt: str, matches: list[ProductMatch], style_weight: float,
+                   product_weight: float, max_products: int) -> str:
+    """The style's base prompt plus the best-matching products' captions, in compel syntax:
+    `(base)1.0, (caption one)0.8, (caption two)0.8`. Validated by compel's own parser."""
+    parts = [f"({_quote(style_prompt)}){style_weight:g}"]
+    parts += [f"({_quote(m.caption)}){product_weight:g}" for m in matches[:max_products]
+              if _quote(m.caption)]
+    prompt = ", ".join(parts)
+    from compel.prompt_parser import PromptParser
+
+    PromptParser().parse_conjunction(prompt)  # raises on anything compel cannot read
+    return prompt

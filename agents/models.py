@@ -1,0 +1,39 @@
+"""The CPU stages' models, each loaded once per process on first use (from a model id or dir)."""
+from __future__ import annotations
+
+import threading
+
+from agents.depth import DepthEstimator
+from agents.detect import Detector
+from agents.device import pick_device
+from agents.embed import ImageEmbedder
+
+
+class StageModels:
+    def __init__(self, settings):
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self._loaded: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, role: str, loader):
+        with self._lock:
+            if role not in self._loaded:
+                self._loaded[role] = loader.from_pretrained(self.settings.model_id(role),
+                                                            device=self.device)
+            return self._loaded[role]
+
+    @property
+    def detector(self) -> Detector:
+        return self._get("detector", Detector)
+
+    @property
+    def embedder(self) -> ImageEmbedder:
+        return self._get("embedder", ImageEmbedder)
+
+    @property
+    def depth(self) -> DepthEstimator:
+        return self._get("depth", DepthEstimator)
+
+    def warm_up(self) -> None:
+        _ = self.detector, self.embedder, self.depth

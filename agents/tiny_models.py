@@ -1,0 +1,156 @@
+"""Tiny random-weight versions of every model role, built from configs with no download.
+
+They have the real architectures (OWLv2, CLIP, Depth Anything, Stable Diffusion + ControlNet), so
+the real loading and inference code paths run; only the weights are random. Tests, CI and the
+offline demo use them. Each role is saved with `save_pretrained` into DIR/<role>, the layout
+`RESTYLE_MODELS_DIR` expects.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+ROLES = ("detector", "embedder", "depth", "diffusion", "controlnet_depth")
+MANIFEST = "restyle-models.json"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # The byte-to-printable-character table of byte-level BPE (as in GPT-2 and CLIP).
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def build_tokenizer(model_max_length: int = 77):
+    """A character-level CLIP tokenizer: every byte and byte+</w> is a token, plus a few merges
+    for common English pairs so words are not all single characters."""
+    from transformers import CLIPTokenizer
+
+    symbols = list(_bytes_to_unicode().values())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    merges = [("t", "h"), ("e", "r</w>"), ("i", "n"), ("a", "n"), ("o", "n</w>"), ("e", "s</w>")]
+    vocab_list += ["".join(pair) for pair in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(vocab_list)}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return tokenizer
+
+
+def _tiny_text_config(vocab_size: int, max_positions: int) -> dict:
+    return dict(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_positions,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+
+
+def build_detector(out: Path) -> None:
+    from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor,
+                              Owlv2Processor)
+
+    tokenizer = build_tokenizer(model_max_length=16)
+    config = Owlv2Config(
+        text_config=_tiny_text_config(len(tokenizer), 16),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=64, patch_size=16),
+        projection_dim=32,
+    )
+    model = Owlv2ForObjectDetection(config).eval()
+    processor = Owlv2Processor(
+        image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def build_embedder(out: Path) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = build_tokenizer()
+    config = CLIPConfig(
+        text_config=_tiny_text_config(len(tokenizer), 77),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8),
+        projection_dim=64,
+    )
+    model = CLIPModel(config).eval()
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                           crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def build_depth(out: Path) -> None:
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTImageProcessor
+
+    config = DepthAnythingConfig(
+        backbone_config=dict(
+            model_type="dinov2", hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=37, image_size=56, patch_size=14,
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+            reshape_hidden_states=False,
+        ),
+        reassemble_hidden_size=32, patch_size=14, neck_hidden_sizes=[16, 16, 32, 32],
+        fusion_hidden_size=16, head_hidden_size=16,
+    )
+    model = DepthAnythingForDepthEstimation(config).eval()
+    processor = DPTImageProcessor(
+        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+        do_pad=False,
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def build_diffusion(diffusion_out: Path, controlnet_out: Path) -> None:
+    from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_tiny_text_config(len(tokenizer), 77)))
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4,
+        out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=(2, 4), norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=16,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(diffusion_out)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet.save_pretrained(controlnet_out)
+
+
+def build_tiny_models(out_dir: Path | str, seed: int = 0) -> Path:
+    """Write every role under out_dir; returns out_dir. Deterministic for a given seed."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    build_detector(out / "detector")
+    build_embedder(out / "embedder")
+    build_depth(out / "depth")
+    build_diffusion(out / "diffusion", out / "controlnet_depth")
+    (out / MANIFEST).write_text(json.dumps({"kind": "tiny-random", "roles": list(ROLES)}, indent=2))
+    return out

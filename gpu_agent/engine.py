@@ -1,0 +1,105 @@
+"""Stable Diffusion + ControlNet through diffusers, with compel prompt weighting.
+
+Pipelines load once and stay (LRU by model ids). `render` is blocking: the worker calls it in a
+thread so the Kafka consumer keeps heartbeating during long jobs.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from agents.device import pick_device, pick_dtype
+from schemas import RenderParams
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class RenderEngine:
+    def __init__(self, device: str = "auto", dtype: str = "auto", cache_size: int = 2,
+                 family: str = "sd15"):
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.cache_size = cache_size
+        self.family = family
+        self._pipelines: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def pipeline(self, diffusion_id: str, controlnet_id: str):
+        key = (diffusion_id, controlnet_id)
+        with self._lock:
+            if key in self._pipelines:
+                self._pipelines.move_to_end(key)
+                return self._pipelines[key]
+            pipe = self._load(diffusion_id, controlnet_id)
+            self._pipelines[key] = pipe
+            while len(self._pipelines) > self.cache_size:
+                self._pipelines.popitem(last=False)
+            return pipe
+
+    def _load(self, diffusion_id: str, controlnet_id: str):
+        from diffusers import (ControlNetModel, StableDiffusionControlNetPipeline,
+                               StableDiffusionXLControlNetPipeline)
+
+        controlnet = ControlNetModel.from_pretrained(controlnet_id, torch_dtype=self.dtype)
+        pipeline_class = (StableDiffusionXLControlNetPipeline if self.family == "sdxl"
+                          else StableDiffusionControlNetPipeline)
+        extra = {} if self.family == "sdxl" else {"safety_checker": None,
+                                                   "requires_safety_checker": False}
+        pipe = pipeline_class.from_pretrained(diffusion_id, controlnet=controlnet,
+                                              torch_dtype=self.dtype, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(self.device)
+
+    def render(self, diffusion_id: str, controlnet_id: str, prompt: str, control: Image.Image,
+               params: RenderParams, on_step: ProgressCallback | None = None) -> list[Image.Image]:
+        pipe = self.pipeline(diffusion_id, controlnet_id)
+        control = control.convert("RGB").resize((params.width, params.height),
+                                                Image.Resampling.BICUBIC)
+        embeddings = self._embed_prompts(pipe, prompt, params.negative_prompt)
+        # One generator per image (seed, seed+1, ...) so image n is reproducible on its own.
+        generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
+                      for n in range(params.num_images)]
+
+        def report(_pipe, step, _timestep, kwargs):
+            if on_step:
+                on_step(step + 1, params.steps)
+            return kwargs
+
+        output = pipe(
+            image=control, num_inference_steps=params.steps, guidance_scale=params.guidance,
+            controlnet_conditioning_scale=params.controlnet_scale, width=params.width,
+            height=params.height, num_images_per_prompt=params.num_images, generator=generators,
+            callback_on_step_end=report, **embeddings,
+        )
+        return list(output.images)
+
+    def _embed_prompts(self, pipe, prompt: str, negative: str) -> dict:
+        """Weighted prompts (`(green velvet sofa)0.8`, `++`, `.and()`) become embeddings."""
+        from compel import Compel, ReturnedEmbeddingsType
+
+        if self.family == "sdxl":
+            compel = Compel(
+                tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
+                text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
+                returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                requires_pooled=[False, True], truncate_long_prompts=False,
+            )
+            positive, pooled = compel(prompt)
+            negative_embeds, negative_pooled = compel(negative)
+            positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
+                [positive, negative_embeds])
+            return {"prompt_embeds": positive, "pooled_prompt_embeds": pooled,
+                    "negative_prompt_embeds": negative_embeds,
+                    "negative_pooled_prompt_embeds": negative_pooled}
+        compel = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                        truncate_long_prompts=False)
+        with torch.no_grad():
+            positive = compel(prompt)
+            negative_embeds = compel(negative)
+        positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
+            [positive, negative_embeds])
+        return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}

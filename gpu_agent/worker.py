@@ -1,0 +1,76 @@
+"""The GPU agent: renders RenderRequests with Stable Diffusion + ControlNet.
+
+Inference runs in a thread so the consumer keeps heartbeating; progress goes out per step; a
+redelivered request for a job already rendered replies from the stored manifest instead of
+rendering again.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from agents.images import encode_png
+from gpu_agent.engine import RenderEngine
+from schemas import ErrorCode, JobEventKind, Progress, RenderRequest, RenderResult, StageFailure
+from streams.runtime import Runtime
+from streams.uris import join_uri
+
+MANIFEST = "render.json"
+
+
+def register(rt: Runtime, engine: RenderEngine) -> None:
+    app, settings = rt.wiring.app, rt.settings
+    replies: dict[str, object] = {}
+
+    def reply_topic(name: str):
+        if name not in replies:
+            replies[name] = app.topic(name, key_serializer="raw", value_serializer="raw",
+                                      partitions=settings.partitions)
+        return replies[name]
+
+    async def render(request: RenderRequest) -> None:
+        manifest_uri = join_uri(request.output_prefix, MANIFEST)
+        if await rt.storage.exists(manifest_uri):
+            done = RenderResult.model_validate_json(await rt.storage.get(manifest_uri))
+            result = done.model_copy(update={"context": request.context})
+        else:
+            result = await _render(rt, engine, request)
+            await rt.storage.put(manifest_uri, result.model_copy(update={"context": {}})
+                                 .model_dump_json().encode(), "application/json")
+        await reply_topic(request.reply_topic).send(
+            key=request.job_id.encode(), value=result.model_dump_json().encode())
+
+    @app.agent(rt.topics["render"], name="render", concurrency=1)
+    async def render_agent(stream):
+        async for event in stream.events():
+            await rt.handle("render", event, RenderRequest, render)
+
+
+async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest) -> RenderResult:
+    settings = rt.settings
+    loop = asyncio.get_running_loop()
+    control = await rt.image(request.control_image)
+
+    def on_step(step: int, total: int) -> None:  # called from the render thread
+        asyncio.run_coroutine_threadsafe(
+            rt.job_event(request.job_id, JobEventKind.PROGRESS,
+                         progress=Progress(step=step, total=total)), loop)
+
+    started = time.perf_counter()
+    try:
+        images = await asyncio.to_thread(
+            engine.render, request.model or settings.model_id("diffusion"),
+            settings.model_id("controlnet_depth"), request.prompt, control, request.params,
+            on_step)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise StageFailure(ErrorCode.MODEL_ERROR, f"rendering failed: {exc}") from exc
+    render_ms = round((time.perf_counter() - started) * 1000, 2)
+    uris = []
+    for n, image in enumerate(images):
+        uri = join_uri(request.output_prefix, f"{n}.png")
+        await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png",
+                             metadata={"job-id": request.job_id, "seed": str(request.params.seed + n)})
+        uris.append(uri)
+    return RenderResult(job_id=request.job_id, images=uris, seed=request.params.seed,
+                        render_ms=render_ms, context=request.context)

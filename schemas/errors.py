@@ -1,0 +1,36 @@
+"""Errors are values: a stable machine code plus a sentence a person can act on."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ErrorCode(StrEnum):
+    INVALID_JSON = "invalid_json"
+    SCHEMA_VIOLATION = "schema_violation"
+    UNSUPPORTED_PIPELINE = "unsupported_pipeline"
+    URI_REFUSED = "uri_refused"
+    OBJECT_NOT_FOUND = "object_not_found"
+    NOT_AN_IMAGE = "not_an_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    UNKNOWN_STYLE = "unknown_style"
+    INVALID_PARAMS = "invalid_params"
+    STORAGE_ERROR = "storage_error"
+    MODEL_ERROR = "model_error"
+    INTERNAL = "internal_error"
+
+
+class JobError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: ErrorCode
+    message: str
+
+
+class StageFailure(Exception):
+    """Raised by a stage when the job cannot go on; the agent turns it into a `failed` job."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.error = JobError(code=code, message=message)

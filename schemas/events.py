@@ -1,0 +1,124 @@
+"""Events on the topics: the contract between upstream systems, the stages and downstream consumers.
+
+Images never travel in events; they carry URIs (claim check).
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import JobError
+from schemas.jobs import JobStatus, MakeoverResult, Progress
+from schemas.media import Detection, ProductMatch
+from schemas.params import MakeoverParams, RenderParams
+
+SCHEMA_VERSION = 1
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class UploadEvent(BaseModel):
+    """What upstream systems publish on `restyle.uploads`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str | None = Field(None, pattern=JOB_ID_PATTERN)
+    pipeline: Literal["room_makeover"]
+    image: str = Field(min_length=1, max_length=4096)
+    style: str = Field(min_length=1, max_length=64)
+    params: MakeoverParams = Field(default_factory=MakeoverParams)
+    tenant: str | None = Field(None, max_length=128)
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class MakeoverJob(BaseModel):
+    """The room makeover as it moves between stage topics; each stage fills in its part."""
+
+    job_id: str
+    tenant: str | None = None
+    style: str
+    image: str
+    params: RenderParams
+    submitted_at: float
+    detections: list[Detection] = Field(default_factory=list)
+    matches: list[ProductMatch] = Field(default_factory=list)
+    prompt: str | None = None
+    depth_map: str | None = None
+    images: list[str] = Field(default_factory=list)
+    products: list[ProductMatch] = Field(default_factory=list)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class RenderRequest(BaseModel):
+    """Work for the GPU agent. Pipeline-agnostic: the caller names where the answer goes and
+    passes its own context through untouched."""
+
+    job_id: str
+    tenant: str | None = None
+    prompt: str
+    control_image: str
+    params: RenderParams
+    output_prefix: str
+    reply_topic: str
+    model: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class RenderResult(BaseModel):
+    job_id: str
+    images: list[str] = Field(default_factory=list)
+    seed: int
+    render_ms: float
+    error: JobError | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobEventKind(StrEnum):
+    SUBMITTED = "submitted"  # a valid upload: starts the job unless the job_id is known
+    REJECTED = "rejected"  # an invalid upload: fails the job unless the job_id is known
+    STATUS = "status"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class JobEvent(BaseModel):
+    """Everything that happens to a job, on `restyle.job-events` (keyed by job_id)."""
+
+    job_id: str
+    kind: JobEventKind
+    at: float
+    tenant: str | None = None
+    status: JobStatus | None = None
+    stage: str | None = None
+    progress: Progress | None = None
+    error: JobError | None = None
+    result: MakeoverResult | None = None
+    job: MakeoverJob | None = None
+
+
+class ResultEvent(BaseModel):
+    """One per finished job on `restyle.results`, keyed by job_id."""
+
+    job_id: str
+    tenant: str | None = None
+    pipeline: str = "room_makeover"
+    status: Literal["done", "failed"]
+    error: JobError | None = None
+    result: MakeoverResult | None = None
+    finished_at: float
+
+
+class DeadLetter(BaseModel):
+    """A message no stage could process, kept whole (raw bytes as base64) with the reason."""
+
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    code: str
+    reason: str
+    raw_base64: str
+    job_id: str | None = None
+    at: float

@@ -1,0 +1,58 @@
+"""The faust apps: one for the CPU stages (with the jobs table and the status API), one for the
+GPU worker (its own consumer group). Topics and the table are declared here, nowhere else."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from streams.settings import Settings
+
+
+@dataclass
+class Wiring:
+    app: faust.App
+    topics: dict[str, faust.TopicT]
+    jobs: faust.Table | None
+
+
+def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wiring:
+    """role: "cpu" (stages, table, status API) or "gpu" (the diffusion worker)."""
+    if not settings.kafka_bootstrap:
+        raise SystemExit("no Kafka configured: set RESTYLE_KAFKA_BOOTSTRAP or start `restyle up`")
+    port = web_port or settings.web_port
+    datadir = settings.state_dir / "faust" / f"{role}-{port}"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id if role == "cpu" else f"{settings.app_id}-gpu",
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        # Job state lives in a local store: recovery must not depend on the broker's end offsets.
+        store="rocksdb://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee=settings.processing_guarantee,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_commit_interval=0.5,
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_port=port,
+        canonical_url=f"http://{settings.web_host}:{port}",
+        web_in_thread=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_max_request_size=8 * 1024 * 1024,
+    )
+    names = settings.topics.model_dump()
+    topics = {role_name: app.topic(name, key_serializer="raw", value_serializer="raw",
+                                   partitions=settings.partitions)
+              for role_name, name in names.items()}
+    jobs = None
+    if role == "cpu":
+        # Raw bytes both ways: keys are job_id bytes exactly as producers key
+        # restyle.job-events (so the web router hashes a job_id to its owner), values JobState JSON.
+        jobs = app.Table("jobs", default=None, partitions=settings.partitions,
+                         key_type=bytes, value_type=bytes)
+    return Wiring(app, topics, jobs)

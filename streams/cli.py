@@ -1,0 +1,179 @@
+"""The `restyle` command."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from streams.settings import Settings, load_settings
+
+
+def _settings(state_dir: str | None) -> Settings:
+    if state_dir:
+        os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
+    return load_settings()
+
+
+@click.group()
+def main() -> None:
+    """restyle: generative image pipelines on Kafka, S3 and open models."""
+
+
+@main.command()
+@click.option("--models", default=None, help="'tiny' (built offline) or a models directory.")
+@click.option("--state-dir", default=None, help="Where state, logs and endpoints.json live.")
+@click.option("--cpu-workers", default=1, show_default=True)
+@click.option("--gpu-workers", default=1, show_default=True)
+@click.option("--workers/--no-workers", default=True,
+              help="--no-workers starts only the broker and the S3 server.")
+def up(models, state_dir, cpu_workers, gpu_workers, workers) -> None:
+    """Start the embedded stack and the workers; stop them all on Ctrl-C or SIGTERM."""
+    from streams.stack import RestyleStack
+
+    if state_dir:
+        os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
+    stack = RestyleStack(Settings(), models, cpu_workers, gpu_workers, workers)
+    endpoints = stack.start()
+    click.echo(f"models: {stack.models_note}")
+    click.echo(json.dumps(endpoints, indent=2))
+    click.echo(f"ready; endpoints in {stack.endpoints_path}. Ctrl-C stops everything.")
+    _serve_until_signal(stack)
+
+
+def _serve_until_signal(stack) -> None:
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    while not stopping.wait(1.0):
+        problem = stack.check()
+        if problem:
+            click.echo(f"stopping: {problem}", err=True)
+            stack.stop()
+            sys.exit(1)
+    stack.stop()
+    click.echo("stopped")
+
+
+@main.command()
+@click.option("--models", default=None, help="'tiny', a models directory, or default public ids.")
+@click.option("--state-dir", default=None)
+@click.option("--rooms", default=3, show_default=True, help="How many sample rooms to submit.")
+@click.option("--style", default="scandinavian", show_default=True)
+@click.option("--serve", is_flag=True, help="Keep the stack running after the demo.")
+def demo(models, state_dir, rooms, style, serve) -> None:
+    """Start everything, ingest a sample catalog, restyle sample rooms, report, stop."""
+    from streams.demo import run_demo
+
+    if state_dir:
+        os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
+    sys.exit(run_demo(models, rooms, style, serve, _serve_until_signal))
+
+
+@main.command()
+@click.argument("image")
+@click.option("--style", required=True)
+@click.option("--param", "params", multiple=True, help="key=value, e.g. --param steps=20")
+@click.option("--job-id", default=None)
+@click.option("--tenant", default=None)
+@click.option("--wait", is_flag=True, help="Follow the job until it is done or failed.")
+@click.option("--timeout", default=900.0, show_default=True)
+def submit(image, style, params, job_id, tenant, wait, timeout) -> None:
+    """Submit a room photo (a local file, s3:// or file:// URI) for a makeover."""
+    from streams import client
+
+    settings = load_settings()
+    parsed = {}
+    for item in params:
+        key, _, value = item.partition("=")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    job_id = client.run(client.submit(settings, image, style, parsed, job_id, tenant))
+    click.echo(job_id)
+    if wait:
+        job = client.wait_for_job(settings, job_id, timeout, on_change=_print_progress)
+        click.echo(client.describe(job))
+        sys.exit(0 if job["status"] == "done" else 1)
+
+
+def _print_progress(job: dict) -> None:
+    progress = job.get("progress")
+    tail = f" step {progress['step']}/{progress['total']}" if progress else ""
+    click.echo(f"  {job['job_id']}: {job['status']}{tail}", err=True)
+
+
+@main.command()
+@click.argument("job_id")
+def status(job_id) -> None:
+    """Show a job's status and result."""
+    from streams import client
+
+    job = client.get_job(load_settings(), job_id)
+    if job is None:
+        click.echo(f"no job {job_id!r}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(job, indent=2))
+
+
+@main.command()
+@click.argument("role", type=click.Choice(["cpu", "gpu"]))
+@click.option("--web-port", type=int, default=None)
+@click.option("--loglevel", default="info")
+def worker(role, web_port, loglevel) -> None:
+    """Run one worker process (what `restyle up` starts; what Kubernetes runs)."""
+    from streams.worker import run_worker
+
+    run_worker(load_settings(), role, web_port, loglevel)
+
+
+@main.command("gpu-worker")
+@click.option("--web-port", type=int, default=None)
+@click.option("--loglevel", default="info")
+def gpu_worker(web_port, loglevel) -> None:
+    """Run the GPU diffusion worker (its own consumer group)."""
+    from streams.worker import run_worker
+
+    run_worker(load_settings(), "gpu", web_port or load_settings().web_port + 1, loglevel)
+
+
+@main.group()
+def models() -> None:
+    """Model utilities."""
+
+
+@models.command("tiny")
+@click.argument("directory")
+def models_tiny(directory) -> None:
+    """Build tiny random-weight versions of every model role into DIRECTORY (offline)."""
+    from agents.tiny_models import build_tiny_models
+
+    out = build_tiny_models(directory)
+    click.echo(f"tiny models written to {out}; use RESTYLE_MODELS_DIR={out}")
+
+
+@main.group()
+def catalog() -> None:
+    """Product catalog."""
+
+
+@catalog.command("ingest")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def catalog_ingest(directory) -> None:
+    """Embed and index every product image in DIRECTORY (catalog.csv adds id, category, caption)."""
+    from streams.demo import ingest_directory
+
+    report = ingest_directory(load_settings(), Path(directory))
+    click.echo(f"indexed {len(report.indexed)} products")
+    for product_id, cause in report.failed.items():
+        click.echo(f"failed {product_id}: {cause}", err=True)
+    sys.exit(1 if report.failed and not report.indexed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""`restyle demo`: the room makeover end to end on the embedded stack, and catalog ingestion
+from the command line."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from streams.settings import DEFAULT_MODEL_IDS, Settings
+
+SAMPLE_ROOMS = ["pexels-2416933.jpg", "pexels-36030587.jpg", "pexels-36358763.jpg",
+                "pexels-1317558.jpg", "pexels-2560067.jpg"]
+
+
+def missing_real_weights(settings: Settings) -> list[str]:
+    """Model ids of the default public weights that are not available offline."""
+    from huggingface_hub import snapshot_download
+
+    missing = []
+    for role in DEFAULT_MODEL_IDS:
+        model_id = settings.model_id(role)
+        if Path(model_id).exists():
+            continue
+        try:
+            snapshot_download(model_id, local_files_only=True)
+        except Exception:
+            missing.append(model_id)
+    return missing
+
+
+def ingest_directory(settings: Settings, directory: Path):
+    from tqdm import tqdm
+
+    from agents.embed import ImageEmbedder
+    from agents.device import pick_device
+    from streams.catalog import ingest, read_catalog_dir
+    from streams.index import LocalIndex
+
+    items = read_catalog_dir(directory)
+    embedder = ImageEmbedder.from_pretrained(settings.model_id("embedder"),
+                                             device=pick_device(settings.device))
+    with tqdm(total=len(items), unit="product", desc="ingest") as bar:
+        return ingest(items, embedder, LocalIndex(settings.index_path),
+                      settings.max_image_pixels, settings.analysis_max_side,
+                      on_progress=bar.update)
+
+
+def sample_catalog_dir(target: Path) -> Path:
+    import csv
+
+    import interior_photos
+
+    target.mkdir(parents=True, exist_ok=True)
+    listing = Path(__file__).with_name("sample_catalog.csv")
+    shutil.copy(listing, target / "catalog.csv")
+    with open(listing, newline="") as handle:
+        for row in csv.DictReader(handle):
+            shutil.copy(Path(interior_photos.get_photo_dir()) / row["image"], target / row["image"])
+    return target
+
+
+def run_demo(models: str | None, rooms: int, style: str, serve: bool, serve_until_signal) -> int:
+    from streams import client
+    from streams.stack import RestyleStack
+
+    settings = Settings()
+    if models is None:
+        missing = missing_real_weights(settings)
+        if missing:
+            click.echo("Real weights are not available offline (not in the Hugging Face cache "
+                       f"and the hub is unreachable): {', '.join(missing)}.\n"
+                       "Running on tiny random-weight models instead: the pipeline is real, "
+                       "the pictures are noise.")
+            models = "tiny"
+    stack = RestyleStack(settings, models)
+    click.echo("starting the stack ...")
+    started = time.monotonic()
+    endpoints = stack.start()
+    click.echo(f"ready in {time.monotonic() - started:.1f}s; models: {stack.models_note}")
+    click.echo(f"kafka {endpoints['kafka_bootstrap']}  s3 {endpoints['s3_endpoint']}  "
+               f"status API {endpoints['status_url']}")
+    try:
+        running = Settings(**{"kafka_bootstrap": endpoints["kafka_bootstrap"],
+                              "s3_endpoint": endpoints["s3_endpoint"],
+                              "s3_access_key": endpoints["s3_access_key"],
+                              "s3_secret_key": endpoints["s3_secret_key"],
+                              "status_url": endpoints["status_url"],
+                              "models_dir": endpoints["models_dir"]})
+        catalog = sample_catalog_dir(stack.state_dir / "sample-catalog")
+        report = ingest_directory(running, catalog)
+        click.echo(f"catalog: {len(report.indexed)} products indexed from {catalog}")
+        import interior_photos
+
+        photos = [Path(interior_photos.get_photo_dir()) / name for name in SAMPLE_ROOMS[:rooms]]
+        job_ids = [client.run(client.submit(running, str(p), style)) for p in photos]
+        click.echo(f"submitted {len(job_ids)} rooms in style {style!r}")
+        outcomes = [client.wait_for_job(running, job_id, on_change=_progress_line)
+                    for job_id in job_ids]
+        for job in outcomes:
+            click.echo(client.describe(job))
+        failed = [job for job in outcomes if job["status"] != "done"]
+        click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} jobs done")
+        if serve:
+            click.echo("serving; Ctrl-C stops everything.")
+            serve_until_signal(stack)
+        return 1 if failed else 0
+    finally:
+        stack.stop()
+
+
+def _progress_line(job: dict) -> None:
+    progress = job.get("progress")
+    tail = f" (render step {progress['step']}/{progress['total']})" if progress else ""
+    click.echo(f"  {job['job_id'][:12]} {job['status']}{tail}")

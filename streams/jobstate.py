@@ -1,0 +1,64 @@
+"""The job state machine: how each job event changes a job's state, as a pure function.
+
+The tracker agent folds `restyle.job-events` through `apply_event` into the jobs table. Replaying
+the same events converges on the same state: status only moves forward, a terminal state is final,
+and a known job_id is never started (or finished) twice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas import JobEvent, JobEventKind, JobState, JobStatus, MakeoverJob, ResultEvent
+
+
+@dataclass
+class Transition:
+    state: JobState | None  # the new state to store (None: nothing changes)
+    start: MakeoverJob | None = None  # forward to the first stage
+    result: ResultEvent | None = None  # publish on restyle.results
+
+
+def apply_event(state: JobState | None, event: JobEvent) -> Transition:
+    kind = event.kind
+    if kind is JobEventKind.SUBMITTED:
+        if state is None:
+            new = JobState(job_id=event.job_id, tenant=event.tenant, status=JobStatus.QUEUED,
+                           created_at=event.at, updated_at=event.at)
+            return Transition(new, start=event.job)
+        if state.status is JobStatus.QUEUED:
+            # Seen before but never started: a replay after a crash between storing the state
+            # and forwarding the job. Forward again (stages are idempotent).
+            return Transition(None, start=event.job)
+        return Transition(None)  # a repeated job_id never runs twice
+    if kind is JobEventKind.REJECTED:
+        if state is not None:
+            return Transition(None)  # a bad duplicate must not fail the real job
+        return _finish(JobState(job_id=event.job_id, tenant=event.tenant,
+                                status=JobStatus.QUEUED, created_at=event.at,
+                                updated_at=event.at), event, JobStatus.FAILED)
+    if state is None or state.status.terminal:
+        return Transition(None)
+    if kind is JobEventKind.STATUS and event.status is not None:
+        if event.status.rank <= state.status.rank:
+            return Transition(None)
+        return Transition(state.model_copy(update={"status": event.status, "progress": None,
+                                                   "updated_at": event.at}))
+    if kind is JobEventKind.PROGRESS:
+        status = state.status if state.status.rank >= JobStatus.GENERATING.rank else \
+            JobStatus.GENERATING
+        return Transition(state.model_copy(update={"status": status, "progress": event.progress,
+                                                   "updated_at": event.at}))
+    if kind is JobEventKind.COMPLETED:
+        return _finish(state, event, JobStatus.DONE)
+    if kind is JobEventKind.FAILED:
+        return _finish(state, event, JobStatus.FAILED)
+    return Transition(None)
+
+
+def _finish(state: JobState, event: JobEvent, status: JobStatus) -> Transition:
+    new = state.model_copy(update={"status": status, "error": event.error,
+                                   "result": event.result, "updated_at": event.at})
+    result = ResultEvent(job_id=new.job_id, tenant=new.tenant, pipeline=new.pipeline,
+                         status=status.value, error=new.error, result=new.result,
+                         finished_at=event.at)
+    return Transition(new, result=result)

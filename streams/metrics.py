@@ -1,0 +1,28 @@
+"""Prometheus metrics: per-stage latency and counts by outcome."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry()
+
+STAGE_SECONDS = Histogram(
+    "restyle_stage_seconds", "Time spent in each stage per message", ["stage"],
+    registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+                                120, 300),
+)
+STAGE_OUTCOMES = Counter(
+    "restyle_stage_messages_total", "Messages handled per stage by outcome", ["stage", "outcome"],
+    registry=REGISTRY,
+)
+JOBS_FINISHED = Counter(
+    "restyle_jobs_finished_total", "Jobs that reached a terminal state", ["status", "code"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "restyle_dead_letters_total", "Messages sent to the dead-letter topic", ["topic", "code"],
+    registry=REGISTRY,
+)
+
+
+def render_metrics() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,47 @@
+"""Which worker owns a job: the one assigned the job's partition of the jobs table.
+
+Every job-keyed topic has the same partition count and is keyed by job_id bytes with Kafka's
+default partitioner (murmur2), so a job's partition is computed here without broker metadata.
+A request for a job another worker owns is proxied to it.
+"""
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web as aioweb
+from aiokafka.partitioner import murmur2
+from yarl import URL
+
+
+def job_partition(job_id: str, partitions: int) -> int:
+    return (murmur2(job_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def owner_url(app, table, job_id: str, partitions: int) -> URL | None:
+    """The canonical URL of the worker owning job_id, or None while nobody is assigned it."""
+    topic = table.changelog_topic.get_topic_name()
+    partition = job_partition(job_id, partitions)
+    for url, topics in app.router.table_metadata(table.name).items():
+        if partition in topics.get(topic, ()):
+            return URL(url)
+    return None
+
+
+def is_local(app, url: URL) -> bool:
+    mine = URL(str(app.conf.canonical_url))
+    return (url.host, url.port) == (mine.host, mine.port)
+
+
+async def proxy(request, url: URL) -> aioweb.StreamResponse:
+    """Relay the request to the owning worker, streaming its answer (SSE included)."""
+    target = url.with_path(request.path).with_query(request.query)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.request(request.method, target, headers={"X-Restyle-Routed": "1"},
+                                   data=await request.read()) as upstream:
+            response = aioweb.StreamResponse(status=upstream.status, headers={
+                "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response

@@ -1,0 +1,133 @@
+"""What a worker's agents share: settings, storage, topics, and the one way every stage handles a
+message (decode, call, emit; bad input to the DLQ or to a `failed` job, never a dead worker)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Awaitable, Callable, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
+from streams.app import Wiring
+from streams.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS
+from streams.settings import Settings
+from streams.storage import Storage
+
+log = logging.getLogger("restyle")
+M = TypeVar("M", bound=BaseModel)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, wiring: Wiring, storage: Storage):
+        self.settings = settings
+        self.wiring = wiring
+        self.storage = storage
+        self.topics = wiring.topics
+        self._images: OrderedDict[str, object] = OrderedDict()
+
+    # --- sending ---
+    async def send(self, topic: str, key: str, model: BaseModel, headers=None) -> None:
+        await self.topics[topic].send(key=key.encode(), value=model.model_dump_json().encode(),
+                                      headers=headers)
+
+    async def job_event(self, job_id: str, kind: JobEventKind, **fields) -> None:
+        await self.send("job_events", job_id, JobEvent(job_id=job_id, kind=kind, at=time.time(),
+                                                       **fields))
+
+    async def fail(self, job_id: str, error: JobError, tenant: str | None = None,
+                   kind: JobEventKind = JobEventKind.FAILED) -> None:
+        await self.job_event(job_id, kind, error=error, tenant=tenant)
+
+    async def dead_letter(self, message, code: ErrorCode, reason: str,
+                          job_id: str | None = None) -> None:
+        raw = message.value if isinstance(message.value, bytes) else bytes(message.value or b"")
+        key = message.key.decode(errors="replace") if isinstance(message.key, bytes) else None
+        letter = DeadLetter(source_topic=message.topic, partition=message.partition,
+                            offset=message.offset, key=key, code=code.value, reason=reason,
+                            raw_base64=base64.b64encode(raw).decode(), job_id=job_id,
+                            at=time.time())
+        DEAD_LETTERS.labels(message.topic, code.value).inc()
+        log.warning("dead letter from %s@%s: %s", message.topic, message.offset, reason)
+        await self.send("dlq", key or job_id or "", letter, headers=[
+            ("restyle-error-code", code.value.encode()),
+            ("restyle-error", reason.encode()[:1000]),
+            ("restyle-source-topic", message.topic.encode()),
+        ])
+
+    # --- the one way a stage handles a message ---
+    async def handle(self, stage: str, event, model: type[M],
+                     handler: Callable[[M], Awaitable[None]], fail_jobs: bool = True) -> None:
+        message = event.message
+        started = time.perf_counter()
+        try:
+            decoded = decode(message.value, model)
+        except StageFailure as failure:
+            STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
+            await self.dead_letter(message, failure.error.code, failure.error.message)
+            return
+        job_id = getattr(decoded, "job_id", None)
+        try:
+            await handler(decoded)
+            STAGE_OUTCOMES.labels(stage, "ok").inc()
+        except StageFailure as failure:
+            STAGE_OUTCOMES.labels(stage, "failed").inc()
+            log.info("job %s failed in %s: %s", job_id, stage, failure.error.message)
+            await self._failed(message, job_id, failure.error, decoded, fail_jobs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a model error: the job fails, the worker lives
+            STAGE_OUTCOMES.labels(stage, "error").inc()
+            log.exception("job %s: unexpected error in %s", job_id, stage)
+            error = JobError(code=ErrorCode.INTERNAL,
+                             message=f"{stage} stage error: {type(exc).__name__}: {exc}")
+            await self._failed(message, job_id, error, decoded, fail_jobs)
+        finally:
+            STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
+
+    async def _failed(self, message, job_id: str | None, error: JobError, decoded,
+                      fail_jobs: bool) -> None:
+        if fail_jobs and job_id:
+            await self.fail(job_id, error, getattr(decoded, "tenant", None))
+        else:
+            await self.dead_letter(message, error.code, error.message, job_id)
+
+    # --- images, fetched once per worker while a job moves through its stages ---
+    async def image(self, uri: str):
+        from agents.images import decode_image
+
+        if uri in self._images:
+            self._images.move_to_end(uri)
+            return self._images[uri]
+        data = await self.storage.get(uri)
+        image = await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri)
+        self._images[uri] = image
+        while len(self._images) > 8:
+            self._images.popitem(last=False)
+        return image
+
+
+def decode(raw: bytes | None, model: type[M]) -> M:
+    """Bytes to a validated model, or StageFailure(INVALID_JSON | SCHEMA_VIOLATION)."""
+    try:
+        data = json.loads(raw) if raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StageFailure(ErrorCode.INVALID_JSON, f"message is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise StageFailure(ErrorCode.INVALID_JSON, "message must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise StageFailure(ErrorCode.SCHEMA_VIOLATION, describe_validation(exc)) from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "message"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)

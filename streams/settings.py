@@ -1,0 +1,172 @@
+"""All configuration, from `RESTYLE_*` environment variables (pydantic settings).
+
+Nothing a user would want to set is hard-coded elsewhere: stages receive values from here.
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.styles import DEFAULT_DETECTION_LABELS, DEFAULT_NEGATIVE_PROMPT, DEFAULT_STYLES
+
+# Public weights used when no local directory is configured (see README, "Models").
+DEFAULT_MODEL_IDS = {
+    "detector": "google/owlv2-base-patch16-ensemble",
+    "embedder": "openai/clip-vit-base-patch32",
+    "depth": "depth-anything/Depth-Anything-V2-Small-hf",
+    "diffusion": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "controlnet_depth": "lllyasviel/control_v11f1p_sd15_depth",
+}
+SDXL_MODEL_IDS = {
+    "diffusion": "stabilityai/stable-diffusion-xl-base-1.0",
+    "controlnet_depth": "diffusers/controlnet-depth-sdxl-1.0",
+}
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("RESTYLE_STATE_DIR") or Path.home() / ".restyle")
+
+
+class Topics(BaseSettings):
+    """Topic names. The first four are the public contract; the rest connect the stages."""
+
+    model_config = SettingsConfigDict(env_prefix="RESTYLE_TOPIC_")
+
+    uploads: str = "restyle.uploads"
+    results: str = "restyle.results"
+    job_events: str = "restyle.job-events"
+    dlq: str = "restyle.dlq"
+    analyze: str = "restyle.stage.analyze"
+    embed: str = "restyle.stage.embed"
+    retrieve: str = "restyle.stage.retrieve"
+    compose: str = "restyle.stage.compose"
+    depth: str = "restyle.stage.depth"
+    render: str = "restyle.render-requests"
+    reanalyze: str = "restyle.stage.reanalyze"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RESTYLE_", env_nested_delimiter="__")
+
+    # --- where things live ---
+    state_dir: Path = Field(default_factory=default_state_dir)
+    kafka_bootstrap: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "restyle"
+    # Base URI results and API uploads are written under (default: s3://{s3_bucket}).
+    storage_base: str | None = None
+    # file:// inputs are accepted only below these directories.
+    file_roots: list[Path] = Field(default_factory=list)
+    presign_expiry_s: int = 3600
+    index_dir: Path | None = None
+
+    # --- the faust app ---
+    app_id: str = "restyle"
+    partitions: int = 4
+    replication_factor: int = 1
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    # Where clients (`restyle submit/status`) reach the status API.
+    status_url: str | None = None
+    session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 0.8
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    topics: Topics = Field(default_factory=Topics)
+
+    # --- models ---
+    # A directory laid out as models_dir/{detector,embedder,depth,diffusion,controlnet_depth}
+    # (what `restyle models tiny DIR` writes); each role can still be set on its own.
+    models_dir: Path | None = None
+    detector_model: str | None = None
+    embedder_model: str | None = None
+    depth_model: str | None = None
+    diffusion_model: str | None = None
+    controlnet_depth_model: str | None = None
+    diffusion_family: Literal["sd15", "sdxl"] = "sd15"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    pipeline_cache_size: int = 2
+
+    # --- stages ---
+    styles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
+    extra_styles: dict[str, str] = Field(default_factory=dict)
+    detection_labels: list[str] = Field(default_factory=lambda: list(DEFAULT_DETECTION_LABELS))
+    detection_threshold: float = 0.2
+    max_detections: int = 8
+    retrieve_k: int = 3
+    match_score_floor: float = 0.0
+    max_products_in_prompt: int = 4
+    style_weight: float = 1.0
+    product_weight: float = 0.8
+    max_image_pixels: int = 40_000_000
+    # Photos are analysed (detection, depth) at most this large; results keep full quality.
+    analysis_max_side: int = 1024
+
+    # --- render defaults (per-job params override) ---
+    default_steps: int = 30
+    default_guidance: float = 7.5
+    default_controlnet_scale: float = 1.0
+    default_width: int = 512
+    default_height: int = 512
+    default_num_images: int = 1
+    default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+
+    @model_validator(mode="after")
+    def _merge_styles(self) -> "Settings":
+        self.styles = {**self.styles, **{k.lower(): v for k, v in self.extra_styles.items()}}
+        return self
+
+    @cached_property
+    def results_base(self) -> str:
+        return (self.storage_base or f"s3://{self.s3_bucket}").rstrip("/")
+
+    @cached_property
+    def index_path(self) -> Path:
+        return self.index_dir or self.state_dir / "index"
+
+    def model_id(self, role: str) -> str:
+        explicit = getattr(self, f"{role}_model")
+        if explicit:
+            return explicit
+        if self.models_dir:
+            return str(Path(self.models_dir) / role)
+        if self.diffusion_family == "sdxl" and role in SDXL_MODEL_IDS:
+            return SDXL_MODEL_IDS[role]
+        return DEFAULT_MODEL_IDS[role]
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment, completed by a running `restyle up` (its endpoints.json)
+    for whatever the environment leaves unset."""
+    settings = Settings(**overrides)
+    endpoints = read_endpoints(settings.state_dir)
+    if endpoints:
+        fill = {
+            "kafka_bootstrap": endpoints.get("kafka_bootstrap"),
+            "s3_endpoint": endpoints.get("s3_endpoint"),
+            "s3_access_key": endpoints.get("s3_access_key"),
+            "s3_secret_key": endpoints.get("s3_secret_key"),
+            "s3_bucket": endpoints.get("s3_bucket"),
+            "status_url": endpoints.get("status_url"),
+            "models_dir": endpoints.get("models_dir"),
+        }
+        for key, value in fill.items():
+            if value and getattr(settings, key) in (None, Settings.model_fields[key].default):
+                setattr(settings, key, value)
+    return settings
+
+
+def read_endpoints(state_dir: Path) -> dict | None:
+    path = Path(state_dir) / "endpoints.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())

@@ -1,0 +1,51 @@
+"""Which URIs restyle will read: s3:// anywhere its credentials reach, file:// only under roots."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from schemas import ErrorCode, StageFailure
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    scheme: str  # "s3" or "file"
+    bucket: str  # empty for file://
+    key: str  # the object key, or the absolute path for file://
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else f"file://{self.key}"
+
+
+def parse_uri(uri: str, file_roots: list[Path] | None = None) -> ObjectRef:
+    """Parse and police an object URI; raises StageFailure(URI_REFUSED) with the reason."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        key = parsed.path.lstrip("/")
+        if not parsed.netloc or not key:
+            raise StageFailure(ErrorCode.URI_REFUSED, f"{uri!r} is not s3://bucket/key")
+        return ObjectRef("s3", parsed.netloc, key)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StageFailure(ErrorCode.URI_REFUSED,
+                               f"{uri!r} names a host; file:// URIs must be local paths")
+        path = Path(unquote(parsed.path))
+        if not path.is_absolute():
+            raise StageFailure(ErrorCode.URI_REFUSED, f"{uri!r} is not an absolute path")
+        resolved = path.resolve()
+        roots = [Path(r).resolve() for r in (file_roots or [])]
+        if not any(resolved == root or root in resolved.parents for root in roots):
+            allowed = ", ".join(str(r) for r in roots) or "none configured"
+            raise StageFailure(ErrorCode.URI_REFUSED,
+                               f"{uri!r} is outside the allowed file roots ({allowed}); "
+                               "set RESTYLE_FILE_ROOTS to allow a directory")
+        return ObjectRef("file", "", str(resolved))
+    raise StageFailure(ErrorCode.URI_REFUSED,
+                       f"{uri!r}: only s3:// and file:// URIs are accepted "
+                       f"(got scheme {parsed.scheme or 'none'!r})")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])

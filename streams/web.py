@@ -1,0 +1,137 @@
+"""The status API (faust web): job status routed to the partition owner, progress as
+Server-Sent Events, uploads, health and Prometheus metrics."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from aiohttp import web as aioweb
+from faust import web
+
+from schemas import ErrorCode, JobState
+from streams.metrics import render_metrics
+from streams.routing import is_local, owner_url, proxy
+from streams.runtime import Runtime
+from streams.uris import join_uri
+
+SSE_POLL_S = 0.2
+
+
+async def present(rt: Runtime, state: JobState) -> dict:
+    """A job as users see it: result images get fresh presigned URLs."""
+    body = state.model_dump(mode="json")
+    result = body.get("result")
+    if result:
+        for image in result.get("images", []):
+            image["url"] = await rt.storage.presign(image["uri"])
+    return body
+
+
+def register(rt: Runtime) -> None:
+    app, jobs = rt.wiring.app, rt.wiring.jobs
+
+    def lookup(job_id: str) -> JobState | None:
+        stored = jobs.get(job_id.encode())
+        return JobState.model_validate_json(stored) if stored else None
+
+    def routed(handler):
+        """Serve on the worker that owns the job; anywhere else, relay to it."""
+        async def wrapper(view, request, job_id: str):
+            if "X-Restyle-Routed" not in request.headers:
+                url = owner_url(app, jobs, job_id, rt.settings.partitions)
+                if url is None:
+                    return view.json({"error": {"code": "unavailable", "message":
+                                                "jobs are being reassigned; retry shortly"}},
+                                     status=503, headers={"Retry-After": "1"})
+                if not is_local(app, url):
+                    return await proxy(request, url)
+            return await handler(view, request, job_id)
+        return wrapper
+
+    @app.page("/jobs/{job_id}")
+    class JobView(web.View):
+        @routed
+        async def get(self, request: web.Request, job_id: str) -> web.Response:
+            state = lookup(job_id)
+            if state is None:
+                return self.json({"error": {"code": "not_found",
+                                            "message": f"no job {job_id!r}"}}, status=404)
+            return self.json(await present(rt, state))
+
+    @app.page("/jobs/{job_id}/events")
+    class JobEventsView(web.View):
+        @routed
+        async def get(self, request: web.Request, job_id: str):
+            if lookup(job_id) is None:
+                return self.json({"error": {"code": "not_found",
+                                            "message": f"no job {job_id!r}"}}, status=404)
+            response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                                      "Cache-Control": "no-cache"})
+            await response.prepare(request)
+            last = None
+            while True:
+                state = lookup(job_id)
+                snapshot = (state.status, state.progress, state.updated_at)
+                if snapshot != last:
+                    last = snapshot
+                    payload = json.dumps(await present(rt, state))
+                    await response.write(f"event: {state.status.value}\ndata: {payload}\n\n"
+                                         .encode())
+                if state.status.terminal:
+                    break
+                await asyncio.sleep(SSE_POLL_S)
+            await response.write_eof()
+            return response
+
+    @app.page("/jobs")
+    class SubmitView(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            form = await request.post()
+            upload = form.get("image")
+            style = form.get("style")
+            if upload is None or not hasattr(upload, "file") or not style:
+                return self.json({"error": {"code": ErrorCode.SCHEMA_VIOLATION.value,
+                                            "message": "send multipart fields 'image' (a file) "
+                                                       "and 'style'"}}, status=400)
+            job_id = str(form.get("job_id") or uuid.uuid4().hex)
+            name = (upload.filename or "image").replace("/", "_")
+            uri = join_uri(rt.settings.results_base, "uploads", job_id, name)
+            await rt.storage.put(uri, upload.file.read(),
+                                 upload.content_type or "application/octet-stream")
+            event = {"job_id": job_id, "pipeline": "room_makeover", "image": uri,
+                     "style": str(style)}
+            if form.get("params"):
+                try:
+                    event["params"] = json.loads(form["params"])
+                except json.JSONDecodeError:
+                    return self.json({"error": {"code": ErrorCode.INVALID_JSON.value,
+                                                "message": "params must be a JSON object"}},
+                                     status=400)
+            if form.get("tenant"):
+                event["tenant"] = str(form["tenant"])
+            await rt.topics["uploads"].send(key=job_id.encode(), value=json.dumps(event).encode())
+            return self.json({"job_id": job_id, "image": uri}, status=202)
+
+    register_health(rt)
+
+
+def register_health(rt: Runtime) -> None:
+    app = rt.wiring.app
+    started = time.time()
+
+    @app.page("/healthz")
+    class Health(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            # Ready once this worker owns partitions: before that it cannot process anything.
+            assigned = bool(app.consumer.assignment()) and not app.rebalancing
+            body = {"status": "ok" if assigned else "starting",
+                    "uptime_s": round(time.time() - started, 1)}
+            return self.json(body, status=200 if assigned else 503)
+
+    @app.page("/metrics")
+    class Metrics(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            return self.bytes(render_metrics(),
+                              content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,49 @@
+"""Worker processes: `restyle worker cpu` (stages, tracker, status API) and
+`restyle gpu-worker` (the diffusion agent)."""
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from streams.app import create_app
+from streams.runtime import Runtime
+from streams.settings import Settings
+from streams.storage import Storage
+
+
+def build_worker(settings: Settings, role: str, web_port: int | None = None) -> faust.App:
+    wiring = create_app(settings, role, web_port)
+    rt = Runtime(settings, wiring, Storage.from_settings(settings))
+    if role == "cpu":
+        from agents import makeover_agents
+        from agents.models import StageModels
+        from streams import tracker, web
+        from streams.index import LocalIndex
+
+        models = StageModels(settings)
+        models.warm_up()  # fail fast on a bad model id, and keep the first job fast
+        makeover_agents.register(rt, models, LocalIndex(settings.index_path))
+        tracker.register(rt)
+        web.register(rt)
+    elif role == "gpu":
+        from gpu_agent.engine import RenderEngine
+        from gpu_agent.worker import register
+        from streams.web import register_health
+
+        engine = RenderEngine(settings.device, settings.dtype, settings.pipeline_cache_size,
+                              settings.diffusion_family)
+        engine.pipeline(settings.model_id("diffusion"), settings.model_id("controlnet_depth"))
+        register(rt, engine)
+        register_health(rt)
+    else:
+        raise ValueError(f"unknown worker role {role!r}")
+    return wiring.app
+
+
+def run_worker(settings: Settings, role: str, web_port: int | None = None,
+               loglevel: str = "info") -> None:
+    logging.basicConfig(level=loglevel.upper())
+    app = build_worker(settings, role, web_port)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
