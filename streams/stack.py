@@ -40,8 +40,10 @@ def resolve_models(models: str | None, state_dir: Path) -> tuple[dict[str, str],
 
 class RestyleStack:
     def __init__(self, settings: Settings, models: str | None = None, cpu_workers: int = 1,
-                 gpu_workers: int = 1, workers: bool = True):
+                 gpu_workers: int = 1, workers: bool = True,
+                 extra_env: dict[str, str] | None = None):
         self.settings = settings
+        self.extra_env = extra_env or {}
         self.models = models
         self.cpu_workers = cpu_workers if workers else 0
         self.gpu_workers = gpu_workers if workers else 0
@@ -70,7 +72,7 @@ class RestyleStack:
             self.stack.services.append(service)
             key, secret = EMBEDDED_S3_KEY, EMBEDDED_S3_SECRET
         model_env, self.models_note = resolve_models(self.models, self.state_dir)
-        self.env = {"RESTYLE_KAFKA_BOOTSTRAP": bootstrap,
+        self.env = {**self.extra_env, "RESTYLE_KAFKA_BOOTSTRAP": bootstrap,
                     "RESTYLE_STATE_DIR": str(self.state_dir), **model_env}
         if s3_endpoint:
             self.env.update({"RESTYLE_S3_ENDPOINT": s3_endpoint, "RESTYLE_S3_ACCESS_KEY": key or "",
@@ -86,7 +88,7 @@ class RestyleStack:
             port = free_port()
             self.start_worker("gpu", port, f"gpu-worker-{n}")
             health.append(port)
-        self._wait_healthy(health, timeout_s)
+        self.wait_healthy(health, timeout_s)
         self.endpoints = {
             "kafka_bootstrap": bootstrap,
             "s3_endpoint": s3_endpoint,
@@ -128,7 +130,7 @@ class RestyleStack:
                         raise
                     time.sleep(0.5)  # the S3 gateway answers before its filer is ready
 
-    def _wait_healthy(self, ports: list[int], timeout_s: float) -> None:
+    def wait_healthy(self, ports: list[int], timeout_s: float = 300) -> None:
         deadline = time.monotonic() + timeout_s
         pending = set(ports)
         while pending:

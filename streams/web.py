@@ -112,9 +112,25 @@ def register(rt: Runtime) -> None:
             if form.get("tenant"):
                 event["tenant"] = str(form["tenant"])
             await rt.topics["uploads"].send(key=job_id.encode(), value=json.dumps(event).encode())
+            await _until_known(app, job_id)
             return self.json({"job_id": job_id, "image": uri}, status=202)
 
     register_health(rt)
+
+
+async def _until_known(app, job_id: str, timeout_s: float = 10.0) -> None:
+    """Answer POST /jobs once GET /jobs/{id} knows the job, so a client's next read never gets
+    404 for the job it just created."""
+    import aiohttp
+
+    url = f"{app.conf.canonical_url}/jobs/{job_id}"
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+            await asyncio.sleep(0.05)
 
 
 def register_health(rt: Runtime) -> None:
@@ -133,5 +149,5 @@ def register_health(rt: Runtime) -> None:
     @app.page("/metrics")
     class Metrics(web.View):
         async def get(self, request: web.Request) -> web.Response:
-            return self.bytes(render_metrics(),
-                              content_type="text/plain; version=0.0.4; charset=utf-8")
+            return aioweb.Response(body=render_metrics(), headers={
+                "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -1,0 +1,181 @@
+"""Shared fixtures: tiny models built once, real photos, and (for end-to-end tests) one embedded
+stack per session — a real Kafka-protocol broker, a real S3 server and real worker processes."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+def interior_photos() -> list[Path]:
+    import interior_photos as photos
+
+    return [Path(p) for p in photos.get_all_photos()]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    from agents.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def room_photos() -> list[Path]:
+    return interior_photos()
+
+
+@pytest.fixture(scope="session")
+def room_image(room_photos) -> Image.Image:
+    return Image.open(room_photos[1]).convert("RGB")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height but which carries almost no data: the shape
+    of a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+class TopicCollector:
+    """Reads topics from the beginning with a plain Kafka client (confluent-kafka, not the app's
+    own), keeping every record so tests can wait for what they expect."""
+
+    def __init__(self, bootstrap: str, topics: list[str], partitions: int):
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "restyle-tests",
+                                  "enable.auto.commit": False})
+        self.consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
+                              for t in topics for p in range(partitions)])
+        self.records: dict[str, list] = {t: [] for t in topics}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            message = self.consumer.poll(0.2)
+            if message is None or message.error():
+                continue
+            with self.lock:
+                self.records[message.topic()].append(message)
+
+    def wait_for(self, topic: str, predicate, timeout_s: float = 120, count: int = 1) -> list:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                found = [m for m in self.records[topic] if predicate(m)]
+            if len(found) >= count:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"no {count} matching record(s) on {topic} within {timeout_s}s")
+
+    def matching(self, topic: str, predicate) -> list:
+        with self.lock:
+            return [m for m in self.records[topic] if predicate(m)]
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.consumer.close()
+
+
+class E2E:
+    """Handles for end-to-end tests: endpoints, a plain producer, collectors, the S3 client."""
+
+    def __init__(self, stack, settings, collector):
+        import boto3
+        from confluent_kafka import Producer
+
+        self.stack = stack
+        self.settings = settings
+        self.endpoints = stack.endpoints
+        self.collector = collector
+        self.producer = Producer({"bootstrap.servers": self.endpoints["kafka_bootstrap"]})
+        self.s3 = boto3.client("s3", endpoint_url=self.endpoints["s3_endpoint"],
+                               aws_access_key_id=self.endpoints["s3_access_key"],
+                               aws_secret_access_key=self.endpoints["s3_secret_key"],
+                               region_name="us-east-1")
+        self.bucket = self.endpoints["s3_bucket"]
+        self.status_url = self.endpoints["status_url"]
+
+    def publish(self, value, key: bytes | None = None, topic: str = "restyle.uploads") -> None:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        self.producer.produce(topic, raw, key=key)
+        self.producer.flush(10)
+
+    def put_object(self, key: str, data: bytes) -> str:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return f"s3://{self.bucket}/{key}"
+
+    def result(self, job_id: str, timeout_s: float = 180) -> dict:
+        records = self.collector.wait_for(
+            "restyle.results", lambda m: m.key() == job_id.encode(), timeout_s)
+        return json.loads(records[0].value())
+
+    def results(self, job_id: str) -> list[dict]:
+        return [json.loads(m.value()) for m in
+                self.collector.matching("restyle.results", lambda m: m.key() == job_id.encode())]
+
+    def get(self, path: str) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.status_url + path, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory, tiny_models, room_photos):
+    from streams.embedded import free_port
+    from streams.settings import Settings
+    from streams.stack import RestyleStack
+
+    state = tmp_path_factory.mktemp("stack")
+    uploads = tmp_path_factory.mktemp("local-uploads")
+    extra_env = {
+        "RESTYLE_FILE_ROOTS": json.dumps([str(room_photos[0].parent), str(uploads)]),
+        "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
+        "RESTYLE_DEFAULT_HEIGHT": "64", "HF_HUB_OFFLINE": "1",
+    }
+    settings = Settings(state_dir=state, web_port=free_port())
+    stack = RestyleStack(settings, models=str(tiny_models), extra_env=extra_env)
+    stack.start()
+    from streams.demo import ingest_directory, sample_catalog_dir
+
+    catalog = sample_catalog_dir(state / "catalog")
+    ingest_directory(Settings(state_dir=state, models_dir=tiny_models), catalog)
+    collector = TopicCollector(stack.endpoints["kafka_bootstrap"],
+                               ["restyle.results", "restyle.dlq", "restyle.job-events"],
+                               settings.partitions)
+    handles = E2E(stack, settings, collector)
+    handles.local_uploads = uploads
+    yield handles
+    collector.close()
+    stack.stop()

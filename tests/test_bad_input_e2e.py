@@ -1,0 +1,116 @@
+"""Bad input through the real stack: every case ends as a clear failure or a dead letter, and
+the workers keep going."""
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+import pytest
+from PIL import Image
+
+from tests.conftest import jpeg_bytes, png_declaring
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def upload(job_id: str, image: str, **extra) -> dict:
+    return {"job_id": job_id, "pipeline": "room_makeover", "image": image, "style": "modern",
+            **extra}
+
+
+def test_malformed_json_goes_to_the_dead_letter_topic_whole(e2e):
+    raw = b'{"job_id": "oops", "pipeline": '  # truncated
+    e2e.publish(raw, key=b"broken-1")
+    letters = e2e.collector.wait_for("restyle.dlq", lambda m: m.key() == b"broken-1", 60)
+    letter = json.loads(letters[0].value())
+    assert letter["code"] == "invalid_json"
+    assert base64.b64decode(letter["raw_base64"]) == raw
+    assert dict(letters[0].headers())["restyle-error-code"] == b"invalid_json"
+
+
+def test_a_schema_violation_with_a_readable_job_id_is_dead_lettered_and_failed(e2e):
+    job_id = new_id("schema")
+    e2e.publish({"job_id": job_id, "pipeline": "room_makeover", "style": "modern",
+                 "params": {"steps": 0}}, key=job_id.encode())
+    result = e2e.result(job_id, 60)
+    assert result["status"] == "failed"
+    assert result["error"]["code"] == "schema_violation"
+    assert "image" in result["error"]["message"] and "steps" in result["error"]["message"]
+    e2e.collector.wait_for("restyle.dlq", lambda m: json.loads(m.value())["job_id"] == job_id, 30)
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"num_images": 5}, "num_images"),
+    ({"guidance": -1}, "guidance"),
+    ({"width": 100}, "width"),
+    ({"colour": "red"}, "colour"),
+])
+def test_out_of_range_params_fail_with_the_field_named(e2e, params, field):
+    job_id = new_id("params")
+    e2e.publish(upload(job_id, "s3://restyle/anything.jpg", params=params))
+    result = e2e.result(job_id, 60)
+    assert result["status"] == "failed" and field in result["error"]["message"]
+
+
+def test_an_unknown_style_fails_and_lists_the_styles(e2e):
+    job_id = new_id("style")
+    e2e.publish({**upload(job_id, "s3://restyle/x.jpg"), "style": "baroque"})
+    error = e2e.result(job_id, 60)["error"]
+    assert error["code"] == "unknown_style"
+    assert "baroque" in error["message"] and "scandinavian" in error["message"]
+
+
+@pytest.mark.parametrize("uri", [
+    "file:///etc/passwd",
+    "http://169.254.169.254/latest/meta-data",
+    "file://other-host/tmp/room.jpg",
+    "ftp://example.com/room.jpg",
+])
+def test_refused_uris_fail_with_a_clear_cause(e2e, uri):
+    job_id = new_id("uri")
+    e2e.publish(upload(job_id, uri))
+    error = e2e.result(job_id, 60)["error"]
+    assert error["code"] == "uri_refused"
+    assert uri.split("/")[0] in error["message"] or "outside" in error["message"]
+
+
+def test_a_missing_object_fails_as_not_found(e2e):
+    job_id = new_id("missing")
+    e2e.publish(upload(job_id, "s3://restyle/does/not/exist.jpg"))
+    error = e2e.result(job_id)["error"]
+    assert error["code"] == "object_not_found"
+    assert "does/not/exist.jpg" in error["message"]
+
+
+def test_bytes_that_are_not_an_image_fail(e2e):
+    uri = e2e.put_object("bad/not-an-image.jpg", b"%PDF-1.4 this is a pdf, not a photo")
+    job_id = new_id("notimage")
+    e2e.publish(upload(job_id, uri))
+    assert e2e.result(job_id)["error"]["code"] == "not_an_image"
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(e2e):
+    uri = e2e.put_object("bad/bomb.png", png_declaring(30_000, 30_000))
+    job_id = new_id("bomb")
+    e2e.publish(upload(job_id, uri))
+    error = e2e.result(job_id)["error"]
+    assert error["code"] == "image_too_large"
+    assert "30000x30000" in error["message"]
+
+
+def test_a_truncated_image_fails_as_corrupt(e2e):
+    whole = jpeg_bytes(Image.new("RGB", (200, 200), (10, 200, 30)))
+    uri = e2e.put_object("bad/truncated.jpg", whole[: len(whole) // 3])
+    job_id = new_id("truncated")
+    e2e.publish(upload(job_id, uri))
+    assert e2e.result(job_id)["error"]["code"] == "not_an_image"
+
+
+def test_workers_keep_working_after_bad_input(e2e, room_photos):
+    uri = e2e.put_object("incoming/after-bad.jpg", room_photos[7].read_bytes())
+    job_id = new_id("after")
+    e2e.publish(upload(job_id, uri))
+    assert e2e.result(job_id)["status"] == "done"
