@@ -1,0 +1,134 @@
+"""The public contract: what upload events may contain, and how job state moves."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from pydantic import ValidationError
+
+from agents.makeover import admit
+from schemas import (ErrorCode, JobError, JobEvent, JobEventKind, JobState, JobStatus,
+                     MakeoverJob, MakeoverResult, Progress, StageFailure, UploadEvent)
+from streams.jobstate import apply_event
+from streams.settings import Settings
+
+
+def test_a_minimal_upload_is_valid_and_defaults_are_filled_from_settings():
+    upload = UploadEvent.model_validate({"pipeline": "room_makeover", "image": "s3://b/k.jpg",
+                                         "style": "Cozy"})
+    settings = Settings(default_steps=12, default_width=256, default_height=192)
+    job = admit(upload, "job-1", settings, now=1.0, rng=random.Random(5))
+    assert job.style == "cozy"
+    assert (job.params.steps, job.params.width, job.params.height) == (12, 256, 192)
+    assert 0 <= job.params.seed < 2**32  # chosen, and recorded in the job
+    assert job.params.negative_prompt == settings.default_negative_prompt
+
+
+def test_given_params_win_over_defaults():
+    upload = UploadEvent.model_validate({
+        "pipeline": "room_makeover", "image": "s3://b/k.jpg", "style": "modern",
+        "params": {"steps": 3, "guidance": 0, "controlnet_scale": 0.5, "seed": 0,
+                   "width": 72, "height": 64, "negative_prompt": "", "num_images": 4}})
+    params = admit(upload, "j", Settings(), 1.0, random.Random()).params
+    assert params.model_dump() == {"steps": 3, "guidance": 0.0, "controlnet_scale": 0.5,
+                                   "seed": 0, "width": 72, "height": 64, "negative_prompt": "",
+                                   "num_images": 4}
+
+
+@pytest.mark.parametrize("bad", [
+    {"image": "s3://b/k"},  # no style
+    {"style": "modern"},  # no image
+    {"image": "s3://b/k", "style": "modern", "pipeline": "other"},
+    {"image": "s3://b/k", "style": "modern", "params": {"num_images": 0}},
+    {"image": "s3://b/k", "style": "modern", "params": {"steps": 151}},
+    {"image": "s3://b/k", "style": "modern", "params": {"controlnet_scale": 2.5}},
+    {"image": "s3://b/k", "style": "modern", "params": {"seed": -1}},
+    {"image": "s3://b/k", "style": "modern", "params": {"height": 513}},
+    {"image": "s3://b/k", "style": "modern", "job_id": "has spaces"},
+    {"image": "s3://b/k", "style": "modern", "schema_version": 2},
+    {"image": "s3://b/k", "style": "modern", "surprise": True},
+])
+def test_schema_violations_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        UploadEvent.model_validate({"pipeline": "room_makeover", **bad})
+
+
+def test_unknown_style_names_the_choices_and_extra_styles_extend_them():
+    upload = UploadEvent(pipeline="room_makeover", image="s3://b/k", style="art-deco")
+    with pytest.raises(StageFailure) as failure:
+        admit(upload, "j", Settings(), 1.0, random.Random())
+    assert failure.value.error.code is ErrorCode.UNKNOWN_STYLE
+    assert "minimalist" in failure.value.error.message
+    extended = Settings(extra_styles={"Art-Deco": "an art deco interior, brass, geometric"})
+    assert admit(upload, "j", extended, 1.0, random.Random()).style == "art-deco"
+
+
+# --- the job state machine ---
+
+def _job(job_id="j1") -> MakeoverJob:
+    upload = UploadEvent(pipeline="room_makeover", image="s3://b/k", style="modern")
+    return admit(upload, job_id, Settings(), 1.0, random.Random(1))
+
+
+def event(kind, **fields) -> JobEvent:
+    return JobEvent(job_id="j1", kind=kind, at=fields.pop("at", 2.0), **fields)
+
+
+def run(events, state=None):
+    outputs = []
+    for e in events:
+        transition = apply_event(state, e)
+        state = transition.state or state
+        outputs.append(transition)
+    return state, outputs
+
+
+def test_a_job_goes_queued_to_done_and_publishes_one_result():
+    result = MakeoverResult(seed=1)
+    state, outputs = run([
+        event(JobEventKind.SUBMITTED, job=_job(), tenant="t"),
+        event(JobEventKind.STATUS, status=JobStatus.ANALYZING),
+        event(JobEventKind.STATUS, status=JobStatus.GENERATING),
+        event(JobEventKind.PROGRESS, progress=Progress(step=1, total=2)),
+        event(JobEventKind.STATUS, status=JobStatus.REANALYZING),
+        event(JobEventKind.COMPLETED, result=result),
+        event(JobEventKind.COMPLETED, result=result),  # redelivered
+    ])
+    assert state.status is JobStatus.DONE and state.tenant == "t"
+    assert outputs[0].start is not None
+    assert [o.result is not None for o in outputs] == [False] * 5 + [True, False]
+
+
+def test_a_repeated_submission_does_not_start_a_running_job_again():
+    state, outputs = run([event(JobEventKind.SUBMITTED, job=_job()),
+                          event(JobEventKind.STATUS, status=JobStatus.ANALYZING),
+                          event(JobEventKind.SUBMITTED, job=_job())])
+    assert outputs[2].start is None and state.status is JobStatus.ANALYZING
+
+
+def test_a_replayed_submission_of_a_queued_job_is_forwarded_again():
+    _, outputs = run([event(JobEventKind.SUBMITTED, job=_job()),
+                      event(JobEventKind.SUBMITTED, job=_job())])
+    assert outputs[1].start is not None and outputs[1].state is None
+
+
+def test_status_never_moves_backwards_and_terminal_is_final():
+    error = JobError(code=ErrorCode.MODEL_ERROR, message="out of memory")
+    state, outputs = run([event(JobEventKind.SUBMITTED, job=_job()),
+                          event(JobEventKind.STATUS, status=JobStatus.GENERATING),
+                          event(JobEventKind.STATUS, status=JobStatus.ANALYZING),
+                          event(JobEventKind.FAILED, error=error),
+                          event(JobEventKind.COMPLETED, result=MakeoverResult()),
+                          event(JobEventKind.STATUS, status=JobStatus.REANALYZING)])
+    assert state.status is JobStatus.FAILED and state.error == error
+    assert outputs[2].state is None
+    assert outputs[3].result.status == "failed" and outputs[3].result.error == error
+    assert all(o.state is None for o in outputs[4:])
+
+
+def test_a_rejected_upload_fails_a_new_job_but_never_a_known_one():
+    error = JobError(code=ErrorCode.UNKNOWN_STYLE, message="unknown style")
+    fresh = apply_event(None, event(JobEventKind.REJECTED, error=error))
+    assert fresh.state.status is JobStatus.FAILED and fresh.result.error == error
+    running = JobState(job_id="j1", status=JobStatus.GENERATING, created_at=1, updated_at=1)
+    assert apply_event(running, event(JobEventKind.REJECTED, error=error)).state is None

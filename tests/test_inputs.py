@@ -1,0 +1,69 @@
+"""Untrusted input at the edges: URIs and image bytes."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from agents.images import decode_image
+from schemas import ErrorCode, StageFailure
+from streams.uris import parse_uri
+from tests.conftest import jpeg_bytes, png_declaring
+
+
+@pytest.mark.parametrize("uri, reason", [
+    ("file:///etc/passwd", "outside the allowed file roots"),
+    ("file:///srv/rooms/../../etc/passwd", "outside the allowed file roots"),
+    ("file://evil.example.com/srv/rooms/a.jpg", "names a host"),
+    ("https://example.com/a.jpg", "only s3:// and file://"),
+    ("/srv/rooms/a.jpg", "scheme 'none'"),
+    ("s3://bucket-only", "is not s3://bucket/key"),
+])
+def test_uris_outside_policy_are_refused_with_the_reason(uri, reason):
+    with pytest.raises(StageFailure) as failure:
+        parse_uri(uri, [__import__("pathlib").Path("/srv/rooms")])
+    assert failure.value.error.code is ErrorCode.URI_REFUSED
+    assert reason in failure.value.error.message
+
+
+def test_uris_inside_policy_are_accepted(tmp_path):
+    assert parse_uri("s3://bucket/a/b.jpg").key == "a/b.jpg"
+    photo = tmp_path / "room one.jpg"
+    ref = parse_uri(photo.as_uri(), [tmp_path])
+    assert ref.scheme == "file" and ref.key == str(photo)
+
+
+def test_a_real_photo_decodes_with_its_exif_orientation_applied(room_photos):
+    rotated = Image.open(room_photos[0]).convert("RGB").resize((60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    buffer = io.BytesIO()
+    rotated.save(buffer, format="JPEG", exif=exif)
+    assert decode_image(buffer.getvalue(), 10_000).size == (40, 60)
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"", ErrorCode.NOT_AN_IMAGE),
+    (b"GIF89a-but-not-really", ErrorCode.NOT_AN_IMAGE),
+    (b"<html>not found</html>", ErrorCode.NOT_AN_IMAGE),
+    (png_declaring(50_000, 50_000), ErrorCode.IMAGE_TOO_LARGE),
+])
+def test_bad_bytes_fail_with_a_code(data, code):
+    with pytest.raises(StageFailure) as failure:
+        decode_image(data, 40_000_000, "upload")
+    assert failure.value.error.code is code
+
+
+def test_the_pixel_limit_is_configurable_and_checked_before_decoding():
+    data = jpeg_bytes(Image.new("RGB", (300, 200)))
+    assert decode_image(data, 60_000).size == (300, 200)
+    with pytest.raises(StageFailure, match="300x200 = 60,000 pixels, above the limit of 59,999"):
+        decode_image(data, 59_999)
+
+
+def test_a_truncated_jpeg_is_reported_as_corrupt():
+    data = jpeg_bytes(Image.effect_noise((256, 256), 40).convert("RGB"))
+    with pytest.raises(StageFailure) as failure:
+        decode_image(data[: len(data) // 2], 10**7)
+    assert "corrupt" in failure.value.error.message

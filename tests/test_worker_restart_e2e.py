@@ -1,0 +1,33 @@
+"""A worker killed mid-stream loses nothing: after a restart every job ends, exactly once."""
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+
+
+def test_a_cpu_worker_killed_mid_stream_loses_no_job(e2e, room_photos):
+    stack = e2e.stack
+    worker = next(s for s in stack.stack.services if s.name.startswith("cpu-worker"))
+    uri = e2e.put_object("incoming/restart.jpg", room_photos[12].read_bytes())
+    job_ids = [f"restart-{uuid.uuid4().hex[:8]}" for _ in range(6)]
+    for job_id in job_ids:
+        e2e.publish({"job_id": job_id, "pipeline": "room_makeover", "image": uri,
+                     "style": "industrial"}, key=job_id.encode())
+
+    # Kill the worker (no clean shutdown) as soon as the first job is being worked on.
+    e2e.collector.wait_for("restyle.job-events", lambda m: m.key().decode() in job_ids
+                           and json.loads(m.value()).get("status") == "analyzing", 120)
+    worker.process.send_signal(signal.SIGKILL)
+    worker.process.wait(10)
+    stack.stack.services.remove(worker)
+    replacement = stack.start_worker("cpu", worker.port, worker.name)
+    stack.wait_healthy([replacement.port], 180)
+
+    outcomes = {job_id: e2e.result(job_id, 300) for job_id in job_ids}
+    assert {job_id: r["status"] for job_id, r in outcomes.items()} == \
+        {job_id: "done" for job_id in job_ids}
+    for job_id in job_ids:
+        assert len(e2e.results(job_id)) == 1, f"{job_id} published more than one result"
+        status, body = e2e.get(f"/jobs/{job_id}")
+        assert status == 200 and body["status"] == "done"
