@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs restyle with pinned dependencies into the current Python (use a venv if you prefer).
+#   ./install.sh        the product
+#   ./install.sh test   the product and the test tools
+# uv is used for its --override: faust-streaming caps click below the version huggingface-hub
+# needs (see overrides.txt).
+set -euo pipefail
+cd "$(dirname "$0")"
+extras=""
+[ "${1:-}" = "test" ] && extras="[test]"
+python -m pip install --quiet "uv==0.13.9"
+python -m uv pip install --python "$(python -c 'import sys; print(sys.executable)')" \
+    --override overrides.txt -e ".${extras}"
+# pyenv only sees new console scripts after a rehash.
+command -v pyenv >/dev/null 2>&1 && pyenv rehash || true

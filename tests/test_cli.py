@@ -1,0 +1,75 @@
+"""The commands users run: demo, up (with a clean stop), submit --wait and status."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from streams.embedded import free_port
+
+CLI = [sys.executable, "-m", "streams.cli"]
+
+
+def cli_env(**extra) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **extra}
+    env.pop("RESTYLE_STATE_DIR", None)
+    return {**env, **extra}
+
+
+def test_demo_runs_the_makeover_end_to_end_and_exits_zero(tmp_path, tiny_models):
+    done = subprocess.run(
+        [*CLI, "demo", "--models", str(tiny_models), "--rooms", "2",
+         "--state-dir", str(tmp_path)],
+        env=cli_env(RESTYLE_WEB_PORT=str(free_port()), RESTYLE_DEFAULT_STEPS="2",
+                    RESTYLE_DEFAULT_WIDTH="64", RESTYLE_DEFAULT_HEIGHT="64"),
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "catalog: 8 products indexed" in done.stdout
+    assert "2 of 2 jobs done" in done.stdout
+    assert "image: s3://restyle/results/" in done.stdout
+    assert not (tmp_path / "endpoints.json").exists()  # everything was stopped
+
+
+def test_up_publishes_its_endpoints_and_stops_cleanly_on_sigterm(tmp_path, tiny_models):
+    process = subprocess.Popen(
+        [*CLI, "up", "--models", str(tiny_models), "--state-dir", str(tmp_path)],
+        env=cli_env(RESTYLE_WEB_PORT=str(free_port())), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    endpoints_file = tmp_path / "endpoints.json"
+    deadline = time.monotonic() + 300
+    while not endpoints_file.exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "restyle up did not become ready"
+        time.sleep(0.5)
+    endpoints = json.loads(endpoints_file.read_text())
+    assert {"kafka_bootstrap", "s3_endpoint", "s3_bucket", "status_url", "s3_access_key",
+            "s3_secret_key"} <= set(endpoints)
+    import urllib.request
+
+    with urllib.request.urlopen(endpoints["status_url"] + "/healthz") as response:
+        assert response.status == 200
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert not endpoints_file.exists()
+    logs = (tmp_path / "logs")
+    for name in ("tansu.log", "seaweedfs.log", "cpu-worker-0.log", "gpu-worker-0.log"):
+        assert (logs / name).exists()
+
+
+def test_submit_wait_and_status_against_a_running_stack(e2e, room_photos):
+    env = cli_env(RESTYLE_STATE_DIR=str(e2e.stack.state_dir))
+    done = subprocess.run([*CLI, "submit", str(room_photos[20]), "--style", "bohemian",
+                           "--param", "seed=99", "--wait"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = done.stdout.splitlines()[0]
+    assert f"job {job_id}: done" in done.stdout and "seed: 99" in done.stdout
+    shown = subprocess.run([*CLI, "status", job_id], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert json.loads(shown.stdout)["status"] == "done"
+    missing = subprocess.run([*CLI, "status", "nope"], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2 and "no job 'nope'" in missing.stderr
