@@ -3,7 +3,9 @@ Each agent decodes, calls its stage function (in a thread: models block) and emi
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import time
 import uuid
 
@@ -12,8 +14,9 @@ from agents.images import encode_png, fit_within
 from agents.models import StageModels
 from schemas import (JobEventKind, JobStatus, MakeoverJob, MakeoverResult, ProductMatch,
                      RenderRequest, RenderResult, StageFailure, UploadEvent)
+from schemas.events import JOB_ID_PATTERN
 from streams.runtime import Runtime, decode
-from streams.uris import join_uri
+from streams.uris import join_uri, parse_uri
 
 _rng = random.SystemRandom()
 
@@ -144,8 +147,6 @@ async def _intake(rt: Runtime, event) -> None:
         return
     job_id = upload.job_id or uuid.uuid4().hex
     try:
-        from streams.uris import parse_uri
-
         parse_uri(upload.image, rt.storage.file_roots)
         job = makeover.admit(upload, job_id, rt.settings, time.time(), _rng)
     except StageFailure as failure:
@@ -155,11 +156,6 @@ async def _intake(rt: Runtime, event) -> None:
 
 
 def _readable_job_id(raw) -> str | None:
-    import json
-    import re
-
-    from schemas.events import JOB_ID_PATTERN
-
     try:
         value = json.loads(raw).get("job_id")
     except Exception:

@@ -7,7 +7,6 @@ rendering again.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from agents.images import encode_png

@@ -75,11 +75,17 @@ class Settings(BaseSettings):
     replication_factor: int = 1
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    # The address other workers use to reach this one (the pod IP on Kubernetes).
+    advertised_host: str | None = None
     # Where clients (`restyle submit/status`) reach the status API.
     status_url: str | None = None
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 0.8
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # faust refuses to start when a local table store is ahead of the changelog's end offset.
+    # Right on Apache Kafka; the embedded Tansu broker under-reports end offsets, so `restyle up`
+    # turns the check off when it starts Tansu (the local store is the source of truth there).
+    recovery_consistency_check: bool = True
     topics: Topics = Field(default_factory=Topics)
 
     # --- models ---

@@ -63,16 +63,18 @@ class RestyleStack:
         self.endpoints_path.unlink(missing_ok=True)
         settings = self.settings
         bootstrap = settings.kafka_bootstrap
+        broker_env = {}
         if not bootstrap:
             service, bootstrap = start_tansu(self.log_dir)
             self.stack.services.append(service)
+            broker_env["RESTYLE_RECOVERY_CONSISTENCY_CHECK"] = "false"
         s3_endpoint, key, secret = settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key
         if not s3_endpoint and not (settings.storage_base or "").startswith("file://"):
             service, s3_endpoint = start_seaweedfs(self.state_dir / "s3", self.log_dir)
             self.stack.services.append(service)
             key, secret = EMBEDDED_S3_KEY, EMBEDDED_S3_SECRET
         model_env, self.models_note = resolve_models(self.models, self.state_dir)
-        self.env = {**self.extra_env, "RESTYLE_KAFKA_BOOTSTRAP": bootstrap,
+        self.env = {**self.extra_env, **broker_env, "RESTYLE_KAFKA_BOOTSTRAP": bootstrap,
                     "RESTYLE_STATE_DIR": str(self.state_dir), **model_env}
         if s3_endpoint:
             self.env.update({"RESTYLE_S3_ENDPOINT": s3_endpoint, "RESTYLE_S3_ACCESS_KEY": key or "",

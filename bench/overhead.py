@@ -1,0 +1,169 @@
+"""Per-job cost of running the room makeover through Kafka, against the same stages called
+in-process with the same tiny models and the same S3 server, measured in one run.
+
+    python bench/overhead.py [--jobs 12] [--warmup 2]
+
+Prints the median end-to-end latency both ways, their ratio and the per-job overhead
+(targets: <= 1.15x and <= 60 ms), and the workers' peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RENDER = {"RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
+          "RESTYLE_DEFAULT_HEIGHT": "64"}
+
+
+def in_process_job(settings, models, engine, index, storage, photo_uri: str, job_id: str):
+    """The stages in order, in one process: what the pipeline does minus Kafka."""
+    from agents import makeover
+    from agents.images import decode_image, encode_png, fit_within
+    from schemas import RenderParams
+    from streams.uris import join_uri
+
+    async def run():
+        image = decode_image(await storage.get(photo_uri), settings.max_image_pixels)
+        small = fit_within(image, settings.analysis_max_side)
+        found = models.detector.detect(small, settings.detection_labels,
+                                       settings.detection_threshold, settings.max_detections)
+        found = makeover.embed_detections(small, found, models.embedder)
+        matches = makeover.match_products(found, index, settings.retrieve_k,
+                                          settings.match_score_floor)
+        prompt = makeover.compose_prompt(settings.styles["modern"], matches,
+                                         settings.style_weight, settings.product_weight,
+                                         settings.max_products_in_prompt)
+        depth = models.depth.estimate(small)
+        base = join_uri(settings.results_base, "bench-inproc", job_id)
+        await storage.put(join_uri(base, "depth.png"), encode_png(depth), "image/png")
+        params = RenderParams(steps=2, guidance=7.5, controlnet_scale=1.0, seed=1, width=64,
+                              height=64, negative_prompt="", num_images=1)
+        images = engine.render(settings.model_id("diffusion"),
+                               settings.model_id("controlnet_depth"), prompt, depth, params)
+        for n, generated in enumerate(images):
+            await storage.put(join_uri(base, f"{n}.png"), encode_png(generated), "image/png")
+            again = models.detector.detect(generated, settings.detection_labels,
+                                           settings.detection_threshold, settings.max_detections)
+            again = makeover.embed_detections(generated, again, models.embedder)
+            makeover.match_products(again, index, settings.retrieve_k, settings.match_score_floor)
+
+    asyncio.get_event_loop().run_until_complete(run())
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+
+    import interior_photos
+    from confluent_kafka import Consumer, OFFSET_END, Producer, TopicPartition
+
+    from agents.models import StageModels
+    from agents.tiny_models import build_tiny_models
+    from gpu_agent.engine import RenderEngine
+    from streams.demo import ingest_directory, sample_catalog_dir
+    from streams.embedded import free_port
+    from streams.index import LocalIndex
+    from streams.settings import Settings
+    from streams.stack import RestyleStack
+    from streams.storage import Storage
+
+    work = Path(tempfile.mkdtemp(prefix="restyle-bench-"))
+    models_dir = build_tiny_models(work / "models")
+    os.environ.update(RENDER)
+    stack = RestyleStack(Settings(state_dir=work / "state", web_port=free_port()),
+                         models=str(models_dir), extra_env=RENDER)
+    endpoints = stack.start()
+    try:
+        settings = Settings(state_dir=work / "state", models_dir=models_dir,
+                            kafka_bootstrap=endpoints["kafka_bootstrap"],
+                            s3_endpoint=endpoints["s3_endpoint"],
+                            s3_access_key=endpoints["s3_access_key"],
+                            s3_secret_key=endpoints["s3_secret_key"])
+        ingest_directory(settings, sample_catalog_dir(work / "catalog"))
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=endpoints["s3_endpoint"],
+                          aws_access_key_id=endpoints["s3_access_key"],
+                          aws_secret_access_key=endpoints["s3_secret_key"],
+                          region_name="us-east-1")
+        photo = Path(interior_photos.get_all_photos()[1])
+        s3.put_object(Bucket="restyle", Key="bench/room.jpg", Body=photo.read_bytes())
+        photo_uri = "s3://restyle/bench/room.jpg"
+
+        # --- through Kafka, one job at a time ---
+        producer = Producer({"bootstrap.servers": endpoints["kafka_bootstrap"],
+                             "linger.ms": 0})
+        consumer = Consumer({"bootstrap.servers": endpoints["kafka_bootstrap"],
+                             "group.id": "bench", "enable.auto.commit": False,
+                             "fetch.wait.max.ms": 10})
+        consumer.assign([TopicPartition("restyle.results", p, OFFSET_END)
+                         for p in range(settings.partitions)])
+        kafka_ms = []
+        for n in range(args.warmup + args.jobs):
+            job_id = f"bench-{uuid.uuid4().hex[:8]}"
+            started = time.perf_counter()
+            producer.produce("restyle.uploads", json.dumps({
+                "job_id": job_id, "pipeline": "room_makeover", "image": photo_uri,
+                "style": "modern", "params": {"seed": 1}}).encode(), key=job_id.encode())
+            producer.flush()
+            while True:
+                message = consumer.poll(0.05)
+                if message is not None and not message.error() and \
+                        message.key() == job_id.encode():
+                    break
+            elapsed = (time.perf_counter() - started) * 1000
+            if json.loads(message.value())["status"] != "done":
+                raise SystemExit(f"job failed: {message.value()}")
+            if n >= args.warmup:
+                kafka_ms.append(elapsed)
+        consumer.close()
+
+        # --- the same stages in-process ---
+        models = StageModels(settings)
+        models.warm_up()
+        engine = RenderEngine()
+        index = LocalIndex(settings.index_path)
+        storage = Storage.from_settings(settings)
+        local_ms = []
+        for n in range(args.warmup + args.jobs):
+            started = time.perf_counter()
+            in_process_job(settings, models, engine, index, storage, photo_uri, f"job-{n}")
+            if n >= args.warmup:
+                local_ms.append((time.perf_counter() - started) * 1000)
+
+        kafka, local = statistics.median(kafka_ms), statistics.median(local_ms)
+        print(f"jobs measured: {args.jobs} each way (after {args.warmup} warm-up)")
+        print(f"in-process median: {local:8.1f} ms/job")
+        print(f"through Kafka median: {kafka:8.1f} ms/job")
+        print(f"ratio kafka/in-process: {kafka / local:6.3f}x   (target <= 1.15x)")
+        print(f"overhead per job: {kafka - local:8.1f} ms      (target <= 60 ms)")
+        for service in stack.stack.services:
+            if "worker" in service.name:
+                print(f"peak RSS {service.name}: {peak_rss_mb(service.process.pid):8.1f} MB")
+        print(f"peak RSS in-process run: {peak_rss_mb(os.getpid()):8.1f} MB")
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
