@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import faust
 
+from streams.consumer import use_fetch_max_wait
 from streams.settings import Settings
 
 
@@ -21,6 +22,7 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
     if not settings.kafka_bootstrap:
         raise SystemExit("no Kafka configured: set RESTYLE_KAFKA_BOOTSTRAP or start `restyle up`")
     port = web_port or settings.web_port
+    use_fetch_max_wait(settings.fetch_max_wait_ms)
     datadir = settings.state_dir / "faust" / f"{role}-{port}"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -50,6 +52,14 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
     topics = {role_name: app.topic(name, key_serializer="raw", value_serializer="raw",
                                    partitions=settings.partitions)
               for role_name, name in names.items()}
+    if role == "cpu":
+        @app.task
+        async def declare_topics() -> None:
+            # Create every topic up front (results and the DLQ are otherwise only created by
+            # their first message), so downstream consumers can subscribe from day one.
+            for topic in topics.values():
+                await topic.maybe_declare()
+
     jobs = None
     if role == "cpu":
         # Raw bytes both ways: keys are job_id bytes exactly as producers key

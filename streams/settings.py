@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 0.8
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # How long a fetch may wait at the broker for data: the latency floor of each stage hop on
+    # brokers that answer long-polls late (see streams/consumer.py).
+    fetch_max_wait_ms: int = 20
     # faust refuses to start when a local table store is ahead of the changelog's end offset.
     # Right on Apache Kafka; the embedded Tansu broker under-reports end offsets, so `restyle up`
     # turns the check off when it starts Tansu (the local store is the source of truth there).
