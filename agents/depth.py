@@ -5,20 +5,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from agents.pretrained import PretrainedRole
 
-class DepthEstimator:
-    def __init__(self, model, processor, device: str):
-        self.model = model
-        self.processor = processor
-        self.device = device
 
-    @classmethod
-    def from_pretrained(cls, model_id: str, device: str = "cpu") -> "DepthEstimator":
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-        processor = AutoImageProcessor.from_pretrained(model_id)
-        model = AutoModelForDepthEstimation.from_pretrained(model_id).to(device).eval()
-        return cls(model, processor, device)
+class DepthEstimator(PretrainedRole):
+    auto_model = "AutoModelForDepthEstimation"
+    auto_processor = "AutoImageProcessor"
 
     @torch.inference_mode()
     def estimate(self, image: Image.Image) -> Image.Image:

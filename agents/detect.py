@@ -4,25 +4,17 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from agents.pretrained import PretrainedRole
 from schemas import Box, Detection
 
 
-class Detector:
+class Detector(PretrainedRole):
     """Finds the configured labels in an image, with boxes in the image's pixel coordinates."""
 
-    def __init__(self, model, processor, device: str):
-        self.model = model
-        self.processor = processor
-        self.device = device
-
-    @classmethod
-    def from_pretrained(cls, model_id: str, device: str = "cpu") -> "Detector":
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
-
-        # The fast (torchvision) image processor: the slow OWLv2 one takes a minute on a photo.
-        processor = AutoProcessor.from_pretrained(model_id, use_fast=True)
-        model = AutoModelForZeroShotObjectDetection.from_pretrained(model_id).to(device).eval()
-        return cls(model, processor, device)
+    auto_model = "AutoModelForZeroShotObjectDetection"
+    auto_processor = "AutoProcessor"
+    # The fast (torchvision) image processor: the slow OWLv2 one takes a minute on a photo.
+    processor_options = {"use_fast": True}
 
     @torch.inference_mode()
     def detect(self, image: Image.Image, labels: list[str], threshold: float,

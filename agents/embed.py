@@ -5,20 +5,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from agents.pretrained import PretrainedRole
 
-class ImageEmbedder:
-    def __init__(self, model, processor, device: str):
-        self.model = model
-        self.processor = processor
-        self.device = device
 
-    @classmethod
-    def from_pretrained(cls, model_id: str, device: str = "cpu") -> "ImageEmbedder":
-        from transformers import AutoModel, AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(model_id)
-        model = AutoModel.from_pretrained(model_id).to(device).eval()
-        return cls(model, processor, device)
+class ImageEmbedder(PretrainedRole):
+    auto_model = "AutoModel"
+    auto_processor = "AutoProcessor"
 
     @property
     def dim(self) -> int:

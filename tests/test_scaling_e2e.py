@@ -1,0 +1,46 @@
+"""Two CPU workers share the partitions; the status API answers for any job on either one."""
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+import uuid
+
+from streams.embedded import free_port
+from streams.routing import job_partition
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_a_second_cpu_worker_takes_partitions_and_status_is_routed_to_owners(e2e, room_photos):
+    stack = e2e.stack
+    extra = stack.start_worker("cpu", free_port(), "cpu-worker-extra")
+    try:
+        stack.wait_healthy([extra.port], 180)
+        uri = e2e.put_object("incoming/scale.jpg", room_photos[30].read_bytes())
+        partitions = e2e.settings.partitions
+        job_ids = []
+        while len({job_partition(j, partitions) for j in job_ids}) < partitions:
+            job_ids.append(f"scale-{uuid.uuid4().hex[:8]}")  # jobs on every partition
+        for job_id in job_ids:
+            e2e.publish({"job_id": job_id, "pipeline": "room_makeover", "image": uri,
+                         "style": "cozy"}, key=job_id.encode())
+        for job_id in job_ids:
+            assert e2e.result(job_id, 300)["status"] == "done"
+        for job_id in job_ids:
+            for base in (e2e.status_url, f"http://127.0.0.1:{extra.port}"):
+                status, body = get_json(f"{base}/jobs/{job_id}")
+                assert status == 200 and body["status"] == "done", (base, job_id, body)
+        for base in (e2e.status_url, f"http://127.0.0.1:{extra.port}"):
+            assert get_json(f"{base}/jobs/never-submitted")[0] == 404
+    finally:
+        extra.process.send_signal(signal.SIGTERM)
+        extra.process.wait(60)
+        stack.stack.services.remove(extra)
+        stack.wait_healthy([stack.settings.web_port], 180)
