@@ -10,7 +10,7 @@ import time
 import uuid
 
 from agents import makeover
-from agents.images import encode_png, fit_within
+from agents.images import encode_png
 from agents.models import StageModels
 from schemas import (JobEventKind, JobStatus, MakeoverJob, MakeoverResult, ProductMatch,
                      RenderRequest, RenderResult, StageFailure, UploadEvent)
@@ -37,7 +37,7 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
         started = time.perf_counter()
         image = await rt.image(job.image)
-        small = fit_within(image, settings.analysis_max_side)
+        small = await rt.image(job.image, settings.analysis_max_side)
         detections = await asyncio.to_thread(
             models.detector.detect, small, settings.detection_labels,
             settings.detection_threshold, settings.max_detections)
@@ -72,9 +72,8 @@ def register(rt: Runtime, models: StageModels, index) -> None:
 
     async def depth(job: MakeoverJob) -> None:
         started = time.perf_counter()
-        image = await rt.image(job.image)
-        depth_map = await asyncio.to_thread(
-            lambda: models.depth.estimate(fit_within(image, settings.analysis_max_side)))
+        small = await rt.image(job.image, settings.analysis_max_side)
+        depth_map = await asyncio.to_thread(models.depth.estimate, small)
         job.depth_map = join_uri(settings.results_base, "results", job.job_id, "depth.png")
         await rt.storage.put(job.depth_map, await asyncio.to_thread(encode_png, depth_map),
                              "image/png")

@@ -33,32 +33,55 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
     from schemas import RenderParams
     from streams.uris import join_uri
 
+    timings: dict[str, float] = {}
+
+    class timed:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            self.started = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[self.name] = timings.get(self.name, 0.0) + \
+                (time.perf_counter() - self.started) * 1000
+
     async def run():
-        image = decode_image(await storage.get(photo_uri), settings.max_image_pixels)
-        small = fit_within(image, settings.analysis_max_side)
-        found = models.detector.detect(small, settings.detection_labels,
-                                       settings.detection_threshold, settings.max_detections)
-        found = makeover.embed_detections(small, found, models.embedder)
-        matches = makeover.match_products(found, index, settings.retrieve_k,
-                                          settings.match_score_floor)
-        prompt = makeover.compose_prompt(settings.styles["modern"], matches,
-                                         settings.style_weight, settings.product_weight,
-                                         settings.max_products_in_prompt)
-        depth = models.depth.estimate(small)
+        with timed("analyze"):
+            image = decode_image(await storage.get(photo_uri), settings.max_image_pixels)
+            small = fit_within(image, settings.analysis_max_side)
+            found = models.detector.detect(small, settings.detection_labels,
+                                           settings.detection_threshold, settings.max_detections)
+        with timed("embed"):
+            found = makeover.embed_detections(small, found, models.embedder)
+        with timed("retrieve"):
+            matches = makeover.match_products(found, index, settings.retrieve_k,
+                                              settings.match_score_floor)
+        with timed("compose"):
+            prompt = makeover.compose_prompt(settings.styles["modern"], matches,
+                                             settings.style_weight, settings.product_weight,
+                                             settings.max_products_in_prompt)
         base = join_uri(settings.results_base, "bench-inproc", job_id)
-        await storage.put(join_uri(base, "depth.png"), encode_png(depth), "image/png")
+        with timed("depth"):
+            depth = models.depth.estimate(small)
+            await storage.put(join_uri(base, "depth.png"), encode_png(depth), "image/png")
         params = RenderParams(steps=2, guidance=7.5, controlnet_scale=1.0, seed=1, width=64,
                               height=64, negative_prompt="", num_images=1)
-        images = engine.render(settings.model_id("diffusion"),
-                               settings.model_id("controlnet_depth"), prompt, depth, params)
-        for n, generated in enumerate(images):
-            await storage.put(join_uri(base, f"{n}.png"), encode_png(generated), "image/png")
-            again = models.detector.detect(generated, settings.detection_labels,
-                                           settings.detection_threshold, settings.max_detections)
-            again = makeover.embed_detections(generated, again, models.embedder)
-            makeover.match_products(again, index, settings.retrieve_k, settings.match_score_floor)
+        with timed("render"):
+            images = engine.render(settings.model_id("diffusion"),
+                                   settings.model_id("controlnet_depth"), prompt, depth, params)
+        with timed("reanalyze"):
+            for n, generated in enumerate(images):
+                await storage.put(join_uri(base, f"{n}.png"), encode_png(generated), "image/png")
+                again = models.detector.detect(generated, settings.detection_labels,
+                                               settings.detection_threshold,
+                                               settings.max_detections)
+                again = makeover.embed_detections(generated, again, models.embedder)
+                makeover.match_products(again, index, settings.retrieve_k,
+                                        settings.match_score_floor)
 
     asyncio.get_event_loop().run_until_complete(run())
+    return timings
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -106,9 +129,12 @@ def main() -> None:
                           aws_access_key_id=endpoints["s3_access_key"],
                           aws_secret_access_key=endpoints["s3_secret_key"],
                           region_name="us-east-1")
-        photo = Path(interior_photos.get_all_photos()[1])
-        s3.put_object(Bucket="restyle", Key="bench/room.jpg", Body=photo.read_bytes())
-        photo_uri = "s3://restyle/bench/room.jpg"
+        photo = Path(interior_photos.get_all_photos()[1]).read_bytes()
+        total = args.warmup + args.jobs
+        # A distinct object per job and path, so no worker-side cache serves a repeat.
+        for n in range(total):
+            for path in ("kafka", "local"):
+                s3.put_object(Bucket="restyle", Key=f"bench/{path}/{n}.jpg", Body=photo)
 
         # --- through Kafka, one job at a time ---
         producer = Producer({"bootstrap.servers": endpoints["kafka_bootstrap"],
@@ -118,12 +144,13 @@ def main() -> None:
                              "fetch.wait.max.ms": 10})
         consumer.assign([TopicPartition("restyle.results", p, OFFSET_BEGINNING)
                          for p in range(settings.partitions)])
-        kafka_ms, stage_ms = [], []
+        kafka_ms, stage_ms, kafka_stages, local_stages = [], [], [], []
         for n in range(args.warmup + args.jobs):
             job_id = f"bench-{uuid.uuid4().hex[:8]}"
             started = time.perf_counter()
             producer.produce("restyle.uploads", json.dumps({
-                "job_id": job_id, "pipeline": "room_makeover", "image": photo_uri,
+                "job_id": job_id, "pipeline": "room_makeover",
+                "image": f"s3://restyle/bench/kafka/{n}.jpg",
                 "style": "modern", "params": {"seed": 1}}).encode(), key=job_id.encode())
             producer.flush()
             deadline = time.monotonic() + 120
@@ -141,6 +168,7 @@ def main() -> None:
             if n >= args.warmup:
                 kafka_ms.append(elapsed)
                 stage_ms.append(sum(result["result"]["timings_ms"].values()))
+                kafka_stages.append(result["result"]["timings_ms"])
         consumer.close()
 
         # --- the same stages in-process ---
@@ -152,9 +180,11 @@ def main() -> None:
         local_ms = []
         for n in range(args.warmup + args.jobs):
             started = time.perf_counter()
-            in_process_job(settings, models, engine, index, storage, photo_uri, f"job-{n}")
+            stages = in_process_job(settings, models, engine, index, storage,
+                                    f"s3://restyle/bench/local/{n}.jpg", f"job-{n}")
             if n >= args.warmup:
                 local_ms.append((time.perf_counter() - started) * 1000)
+                local_stages.append(stages)
 
         kafka, local = statistics.median(kafka_ms), statistics.median(local_ms)
         print(f"jobs measured: {args.jobs} each way (after {args.warmup} warm-up)")
@@ -165,6 +195,11 @@ def main() -> None:
         inside = statistics.median(stage_ms)
         print(f"  of the Kafka path: {inside:.1f} ms inside stages, "
               f"{kafka - inside:.1f} ms between them (hops, claim-check I/O, tracking)")
+        print("per stage, median ms (in-process / through Kafka):")
+        for stage in local_stages[0]:
+            inproc = statistics.median(t[stage] for t in local_stages)
+            kafka_stage = statistics.median(t.get(stage, float("nan")) for t in kafka_stages)
+            print(f"  {stage:10s} {inproc:8.1f} / {kafka_stage:8.1f}")
         for service in stack.stack.services:
             if "worker" in service.name:
                 print(f"peak RSS {service.name}: {peak_rss_mb(service.process.pid):8.1f} MB")

@@ -28,7 +28,7 @@ class Runtime:
         self.wiring = wiring
         self.storage = storage
         self.topics = wiring.topics
-        self._images: OrderedDict[str, object] = OrderedDict()
+        self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
 
     # --- sending ---
     async def send(self, topic: str, key: str, model: BaseModel, headers=None) -> None:
@@ -97,16 +97,23 @@ class Runtime:
             await self.dead_letter(message, error.code, error.message, job_id)
 
     # --- images, fetched once per worker while a job moves through its stages ---
-    async def image(self, uri: str):
-        from agents.images import decode_image
+    async def image(self, uri: str, max_side: int | None = None):
+        """The decoded image at uri, downscaled to max_side if given. Kept in a small LRU:
+        a job's stages usually run on one worker (same partition), so it is read once."""
+        from agents.images import decode_image, fit_within
 
-        if uri in self._images:
-            self._images.move_to_end(uri)
-            return self._images[uri]
-        data = await self.storage.get(uri)
-        image = await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri)
-        self._images[uri] = image
-        while len(self._images) > 8:
+        key = (uri, max_side)
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key]
+        if max_side is None:
+            data = await self.storage.get(uri)
+            image = await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels,
+                                            uri)
+        else:
+            image = await asyncio.to_thread(fit_within, await self.image(uri), max_side)
+        self._images[key] = image
+        while len(self._images) > 16:
             self._images.popitem(last=False)
         return image
 
