@@ -53,6 +53,11 @@ def _tiny_text_config(vocab_size: int, max_positions: int) -> dict:
     )
 
 
+def _tiny_vision_config(image_size: int, patch_size: int) -> dict:
+    return dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                image_size=image_size, patch_size=patch_size)
+
+
 def build_detector(out: Path) -> None:
     from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor,
                               Owlv2Processor)
@@ -60,8 +65,7 @@ def build_detector(out: Path) -> None:
     tokenizer = build_tokenizer(model_max_length=16)
     config = Owlv2Config(
         text_config=_tiny_text_config(len(tokenizer), 16),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=64, patch_size=16),
+        vision_config=_tiny_vision_config(image_size=64, patch_size=16),
         projection_dim=32,
     )
     model = Owlv2ForObjectDetection(config).eval()
@@ -78,8 +82,7 @@ def build_embedder(out: Path) -> None:
     tokenizer = build_tokenizer()
     config = CLIPConfig(
         text_config=_tiny_text_config(len(tokenizer), 77),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=32, patch_size=8),
+        vision_config=_tiny_vision_config(image_size=32, patch_size=8),
         projection_dim=64,
     )
     model = CLIPModel(config).eval()
