@@ -106,7 +106,7 @@ def main() -> None:
     from streams.demo import ingest_directory, sample_catalog_dir
     from streams.embedded import free_port
     from streams.index import LocalIndex
-    from streams.settings import Settings
+    from streams.settings import Settings, load_settings
     from streams.stack import RestyleStack
     from streams.storage import Storage
 
@@ -117,11 +117,7 @@ def main() -> None:
                          models=str(models_dir), extra_env=RENDER)
     endpoints = stack.start()
     try:
-        settings = Settings(state_dir=work / "state", models_dir=models_dir,
-                            kafka_bootstrap=endpoints["kafka_bootstrap"],
-                            s3_endpoint=endpoints["s3_endpoint"],
-                            s3_access_key=endpoints["s3_access_key"],
-                            s3_secret_key=endpoints["s3_secret_key"])
+        settings = load_settings(state_dir=work / "state")  # completed from endpoints.json
         ingest_directory(settings, sample_catalog_dir(work / "catalog"))
         import boto3
 

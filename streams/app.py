@@ -52,6 +52,7 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
     topics = {role_name: app.topic(name, key_serializer="raw", value_serializer="raw",
                                    partitions=settings.partitions)
               for role_name, name in names.items()}
+    jobs = None
     if role == "cpu":
         @app.task
         async def declare_topics() -> None:
@@ -60,8 +61,6 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
             for topic in topics.values():
                 await topic.maybe_declare()
 
-    jobs = None
-    if role == "cpu":
         # Raw bytes both ways: keys are job_id bytes exactly as producers key
         # restyle.job-events (so the web router hashes a job_id to its owner), values JobState JSON.
         jobs = app.Table("jobs", default=None, partitions=settings.partitions,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from streams.settings import DEFAULT_MODEL_IDS, Settings
+from streams.settings import DEFAULT_MODEL_IDS, Settings, load_settings
 
 SAMPLE_ROOMS = ["pexels-2416933.jpg", "pexels-36030587.jpg", "pexels-36358763.jpg",
                 "pexels-1317558.jpg", "pexels-2560067.jpg"]
@@ -82,12 +82,7 @@ def run_demo(models: str | None, rooms: int, style: str, serve: bool, serve_unti
     click.echo(f"kafka {endpoints['kafka_bootstrap']}  s3 {endpoints['s3_endpoint']}  "
                f"status API {endpoints['status_url']}")
     try:
-        running = Settings(**{"kafka_bootstrap": endpoints["kafka_bootstrap"],
-                              "s3_endpoint": endpoints["s3_endpoint"],
-                              "s3_access_key": endpoints["s3_access_key"],
-                              "s3_secret_key": endpoints["s3_secret_key"],
-                              "status_url": endpoints["status_url"],
-                              "models_dir": endpoints["models_dir"]})
+        running = load_settings(state_dir=stack.state_dir)  # completed from endpoints.json
         catalog = sample_catalog_dir(stack.state_dir / "sample-catalog")
         report = ingest_directory(running, catalog)
         click.echo(f"catalog: {len(report.indexed)} products indexed from {catalog}")
