@@ -62,14 +62,14 @@ def embed_detections(image: Image.Image, detections: list[Detection], embedder) 
     return [d.model_copy(update={"embedding": v.tolist()}) for d, v in zip(detections, vectors)]
 
 
-def match_products(detections: list[Detection], index, k: int,
-                   min_score: float) -> list[ProductMatch]:
+async def match_products(detections: list[Detection], index, k: int,
+                         min_score: float) -> list[ProductMatch]:
     """k nearest catalog products per detected object, best first, each product once."""
     best: dict[str, ProductMatch] = {}
     for detection in detections:
         if detection.embedding is None:
             continue
-        for hit in index.query(detection.embedding, k=k, min_score=min_score):
+        for hit in await index.query(detection.embedding, k=k, min_score=min_score):
             current = best.get(hit.product.product_id)
             if current is None or hit.score > current.score:
                 best[hit.product.product_id] = ProductMatch(

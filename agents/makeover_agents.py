@@ -55,8 +55,8 @@ def register(rt: Runtime, models: StageModels, index) -> None:
 
     async def retrieve(job: MakeoverJob) -> None:
         started = time.perf_counter()
-        job.matches = await asyncio.to_thread(makeover.match_products, job.detections, index,
-                                              settings.retrieve_k, settings.match_score_floor)
+        job.matches = await makeover.match_products(job.detections, index, settings.retrieve_k,
+                                                    settings.match_score_floor)
         for detection in job.detections:  # vectors are spent; keep the messages small
             detection.embedding = None
         _timed(job, "retrieve", started)
@@ -100,8 +100,8 @@ def register(rt: Runtime, models: StageModels, index) -> None:
                 settings.detection_threshold, settings.max_detections)
             found = await asyncio.to_thread(makeover.embed_detections, image, found,
                                             models.embedder)
-            products += await asyncio.to_thread(makeover.match_products, found, index,
-                                                 settings.retrieve_k, settings.match_score_floor)
+            products += await makeover.match_products(found, index, settings.retrieve_k,
+                                                      settings.match_score_floor)
         _timed(job, "reanalyze", started)
         result = MakeoverResult(
             images=[{"uri": uri} for uri in job.images], products=products,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+from agents.caption import Captioner
 from agents.depth import DepthEstimator
 from agents.detect import Detector
 from agents.device import pick_device
@@ -34,6 +35,10 @@ class StageModels:
     @property
     def depth(self) -> DepthEstimator:
         return self._get("depth", DepthEstimator)
+
+    @property
+    def captioner(self) -> Captioner:
+        return self._get("captioner", Captioner)
 
     def warm_up(self) -> None:
         _ = self.detector, self.embedder, self.depth

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-ROLES = ("detector", "embedder", "depth", "diffusion", "controlnet_depth")
+ROLES = ("detector", "embedder", "depth", "diffusion", "controlnet_depth", "captioner")
 MANIFEST = "restyle-models.json"
 
 
@@ -117,6 +117,35 @@ def build_depth(out: Path) -> None:
     processor.save_pretrained(out)
 
 
+# A small word-level vocabulary, so the random captioner's output reads as words.
+CAPTION_WORDS = ("a photo of the an grey white black green blue brown wooden oak velvet linen "
+                 "sofa chair armchair lamp table rug bed shelf plant mirror cushion with and on "
+                 "in near modern cozy rustic").split()
+
+
+def build_captioner(out: Path) -> None:
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
+                              BlipImageProcessor, BlipProcessor)
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    vocab = {token: i for i, token in enumerate(specials + list(CAPTION_WORDS))}
+    tokenizer = BertTokenizer(vocab=vocab)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # BLIP's decoder start, as in BLIP
+    config = BlipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                         bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"],
+                         pad_token_id=vocab["[PAD]"], encoder_hidden_size=32),
+        vision_config=_tiny_vision_config(image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    model = BlipForConditionalGeneration(config).eval()
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
 def build_diffusion(diffusion_out: Path, controlnet_out: Path) -> None:
     from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline,
                            UNet2DConditionModel)
@@ -155,5 +184,6 @@ def build_tiny_models(out_dir: Path | str, seed: int = 0) -> Path:
     build_embedder(out / "embedder")
     build_depth(out / "depth")
     build_diffusion(out / "diffusion", out / "controlnet_depth")
+    build_captioner(out / "captioner")
     (out / MANIFEST).write_text(json.dumps({"kind": "tiny-random", "roles": list(ROLES)}, indent=2))
     return out

@@ -55,7 +55,7 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
         with timed("embed"):
             found = makeover.embed_detections(small, found, models.embedder)
         with timed("retrieve"):
-            matches = makeover.match_products(found, index, settings.retrieve_k,
+            matches = await makeover.match_products(found, index, settings.retrieve_k,
                                               settings.match_score_floor)
         with timed("compose"):
             prompt = makeover.compose_prompt(settings.styles["modern"], matches,
@@ -77,7 +77,7 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
                                                settings.detection_threshold,
                                                settings.max_detections)
                 again = makeover.embed_detections(generated, again, models.embedder)
-                makeover.match_products(again, index, settings.retrieve_k,
+                await makeover.match_products(again, index, settings.retrieve_k,
                                         settings.match_score_floor)
 
     asyncio.get_event_loop().run_until_complete(run())
@@ -103,9 +103,9 @@ def main() -> None:
     from agents.models import StageModels
     from agents.tiny_models import build_tiny_models
     from gpu_agent.engine import RenderEngine
-    from streams.demo import ingest_directory, sample_catalog_dir
+    from streams.demo import ingest_source, sample_catalog_dir
     from streams.embedded import free_port
-    from streams.index import LocalIndex
+    from streams.local_index import LocalIndex
     from streams.settings import Settings, load_settings
     from streams.stack import RestyleStack
     from streams.storage import Storage
@@ -118,7 +118,7 @@ def main() -> None:
     endpoints = stack.start()
     try:
         settings = load_settings(state_dir=work / "state")  # completed from endpoints.json
-        ingest_directory(settings, sample_catalog_dir(work / "catalog"))
+        ingest_source(settings, str(sample_catalog_dir(work / "catalog")))
         import boto3
 
         s3 = boto3.client("s3", endpoint_url=endpoints["s3_endpoint"],

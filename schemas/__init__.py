@@ -16,7 +16,16 @@ from schemas.events import (
     DeadLetter,
 )
 from schemas.jobs import JobStatus, JobState, Progress, MakeoverResult
-from schemas.catalog import Product, ProductHit
+from schemas.catalog import (
+    Product,
+    ProductHit,
+    CatalogEvent,
+    CatalogItem,
+    CatalogOutcome,
+    OutcomeKind,
+    IngestState,
+    fold_outcome,
+)
 
 __all__ = [
     "ErrorCode", "JobError", "StageFailure",
@@ -25,4 +34,5 @@ __all__ = [
     "UploadEvent", "MakeoverJob", "RenderRequest", "RenderResult",
     "JobEvent", "JobEventKind", "ResultEvent", "DeadLetter",
     "JobStatus", "JobState", "Progress", "MakeoverResult", "Product", "ProductHit",
+    "CatalogEvent", "CatalogItem", "CatalogOutcome", "OutcomeKind", "IngestState", "fold_outcome",
 ]

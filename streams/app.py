@@ -15,6 +15,9 @@ class Wiring:
     app: faust.App
     topics: dict[str, faust.TopicT]
     jobs: faust.Table | None
+    # ingest_id -> IngestState JSON, and "ingest_id/product_id" -> that product's last outcome.
+    ingests: faust.Table | None = None
+    ingest_outcomes: faust.Table | None = None
 
 
 def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wiring:
@@ -52,7 +55,7 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
     topics = {role_name: app.topic(name, key_serializer="raw", value_serializer="raw",
                                    partitions=settings.partitions)
               for role_name, name in names.items()}
-    jobs = None
+    jobs = ingests = ingest_outcomes = None
     if role == "cpu":
         @app.task
         async def declare_topics() -> None:
@@ -65,4 +68,9 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
         # restyle.job-events (so the web router hashes a job_id to its owner), values JobState JSON.
         jobs = app.Table("jobs", default=None, partitions=settings.partitions,
                          key_type=bytes, value_type=bytes)
-    return Wiring(app, topics, jobs)
+        ingests = app.Table("ingests", default=None, partitions=settings.partitions,
+                            key_type=bytes, value_type=bytes)
+        ingest_outcomes = app.Table("ingest-outcomes", default=None,
+                                    partitions=settings.partitions, key_type=bytes,
+                                    value_type=bytes)
+    return Wiring(app, topics, jobs, ingests, ingest_outcomes)

@@ -163,16 +163,20 @@ def catalog() -> None:
 
 
 @catalog.command("ingest")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
-def catalog_ingest(directory) -> None:
-    """Embed and index every product image in DIRECTORY (catalog.csv adds id, category, caption)."""
-    from streams.demo import ingest_directory
+@click.argument("source")
+@click.option("--category-from-folder", is_flag=True,
+              help="Use each image's folder name as its category (unless catalog.csv says).")
+@click.option("--ingest-id", default=None, help="Name this ingest run (default: generated).")
+@click.option("--timeout", default=3600.0, show_default=True,
+              help="Seconds to wait for the index to acknowledge every product.")
+def catalog_ingest(source, category_from_folder, ingest_id, timeout) -> None:
+    """Index every product image in SOURCE (a directory or s3://bucket/prefix) through the
+    catalog stream; catalog.csv (image, id, category, caption) adds metadata. Waits until the
+    index has acknowledged every product; exits 1 if any failed."""
+    from streams.demo import ingest_source
 
-    report = ingest_directory(load_settings(), Path(directory))
-    click.echo(f"indexed {len(report.indexed)} products")
-    for product_id, cause in report.failed.items():
-        click.echo(f"failed {product_id}: {cause}", err=True)
-    sys.exit(1 if report.failed and not report.indexed else 0)
+    state = ingest_source(load_settings(), source, category_from_folder, ingest_id, timeout)
+    sys.exit(1 if state.failed else 0)
 
 
 if __name__ == "__main__":

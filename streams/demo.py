@@ -30,21 +30,25 @@ def missing_real_weights(settings: Settings) -> list[str]:
     return missing
 
 
-def ingest_directory(settings: Settings, directory: Path):
+def ingest_source(settings: Settings, source: str, category_from_folder: bool = False,
+                  ingest_id: str | None = None, timeout_s: float = 3600):
+    """Publish a catalog source to the running stack and follow it with a progress bar."""
     from tqdm import tqdm
 
-    from agents.embed import ImageEmbedder
-    from agents.device import pick_device
-    from streams.catalog import ingest, read_catalog_dir
-    from streams.index import LocalIndex
+    from streams import catalog, client
 
-    items = read_catalog_dir(directory)
-    embedder = ImageEmbedder.from_pretrained(settings.model_id("embedder"),
-                                             device=pick_device(settings.device))
-    with tqdm(total=len(items), unit="product", desc="ingest") as bar:
-        return ingest(items, embedder, LocalIndex(settings.index_path),
-                      settings.max_image_pixels, settings.analysis_max_side,
-                      on_progress=bar.update)
+    ingest_id, total = client.run(catalog.start_ingest(settings, source, category_from_folder,
+                                                       ingest_id))
+    click.echo(f"ingest {ingest_id}: {total} products published")
+    with tqdm(total=total, unit="product", desc="indexed") as bar:
+        def advance(state) -> None:
+            bar.update(state.processed - bar.n)
+
+        state = catalog.wait_for_ingest(client.status_url(settings), ingest_id, total,
+                                        timeout_s, on_progress=advance) if total else \
+            catalog.IngestState(ingest_id=ingest_id, finished=True)
+    click.echo(catalog.describe_ingest(state))
+    return state
 
 
 def sample_catalog_dir(target: Path) -> Path:
@@ -84,8 +88,7 @@ def run_demo(models: str | None, rooms: int, style: str, serve: bool, serve_unti
     try:
         running = load_settings(state_dir=stack.state_dir)  # completed from endpoints.json
         catalog = sample_catalog_dir(stack.state_dir / "sample-catalog")
-        report = ingest_directory(running, catalog)
-        click.echo(f"catalog: {len(report.indexed)} products indexed from {catalog}")
+        ingest_source(running, str(catalog))
         import interior_photos
 
         photos = [Path(interior_photos.get_photo_dir()) / name for name in SAMPLE_ROOMS[:rooms]]

@@ -12,14 +12,15 @@ from aiokafka.partitioner import murmur2
 from yarl import URL
 
 
-def job_partition(job_id: str, partitions: int) -> int:
-    return (murmur2(job_id.encode()) & 0x7FFFFFFF) % partitions
+def job_partition(key: str, partitions: int) -> int:
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def owner_url(app, table, job_id: str, partitions: int) -> URL | None:
-    """The canonical URL of the worker owning job_id, or None while nobody is assigned it."""
+def owner_url(app, table, key: str, partitions: int) -> URL | None:
+    """The canonical URL of the worker owning key's partition of table, or None while nobody
+    is assigned it."""
     topic = table.changelog_topic.get_topic_name()
-    partition = job_partition(job_id, partitions)
+    partition = job_partition(key, partitions)
     for url, topics in app.router.table_metadata(table.name).items():
         if partition in topics.get(topic, ()):
             return URL(url)
@@ -45,3 +46,23 @@ async def proxy(request, url: URL) -> aioweb.StreamResponse:
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+
+def routed(rt, table):
+    """Decorate a faust web view method taking (view, request, key): it is served on the worker
+    that owns key's partition of table, and relayed there from any other worker."""
+    def decorate(handler):
+        async def wrapper(view, request, **path):
+            (key,) = path.values()  # faust passes the one path parameter by its name
+            if "X-Restyle-Routed" not in request.headers:
+                url = owner_url(rt.wiring.app, table, key, rt.settings.partitions)
+                if url is None:
+                    return view.json({"error": {"code": "unavailable", "message":
+                                                "partitions are being reassigned; retry "
+                                                "shortly"}},
+                                     status=503, headers={"Retry-After": "1"})
+                if not is_local(rt.wiring.app, url):
+                    return await proxy(request, url)
+            return await handler(view, request, **path)
+        return wrapper
+    return decorate

@@ -61,7 +61,11 @@ class Runtime:
 
     # --- the one way a stage handles a message ---
     async def handle(self, stage: str, event, model: type[M],
-                     handler: Callable[[M], Awaitable[None]], fail_jobs: bool = True) -> None:
+                     handler: Callable[[M], Awaitable[None]], fail_jobs: bool = True,
+                     on_failure: Callable[[M, JobError], Awaitable[None]] | None = None) -> None:
+        """Decode event's message as `model` and run handler on it. Undecodable → DLQ. A
+        StageFailure or an unexpected error → on_failure(decoded, error) when given, else the
+        job fails (or, with fail_jobs=False, the message goes to the DLQ)."""
         message = event.message
         started = time.perf_counter()
         try:
@@ -77,7 +81,7 @@ class Runtime:
         except StageFailure as failure:
             STAGE_OUTCOMES.labels(stage, "failed").inc()
             log.info("job %s failed in %s: %s", job_id, stage, failure.error.message)
-            await self._failed(message, job_id, failure.error, decoded, fail_jobs)
+            await self._failed(message, job_id, failure.error, decoded, fail_jobs, on_failure)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug or a model error: the job fails, the worker lives
@@ -85,16 +89,25 @@ class Runtime:
             log.exception("job %s: unexpected error in %s", job_id, stage)
             error = JobError(code=ErrorCode.INTERNAL,
                              message=f"{stage} stage error: {type(exc).__name__}: {exc}")
-            await self._failed(message, job_id, error, decoded, fail_jobs)
+            await self._failed(message, job_id, error, decoded, fail_jobs, on_failure)
         finally:
             STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
 
     async def _failed(self, message, job_id: str | None, error: JobError, decoded,
-                      fail_jobs: bool) -> None:
-        if fail_jobs and job_id:
+                      fail_jobs: bool, on_failure=None) -> None:
+        if on_failure is not None:
+            await on_failure(decoded, error)
+        elif fail_jobs and job_id:
             await self.fail(job_id, error, getattr(decoded, "tenant", None))
         else:
             await self.dead_letter(message, error.code, error.message, job_id)
+
+    async def image_uncached(self, uri: str):
+        """The decoded image at uri, for images read once (catalog products): not cached."""
+        from agents.images import decode_image
+
+        data = await self.storage.get(uri)
+        return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri)
 
     # --- images, fetched once per worker while a job moves through its stages ---
     async def image(self, uri: str, max_side: int | None = None):

@@ -22,6 +22,7 @@ DEFAULT_MODEL_IDS = {
     "depth": "depth-anything/Depth-Anything-V2-Small-hf",
     "diffusion": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "controlnet_depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "captioner": "Salesforce/blip-image-captioning-base",
 }
 SDXL_MODEL_IDS = {
     "diffusion": "stabilityai/stable-diffusion-xl-base-1.0",
@@ -49,6 +50,10 @@ class Topics(BaseSettings):
     depth: str = "restyle.stage.depth"
     render: str = "restyle.render-requests"
     reanalyze: str = "restyle.stage.reanalyze"
+    catalog: str = "restyle.catalog"
+    catalog_caption: str = "restyle.stage.catalog-caption"
+    catalog_index: str = "restyle.stage.catalog-index"
+    catalog_events: str = "restyle.catalog-events"
 
 
 class Settings(BaseSettings):
@@ -68,6 +73,21 @@ class Settings(BaseSettings):
     file_roots: list[Path] = Field(default_factory=list)
     presign_expiry_s: int = 3600
     index_dir: Path | None = None
+    # --- the vector index: embedded (on disk) unless an OpenSearch URL is set ---
+    # The embedded index searches exactly below this many products, with an HNSW graph above.
+    index_ann_threshold: int = 20_000
+    index_ef_search: int = 64
+    opensearch_url: str | None = None
+    opensearch_user: str | None = None
+    opensearch_password: str | None = None
+    opensearch_verify_certs: bool = True
+    opensearch_index: str = "restyle-products"
+    opensearch_engine: Literal["lucene", "faiss", "nmslib"] = "lucene"
+    opensearch_space: Literal["cosinesimil", "innerproduct", "l2"] = "cosinesimil"
+    opensearch_ef_construction: int = 128
+    opensearch_m: int = 16
+    opensearch_shards: int = 1
+    opensearch_replicas: int = 0
 
     # --- the faust app ---
     app_id: str = "restyle"
@@ -100,6 +120,7 @@ class Settings(BaseSettings):
     depth_model: str | None = None
     diffusion_model: str | None = None
     controlnet_depth_model: str | None = None
+    captioner_model: str | None = None
     diffusion_family: Literal["sd15", "sdxl"] = "sd15"
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -119,6 +140,18 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     # Photos are analysed (detection, depth) at most this large; results keep full quality.
     analysis_max_side: int = 1024
+
+    # --- catalog ingestion (restyle.catalog) ---
+    # Product images are resized to at most this side before embedding and captioning.
+    catalog_max_side: int = 512
+    # The indexing stage writes in batches: when this many products are waiting, or after
+    # this many seconds, whichever comes first.
+    catalog_batch_size: int = 64
+    catalog_flush_s: float = 1.0
+    # Text the captioner continues (BLIP-style conditional captioning); empty for none.
+    # For chat VLMs it is the user turn, sent through the model's chat template.
+    caption_prompt: str = "a photo of"
+    caption_max_tokens: int = 30
 
     # --- render defaults (per-job params override) ---
     default_steps: int = 30

@@ -36,6 +36,10 @@ class FileStore:
     async def presign(self, ref: ObjectRef, expires_s: int) -> str | None:
         return None  # a local path has no URL to share
 
+    async def list(self, ref: ObjectRef) -> list[str]:
+        root = Path(ref.key)
+        return sorted(p.as_uri() for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
 
 class S3Store:
     def __init__(self, endpoint: str | None, access_key: str | None, secret_key: str | None,
@@ -104,6 +108,14 @@ class S3Store:
         return await client.generate_presigned_url(
             "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=expires_s)
 
+    async def list(self, ref: ObjectRef) -> list[str]:
+        client = await self.client()
+        uris = []
+        paginator = client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=ref.bucket, Prefix=ref.key):
+            uris += [f"s3://{ref.bucket}/{item['Key']}" for item in page.get("Contents", [])]
+        return uris
+
     async def ensure_bucket(self, bucket: str) -> None:
         client = await self.client()
         try:
@@ -151,6 +163,14 @@ class Storage:
     async def exists(self, uri: str) -> bool:
         store, ref = self._route(uri)
         return await store.exists(ref)
+
+    async def list(self, prefix_uri: str) -> list[str]:
+        """URIs of every object under a prefix (s3://bucket/prefix/ or a file:// directory)."""
+        bucket_only = prefix_uri.startswith("s3://") and "/" not in prefix_uri[5:].rstrip("/")
+        if bucket_only:  # the whole bucket: a prefix, though not an object key
+            return await self.s3.list(ObjectRef("s3", prefix_uri[5:].rstrip("/"), ""))
+        store, ref = self._route(prefix_uri)
+        return await store.list(ref)
 
     async def presign(self, uri: str) -> str | None:
         store, ref = self._route(uri)

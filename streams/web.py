@@ -12,7 +12,7 @@ from faust import web
 
 from schemas import ErrorCode, JobState
 from streams.metrics import render_metrics
-from streams.routing import is_local, owner_url, proxy
+from streams.routing import routed
 from streams.runtime import Runtime
 from streams.uris import join_uri
 
@@ -36,23 +36,9 @@ def register(rt: Runtime) -> None:
         stored = jobs.get(job_id.encode())
         return JobState.model_validate_json(stored) if stored else None
 
-    def routed(handler):
-        """Serve on the worker that owns the job; anywhere else, relay to it."""
-        async def wrapper(view, request, job_id: str):
-            if "X-Restyle-Routed" not in request.headers:
-                url = owner_url(app, jobs, job_id, rt.settings.partitions)
-                if url is None:
-                    return view.json({"error": {"code": "unavailable", "message":
-                                                "jobs are being reassigned; retry shortly"}},
-                                     status=503, headers={"Retry-After": "1"})
-                if not is_local(app, url):
-                    return await proxy(request, url)
-            return await handler(view, request, job_id)
-        return wrapper
-
     @app.page("/jobs/{job_id}")
     class JobView(web.View):
-        @routed
+        @routed(rt, jobs)
         async def get(self, request: web.Request, job_id: str) -> web.Response:
             state = lookup(job_id)
             if state is None:
@@ -62,7 +48,7 @@ def register(rt: Runtime) -> None:
 
     @app.page("/jobs/{job_id}/events")
     class JobEventsView(web.View):
-        @routed
+        @routed(rt, jobs)
         async def get(self, request: web.Request, job_id: str):
             if lookup(job_id) is None:
                 return self.json({"error": {"code": "not_found",

@@ -16,16 +16,20 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     wiring = create_app(settings, role, web_port)
     rt = Runtime(settings, wiring, Storage.from_settings(settings))
     if role == "cpu":
-        from agents import makeover_agents
+        from agents import catalog_agents, makeover_agents
         from agents.models import StageModels
-        from streams import tracker, web
-        from streams.index import LocalIndex
+        from streams import catalog_web, ingests, tracker, web
+        from streams.index import open_index
 
         models = StageModels(settings)
         models.warm_up()  # fail fast on a bad model id, and keep the first job fast
-        makeover_agents.register(rt, models, LocalIndex(settings.index_path))
+        index = open_index(settings)
+        makeover_agents.register(rt, models, index)
+        catalog_agents.register(rt, models, index)
         tracker.register(rt)
+        ingests.register(rt)
         web.register(rt)
+        catalog_web.register(rt, models, index)
     elif role == "gpu":
         from gpu_agent.engine import RenderEngine
         from gpu_agent.worker import register

@@ -167,10 +167,11 @@ def e2e(tmp_path_factory, tiny_models, room_photos):
     settings = Settings(state_dir=state, web_port=free_port())
     stack = RestyleStack(settings, models=str(tiny_models), extra_env=extra_env)
     stack.start()
-    from streams.demo import ingest_directory, sample_catalog_dir
+    from streams.demo import ingest_source, sample_catalog_dir
+    from streams.settings import load_settings
 
     catalog = sample_catalog_dir(state / "catalog")
-    ingest_directory(Settings(state_dir=state, models_dir=tiny_models), catalog)
+    ingest_source(load_settings(state_dir=state), str(catalog))
     collector = TopicCollector(stack.endpoints["kafka_bootstrap"],
                                ["restyle.results", "restyle.dlq", "restyle.job-events"],
                                settings.partitions)

@@ -1,6 +1,8 @@
 """Each stage on its own, on tiny random-weight models and real interior photos (no Kafka)."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,7 +13,7 @@ from agents.detect import Detector
 from agents.embed import ImageEmbedder
 from gpu_agent.engine import RenderEngine
 from schemas import Box, Detection, Product, ProductMatch, RenderParams
-from streams.index import LocalIndex
+from streams.local_index import LocalIndex
 from streams.styles import DEFAULT_STYLES
 
 
@@ -54,12 +56,12 @@ def test_retrieval_returns_each_catalog_product_once_best_first(tmp_path, embedd
     index = LocalIndex(tmp_path / "index")
     images = [Image.open(p).convert("RGB").resize((64, 64)) for p in room_photos[:4]]
     products = [Product(product_id=f"p{i}", caption=f"product {i}") for i in range(4)]
-    index.upsert(products, embedder.embed_images(images))
+    index.upsert_now(products, embedder.embed_images(images))
     # A crop that *is* product p2's photo must match p2 first, with cosine ~1.
     detection = Detection(label="sofa", score=0.9, box=Box(x0=0, y0=0, x1=64, y1=64))
-    matches = makeover.match_products(
+    matches = asyncio.run(makeover.match_products(
         makeover.embed_detections(images[2], [detection, detection], embedder), index, k=3,
-        min_score=-1.0)
+        min_score=-1.0))
     assert matches[0].product_id == "p2" and matches[0].score == pytest.approx(1.0, abs=1e-4)
     assert len({m.product_id for m in matches}) == len(matches) == 3
 

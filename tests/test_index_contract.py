@@ -1,0 +1,141 @@
+"""The vector-index contract, run on every backend: the embedded index searching exactly, the
+embedded index walking its HNSW graph, and a real OpenSearch node with the k-NN plugin.
+
+Scores are cosine similarities on every backend, so one set of assertions covers them all.
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import pytest
+
+from schemas import Product
+
+
+def unit(*values) -> np.ndarray:
+    vector = np.array(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture(params=["embedded-exact", "embedded-hnsw", "opensearch"])
+def make_index(request, tmp_path):
+    """A factory: each call opens the same index again (a second process's view of it)."""
+    opened = []
+
+    if request.param.startswith("embedded"):
+        from streams.local_index import LocalIndex
+
+        # The graph variant walks the graph for every query, filtered ones included.
+        graph = request.param == "embedded-hnsw"
+
+        def make():
+            return LocalIndex(tmp_path / "index", ann_threshold=1 if graph else 10**9,
+                              exact_filter_rows=0 if graph else 10**9)
+    else:
+        from streams.opensearch_index import OpenSearchIndex
+        from streams.settings import Settings
+
+        url = request.getfixturevalue("opensearch_url")
+        name = f"contract-{uuid.uuid4().hex[:8]}"
+
+        def make():
+            index = OpenSearchIndex.from_settings(Settings(opensearch_url=url,
+                                                           opensearch_index=name))
+            opened.append(index)
+            return index
+    yield make
+    if opened:
+        async def cleanup():
+            await opened[0].drop()
+            for index in opened:
+                await index.close()
+        run(cleanup())
+
+
+SOFA = Product(product_id="sofa", caption="grey sofa", category="sofa", image="s3://b/sofa.jpg")
+LAMP = Product(product_id="lamp", caption="brass lamp", category="lamp")
+
+
+def test_nearest_first_with_cosine_scores_filters_and_a_floor(make_index):
+    async def scenario():
+        index = make_index()
+        assert await index.upsert([SOFA, LAMP], np.stack([unit(1, 0, 0), unit(0, 1, 0)])) == {}
+        query = unit(1, 0.1, 0)
+        hits = await index.query(query, k=2)
+        assert [h.product.product_id for h in hits] == ["sofa", "lamp"]
+        assert hits[0].score == pytest.approx(float(query @ unit(1, 0, 0)), abs=1e-4)
+        assert hits[1].score == pytest.approx(float(query @ unit(0, 1, 0)), abs=1e-4)
+        assert hits[0].product == SOFA
+        lamps = await index.query(unit(1, 0, 0), 2, category="lamp")
+        assert [h.product.product_id for h in lamps] == ["lamp"]
+        assert await index.query(unit(1, 0, 0), 2, category="rug") == []
+        floored = await index.query(unit(1, 0, 0), 2, min_score=0.5)
+        assert [h.product.product_id for h in floored] == ["sofa"]
+    run(scenario())
+
+
+def test_reingesting_updates_in_place_and_deletes_are_seen_by_other_readers(make_index):
+    async def scenario():
+        index, reader = make_index(), make_index()
+        await index.upsert([SOFA, LAMP], np.stack([unit(1, 0, 0), unit(0, 1, 0)]))
+        velvet = Product(product_id="sofa", caption="green velvet sofa", category="sofa")
+        await index.upsert([velvet], unit(0, 0, 1)[None])
+        assert await reader.count() == 2
+        assert (await reader.get("sofa")).caption == "green velvet sofa"
+        assert [h.product.product_id for h in await reader.query(unit(0, 0, 1), 1)] == ["sofa"]
+        await index.delete(["lamp", "never-existed"])
+        assert await reader.count() == 1
+        assert await reader.get("lamp") is None
+        assert [h.product.product_id for h in await reader.query(unit(0, 1, 0), 5)] == ["sofa"]
+    run(scenario())
+
+
+def test_a_vector_of_another_size_is_refused(make_index):
+    async def scenario():
+        index = make_index()
+        await index.upsert([SOFA], unit(1, 0)[None])
+        with pytest.raises(ValueError, match="embedding model changed"):
+            await index.upsert([LAMP], unit(1, 0, 0)[None])
+    run(scenario())
+
+
+def test_an_empty_index_answers_nothing(make_index):
+    async def scenario():
+        index = make_index()
+        assert await index.query(unit(1, 0), 3) == []
+        assert await index.get("sofa") is None
+        assert await index.count() == 0
+    run(scenario())
+
+
+def test_many_products_recall_and_category_filter(make_index):
+    """2,000 clustered 64-d products: the top 10 match exact search (recall@10 >= 0.95) and a
+    filtered query returns only, and enough of, the requested category."""
+    rng = np.random.default_rng(7)
+    centers = rng.normal(size=(40, 64))
+    vectors = centers[rng.integers(0, 40, 2000)] + 0.5 * rng.normal(size=(2000, 64))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    products = [Product(product_id=f"p{i}", caption=f"product {i}",
+                        category="chair" if i % 7 == 0 else "table") for i in range(2000)]
+    queries = vectors[rng.integers(0, 2000, 20)] + 0.1 * rng.normal(size=(20, 64))
+
+    async def scenario():
+        index = make_index()
+        for start in range(0, 2000, 500):
+            await index.upsert(products[start:start + 500], vectors[start:start + 500])
+        recalls = []
+        for query in queries:
+            query = query / np.linalg.norm(query)
+            truth = {f"p{i}" for i in np.argsort(-(vectors @ query))[:10]}
+            found = {h.product.product_id for h in await index.query(query, 10)}
+            recalls.append(len(truth & found) / 10)
+            chairs = await index.query(query, 10, category="chair")
+            assert len(chairs) == 10 and {h.product.category for h in chairs} == {"chair"}
+        assert np.mean(recalls) >= 0.95
+    run(scenario())
