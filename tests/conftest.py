@@ -151,22 +151,112 @@ class E2E:
             return error.code, json.loads(error.read() or b"{}")
 
 
+def docker_answers() -> bool:
+    try:
+        import docker
+
+        return bool(docker.from_env(timeout=3).ping())
+    except Exception:
+        return False
+
+
+def production_broker() -> str:
+    """The production-grade broker for this run, in order: RESTYLE_KAFKA_BOOTSTRAP; Apache Kafka
+    from Maven where Java and Maven exist; testcontainers' Kafka where a Docker engine answers;
+    else none (the embedded Tansu run still happens)."""
+    from streams import apache_kafka
+
+    if os.environ.get("RESTYLE_KAFKA_BOOTSTRAP"):
+        return "external"
+    if apache_kafka.available() is None:
+        return "apache-kafka"
+    if docker_answers():
+        return "testcontainers"
+    return "tansu"
+
+
+# The end-to-end suite runs once per broker: the production one, then Tansu (what
+# `restyle up` embeds by default).
+E2E_BROKERS = list(dict.fromkeys([production_broker(), "tansu"]))
+
+
+def pytest_report_header(config):
+    return f"end-to-end brokers: {', '.join(E2E_BROKERS)}"
+
+
+def start_broker(kind: str, state: Path):
+    """(bootstrap or None for `restyle up` to start Tansu, a stop function, a description)."""
+    if kind == "external":
+        bootstrap = os.environ["RESTYLE_KAFKA_BOOTSTRAP"]
+        return bootstrap, lambda: None, f"external Kafka at {bootstrap} (RESTYLE_KAFKA_BOOTSTRAP)"
+    if kind == "apache-kafka":
+        from streams.apache_kafka import KAFKA_VERSION, start_apache_kafka
+
+        service, bootstrap = start_apache_kafka(state / "kafka", state / "logs")
+        return bootstrap, service.stop, f"Apache Kafka {KAFKA_VERSION} (KRaft, Maven jars) at " \
+                                        f"{bootstrap}"
+    if kind == "testcontainers":
+        from testcontainers.community.kafka import KafkaContainer
+
+        container = KafkaContainer().with_kraft().start()
+        bootstrap = container.get_bootstrap_server()
+        return bootstrap, container.stop, f"testcontainers Kafka at {bootstrap}"
+    return None, lambda: None, "Tansu (embedded by restyle up)"
+
+
 @pytest.fixture(scope="session")
-def e2e(tmp_path_factory, tiny_models, room_photos):
+def opensearch_url(request, tmp_path_factory):
+    """A real OpenSearch with k-NN: RESTYLE_OPENSEARCH_URL; else a node from Maven Central
+    artifacts where a JDK 21+ exists; else testcontainers where Docker answers."""
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if os.environ.get("RESTYLE_OPENSEARCH_URL"):
+        yield os.environ["RESTYLE_OPENSEARCH_URL"]
+        return
+    from streams import opensearch_node
+
+    why_not = opensearch_node.available()
+    if why_not is None:
+        node, url = opensearch_node.start_opensearch(tmp_path_factory.mktemp("opensearch"))
+        if reporter:
+            reporter.write_line(f"\n[opensearch] OpenSearch {opensearch_node.OPENSEARCH_VERSION}"
+                                f" + k-NN (Maven Central artifacts) at {url}")
+        yield url
+        node.stop(30)
+    elif docker_answers():
+        from testcontainers.community.opensearch import OpenSearchContainer
+
+        container = OpenSearchContainer("opensearchproject/opensearch:3.6.0").start()
+        config = container.get_config()
+        yield f"http://{config['host']}:{config['port']}"
+        container.stop()
+    else:
+        pytest.skip(f"no OpenSearch: {why_not}; no Docker engine; RESTYLE_OPENSEARCH_URL unset")
+
+
+@pytest.fixture(scope="session", params=E2E_BROKERS)
+def e2e(request, tmp_path_factory, tiny_models, room_photos):
     from streams.embedded import free_port
     from streams.settings import Settings
     from streams.stack import RestyleStack
 
-    state = tmp_path_factory.mktemp("stack")
+    state = tmp_path_factory.mktemp(f"stack-{request.param}")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    bootstrap, stop_broker, described = start_broker(request.param, state)
+    if reporter:
+        reporter.write_line(f"\n[e2e] broker for this run: {described}")
     uploads = tmp_path_factory.mktemp("local-uploads")
     extra_env = {
         "RESTYLE_FILE_ROOTS": json.dumps([str(room_photos[0].parent), str(uploads)]),
         "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
         "RESTYLE_DEFAULT_HEIGHT": "64", "HF_HUB_OFFLINE": "1",
     }
-    settings = Settings(state_dir=state, web_port=free_port())
+    settings = Settings(state_dir=state, web_port=free_port(), kafka_bootstrap=bootstrap)
     stack = RestyleStack(settings, models=str(tiny_models), extra_env=extra_env)
-    stack.start()
+    try:
+        stack.start()
+    except BaseException:
+        stop_broker()
+        raise
     from streams.demo import ingest_source, sample_catalog_dir
     from streams.settings import load_settings
 
@@ -177,6 +267,8 @@ def e2e(tmp_path_factory, tiny_models, room_photos):
                                settings.partitions)
     handles = E2E(stack, settings, collector)
     handles.local_uploads = uploads
+    handles.broker = request.param
     yield handles
     collector.close()
     stack.stop()
+    stop_broker()

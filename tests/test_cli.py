@@ -27,7 +27,7 @@ def test_demo_runs_the_makeover_end_to_end_and_exits_zero(tmp_path, tiny_models)
                     RESTYLE_DEFAULT_WIDTH="64", RESTYLE_DEFAULT_HEIGHT="64"),
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "catalog: 8 products indexed" in done.stdout
+    assert ": 8 indexed, 0 deleted, 0 failed" in done.stdout
     assert "2 of 2 jobs done" in done.stdout
     assert "image: s3://restyle/results/" in done.stdout
     assert not (tmp_path / "endpoints.json").exists()  # everything was stopped

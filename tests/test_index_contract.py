@@ -19,14 +19,33 @@ def unit(*values) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def run(coro):
-    return asyncio.run(coro)
+class IndexFactory:
+    """Each call opens the same index again (a second process's view of it); `run` runs a test
+    scenario on one event loop and closes what it opened there (async clients are loop-bound)."""
+
+    def __init__(self, make):
+        self.make = make
+        self.opened = []
+
+    def __call__(self):
+        index = self.make()
+        self.opened.append(index)
+        return index
+
+    def run(self, scenario):
+        async def scenario_then_close():
+            try:
+                await scenario
+            finally:
+                for index in self.opened:
+                    await index.close()
+                self.opened.clear()
+        asyncio.run(scenario_then_close())
 
 
 @pytest.fixture(params=["embedded-exact", "embedded-hnsw", "opensearch"])
 def make_index(request, tmp_path):
-    """A factory: each call opens the same index again (a second process's view of it)."""
-    opened = []
+    drop = None
 
     if request.param.startswith("embedded"):
         from streams.local_index import LocalIndex
@@ -45,17 +64,16 @@ def make_index(request, tmp_path):
         name = f"contract-{uuid.uuid4().hex[:8]}"
 
         def make():
-            index = OpenSearchIndex.from_settings(Settings(opensearch_url=url,
-                                                           opensearch_index=name))
-            opened.append(index)
-            return index
-    yield make
-    if opened:
-        async def cleanup():
-            await opened[0].drop()
-            for index in opened:
-                await index.close()
-        run(cleanup())
+            return OpenSearchIndex.from_settings(Settings(opensearch_url=url,
+                                                          opensearch_index=name))
+
+        async def drop():
+            index = make()
+            await index.drop()
+            await index.close()
+    yield IndexFactory(make)
+    if drop:
+        asyncio.run(drop())
 
 
 SOFA = Product(product_id="sofa", caption="grey sofa", category="sofa", image="s3://b/sofa.jpg")
@@ -77,7 +95,7 @@ def test_nearest_first_with_cosine_scores_filters_and_a_floor(make_index):
         assert await index.query(unit(1, 0, 0), 2, category="rug") == []
         floored = await index.query(unit(1, 0, 0), 2, min_score=0.5)
         assert [h.product.product_id for h in floored] == ["sofa"]
-    run(scenario())
+    make_index.run(scenario())
 
 
 def test_reingesting_updates_in_place_and_deletes_are_seen_by_other_readers(make_index):
@@ -93,7 +111,7 @@ def test_reingesting_updates_in_place_and_deletes_are_seen_by_other_readers(make
         assert await reader.count() == 1
         assert await reader.get("lamp") is None
         assert [h.product.product_id for h in await reader.query(unit(0, 1, 0), 5)] == ["sofa"]
-    run(scenario())
+    make_index.run(scenario())
 
 
 def test_a_vector_of_another_size_is_refused(make_index):
@@ -102,7 +120,7 @@ def test_a_vector_of_another_size_is_refused(make_index):
         await index.upsert([SOFA], unit(1, 0)[None])
         with pytest.raises(ValueError, match="embedding model changed"):
             await index.upsert([LAMP], unit(1, 0, 0)[None])
-    run(scenario())
+    make_index.run(scenario())
 
 
 def test_an_empty_index_answers_nothing(make_index):
@@ -111,7 +129,7 @@ def test_an_empty_index_answers_nothing(make_index):
         assert await index.query(unit(1, 0), 3) == []
         assert await index.get("sofa") is None
         assert await index.count() == 0
-    run(scenario())
+    make_index.run(scenario())
 
 
 def test_many_products_recall_and_category_filter(make_index):
@@ -138,4 +156,4 @@ def test_many_products_recall_and_category_filter(make_index):
             chairs = await index.query(query, 10, category="chair")
             assert len(chairs) == 10 and {h.product.category for h in chairs} == {"chair"}
         assert np.mean(recalls) >= 0.95
-    run(scenario())
+    make_index.run(scenario())

@@ -49,10 +49,9 @@ def test_a_room_photo_becomes_a_restyled_room_with_products(e2e, room_uri):
     with urllib.request.urlopen(url) as response:
         assert response.read() == body
     # Products found in the generated room come from the catalog, with boxes and scores.
-    catalog_ids = {line.split(",")[1] for line in
-                   open(e2e.stack.state_dir / "catalog" / "catalog.csv").read().splitlines()[1:]}
     for product in job["result"]["products"]:
-        assert product["product_id"] in catalog_ids
+        status, stored = e2e.get(f"/products/{product['product_id']}")
+        assert status == 200 and stored["caption"] == product["caption"]
         assert {"caption", "score", "box"} <= set(product)
 
     # Every status change and render step went out on restyle.job-events.

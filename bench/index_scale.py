@@ -1,0 +1,166 @@
+"""Vector index at catalog scale, measured in one run (this machine is shared and noisy, so
+compare the printed ratios rather than absolute times).
+
+Embedded index: N products x D dims (default 100k x 512), clustered like real embeddings.
+Prints p50/p95 query latency of exact search and of the HNSW graph, their ratio, recall@10 of the
+graph against exact search, and a filtered query's latency. Targets (issue 3): p50 <= 2 ms,
+recall@10 >= 0.95.
+
+OpenSearch (`--opensearch`, or RESTYLE_OPENSEARCH_URL): bulk ingest rate (vectors/s) and p50
+k-NN latency at --os-products (default 10k), starting a local node from Maven Central artifacts
+when no URL is given.
+
+    python bench/index_scale.py [--products 100000] [--dim 512] [--queries 300] [--opensearch]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from schemas import Product  # noqa: E402
+
+
+def clustered(n: int, n_queries: int, dim: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Products around n/100 centres (like embeddings of product families), and queries drawn
+    the same way (a photo's crop resembles some family), all unit length."""
+    centers = rng.normal(size=(max(10, n // 100), dim)).astype(np.float32)
+
+    def around(count: int) -> np.ndarray:
+        vectors = centers[rng.integers(0, len(centers), count)]
+        vectors = vectors + 0.6 * rng.normal(size=(count, dim)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    return around(n), around(n_queries)
+
+
+def catalog(n: int) -> list[Product]:
+    categories = ["sofa", "chair", "lamp", "table", "rug", "bed", "shelf", "plant"]
+    return [Product(product_id=f"p{i}", caption=f"product {i}",
+                    category=categories[i % len(categories)]) for i in range(n)]
+
+
+def percentile_ms(samples: list[float], q: float) -> float:
+    return float(np.percentile(samples, q) * 1000)
+
+
+def timed_queries(query, queries: np.ndarray, **kwargs) -> tuple[list[float], list[set]]:
+    latencies, found = [], []
+    for vector in queries:
+        started = time.perf_counter()
+        hits = query(vector, 10, **kwargs)
+        latencies.append(time.perf_counter() - started)
+        found.append({h.product.product_id for h in hits})
+    return latencies, found
+
+
+def bench_embedded(n: int, dim: int, n_queries: int, rng) -> None:
+    from streams.local_index import LocalIndex
+
+    vectors, queries = clustered(n, n_queries, dim, rng)
+    products = catalog(n)
+    with tempfile.TemporaryDirectory() as work:
+        exact = LocalIndex(Path(work) / "exact", ann_threshold=10**12)
+        started = time.perf_counter()
+        exact.upsert_now(products, vectors)
+        exact_build = time.perf_counter() - started
+        graph = LocalIndex(Path(work) / "graph", ann_threshold=1)
+        started = time.perf_counter()
+        graph.upsert_now(products, vectors)
+        graph_build = time.perf_counter() - started
+        started = time.perf_counter()
+        reopened = LocalIndex(Path(work) / "graph", ann_threshold=1)
+        reopened.query_now(queries[0], 1)  # loads vectors, products and graph
+        load = time.perf_counter() - started
+
+        exact_lat, truth = timed_queries(exact.query_now, queries)
+        graph_lat, found = timed_queries(graph.query_now, queries)
+        recall = np.mean([len(t & f) / 10 for t, f in zip(truth, found)])
+        filtered_lat, filtered = timed_queries(graph.query_now, queries, category="lamp")
+        exact_filtered_lat, filtered_truth = timed_queries(exact.query_now, queries,
+                                                           category="lamp")
+        filtered_recall = np.mean([len(t & f) / 10 for t, f in zip(filtered_truth, filtered)])
+
+    print(f"embedded index: {n:,} products x {dim}-d, {n_queries} queries, k=10")
+    print(f"  build: exact {exact_build:.1f} s, HNSW graph {graph_build:.1f} s; "
+          f"reopen from disk {load:.2f} s")
+    print(f"  exact search   p50 {percentile_ms(exact_lat, 50):7.3f} ms   "
+          f"p95 {percentile_ms(exact_lat, 95):7.3f} ms")
+    print(f"  HNSW graph     p50 {percentile_ms(graph_lat, 50):7.3f} ms   "
+          f"p95 {percentile_ms(graph_lat, 95):7.3f} ms   (target p50 <= 2 ms)")
+    print(f"  graph speed-up over exact (p50): "
+          f"{np.median(exact_lat) / np.median(graph_lat):.1f}x")
+    print(f"  recall@10 vs exact: {recall:.3f}   (target >= 0.95)")
+    print(f"  category filter (1/8 of products): graph p50 "
+          f"{percentile_ms(filtered_lat, 50):.3f} ms, exact p50 "
+          f"{percentile_ms(exact_filtered_lat, 50):.3f} ms, recall@10 {filtered_recall:.3f}")
+
+
+async def bench_opensearch(url: str, n: int, dim: int, n_queries: int, rng) -> None:
+    from streams.opensearch_index import OpenSearchIndex
+    from streams.settings import Settings
+
+    index = OpenSearchIndex.from_settings(Settings(opensearch_url=url,
+                                                   opensearch_index=f"bench-{os.getpid()}"))
+    vectors, queries = clustered(n, n_queries, dim, rng)
+    products = catalog(n)
+    try:
+        started = time.perf_counter()
+        for start in range(0, n, 500):
+            failures = await index.upsert(products[start:start + 500], vectors[start:start + 500])
+            assert not failures, failures
+        ingest_s = time.perf_counter() - started
+        latencies, found = [], []
+        for vector in queries:
+            began = time.perf_counter()
+            hits = await index.query(vector, 10)
+            latencies.append(time.perf_counter() - began)
+            found.append({h.product.product_id for h in hits})
+        truth = [{f"p{i}" for i in np.argsort(-(vectors @ q))[:10]} for q in queries]
+        recall = np.mean([len(t & f) / 10 for t, f in zip(truth, found)])
+        print(f"OpenSearch ({index.engine}, {index.space}): {n:,} products x {dim}-d")
+        print(f"  bulk ingest: {n / ingest_s:,.0f} vectors/s ({ingest_s:.1f} s, batches of 500, "
+              f"refresh=wait_for)")
+        print(f"  k-NN query  p50 {percentile_ms(latencies, 50):.2f} ms   "
+              f"p95 {percentile_ms(latencies, 95):.2f} ms   recall@10 {recall:.3f}")
+    finally:
+        await index.drop()
+        await index.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--products", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--opensearch", action="store_true")
+    parser.add_argument("--os-products", type=int, default=10_000)
+    parser.add_argument("--skip-embedded", action="store_true")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    if not args.skip_embedded:
+        bench_embedded(args.products, args.dim, args.queries, rng)
+    url = os.environ.get("RESTYLE_OPENSEARCH_URL")
+    if args.opensearch or url:
+        node = None
+        if not url:
+            from streams.opensearch_node import start_opensearch
+
+            node, url = start_opensearch(Path(tempfile.mkdtemp(prefix="restyle-os-")))
+        try:
+            asyncio.run(bench_opensearch(url, args.os_products, args.dim, args.queries, rng))
+        finally:
+            if node:
+                node.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Catalog ingestion as a stream, end to end: `restyle catalog ingest` publishes one event per
+product on restyle.catalog; the workers resize, embed, caption and index them in batches; the
+ingest run is followed on the status API; products are then found by id and by text."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from streams import catalog
+from streams.settings import load_settings
+
+
+@pytest.fixture
+def products_dir(tmp_path, room_photos):
+    """Three real product photos (one without a caption, one in a category folder) and one
+    file that is not an image."""
+    tag = uuid.uuid4().hex[:6]
+    folder = tmp_path / "products"
+    (folder / "lamps").mkdir(parents=True)
+    (folder / f"sofa-{tag}.jpg").write_bytes(room_photos[38].read_bytes())
+    (folder / f"chair-{tag}.jpg").write_bytes(room_photos[27].read_bytes())
+    (folder / "lamps" / f"lamp-{tag}.jpg").write_bytes(room_photos[12].read_bytes())
+    (folder / f"broken-{tag}.png").write_bytes(b"this is not a png")
+    (folder / "catalog.csv").write_text(
+        "image,id,category,caption\n"
+        f"sofa-{tag}.jpg,sofa-{tag},sofa,\"Linen sofa, light grey\"\n"
+        f"chair-{tag}.jpg,chair-{tag},chair,\"Oak dining chair\"\n")
+    return SimpleNamespace(path=folder, tag=tag)
+
+
+def ingest(e2e, source: str, **options):
+    settings = load_settings(state_dir=e2e.stack.state_dir)
+    ingest_id, total = asyncio.run(catalog.start_ingest(settings, source, **options))
+    return catalog.wait_for_ingest(e2e.status_url, ingest_id, total, timeout_s=120), total
+
+
+def test_a_directory_is_indexed_with_generated_captions_and_bad_products_reported(
+        e2e, products_dir):
+    tag = products_dir.tag
+    state, total = ingest(e2e, str(products_dir.path), category_from_folder=True)
+    assert total == 4 and state.finished
+    assert (state.indexed, state.failed) == (3, 1)
+    assert state.failures[f"broken-{tag}"].code == "not_an_image"
+
+    status, sofa = e2e.get(f"/products/sofa-{tag}")
+    assert status == 200 and sofa["caption"] == "Linen sofa, light grey"
+    assert sofa["category"] == "sofa"
+    assert sofa["image"].startswith("s3://") and sofa["image_url"].startswith("http")
+    status, lamp = e2e.get(f"/products/lamp-{tag}")
+    # No caption given: the captioning model wrote one (tiny weights: words, not sense).
+    assert status == 200 and lamp["category"] == "lamps"
+    assert lamp["caption"] and lamp["caption"] != f"lamps lamp-{tag}"
+    assert e2e.get(f"/products/broken-{tag}")[0] == 404
+
+    status, found = e2e.get("/products/search?q=linen%20sofa&k=3")
+    assert status == 200 and len(found["products"]) == 3
+    scores = [p["score"] for p in found["products"]]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    status, chairs = e2e.get("/products/search?q=chair&k=5&category=chair")
+    assert status == 200 and {p["category"] for p in chairs["products"]} == {"chair"}
+
+
+def test_reingesting_updates_products_instead_of_adding_them(e2e, products_dir):
+    tag = products_dir.tag
+    ingest(e2e, str(products_dir.path))
+    (products_dir.path / "catalog.csv").write_text(
+        "image,id,category,caption\n"
+        f"sofa-{tag}.jpg,sofa-{tag},sofa,\"Green velvet sofa\"\n")
+    state, _ = ingest(e2e, str(products_dir.path))
+    assert state.indexed == 3
+    assert e2e.get(f"/products/sofa-{tag}")[1]["caption"] == "Green velvet sofa"
+    status, found = e2e.get("/products/search?q=sofa&k=100")
+    ids = [p["product_id"] for p in found["products"]]
+    assert ids.count(f"sofa-{tag}") == 1
+
+
+def test_an_s3_prefix_is_a_catalog_source(e2e, room_photos):
+    tag = uuid.uuid4().hex[:6]
+    e2e.put_object(f"catalogs/{tag}/rugs/rug-{tag}.jpg", room_photos[5].read_bytes())
+    e2e.put_object(f"catalogs/{tag}/vase-{tag}.jpg", room_photos[6].read_bytes())
+    state, total = ingest(e2e, f"s3://{e2e.bucket}/catalogs/{tag}", category_from_folder=True)
+    assert (total, state.indexed, state.failed) == (2, 2, 0)
+    product = e2e.get(f"/products/rug-{tag}")[1]
+    assert product["category"] == "rugs"
+    assert product["image"] == f"s3://{e2e.bucket}/catalogs/{tag}/rugs/rug-{tag}.jpg"
+
+
+def test_upstream_events_deletes_and_bad_messages(e2e, room_photos):
+    """Any system may publish on restyle.catalog: a delete removes a product; a malformed
+    message goes to the DLQ, and when its ingest run is readable the run hears it failed."""
+    tag = uuid.uuid4().hex[:6]
+    image = e2e.put_object(f"upstream/{tag}.jpg", room_photos[9].read_bytes())
+    run = f"upstream-{tag}"
+    e2e.publish({"product_id": f"mirror-{tag}", "image": image, "caption": "round mirror",
+                 "ingest_id": run, "ingest_total": 3}, topic="restyle.catalog")
+    e2e.publish(b"{not json", topic="restyle.catalog")
+    e2e.publish({"product_id": f"bad-{tag}", "ingest_id": run, "ingest_total": 3,
+                 "colour": "red"}, topic="restyle.catalog")
+    e2e.publish({"product_id": f"gone-{tag}", "image": f"s3://{e2e.bucket}/no/such.jpg",
+                 "caption": "missing", "ingest_id": run, "ingest_total": 3},
+                topic="restyle.catalog")
+    state = catalog.wait_for_ingest(e2e.status_url, run, 3, timeout_s=120)
+    assert (state.indexed, state.failed) == (1, 2) and state.finished
+    assert state.failures[f"bad-{tag}"].code == "schema_violation"
+    assert state.failures[f"gone-{tag}"].code == "object_not_found"
+    letters = e2e.collector.wait_for(
+        "restyle.dlq", lambda m: dict(m.headers() or []).get("restyle-source-topic")
+        == b"restyle.catalog", count=2)
+    assert {dict(m.headers())["restyle-error-code"] for m in letters} >= {b"invalid_json",
+                                                                        b"schema_violation"}
+    assert e2e.get(f"/products/mirror-{tag}")[0] == 200
+
+    e2e.publish({"action": "delete", "product_id": f"mirror-{tag}", "ingest_id": f"del-{tag}",
+                 "ingest_total": 1}, topic="restyle.catalog")
+    state = catalog.wait_for_ingest(e2e.status_url, f"del-{tag}", 1, timeout_s=60)
+    assert state.deleted == 1
+    assert e2e.get(f"/products/mirror-{tag}")[0] == 404
+
+
+def test_search_rejects_bad_queries(e2e):
+    assert e2e.get("/products/search")[0] == 400
+    assert e2e.get("/products/search?q=sofa&k=0")[0] == 400
+    assert e2e.get("/products/search?q=sofa&k=many")[0] == 400
+    assert e2e.get("/catalog/ingests/never-ran")[0] == 404
+
+
+def test_the_cli_shows_the_outcome_and_exits_1_when_a_product_failed(e2e, products_dir):
+    env = {**os.environ, "RESTYLE_STATE_DIR": str(e2e.stack.state_dir)}
+    env.pop("RESTYLE_KAFKA_BOOTSTRAP", None)
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "catalog", "ingest",
+                           str(products_dir.path), "--timeout", "120"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "3 indexed, 0 deleted, 1 failed" in done.stdout
+    assert f"failed broken-{products_dir.tag}: [not_an_image]" in done.stdout
+    assert "indexed: 100%" in done.stderr  # the progress bar ran to completion
