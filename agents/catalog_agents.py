@@ -51,7 +51,7 @@ def register(rt: Runtime, models, index) -> None:
             await rt.send("catalog_index", event.product_id, item)
             return
         started = time.perf_counter()
-        image = await rt.image_uncached(event.image)
+        image = await rt.image_uncached(event.image, settings.catalog_max_side)
         small = await asyncio.to_thread(fit_within, image, settings.catalog_max_side)
         vectors = await asyncio.to_thread(models.embedder.embed_images, [small])
         item.vector = vectors[0].tolist()
@@ -61,7 +61,7 @@ def register(rt: Runtime, models, index) -> None:
 
     async def caption(item: CatalogItem) -> None:
         started = time.perf_counter()
-        image = await rt.image_uncached(item.event.image)
+        image = await rt.image_uncached(item.event.image, settings.catalog_max_side)
         small = await asyncio.to_thread(fit_within, image, settings.catalog_max_side)
         captions = await asyncio.to_thread(models.captioner.caption, [small],
                                            settings.caption_prompt, settings.caption_max_tokens)

@@ -12,9 +12,12 @@ from schemas import ErrorCode, StageFailure
 Image.MAX_IMAGE_PIXELS = None
 
 
-def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
+def decode_image(data: bytes, max_pixels: int, name: str = "image",
+                 at_least: int | None = None) -> Image.Image:
     """RGB image from bytes. The pixel count is checked from the header before any pixel is
-    decoded, so a decompression bomb costs nothing."""
+    decoded, so a decompression bomb costs nothing. With at_least, a JPEG may be decoded at a
+    reduced scale (1/2, 1/4, 1/8) as long as the longer side stays >= at_least: for callers
+    that fit it within at_least anyway, this skips most of the decoding work."""
     if not data:
         raise StageFailure(ErrorCode.NOT_AN_IMAGE, f"{name} is empty (0 bytes)")
     try:
@@ -29,6 +32,9 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Ima
                            f"{name} is {width}x{height} = {width * height:,} pixels, above the "
                            f"limit of {max_pixels:,} (RESTYLE_MAX_IMAGE_PIXELS)")
     try:
+        if at_least and image.format == "JPEG":
+            scale = max(1, max(width, height) // at_least)
+            image.draft("RGB", (width // scale, height // scale))
         image.load()
         image = ImageOps.exif_transpose(image)
     except Exception as exc:  # truncated or corrupt pixel data

@@ -73,12 +73,14 @@ def knn_query(vector: list[float], k: int, category: str | None, min_score: floa
 
 class OpenSearchIndex:
     def __init__(self, client, name: str, engine: str = "lucene", space: str = "cosinesimil",
-                 m: int = 16, ef_construction: int = 128, shards: int = 1, replicas: int = 0):
+                 m: int = 16, ef_construction: int = 128, shards: int = 1, replicas: int = 0,
+                 refresh: str = "wait_for"):
         self.client = client
         self.name = name
         self.engine, self.space = engine, space
         self.m, self.ef_construction = m, ef_construction
         self.shards, self.replicas = shards, replicas
+        self.refresh = refresh
         self._exists = False
         self._dimension: int | None = None  # checked against the mapping once
 
@@ -95,7 +97,7 @@ class OpenSearchIndex:
         return cls(client, settings.opensearch_index, settings.opensearch_engine,
                    settings.opensearch_space, settings.opensearch_m,
                    settings.opensearch_ef_construction, settings.opensearch_shards,
-                   settings.opensearch_replicas)
+                   settings.opensearch_replicas, settings.opensearch_refresh)
 
     async def ensure_index(self, dimension: int) -> None:
         if self._dimension == dimension:
@@ -125,10 +127,10 @@ class OpenSearchIndex:
         actions = [{"_op_type": "index", "_index": self.name, "_id": p.product_id,
                     "_source": {**p.model_dump(), VECTOR_FIELD: v.tolist()}}
                    for p, v in zip(products, vectors)]
-        # refresh=wait_for: when this returns, the products are searchable (what the ingest
-        # outcome promises).
+        # With refresh=wait_for (the default), the products are searchable when this returns:
+        # what an `indexed` ingest outcome promises.
         _, errors = await async_bulk(self.client, actions, raise_on_error=False,
-                                     refresh="wait_for")
+                                     refresh=self.refresh)
         failures = {}
         for error in errors:
             detail = next(iter(error.values()))
@@ -142,7 +144,7 @@ class OpenSearchIndex:
             return
         actions = [{"_op_type": "delete", "_index": self.name, "_id": pid} for pid in product_ids]
         _, errors = await async_bulk(self.client, actions, raise_on_error=False,
-                                     refresh="wait_for")
+                                     refresh=self.refresh)
         real = [e for e in errors if next(iter(e.values())).get("status") != 404]
         if real:
             raise RuntimeError(f"OpenSearch could not delete: {real[:3]}")
@@ -172,6 +174,11 @@ class OpenSearchIndex:
         if not await self._ready():
             return 0
         return int((await self.client.count(index=self.name))["count"])
+
+    async def refresh_now(self) -> None:
+        """Make everything written so far searchable (after bulk loads with refresh=false)."""
+        if await self._ready():
+            await self.client.indices.refresh(index=self.name)
 
     async def close(self) -> None:
         await self.client.close()

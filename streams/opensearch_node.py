@@ -157,9 +157,11 @@ def _node_config(home: Path, work: Path) -> Path:
     return config
 
 
-def start_opensearch(work: Path, heap: str = "512m",
-                     timeout_s: float = 240) -> tuple[Service, str]:
-    """Start a fresh node with its data under work; returns (service, URL) once it is yellow."""
+def start_opensearch(work: Path, heap: str = "512m", timeout_s: float = 240,
+                     quick_start: bool = True) -> tuple[Service, str]:
+    """Start a fresh node with its data under work; returns (service, URL) once it is yellow.
+    quick_start uses only the C1 JIT: a third faster to start, but slower at indexing and
+    search (no vector API), so benchmarks turn it off."""
     java_home = find_java_home()
     home = install(java_home)
     work = Path(work)
@@ -174,8 +176,8 @@ def start_opensearch(work: Path, heap: str = "512m",
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work),
            "OPENSEARCH_HOME": str(home), "OPENSEARCH_JAVA_HOME": str(java_home),
            "OPENSEARCH_PATH_CONF": str(config), "OPENSEARCH_TMPDIR": str(work / "tmp"),
-           # C1 only: a third faster to start; tests and benches do not need C2's peak speed.
-           "OPENSEARCH_JAVA_OPTS": f"-Xms{heap} -Xmx{heap} -XX:TieredStopAtLevel=1"}
+           "OPENSEARCH_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}"
+                                   + (" -XX:TieredStopAtLevel=1" if quick_start else "")}
     argv = [str(home / "bin" / "opensearch"), "-Ediscovery.type=single-node",
             "-Enetwork.host=127.0.0.1", f"-Ehttp.port={http_port}",
             f"-Etransport.port={transport_port}", f"-Epath.data={work / 'data'}",

@@ -102,12 +102,14 @@ class Runtime:
         else:
             await self.dead_letter(message, error.code, error.message, job_id)
 
-    async def image_uncached(self, uri: str):
-        """The decoded image at uri, for images read once (catalog products): not cached."""
+    async def image_uncached(self, uri: str, at_least: int | None = None):
+        """The decoded image at uri, for images read once (catalog products): not cached.
+        at_least lets a JPEG decode at a reduced scale (see decode_image)."""
         from agents.images import decode_image
 
         data = await self.storage.get(uri)
-        return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri)
+        return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri,
+                                       at_least)
 
     # --- images, fetched once per worker while a job moves through its stages ---
     async def image(self, uri: str, max_side: int | None = None):

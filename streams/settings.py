@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     opensearch_m: int = 16
     opensearch_shards: int = 1
     opensearch_replicas: int = 0
+    # "wait_for": a write returns once searchable (what an ingest outcome promises); "false"
+    # for the fastest bulk loads, when searchability a refresh interval later is fine.
+    opensearch_refresh: Literal["wait_for", "true", "false"] = "wait_for"
 
     # --- the faust app ---
     app_id: str = "restyle"

@@ -18,10 +18,11 @@ TINY_RENDER_DEFAULTS = {"RESTYLE_DEFAULT_WIDTH": "64", "RESTYLE_DEFAULT_HEIGHT":
 
 
 def ensure_tiny_models(state_dir: Path) -> Path:
-    from agents.tiny_models import MANIFEST, build_tiny_models
+    from agents.tiny_models import MANIFEST, ROLES, build_tiny_models
 
     target = state_dir / "models" / "tiny"
-    if not (target / MANIFEST).exists():
+    # Rebuilt when a role is missing (a directory written by an older restyle).
+    if not (target / MANIFEST).exists() or not all((target / r).is_dir() for r in ROLES):
         build_tiny_models(target)
     return target
 

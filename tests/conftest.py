@@ -114,7 +114,9 @@ class E2E:
         self.settings = settings
         self.endpoints = stack.endpoints
         self.collector = collector
-        self.producer = Producer({"bootstrap.servers": self.endpoints["kafka_bootstrap"]})
+        # log_level 2: critical only (no connection-refused chatter once the broker stops)
+        self.producer = Producer({"bootstrap.servers": self.endpoints["kafka_bootstrap"],
+                                  "log_level": 2})
         self.s3 = boto3.client("s3", endpoint_url=self.endpoints["s3_endpoint"],
                                aws_access_key_id=self.endpoints["s3_access_key"],
                                aws_secret_access_key=self.endpoints["s3_secret_key"],
@@ -250,6 +252,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
         "RESTYLE_DEFAULT_HEIGHT": "64", "HF_HUB_OFFLINE": "1",
     }
+    if os.environ.get("RESTYLE_TEST_GUARANTEE"):
+        extra_env["RESTYLE_PROCESSING_GUARANTEE"] = os.environ["RESTYLE_TEST_GUARANTEE"]
     settings = Settings(state_dir=state, web_port=free_port(), kafka_bootstrap=bootstrap)
     stack = RestyleStack(settings, models=str(tiny_models), extra_env=extra_env)
     try:

@@ -67,3 +67,14 @@ def test_a_truncated_jpeg_is_reported_as_corrupt():
     with pytest.raises(StageFailure) as failure:
         decode_image(data[: len(data) // 2], 10**7)
     assert "corrupt" in failure.value.error.message
+
+
+def test_a_jpeg_needed_small_is_decoded_at_a_reduced_scale_but_never_below_the_target(
+        room_photos):
+    from agents.images import decode_image
+
+    data = room_photos[3].read_bytes()
+    full = decode_image(data, 10**9)
+    reduced = decode_image(data, 10**9, at_least=256)
+    assert reduced.width < full.width and max(reduced.size) >= 256
+    assert abs(reduced.width / reduced.height - full.width / full.height) < 0.01
