@@ -1,0 +1,119 @@
+"""The cost of one stage hop: a message through a faust agent that forwards it to the next topic,
+built exactly like restyle's stages (same app settings and consumer), timed from a plain
+producer to a plain consumer. Prints the median round trip through 1 and through 5 agents in a
+chain, and so the cost per hop, on the chosen broker.
+
+    python bench/hop_latency.py [--broker tansu|kafka] [--messages 60]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CHAIN = 5
+WORKER = """
+import sys
+from streams.app import create_app
+from streams.settings import Settings
+import faust
+
+settings = Settings(kafka_bootstrap=sys.argv[1], state_dir=sys.argv[2], web_port=int(sys.argv[3]),
+                    recovery_consistency_check=False)
+wiring = create_app(settings, "gpu", int(sys.argv[3]))
+app = wiring.app
+topics = [app.topic(f"hop.{n}", key_serializer="raw", value_serializer="raw",
+                    partitions=settings.partitions) for n in range({chain} + 1)]
+
+def forward(source, target):
+    async def agent(stream):
+        async for event in stream.events():
+            await target.send(key=event.key, value=event.value)
+    agent.__name__ = agent.__qualname__ = f"hop{source}"
+    app.agent(topics[source], name=f"hop{source}")(agent)
+
+for n in range({chain}):
+    forward(n, topics[n + 1])
+faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
+""".replace("{chain}", str(CHAIN))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
+    parser.add_argument("--messages", type=int, default=60)
+    args = parser.parse_args()
+
+    from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.embedded import free_port, start_tansu, wait_for_port
+
+    work = Path(tempfile.mkdtemp(prefix="restyle-hop-"))
+    if args.broker == "kafka":
+        from streams.apache_kafka import start_apache_kafka
+
+        broker, bootstrap = start_apache_kafka(work / "kafka", work / "logs")
+    else:
+        broker, bootstrap = start_tansu(work / "logs")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(f"hop.{n}", 4, 1) for n in range(CHAIN + 1)])
+    for future in futures.values():
+        future.result()
+    port = free_port()
+    script = work / "hop_worker.py"
+    script.write_text(WORKER)
+    worker = subprocess.Popen([sys.executable, str(script), bootstrap, str(work / "state"),
+                               str(port)], cwd=Path(__file__).resolve().parents[1],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve()
+                                                                   .parents[1])},
+                              stdout=subprocess.DEVNULL, stderr=open(work / "worker.log", "wb"))
+    try:
+        wait_for_port(port, 60, worker, "hop worker")
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        consumers = {}
+        for hops in (1, CHAIN):
+            consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hop-{hops}",
+                                 "fetch.wait.max.ms": 5, "enable.auto.commit": False})
+            consumer.assign([TopicPartition(f"hop.{hops}", p, OFFSET_END) for p in range(4)])
+            consumers[hops] = consumer
+        time.sleep(8)  # the worker joins its group and takes its partitions
+        results = {}
+        for hops, consumer in consumers.items():
+            timings = []
+            for n in range(args.messages + 5):
+                key = f"m{hops}-{n}".encode()
+                started = time.perf_counter()
+                producer.produce("hop.0", json.dumps({"n": n}).encode(), key=key)
+                producer.flush()
+                deadline = time.monotonic() + 30
+                while True:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"message {key!r} did not come through; see "
+                                         f"{work / 'worker.log'}")
+                    message = consumer.poll(0.01)
+                    if message is not None and not message.error() and message.key() == key:
+                        break
+                if n >= 5:
+                    timings.append((time.perf_counter() - started) * 1000)
+            results[hops] = statistics.median(timings)
+        per_hop = (results[CHAIN] - results[1]) / (CHAIN - 1)
+        print(f"broker {args.broker}: through 1 agent {results[1]:.1f} ms, through {CHAIN} "
+              f"agents {results[CHAIN]:.1f} ms (median of {args.messages})")
+        print(f"  cost per stage hop: {per_hop:.1f} ms")
+    finally:
+        worker.terminate()
+        worker.wait(20)
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()
