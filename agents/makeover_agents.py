@@ -92,6 +92,10 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         started = time.perf_counter()
         job.images = reply.images
         job.timings_ms["render"] = reply.render_ms
+        if reply.wait_ms is not None:
+            job.waits_ms["render"] = reply.wait_ms
+        if reply.sent_at:
+            job.waits_ms["reanalyze"] = round((time.time() - reply.sent_at) * 1000, 2)
         products: list[ProductMatch] = []
         for uri in reply.images:
             image = await rt.image(uri)
@@ -106,7 +110,7 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         result = MakeoverResult(
             images=[{"uri": uri} for uri in job.images], products=products,
             seed=job.params.seed, prompt=job.prompt, style=job.style, depth_map=job.depth_map,
-            detected=job.matches, timings_ms=job.timings_ms)
+            detected=job.matches, timings_ms=job.timings_ms, waits_ms=job.waits_ms)
         await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
 
     stages = [("analyze", analyze, MakeoverJob), ("embed", embed, MakeoverJob),

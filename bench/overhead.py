@@ -145,7 +145,7 @@ def main() -> None:
                              "fetch.wait.max.ms": 10})
         consumer.assign([TopicPartition("restyle.results", p, OFFSET_BEGINNING)
                          for p in range(settings.partitions)])
-        kafka_ms, stage_ms, kafka_stages, local_stages = [], [], [], []
+        kafka_ms, stage_ms, kafka_stages, local_stages, waits = [], [], [], [], []
         for n in range(args.warmup + args.jobs):
             job_id = f"bench-{uuid.uuid4().hex[:8]}"
             started = time.perf_counter()
@@ -170,6 +170,7 @@ def main() -> None:
                 kafka_ms.append(elapsed)
                 stage_ms.append(sum(result["result"]["timings_ms"].values()))
                 kafka_stages.append(result["result"]["timings_ms"])
+                waits.append(result["result"].get("waits_ms") or {})
         consumer.close()
 
         # --- the same stages in-process ---
@@ -202,6 +203,13 @@ def main() -> None:
             inproc = statistics.median(t[stage] for t in local_stages)
             kafka_stage = statistics.median(t.get(stage, float("nan")) for t in kafka_stages)
             print(f"  {stage:10s} {inproc:8.1f} / {kafka_stage:8.1f}")
+        if waits and waits[0]:
+            print("waits on each stage's topic (sent → picked up), median ms:")
+            for stage in waits[0]:
+                print(f"  {stage:10s} {statistics.median(w.get(stage, 0.0) for w in waits):8.1f}")
+            print(f"  total      {statistics.median(sum(w.values()) for w in waits):8.1f} "
+                  "(the rest of the time between stages is intake, tracking and the work "
+                  "around each stage body: claim-check reads and writes, (de)serialisation)")
         for service in stack.stack.services:
             if "worker" in service.name:
                 print(f"peak RSS {service.name}: {peak_rss_mb(service.process.pid):8.1f} MB")

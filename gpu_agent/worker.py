@@ -29,6 +29,7 @@ def register(rt: Runtime, engine: RenderEngine) -> None:
         return replies[name]
 
     async def render(request: RenderRequest) -> None:
+        waited_ms = round((time.time() - request.sent_at) * 1000, 2) if request.sent_at else None
         manifest_uri = join_uri(request.output_prefix, MANIFEST)
         if await rt.storage.exists(manifest_uri):
             done = RenderResult.model_validate_json(await rt.storage.get(manifest_uri))
@@ -37,6 +38,7 @@ def register(rt: Runtime, engine: RenderEngine) -> None:
             result = await _render(rt, engine, request)
             await rt.storage.put(manifest_uri, result.model_copy(update={"context": {}})
                                  .model_dump_json().encode(), "application/json")
+        result = result.model_copy(update={"wait_ms": waited_ms, "sent_at": time.time()})
         await reply_topic(request.reply_topic).send(
             key=request.job_id.encode(), value=result.model_dump_json().encode())
 

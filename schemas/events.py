@@ -48,6 +48,9 @@ class MakeoverJob(BaseModel):
     images: list[str] = Field(default_factory=list)
     products: list[ProductMatch] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    # How long the job waited on each stage's topic (sent → picked up), from sent_at.
+    waits_ms: dict[str, float] = Field(default_factory=dict)
+    sent_at: float | None = None
 
 
 class RenderRequest(BaseModel):
@@ -63,6 +66,7 @@ class RenderRequest(BaseModel):
     reply_topic: str
     model: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
+    sent_at: float | None = None
 
 
 class RenderResult(BaseModel):
@@ -70,8 +74,11 @@ class RenderResult(BaseModel):
     images: list[str] = Field(default_factory=list)
     seed: int
     render_ms: float
+    # Time the request waited on the render topic before the GPU worker took it.
+    wait_ms: float | None = None
     error: JobError | None = None
     context: dict[str, Any] = Field(default_factory=dict)
+    sent_at: float | None = None
 
 
 class JobEventKind(StrEnum):

@@ -51,6 +51,7 @@ class MakeoverResult(BaseModel):
     depth_map: str | None = None
     detected: list[ProductMatch] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    waits_ms: dict[str, float] = Field(default_factory=dict)
 
 
 class JobState(BaseModel):

@@ -10,6 +10,11 @@ STAGE_SECONDS = Histogram(
     registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
                                 120, 300),
 )
+STAGE_WAIT_SECONDS = Histogram(
+    "restyle_stage_wait_seconds", "Time a message waited on a stage's topic (sent to picked up; "
+    "across machines this includes clock skew)", ["stage"], registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 STAGE_OUTCOMES = Counter(
     "restyle_stage_messages_total", "Messages handled per stage by outcome", ["stage", "outcome"],
     registry=REGISTRY,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
 from streams.app import Wiring
-from streams.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS
+from streams.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.settings import Settings
 from streams.storage import Storage
 
@@ -32,6 +32,8 @@ class Runtime:
 
     # --- sending ---
     async def send(self, topic: str, key: str, model: BaseModel, headers=None) -> None:
+        if "sent_at" in type(model).model_fields:  # lets the next stage measure its queue wait
+            model.sent_at = time.time()
         await self.topics[topic].send(key=key.encode(), value=model.model_dump_json().encode(),
                                       headers=headers)
 
@@ -75,6 +77,12 @@ class Runtime:
             await self.dead_letter(message, failure.error.code, failure.error.message)
             return
         job_id = getattr(decoded, "job_id", None)
+        sent_at = getattr(decoded, "sent_at", None)
+        if sent_at:
+            waited = max(0.0, time.time() - sent_at)
+            STAGE_WAIT_SECONDS.labels(stage).observe(waited)
+            if isinstance(getattr(decoded, "waits_ms", None), dict):
+                decoded.waits_ms[stage] = round(waited * 1000, 2)
         try:
             await handler(decoded)
             STAGE_OUTCOMES.labels(stage, "ok").inc()
