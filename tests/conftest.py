@@ -182,8 +182,28 @@ def production_broker() -> str:
 E2E_BROKERS = list(dict.fromkeys([production_broker(), "tansu"]))
 
 
+BACKENDS_USED: list[str] = []  # what each end-to-end run actually ran on, for the summary
+
+
 def pytest_report_header(config):
     return f"end-to-end brokers: {', '.join(E2E_BROKERS)}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if BACKENDS_USED:
+        terminalreporter.write_sep("-", "restyle test backends")
+        for line in BACKENDS_USED:
+            terminalreporter.write_line(line)
+
+
+def announce(request, line: str) -> None:
+    """Say now (not only in the summary) what a session fixture started, past output capture."""
+    BACKENDS_USED.append(line)
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if reporter and capture:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\n{line}")
 
 
 def start_broker(kind: str, state: Path):
@@ -210,8 +230,8 @@ def start_broker(kind: str, state: Path):
 def opensearch_url(request, tmp_path_factory):
     """A real OpenSearch with k-NN: RESTYLE_OPENSEARCH_URL; else a node from Maven Central
     artifacts where a JDK 21+ exists; else testcontainers where Docker answers."""
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
     if os.environ.get("RESTYLE_OPENSEARCH_URL"):
+        announce(request, f"[opensearch] RESTYLE_OPENSEARCH_URL={os.environ['RESTYLE_OPENSEARCH_URL']}")
         yield os.environ["RESTYLE_OPENSEARCH_URL"]
         return
     from streams import opensearch_node
@@ -219,9 +239,8 @@ def opensearch_url(request, tmp_path_factory):
     why_not = opensearch_node.available()
     if why_not is None:
         node, url = opensearch_node.start_opensearch(tmp_path_factory.mktemp("opensearch"))
-        if reporter:
-            reporter.write_line(f"\n[opensearch] OpenSearch {opensearch_node.OPENSEARCH_VERSION}"
-                                f" + k-NN (Maven Central artifacts) at {url}")
+        announce(request, f"[opensearch] OpenSearch {opensearch_node.OPENSEARCH_VERSION} + "
+                          f"k-NN (Maven Central artifacts) at {url}")
         yield url
         node.stop(30)
     elif docker_answers():
@@ -229,6 +248,7 @@ def opensearch_url(request, tmp_path_factory):
 
         container = OpenSearchContainer("opensearchproject/opensearch:3.6.0").start()
         config = container.get_config()
+        announce(request, "[opensearch] testcontainers OpenSearch 3.6.0")
         yield f"http://{config['host']}:{config['port']}"
         container.stop()
     else:
@@ -242,10 +262,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
     from streams.stack import RestyleStack
 
     state = tmp_path_factory.mktemp(f"stack-{request.param}")
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
     bootstrap, stop_broker, described = start_broker(request.param, state)
-    if reporter:
-        reporter.write_line(f"\n[e2e] broker for this run: {described}")
+    announce(request, f"[e2e] broker for this run: {described}")
     uploads = tmp_path_factory.mktemp("local-uploads")
     extra_env = {
         "RESTYLE_FILE_ROOTS": json.dumps([str(room_photos[0].parent), str(uploads)]),
