@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 
 from agents.images import fit_within
@@ -35,15 +36,28 @@ def product_of(item: CatalogItem) -> Product:
 def register(rt: Runtime, models, index) -> None:
     app, topics, settings = rt.wiring.app, rt.topics, rt.settings
 
+    async def publish(ingest_id: str, product_id: str, ingest_total: int | None,
+                      kind: OutcomeKind, error: JobError | None = None,
+                      caption: str | None = None) -> None:
+        await rt.send("catalog_events", ingest_id, CatalogOutcome(
+            ingest_id=ingest_id, product_id=product_id, outcome=kind, ingest_total=ingest_total,
+            caption=caption, error=error, at=time.time()))
+
     async def outcome(event: CatalogEvent, kind: OutcomeKind, error: JobError | None = None,
                       caption: str | None = None) -> None:
-        await rt.send("catalog_events", event.ingest_id, CatalogOutcome(
-            ingest_id=event.ingest_id, product_id=event.product_id, outcome=kind,
-            ingest_total=event.ingest_total, caption=caption, error=error, at=time.time()))
+        await publish(event.ingest_id, event.product_id, event.ingest_total, kind, error, caption)
 
     async def failed(item: CatalogItem | CatalogEvent, error: JobError) -> None:
         event = item.event if isinstance(item, CatalogItem) else item
         await outcome(event, OutcomeKind.FAILED, error)
+
+    async def undecodable(raw: bytes | None, error: JobError) -> None:
+        """A malformed catalog event is in the DLQ; when its ingest run and product can still
+        be read, the run also hears that this product failed (so a waiting ingest does not
+        hang)."""
+        ids = _readable_ids(raw)
+        if ids is not None:
+            await publish(*ids, OutcomeKind.FAILED, error)
 
     async def embed(event: CatalogEvent) -> None:
         item = CatalogItem(event=event)
@@ -100,7 +114,8 @@ def register(rt: Runtime, models, index) -> None:
     @app.agent(topics["catalog"], name="catalog-embed")
     async def catalog_embed(stream):
         async for event in stream.events():
-            await _handle_catalog_event(rt, event, embed, failed)
+            await rt.handle("catalog-embed", event, CatalogEvent, embed, on_failure=failed,
+                            on_undecodable=undecodable)
 
     @app.agent(topics["catalog_caption"], name="catalog-caption")
     async def catalog_caption(stream):
@@ -122,24 +137,9 @@ def register(rt: Runtime, models, index) -> None:
                 await write_batch(items)
 
 
-async def _handle_catalog_event(rt: Runtime, event, embed, failed) -> None:
-    """A malformed catalog event goes to the DLQ; when its ingest run and product can still be
-    read, the run also hears that this product failed (so a waiting ingest does not hang)."""
-    message = event.message
-    try:
-        decode(message.value, CatalogEvent)
-    except StageFailure as failure:
-        await rt.dead_letter(message, failure.error.code, failure.error.message)
-        readable = _readable_ids(message.value)
-        if readable:
-            await failed(readable, failure.error)
-        return
-    await rt.handle("catalog-embed", event, CatalogEvent, embed, on_failure=failed)
-
-
-def _readable_ids(raw) -> CatalogEvent | None:
-    import re
-
+def _readable_ids(raw) -> tuple[str, str, int | None] | None:
+    """(ingest_id, product_id, ingest_total) from a message that failed validation, if the
+    ids themselves are well formed."""
     try:
         data = json.loads(raw)
         ingest_id, product_id = data.get("ingest_id"), data.get("product_id")
@@ -149,5 +149,4 @@ def _readable_ids(raw) -> CatalogEvent | None:
             and isinstance(product_id, str) and product_id):
         return None
     total = data.get("ingest_total")
-    return CatalogEvent(action="delete", ingest_id=ingest_id, product_id=product_id[:256],
-                        ingest_total=total if isinstance(total, int) and total > 0 else None)
+    return ingest_id, product_id[:256], total if isinstance(total, int) and total > 0 else None

@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from schemas import CatalogEvent, IngestState
+from schemas import CatalogEvent, IngestState, StageFailure
 from streams.settings import Settings
 from streams.storage import Storage
 from streams.uris import join_uri, parse_uri
@@ -90,8 +87,8 @@ async def stage_local_images(storage: Storage, settings: Settings,
         try:
             parse_uri(product.event.image, storage.file_roots)
             return  # readable where it is
-        except Exception:
-            pass
+        except StageFailure:
+            pass  # outside the file roots: copy it into storage
         uri = join_uri(settings.results_base, "catalog", "images",
                        product.event.product_id + product.local_path.suffix.lower())
         async with gate:
@@ -133,14 +130,11 @@ async def start_ingest(settings: Settings, source: str, category_from_folder: bo
 
 
 def get_ingest(status_url: str, ingest_id: str) -> IngestState | None:
-    try:
-        with urllib.request.urlopen(f"{status_url}/catalog/ingests/{ingest_id}",
-                                    timeout=10) as response:
-            return IngestState.model_validate(json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
-        if exc.code in (404, 503):
-            return None
-        raise
+    """The run so far; None until its first outcome is in (404) or while partitions move (503)."""
+    from streams.client import get_json
+
+    body = get_json(f"{status_url}/catalog/ingests/{ingest_id}", absent=(404, 503))
+    return None if body is None else IngestState.model_validate(body)
 
 
 def wait_for_ingest(status_url: str, ingest_id: str, total: int, timeout_s: float = 3600,

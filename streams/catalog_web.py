@@ -7,14 +7,10 @@ import asyncio
 from faust import web
 
 from streams import ingests
-from streams.routing import routed
+from streams.routing import error_response, routed
 from streams.runtime import Runtime
 
 MAX_K = 100
-
-
-def _error(view, status: int, code: str, message: str):
-    return view.json({"error": {"code": code, "message": message}}, status=status)
 
 
 def register(rt: Runtime, models, index) -> None:
@@ -26,7 +22,7 @@ def register(rt: Runtime, models, index) -> None:
         async def get(self, request: web.Request, ingest_id: str) -> web.Response:
             state = ingests.lookup(rt, ingest_id)
             if state is None:
-                return _error(self, 404, "not_found", f"no ingest {ingest_id!r} (yet)")
+                return error_response(self, 404, "not_found", f"no ingest {ingest_id!r} (yet)")
             body = state.model_dump(mode="json")
             body["processed"] = state.processed
             return self.json(body)
@@ -36,13 +32,13 @@ def register(rt: Runtime, models, index) -> None:
         async def get(self, request: web.Request) -> web.Response:
             text = request.query.get("q", "").strip()
             if not text:
-                return _error(self, 400, "invalid_params", "give the text to search for as ?q=")
+                return error_response(self, 400, "invalid_params", "give the text to search for as ?q=")
             try:
                 k = int(request.query.get("k", "10"))
             except ValueError:
-                return _error(self, 400, "invalid_params", "k must be an integer")
+                return error_response(self, 400, "invalid_params", "k must be an integer")
             if not 1 <= k <= MAX_K:
-                return _error(self, 400, "invalid_params", f"k must be between 1 and {MAX_K}")
+                return error_response(self, 400, "invalid_params", f"k must be between 1 and {MAX_K}")
             vector = (await asyncio.to_thread(models.embedder.embed_texts, [text]))[0]
             hits = await index.query(vector, k=k, category=request.query.get("category"))
             return self.json({"query": text, "products": [
@@ -53,7 +49,7 @@ def register(rt: Runtime, models, index) -> None:
         async def get(self, request: web.Request, product_id: str) -> web.Response:
             product = await index.get(product_id)
             if product is None:
-                return _error(self, 404, "not_found", f"no product {product_id!r}")
+                return error_response(self, 404, "not_found", f"no product {product_id!r}")
             body = product.model_dump(mode="json")
             if product.image:
                 body["image_url"] = await rt.storage.presign(product.image)

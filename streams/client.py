@@ -48,15 +48,20 @@ async def submit(settings: Settings, image: str, style: str, params: dict | None
     return job_id
 
 
-def get_job(settings: Settings, job_id: str) -> dict | None:
-    """The job as the status API shows it, or None if the API does not know it (404)."""
+def get_json(url: str, absent: tuple[int, ...] = (404,)) -> dict | None:
+    """A status API answer, or None when it answers with one of the `absent` codes."""
     try:
-        with urllib.request.urlopen(f"{status_url(settings)}/jobs/{job_id}", timeout=10) as resp:
-            return json.loads(resp.read())
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:
+        if exc.code in absent:
             return None
         raise
+
+
+def get_job(settings: Settings, job_id: str) -> dict | None:
+    """The job as the status API shows it, or None if the API does not know it (404)."""
+    return get_json(f"{status_url(settings)}/jobs/{job_id}")
 
 
 def wait_for_job(settings: Settings, job_id: str, timeout_s: float = 600,

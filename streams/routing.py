@@ -48,6 +48,12 @@ async def proxy(request, url: URL) -> aioweb.StreamResponse:
             return response
 
 
+def error_response(view, status: int, code: str, message: str, headers=None):
+    """The status API's one error shape: {"error": {"code", "message"}}."""
+    return view.json({"error": {"code": code, "message": message}}, status=status,
+                     headers=headers)
+
+
 def routed(rt, table):
     """Decorate a faust web view method taking (view, request, key): it is served on the worker
     that owns key's partition of table, and relayed there from any other worker."""
@@ -57,10 +63,8 @@ def routed(rt, table):
             if "X-Restyle-Routed" not in request.headers:
                 url = owner_url(rt.wiring.app, table, key, rt.settings.partitions)
                 if url is None:
-                    return view.json({"error": {"code": "unavailable", "message":
-                                                "partitions are being reassigned; retry "
-                                                "shortly"}},
-                                     status=503, headers={"Retry-After": "1"})
+                    return error_response(view, 503, "unavailable", "partitions are being "
+                                          "reassigned; retry shortly", {"Retry-After": "1"})
                 if not is_local(rt.wiring.app, url):
                     return await proxy(request, url)
             return await handler(view, request, **path)

@@ -64,10 +64,13 @@ class Runtime:
     # --- the one way a stage handles a message ---
     async def handle(self, stage: str, event, model: type[M],
                      handler: Callable[[M], Awaitable[None]], fail_jobs: bool = True,
-                     on_failure: Callable[[M, JobError], Awaitable[None]] | None = None) -> None:
-        """Decode event's message as `model` and run handler on it. Undecodable → DLQ. A
-        StageFailure or an unexpected error → on_failure(decoded, error) when given, else the
-        job fails (or, with fail_jobs=False, the message goes to the DLQ)."""
+                     on_failure: Callable[[M, JobError], Awaitable[None]] | None = None,
+                     on_undecodable: Callable[[bytes | None, JobError], Awaitable[None]]
+                     | None = None) -> None:
+        """Decode event's message as `model` and run handler on it. Undecodable → DLQ, then
+        on_undecodable(raw, error) when given (to tell whoever waits on it, if it can be
+        identified). A StageFailure or an unexpected error → on_failure(decoded, error) when
+        given, else the job fails (or, with fail_jobs=False, the message goes to the DLQ)."""
         message = event.message
         started = time.perf_counter()
         try:
@@ -75,6 +78,8 @@ class Runtime:
         except StageFailure as failure:
             STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
             await self.dead_letter(message, failure.error.code, failure.error.message)
+            if on_undecodable is not None:
+                await on_undecodable(message.value, failure.error)
             return
         job_id = getattr(decoded, "job_id", None)
         sent_at = getattr(decoded, "sent_at", None)
@@ -119,20 +124,19 @@ class Runtime:
         return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri,
                                        at_least)
 
+
     # --- images, fetched once per worker while a job moves through its stages ---
     async def image(self, uri: str, max_side: int | None = None):
         """The decoded image at uri, downscaled to max_side if given. Kept in a small LRU:
         a job's stages usually run on one worker (same partition), so it is read once."""
-        from agents.images import decode_image, fit_within
+        from agents.images import fit_within
 
         key = (uri, max_side)
         if key in self._images:
             self._images.move_to_end(key)
             return self._images[key]
         if max_side is None:
-            data = await self.storage.get(uri)
-            image = await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels,
-                                            uri)
+            image = await self.image_uncached(uri)
         else:
             image = await asyncio.to_thread(fit_within, await self.image(uri), max_side)
         self._images[key] = image

@@ -86,7 +86,8 @@ class RestyleStack:
             self.stack.services.append(service)
             key, secret = EMBEDDED_S3_KEY, EMBEDDED_S3_SECRET
         model_env, self.models_note = resolve_models(self.models, self.state_dir)
-        self.env = {**self.extra_env, **broker_env, "RESTYLE_KAFKA_BOOTSTRAP": bootstrap,
+        # The broker's defaults first: what the caller passes explicitly wins over them.
+        self.env = {**broker_env, **self.extra_env, "RESTYLE_KAFKA_BOOTSTRAP": bootstrap,
                     "RESTYLE_STATE_DIR": str(self.state_dir), **model_env}
         if s3_endpoint:
             self.env.update({"RESTYLE_S3_ENDPOINT": s3_endpoint, "RESTYLE_S3_ACCESS_KEY": key or "",

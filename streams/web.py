@@ -12,7 +12,7 @@ from faust import web
 
 from schemas import ErrorCode, JobState
 from streams.metrics import render_metrics
-from streams.routing import routed
+from streams.routing import error_response, routed
 from streams.runtime import Runtime
 from streams.uris import join_uri
 
@@ -42,8 +42,7 @@ def register(rt: Runtime) -> None:
         async def get(self, request: web.Request, job_id: str) -> web.Response:
             state = lookup(job_id)
             if state is None:
-                return self.json({"error": {"code": "not_found",
-                                            "message": f"no job {job_id!r}"}}, status=404)
+                return error_response(self, 404, "not_found", f"no job {job_id!r}")
             return self.json(await present(rt, state))
 
     @app.page("/jobs/{job_id}/events")
@@ -51,8 +50,7 @@ def register(rt: Runtime) -> None:
         @routed(rt, jobs)
         async def get(self, request: web.Request, job_id: str):
             if lookup(job_id) is None:
-                return self.json({"error": {"code": "not_found",
-                                            "message": f"no job {job_id!r}"}}, status=404)
+                return error_response(self, 404, "not_found", f"no job {job_id!r}")
             response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                       "Cache-Control": "no-cache"})
             await response.prepare(request)
@@ -78,9 +76,8 @@ def register(rt: Runtime) -> None:
             upload = form.get("image")
             style = form.get("style")
             if upload is None or not hasattr(upload, "file") or not style:
-                return self.json({"error": {"code": ErrorCode.SCHEMA_VIOLATION.value,
-                                            "message": "send multipart fields 'image' (a file) "
-                                                       "and 'style'"}}, status=400)
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                      "send multipart fields 'image' (a file) and 'style'")
             job_id = str(form.get("job_id") or uuid.uuid4().hex)
             name = (upload.filename or "image").replace("/", "_")
             uri = join_uri(rt.settings.results_base, "uploads", job_id, name)
@@ -92,9 +89,8 @@ def register(rt: Runtime) -> None:
                 try:
                     event["params"] = json.loads(form["params"])
                 except json.JSONDecodeError:
-                    return self.json({"error": {"code": ErrorCode.INVALID_JSON.value,
-                                                "message": "params must be a JSON object"}},
-                                     status=400)
+                    return error_response(self, 400, ErrorCode.INVALID_JSON.value,
+                                          "params must be a JSON object")
             if form.get("tenant"):
                 event["tenant"] = str(form["tenant"])
             await rt.topics["uploads"].send(key=job_id.encode(), value=json.dumps(event).encode())

@@ -45,7 +45,7 @@ class IndexFactory:
 
 @pytest.fixture(params=["embedded-exact", "embedded-hnsw", "opensearch"])
 def make_index(request, tmp_path):
-    drop = None
+    cleanup = None  # drops the OpenSearch index the test made
 
     if request.param.startswith("embedded"):
         from streams.local_index import LocalIndex
@@ -71,9 +71,10 @@ def make_index(request, tmp_path):
             index = make()
             await index.drop()
             await index.close()
+        cleanup = drop
     yield IndexFactory(make)
-    if drop:
-        asyncio.run(drop())
+    if cleanup:
+        asyncio.run(cleanup())
 
 
 SOFA = Product(product_id="sofa", caption="grey sofa", category="sofa", image="s3://b/sofa.jpg")
