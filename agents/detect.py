@@ -63,3 +63,12 @@ def _shrink_for(image: Image.Image, input_side: int) -> tuple[Image.Image, float
     scale = max(image.size) / limit
     size = (max(1, round(image.width / scale)), max(1, round(image.height / scale)))
     return image.resize(size, Image.Resampling.LANCZOS), image.width / size[0]
+
+
+def rescale_detections(detections: list[Detection], factor: float) -> list[Detection]:
+    """Boxes found on a downscaled copy, in the original image's coordinates."""
+    if factor == 1.0:
+        return detections
+    return [d.model_copy(update={"box": d.box.model_copy(update={
+        "x0": d.box.x0 * factor, "y0": d.box.y0 * factor,
+        "x1": d.box.x1 * factor, "y1": d.box.y1 * factor})}) for d in detections]

@@ -3,22 +3,16 @@ Each agent decodes, calls its stage function (in a thread: models block) and emi
 from __future__ import annotations
 
 import asyncio
-import json
-import random
-import re
 import time
-import uuid
 
 from agents import makeover
+from agents.detect import rescale_detections
 from agents.images import encode_png
 from agents.models import StageModels
 from schemas import (JobEventKind, JobStatus, MakeoverJob, MakeoverResult, ProductMatch,
-                     RenderRequest, RenderResult, StageFailure, UploadEvent)
-from schemas.events import JOB_ID_PATTERN
-from streams.runtime import Runtime, decode
-from streams.uris import join_uri, parse_uri
-
-_rng = random.SystemRandom()
+                     RenderRequest, RenderResult)
+from streams.runtime import Runtime
+from streams.uris import join_uri
 
 
 def _timed(job: MakeoverJob, stage: str, started: float) -> None:
@@ -28,11 +22,6 @@ def _timed(job: MakeoverJob, stage: str, started: float) -> None:
 def register(rt: Runtime, models: StageModels, index) -> None:
     app, topics, settings = rt.wiring.app, rt.topics, rt.settings
 
-    @app.agent(topics["uploads"], name="intake")
-    async def intake(stream):
-        async for event in stream.events():
-            await _intake(rt, event)
-
     async def analyze(job: MakeoverJob) -> None:
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
         started = time.perf_counter()
@@ -41,7 +30,7 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         detections = await asyncio.to_thread(
             models.detector.detect, small, settings.detection_labels,
             settings.detection_threshold, settings.max_detections)
-        job.detections = _rescale(detections, image.width / small.width)
+        job.detections = rescale_detections(detections, image.width / small.width)
         _timed(job, "analyze", started)
         await rt.send("embed", job.job_id, job)
 
@@ -117,50 +106,4 @@ def register(rt: Runtime, models: StageModels, index) -> None:
               ("retrieve", retrieve, MakeoverJob), ("compose", compose, MakeoverJob),
               ("depth", depth, MakeoverJob), ("reanalyze", reanalyze, RenderResult)]
     for name, handler, model in stages:
-        _stage_agent(rt, name, handler, model)
-
-
-def _stage_agent(rt: Runtime, name: str, handler, model) -> None:
-    async def agent(stream):
-        async for event in stream.events():
-            await rt.handle(name, event, model, handler)
-
-    agent.__name__ = agent.__qualname__ = name  # how faust names it in logs
-    rt.wiring.app.agent(rt.topics[name], name=name)(agent)
-
-
-def _rescale(detections, factor: float):
-    if factor == 1.0:
-        return detections
-    return [d.model_copy(update={"box": d.box.model_copy(update={
-        "x0": d.box.x0 * factor, "y0": d.box.y0 * factor,
-        "x1": d.box.x1 * factor, "y1": d.box.y1 * factor})}) for d in detections]
-
-
-async def _intake(rt: Runtime, event) -> None:
-    """Validate an upload, give it a job_id, and hand it to the tracker (which starts it once)."""
-    message = event.message
-    try:
-        upload = decode(message.value, UploadEvent)
-    except StageFailure as failure:
-        job_id = _readable_job_id(message.value)
-        await rt.dead_letter(message, failure.error.code, failure.error.message, job_id)
-        if job_id:
-            await rt.fail(job_id, failure.error, kind=JobEventKind.REJECTED)
-        return
-    job_id = upload.job_id or uuid.uuid4().hex
-    try:
-        parse_uri(upload.image, rt.storage.file_roots)
-        job = makeover.admit(upload, job_id, rt.settings, time.time(), _rng)
-    except StageFailure as failure:
-        await rt.fail(job_id, failure.error, upload.tenant, kind=JobEventKind.REJECTED)
-        return
-    await rt.job_event(job_id, JobEventKind.SUBMITTED, tenant=upload.tenant, job=job)
-
-
-def _readable_job_id(raw) -> str | None:
-    try:
-        value = json.loads(raw).get("job_id")
-    except Exception:
-        return None
-    return value if isinstance(value, str) and re.match(JOB_ID_PATTERN, value) else None
+        rt.stage_agent(name, handler, model)

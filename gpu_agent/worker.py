@@ -1,4 +1,5 @@
-"""The GPU agent: renders RenderRequests with Stable Diffusion + ControlNet.
+"""The GPU agent: renders RenderRequests with Stable Diffusion + ControlNet, or repaints them
+with an inpainting pipeline (background replacement).
 
 Inference runs in a thread so the consumer keeps heartbeating; progress goes out per step; a
 redelivered request for a job already rendered replies from the stored manifest instead of
@@ -51,7 +52,15 @@ def register(rt: Runtime, engine: RenderEngine) -> None:
 async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest) -> RenderResult:
     settings = rt.settings
     loop = asyncio.get_running_loop()
-    control = await rt.image(request.control_image)
+    if request.task == "inpaint":
+        image, mask = await asyncio.gather(rt.image_uncached(request.image),
+                                           rt.mask_image(request.mask))
+        model = request.model or settings.model_id("inpainting")
+        run = (engine.inpaint, model, request.prompt, image, mask)
+    else:
+        control = await rt.image(request.control_image)
+        run = (engine.render, request.model or settings.model_id("diffusion"),
+               settings.model_id("controlnet_depth"), request.prompt, control)
 
     def on_step(step: int, total: int) -> None:  # called from the render thread
         asyncio.run_coroutine_threadsafe(
@@ -60,10 +69,7 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest) -> 
 
     started = time.perf_counter()
     try:
-        images = await asyncio.to_thread(
-            engine.render, request.model or settings.model_id("diffusion"),
-            settings.model_id("controlnet_depth"), request.prompt, control, request.params,
-            on_step)
+        images = await asyncio.to_thread(*run, request.params, on_step)
     except (RuntimeError, ValueError, OSError) as exc:
         raise StageFailure(ErrorCode.MODEL_ERROR, f"rendering failed: {exc}") from exc
     render_ms = round((time.perf_counter() - started) * 1000, 2)

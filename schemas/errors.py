@@ -18,6 +18,8 @@ class ErrorCode(StrEnum):
     INVALID_PARAMS = "invalid_params"
     STORAGE_ERROR = "storage_error"
     MODEL_ERROR = "model_error"
+    INVALID_MASK = "invalid_mask"
+    MASK_EMPTY = "mask_empty"
     INTERNAL = "internal_error"
 
 

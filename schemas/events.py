@@ -5,12 +5,13 @@ Images never travel in events; they carry URIs (claim check).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from schemas.background import BackgroundJob
 from schemas.errors import JobError
-from schemas.jobs import JobStatus, MakeoverResult, Progress
+from schemas.jobs import AnyResult, JobStatus, Progress, pipeline_of
 from schemas.media import Detection, ProductMatch
 from schemas.params import MakeoverParams, RenderParams
 
@@ -35,6 +36,7 @@ class UploadEvent(BaseModel):
 class MakeoverJob(BaseModel):
     """The room makeover as it moves between stage topics; each stage fills in its part."""
 
+    pipeline: Literal["room_makeover"] = "room_makeover"
     job_id: str
     tenant: str | None = None
     style: str
@@ -53,6 +55,11 @@ class MakeoverJob(BaseModel):
     sent_at: float | None = None
 
 
+AnyJob = Annotated[Union[Annotated[MakeoverJob, Tag("room_makeover")],
+                         Annotated[BackgroundJob, Tag("background_replace")]],
+                   Discriminator(pipeline_of)]
+
+
 class RenderRequest(BaseModel):
     """Work for the GPU agent. Pipeline-agnostic: the caller names where the answer goes and
     passes its own context through untouched."""
@@ -60,13 +67,25 @@ class RenderRequest(BaseModel):
     job_id: str
     tenant: str | None = None
     prompt: str
-    control_image: str
+    # controlnet_depth: generate under control_image. inpaint: repaint image where mask is white.
+    task: Literal["controlnet_depth", "inpaint"] = "controlnet_depth"
+    control_image: str | None = None
+    image: str | None = None
+    mask: str | None = None
     params: RenderParams
     output_prefix: str
     reply_topic: str
     model: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     sent_at: float | None = None
+
+    @model_validator(mode="after")
+    def _inputs_for_task(self) -> "RenderRequest":
+        needed = ["control_image"] if self.task == "controlnet_depth" else ["image", "mask"]
+        missing = [name for name in needed if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"task {self.task} needs {', '.join(missing)}")
+        return self
 
 
 class RenderResult(BaseModel):
@@ -97,12 +116,13 @@ class JobEvent(BaseModel):
     kind: JobEventKind
     at: float
     tenant: str | None = None
+    batch_id: str | None = None
     status: JobStatus | None = None
     stage: str | None = None
     progress: Progress | None = None
     error: JobError | None = None
-    result: MakeoverResult | None = None
-    job: MakeoverJob | None = None
+    result: AnyResult | None = None
+    job: AnyJob | None = None
 
 
 class ResultEvent(BaseModel):
@@ -111,9 +131,10 @@ class ResultEvent(BaseModel):
     job_id: str
     tenant: str | None = None
     pipeline: str = "room_makeover"
+    batch_id: str | None = None
     status: Literal["done", "failed"]
     error: JobError | None = None
-    result: MakeoverResult | None = None
+    result: AnyResult | None = None
     finished_at: float
 
 

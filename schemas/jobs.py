@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Discriminator, Field, Tag
 
+from schemas.background import BackgroundResult
 from schemas.errors import JobError
 from schemas.media import ImageRef, ProductMatch
+
+
+def pipeline_of(value) -> str:
+    """Which pipeline a job or result belongs to; records written before restyle had a second
+    pipeline carry no tag and are room makeovers."""
+    if isinstance(value, dict):
+        return value.get("pipeline", "room_makeover")
+    return getattr(value, "pipeline", "room_makeover")
 
 
 class JobStatus(StrEnum):
@@ -43,6 +53,7 @@ class Progress(BaseModel):
 
 
 class MakeoverResult(BaseModel):
+    pipeline: Literal["room_makeover"] = "room_makeover"
     images: list[ImageRef] = Field(default_factory=list)
     products: list[ProductMatch] = Field(default_factory=list)
     seed: int | None = None
@@ -54,13 +65,20 @@ class MakeoverResult(BaseModel):
     waits_ms: dict[str, float] = Field(default_factory=dict)
 
 
+AnyResult = Annotated[Union[Annotated[MakeoverResult, Tag("room_makeover")],
+                            Annotated[BackgroundResult, Tag("background_replace")]],
+                      Discriminator(pipeline_of)]
+
+
 class JobState(BaseModel):
     job_id: str
     tenant: str | None = None
     pipeline: str = "room_makeover"
     status: JobStatus
     error: JobError | None = None
-    result: MakeoverResult | None = None
+    result: AnyResult | None = None
+    # The batch a job belongs to (background replacement), so its outcome reaches the batch.
+    batch_id: str | None = None
     progress: Progress | None = None
     created_at: float
     updated_at: float

@@ -18,6 +18,10 @@ class Wiring:
     # ingest_id -> IngestState JSON, and "ingest_id/product_id" -> that product's last outcome.
     ingests: faust.Table | None = None
     ingest_outcomes: faust.Table | None = None
+    # batch_id -> BatchState JSON; "batch_id/job_id" -> ImageOutcome JSON (and the batch's
+    # job ids in order under "batch_id/#index").
+    batches: faust.Table | None = None
+    batch_images: faust.Table | None = None
 
 
 def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wiring:
@@ -55,7 +59,7 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
     topics = {role_name: app.topic(name, key_serializer="raw", value_serializer="raw",
                                    partitions=settings.partitions)
               for role_name, name in names.items()}
-    jobs = ingests = ingest_outcomes = None
+    jobs = ingests = ingest_outcomes = batches = batch_images = None
     if role == "cpu":
         # Raw bytes both ways: keys are job_id bytes exactly as producers key
         # restyle.job-events (so the web router hashes a job_id to its owner), values JobState JSON.
@@ -66,4 +70,8 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
         ingest_outcomes = app.Table("ingest-outcomes", default=None,
                                     partitions=settings.partitions, key_type=bytes,
                                     value_type=bytes)
-    return Wiring(app, topics, jobs, ingests, ingest_outcomes)
+        batches = app.Table("batches", default=None, partitions=settings.partitions,
+                            key_type=bytes, value_type=bytes)
+        batch_images = app.Table("batch-images", default=None, partitions=settings.partitions,
+                                 key_type=bytes, value_type=bytes)
+    return Wiring(app, topics, jobs, ingests, ingest_outcomes, batches, batch_images)

@@ -23,7 +23,8 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
     if kind is JobEventKind.SUBMITTED:
         if state is None:
             new = JobState(job_id=event.job_id, tenant=event.tenant, status=JobStatus.QUEUED,
-                           created_at=event.at, updated_at=event.at)
+                           pipeline=event.job.pipeline if event.job else "room_makeover",
+                           batch_id=event.batch_id, created_at=event.at, updated_at=event.at)
             return Transition(new, start=event.job)
         if state.status is JobStatus.QUEUED:
             # Seen before but never started: a replay after a crash between storing the state
@@ -34,8 +35,11 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
         if state is not None:
             return Transition(None)  # a bad duplicate must not fail the real job
         return _finish(JobState(job_id=event.job_id, tenant=event.tenant,
-                                status=JobStatus.QUEUED, created_at=event.at,
-                                updated_at=event.at), event, JobStatus.FAILED)
+                                status=JobStatus.QUEUED, batch_id=event.batch_id,
+                                pipeline="background_replace" if event.batch_id
+                                else "room_makeover",
+                                created_at=event.at, updated_at=event.at), event,
+                       JobStatus.FAILED)
     if state is None or state.status.terminal:
         return Transition(None)
     if kind is JobEventKind.STATUS and event.status is not None:
@@ -59,6 +63,6 @@ def _finish(state: JobState, event: JobEvent, status: JobStatus) -> Transition:
     new = state.model_copy(update={"status": status, "error": event.error,
                                    "result": event.result, "updated_at": event.at})
     result = ResultEvent(job_id=new.job_id, tenant=new.tenant, pipeline=new.pipeline,
-                         status=status.value, error=new.error, result=new.result,
+                         batch_id=new.batch_id, status=status.value, error=new.error, result=new.result,
                          finished_at=event.at)
     return Transition(new, result=result)

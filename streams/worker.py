@@ -16,20 +16,25 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     wiring = create_app(settings, role, web_port)
     rt = Runtime(settings, wiring, Storage.from_settings(settings))
     if role == "cpu":
-        from agents import catalog_agents, makeover_agents
+        from agents import background_agents, catalog_agents, intake, makeover_agents
         from agents.models import StageModels
-        from streams import catalog_web, ingests, tracker, web
+        from streams import batch_web, batches, catalog_web, ingests, tracker, web, webhooks
         from streams.index import open_index
 
         models = StageModels(settings)
         models.warm_up()  # fail fast on a bad model id, and keep the first job fast
         index = open_index(settings)
+        intake.register(rt)
         makeover_agents.register(rt, models, index)
+        background_agents.register(rt, models)
         catalog_agents.register(rt, models, index)
         tracker.register(rt)
+        batches.register(rt)
+        webhooks.register(rt)
         ingests.register(rt)
         web.register(rt)
         catalog_web.register(rt, models, index)
+        batch_web.register(rt, models)
     elif role == "gpu":
         from gpu_agent.engine import RenderEngine
         from gpu_agent.worker import register
@@ -37,7 +42,10 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
 
         engine = RenderEngine(settings.device, settings.dtype, settings.pipeline_cache_size,
                               settings.diffusion_family)
-        engine.pipeline(settings.model_id("diffusion"), settings.model_id("controlnet_depth"))
+        if "controlnet_depth" in settings.gpu_warm_tasks:
+            engine.pipeline(settings.model_id("diffusion"), settings.model_id("controlnet_depth"))
+        if "inpaint" in settings.gpu_warm_tasks:
+            engine.inpaint_pipeline(settings.model_id("inpainting"))
         register(rt, engine)
         register_health(rt)
     else:

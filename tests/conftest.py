@@ -142,6 +142,19 @@ class E2E:
         return [json.loads(m.value()) for m in
                 self.collector.matching("restyle.results", lambda m: m.key() == job_id.encode())]
 
+    def post_json(self, path: str, body) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.status_url + path, method="POST",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
     def get(self, path: str) -> tuple[int, dict]:
         import urllib.error
         import urllib.request
@@ -182,7 +195,8 @@ def production_broker() -> str:
 E2E_BROKERS = list(dict.fromkeys([production_broker(), "tansu"]))
 
 
-BACKENDS_USED: list[str] = []  # what each end-to-end run actually ran on, for the summary
+BACKENDS_USED: list[str] = []
+WEBHOOK_SECRET = "e2e-webhook-secret"  # the workers know it as RESTYLE_WEBHOOK_SECRETS["tests"]  # what each end-to-end run actually ran on, for the summary
 
 
 def pytest_report_header(config):
@@ -269,6 +283,9 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_FILE_ROOTS": json.dumps([str(room_photos[0].parent), str(uploads)]),
         "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
         "RESTYLE_DEFAULT_HEIGHT": "64", "HF_HUB_OFFLINE": "1",
+        "RESTYLE_BACKGROUND_MAX_SIDE": "64",
+        "RESTYLE_QUALITY_STEPS": json.dumps({"standard": 2, "premium": 3}),
+        "RESTYLE_WEBHOOK_SECRETS": json.dumps({"tests": WEBHOOK_SECRET}),
     }
     if os.environ.get("RESTYLE_TEST_GUARANTEE"):
         extra_env["RESTYLE_PROCESSING_GUARANTEE"] = os.environ["RESTYLE_TEST_GUARANTEE"]
@@ -285,7 +302,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
     catalog = sample_catalog_dir(state / "catalog")
     ingest_source(load_settings(state_dir=state), str(catalog))
     collector = TopicCollector(stack.endpoints["kafka_bootstrap"],
-                               ["restyle.results", "restyle.dlq", "restyle.job-events"],
+                               ["restyle.results", "restyle.dlq", "restyle.job-events",
+                                "restyle.notifications"],
                                settings.partitions)
     handles = E2E(stack, settings, collector)
     handles.local_uploads = uploads

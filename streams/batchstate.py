@@ -1,0 +1,87 @@
+"""The batch state machine as a pure function: how each batch event changes a batch.
+
+The batch tracker folds `restyle.batch-events` through `apply_batch_event` into the batches
+table. Replays converge: a batch opens once, each image counts once, a finished batch is final
+(except for recording its notification's delivery)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.background import (BatchEvent, BatchEventKind, BatchState, BatchStatus,
+                                ImageOutcome)
+
+
+@dataclass
+class BatchTransition:
+    state: BatchState | None  # the new state to store (None: nothing changes)
+    entries: list[ImageOutcome] = field(default_factory=list)  # per-image records to store
+    index: list[str] | None = None  # the batch's job ids in order (when it opens)
+    finished: bool = False  # it just ended: write the report, notify
+
+
+def apply_batch_event(state: BatchState | None, previous: ImageOutcome | None,
+                      event: BatchEvent, default_tolerated_pct: float) -> BatchTransition:
+    kind = event.kind
+    if kind is BatchEventKind.OPENED:
+        if state is not None:
+            return BatchTransition(None)  # the same batch submitted again
+        tolerated = (default_tolerated_pct if event.tolerated_failure_pct is None
+                     else event.tolerated_failure_pct)
+        new = BatchState(batch_id=event.batch_id, tenant=event.tenant, total=event.total,
+                         tolerated_failure_pct=tolerated, webhook=event.webhook,
+                         created_at=event.at, updated_at=event.at)
+        entries = [ImageOutcome(job_id=e.job_id, name=e.name, image=e.image, status="pending")
+                   for e in event.images]
+        return BatchTransition(new, entries, [e.job_id for e in event.images])
+    if kind is BatchEventKind.REJECTED:
+        if state is not None:
+            return BatchTransition(None)  # a bad duplicate must not fail the real batch
+        new = BatchState(batch_id=event.batch_id, tenant=event.tenant, total=0,
+                         status=BatchStatus.FAILED, met_threshold=False, error=event.error,
+                         webhook=event.webhook, created_at=event.at, updated_at=event.at,
+                         finished_at=event.at)
+        return BatchTransition(new, finished=True)
+    if kind is BatchEventKind.NOTIFIED:
+        if state is None:
+            return BatchTransition(None)
+        return BatchTransition(state.model_copy(update={"notification": event.delivery}))
+    # an image finished
+    if state is None or state.finished or event.outcome is None:
+        return BatchTransition(None)
+    if previous is not None and previous.status != "pending":
+        return BatchTransition(None)  # a redelivered outcome counts once
+    outcome = event.outcome
+    if previous is not None:
+        outcome = outcome.model_copy(update={"name": previous.name, "image": previous.image})
+    new = state.model_copy(deep=True)
+    if outcome.status == "done":
+        new.succeeded += 1
+    else:
+        new.failed += 1
+    new.updated_at = max(new.updated_at, event.at)
+    finished = new.total is not None and new.succeeded + new.failed >= new.total
+    if finished:
+        new.met_threshold = failed_pct(new) <= new.tolerated_failure_pct
+        new.status = BatchStatus.SUCCEEDED if new.met_threshold else BatchStatus.FAILED
+        new.finished_at = event.at
+    return BatchTransition(new, [outcome], finished=finished)
+
+
+def failed_pct(state: BatchState) -> float:
+    return 100.0 * state.failed / state.total if state.total else 0.0
+
+
+def summary(state: BatchState) -> str:
+    """One true sentence about a finished batch: a batch with failures never reads as a clean
+    success."""
+    if state.error is not None:
+        return f"Batch {state.batch_id} failed before any image ran: {state.error.message}"
+    total, failed = state.total or 0, state.failed
+    if failed == 0:
+        return f"Batch {state.batch_id} completed: all {total} images succeeded."
+    share = f"{failed_pct(state):.1f}%"
+    if state.met_threshold:
+        return (f"Batch {state.batch_id} completed with failures: {failed} of {total} images "
+                f"failed ({share}), within the tolerated {state.tolerated_failure_pct:g}%.")
+    return (f"Batch {state.batch_id} failed: {failed} of {total} images failed ({share}), "
+            f"above the tolerated {state.tolerated_failure_pct:g}%.")
