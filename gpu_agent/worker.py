@@ -4,6 +4,11 @@ with an inpainting pipeline (background replacement).
 Inference runs in a thread so the consumer keeps heartbeating; progress goes out per step; a
 redelivered request for a job already rendered replies from the stored manifest instead of
 rendering again.
+
+The model never waits on I/O: the worker holds up to `gpu_prefetch` requests at once. While one
+runs in the model (one at a time, in arrival order), the next ones fetch and decode their
+inputs and the finished ones store their images and reply. Offsets are committed only up to the
+oldest unanswered request (faust tracks acks per offset), so a crash loses nothing.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import asyncio
 import time
 
 from agents.images import encode_png
+from gpu_agent.duty import DutyMeter
 from gpu_agent.engine import RenderEngine
 from schemas import ErrorCode, JobEventKind, Progress, RenderRequest, RenderResult, StageFailure
 from streams.runtime import Runtime
@@ -19,9 +25,11 @@ from streams.uris import join_uri
 MANIFEST = "render.json"
 
 
-def register(rt: Runtime, engine: RenderEngine) -> None:
+def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     app, settings = rt.wiring.app, rt.settings
     replies: dict[str, object] = {}
+    meter = DutyMeter()
+    model_turn = asyncio.Lock()  # FIFO: one model call at a time, in arrival order
 
     def reply_topic(name: str):
         if name not in replies:
@@ -30,26 +38,36 @@ def register(rt: Runtime, engine: RenderEngine) -> None:
         return replies[name]
 
     async def render(request: RenderRequest) -> None:
+        meter.received()
+        try:
+            await answer(request)
+        finally:
+            meter.answered()
+
+    async def answer(request: RenderRequest) -> None:
         waited_ms = round((time.time() - request.sent_at) * 1000, 2) if request.sent_at else None
         manifest_uri = join_uri(request.output_prefix, MANIFEST)
         if await rt.storage.exists(manifest_uri):
             done = RenderResult.model_validate_json(await rt.storage.get(manifest_uri))
             result = done.model_copy(update={"context": request.context})
         else:
-            result = await _render(rt, engine, request)
+            result = await _render(rt, engine, request, model_turn, meter)
             await rt.storage.put(manifest_uri, result.model_copy(update={"context": {}})
                                  .model_dump_json().encode(), "application/json")
         result = result.model_copy(update={"wait_ms": waited_ms, "sent_at": time.time()})
         await reply_topic(request.reply_topic).send(
             key=request.job_id.encode(), value=result.model_dump_json().encode())
 
-    @app.agent(rt.topics["render"], name="render", concurrency=1)
+    @app.agent(rt.topics["render"], name="render", concurrency=settings.gpu_prefetch)
     async def render_agent(stream):
         async for event in stream.events():
             await rt.handle("render", event, RenderRequest, render)
 
+    return meter
 
-async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest) -> RenderResult:
+
+async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
+                  model_turn: asyncio.Lock, meter: DutyMeter) -> RenderResult:
     settings = rt.settings
     loop = asyncio.get_running_loop()
     if request.task == "inpaint":
@@ -67,11 +85,14 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest) -> 
             rt.job_event(request.job_id, JobEventKind.PROGRESS,
                          progress=Progress(step=step, total=total)), loop)
 
-    started = time.perf_counter()
-    try:
-        images = await asyncio.to_thread(*run, request.params, on_step)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise StageFailure(ErrorCode.MODEL_ERROR, f"rendering failed: {exc}") from exc
+    async with model_turn:
+        started = time.perf_counter()
+        try:
+            images = await asyncio.to_thread(*run, request.params, on_step)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise StageFailure(ErrorCode.MODEL_ERROR, f"rendering failed: {exc}") from exc
+        finally:
+            meter.model_ran(time.perf_counter() - started)
     render_ms = round((time.perf_counter() - started) * 1000, 2)
     uris = []
     for n, image in enumerate(images):

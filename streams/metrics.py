@@ -1,7 +1,7 @@
 """Prometheus metrics: per-stage latency and counts by outcome."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry()
 
@@ -27,6 +27,16 @@ DEAD_LETTERS = Counter(
     "restyle_dead_letters_total", "Messages sent to the dead-letter topic", ["topic", "code"],
     registry=REGISTRY,
 )
+
+# The GPU worker's duty cycle is busy / holding (see gpu_agent/duty.py).
+GPU_BUSY_SECONDS = Counter(
+    "restyle_gpu_model_seconds", "Time inside the diffusion model call", registry=REGISTRY)
+GPU_HOLDING_SECONDS = Counter(
+    "restyle_gpu_holding_seconds", "Time the GPU worker held at least one render request",
+    registry=REGISTRY)
+GPU_IN_FLIGHT = Gauge(
+    "restyle_gpu_requests_in_flight", "Render requests received and not yet answered",
+    registry=REGISTRY)
 
 
 def render_metrics() -> bytes:

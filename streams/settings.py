@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     pipeline_cache_size: int = 2
+    # Render requests a GPU worker holds at once: while the model runs one, the others fetch
+    # their inputs or store their outputs, so the model never waits on I/O.
+    gpu_prefetch: int = 3
     # Pipelines the GPU worker loads at start (so the first job of each kind is not slow).
     gpu_warm_tasks: list[Literal["controlnet_depth", "inpaint"]] = Field(
         default_factory=lambda: ["controlnet_depth", "inpaint"])
