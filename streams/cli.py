@@ -114,19 +114,25 @@ def submit(image, style, params, job_id, tenant, wait, timeout) -> None:
     from streams import client
 
     settings = load_settings()
-    parsed = {}
-    for item in params:
-        key, _, value = item.partition("=")
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    job_id = client.run(client.submit(settings, image, style, parsed, job_id, tenant))
+    job_id = client.run(client.submit(settings, image, style, _parse_params(params), job_id,
+                                      tenant))
     click.echo(job_id)
     if wait:
         job = client.wait_for_job(settings, job_id, timeout, on_change=_print_progress)
         click.echo(client.describe(job))
         sys.exit(0 if job["status"] == "done" else 1)
+
+
+def _parse_params(items) -> dict:
+    """`key=value` options; values are read as JSON when they parse (numbers, booleans)."""
+    parsed = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
 
 
 def _print_progress(job: dict) -> None:
@@ -204,6 +210,42 @@ def catalog_ingest(source, category_from_folder, ingest_id, timeout) -> None:
 
     state = ingest_source(load_settings(), source, category_from_folder, ingest_id, timeout)
     sys.exit(1 if state.failed else 0)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--prompt", required=True, help="The new background, e.g. 'london city street'.")
+@click.option("--negative-prompt", default=None)
+@click.option("--mode", type=click.Choice(["DEFAULT", "PRECISE"]), default=None,
+              help="PRECISE keeps every kept pixel exactly (default: RESTYLE_DEFAULT_OUTPAINT_MODE).")
+@click.option("--mask-prompt", default=None, help="What to keep, e.g. 'bus, person'.")
+@click.option("--param", "params", multiple=True,
+              help="key=value: num_images, quality, width, height, cfg_scale, seed, steps")
+@click.option("--tolerated-failure-pct", type=float, default=None)
+@click.option("--batch-id", default=None)
+@click.option("--timeout", default=3600.0, show_default=True)
+def background(sources, prompt, negative_prompt, mode, mask_prompt, params,
+               tolerated_failure_pct, batch_id, timeout) -> None:
+    """Replace the background of every photo in SOURCES (files, directories, s3:// URIs or
+    s3://bucket/prefix/), as one batch; follows it and prints the report. Exits 0 only if the
+    batch succeeded."""
+    from streams import batch_client
+    from streams.client import run
+
+    settings = load_settings()
+    fields = {"prompt": prompt, "mode": mode or settings.default_outpaint_mode}
+    optional = {"negative_prompt": negative_prompt, "mask_prompt": mask_prompt,
+                "tolerated_failure_pct": tolerated_failure_pct}
+    fields.update({k: v for k, v in optional.items() if v is not None})
+    if params:
+        fields["params"] = _parse_params(params)
+    batch_id = run(batch_client.submit_batch(settings, list(sources), fields, batch_id))
+    click.echo(f"batch {batch_id} submitted")
+    batch = batch_client.wait_for_batch(settings, batch_id, timeout, lambda b: click.echo(
+        f"  {b['counts']['succeeded'] + b['counts']['failed']}/{b['counts']['total'] or '?'} "
+        f"images finished"))
+    click.echo(batch_client.describe_batch(batch, batch_client.read_report(batch)))
+    sys.exit(0 if batch["status"] == "succeeded" else 1)
 
 
 if __name__ == "__main__":

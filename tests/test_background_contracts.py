@@ -266,3 +266,26 @@ def test_a_refusing_webhook_is_not_retried_and_a_dead_one_gives_up_with_the_caus
         batch_id="b", url=receiver.url, secret_name="nope", body={}), sleep=no_wait))
     assert unknown["status"] == "failed" and "no webhook secret named 'nope'" in \
         unknown["error"]
+
+
+# --- the GPU worker's duty cycle ---
+
+def test_the_duty_cycle_counts_model_time_only_while_work_is_held():
+    from gpu_agent.duty import DutyMeter
+
+    now = [0.0]
+    meter = DutyMeter(clock=lambda: now[0])
+    meter.received()          # t=0: a request arrives
+    meter.received()          # a second one, prefetched
+    now[0] = 1.0
+    meter.model_ran(0.9)      # the first one's model call
+    meter.answered()
+    now[0] = 2.0
+    meter.model_ran(0.8)
+    meter.answered()          # t=2: nothing held
+    now[0] = 10.0             # eight idle seconds with no work do not count
+    meter.received()
+    now[0] = 11.0
+    meter.model_ran(1.0)
+    meter.answered()
+    assert meter.duty_cycle() == pytest.approx(2.7 / 3.0)

@@ -73,3 +73,23 @@ def test_submit_wait_and_status_against_a_running_stack(e2e, room_photos):
     missing = subprocess.run([*CLI, "status", "nope"], env=env, capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 2 and "no job 'nope'" in missing.stderr
+
+
+def test_background_replaces_a_folder_of_photos_as_one_batch(e2e, tmp_path):
+    """Local photos are staged in storage, published as a batch and followed to the report;
+    a corrupt photo makes the batch fail (nothing tolerated) and the exit code says so."""
+    from tests.test_background_stages import skimage_photo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    skimage_photo("astronaut").save(folder / "astronaut.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (folder / "notes.txt").write_text("ignored: not an image")
+    env = cli_env(RESTYLE_STATE_DIR=str(e2e.stack.state_dir))
+    done = subprocess.run([*CLI, "background", str(folder), "--prompt", "a snowy forest",
+                           "--mask-prompt", "bus", "--mode", "PRECISE", "--param", "seed=5"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed — " in done.stdout and "of 2 images succeeded" in done.stdout
+    assert "failed broken.jpg: not_an_image:" in done.stdout
+    assert "report (json): http" in done.stdout
