@@ -3,6 +3,7 @@ with one GPU worker and with two (and their ratio), and each GPU worker's duty c
 of the time it held render requests that it spent inside the model call (target >= 95%).
 
     python bench/background_batch.py [--images 50] [--size 128] [--steps 4] [--broker tansu]
+                                     [--compare-prefetch]
 
 Masks are given as keep-mask images (made here with the real u2netp), so the CPU stage is fast
 and the GPU workers are the bottleneck, as they are in production. On this CPU-only machine the
@@ -61,15 +62,17 @@ def run_batch(status_url: str, producer, images: list[dict], size: int) -> tuple
         time.sleep(0.1)
 
 
-def measure(gpu_workers: int, args, work: Path, models_dir: Path, photos: list, masks: list):
+def measure(gpu_workers: int, args, work: Path, models_dir: Path, photos: list, masks: list,
+            prefetch: int = 3):
     from confluent_kafka import Producer
 
     from streams.embedded import free_port
     from streams.settings import Settings
     from streams.stack import RestyleStack
 
-    env = {"RESTYLE_QUALITY_STEPS": json.dumps({"standard": args.steps, "premium": args.steps})}
-    state = work / f"state-{gpu_workers}"
+    env = {"RESTYLE_QUALITY_STEPS": json.dumps({"standard": args.steps, "premium": args.steps}),
+           "RESTYLE_GPU_PREFETCH": str(prefetch)}
+    state = work / f"state-{gpu_workers}-{prefetch}"
     stack = RestyleStack(Settings(state_dir=state, web_port=free_port(),
                                   embedded_broker=args.broker),
                          models=str(models_dir), gpu_workers=gpu_workers, extra_env=env)
@@ -117,6 +120,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="generation side, px")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
+    parser.add_argument("--compare-prefetch", action="store_true",
+                        help="also run one GPU worker holding one request at a time")
     args = parser.parse_args()
 
     import interior_photos
@@ -141,17 +146,24 @@ def main() -> None:
         masks.append(png(Image.fromarray(keep.astype(np.uint8) * 255)))
 
     rates = {}
-    for gpu_workers in (1, 2):
-        seconds, body, duties = measure(gpu_workers, args, work, models_dir, photos, masks)
+    for gpu_workers, prefetch in ((1, 3), (2, 3), (1, 1)):
+        if prefetch == 1 and not args.compare_prefetch:
+            continue
+        seconds, body, duties = measure(gpu_workers, args, work, models_dir, photos, masks,
+                                        prefetch)
         counts = body["counts"]
-        rates[gpu_workers] = counts["succeeded"] / seconds
-        print(f"{gpu_workers} GPU worker(s): {counts['succeeded']}/{counts['total']} images in "
-              f"{seconds:.1f} s = {rates[gpu_workers]:.2f} images/s")
+        rate = counts["succeeded"] / seconds
+        rates[(gpu_workers, prefetch)] = rate
+        print(f"{gpu_workers} GPU worker(s), prefetch {prefetch}: {counts['succeeded']}/"
+              f"{counts['total']} images in {seconds:.1f} s = {rate:.2f} images/s")
         for n, (model, held) in enumerate(duties):
             duty = model / held if held else float("nan")
             print(f"  gpu-worker-{n}: {model:.1f} s in the model of {held:.1f} s holding work "
-                  f"-> duty cycle {duty:.1%}  (target >= 95%)")
-    print(f"two GPU workers / one: {rates[2] / rates[1]:.2f}x")
+                  f"-> duty cycle {duty:.1%}  (target >= 95%); of the batch's wall time "
+                  f"{model / seconds:.1%}")
+    print(f"two GPU workers / one: {rates[(2, 3)] / rates[(1, 3)]:.2f}x")
+    if (1, 1) in rates:
+        print(f"prefetch 3 / prefetch 1 (one worker): {rates[(1, 3)] / rates[(1, 1)]:.2f}x")
 
 
 if __name__ == "__main__":
