@@ -225,6 +225,57 @@ def link_salient(out: Path) -> None:
     target.symlink_to(source)
 
 
+def _tiny_sdxl_parts(unet_in_channels: int = 4) -> dict:
+    """A tiny SDXL: two text encoders (the second with a projection: the pooled embedding),
+    a UNet conditioned on both plus the size/crop "time ids"."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = build_tokenizer(), build_tokenizer()
+    text = _tiny_text_config(len(tokenizer), 77)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32,
+        in_channels=unet_in_channels, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * text["hidden_size"], attention_head_dim=(2, 4),
+        norm_num_groups=16, use_linear_projection=True, transformer_layers_per_block=(1, 1),
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=32 + 6 * time_dim,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=16,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", timestep_spacing="leading",
+                                       steps_offset=1)
+    return dict(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text,
+                                                                          projection_dim=32)),
+                tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+
+
+def build_tiny_sdxl(out_dir: Path | str, seed: int = 0) -> Path:
+    """The diffusion roles in their SDXL form (diffusion, controlnet_depth, inpainting), for
+    RESTYLE_DIFFUSION_FAMILY=sdxl."""
+    from diffusers import (ControlNetModel, StableDiffusionXLInpaintPipeline,
+                           StableDiffusionXLPipeline)
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    pipe = StableDiffusionXLPipeline(**_tiny_sdxl_parts())
+    pipe.save_pretrained(out / "diffusion")
+    ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32)
+                              ).save_pretrained(out / "controlnet_depth")
+    StableDiffusionXLInpaintPipeline(**_tiny_sdxl_parts(unet_in_channels=9),
+                                     requires_aesthetics_score=False
+                                     ).save_pretrained(out / "inpainting")
+    return out
+
+
 def build_tiny_models(out_dir: Path | str, seed: int = 0) -> Path:
     """Write every role under out_dir; returns out_dir. Deterministic for a given seed."""
     out = Path(out_dir)

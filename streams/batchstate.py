@@ -48,11 +48,11 @@ def apply_batch_event(state: BatchState | None, previous: ImageOutcome | None,
     # an image finished
     if state is None or state.finished or event.outcome is None:
         return BatchTransition(None)
-    if previous is not None and previous.status != "pending":
+    if previous is None:
+        return BatchTransition(None)  # not an image this batch opened with
+    if previous.status != "pending":
         return BatchTransition(None)  # a redelivered outcome counts once
-    outcome = event.outcome
-    if previous is not None:
-        outcome = outcome.model_copy(update={"name": previous.name, "image": previous.image})
+    outcome = event.outcome.model_copy(update={"name": previous.name, "image": previous.image})
     new = state.model_copy(deep=True)
     if outcome.status == "done":
         new.succeeded += 1

@@ -182,12 +182,18 @@ def models() -> None:
 
 @models.command("tiny")
 @click.argument("directory")
-def models_tiny(directory) -> None:
+@click.option("--family", type=click.Choice(["sd15", "sdxl"]), default="sd15", show_default=True,
+              help="sdxl: the diffusion roles (diffusion, controlnet_depth, inpainting) as SDXL.")
+def models_tiny(directory, family) -> None:
     """Build tiny random-weight versions of every model role into DIRECTORY (offline)."""
-    from agents.tiny_models import build_tiny_models
+    from agents.tiny_models import build_tiny_models, build_tiny_sdxl
 
     out = build_tiny_models(directory)
-    click.echo(f"tiny models written to {out}; use RESTYLE_MODELS_DIR={out}")
+    hint = f"RESTYLE_MODELS_DIR={out}"
+    if family == "sdxl":
+        build_tiny_sdxl(out)
+        hint += " RESTYLE_DIFFUSION_FAMILY=sdxl"
+    click.echo(f"tiny models written to {out}; use {hint}")
 
 
 @main.group()

@@ -168,8 +168,8 @@ def run(events, tolerated_default=0.0):
 
 def test_a_batch_ends_once_every_image_has_an_outcome_counted_once():
     state, records, finishes = run([opened(3), finished("j0", True), finished("j0", True),
-                                    finished("j1", True), finished("j2", True),
-                                    finished("j2", False)])
+                                    finished("j1", True), finished("stranger", False),
+                                    finished("j2", True), finished("j2", False)])
     assert state.status is BatchStatus.SUCCEEDED and finishes == 1
     assert (state.succeeded, state.failed) == (3, 0)
     assert records["j1"].name == "1.png" and records["j1"].image == "s3://x/1.png"

@@ -111,3 +111,25 @@ def test_rendering_is_reproducible_from_the_seed_and_reports_every_step(tiny_mod
     other = engine.render(*ids, prompt, control, params.model_copy(update={"seed": 12}))
     assert np.array_equal(np.asarray(other[0]), np.asarray(first[1]))
     assert engine.device == "cpu" and len(engine._pipelines) == 1  # loaded once, kept
+
+
+def test_sdxl_renders_and_repaints_with_its_two_text_encoders(tmp_path):
+    """RESTYLE_DIFFUSION_FAMILY=sdxl: the SDXL pipelines, with compel's pooled embeddings."""
+    from agents.tiny_models import build_tiny_sdxl
+
+    models = build_tiny_sdxl(tmp_path / "sdxl")
+    engine = RenderEngine("cpu", "float32", family="sdxl")
+    params = RenderParams(steps=2, guidance=7.0, controlnet_scale=1.0, seed=3, width=64,
+                          height=64, negative_prompt="blurry", num_images=2)
+    control = Image.new("RGB", (96, 80), (90, 90, 90))
+    rendered = engine.render(str(models / "diffusion"), str(models / "controlnet_depth"),
+                             "(a cozy room)1.0, (green sofa)0.8", control, params)
+    assert [image.size for image in rendered] == [(64, 64), (64, 64)]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 64, 32))
+    repainted = engine.inpaint(str(models / "inpainting"), "a beach", control.resize((64, 64)),
+                               mask, params)
+    again = engine.inpaint(str(models / "inpainting"), "a beach", control.resize((64, 64)),
+                           mask, params)
+    assert np.array_equal(np.asarray(repainted[0]), np.asarray(again[0]))  # seeded
+    assert not np.array_equal(np.asarray(repainted[0]), np.asarray(repainted[1]))  # seed + n
