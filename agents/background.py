@@ -12,8 +12,8 @@ from PIL import Image
 
 from agents import masks
 from schemas import ErrorCode, RenderParams, StageFailure
-from schemas.background import (BackgroundBatch, BackgroundJob, ImageSpec, MaskTarget,
-                                OutpaintMode)
+from schemas.background import (MAX_BATCH_IMAGES, BackgroundBatch, BackgroundJob, ImageSpec,
+                                MaskTarget, OutpaintMode)
 from schemas.params import MAX_SEED
 from streams.uris import join_uri
 
@@ -65,6 +65,10 @@ def expand(batch: BackgroundBatch, listings: dict[str, list[str]]) -> list[Image
             if one.uri not in seen:  # an image listed twice is one job
                 seen.add(one.uri)
                 specs.append(one)
+    if len(specs) > MAX_BATCH_IMAGES:
+        raise StageFailure(ErrorCode.INVALID_PARAMS,
+                           f"the batch expands to {len(specs):,} images; at most "
+                           f"{MAX_BATCH_IMAGES:,} per batch (split it)")
     return specs
 
 
@@ -86,12 +90,14 @@ def resolve_params(batch: BackgroundBatch, settings, rng: random.Random) -> Rend
 
 
 def image_job(batch: BackgroundBatch, batch_id: str, spec: ImageSpec, params: RenderParams,
-              results_base: str, now: float) -> BackgroundJob:
+              results_base: str, now: float,
+              default_mode: OutpaintMode = OutpaintMode.DEFAULT) -> BackgroundJob:
     job_id = job_id_for(batch_id, spec.uri)
     return BackgroundJob(
         job_id=job_id, batch_id=batch_id, name=spec.name or spec.uri, tenant=batch.tenant,
         image=spec.uri, mask_prompt=spec.mask_prompt, mask_image=spec.mask_image,
-        mask_target=batch.mask_target, prompt=batch.prompt, mode=batch.mode, params=params,
+        mask_target=batch.mask_target, prompt=batch.prompt, mode=batch.mode or default_mode,
+        params=params,
         output_prefix=join_uri(results_base, "results", job_id), submitted_at=now)
 
 
@@ -135,7 +141,8 @@ def keep_mask(photo: Image.Image, job: BackgroundJob, detect, segment, salient,
 def render_inputs(photo: Image.Image, keep: Image.Image, job: BackgroundJob, max_side: int,
                   feather_share: float) -> tuple[Image.Image, Image.Image, RenderParams]:
     """The photo and repaint mask at the generation size, and the params with that size."""
-    requested = (job.params.width, job.params.height) if job.params.width else None
+    requested = (job.params.width, job.params.height) \
+        if job.params.width or job.params.height else None
     width, height = masks.render_size(photo.size, max_side, requested)
     feather = masks.feather_px(keep.size, feather_share)
     repaint = masks.repaint_mask(keep, job.mode.value, feather)

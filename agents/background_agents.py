@@ -13,11 +13,13 @@ from agents.images import encode_png, fit_within
 from agents.models import StageModels
 from schemas import JobError, JobEventKind, JobStatus, RenderRequest, RenderResult, StageFailure
 from schemas.background import (BackgroundBatch, BackgroundJob, BackgroundResult, BatchEvent,
-                                BatchEventKind, ImageEntry)
+                                BatchEventKind, ImageEntry, OutpaintMode)
 from streams.runtime import Runtime
 from streams.uris import join_uri, parse_uri
 
 _rng = random.SystemRandom()
+# Images per batch-opening event: ~150 bytes each, so ~300 KB an event.
+OPEN_CHUNK = 2000
 
 
 def register(rt: Runtime, models: StageModels) -> None:
@@ -34,13 +36,18 @@ def register(rt: Runtime, models: StageModels) -> None:
         specs = background.expand(batch, listings)
         params = background.resolve_params(batch, settings, _rng)
         now = time.time()
-        jobs = [background.image_job(batch, batch_id, spec, params, settings.results_base, now)
-                for spec in specs]
-        await rt.send("batch_events", batch_id, BatchEvent(
-            batch_id=batch_id, kind=BatchEventKind.OPENED, at=now, tenant=batch.tenant,
-            total=len(jobs), tolerated_failure_pct=batch.tolerated_failure_pct,
-            webhook=batch.webhook,
-            images=[ImageEntry(job_id=j.job_id, name=j.name, image=j.image) for j in jobs]))
+        mode = OutpaintMode(settings.default_outpaint_mode)
+        jobs = [background.image_job(batch, batch_id, spec, params, settings.results_base, now,
+                                     mode) for spec in specs]
+        entries = [ImageEntry(job_id=j.job_id, name=j.name, image=j.image) for j in jobs]
+        # The batch learns its images before any of them can finish (acknowledged sends), in
+        # chunks that stay far below the broker's message size limit.
+        for n, start in enumerate(range(0, len(entries), OPEN_CHUNK)):
+            await rt.send("batch_events", batch_id, BatchEvent(
+                batch_id=batch_id, kind=BatchEventKind.OPENED if n == 0 else
+                BatchEventKind.ENTRIES, at=now, tenant=batch.tenant, total=len(jobs),
+                tolerated_failure_pct=batch.tolerated_failure_pct, webhook=batch.webhook,
+                images=entries[start:start + OPEN_CHUNK]), acknowledged=True)
         for job in jobs:
             try:
                 parse_uri(job.image, rt.storage.file_roots)

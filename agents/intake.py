@@ -1,5 +1,6 @@
 """The uploads intake: every event on `restyle.uploads` is validated and admitted to its pipeline
-(a room makeover job, a background-replacement batch, or a Titan body as a one-image batch).
+(a room makeover job, a background-replacement batch, a Titan body as a one-image batch, or a
+conditioned generation).
 Unreadable events go to the DLQ; when they name a job or batch, that job or batch fails with
 the cause, so whoever waits on it hears why."""
 from __future__ import annotations
@@ -10,13 +11,14 @@ import logging
 import random
 import re
 import time
-import uuid
+import hashlib
 
-from agents import makeover
+from agents import bucket_events, makeover
 from agents.background_agents import refuse_batch, submit_batch
 from agents.titan import titan_batch
 from schemas import ErrorCode, JobEventKind, StageFailure, UploadEvent
 from schemas.background import BATCH_ID_PATTERN, BackgroundBatch
+from schemas.conditioning import ConditionUpload
 from schemas.events import JOB_ID_PATTERN
 from schemas.titan import TitanRequest
 from streams.runtime import Runtime, decode
@@ -58,6 +60,8 @@ async def admit(rt: Runtime, message) -> None:
     kind = upload_kind(message.value)
     if kind == "background_replace":
         await admit_batch(rt, message)
+    elif kind == "condition":
+        await admit_condition(rt, message)
     elif kind == "titan":
         await admit_titan(rt, message)
     else:
@@ -74,10 +78,32 @@ async def admit_makeover(rt: Runtime, message) -> None:
         if job_id:
             await rt.fail(job_id, failure.error, kind=JobEventKind.REJECTED)
         return
-    job_id = upload.job_id or uuid.uuid4().hex
+    job_id = upload.job_id or derived_id(message)
     try:
         parse_uri(upload.image, rt.storage.file_roots)
         job = makeover.admit(upload, job_id, rt.settings, time.time(), _rng)
+    except StageFailure as failure:
+        await rt.fail(job_id, failure.error, upload.tenant, kind=JobEventKind.REJECTED)
+        return
+    await rt.job_event(job_id, JobEventKind.SUBMITTED, tenant=upload.tenant, job=job)
+
+
+async def admit_condition(rt: Runtime, message) -> None:
+    """One image to condition on, straight from the uploads topic (no bucket rule)."""
+    try:
+        upload = decode(message.value, ConditionUpload)
+    except StageFailure as failure:
+        job_id = _readable(message.value, "job_id", JOB_ID_PATTERN)
+        await rt.dead_letter(message, failure.error.code, failure.error.message, job_id)
+        if job_id:
+            await rt.fail(job_id, failure.error, kind=JobEventKind.REJECTED)
+        return
+    job_id = upload.job_id or derived_id(message)
+    try:
+        parse_uri(upload.image, rt.storage.file_roots)
+        if upload.output:
+            parse_uri(upload.output + "x", rt.storage.file_roots)
+        job = bucket_events.job_for_upload(upload, job_id, rt.settings, _rng, time.time())
     except StageFailure as failure:
         await rt.fail(job_id, failure.error, upload.tenant, kind=JobEventKind.REJECTED)
         return
@@ -94,7 +120,7 @@ async def admit_batch(rt: Runtime, message) -> None:
         if batch_id:
             await refuse_batch(rt, batch_id, failure.error)
         return
-    batch_id = batch.batch_id or _key(message, BATCH_ID_PATTERN) or uuid.uuid4().hex
+    batch_id = batch.batch_id or _key(message, BATCH_ID_PATTERN) or derived_id(message)
     await submit_batch(rt, batch.model_copy(update={"batch_id": batch_id}))
 
 
@@ -109,13 +135,20 @@ async def admit_titan(rt: Runtime, message) -> None:
         if batch_id:
             await refuse_batch(rt, batch_id, failure.error)
         return
-    batch_id = batch_id or uuid.uuid4().hex
+    batch_id = batch_id or derived_id(message)
     try:
         batch = await titan_batch(rt.storage, rt.settings, request, batch_id)
     except StageFailure as failure:
         await refuse_batch(rt, batch_id, failure.error)
         return
     await submit_batch(rt, batch)
+
+
+def derived_id(message) -> str:
+    """An id for an upload that names none, derived from where the message sits in the log: a
+    redelivered upload gets the same id, so it never runs twice."""
+    where = f"{message.topic}:{message.partition}:{message.offset}"
+    return hashlib.sha256(where.encode()).hexdigest()[:32]
 
 
 def _readable(raw, field: str, pattern: str) -> str | None:

@@ -104,18 +104,26 @@ def composite_default(photo: Image.Image, generated: Image.Image, keep: Image.Im
     """The kept object's core stays the photo's; across a feathered band at its edge the photo
     fades into what the model painted there."""
     generated = _fit(generated, photo.size)
-    core = _to_image(_erode(as_bool(keep), max(1, feather // 2)))
-    alpha = core.filter(ImageFilter.GaussianBlur(max(1, feather / 2)))
+    kept = as_bool(keep)
+    core = _to_image(_erode(kept, max(1, feather // 2)))
+    blurred = np.asarray(core.filter(ImageFilter.GaussianBlur(max(1, feather / 2))))
+    # Clipped to the keep-mask: no trace of the old background outside the object.
+    alpha = Image.fromarray(np.where(kept, blurred, 0).astype(np.uint8), mode="L")
     return Image.composite(photo.convert("RGB"), generated, alpha)
 
 
 def render_size(size: tuple[int, int], max_side: int, requested: tuple[int, int] | None,
                 multiple: int = 8) -> tuple[int, int]:
-    """The generation resolution: what the user asked for, else the photo's aspect within
-    max_side; multiples of 8 (latent grid), at least 64."""
-    if requested:
+    """The generation resolution: what the user asked for (one side given: the other follows
+    the photo's aspect), else the photo's aspect within max_side; multiples of 8 (the latent
+    grid), at least 64."""
+    if requested and all(requested):
         return requested
-    scale = min(1.0, max_side / max(size))
+    if requested:
+        given_width, given_height = requested
+        scale = given_width / size[0] if given_width else given_height / size[1]
+    else:
+        scale = min(1.0, max_side / max(size))
     width, height = (max(64, int(side * scale) // multiple * multiple) for side in size)
     return width, height
 

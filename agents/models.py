@@ -9,6 +9,7 @@ from agents.detect import Detector
 from agents.device import pick_device
 from agents.embed import ImageEmbedder
 from agents.segment import BoxSegmenter, SalientSegmenter
+from agents.semantic import SemanticSegmenter
 
 
 class StageModels:
@@ -48,6 +49,10 @@ class StageModels:
     @property
     def salient(self) -> SalientSegmenter:
         return self._get("salient", SalientSegmenter)
+
+    @property
+    def semantic(self) -> SemanticSegmenter:
+        return self._get("semantic", SemanticSegmenter)
 
     def warm_up(self) -> None:
         _ = self.detector, self.embedder, self.depth

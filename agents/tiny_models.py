@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 ROLES = ("detector", "embedder", "depth", "diffusion", "controlnet_depth", "captioner",
-         "segmenter", "inpainting", "salient")
+         "segmenter", "inpainting", "salient", "controlnet_canny", "controlnet_seg", "semantic")
 MANIFEST = "restyle-models.json"
 
 
@@ -174,14 +174,33 @@ def _tiny_sd_parts(unet_in_channels: int = 4) -> dict:
                 requires_safety_checker=False)
 
 
-def build_diffusion(diffusion_out: Path, controlnet_out: Path) -> None:
+def build_diffusion(diffusion_out: Path, *controlnet_outs: Path) -> None:
+    """The SD 1.5 pipeline, and one ControlNet per directory (depth, canny, seg: the same tiny
+    architecture, each its own weights)."""
     from diffusers import ControlNetModel, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(**_tiny_sd_parts())
     pipe.save_pretrained(diffusion_out)
-    controlnet = ControlNetModel.from_unet(pipe.unet,
-                                           conditioning_embedding_out_channels=(16, 32))
-    controlnet.save_pretrained(controlnet_out)
+    for out in controlnet_outs:
+        controlnet = ControlNetModel.from_unet(pipe.unet,
+                                               conditioning_embedding_out_channels=(16, 32))
+        controlnet.save_pretrained(out)
+
+
+def build_semantic(out: Path, classes: int = 150) -> None:
+    """A tiny SegFormer with ADE20K's class count (what the seg ControlNet's palette covers)."""
+    from transformers import (SegformerConfig, SegformerForSemanticSegmentation,
+                              SegformerImageProcessor)
+
+    config = SegformerConfig(
+        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+        hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2], decoder_hidden_size=32, num_labels=classes,
+        id2label={i: f"class-{i}" for i in range(classes)},
+        label2id={f"class-{i}": i for i in range(classes)},
+    )
+    SegformerForSemanticSegmentation(config).eval().save_pretrained(out)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(out)
 
 
 def build_inpainting(out: Path) -> None:
@@ -259,7 +278,7 @@ def _tiny_sdxl_parts(unet_in_channels: int = 4) -> dict:
 
 
 def build_tiny_sdxl(out_dir: Path | str, seed: int = 0) -> Path:
-    """The diffusion roles in their SDXL form (diffusion, controlnet_depth, inpainting), for
+    """The diffusion roles in their SDXL form (diffusion, the ControlNets, inpainting), for
     RESTYLE_DIFFUSION_FAMILY=sdxl."""
     from diffusers import (ControlNetModel, StableDiffusionXLInpaintPipeline,
                            StableDiffusionXLPipeline)
@@ -268,8 +287,9 @@ def build_tiny_sdxl(out_dir: Path | str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     pipe = StableDiffusionXLPipeline(**_tiny_sdxl_parts())
     pipe.save_pretrained(out / "diffusion")
-    ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32)
-                              ).save_pretrained(out / "controlnet_depth")
+    for role in ("controlnet_depth", "controlnet_canny", "controlnet_seg"):
+        ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32)
+                                  ).save_pretrained(out / role)
     StableDiffusionXLInpaintPipeline(**_tiny_sdxl_parts(unet_in_channels=9),
                                      requires_aesthetics_score=False
                                      ).save_pretrained(out / "inpainting")
@@ -284,7 +304,9 @@ def build_tiny_models(out_dir: Path | str, seed: int = 0) -> Path:
     build_detector(out / "detector")
     build_embedder(out / "embedder")
     build_depth(out / "depth")
-    build_diffusion(out / "diffusion", out / "controlnet_depth")
+    build_diffusion(out / "diffusion", out / "controlnet_depth", out / "controlnet_canny",
+                    out / "controlnet_seg")
+    build_semantic(out / "semantic")
     build_captioner(out / "captioner")
     build_segmenter(out / "segmenter")
     build_inpainting(out / "inpainting")

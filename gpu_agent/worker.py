@@ -77,8 +77,12 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
         run = (engine.inpaint, model, request.prompt, image, mask)
     else:
         control = await rt.image(request.control_image)
-        run = (engine.render, request.model or settings.model_id("diffusion"),
-               settings.model_id("controlnet_depth"), request.prompt, control)
+        try:
+            controlnet = settings.model_id(f"controlnet_{request.control}")
+        except ValueError as exc:
+            raise StageFailure(ErrorCode.MODEL_ERROR, str(exc)) from None
+        run = (engine.render, request.model or settings.model_id("diffusion"), controlnet,
+               request.prompt, control)
 
     def on_step(step: int, total: int) -> None:  # called from the render thread
         asyncio.run_coroutine_threadsafe(
@@ -98,7 +102,8 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
     for n, image in enumerate(images):
         uri = join_uri(request.output_prefix, f"{n}.png")
         await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png",
-                             metadata={"job-id": request.job_id, "seed": str(request.params.seed + n)})
+                             metadata={**request.metadata, "job-id": request.job_id,
+                                       "seed": str(request.params.seed + n)})
         uris.append(uri)
     return RenderResult(job_id=request.job_id, images=uris, seed=request.params.seed,
                         render_ms=render_ms, context=request.context)

@@ -82,7 +82,7 @@ class BackgroundBatch(BaseModel):
     images: list[str | ImageSpec] = Field(min_length=1, max_length=MAX_BATCH_IMAGES)
     prompt: str = Field(min_length=1, max_length=2000)
     negative_prompt: str | None = Field(None, max_length=2000)
-    mode: OutpaintMode = OutpaintMode.DEFAULT
+    mode: OutpaintMode | None = None  # default: RESTYLE_DEFAULT_OUTPAINT_MODE
     mask_prompt: str | None = Field(None, min_length=1, max_length=512)
     mask_image: str | None = Field(None, min_length=1, max_length=4096)
     mask_target: MaskTarget = MaskTarget.KEEP
@@ -171,7 +171,8 @@ class ImageOutcome(BaseModel):
 
 
 class BatchEventKind(StrEnum):
-    OPENED = "opened"  # expanded: the images are known
+    OPENED = "opened"  # expanded: how many images, and the first of them
+    ENTRIES = "entries"  # more of the images (large batches open in several events)
     REJECTED = "rejected"  # could not be expanded (bad prefix, nothing under it)
     IMAGE = "image"  # one image finished
     NOTIFIED = "notified"  # the webhook delivery outcome
@@ -205,6 +206,8 @@ class BatchState(BaseModel):
     error: JobError | None = None
     webhook: Webhook | None = None
     report: dict[str, str] | None = None  # {"json": uri, "csv": uri}
+    # Finished, but the report and notification are not out yet (they are retried).
+    reporting: bool = False
     notification: dict | None = None  # the webhook delivery outcome, once tried
     created_at: float
     updated_at: float

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from schemas.background import BackgroundJob
+from schemas.conditioning import ConditionJob
 from schemas.errors import JobError
 from schemas.jobs import AnyResult, JobStatus, Progress, pipeline_of
 from schemas.media import Detection, ProductMatch
@@ -56,7 +57,8 @@ class MakeoverJob(BaseModel):
 
 
 AnyJob = Annotated[Union[Annotated[MakeoverJob, Tag("room_makeover")],
-                         Annotated[BackgroundJob, Tag("background_replace")]],
+                         Annotated[BackgroundJob, Tag("background_replace")],
+                         Annotated[ConditionJob, Tag("condition")]],
                    Discriminator(pipeline_of)]
 
 
@@ -68,7 +70,9 @@ class RenderRequest(BaseModel):
     tenant: str | None = None
     prompt: str
     # controlnet_depth: generate under control_image. inpaint: repaint image where mask is white.
-    task: Literal["controlnet_depth", "inpaint"] = "controlnet_depth"
+    task: Literal["controlnet_depth", "controlnet", "inpaint"] = "controlnet_depth"
+    # controlnet: which ControlNet conditions it (its model role is controlnet_{control}).
+    control: Literal["depth", "canny", "seg"] = "depth"
     control_image: str | None = None
     image: str | None = None
     mask: str | None = None
@@ -76,12 +80,14 @@ class RenderRequest(BaseModel):
     output_prefix: str
     reply_topic: str
     model: str | None = None
+    # Stored with each image (S3 object metadata), e.g. the source key and the prompt.
+    metadata: dict[str, str] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     sent_at: float | None = None
 
     @model_validator(mode="after")
     def _inputs_for_task(self) -> "RenderRequest":
-        needed = ["control_image"] if self.task == "controlnet_depth" else ["image", "mask"]
+        needed = ["image", "mask"] if self.task == "inpaint" else ["control_image"]
         missing = [name for name in needed if not getattr(self, name)]
         if missing:
             raise ValueError(f"task {self.task} needs {', '.join(missing)}")

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, Discriminator, Field, Tag
 
 from schemas.background import BackgroundResult
+from schemas.conditioning import ConditionResult
 from schemas.errors import JobError
 from schemas.media import ImageRef, ProductMatch
 
@@ -66,7 +67,8 @@ class MakeoverResult(BaseModel):
 
 
 AnyResult = Annotated[Union[Annotated[MakeoverResult, Tag("room_makeover")],
-                            Annotated[BackgroundResult, Tag("background_replace")]],
+                            Annotated[BackgroundResult, Tag("background_replace")],
+                            Annotated[ConditionResult, Tag("condition")]],
                       Discriminator(pipeline_of)]
 
 

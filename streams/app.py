@@ -54,6 +54,9 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
         key_serializer="raw",
         value_serializer="raw",
         producer_max_request_size=8 * 1024 * 1024,
+        # Titan bodies carry base64 images up to 5 MB (about 7 MB encoded); aiohttp's default
+        # request limit is 1 MB.
+        web_application_options={"client_max_size": 32 * 1024 * 1024},
     )
     names = settings.topics.model_dump()
     topics = {role_name: app.topic(name, key_serializer="raw", value_serializer="raw",

@@ -109,7 +109,12 @@ def register(rt: Runtime, models) -> None:
                     if not isinstance(body.get("image"), str):
                         return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                               "give {\"image\": URI} or a multipart image")
-                    labels = body.get("labels") or labels
+                    given = body.get("labels")
+                    if given is not None and not (isinstance(given, list) and given and all(
+                            isinstance(label, str) and label.strip() for label in given)):
+                        return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                              "labels must be a non-empty list of strings")
+                    labels = given or labels
                     photo = await rt.image_uncached(body["image"])
             except StageFailure as failure:
                 return error_response(self, 400, failure.error.code.value,

@@ -3,11 +3,13 @@ writes the status report (JSON and CSV) to storage, publishes `batch.completed` 
 restyle.notifications and hands the webhook delivery (if any) to the webhook stage."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import time
 
+from schemas import StageFailure
 from schemas.background import (BatchEvent, BatchNotification, BatchState, ImageOutcome,
                                 WebhookDelivery)
 from streams.batchstate import apply_batch_event, summary
@@ -35,26 +37,43 @@ def register(rt: Runtime) -> None:
         for entry in transition.entries:
             images[f"{event.batch_id}/{entry.job_id}".encode()] = \
                 entry.model_dump_json().encode()
-        if transition.index is not None:
-            images[f"{event.batch_id}/{INDEX}".encode()] = json.dumps(transition.index).encode()
+        if transition.index:
+            index_key = f"{event.batch_id}/{INDEX}".encode()
+            known = json.loads(images.get(index_key) or b"[]")
+            images[index_key] = json.dumps(known + transition.index).encode()
         new = transition.state
         if new is None:
             return
-        if transition.finished:
-            outcomes = outcomes_of(rt, new.batch_id)
-            new.report = await write_report(rt, new, outcomes)
-            notification = await notification_for(rt, new, outcomes)
-            await rt.send("notifications", new.batch_id, notification)
-            webhook = new.webhook
-            url = webhook.url if webhook else rt.settings.webhook_url
-            if url:
-                await rt.send("webhooks", new.batch_id, WebhookDelivery(
-                    batch_id=new.batch_id, url=url,
-                    secret_name=webhook.secret_name if webhook else None,
-                    body=notification.model_dump(mode="json")))
+        # Stored before the report goes out: a crash or a storage error in between leaves
+        # `reporting` set, and the next event for the batch (a redelivery) reports it.
         batches[key] = new.model_dump_json().encode()
+        if transition.finished:
+            await report_and_notify(rt, new)
+            batches[key] = new.model_copy(update={"reporting": False}).model_dump_json().encode()
 
     rt.stage_agent("batch-tracker", track, BatchEvent, topic="batch_events", fail_jobs=False)
+
+
+async def report_and_notify(rt: Runtime, state: BatchState, attempts: int = 3) -> None:
+    """Write the report, publish batch.completed, hand the webhook over (all idempotent)."""
+    outcomes = outcomes_of(rt, state.batch_id)
+    for attempt in range(1, attempts + 1):
+        try:
+            state.report = await write_report(rt, state, outcomes)
+            break
+        except StageFailure:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(attempt)
+    notification = await notification_for(rt, state, outcomes)
+    await rt.send("notifications", state.batch_id, notification)
+    webhook = state.webhook
+    url = webhook.url if webhook else rt.settings.webhook_url
+    if url:
+        await rt.send("webhooks", state.batch_id, WebhookDelivery(
+            batch_id=state.batch_id, url=url,
+            secret_name=webhook.secret_name if webhook else None,
+            body=notification.model_dump(mode="json")))
 
 
 def lookup(rt: Runtime, batch_id: str) -> BatchState | None:

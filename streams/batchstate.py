@@ -15,8 +15,8 @@ from schemas.background import (BatchEvent, BatchEventKind, BatchState, BatchSta
 class BatchTransition:
     state: BatchState | None  # the new state to store (None: nothing changes)
     entries: list[ImageOutcome] = field(default_factory=list)  # per-image records to store
-    index: list[str] | None = None  # the batch's job ids in order (when it opens)
-    finished: bool = False  # it just ended: write the report, notify
+    index: list[str] | None = None  # job ids to append to the batch's ordered list
+    finished: bool = False  # it has ended and is not reported yet: write the report, notify
 
 
 def apply_batch_event(state: BatchState | None, previous: ImageOutcome | None,
@@ -33,6 +33,12 @@ def apply_batch_event(state: BatchState | None, previous: ImageOutcome | None,
         entries = [ImageOutcome(job_id=e.job_id, name=e.name, image=e.image, status="pending")
                    for e in event.images]
         return BatchTransition(new, entries, [e.job_id for e in event.images])
+    if kind is BatchEventKind.ENTRIES:
+        if state is None or state.finished:
+            return BatchTransition(None)
+        entries = [ImageOutcome(job_id=e.job_id, name=e.name, image=e.image, status="pending")
+                   for e in event.images]
+        return BatchTransition(state, entries, [e.job_id for e in event.images])
     if kind is BatchEventKind.REJECTED:
         if state is not None:
             return BatchTransition(None)  # a bad duplicate must not fail the real batch
@@ -40,14 +46,18 @@ def apply_batch_event(state: BatchState | None, previous: ImageOutcome | None,
                          status=BatchStatus.FAILED, met_threshold=False, error=event.error,
                          webhook=event.webhook, created_at=event.at, updated_at=event.at,
                          finished_at=event.at)
-        return BatchTransition(new, finished=True)
+        return BatchTransition(new.model_copy(update={"reporting": True}), finished=True)
     if kind is BatchEventKind.NOTIFIED:
         if state is None:
             return BatchTransition(None)
         return BatchTransition(state.model_copy(update={"notification": event.delivery}))
     # an image finished
-    if state is None or state.finished or event.outcome is None:
+    if state is None or event.outcome is None:
         return BatchTransition(None)
+    if state.finished:
+        # A replay after a crash between finishing and reporting: report now.
+        return BatchTransition(state, finished=True) if state.reporting else \
+            BatchTransition(None)
     if previous is None:
         return BatchTransition(None)  # not an image this batch opened with
     if previous.status != "pending":
@@ -64,6 +74,7 @@ def apply_batch_event(state: BatchState | None, previous: ImageOutcome | None,
         new.met_threshold = failed_pct(new) <= new.tolerated_failure_pct
         new.status = BatchStatus.SUCCEEDED if new.met_threshold else BatchStatus.FAILED
         new.finished_at = event.at
+        new.reporting = True
     return BatchTransition(new, [outcome], finished=finished)
 
 

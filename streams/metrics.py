@@ -27,6 +27,10 @@ DEAD_LETTERS = Counter(
     "restyle_dead_letters_total", "Messages sent to the dead-letter topic", ["topic", "code"],
     registry=REGISTRY,
 )
+BUCKET_EVENTS = Counter(
+    "restyle_bucket_objects_total", "Bucket notification records by what became of them "
+    "(submitted, unmatched, own_output, ignored, failed)", ["outcome"], registry=REGISTRY,
+)
 
 # The GPU worker's duty cycle is busy / holding (see gpu_agent/duty.py).
 GPU_BUSY_SECONDS = Counter(

@@ -31,11 +31,17 @@ class Runtime:
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
 
     # --- sending ---
-    async def send(self, topic: str, key: str, model: BaseModel, headers=None) -> None:
+    async def send(self, topic: str, key: str, model: BaseModel, headers=None,
+                   acknowledged: bool = False) -> None:
+        """Publish model keyed by key. acknowledged=True returns only once the broker has it:
+        for an event that must land before what is sent next to another topic."""
         if "sent_at" in type(model).model_fields:  # lets the next stage measure its queue wait
             model.sent_at = time.time()
-        await self.topics[topic].send(key=key.encode(), value=model.model_dump_json().encode(),
-                                      headers=headers)
+        pending = await self.topics[topic].send(key=key.encode(),
+                                                value=model.model_dump_json().encode(),
+                                                headers=headers)
+        if acknowledged:
+            await pending
 
     async def job_event(self, job_id: str, kind: JobEventKind, **fields) -> None:
         await self.send("job_events", job_id, JobEvent(job_id=job_id, kind=kind, at=time.time(),

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.conditioning import BucketRule, ConditionParams
 from streams.styles import DEFAULT_DETECTION_LABELS, DEFAULT_NEGATIVE_PROMPT, DEFAULT_STYLES
 
 # Public weights used when no local directory is configured (see README, "Models").
@@ -22,6 +23,10 @@ DEFAULT_MODEL_IDS = {
     "depth": "depth-anything/Depth-Anything-V2-Small-hf",
     "diffusion": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "controlnet_depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "controlnet_canny": "lllyasviel/control_v11p_sd15_canny",
+    "controlnet_seg": "lllyasviel/control_v11p_sd15_seg",
+    # ADE20K classes: the palette control_v11p_sd15_seg was trained on.
+    "semantic": "nvidia/segformer-b0-finetuned-ade-512-512",
     "captioner": "Salesforce/blip-image-captioning-base",
     "segmenter": "facebook/sam-vit-base",
     "inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
@@ -31,6 +36,9 @@ DEFAULT_MODEL_IDS = {
 SDXL_MODEL_IDS = {
     "diffusion": "stabilityai/stable-diffusion-xl-base-1.0",
     "controlnet_depth": "diffusers/controlnet-depth-sdxl-1.0",
+    "controlnet_canny": "diffusers/controlnet-canny-sdxl-1.0",
+    # No official SDXL segmentation ControlNet: set RESTYLE_CONTROLNET_SEG_MODEL for SDXL.
+    "controlnet_seg": "",
     "inpainting": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
 }
 
@@ -65,6 +73,9 @@ class Topics(BaseSettings):
     bg_mask: str = "restyle.stage.bg-mask"
     bg_finish: str = "restyle.stage.bg-finish"
     webhooks: str = "restyle.stage.webhooks"
+    bucket_events: str = "restyle.bucket-events"
+    cond_prepare: str = "restyle.stage.cond-prepare"
+    cond_finish: str = "restyle.stage.cond-finish"
 
 
 class Settings(BaseSettings):
@@ -139,6 +150,9 @@ class Settings(BaseSettings):
     diffusion_model: str | None = None
     controlnet_depth_model: str | None = None
     captioner_model: str | None = None
+    controlnet_canny_model: str | None = None
+    controlnet_seg_model: str | None = None
+    semantic_model: str | None = None
     segmenter_model: str | None = None
     inpainting_model: str | None = None
     salient_model: str | None = None
@@ -150,8 +164,9 @@ class Settings(BaseSettings):
     # their inputs or store their outputs, so the model never waits on I/O.
     gpu_prefetch: int = 3
     # Pipelines the GPU worker loads at start (so the first job of each kind is not slow).
-    gpu_warm_tasks: list[Literal["controlnet_depth", "inpaint"]] = Field(
-        default_factory=lambda: ["controlnet_depth", "inpaint"])
+    gpu_warm_tasks: list[Literal["controlnet_depth", "controlnet_canny", "controlnet_seg",
+                                 "inpaint"]] = Field(
+        default_factory=lambda: ["controlnet_depth", "controlnet_canny", "inpaint"])
 
     # --- stages ---
     styles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
@@ -214,6 +229,21 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = 1.0
     webhook_timeout_s: float = 10.0
 
+    # --- conditioned generation (bucket events and "pipeline": "condition") ---
+    # Routing rules for bucket events, as JSON (see README); unset: the default rule, objects
+    # under incoming/ in the default bucket -> canny -> generated/ in the same bucket.
+    bucket_rules: list[BucketRule] | None = None
+    condition_default_prompt: str = "a detailed, high quality photograph"
+    condition_default_conditioning: Literal["canny", "seg", "depth"] = "canny"
+    condition_fit: Literal["cover", "contain", "inside"] = "inside"
+    condition_max_side: int = 512
+    canny_low: int = 100
+    canny_high: int = 200
+    # `restyle up` watches its embedded S3 server (which has no notifications) for new objects
+    # under the rules' prefixes; set true to watch an external store too.
+    bucket_watch: bool | None = None
+    bucket_watch_interval_s: float = 1.0
+
     # --- render defaults (per-job params override) ---
     default_steps: int = 30
     default_guidance: float = 7.5
@@ -227,6 +257,14 @@ class Settings(BaseSettings):
     def _merge_styles(self) -> "Settings":
         self.styles = {**self.styles, **{k.lower(): v for k, v in self.extra_styles.items()}}
         return self
+
+    @property
+    def rules(self) -> list[BucketRule]:
+        if self.bucket_rules is not None:
+            return self.bucket_rules
+        return [BucketRule(name="default", bucket=self.s3_bucket, prefix="incoming/",
+                           params=ConditionParams(conditioning="canny"),
+                           output_prefix="generated/")]
 
     @cached_property
     def results_base(self) -> str:
@@ -242,9 +280,13 @@ class Settings(BaseSettings):
             return explicit
         if self.models_dir:
             return str(Path(self.models_dir) / role)
+        found = DEFAULT_MODEL_IDS[role]
         if self.diffusion_family == "sdxl" and role in SDXL_MODEL_IDS:
-            return SDXL_MODEL_IDS[role]
-        return DEFAULT_MODEL_IDS[role]
+            found = SDXL_MODEL_IDS[role]
+        if not found:
+            raise ValueError(f"no default {role} model for the {self.diffusion_family} family: "
+                             f"set RESTYLE_{role.upper()}_MODEL")
+        return found
 
 
 def load_settings(**overrides) -> Settings:

@@ -33,6 +33,11 @@ class FileStore:
     async def exists(self, ref: ObjectRef) -> bool:
         return Path(ref.key).is_file()
 
+    async def metadata(self, ref: ObjectRef) -> dict[str, str]:
+        if not Path(ref.key).is_file():
+            raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist")
+        return {}  # files carry no user metadata
+
     async def presign(self, ref: ObjectRef, expires_s: int) -> str | None:
         return None  # a local path has no URL to share
 
@@ -103,6 +108,19 @@ class S3Store:
                 return False
             raise StageFailure(ErrorCode.STORAGE_ERROR, f"checking {ref.uri} failed: {exc}") from exc
 
+    async def metadata(self, ref: ObjectRef) -> dict[str, str]:
+        """The object's user metadata (x-amz-meta-*), keys lower-cased without the prefix."""
+        client = await self.client()
+        try:
+            response = await client.head_object(Bucket=ref.bucket, Key=ref.key)
+        except Exception as exc:
+            if _status(exc) == 404:
+                raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") \
+                    from None
+            raise StageFailure(ErrorCode.STORAGE_ERROR, f"reading {ref.uri} failed: {exc}") \
+                from exc
+        return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
+
     async def presign(self, ref: ObjectRef, expires_s: int) -> str | None:
         client = await self.client()
         return await client.generate_presigned_url(
@@ -163,6 +181,10 @@ class Storage:
     async def exists(self, uri: str) -> bool:
         store, ref = self._route(uri)
         return await store.exists(ref)
+
+    async def metadata(self, uri: str) -> dict[str, str]:
+        store, ref = self._route(uri)
+        return await store.metadata(ref)
 
     async def list(self, prefix_uri: str) -> list[str]:
         """URIs of every object under a prefix (s3://bucket/prefix/ or a file:// directory)."""

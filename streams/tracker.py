@@ -11,7 +11,8 @@ from streams.metrics import JOBS_FINISHED
 from streams.runtime import Runtime
 
 
-FIRST_STAGE = {"room_makeover": "analyze", "background_replace": "bg_mask"}
+FIRST_STAGE = {"room_makeover": "analyze", "background_replace": "bg_mask",
+               "condition": "cond_prepare"}
 
 
 def image_outcome(result: ResultEvent) -> ImageOutcome:
@@ -33,19 +34,22 @@ def register(rt: Runtime) -> None:
         stored = jobs.get(event.job_id.encode())
         state = JobState.model_validate_json(stored) if stored else None
         transition = apply_event(state, event)
+        if transition.result is not None:
+            # Published (and acknowledged) before the terminal state is stored: a crash in
+            # between replays the event and publishes again, rather than never.
+            code = transition.result.error.code.value if transition.result.error else ""
+            JOBS_FINISHED.labels(transition.result.status, code).inc()
+            await rt.send("results", event.job_id, transition.result, acknowledged=True)
+            if transition.result.batch_id:
+                await rt.send("batch_events", transition.result.batch_id, BatchEvent(
+                    batch_id=transition.result.batch_id, kind=BatchEventKind.IMAGE,
+                    at=time.time(), outcome=image_outcome(transition.result)),
+                    acknowledged=True)
         if transition.state is not None:
             jobs[event.job_id.encode()] = transition.state.model_dump_json().encode()
         if transition.start is not None:
             await rt.send(FIRST_STAGE[transition.start.pipeline], event.job_id,
                           transition.start)
-        if transition.result is not None:
-            code = transition.result.error.code.value if transition.result.error else ""
-            JOBS_FINISHED.labels(transition.result.status, code).inc()
-            await rt.send("results", event.job_id, transition.result)
-            if transition.result.batch_id:
-                await rt.send("batch_events", transition.result.batch_id, BatchEvent(
-                    batch_id=transition.result.batch_id, kind=BatchEventKind.IMAGE,
-                    at=time.time(), outcome=image_outcome(transition.result)))
 
     @app.agent(rt.topics["job_events"], name="tracker")
     async def tracker(stream):

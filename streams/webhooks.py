@@ -48,12 +48,14 @@ async def deliver(settings, delivery: WebhookDelivery, sleep=asyncio.sleep) -> d
     """POST the body until it is accepted (2xx) or attempts run out; the delivery outcome."""
     body = json.dumps(delivery.body, separators=(",", ":")).encode()
     outcome = {"url": delivery.url, "status": "failed", "attempts": 0, "http_status": None,
-               "error": None}
+               "error": None, "signed": False}
     try:
         secret = secret_for(settings, delivery.secret_name)
     except KeyError as exc:
         outcome["error"] = str(exc)
         return outcome
+    # Unsigned only when no secret is configured at all (recorded as "signed": false).
+    outcome["signed"] = bool(secret)
     timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_s)
     delay = settings.webhook_backoff_s
     async with aiohttp.ClientSession(timeout=timeout) as session:

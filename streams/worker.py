@@ -16,7 +16,8 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     wiring = create_app(settings, role, web_port)
     rt = Runtime(settings, wiring, Storage.from_settings(settings))
     if role == "cpu":
-        from agents import background_agents, catalog_agents, intake, makeover_agents
+        from agents import (background_agents, catalog_agents, condition_agents, intake,
+                            makeover_agents)
         from agents.models import StageModels
         from streams import batch_web, batches, catalog_web, ingests, tracker, web, webhooks
         from streams.index import open_index
@@ -27,6 +28,7 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
         intake.register(rt)
         makeover_agents.register(rt, models, index)
         background_agents.register(rt, models)
+        condition_agents.register(rt, models)
         catalog_agents.register(rt, models, index)
         tracker.register(rt)
         batches.register(rt)
@@ -42,8 +44,9 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
 
         engine = RenderEngine(settings.device, settings.dtype, settings.pipeline_cache_size,
                               settings.diffusion_family)
-        if "controlnet_depth" in settings.gpu_warm_tasks:
-            engine.pipeline(settings.model_id("diffusion"), settings.model_id("controlnet_depth"))
+        for task in settings.gpu_warm_tasks:
+            if task.startswith("controlnet_"):
+                engine.pipeline(settings.model_id("diffusion"), settings.model_id(task))
         if "inpaint" in settings.gpu_warm_tasks:
             engine.inpaint_pipeline(settings.model_id("inpainting"))
         register(rt, engine)

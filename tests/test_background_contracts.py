@@ -162,7 +162,9 @@ def run(events, tolerated_default=0.0):
         for entry in t.entries:
             records[entry.job_id] = entry
         state = t.state or state
-        finishes += t.finished
+        if t.finished:  # the tracker reports, then clears `reporting`
+            finishes += 1
+            state = state.model_copy(update={"reporting": False})
     return state, records, finishes
 
 
@@ -187,6 +189,26 @@ def test_failures_above_the_tolerance_fail_the_batch():
     state, _, _ = run([opened(2), finished("j0", True), finished("j1", False)])
     assert state.status is BatchStatus.FAILED and state.met_threshold is False
     assert summary(state).startswith("Batch b failed: 1 of 2 images failed (50.0%)")
+
+
+def test_a_large_batch_opens_in_chunks_and_ends_after_its_last_image():
+    chunk = opened(4)
+    first = chunk.model_copy(update={"images": chunk.images[:2]})
+    rest = chunk.model_copy(update={"kind": BatchEventKind.ENTRIES, "images": chunk.images[2:]})
+    state, records, finishes = run([first, rest] + [finished(f"j{n}", True) for n in range(4)])
+    assert state.status is BatchStatus.SUCCEEDED and finishes == 1
+    assert records["j3"].name == "3.png"
+
+
+def test_a_replayed_outcome_reports_a_batch_whose_report_never_went_out():
+    state, records, _ = run([opened(1)])
+    state = apply_batch_event(state, records["j0"], finished("j0", True), 0.0).state
+    assert state.reporting  # finished; the report is not out yet (a crash here)
+    records["j0"] = records["j0"].model_copy(update={"status": "done"})
+    again = apply_batch_event(state, records["j0"], finished("j0", True), 0.0)
+    assert again.finished and again.state.status is BatchStatus.SUCCEEDED
+    reported = state.model_copy(update={"reporting": False})
+    assert apply_batch_event(reported, records["j0"], finished("j0", True), 0.0).state is None
 
 
 def test_a_batch_that_cannot_be_read_fails_at_once_and_a_duplicate_cannot_fail_a_real_one():

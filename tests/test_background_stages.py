@@ -217,11 +217,42 @@ def test_default_mode_blends_the_kept_object_into_the_new_background(engine, tin
     assert changed[border].mean() > 0.5  # its edge is blended with the painted scene
 
 
+def test_default_lets_the_model_repaint_a_band_inside_the_object_and_precise_does_not():
+    keep = np.zeros((100, 100), dtype=bool)
+    keep[20:80, 20:80] = True
+    keep_image = Image.fromarray(keep.astype(np.uint8) * 255)
+    precise = masks.as_bool(masks.repaint_mask(keep_image, "PRECISE", 5))
+    default = masks.as_bool(masks.repaint_mask(keep_image, "DEFAULT", 5))
+    assert np.array_equal(precise, ~keep)
+    band = keep & ~masks._erode(keep, 5)
+    assert default[band].all() and not default[masks._erode(keep, 5)].any()
+
+
+def test_default_keeps_no_trace_of_the_old_background_outside_the_object():
+    photo = skimage_photo("astronaut")
+    keep = np.zeros((photo.height, photo.width), dtype=bool)
+    keep[100:400, 150:350] = True
+    generated = Image.new("RGB", photo.size, (0, 255, 0))
+    out = np.asarray(masks.composite_default(photo, generated, Image.fromarray(
+        keep.astype(np.uint8) * 255), 8))
+    assert (out[~keep] == (0, 255, 0)).all()
+
+
 def test_render_size_follows_the_photo_aspect_in_multiples_of_8():
     assert masks.render_size((1024, 768), 512, None) == (512, 384)
     assert masks.render_size((100, 333), 512, None) == (96, 328)
     assert masks.render_size((4000, 100), 512, None) == (512, 64)
     assert masks.render_size((1024, 768), 512, (640, 480)) == (640, 480)
+    assert masks.render_size((1024, 768), 512, (640, 0)) == (640, 480)  # one side given
+    assert masks.render_size((1024, 768), 512, (0, 240)) == (320, 240)
+
+
+def test_a_batch_larger_than_the_limit_is_refused_with_its_size(monkeypatch):
+    monkeypatch.setattr(background, "MAX_BATCH_IMAGES", 3)
+    batch = BackgroundBatch(pipeline="background_replace", prompt="x", images=["s3://b/p/"])
+    listing = {"s3://b/p/": [f"s3://b/p/{n}.png" for n in range(4)]}
+    with pytest.raises(StageFailure, match="expands to 4 images; at most 3"):
+        background.expand(batch, listing)
 
 
 # --- batches ---
