@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -252,6 +253,62 @@ def background(sources, prompt, negative_prompt, mode, mask_prompt, params,
         f"images finished"))
     click.echo(batch_client.describe_batch(batch, batch_client.read_report(batch)))
     sys.exit(0 if batch["status"] == "succeeded" else 1)
+
+
+@main.group()
+def bridge() -> None:
+    """Move bucket notifications from elsewhere onto the bucket-events topic."""
+
+
+@bridge.command("sqs")
+@click.argument("queue_url")
+@click.option("--endpoint-url", default=None,
+              help="An SQS-compatible endpoint (default: AWS, from the usual credential chain).")
+@click.option("--region", default=None)
+@click.option("--once", is_flag=True, help="Stop when the queue is empty (for cron or tests).")
+@click.option("--wait", "wait_s", default=20, show_default=True,
+              help="Long-poll seconds per receive.")
+def bridge_sqs(queue_url, endpoint_url, region, once, wait_s) -> None:
+    """Forward S3 notifications from the SQS queue QUEUE_URL to the bucket-events topic, at least
+    once (a message leaves SQS only after Kafka acknowledged it)."""
+    import asyncio
+
+    from streams.bucket_sources import bridge_sqs as run_bridge
+
+    settings = load_settings()
+
+    async def main_loop():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        return await run_bridge(settings, queue_url, endpoint_url, region, once, wait_s,
+                                stop=stop)
+
+    counts = asyncio.run(main_loop())
+    click.echo(f"forwarded {counts.forwarded} of {counts.received} messages; deleted "
+               f"{counts.deleted} from SQS")
+
+
+@main.command()
+def watch() -> None:
+    """Publish a bucket notification for each new object under the routing rules' prefixes
+    (for S3 stores that send none; `restyle up` runs this for its embedded S3)."""
+    import asyncio
+
+    from streams.bucket_sources import watch as run_watch
+
+    settings = load_settings()
+    logging.basicConfig(level="INFO")
+
+    async def main_loop():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_watch(settings, stop)
+
+    asyncio.run(main_loop())
 
 
 if __name__ == "__main__":

@@ -103,6 +103,13 @@ class RestyleStack:
             port = free_port()
             self.start_worker("gpu", port, f"gpu-worker-{n}")
             health.append(port)
+        embedded_s3 = bool(key == EMBEDDED_S3_KEY and s3_endpoint and
+                           not settings.s3_endpoint)
+        if settings.bucket_watch or (settings.bucket_watch is None and embedded_s3):
+            # SeaweedFS sends no bucket notifications: list the rules' prefixes instead, so
+            # dropping a file into incoming/ is all a user does.
+            self.stack.services.append(start_process(
+                "bucket-watch", python_command("watch"), self.log_dir, env=self.env))
         self.wait_healthy(health, timeout_s)
         self.endpoints = {
             "kafka_bootstrap": bootstrap,
