@@ -283,7 +283,7 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_FILE_ROOTS": json.dumps([str(room_photos[0].parent), str(uploads)]),
         "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
         "RESTYLE_DEFAULT_HEIGHT": "64", "HF_HUB_OFFLINE": "1",
-        "RESTYLE_BACKGROUND_MAX_SIDE": "64",
+        "RESTYLE_BACKGROUND_MAX_SIDE": "64", "RESTYLE_CONDITION_MAX_SIDE": "64",
         "RESTYLE_QUALITY_STEPS": json.dumps({"standard": 2, "premium": 3}),
         "RESTYLE_WEBHOOK_SECRETS": json.dumps({"tests": WEBHOOK_SECRET}),
     }
