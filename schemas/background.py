@@ -90,6 +90,8 @@ class BackgroundBatch(BaseModel):
     tolerated_failure_pct: float | None = Field(None, ge=0.0, le=100.0)
     webhook: Webhook | None = None
     tenant: str | None = Field(None, max_length=128)
+    # Titan's returnMask: GET /jobs/{id}/titan also answers the mask, in Titan's convention.
+    return_mask: bool = False
     schema_version: Literal[1] = 1
 
     @field_validator("images")
@@ -119,6 +121,7 @@ class BackgroundJob(BaseModel):
     output_prefix: str
     submitted_at: float
     keep_mask: str | None = None  # the keep-mask the stages made (white = kept pixels)
+    return_mask: bool = False
     mask_labels: list[str] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     waits_ms: dict[str, float] = Field(default_factory=dict)
@@ -135,6 +138,7 @@ class BackgroundResult(BaseModel):
     prompt: str | None = None
     keep_mask: str | None = None
     mask_target: MaskTarget = MaskTarget.KEEP
+    return_mask: bool = False
     mask_labels: list[str] = Field(default_factory=list)
     width: int | None = None
     height: int | None = None

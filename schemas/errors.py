@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     MODEL_ERROR = "model_error"
     INVALID_MASK = "invalid_mask"
     MASK_EMPTY = "mask_empty"
+    TIMEOUT = "timeout"
     INTERNAL = "internal_error"
 
 

@@ -167,7 +167,8 @@ def register(rt: Runtime, models) -> None:
             images = [base64.b64encode(await rt.storage.get(image.uri)).decode()
                       for image in result.images]
             body = {"images": images, "error": None}
-            if isinstance(result, BackgroundResult) and result.keep_mask:
+            if isinstance(result, BackgroundResult) and result.return_mask and \
+                    result.keep_mask:
                 keep = await rt.mask_image(result.keep_mask)
                 body["maskImage"] = base64.b64encode(encode_png(
                     titan_mask(keep, result.mask_target))).decode()

@@ -66,3 +66,10 @@ def _finish(state: JobState, event: JobEvent, status: JobStatus) -> Transition:
                          batch_id=new.batch_id, status=status.value, error=new.error, result=new.result,
                          finished_at=event.at)
     return Transition(new, result=result)
+
+
+def stalled(state: JobState, now: float, timeout_s: float) -> bool:
+    """A job that has not moved for timeout_s: a message lost outside restyle, a worker pool
+    scaled to zero. The sweeper fails it (with the stage it was stuck in) rather than leave
+    it running forever."""
+    return not state.status.terminal and now - state.updated_at > timeout_s

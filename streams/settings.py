@@ -168,6 +168,11 @@ class Settings(BaseSettings):
                                  "inpaint"]] = Field(
         default_factory=lambda: ["controlnet_depth", "controlnet_canny", "inpaint"])
 
+    # A job with no status change or progress for this long fails with code "timeout" (the
+    # tracker sweeps its partitions every job_sweep_interval_s). 0 turns the sweeper off.
+    job_timeout_s: float = 3600.0
+    job_sweep_interval_s: float = 60.0
+
     # --- stages ---
     styles: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STYLES))
     extra_styles: dict[str, str] = Field(default_factory=dict)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 
-from schemas import JobEvent, JobState, ResultEvent
+from schemas import ErrorCode, JobError, JobEvent, JobState, ResultEvent
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
-from streams.jobstate import apply_event
+from streams.jobstate import apply_event, stalled
 from streams.metrics import JOBS_FINISHED
 from streams.runtime import Runtime
 
 
+FULL_SCAN_EVERY = 10  # sweeps
 FIRST_STAGE = {"room_makeover": "analyze", "background_replace": "bg_mask",
                "condition": "cond_prepare"}
 
@@ -28,7 +29,7 @@ def image_outcome(result: ResultEvent) -> ImageOutcome:
 
 
 def register(rt: Runtime) -> None:
-    app, jobs = rt.wiring.app, rt.wiring.jobs
+    app, jobs, settings = rt.wiring.app, rt.wiring.jobs, rt.settings
 
     async def track(event: JobEvent) -> None:
         stored = jobs.get(event.job_id.encode())
@@ -47,9 +48,38 @@ def register(rt: Runtime) -> None:
                     acknowledged=True)
         if transition.state is not None:
             jobs[event.job_id.encode()] = transition.state.model_dump_json().encode()
+            if not transition.state.status.terminal:
+                active.add(event.job_id.encode())
         if transition.start is not None:
             await rt.send(FIRST_STAGE[transition.start.pipeline], event.job_id,
                           transition.start)
+
+    # Jobs this worker's tracker saw start and not finish: what the sweeper checks. The table's
+    # local partitions are scanned in full now and then, for jobs this process has not seen
+    # move (after a restart or a rebalance).
+    active: set[bytes] = set()
+    sweeps = 0
+
+    @app.timer(interval=settings.job_sweep_interval_s)
+    async def sweep() -> None:
+        nonlocal sweeps
+        if settings.job_timeout_s <= 0 or app.rebalancing:
+            return
+        if sweeps % FULL_SCAN_EVERY == 0:
+            active.update(key for key, value in jobs.items() if value)
+        sweeps += 1
+        now = time.time()
+        for key in list(active):
+            stored = jobs.get(key)
+            state = JobState.model_validate_json(stored) if stored else None
+            if state is None or state.status.terminal:
+                active.discard(key)
+            elif stalled(state, now, settings.job_timeout_s):
+                active.discard(key)
+                await rt.fail(state.job_id, JobError(
+                    code=ErrorCode.TIMEOUT, message=f"no progress for "
+                    f"{settings.job_timeout_s:.0f}s while {state.status.value}; the job was "
+                    f"given up (RESTYLE_JOB_TIMEOUT_S)"), state.tenant)
 
     @app.agent(rt.topics["job_events"], name="tracker")
     async def tracker(stream):

@@ -196,7 +196,8 @@ E2E_BROKERS = list(dict.fromkeys([production_broker(), "tansu"]))
 
 
 BACKENDS_USED: list[str] = []
-WEBHOOK_SECRET = "e2e-webhook-secret"  # the workers know it as RESTYLE_WEBHOOK_SECRETS["tests"]  # what each end-to-end run actually ran on, for the summary
+WEBHOOK_SECRET = "e2e-webhook-secret"
+JOB_TIMEOUT_S = 90  # the workers know it as RESTYLE_WEBHOOK_SECRETS["tests"]  # what each end-to-end run actually ran on, for the summary
 
 
 def pytest_report_header(config):
@@ -284,6 +285,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
         "RESTYLE_DEFAULT_HEIGHT": "64", "HF_HUB_OFFLINE": "1",
         "RESTYLE_BACKGROUND_MAX_SIDE": "64", "RESTYLE_CONDITION_MAX_SIDE": "64",
+        # Stalled jobs are given up after 90 s here (an hour by default), swept every 2 s.
+        "RESTYLE_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S), "RESTYLE_JOB_SWEEP_INTERVAL_S": "2",
         "RESTYLE_QUALITY_STEPS": json.dumps({"standard": 2, "premium": 3}),
         "RESTYLE_WEBHOOK_SECRETS": json.dumps({"tests": WEBHOOK_SECRET}),
     }

@@ -201,6 +201,7 @@ def test_a_titan_request_runs_and_answers_in_the_titan_response_shape(e2e):
             break
         time.sleep(0.5)
     assert status == 200 and answer["error"] is None and len(answer["images"]) == 1
+    assert "maskImage" not in answer  # only when the request set returnMask
     out = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))))
     assert out.shape[:2] == (120, 160)
     assert np.array_equal(out[keep == 255], np.asarray(photo)[keep == 255])
@@ -216,7 +217,8 @@ def test_a_titan_body_on_the_uploads_topic_is_a_batch_named_by_its_key(e2e):
     mask[16:48, 24:72] = 0  # Titan inpainting: black is repainted
     e2e.publish({"taskType": "INPAINTING", "inPaintingParams": {
         "text": "a marble counter", "image": base64.b64encode(png(photo)).decode(),
-        "maskImage": base64.b64encode(png(Image.fromarray(mask))).decode()},
+        "maskImage": base64.b64encode(png(Image.fromarray(mask))).decode(),
+        "returnMask": True},
         "imageGenerationConfig": {"seed": 3}}, key=batch_id.encode())
     batch = wait_for_batch(e2e, batch_id)
     assert batch["status"] == "succeeded" and batch["counts"]["total"] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 
 import pytest
@@ -114,3 +115,18 @@ def test_workers_keep_working_after_bad_input(e2e, room_photos):
     job_id = new_id("after")
     e2e.publish(upload(job_id, uri))
     assert e2e.result(job_id)["status"] == "done"
+
+
+def test_a_job_that_stops_moving_fails_with_a_timeout_instead_of_running_forever(e2e):
+    """A job whose work was lost outside restyle (here: admitted with nothing to run) ends
+    `failed` with code `timeout` once it has not moved for RESTYLE_JOB_TIMEOUT_S."""
+    from tests.conftest import JOB_TIMEOUT_S
+
+    if e2e.broker == "tansu":
+        pytest.skip("the sweeper is broker-independent; once is enough for a 90 s wait")
+    job_id = f"stuck-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "kind": "submitted", "at": time.time()},
+                key=job_id.encode(), topic="restyle.job-events")
+    result = e2e.result(job_id, JOB_TIMEOUT_S + 60)
+    assert result["status"] == "failed" and result["error"]["code"] == "timeout"
+    assert "while queued" in result["error"]["message"]

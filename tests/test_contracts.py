@@ -132,3 +132,14 @@ def test_a_rejected_upload_fails_a_new_job_but_never_a_known_one():
     assert fresh.state.status is JobStatus.FAILED and fresh.result.error == error
     running = JobState(job_id="j1", status=JobStatus.GENERATING, created_at=1, updated_at=1)
     assert apply_event(running, event(JobEventKind.REJECTED, error=error)).state is None
+
+
+def test_a_job_that_stops_moving_is_stalled_and_a_finished_one_never_is():
+    from schemas import JobState, JobStatus
+    from streams.jobstate import stalled
+
+    running = JobState(job_id="j", status=JobStatus.GENERATING, created_at=0.0, updated_at=100.0)
+    assert not stalled(running, now=150.0, timeout_s=60)
+    assert stalled(running, now=161.0, timeout_s=60)
+    done = running.model_copy(update={"status": JobStatus.DONE})
+    assert not stalled(done, now=10_000.0, timeout_s=60)
