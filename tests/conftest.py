@@ -195,9 +195,9 @@ def production_broker() -> str:
 E2E_BROKERS = list(dict.fromkeys([production_broker(), "tansu"]))
 
 
-BACKENDS_USED: list[str] = []
-WEBHOOK_SECRET = "e2e-webhook-secret"
-JOB_TIMEOUT_S = 90  # the workers know it as RESTYLE_WEBHOOK_SECRETS["tests"]  # what each end-to-end run actually ran on, for the summary
+BACKENDS_USED: list[str] = []  # what each end-to-end run actually ran on, for the summary
+WEBHOOK_SECRET = "e2e-webhook-secret"  # the workers know it as RESTYLE_WEBHOOK_SECRETS["tests"]
+JOB_TIMEOUT_S = 90  # stalled jobs are given up after this long in the end-to-end stacks
 
 
 def pytest_report_header(config):
