@@ -115,8 +115,10 @@ class E2E:
         self.endpoints = stack.endpoints
         self.collector = collector
         # log_level 2: critical only (no connection-refused chatter once the broker stops)
+        # murmur2: the partitioner Java clients and aiokafka use, so a key lands where the
+        # workers expect it (librdkafka's default would differ).
         self.producer = Producer({"bootstrap.servers": self.endpoints["kafka_bootstrap"],
-                                  "log_level": 2})
+                                  "log_level": 2, "partitioner": "murmur2_random"})
         self.s3 = boto3.client("s3", endpoint_url=self.endpoints["s3_endpoint"],
                                aws_access_key_id=self.endpoints["s3_access_key"],
                                aws_secret_access_key=self.endpoints["s3_secret_key"],
