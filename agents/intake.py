@@ -68,10 +68,11 @@ async def admit(rt: Runtime, message) -> None:
         await admit_makeover(rt, message)
 
 
-async def admit_makeover(rt: Runtime, message) -> None:
-    """Validate an upload, give it a job_id, and hand it to the tracker (which starts it once)."""
+async def admit_job(rt: Runtime, message, model, make_job) -> None:
+    """Validate a one-job upload, give it a job_id, and hand it to the tracker (which starts it
+    once). make_job(upload, job_id) checks what the schema cannot and builds the job."""
     try:
-        upload = decode(message.value, UploadEvent)
+        upload = decode(message.value, model)
     except StageFailure as failure:
         job_id = _readable(message.value, "job_id", JOB_ID_PATTERN)
         await rt.dead_letter(message, failure.error.code, failure.error.message, job_id)
@@ -80,34 +81,30 @@ async def admit_makeover(rt: Runtime, message) -> None:
         return
     job_id = upload.job_id or derived_id(message)
     try:
-        parse_uri(upload.image, rt.storage.file_roots)
-        job = makeover.admit(upload, job_id, rt.settings, time.time(), _rng)
+        job = make_job(upload, job_id)
     except StageFailure as failure:
         await rt.fail(job_id, failure.error, upload.tenant, kind=JobEventKind.REJECTED)
         return
     await rt.job_event(job_id, JobEventKind.SUBMITTED, tenant=upload.tenant, job=job)
+
+
+async def admit_makeover(rt: Runtime, message) -> None:
+    def make_job(upload: UploadEvent, job_id: str):
+        parse_uri(upload.image, rt.storage.file_roots)
+        return makeover.admit(upload, job_id, rt.settings, time.time(), _rng)
+
+    await admit_job(rt, message, UploadEvent, make_job)
 
 
 async def admit_condition(rt: Runtime, message) -> None:
     """One image to condition on, straight from the uploads topic (no bucket rule)."""
-    try:
-        upload = decode(message.value, ConditionUpload)
-    except StageFailure as failure:
-        job_id = _readable(message.value, "job_id", JOB_ID_PATTERN)
-        await rt.dead_letter(message, failure.error.code, failure.error.message, job_id)
-        if job_id:
-            await rt.fail(job_id, failure.error, kind=JobEventKind.REJECTED)
-        return
-    job_id = upload.job_id or derived_id(message)
-    try:
+    def make_job(upload: ConditionUpload, job_id: str):
         parse_uri(upload.image, rt.storage.file_roots)
         if upload.output:
             parse_uri(upload.output + "x", rt.storage.file_roots)
-        job = bucket_events.job_for_upload(upload, job_id, rt.settings, _rng, time.time())
-    except StageFailure as failure:
-        await rt.fail(job_id, failure.error, upload.tenant, kind=JobEventKind.REJECTED)
-        return
-    await rt.job_event(job_id, JobEventKind.SUBMITTED, tenant=upload.tenant, job=job)
+        return bucket_events.job_for_upload(upload, job_id, rt.settings, _rng, time.time())
+
+    await admit_job(rt, message, ConditionUpload, make_job)
 
 
 async def admit_batch(rt: Runtime, message) -> None:

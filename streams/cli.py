@@ -271,21 +271,11 @@ def bridge() -> None:
 def bridge_sqs(queue_url, endpoint_url, region, once, wait_s) -> None:
     """Forward S3 notifications from the SQS queue QUEUE_URL to the bucket-events topic, at least
     once (a message leaves SQS only after Kafka acknowledged it)."""
-    import asyncio
-
     from streams.bucket_sources import bridge_sqs as run_bridge
 
     settings = load_settings()
-
-    async def main_loop():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        return await run_bridge(settings, queue_url, endpoint_url, region, once, wait_s,
-                                stop=stop)
-
-    counts = asyncio.run(main_loop())
+    counts = _until_signal(lambda stop: run_bridge(settings, queue_url, endpoint_url, region,
+                                                   once, wait_s, stop=stop))
     click.echo(f"forwarded {counts.forwarded} of {counts.received} messages; deleted "
                f"{counts.deleted} from SQS")
 
@@ -294,21 +284,25 @@ def bridge_sqs(queue_url, endpoint_url, region, once, wait_s) -> None:
 def watch() -> None:
     """Publish a bucket notification for each new object under the routing rules' prefixes
     (for S3 stores that send none; `restyle up` runs this for its embedded S3)."""
-    import asyncio
-
     from streams.bucket_sources import watch as run_watch
 
     settings = load_settings()
     logging.basicConfig(level="INFO")
+    _until_signal(lambda stop: run_watch(settings, stop))
+
+
+def _until_signal(start):
+    """Run the coroutine start(stop) until it returns; SIGINT/SIGTERM set `stop`."""
+    import asyncio
 
     async def main_loop():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await run_watch(settings, stop)
+        return await start(stop)
 
-    asyncio.run(main_loop())
+    return asyncio.run(main_loop())
 
 
 if __name__ == "__main__":
