@@ -3,7 +3,7 @@ with one GPU worker and with two (and their ratio), and each GPU worker's duty c
 of the time it held render requests that it spent inside the model call (target >= 95%).
 
     python bench/background_batch.py [--images 50] [--size 128] [--steps 4] [--broker tansu]
-                                     [--compare-prefetch]
+                                     [--masks image|prompt] [--compare-prefetch]
 
 Masks are given as keep-mask images (made here with the real u2netp), so the CPU stage is fast
 and the GPU workers are the bottleneck, as they are in production. On this CPU-only machine the
@@ -90,6 +90,9 @@ def measure(gpu_workers: int, args, work: Path, models_dir: Path, photos: list, 
             for n in range(count):
                 photo, mask = photos[n % len(photos)], masks[n % len(masks)]
                 s3.put_object(Bucket="restyle", Key=f"{tag}/{n}.png", Body=photo)
+                if args.masks == "prompt":  # the CPU stage runs the detector and SAM
+                    specs.append({"uri": f"s3://restyle/{tag}/{n}.png", "mask_prompt": "bus"})
+                    continue
                 s3.put_object(Bucket="restyle", Key=f"{tag}/masks/{n}.png", Body=mask)
                 specs.append({"uri": f"s3://restyle/{tag}/{n}.png",
                               "mask_image": f"s3://restyle/{tag}/masks/{n}.png"})
@@ -120,6 +123,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="generation side, px")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
+    parser.add_argument("--masks", choices=["image", "prompt"], default="image",
+                        help="keep-mask images (made here with u2netp), or a mask prompt the "
+                             "CPU stage resolves with the detector and SAM")
     parser.add_argument("--compare-prefetch", action="store_true",
                         help="also run one GPU worker holding one request at a time")
     args = parser.parse_args()
