@@ -159,7 +159,8 @@ class Settings(BaseSettings):
     diffusion_family: Literal["sd15", "sdxl"] = "sd15"
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    pipeline_cache_size: int = 2
+    # Diffusion pipelines kept loaded (LRU); never fewer than the warmed tasks.
+    pipeline_cache_size: int = 3
     # Render requests a GPU worker holds at once: while the model runs one, the others fetch
     # their inputs or store their outputs, so the model never waits on I/O.
     gpu_prefetch: int = 3

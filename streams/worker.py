@@ -42,7 +42,10 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
         from gpu_agent.worker import register
         from streams.web import register_health
 
-        engine = RenderEngine(settings.device, settings.dtype, settings.pipeline_cache_size,
+        # The warmed pipelines must all fit the LRU, or warming the last evicts the first and
+        # every job of that kind reloads its pipeline.
+        cache_size = max(settings.pipeline_cache_size, len(settings.gpu_warm_tasks))
+        engine = RenderEngine(settings.device, settings.dtype, cache_size,
                               settings.diffusion_family)
         for task in settings.gpu_warm_tasks:
             if task.startswith("controlnet_"):
