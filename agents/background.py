@@ -11,13 +11,13 @@ from pathlib import PurePosixPath
 from PIL import Image
 
 from agents import masks
+from agents.images import IMAGE_SUFFIXES
 from schemas import ErrorCode, RenderParams, StageFailure
 from schemas.background import (MAX_BATCH_IMAGES, BackgroundBatch, BackgroundJob, ImageSpec,
                                 MaskTarget, OutpaintMode)
 from schemas.params import MAX_SEED
 from streams.uris import join_uri
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def job_id_for(batch_id: str, image_uri: str) -> str:
@@ -117,7 +117,7 @@ def keep_mask(photo: Image.Image, job: BackgroundJob, detect, segment, salient,
     the boxes); salient(image) -> bool array of the main object."""
     replace = job.mask_target is MaskTarget.REPLACE
     if mask_image is not None:
-        keep = masks.keep_mask_from_mask_image(mask_image, photo.size, invert=False,
+        keep = masks.keep_mask_from_mask_image(mask_image, photo.size,
                                                name=job.mask_image or "mask image")
         masks.check_usable(keep, f"the mask image {job.mask_image} is all one colour")
         return keep, []

@@ -11,6 +11,9 @@ from schemas import ErrorCode, StageFailure
 # in decode_image, with a message naming the size; Pillow's fixed global check would pre-empt it.
 Image.MAX_IMAGE_PIXELS = None
 
+# What counts as an image when a directory or a storage prefix is listed.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
 
 def decode_image(data: bytes, max_pixels: int, name: str = "image",
                  at_least: int | None = None) -> Image.Image:

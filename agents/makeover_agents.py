@@ -20,7 +20,7 @@ def _timed(job: MakeoverJob, stage: str, started: float) -> None:
 
 
 def register(rt: Runtime, models: StageModels, index) -> None:
-    app, topics, settings = rt.wiring.app, rt.topics, rt.settings
+    topics, settings = rt.topics, rt.settings
 
     async def analyze(job: MakeoverJob) -> None:
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)

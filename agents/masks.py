@@ -17,7 +17,7 @@ MAX_GREY_SHARE = 0.02
 _DARK, _LIGHT = 32, 224
 
 
-def keep_mask_from_mask_image(mask: Image.Image, size: tuple[int, int], invert: bool = False,
+def keep_mask_from_mask_image(mask: Image.Image, size: tuple[int, int],
                               name: str = "mask image") -> Image.Image:
     """A user's keep-mask, validated: the photo's size and (nearly) black and white."""
     if mask.size != size:
@@ -31,8 +31,7 @@ def keep_mask_from_mask_image(mask: Image.Image, size: tuple[int, int], invert: 
                            f"{name} is not black and white: {grey:.0%} of its pixels are grey "
                            f"(at most {MAX_GREY_SHARE:.0%} allowed; white = keep, black = "
                            f"replace)")
-    keep = values >= 128
-    return _to_image(~keep if invert else keep)
+    return _to_image(values >= 128)
 
 
 def keep_mask_from_detections(size: tuple[int, int], detections: list[Detection],

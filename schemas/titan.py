@@ -77,7 +77,3 @@ class TitanRequest(BaseModel):
     def edit(self) -> _TitanEditParams:
         return self.inPaintingParams or self.outPaintingParams
 
-
-class TitanResponse(BaseModel):
-    images: list[str] = Field(default_factory=list)  # base64 PNG
-    error: str | None = None

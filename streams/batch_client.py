@@ -8,13 +8,13 @@ import time
 import uuid
 from pathlib import Path
 
-from agents.background import IMAGE_SUFFIXES
-from streams.client import get_json, status_url
+from agents.images import IMAGE_SUFFIXES
+from streams.catalog import UPLOAD_CONCURRENCY
+from streams.client import get_json, publish_one, status_url
 from streams.settings import Settings
 from streams.storage import Storage
 from streams.uris import join_uri
 
-UPLOAD_CONCURRENCY = 16
 
 
 def local_images(source: str) -> list[tuple[Path, str]]:
@@ -52,27 +52,16 @@ async def stage_sources(settings: Settings, sources: list[str], batch_id: str) -
         await storage.close()
 
 
-async def publish_batch(settings: Settings, batch: dict) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
-                                max_request_size=8 * 1024 * 1024)
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topics.uploads, json.dumps(batch).encode(),
-                                     key=batch["batch_id"].encode())
-    finally:
-        await producer.stop()
-
-
 async def submit_batch(settings: Settings, sources: list[str], fields: dict,
                        batch_id: str | None = None) -> str:
     batch_id = batch_id or uuid.uuid4().hex
     images = await stage_sources(settings, sources, batch_id)
     if not images:
         raise FileNotFoundError(f"no images in {', '.join(sources)}")
-    await publish_batch(settings, {"pipeline": "background_replace", "batch_id": batch_id,
-                                   "images": images, **fields})
+    batch = {"pipeline": "background_replace", "batch_id": batch_id, "images": images,
+             **fields}
+    await publish_one(settings, settings.topics.uploads, batch_id, json.dumps(batch).encode(),
+                      max_request_size=8 * 1024 * 1024)
     return batch_id
 
 

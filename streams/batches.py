@@ -24,7 +24,7 @@ CSV_COLUMNS = ["name", "job_id", "image", "status", "error", "cause", "outputs",
 
 
 def register(rt: Runtime) -> None:
-    app, batches, images = rt.wiring.app, rt.wiring.batches, rt.wiring.batch_images
+    batches, images = rt.wiring.batches, rt.wiring.batch_images
 
     async def track(event: BatchEvent) -> None:
         key = event.batch_id.encode()

@@ -15,12 +15,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from agents.images import IMAGE_SUFFIXES
 from schemas import CatalogEvent, IngestState, StageFailure
 from streams.settings import Settings
 from streams.storage import Storage
 from streams.uris import join_uri, parse_uri
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CSV_NAME = "catalog.csv"
 UPLOAD_CONCURRENCY = 16
 

@@ -21,8 +21,6 @@ def status_url(settings: Settings) -> str:
 async def submit(settings: Settings, image: str, style: str, params: dict | None = None,
                  job_id: str | None = None, tenant: str | None = None) -> str:
     """Store a local image (claim check) and publish its upload event; returns the job id."""
-    from aiokafka import AIOKafkaProducer
-
     job_id = job_id or uuid.uuid4().hex
     if "://" not in image:
         path = Path(image).resolve()
@@ -38,14 +36,21 @@ async def submit(settings: Settings, image: str, style: str, params: dict | None
         event["params"] = params
     if tenant:
         event["tenant"] = tenant
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await publish_one(settings, settings.topics.uploads, job_id, json.dumps(event).encode())
+    return job_id
+
+
+async def publish_one(settings: Settings, topic: str, key: str, value: bytes,
+                      **producer_options) -> None:
+    """Publish one message and wait until the broker has it."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **producer_options)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.topics.uploads, json.dumps(event).encode(),
-                                     key=job_id.encode())
+        await producer.send_and_wait(topic, value, key=key.encode())
     finally:
         await producer.stop()
-    return job_id
 
 
 def get_json(url: str, absent: tuple[int, ...] = (404,)) -> dict | None:

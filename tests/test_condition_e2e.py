@@ -5,7 +5,6 @@ outputs, objects no rule matches."""
 from __future__ import annotations
 
 import io
-import json
 import re
 import time
 import urllib.request
