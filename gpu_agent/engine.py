@@ -6,6 +6,7 @@ thread so the Kafka consumer keeps heartbeating during long jobs.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Callable
 
@@ -20,13 +21,14 @@ ProgressCallback = Callable[[int, int], None]
 
 class RenderEngine:
     def __init__(self, device: str = "auto", dtype: str = "auto", cache_size: int = 2,
-                 family: str = "sd15"):
+                 family: str = "sd15", prompt_cache_size: int = 64):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.cache_size = cache_size
         self.family = family
         self._pipelines: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
+        self._prompts = PromptEncoder(prompt_cache_size)
 
     def pipeline(self, diffusion_id: str, controlnet_id: str):
         return self._cached(("controlnet", diffusion_id, controlnet_id),
@@ -78,7 +80,7 @@ class RenderEngine:
         pipe = self.pipeline(diffusion_id, controlnet_id)
         control = control.convert("RGB").resize((params.width, params.height),
                                                 Image.Resampling.BICUBIC)
-        embeddings = self._embed_prompts(pipe, prompt, params.negative_prompt)
+        embeddings = self._embed_prompts(diffusion_id, pipe, prompt, params.negative_prompt)
         # One generator per image (seed, seed+1, ...) so image n is reproducible on its own.
         generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
                       for n in range(params.num_images)]
@@ -100,7 +102,7 @@ class RenderEngine:
         size = (params.width, params.height)
         image = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
         mask = mask.convert("L").resize(size, Image.Resampling.NEAREST)
-        embeddings = self._embed_prompts(pipe, prompt, params.negative_prompt)
+        embeddings = self._embed_prompts(inpainting_id, pipe, prompt, params.negative_prompt)
         generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
                       for n in range(params.num_images)]
         output = pipe(
@@ -111,32 +113,74 @@ class RenderEngine:
         )
         return list(output.images)
 
-    def _embed_prompts(self, pipe, prompt: str, negative: str) -> dict:
-        """Weighted prompts (`(green velvet sofa)0.8`, `++`, `.and()`) become embeddings."""
+    def _embed_prompts(self, model_id: str, pipe, prompt: str, negative: str) -> dict:
+        return self._prompts.embed(model_id, pipe, prompt, negative, sdxl=self.family == "sdxl")
+
+
+class PromptEncoder:
+    """Weighted prompts (`(green velvet sofa)0.8`, `++`, `.and()`) to embeddings with compel.
+
+    Each text's conditioning is kept (LRU, per text-encoder model): the negative prompt is nearly always
+    the configured default and a batch shares one prompt, so most texts are encoded once.
+    compel parses with pyparsing, pure Python that costs more than a small model's denoising
+    and holds the GIL against the worker's event loop; packrat memoising halves it."""
+
+    def __init__(self, cache_size: int = 64):
+        self.cache_size = cache_size
+        self._compels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per pipeline
+        self._conditionings: OrderedDict[tuple[str, str], tuple] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def embed(self, model_id: str, pipe, prompt: str, negative: str, sdxl: bool = False) -> dict:
+        """model_id names the weights pipe's text encoders come from: texts encoded by one
+        pipeline of that model are reused by every other (a depth and a canny pipeline share
+        them)."""
+        compel = self._compel(pipe, sdxl)
+        positive, pooled = self._conditioning(model_id, compel, prompt)
+        negative_embeds, negative_pooled = self._conditioning(model_id, compel, negative)
+        # A long prompt (or a conjunction) is longer than 77 tokens: both sides must match.
+        positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
+            [positive, negative_embeds])
+        embeddings = {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
+        if sdxl:
+            embeddings.update(pooled_prompt_embeds=pooled,
+                              negative_pooled_prompt_embeds=negative_pooled)
+        return embeddings
+
+    def _conditioning(self, model_id: str, compel, text: str) -> tuple:
+        key = (model_id, text)
+        with self._lock:
+            if key in self._conditionings:
+                self._conditionings.move_to_end(key)
+                return self._conditionings[key]
+        with torch.no_grad():
+            encoded = compel(text)
+        conditioning = encoded if isinstance(encoded, tuple) else (encoded, None)
+        with self._lock:
+            self._conditionings[key] = conditioning
+            while len(self._conditionings) > self.cache_size:
+                self._conditionings.popitem(last=False)
+        return conditioning
+
+    def _compel(self, pipe, sdxl: bool):
+        if pipe in self._compels:
+            return self._compels[pipe]
+        import pyparsing
         from compel import Compel, ReturnedEmbeddingsType
 
-        if self.family == "sdxl":
+        pyparsing.ParserElement.enable_packrat()  # compel's grammar backtracks a lot
+        if sdxl:
             compel = Compel(
                 tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
                 text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
                 returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
                 requires_pooled=[False, True], truncate_long_prompts=False,
             )
-            positive, pooled = compel(prompt)
-            negative_embeds, negative_pooled = compel(negative)
-            positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
-                [positive, negative_embeds])
-            return {"prompt_embeds": positive, "pooled_prompt_embeds": pooled,
-                    "negative_prompt_embeds": negative_embeds,
-                    "negative_pooled_prompt_embeds": negative_pooled}
-        compel = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
-                        truncate_long_prompts=False)
-        with torch.no_grad():
-            positive = compel(prompt)
-            negative_embeds = compel(negative)
-        positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
-            [positive, negative_embeds])
-        return {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
+        else:
+            compel = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                            truncate_long_prompts=False)
+        self._compels[pipe] = compel
+        return compel
 
 
 def _progress(on_step: ProgressCallback | None, total: int):

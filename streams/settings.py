@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 0.8
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # How often processed offsets are committed. A crash redelivers at most this much work,
+    # which every stage absorbs (idempotent); each commit is a request the broker serves.
+    commit_interval_s: float = 2.8
     # How long a fetch may wait at the broker for data: the latency floor of each stage hop on
     # brokers that answer long-polls late (see streams/consumer.py).
     fetch_max_wait_ms: int = 20
@@ -161,6 +164,9 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # Diffusion pipelines kept loaded (LRU); never fewer than the warmed tasks.
     pipeline_cache_size: int = 3
+    # Encoded prompts a GPU worker keeps (LRU): the default negative prompt and a batch's shared
+    # prompt are then encoded once instead of on every image.
+    prompt_cache_size: int = 64
     # Render requests a GPU worker holds at once: while the model runs one, the others fetch
     # their inputs or store their outputs, so the model never waits on I/O.
     gpu_prefetch: int = 3

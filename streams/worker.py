@@ -46,7 +46,7 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
         # every job of that kind reloads its pipeline.
         cache_size = max(settings.pipeline_cache_size, len(settings.gpu_warm_tasks))
         engine = RenderEngine(settings.device, settings.dtype, cache_size,
-                              settings.diffusion_family)
+                              settings.diffusion_family, settings.prompt_cache_size)
         for task in settings.gpu_warm_tasks:
             if task.startswith("controlnet_"):
                 engine.pipeline(settings.model_id("diffusion"), settings.model_id(task))

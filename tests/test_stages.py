@@ -5,6 +5,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from agents import makeover
@@ -111,6 +112,31 @@ def test_rendering_is_reproducible_from_the_seed_and_reports_every_step(tiny_mod
     other = engine.render(*ids, prompt, control, params.model_copy(update={"seed": 12}))
     assert np.array_equal(np.asarray(other[0]), np.asarray(first[1]))
     assert engine.device == "cpu" and len(engine._pipelines) == 1  # loaded once, kept
+
+
+def test_weighted_prompts_encode_once_and_exactly_as_compel_does(tiny_models):
+    """The engine keeps each text's conditioning (the default negative prompt, a batch's shared
+    prompt): a kept conditioning equals a fresh compel encoding, and weights still count."""
+    from compel import Compel
+
+    from gpu_agent.engine import PromptEncoder
+
+    engine = RenderEngine("cpu", "float32")
+    diffusion = str(tiny_models / "diffusion")
+    pipe = engine.pipeline(diffusion, str(tiny_models / "controlnet_depth"))
+    encoder = PromptEncoder(cache_size=2)
+    prompt = "(a cozy room)1.0, (green velvet sofa)0.8"
+    first = encoder.embed(diffusion, pipe, prompt, "blurry")
+    again = encoder.embed(diffusion, pipe, prompt, "blurry")
+    assert again["prompt_embeds"] is first["prompt_embeds"]  # kept, not encoded again
+    with torch.no_grad():
+        fresh = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                       truncate_long_prompts=False)(prompt)
+    assert torch.equal(first["prompt_embeds"], fresh)
+    reweighted = encoder.embed(diffusion, pipe, "(a cozy room)1.0, (green velvet sofa)0.2",
+                               "blurry")
+    assert not torch.equal(reweighted["prompt_embeds"], first["prompt_embeds"])
+    assert len(encoder._conditionings) == 2  # the LRU bound holds
 
 
 def test_sdxl_renders_and_repaints_with_its_two_text_encoders(tmp_path):
