@@ -3,14 +3,16 @@ in-process with the same tiny models and the same S3 server, measured in one run
 
     python bench/overhead.py [--jobs 12] [--warmup 2]
 
-Prints the median end-to-end latency both ways, their ratio and the per-job overhead
-(targets: <= 1.15x and <= 60 ms), and the workers' peak RSS.
+Jobs alternate between the two paths. Prints the median end-to-end latency both ways, their
+ratio and the per-job overhead (targets: <= 1.15x and <= 60 ms), the CPU time each process
+spent per job, and the workers' peak RSS.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import random
 import os
 import statistics
 import sys
@@ -24,6 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # One loop for every in-process job: the S3 client is bound to the loop it first ran on.
 IN_PROCESS_LOOP = asyncio.new_event_loop()
+# What each job asks for, on both paths.
+UPLOAD = {"pipeline": "room_makeover", "style": "modern", "params": {"seed": 1}}
 RENDER = {"RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
           "RESTYLE_DEFAULT_HEIGHT": "64"}
 
@@ -32,7 +36,7 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
     """The stages in order, in one process: what the pipeline does minus Kafka."""
     from agents import makeover
     from agents.images import decode_image, encode_png, fit_within
-    from schemas import RenderParams
+    from schemas import UploadEvent
     from streams.uris import join_uri
 
     timings: dict[str, float] = {}
@@ -60,15 +64,17 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
             matches = await makeover.match_products(found, index, settings.retrieve_k,
                                               settings.match_score_floor)
         with timed("compose"):
-            prompt = makeover.compose_prompt(settings.styles["modern"], matches,
+            prompt = makeover.compose_prompt(settings.styles[UPLOAD["style"]], matches,
                                              settings.style_weight, settings.product_weight,
                                              settings.max_products_in_prompt)
         base = join_uri(settings.results_base, "bench-inproc", job_id)
         with timed("depth"):
             depth = models.depth.estimate(small)
             await storage.put(join_uri(base, "depth.png"), encode_png(depth), "image/png")
-        params = RenderParams(steps=2, guidance=7.5, controlnet_scale=1.0, seed=1, width=64,
-                              height=64, negative_prompt="", num_images=1)
+        # The same parameters the intake resolves for the Kafka path's upload (defaults such
+        # as the negative prompt included), so both paths render the same work.
+        params = makeover.resolve_params(UploadEvent(**UPLOAD, image=photo_uri), settings,
+                                         random.Random())
         with timed("render"):
             images = engine.render(settings.model_id("diffusion"),
                                    settings.model_id("controlnet_depth"), prompt, depth, params)
@@ -84,6 +90,12 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
 
     IN_PROCESS_LOOP.run_until_complete(run())
     return timings
+
+
+def cpu_ms(pid: int) -> float:
+    """CPU time (user + system) pid has used so far, in ms (10 ms resolution)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -137,7 +149,6 @@ def main() -> None:
             for path in ("kafka", "local"):
                 s3.put_object(Bucket="restyle", Key=f"bench/{path}/{n}.jpg", Body=photo)
 
-        # --- through Kafka, one job at a time ---
         producer = Producer({"bootstrap.servers": endpoints["kafka_bootstrap"],
                              "linger.ms": 0})
         consumer = Consumer({"bootstrap.servers": endpoints["kafka_bootstrap"],
@@ -145,14 +156,13 @@ def main() -> None:
                              "fetch.wait.max.ms": 10})
         consumer.assign([TopicPartition("restyle.results", p, OFFSET_BEGINNING)
                          for p in range(settings.partitions)])
-        kafka_ms, stage_ms, kafka_stages, local_stages, waits = [], [], [], [], []
-        for n in range(args.warmup + args.jobs):
+
+        def kafka_job(n: int) -> tuple[float, dict]:
             job_id = f"bench-{uuid.uuid4().hex[:8]}"
             started = time.perf_counter()
             producer.produce("restyle.uploads", json.dumps({
-                "job_id": job_id, "pipeline": "room_makeover",
-                "image": f"s3://restyle/bench/kafka/{n}.jpg",
-                "style": "modern", "params": {"seed": 1}}).encode(), key=job_id.encode())
+                **UPLOAD, "job_id": job_id, "image": f"s3://restyle/bench/kafka/{n}.jpg",
+            }).encode(), key=job_id.encode())
             producer.flush()
             deadline = time.monotonic() + 120
             while True:
@@ -166,27 +176,42 @@ def main() -> None:
             result = json.loads(message.value())
             if result["status"] != "done":
                 raise SystemExit(f"job failed: {message.value()}")
-            if n >= args.warmup:
-                kafka_ms.append(elapsed)
-                stage_ms.append(sum(result["result"]["timings_ms"].values()))
-                kafka_stages.append(result["result"]["timings_ms"])
-                waits.append(result["result"].get("waits_ms") or {})
-        consumer.close()
+            return elapsed, result["result"]
 
-        # --- the same stages in-process ---
         models = StageModels(settings)
         models.warm_up()
         engine = RenderEngine()
         index = LocalIndex(settings.index_path)
         storage = Storage.from_settings(settings)
-        local_ms = []
+
+        # Jobs alternate between the two paths, one at a time, so the host's noise (a shared
+        # machine) falls on both alike instead of on whichever path ran in the noisy minute.
+        processes = {service.name: service.process.pid for service in stack.stack.services}
+        processes["bench (client + in-process)"] = os.getpid()
+        kafka_ms, stage_ms, kafka_stages, local_ms, local_stages, waits = [], [], [], [], [], []
+        kafka_cpu = {name: 0.0 for name in processes}
+        local_cpu = 0.0
         for n in range(args.warmup + args.jobs):
+            before = {name: cpu_ms(pid) for name, pid in processes.items()}
+            elapsed, result = kafka_job(n)
+            after = {name: cpu_ms(pid) for name, pid in processes.items()}
+            local_before = cpu_ms(os.getpid())
             started = time.perf_counter()
             stages = in_process_job(settings, models, engine, index, storage,
                                     f"s3://restyle/bench/local/{n}.jpg", f"job-{n}")
-            if n >= args.warmup:
-                local_ms.append((time.perf_counter() - started) * 1000)
-                local_stages.append(stages)
+            local_elapsed = (time.perf_counter() - started) * 1000
+            if n < args.warmup:
+                continue
+            kafka_ms.append(elapsed)
+            stage_ms.append(sum(result["timings_ms"].values()))
+            kafka_stages.append(result["timings_ms"])
+            waits.append(result.get("waits_ms") or {})
+            for name in processes:
+                kafka_cpu[name] += after[name] - before[name]
+            local_ms.append(local_elapsed)
+            local_stages.append(stages)
+            local_cpu += cpu_ms(os.getpid()) - local_before
+        consumer.close()
 
         kafka, local = statistics.median(kafka_ms), statistics.median(local_ms)
         print(f"broker: {stack.broker}; jobs measured: {args.jobs} each way "
@@ -210,6 +235,11 @@ def main() -> None:
             print(f"  total      {statistics.median(sum(w.values()) for w in waits):8.1f} "
                   "(the rest of the time between stages is intake, tracking and the work "
                   "around each stage body: claim-check reads and writes, (de)serialisation)")
+        print("CPU time per job, median path (ms; user + system, summed over the measured jobs):")
+        print(f"  in-process: {local_cpu / args.jobs:8.1f}")
+        for name, used in kafka_cpu.items():
+            print(f"  through Kafka, {name:28s} {used / args.jobs:8.1f}")
+        print(f"  through Kafka, all processes: {sum(kafka_cpu.values()) / args.jobs:8.1f}")
         for service in stack.stack.services:
             if "worker" in service.name:
                 print(f"peak RSS {service.name}: {peak_rss_mb(service.process.pid):8.1f} MB")
