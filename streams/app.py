@@ -45,6 +45,7 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
         broker_rebalance_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_commit_interval=settings.commit_interval_s,
+        producer_linger=settings.producer_linger_ms / 1000,
         consumer_auto_offset_reset="earliest",
         recovery_consistency_check=settings.recovery_consistency_check,
         web_host=settings.web_host,

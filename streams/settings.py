@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     # How often processed offsets are committed. A crash redelivers at most this much work,
     # which every stage absorbs (idempotent); each commit is a request the broker serves.
     commit_interval_s: float = 2.8
+    # How long a producer waits to batch sends into one request (faust's default: 0).
+    producer_linger_ms: float = 0.0
     # How long a fetch may wait at the broker for data: the latency floor of each stage hop on
     # brokers that answer long-polls late (see streams/consumer.py).
     fetch_max_wait_ms: int = 20
