@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from streams.settings import Settings, load_settings
 
@@ -20,7 +21,28 @@ def _settings(state_dir: str | None) -> Settings:
     return load_settings()
 
 
-@click.group()
+class RestyleCommands(click.Group):
+    """Every command: a bad setting is a one-line configuration error, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            if exc.title != "Settings":
+                raise
+            raise click.ClickException(f"configuration: {describe_settings_error(exc)}") \
+                from None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """Each problem named by the environment variable that sets it."""
+    return "; ".join(
+        f"RESTYLE_{str(error['loc'][0]).upper()}: {error['msg'].removeprefix('Value error, ')}"
+        if error["loc"]
+        else error["msg"] for error in exc.errors())
+
+
+@click.group(cls=RestyleCommands)
 def main() -> None:
     """restyle: generative image pipelines on Kafka, S3 and open models."""
 

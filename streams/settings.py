@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.conditioning import BucketRule, ConditionParams
@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     status_url: str | None = None
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 0.8
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # at_least_once with idempotent stages. faust's exactly_once is refused: see the validator.
+    processing_guarantee: Literal["at_least_once"] = "at_least_once"
     # How often processed offsets are committed. A crash redelivers at most this much work,
     # which every stage absorbs (idempotent); each commit is a request the broker serves.
     commit_interval_s: float = 2.8
@@ -266,6 +267,23 @@ class Settings(BaseSettings):
     default_height: int = 512
     default_num_images: int = 1
     default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+
+    @field_validator("processing_guarantee", mode="before")
+    @classmethod
+    def _refuse_exactly_once(cls, value):
+        # Shown on Apache Kafka 4.1.2 with faust-streaming 0.15.3: faust puts each output in
+        # the transaction of its *destination* partition number and commits that transaction
+        # only when input from the same partition number is acknowledged. An ingest's outcomes
+        # (keyed by ingest) landed on a partition no input used; the transaction never
+        # committed, read_committed consumers never saw them, and the ingest hung.
+        if value == "exactly_once":
+            raise ValueError(
+                "exactly_once is not supported: faust-streaming 0.15.3 commits a transaction "
+                "only when input on the same partition number is acknowledged, so outputs "
+                "keyed elsewhere (ingest outcomes, batch events) stay invisible to "
+                "read_committed consumers and the pipeline stalls. restyle runs at_least_once "
+                "with idempotent stages (README, Brokers)")
+        return value
 
     @model_validator(mode="after")
     def _merge_styles(self) -> "Settings":

@@ -93,3 +93,16 @@ def test_background_replaces_a_folder_of_photos_as_one_batch(e2e, tmp_path):
     assert "failed — " in done.stdout and "of 2 images succeeded" in done.stdout
     assert "failed broken.jpg: not_an_image:" in done.stdout
     assert "report (json): http" in done.stdout
+
+
+def test_a_bad_setting_is_a_one_line_error_naming_its_variable(tmp_path):
+    for variable, value, expected in [
+            ("RESTYLE_PARTITIONS", "four", "RESTYLE_PARTITIONS: Input should be a valid integer"),
+            ("RESTYLE_PROCESSING_GUARANTEE", "exactly_once",
+             "RESTYLE_PROCESSING_GUARANTEE: exactly_once is not supported")]:
+        done = subprocess.run([*CLI, "worker", "cpu"], capture_output=True, text=True,
+                              timeout=120, env=cli_env(**{variable: value},
+                                                       RESTYLE_STATE_DIR=str(tmp_path)))
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"Error: configuration: {expected}"), done.stderr
+        assert "Traceback" not in done.stderr
