@@ -45,9 +45,15 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image",
     return image.convert("RGB")
 
 
+# zlib level 1: a 1024-px depth map encodes in a third of the time of PIL's default level 6 at
+# about the same size (within ~15% here, smaller for photo-like images). Every stage writes
+# PNGs on the job's critical path; storage is the cheaper side of that trade.
+PNG_COMPRESS_LEVEL = 1
+
+
 def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
