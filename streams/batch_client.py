@@ -68,16 +68,19 @@ async def submit_batch(settings: Settings, sources: list[str], fields: dict,
 def wait_for_batch(settings: Settings, batch_id: str, timeout_s: float, on_change=None) -> dict:
     url = f"{status_url(settings)}/batches/{batch_id}"
     deadline = time.monotonic() + timeout_s
-    last = None
+    last = batch = None
     while time.monotonic() < deadline:
         batch = get_json(url, absent=(404, 503))
         if batch is not None:
             if on_change and batch["counts"] != last:
                 last = batch["counts"]
                 on_change(batch)
-            if batch["status"] != "running":
+            # A batch is stored as finished just before its report is written: wait for that.
+            if batch["status"] != "running" and not batch.get("reporting"):
                 return batch
         time.sleep(0.5)
+    if batch is not None and batch["status"] != "running":
+        return batch  # finished, but its report never went out: say what is known
     raise TimeoutError(f"batch {batch_id} still running after {timeout_s:.0f}s")
 
 

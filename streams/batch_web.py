@@ -74,6 +74,8 @@ def register(rt: Runtime, models) -> None:
                 "error": state.error.model_dump(mode="json") if state.error else None,
                 "created_at": state.created_at, "finished_at": state.finished_at,
                 "report": None, "notification": state.notification,
+                # Finished, with the report and notification still going out.
+                "reporting": state.reporting,
             }
             if state.report:
                 body["report"] = {kind: await rt.storage.presign(uri) or uri

@@ -31,7 +31,8 @@ def wait_for_batch(e2e, batch_id: str, timeout_s: float = 240, until=None) -> di
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status, body = e2e.get(f"/batches/{batch_id}")
-        if status == 200 and body["status"] != "running" and (until is None or until(body)):
+        if status == 200 and body["status"] != "running" and not body["reporting"] and \
+                (until is None or until(body)):
             return body
         time.sleep(0.5)
     raise AssertionError(f"batch {batch_id} did not finish: {status} {body}")
