@@ -139,8 +139,9 @@ class PromptEncoder:
         positive, pooled = self._conditioning(model_id, compel, prompt)
         negative_embeds, negative_pooled = self._conditioning(model_id, compel, negative)
         # A long prompt (or a conjunction) is longer than 77 tokens: both sides must match.
-        positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
-            [positive, negative_embeds])
+        with torch.no_grad():  # padding may encode an empty prompt
+            positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
+                [positive, negative_embeds])
         embeddings = {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
         if sdxl:
             embeddings.update(pooled_prompt_embeds=pooled,

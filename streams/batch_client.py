@@ -65,22 +65,32 @@ async def submit_batch(settings: Settings, sources: list[str], fields: dict,
     return batch_id
 
 
+# How long a finished batch may take to get its report out before the client shows it without.
+REPORT_GRACE_S = 60
+
+
 def wait_for_batch(settings: Settings, batch_id: str, timeout_s: float, on_change=None) -> dict:
     url = f"{status_url(settings)}/batches/{batch_id}"
     deadline = time.monotonic() + timeout_s
-    last = batch = None
+    last = seen = None
+    finished_at = None
     while time.monotonic() < deadline:
         batch = get_json(url, absent=(404, 503))
         if batch is not None:
+            seen = batch
             if on_change and batch["counts"] != last:
                 last = batch["counts"]
                 on_change(batch)
-            # A batch is stored as finished just before its report is written: wait for that.
-            if batch["status"] != "running" and not batch.get("reporting"):
-                return batch
+            if batch["status"] != "running":
+                # Stored as finished just before its report is written: wait for the report,
+                # but not forever (a report that failed to write leaves `reporting` set).
+                finished_at = finished_at or time.monotonic()
+                if not batch.get("reporting") or \
+                        time.monotonic() - finished_at > REPORT_GRACE_S:
+                    return batch
         time.sleep(0.5)
-    if batch is not None and batch["status"] != "running":
-        return batch  # finished, but its report never went out: say what is known
+    if seen is not None and seen["status"] != "running":
+        return seen  # finished, but its report never went out: say what is known
     raise TimeoutError(f"batch {batch_id} still running after {timeout_s:.0f}s")
 
 

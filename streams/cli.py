@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import urllib.error
 from pathlib import Path
 
 import click
@@ -25,6 +26,8 @@ class RestyleCommands(click.Group):
     """Every command: a bad setting is a one-line configuration error, not a traceback."""
 
     def invoke(self, ctx):
+        from pydantic_settings import SettingsError
+
         try:
             return super().invoke(ctx)
         except ValidationError as exc:
@@ -32,14 +35,30 @@ class RestyleCommands(click.Group):
                 raise
             raise click.ClickException(f"configuration: {describe_settings_error(exc)}") \
                 from None
+        except SettingsError as exc:  # a list or mapping setting that is not valid JSON
+            cause = f": {exc.__cause__}" if exc.__cause__ else ""
+            raise click.ClickException(f"configuration: {exc}{cause}") from None
+        except urllib.error.HTTPError as exc:
+            raise click.ClickException(f"the status API answered {exc.code} {exc.reason} "
+                                       f"for {exc.url}") from None
+        except urllib.error.URLError as exc:
+            raise click.ClickException(
+                f"cannot reach the status API ({exc.reason}): is `restyle up` running (its "
+                f"state dir is RESTYLE_STATE_DIR), or is RESTYLE_STATUS_URL set?") from None
 
 
 def describe_settings_error(exc: ValidationError) -> str:
-    """Each problem named by the environment variable that sets it."""
-    return "; ".join(
-        f"RESTYLE_{str(error['loc'][0]).upper()}: {error['msg'].removeprefix('Value error, ')}"
-        if error["loc"]
-        else error["msg"] for error in exc.errors())
+    """Each problem named by the environment variable that sets it (and the key inside it)."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:
+            problems.append(message)
+            continue
+        variable = f"RESTYLE_{str(error['loc'][0]).upper()}"
+        inside = ".".join(str(part) for part in error["loc"][1:])
+        problems.append(f"{variable}{f' ({inside})' if inside else ''}: {message}")
+    return "; ".join(problems)
 
 
 @click.group(cls=RestyleCommands)

@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     # which every stage absorbs (idempotent); each commit is a request the broker serves.
     commit_interval_s: float = 2.8
     # How long a producer waits to batch sends into one request (faust's default: 0).
-    producer_linger_ms: float = 0.0
+    producer_linger_ms: int = Field(0, ge=0)
     # How long a fetch may wait at the broker for data: the latency floor of each stage hop on
     # brokers that answer long-polls late (see streams/consumer.py).
     fetch_max_wait_ms: int = 20
@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     pipeline_cache_size: int = 3
     # Encoded prompts a GPU worker keeps (LRU): the default negative prompt and a batch's shared
     # prompt are then encoded once instead of on every image.
-    prompt_cache_size: int = 64
+    prompt_cache_size: int = Field(64, ge=0)
     # Render requests a GPU worker holds at once: while the model runs one, the others fetch
     # their inputs or store their outputs, so the model never waits on I/O.
     gpu_prefetch: int = 3

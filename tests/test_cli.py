@@ -99,10 +99,23 @@ def test_a_bad_setting_is_a_one_line_error_naming_its_variable(tmp_path):
     for variable, value, expected in [
             ("RESTYLE_PARTITIONS", "four", "RESTYLE_PARTITIONS: Input should be a valid integer"),
             ("RESTYLE_PROCESSING_GUARANTEE", "exactly_once",
-             "RESTYLE_PROCESSING_GUARANTEE: exactly_once is not supported")]:
+             "RESTYLE_PROCESSING_GUARANTEE: exactly_once is not supported"),
+            ("RESTYLE_EXTRA_STYLES", '{"boho": 3}',
+             "RESTYLE_EXTRA_STYLES (boho): Input should be a valid string"),
+            ("RESTYLE_EXTRA_STYLES", "{boho", 'error parsing value for field "extra_styles"')]:
         done = subprocess.run([*CLI, "worker", "cpu"], capture_output=True, text=True,
                               timeout=120, env=cli_env(**{variable: value},
                                                        RESTYLE_STATE_DIR=str(tmp_path)))
         assert done.returncode == 1
         assert done.stderr.startswith(f"Error: configuration: {expected}"), done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_status_api_that_does_not_answer_is_a_one_line_error(tmp_path):
+    done = subprocess.run([*CLI, "status", "some-job"], capture_output=True, text=True,
+                          timeout=120, env=cli_env(
+                              RESTYLE_STATE_DIR=str(tmp_path),
+                              RESTYLE_STATUS_URL=f"http://127.0.0.1:{free_port()}"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: cannot reach the status API"), done.stderr
+    assert "Traceback" not in done.stderr
