@@ -151,9 +151,12 @@ def main() -> None:
 
         producer = Producer({"bootstrap.servers": endpoints["kafka_bootstrap"],
                              "linger.ms": 0})
+        # Apache Kafka answers a long-poll as soon as a result arrives; a short wait would only
+        # have the broker serve ~100 idle fetches a second, on the cores the stages use. Tansu
+        # answers when the wait expires, so there it must be short.
         consumer = Consumer({"bootstrap.servers": endpoints["kafka_bootstrap"],
                              "group.id": "bench", "enable.auto.commit": False,
-                             "fetch.wait.max.ms": 10})
+                             "fetch.wait.max.ms": 500 if args.broker == "kafka" else 10})
         consumer.assign([TopicPartition("restyle.results", p, OFFSET_BEGINNING)
                          for p in range(settings.partitions)])
 
