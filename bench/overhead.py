@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import os
+import random
 import statistics
 import sys
 import tempfile

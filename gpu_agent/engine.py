@@ -28,7 +28,7 @@ class RenderEngine:
         self.family = family
         self._pipelines: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
-        self._prompts = PromptEncoder(prompt_cache_size)
+        self._prompts = PromptEncoder(prompt_cache_size, sdxl=family == "sdxl")
 
     def pipeline(self, diffusion_id: str, controlnet_id: str):
         return self._cached(("controlnet", diffusion_id, controlnet_id),
@@ -80,7 +80,7 @@ class RenderEngine:
         pipe = self.pipeline(diffusion_id, controlnet_id)
         control = control.convert("RGB").resize((params.width, params.height),
                                                 Image.Resampling.BICUBIC)
-        embeddings = self._embed_prompts(diffusion_id, pipe, prompt, params.negative_prompt)
+        embeddings = self._prompts.embed(diffusion_id, pipe, prompt, params.negative_prompt)
         # One generator per image (seed, seed+1, ...) so image n is reproducible on its own.
         generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
                       for n in range(params.num_images)]
@@ -102,7 +102,7 @@ class RenderEngine:
         size = (params.width, params.height)
         image = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
         mask = mask.convert("L").resize(size, Image.Resampling.NEAREST)
-        embeddings = self._embed_prompts(inpainting_id, pipe, prompt, params.negative_prompt)
+        embeddings = self._prompts.embed(inpainting_id, pipe, prompt, params.negative_prompt)
         generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
                       for n in range(params.num_images)]
         output = pipe(
@@ -113,29 +113,27 @@ class RenderEngine:
         )
         return list(output.images)
 
-    def _embed_prompts(self, model_id: str, pipe, prompt: str, negative: str) -> dict:
-        return self._prompts.embed(model_id, pipe, prompt, negative, sdxl=self.family == "sdxl")
-
-
 class PromptEncoder:
     """Weighted prompts (`(green velvet sofa)0.8`, `++`, `.and()`) to embeddings with compel.
 
-    Each text's conditioning is kept (LRU, per text-encoder model): the negative prompt is nearly always
-    the configured default and a batch shares one prompt, so most texts are encoded once.
+    Each text's conditioning is kept (LRU, per text-encoder model): the negative prompt is
+    nearly always the configured default and a batch shares one prompt, so most texts are
+    encoded once.
     compel parses with pyparsing, pure Python that costs more than a small model's denoising
     and holds the GIL against the worker's event loop; packrat memoising halves it."""
 
-    def __init__(self, cache_size: int = 64):
+    def __init__(self, cache_size: int = 64, sdxl: bool = False):
         self.cache_size = cache_size
+        self.sdxl = sdxl  # SDXL: two text encoders, pooled embeddings
         self._compels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per pipeline
         self._conditionings: OrderedDict[tuple[str, str], tuple] = OrderedDict()
         self._lock = threading.Lock()
 
-    def embed(self, model_id: str, pipe, prompt: str, negative: str, sdxl: bool = False) -> dict:
+    def embed(self, model_id: str, pipe, prompt: str, negative: str) -> dict:
         """model_id names the weights pipe's text encoders come from: texts encoded by one
         pipeline of that model are reused by every other (a depth and a canny pipeline share
         them)."""
-        compel = self._compel(pipe, sdxl)
+        compel = self._compel(pipe)
         positive, pooled = self._conditioning(model_id, compel, prompt)
         negative_embeds, negative_pooled = self._conditioning(model_id, compel, negative)
         # A long prompt (or a conjunction) is longer than 77 tokens: both sides must match.
@@ -143,7 +141,7 @@ class PromptEncoder:
             positive, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
                 [positive, negative_embeds])
         embeddings = {"prompt_embeds": positive, "negative_prompt_embeds": negative_embeds}
-        if sdxl:
+        if self.sdxl:
             embeddings.update(pooled_prompt_embeds=pooled,
                               negative_pooled_prompt_embeds=negative_pooled)
         return embeddings
@@ -163,14 +161,14 @@ class PromptEncoder:
                 self._conditionings.popitem(last=False)
         return conditioning
 
-    def _compel(self, pipe, sdxl: bool):
+    def _compel(self, pipe):
         if pipe in self._compels:
             return self._compels[pipe]
         import pyparsing
         from compel import Compel, ReturnedEmbeddingsType
 
         pyparsing.ParserElement.enable_packrat()  # compel's grammar backtracks a lot
-        if sdxl:
+        if self.sdxl:
             compel = Compel(
                 tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
                 text_encoder=[pipe.text_encoder, pipe.text_encoder_2],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from streams.settings import Settings, load_settings
 
@@ -26,8 +27,6 @@ class RestyleCommands(click.Group):
     """Every command: a bad setting is a one-line configuration error, not a traceback."""
 
     def invoke(self, ctx):
-        from pydantic_settings import SettingsError
-
         try:
             return super().invoke(ctx)
         except ValidationError as exc:
