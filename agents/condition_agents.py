@@ -111,7 +111,7 @@ def register(rt: Runtime, models: StageModels) -> None:
         if job.conditioning is Conditioning.SEG:
             return conditioning.colorize(models.semantic.classes(image),
                                          conditioning.ade20k_palette())
-        return models.depth.estimate(image).convert("RGB")
+        return models.depth.estimate(image)  # one channel, like the makeover's depth map
 
     async def finish(reply: RenderResult) -> None:
         job = ConditionJob.model_validate(reply.context)
