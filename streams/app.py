@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import faust
 
 from streams.consumer import use_fetch_max_wait
+from streams.jobboard import JobBoard
 from streams.settings import Settings
 
 
@@ -22,6 +23,8 @@ class Wiring:
     # job ids in order under "batch_id/#index").
     batches: faust.Table | None = None
     batch_images: faust.Table | None = None
+    # The jobs table plus render progress not yet stored in it: read job state through this.
+    board: JobBoard | None = None
 
 
 def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wiring:
@@ -78,4 +81,5 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
                             key_type=bytes, value_type=bytes)
         batch_images = app.Table("batch-images", default=None, partitions=settings.partitions,
                                  key_type=bytes, value_type=bytes)
-    return Wiring(app, topics, jobs, ingests, ingest_outcomes, batches, batch_images)
+    board = JobBoard(jobs, settings.progress_store_interval_s) if jobs is not None else None
+    return Wiring(app, topics, jobs, ingests, ingest_outcomes, batches, batch_images, board)

@@ -15,7 +15,7 @@ from agents.background_agents import submit_batch
 from agents.detect import rescale_detections
 from agents.images import decode_image, encode_png, fit_within
 from agents.titan import titan_batch, titan_mask
-from schemas import ErrorCode, JobState, StageFailure
+from schemas import ErrorCode, StageFailure
 from schemas.background import BackgroundBatch, BackgroundResult
 from schemas.titan import TitanRequest
 from streams import batches
@@ -156,10 +156,9 @@ def register(rt: Runtime, models) -> None:
     class TitanResultView(web.View):
         @routed(rt, rt.wiring.jobs)
         async def get(self, request: web.Request, job_id: str) -> web.Response:
-            stored = rt.wiring.jobs.get(job_id.encode())
-            if stored is None:
+            state = rt.wiring.board.get(job_id)
+            if state is None:
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
-            state = JobState.model_validate_json(stored)
             if not state.status.terminal:
                 return self.json({"job_id": job_id, "status": state.status.value}, status=202)
             if state.error is not None:

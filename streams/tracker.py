@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from schemas import ErrorCode, JobError, JobEvent, JobState, ResultEvent
+from schemas import ErrorCode, JobError, JobEvent, ResultEvent
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
-from streams.jobstate import apply_event, stalled
+from streams.jobstate import stalled
 from streams.metrics import JOBS_FINISHED
 from streams.runtime import Runtime
 
@@ -29,12 +29,11 @@ def image_outcome(result: ResultEvent) -> ImageOutcome:
 
 
 def register(rt: Runtime) -> None:
-    app, jobs, settings = rt.wiring.app, rt.wiring.jobs, rt.settings
+    app, board, settings = rt.wiring.app, rt.wiring.board, rt.settings
 
     async def track(event: JobEvent) -> None:
-        stored = jobs.get(event.job_id.encode())
-        state = JobState.model_validate_json(stored) if stored else None
-        transition = apply_event(state, event)
+        step = board.next(event)
+        transition = step.transition
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event and publishes again, rather than never.
@@ -47,9 +46,9 @@ def register(rt: Runtime) -> None:
                     at=time.time(), outcome=image_outcome(transition.result)),
                     acknowledged=True)
         if transition.state is not None:
-            jobs[event.job_id.encode()] = transition.state.model_dump_json().encode()
+            board.keep(step)
             if not transition.state.status.terminal:
-                active.add(event.job_id.encode())
+                active.add(event.job_id)
         if transition.start is not None:
             await rt.send(FIRST_STAGE[transition.start.pipeline], event.job_id,
                           transition.start)
@@ -57,7 +56,7 @@ def register(rt: Runtime) -> None:
     # Jobs this worker's tracker saw start and not finish: what the sweeper checks. The table's
     # local partitions are scanned in full now and then, for jobs this process has not seen
     # move (after a restart or a rebalance).
-    active: set[bytes] = set()
+    active: set[str] = set()
     sweeps = 0
 
     @app.timer(interval=settings.job_sweep_interval_s)
@@ -66,16 +65,15 @@ def register(rt: Runtime) -> None:
         if settings.job_timeout_s <= 0 or app.rebalancing:
             return
         if sweeps % FULL_SCAN_EVERY == 0:
-            active.update(key for key, value in jobs.items() if value)
+            active.update(board.active_ids())
         sweeps += 1
         now = time.time()
-        for key in list(active):
-            stored = jobs.get(key)
-            state = JobState.model_validate_json(stored) if stored else None
+        for job_id in list(active):
+            state = board.get(job_id)
             if state is None or state.status.terminal:
-                active.discard(key)
+                active.discard(job_id)
             elif stalled(state, now, settings.job_timeout_s):
-                active.discard(key)
+                active.discard(job_id)
                 await rt.fail(state.job_id, JobError(
                     code=ErrorCode.TIMEOUT, message=f"no progress for "
                     f"{settings.job_timeout_s:.0f}s while {state.status.value}; the job was "

@@ -30,11 +30,7 @@ async def present(rt: Runtime, state: JobState) -> dict:
 
 
 def register(rt: Runtime) -> None:
-    app, jobs = rt.wiring.app, rt.wiring.jobs
-
-    def lookup(job_id: str) -> JobState | None:
-        stored = jobs.get(job_id.encode())
-        return JobState.model_validate_json(stored) if stored else None
+    app, jobs, lookup = rt.wiring.app, rt.wiring.jobs, rt.wiring.board.get
 
     @app.page("/jobs/{job_id}")
     class JobView(web.View):

@@ -143,3 +143,65 @@ def test_a_job_that_stops_moving_is_stalled_and_a_finished_one_never_is():
     assert stalled(running, now=161.0, timeout_s=60)
     done = running.model_copy(update={"status": JobStatus.DONE})
     assert not stalled(done, now=10_000.0, timeout_s=60)
+
+
+# --- the job board: progress ticks between stores ---
+
+def feed(board, *events):
+    for e in events:
+        board.keep(board.next(e))
+
+
+def stored_progress(table):
+    return JobState.model_validate_json(table[b"j1"]).progress
+
+
+def test_progress_ticks_within_the_store_interval_are_shown_but_not_stored():
+    from streams.jobboard import JobBoard
+
+    table = {}
+    board = JobBoard(table, progress_store_interval_s=1.0)
+    feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0),
+         event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=10.0),
+         event(JobEventKind.PROGRESS, progress=Progress(step=1, total=30), at=10.2),
+         event(JobEventKind.PROGRESS, progress=Progress(step=2, total=30), at=10.4))
+    assert stored_progress(table) is None  # the table still says "generating", no step
+    assert board.get("j1").progress == Progress(step=2, total=30)
+    assert board.get("j1").updated_at == 10.4  # the sweeper sees the job moving
+
+    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=3, total=30), at=11.1))
+    assert stored_progress(table) == Progress(step=3, total=30)  # a second on: stored
+
+    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=4, total=30), at=11.2),
+         event(JobEventKind.STATUS, status=JobStatus.REANALYZING, at=11.3))
+    stored = JobState.model_validate_json(table[b"j1"])
+    assert stored.status is JobStatus.REANALYZING and board.get("j1") == stored
+
+
+def test_every_tick_is_stored_with_a_zero_interval():
+    from streams.jobboard import JobBoard
+
+    table = {}
+    board = JobBoard(table, progress_store_interval_s=0)
+    feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0),
+         event(JobEventKind.PROGRESS, progress=Progress(step=1, total=2), at=10.1))
+    stored = JobState.model_validate_json(table[b"j1"])
+    assert stored.status is JobStatus.GENERATING and stored.progress.step == 1
+
+
+def test_a_held_tick_never_hides_a_state_stored_elsewhere():
+    """While another worker owned the partition the job finished; back here, the tick this
+    process held is stale and the table wins."""
+    from streams.jobboard import JobBoard
+
+    table = {}
+    board = JobBoard(table, progress_store_interval_s=5.0)
+    feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0),
+         event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=10.0),
+         event(JobEventKind.PROGRESS, progress=Progress(step=1, total=2), at=10.5))
+    finished = JobState.model_validate_json(table[b"j1"]).model_copy(
+        update={"status": JobStatus.DONE, "updated_at": 12.0})
+    table[b"j1"] = finished.model_dump_json().encode()
+    assert board.get("j1") == finished
+    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=2, total=2), at=12.5))
+    assert board.get("j1") == finished  # terminal is final
