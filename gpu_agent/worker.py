@@ -13,6 +13,7 @@ oldest unanswered request (faust tracks acks per offset), so a crash loses nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from agents.images import encode_png
@@ -47,11 +48,22 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     async def answer(request: RenderRequest) -> None:
         waited_ms = round((time.time() - request.sent_at) * 1000, 2) if request.sent_at else None
         manifest_uri = join_uri(request.output_prefix, MANIFEST)
-        if await rt.storage.exists(manifest_uri):
+        # The inputs are read while the manifest is looked for: on a first delivery (nearly
+        # always) the model's turn comes a storage round trip sooner.
+        inputs = asyncio.ensure_future(_inputs(rt, request))
+        try:
+            rendered_before = await rt.storage.exists(manifest_uri)
+        except BaseException:
+            inputs.cancel()
+            raise
+        if rendered_before:
+            inputs.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await inputs
             done = RenderResult.model_validate_json(await rt.storage.get(manifest_uri))
             result = done.model_copy(update={"context": request.context})
         else:
-            result = await _render(rt, engine, request, model_turn, meter)
+            result = await _render(rt, engine, request, await inputs, model_turn, meter)
             await rt.storage.put(manifest_uri, result.model_copy(update={"context": {}})
                                  .model_dump_json().encode(), "application/json")
         result = result.model_copy(update={"wait_ms": waited_ms, "sent_at": time.time()})
@@ -66,23 +78,27 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     return meter
 
 
-async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
-                  model_turn: asyncio.Lock, meter: DutyMeter) -> RenderResult:
+async def _inputs(rt: Runtime, request: RenderRequest) -> tuple:
+    """The model call request asks for, with its input images read: (method, args...)."""
     settings = rt.settings
-    loop = asyncio.get_running_loop()
     if request.task == "inpaint":
         image, mask = await asyncio.gather(rt.image_uncached(request.image),
                                            rt.mask_image(request.mask))
         model = request.model or settings.model_id("inpainting")
-        run = (engine.inpaint, model, request.prompt, image, mask)
-    else:
-        control = await rt.image(request.control_image)
-        try:
-            controlnet = settings.model_id(f"controlnet_{request.control}")
-        except ValueError as exc:
-            raise StageFailure(ErrorCode.MODEL_ERROR, str(exc)) from None
-        run = (engine.render, request.model or settings.model_id("diffusion"), controlnet,
-               request.prompt, control)
+        return ("inpaint", model, request.prompt, image, mask)
+    control = await rt.image(request.control_image)
+    try:
+        controlnet = settings.model_id(f"controlnet_{request.control}")
+    except ValueError as exc:
+        raise StageFailure(ErrorCode.MODEL_ERROR, str(exc)) from None
+    return ("render", request.model or settings.model_id("diffusion"), controlnet,
+            request.prompt, control)
+
+
+async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, call: tuple,
+                  model_turn: asyncio.Lock, meter: DutyMeter) -> RenderResult:
+    loop = asyncio.get_running_loop()
+    method, *args = call
 
     def on_step(step: int, total: int) -> None:  # called from the render thread
         asyncio.run_coroutine_threadsafe(
@@ -92,18 +108,21 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
     async with model_turn:
         started = time.perf_counter()
         try:
-            images = await asyncio.to_thread(*run, request.params, on_step)
+            images = await asyncio.to_thread(getattr(engine, method), *args, request.params,
+                                             on_step)
         except (RuntimeError, ValueError, OSError) as exc:
             raise StageFailure(ErrorCode.MODEL_ERROR, f"rendering failed: {exc}") from exc
         finally:
             meter.model_ran(time.perf_counter() - started)
     render_ms = round((time.perf_counter() - started) * 1000, 2)
-    uris = []
-    for n, image in enumerate(images):
+
+    async def store(n: int, image) -> str:
         uri = join_uri(request.output_prefix, f"{n}.png")
         await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png",
                              metadata={**request.metadata, "job-id": request.job_id,
                                        "seed": str(request.params.seed + n)})
-        uris.append(uri)
+        return uri
+
+    uris = list(await asyncio.gather(*(store(n, image) for n, image in enumerate(images))))
     return RenderResult(job_id=request.job_id, images=uris, seed=request.params.seed,
                         render_ms=render_ms, context=request.context)
