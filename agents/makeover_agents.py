@@ -67,13 +67,16 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         await rt.storage.put(job.depth_map, await asyncio.to_thread(encode_png, depth_map),
                              "image/png")
         _timed(job, "depth", started)
-        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
+        # The request goes first: a producer has one request in flight per broker, and the
+        # status event (whose order the tracker does not depend on) would hold it back a
+        # round trip.
         await rt.send("render", job.job_id, RenderRequest(
             job_id=job.job_id, tenant=job.tenant, prompt=job.prompt, control_image=job.depth_map,
             params=job.params, output_prefix=join_uri(settings.results_base, "results",
                                                       job.job_id),
             reply_topic=topics["reanalyze"].get_topic_name(),
             context=job.model_dump(mode="json")))
+        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
 
     async def reanalyze(reply: RenderResult) -> None:
         job = MakeoverJob.model_validate(reply.context)
