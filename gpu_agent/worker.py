@@ -52,20 +52,17 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         # always) the model's turn comes a storage round trip sooner.
         inputs = asyncio.ensure_future(_inputs(rt, request))
         try:
-            rendered_before = await rt.storage.exists(manifest_uri)
+            done = await _rendered_before(rt, manifest_uri)
         except BaseException:
             inputs.cancel()
             raise
-        if rendered_before:
+        if done is not None:
             inputs.cancel()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await inputs
-            done = RenderResult.model_validate_json(await rt.storage.get(manifest_uri))
             result = done.model_copy(update={"context": request.context})
         else:
             result = await _render(rt, engine, request, await inputs, model_turn, meter)
-            await rt.storage.put(manifest_uri, result.model_copy(update={"context": {}})
-                                 .model_dump_json().encode(), "application/json")
         result = result.model_copy(update={"wait_ms": waited_ms, "sent_at": time.time()})
         await reply_topic(request.reply_topic).send(
             key=request.job_id.encode(), value=result.model_dump_json().encode())
@@ -116,13 +113,29 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
             meter.model_ran(time.perf_counter() - started)
     render_ms = round((time.perf_counter() - started) * 1000, 2)
 
-    async def store(n: int, image) -> str:
-        uri = join_uri(request.output_prefix, f"{n}.png")
-        await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png",
+    uris = [join_uri(request.output_prefix, f"{n}.png") for n in range(len(images))]
+    result = RenderResult(job_id=request.job_id, images=uris, seed=request.params.seed,
+                          render_ms=render_ms, context=request.context)
+
+    async def store(n: int, image) -> None:
+        await rt.storage.put(uris[n], await asyncio.to_thread(encode_png, image), "image/png",
                              metadata={**request.metadata, "job-id": request.job_id,
                                        "seed": str(request.params.seed + n)})
-        return uri
 
-    uris = list(await asyncio.gather(*(store(n, image) for n, image in enumerate(images))))
-    return RenderResult(job_id=request.job_id, images=uris, seed=request.params.seed,
-                        render_ms=render_ms, context=request.context)
+    # The manifest is written alongside the images, not after them (a storage round trip
+    # off every job): a redelivery trusts it only once every image it names exists.
+    manifest = result.model_copy(update={"context": {}}).model_dump_json().encode()
+    await asyncio.gather(*(store(n, image) for n, image in enumerate(images)),
+                         rt.storage.put(join_uri(request.output_prefix, MANIFEST), manifest,
+                                        "application/json"))
+    return result
+
+
+async def _rendered_before(rt: Runtime, manifest_uri: str) -> RenderResult | None:
+    """The stored answer of an earlier delivery, if it finished: its manifest and every image
+    the manifest names exist (a crash may fall between their writes)."""
+    if not await rt.storage.exists(manifest_uri):
+        return None
+    done = RenderResult.model_validate_json(await rt.storage.get(manifest_uri))
+    present = await asyncio.gather(*(rt.storage.exists(uri) for uri in done.images))
+    return done if all(present) else None

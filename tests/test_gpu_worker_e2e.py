@@ -1,6 +1,7 @@
 """The GPU worker as its own consumer group: it renders a request once, even when redelivered."""
 from __future__ import annotations
 
+import io
 import json
 import uuid
 
@@ -9,18 +10,26 @@ from PIL import Image
 from tests.conftest import TopicCollector
 
 
-def test_a_redelivered_render_request_is_answered_without_rendering_again(e2e):
-    import io
-
+def render_request(e2e, job_id: str) -> dict:
     buffer = io.BytesIO()
     Image.linear_gradient("L").convert("RGB").save(buffer, format="PNG")
-    control = e2e.put_object("gpu-test/control.png", buffer.getvalue())
+    control = e2e.put_object(f"gpu-test/{job_id}-control.png", buffer.getvalue())
+    return {"job_id": job_id, "prompt": "(a bright loft)1.0", "control_image": control,
+            "params": {"steps": 3, "guidance": 5.0, "controlnet_scale": 1.0, "seed": 5,
+                       "width": 64, "height": 64, "negative_prompt": "", "num_images": 1},
+            "output_prefix": f"s3://restyle/gpu-test/{job_id}",
+            "reply_topic": "restyle.test-render-replies", "context": {"who": "test"}}
+
+
+def progress_ticks(e2e, job_id: str) -> list:
+    return e2e.collector.matching(
+        "restyle.job-events",
+        lambda m: m.key() == job_id.encode() and json.loads(m.value())["kind"] == "progress")
+
+
+def test_a_redelivered_render_request_is_answered_without_rendering_again(e2e):
     job_id = f"render-{uuid.uuid4().hex[:8]}"
-    request = {"job_id": job_id, "prompt": "(a bright loft)1.0", "control_image": control,
-               "params": {"steps": 3, "guidance": 5.0, "controlnet_scale": 1.0, "seed": 5,
-                          "width": 64, "height": 64, "negative_prompt": "", "num_images": 1},
-               "output_prefix": f"s3://restyle/gpu-test/{job_id}",
-               "reply_topic": "restyle.test-render-replies", "context": {"who": "test"}}
+    request = render_request(e2e, job_id)
     replies = TopicCollector(e2e.endpoints["kafka_bootstrap"], ["restyle.test-render-replies"],
                              e2e.settings.partitions)
     try:
@@ -35,8 +44,28 @@ def test_a_redelivered_render_request_is_answered_without_rendering_again(e2e):
     one, two = (json.loads(m.value()) for m in both)
     assert one["images"] == two["images"] == [f"s3://restyle/gpu-test/{job_id}/0.png"]
     assert two["context"] == {"who": "test"}  # the caller's context comes back untouched
-    progress = e2e.collector.matching(
-        "restyle.job-events",
-        lambda m: m.key() == job_id.encode() and json.loads(m.value())["kind"] == "progress")
-    assert len(progress) == 3  # three steps, rendered once
+    assert len(progress_ticks(e2e, job_id)) == 3  # three steps, rendered once
     assert first[0].value() is not None
+
+
+def test_a_manifest_whose_images_are_missing_is_rendered_again(e2e):
+    """A crash between writing the manifest and the images leaves a manifest naming images
+    that do not exist: the redelivered request renders instead of answering with them."""
+    job_id = f"render-{uuid.uuid4().hex[:8]}"
+    request = render_request(e2e, job_id)
+    e2e.put_object(f"gpu-test/{job_id}/render.json", json.dumps({
+        "job_id": job_id, "images": [f"s3://restyle/gpu-test/{job_id}/0.png"], "seed": 5,
+        "render_ms": 1.0}).encode())
+    replies = TopicCollector(e2e.endpoints["kafka_bootstrap"], ["restyle.test-render-replies"],
+                             e2e.settings.partitions)
+    try:
+        e2e.publish(request, key=job_id.encode(), topic="restyle.render-requests")
+        reply = replies.wait_for("restyle.test-render-replies",
+                                 lambda m: m.key() == job_id.encode(), 120)
+    finally:
+        replies.close()
+    assert json.loads(reply[0].value())["render_ms"] > 1.0
+    image = e2e.s3.get_object(Bucket="restyle", Key=f"gpu-test/{job_id}/0.png")["Body"].read()
+    assert Image.open(io.BytesIO(image)).size == (64, 64)
+    e2e.collector.wait_for("restyle.job-events", lambda m: m.key() == job_id.encode() and
+                           json.loads(m.value())["kind"] == "progress", 30, count=3)
