@@ -3,7 +3,7 @@ built exactly like restyle's stages (same app settings and consumer), timed from
 producer to a plain consumer. Prints the median round trip through 1 and through 5 agents in a
 chain, and so the cost per hop, on the chosen broker.
 
-    python bench/hop_latency.py [--broker tansu|kafka] [--messages 60]
+    python bench/hop_latency.py [--broker tansu|kafka] [--messages 60] [--role gpu|cpu]
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import faust
 
 settings = Settings(kafka_bootstrap=sys.argv[1], state_dir=sys.argv[2], web_port=int(sys.argv[3]),
                     recovery_consistency_check=False)
-wiring = create_app(settings, "gpu", int(sys.argv[3]))
+wiring = create_app(settings, sys.argv[4], int(sys.argv[3]))
 app = wiring.app
 topics = [app.topic(f"hop.{n}", key_serializer="raw", value_serializer="raw",
                     partitions=settings.partitions) for n in range({chain} + 1)]
@@ -50,6 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
     parser.add_argument("--messages", type=int, default=60)
+    parser.add_argument("--role", choices=["gpu", "cpu"], default="gpu",
+                        help="the app the agents run in: the GPU worker's (no tables) or the "
+                             "CPU worker's (with the jobs, ingest and batch tables)")
     args = parser.parse_args()
 
     from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
@@ -72,7 +75,7 @@ def main() -> None:
     script = work / "hop_worker.py"
     script.write_text(WORKER)
     worker = subprocess.Popen([sys.executable, str(script), bootstrap, str(work / "state"),
-                               str(port)], cwd=Path(__file__).resolve().parents[1],
+                               str(port), args.role], cwd=Path(__file__).resolve().parents[1],
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve()
                                                                    .parents[1])},
                               stdout=subprocess.DEVNULL, stderr=open(work / "worker.log", "wb"))
@@ -106,8 +109,8 @@ def main() -> None:
                     timings.append((time.perf_counter() - started) * 1000)
             results[hops] = statistics.median(timings)
         per_hop = (results[CHAIN] - results[1]) / (CHAIN - 1)
-        print(f"broker {args.broker}: through 1 agent {results[1]:.1f} ms, through {CHAIN} "
-              f"agents {results[CHAIN]:.1f} ms (median of {args.messages})")
+        print(f"broker {args.broker}, {args.role} app: through 1 agent {results[1]:.1f} ms, "
+              f"through {CHAIN} agents {results[CHAIN]:.1f} ms (median of {args.messages})")
         print(f"  cost per stage hop: {per_hop:.1f} ms")
     finally:
         worker.terminate()
