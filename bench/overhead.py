@@ -1,7 +1,7 @@
 """Per-job cost of running the room makeover through Kafka, against the same stages called
 in-process with the same tiny models and the same S3 server, measured in one run.
 
-    python bench/overhead.py [--jobs 12] [--warmup 2]
+    python bench/overhead.py [--jobs 12] [--warmup 2] [--steps 2] [--size 64]
 
 Jobs alternate between the two paths. Prints the median end-to-end latency both ways, their
 ratio and the per-job overhead (targets: <= 1.15x and <= 60 ms), the CPU time each process
@@ -109,6 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="denoising steps per render")
+    parser.add_argument("--size", type=int, default=64, help="render width and height")
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
                         help="the broker the stack starts: Tansu or Apache Kafka (Maven jars)")
     args = parser.parse_args()
@@ -126,6 +128,8 @@ def main() -> None:
     from streams.stack import RestyleStack
     from streams.storage import Storage
 
+    RENDER.update(RESTYLE_DEFAULT_STEPS=str(args.steps), RESTYLE_DEFAULT_WIDTH=str(args.size),
+                  RESTYLE_DEFAULT_HEIGHT=str(args.size))
     work = Path(tempfile.mkdtemp(prefix="restyle-bench-"))
     models_dir = build_tiny_models(work / "models")
     os.environ.update(RENDER)
@@ -220,7 +224,8 @@ def main() -> None:
 
         kafka, local = statistics.median(kafka_ms), statistics.median(local_ms)
         print(f"broker: {stack.broker}; jobs measured: {args.jobs} each way "
-              f"(after {args.warmup} warm-up)")
+              f"(after {args.warmup} warm-up); renders {args.size}x{args.size}, "
+              f"{args.steps} steps")
         print(f"in-process median: {local:8.1f} ms/job")
         print(f"through Kafka median: {kafka:8.1f} ms/job")
         print(f"ratio kafka/in-process: {kafka / local:6.3f}x   (target <= 1.15x)")
