@@ -10,7 +10,9 @@ a crash or a rebalance is back with the next tick, replayed or new.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from schemas import JobEvent, JobEventKind, JobState
 from streams.jobstate import Transition, apply_event
@@ -30,14 +32,19 @@ class Step:
 @dataclass
 class _Held:
     state: JobState
-    stored_at: float  # updated_at of the stored state it was derived from
+    derived_from: float  # updated_at of the stored state it was derived from
 
 
 class JobBoard:
-    def __init__(self, table, progress_store_interval_s: float):
+    def __init__(self, table, progress_store_interval_s: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.table = table
         self.progress_store_interval_s = progress_store_interval_s
+        # This process's own clock times the stores: events carry their senders' clocks, and
+        # a GPU host's running behind would otherwise hold ticks back for that much longer.
+        self.clock = clock
         self._held: dict[str, _Held] = {}
+        self._last_store: dict[str, float] = {}  # job_id -> clock() of its last store here
 
     def stored(self, job_id: str) -> JobState | None:
         raw = self.table.get(job_id.encode())
@@ -50,14 +57,14 @@ class JobBoard:
         held = self._held.get(job_id)
         if held is None:
             return stored
-        if stored is not None and stored.updated_at == held.stored_at:
+        if stored is not None and stored.updated_at == held.derived_from:
             return held.state
         # The table moved on without this process (another worker owned the partition for a
         # while): what is held is stale.
         del self._held[job_id]
         return stored
 
-    def next(self, event: JobEvent) -> Step:
+    def step(self, event: JobEvent) -> Step:
         """What event does to its job (nothing is stored yet: see keep)."""
         stored = self.stored(event.job_id)
         current = self.get(event.job_id, stored)
@@ -70,12 +77,24 @@ class JobBoard:
             return
         only_progress = step.event.kind is JobEventKind.PROGRESS and \
             step.current is not None and state.status is step.current.status
-        if only_progress and step.stored is not None and \
-                state.updated_at - step.stored.updated_at < self.progress_store_interval_s:
-            self._held[state.job_id] = _Held(state, step.stored.updated_at)
+        job_id, now = state.job_id, self.clock()
+        last_store = self._last_store.get(job_id)
+        if only_progress and step.stored is not None and last_store is not None and \
+                now - last_store < self.progress_store_interval_s:
+            self._held[job_id] = _Held(state, step.stored.updated_at)
             return
-        self._held.pop(state.job_id, None)
-        self.table[state.job_id.encode()] = state.model_dump_json().encode()
+        self._held.pop(job_id, None)
+        self.table[job_id.encode()] = state.model_dump_json().encode()
+        if state.status.terminal:
+            self._last_store.pop(job_id, None)
+        else:
+            self._last_store[job_id] = now
+
+    def forget(self) -> None:
+        """Drop what is held, when partitions are revoked: their jobs' next owner starts from
+        the table (at most one interval behind)."""
+        self._held.clear()
+        self._last_store.clear()
 
     def active_ids(self) -> list[str]:
         """Ids of every job in this process's table partitions (for a full sweep)."""

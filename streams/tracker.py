@@ -32,7 +32,7 @@ def register(rt: Runtime) -> None:
     app, board, settings = rt.wiring.app, rt.wiring.board, rt.settings
 
     async def track(event: JobEvent) -> None:
-        step = board.next(event)
+        step = board.step(event)
         transition = step.transition
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
@@ -78,6 +78,10 @@ def register(rt: Runtime) -> None:
                     code=ErrorCode.TIMEOUT, message=f"no progress for "
                     f"{settings.job_timeout_s:.0f}s while {state.status.value}; the job was "
                     f"given up (RESTYLE_JOB_TIMEOUT_S)"), state.tenant)
+
+    @app.on_partitions_revoked.connect
+    async def forget_held_progress(*_args, **_kwargs) -> None:
+        board.forget()
 
     @app.agent(rt.topics["job_events"], name="tracker")
     async def tracker(stream):

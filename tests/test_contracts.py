@@ -147,46 +147,69 @@ def test_a_job_that_stops_moving_is_stalled_and_a_finished_one_never_is():
 
 # --- the job board: progress ticks between stores ---
 
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def feed(board, *events):
     for e in events:
-        board.keep(board.next(e))
+        board.keep(board.step(e))
 
 
-def stored_progress(table):
-    return JobState.model_validate_json(table[b"j1"]).progress
+def stored_state(table) -> JobState:
+    return JobState.model_validate_json(table[b"j1"])
 
 
 def test_progress_ticks_within_the_store_interval_are_shown_but_not_stored():
     from streams.jobboard import JobBoard
 
-    table = {}
-    board = JobBoard(table, progress_store_interval_s=1.0)
+    table, clock = {}, Clock()
+    board = JobBoard(table, progress_store_interval_s=1.0, clock=clock)
     feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0),
-         event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=10.0),
-         event(JobEventKind.PROGRESS, progress=Progress(step=1, total=30), at=10.2),
+         event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=10.0))
+    clock.now += 0.4
+    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=1, total=30), at=10.2),
          event(JobEventKind.PROGRESS, progress=Progress(step=2, total=30), at=10.4))
-    assert stored_progress(table) is None  # the table still says "generating", no step
+    assert stored_state(table).progress is None  # the table still says "generating", no step
     assert board.get("j1").progress == Progress(step=2, total=30)
     assert board.get("j1").updated_at == 10.4  # the sweeper sees the job moving
 
-    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=3, total=30), at=11.1))
-    assert stored_progress(table) == Progress(step=3, total=30)  # a second on: stored
+    clock.now += 0.7  # a second after the last store, by this process's clock
+    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=3, total=30), at=10.6))
+    assert stored_state(table).progress == Progress(step=3, total=30)
 
-    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=4, total=30), at=11.2),
-         event(JobEventKind.STATUS, status=JobStatus.REANALYZING, at=11.3))
-    stored = JobState.model_validate_json(table[b"j1"])
-    assert stored.status is JobStatus.REANALYZING and board.get("j1") == stored
+    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=4, total=30), at=10.8),
+         event(JobEventKind.STATUS, status=JobStatus.REANALYZING, at=10.9))
+    assert stored_state(table).status is JobStatus.REANALYZING
+    assert board.get("j1") == stored_state(table)
 
 
 def test_every_tick_is_stored_with_a_zero_interval():
     from streams.jobboard import JobBoard
 
     table = {}
-    board = JobBoard(table, progress_store_interval_s=0)
+    board = JobBoard(table, progress_store_interval_s=0, clock=Clock())
     feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0),
          event(JobEventKind.PROGRESS, progress=Progress(step=1, total=2), at=10.1))
-    stored = JobState.model_validate_json(table[b"j1"])
-    assert stored.status is JobStatus.GENERATING and stored.progress.step == 1
+    assert stored_state(table).status is JobStatus.GENERATING
+    assert stored_state(table).progress.step == 1
+
+
+def test_a_worker_that_did_not_store_the_job_stores_its_first_tick():
+    """After a restart or a rebalance this process has no store of its own to time from."""
+    from streams.jobboard import JobBoard
+
+    table, clock = {}, Clock()
+    feed(JobBoard(table, 5.0, clock=clock),
+         event(JobEventKind.SUBMITTED, job=_job(), at=10.0),
+         event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=10.0))
+    new_owner = JobBoard(table, 5.0, clock=clock)
+    feed(new_owner, event(JobEventKind.PROGRESS, progress=Progress(step=1, total=2), at=10.5))
+    assert stored_state(table).progress.step == 1
 
 
 def test_a_held_tick_never_hides_a_state_stored_elsewhere():
@@ -194,14 +217,26 @@ def test_a_held_tick_never_hides_a_state_stored_elsewhere():
     process held is stale and the table wins."""
     from streams.jobboard import JobBoard
 
-    table = {}
-    board = JobBoard(table, progress_store_interval_s=5.0)
+    table, clock = {}, Clock()
+    board = JobBoard(table, progress_store_interval_s=5.0, clock=clock)
     feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0),
          event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=10.0),
          event(JobEventKind.PROGRESS, progress=Progress(step=1, total=2), at=10.5))
-    finished = JobState.model_validate_json(table[b"j1"]).model_copy(
+    finished = stored_state(table).model_copy(
         update={"status": JobStatus.DONE, "updated_at": 12.0})
     table[b"j1"] = finished.model_dump_json().encode()
     assert board.get("j1") == finished
     feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=2, total=2), at=12.5))
     assert board.get("j1") == finished  # terminal is final
+
+
+def test_revoked_partitions_forget_what_was_held():
+    from streams.jobboard import JobBoard
+
+    table, clock = {}, Clock()
+    board = JobBoard(table, progress_store_interval_s=5.0, clock=clock)
+    feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0),
+         event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=10.0),
+         event(JobEventKind.PROGRESS, progress=Progress(step=1, total=2), at=10.5))
+    board.forget()
+    assert board.get("j1") == stored_state(table)  # no step: the table's state
