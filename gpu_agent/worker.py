@@ -13,8 +13,10 @@ oldest unanswered request (faust tracks acks per offset), so a crash loses nothi
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
+
+from pydantic import ValidationError
 
 from agents.images import encode_png
 from gpu_agent.duty import DutyMeter
@@ -24,6 +26,7 @@ from streams.runtime import Runtime
 from streams.uris import join_uri
 
 MANIFEST = "render.json"
+log = logging.getLogger("restyle")
 
 
 def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
@@ -49,8 +52,10 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         waited_ms = round((time.time() - request.sent_at) * 1000, 2) if request.sent_at else None
         manifest_uri = join_uri(request.output_prefix, MANIFEST)
         # The inputs are read while the manifest is looked for: on a first delivery (nearly
-        # always) the model's turn comes a storage round trip sooner.
+        # always) the model's turn comes a storage round trip sooner. A redelivery answered
+        # from the manifest reads them for nothing.
         inputs = asyncio.ensure_future(_inputs(rt, request))
+        inputs.add_done_callback(_retrieve_exception)  # a dropped read must not log as lost
         try:
             done = await _rendered_before(rt, manifest_uri)
         except BaseException:
@@ -58,8 +63,6 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
             raise
         if done is not None:
             inputs.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await inputs
             result = done.model_copy(update={"context": request.context})
         else:
             result = await _render(rt, engine, request, await inputs, model_turn, meter)
@@ -75,8 +78,13 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     return meter
 
 
+def _retrieve_exception(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def _inputs(rt: Runtime, request: RenderRequest) -> tuple:
-    """The model call request asks for, with its input images read: (method, args...)."""
+    """Read request's input images; return the engine call to make: (method, *args)."""
     settings = rt.settings
     if request.task == "inpaint":
         image, mask = await asyncio.gather(rt.image_uncached(request.image),
@@ -136,6 +144,10 @@ async def _rendered_before(rt: Runtime, manifest_uri: str) -> RenderResult | Non
     the manifest names exist (a crash may fall between their writes)."""
     if not await rt.storage.exists(manifest_uri):
         return None
-    done = RenderResult.model_validate_json(await rt.storage.get(manifest_uri))
+    try:
+        done = RenderResult.model_validate_json(await rt.storage.get(manifest_uri))
+    except ValidationError:  # unreadable (cut short, an older format): not to be trusted
+        log.warning("ignoring the unreadable render manifest %s", manifest_uri)
+        return None
     present = await asyncio.gather(*(rt.storage.exists(uri) for uri in done.images))
     return done if all(present) else None
