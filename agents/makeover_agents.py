@@ -68,8 +68,9 @@ def register(rt: Runtime, models: StageModels, index) -> None:
                              "image/png")
         _timed(job, "depth", started)
         # The request goes first: a producer has one request in flight per broker, and the
-        # status event (whose order the tracker does not depend on) would hold it back a
-        # round trip.
+        # status event would hold it back a round trip. So a render's first progress tick
+        # may reach restyle.job-events before "generating" does; a tick implies generating,
+        # for the tracker as for any consumer (README, topics).
         await rt.send("render", job.job_id, RenderRequest(
             job_id=job.job_id, tenant=job.tenant, prompt=job.prompt, control_image=job.depth_map,
             params=job.params, output_prefix=join_uri(settings.results_base, "results",

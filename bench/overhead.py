@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
                         help="the broker the stack starts: Tansu or Apache Kafka (Maven jars)")
     args = parser.parse_args()
+    if args.size % 8:
+        parser.error("--size must be a multiple of 8 (Stable Diffusion's latent grid)")
 
     import interior_photos
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
