@@ -58,14 +58,12 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         inputs.add_done_callback(_retrieve_exception)  # a dropped read must not log as lost
         try:
             done = await _rendered_before(rt, manifest_uri)
-        except BaseException:
-            inputs.cancel()
-            raise
-        if done is not None:
-            inputs.cancel()
-            result = done.model_copy(update={"context": request.context})
-        else:
-            result = await _render(rt, engine, request, await inputs, model_turn, meter)
+            if done is not None:
+                result = done.model_copy(update={"context": request.context})
+            else:
+                result = await _render(rt, engine, request, await inputs, model_turn, meter)
+        finally:
+            inputs.cancel()  # not needed (answered from the manifest, or failed); no-op if read
         result = result.model_copy(update={"wait_ms": waited_ms, "sent_at": time.time()})
         await reply_topic(request.reply_topic).send(
             key=request.job_id.encode(), value=result.model_dump_json().encode())
