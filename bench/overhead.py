@@ -28,8 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 IN_PROCESS_LOOP = asyncio.new_event_loop()
 # What each job asks for, on both paths.
 UPLOAD = {"pipeline": "room_makeover", "style": "modern", "params": {"seed": 1}}
-RENDER = {"RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
-          "RESTYLE_DEFAULT_HEIGHT": "64"}
 
 
 def in_process_job(settings, models, engine, index, storage, photo_uri: str, job_id: str):
@@ -130,14 +128,15 @@ def main() -> None:
     from streams.stack import RestyleStack
     from streams.storage import Storage
 
-    RENDER.update(RESTYLE_DEFAULT_STEPS=str(args.steps), RESTYLE_DEFAULT_WIDTH=str(args.size),
-                  RESTYLE_DEFAULT_HEIGHT=str(args.size))
+    # The render every job asks for, on both paths (the workers read it as their defaults).
+    render = {"RESTYLE_DEFAULT_STEPS": str(args.steps), "RESTYLE_DEFAULT_WIDTH": str(args.size),
+              "RESTYLE_DEFAULT_HEIGHT": str(args.size)}
     work = Path(tempfile.mkdtemp(prefix="restyle-bench-"))
     models_dir = build_tiny_models(work / "models")
-    os.environ.update(RENDER)
+    os.environ.update(render)
     stack = RestyleStack(Settings(state_dir=work / "state", web_port=free_port(),
                                   embedded_broker=args.broker),
-                         models=str(models_dir), extra_env=RENDER)
+                         models=str(models_dir), extra_env=render)
     endpoints = stack.start()
     try:
         settings = load_settings(state_dir=work / "state")  # completed from endpoints.json
