@@ -13,16 +13,17 @@ import re
 import time
 import hashlib
 
-from agents import bucket_events, makeover
-from agents.background_agents import refuse_batch, submit_batch
-from agents.titan import titan_batch
+from agents.condition import bucket_events
+from agents.makeover import stages as makeover
+from agents.background.agents import refuse_batch, submit_batch
+from agents.background.titan import titan_batch
 from schemas import ErrorCode, JobEventKind, StageFailure, UploadEvent
 from schemas.background import BATCH_ID_PATTERN, BackgroundBatch
 from schemas.conditioning import ConditionUpload
 from schemas.events import JOB_ID_PATTERN
 from schemas.titan import TitanRequest
-from streams.runtime import Runtime, decode
-from streams.uris import parse_uri
+from streams.core.runtime import Runtime, decode
+from schemas.uris import parse_uri
 
 log = logging.getLogger("restyle")
 _rng = random.SystemRandom()

@@ -66,9 +66,9 @@ def measure(gpu_workers: int, args, work: Path, models_dir: Path, photos: list, 
             prefetch: int = 3):
     from confluent_kafka import Producer
 
-    from streams.embedded import free_port
-    from streams.settings import Settings
-    from streams.stack import RestyleStack
+    from streams.stack.embedded import free_port
+    from streams.core.settings import Settings
+    from streams.stack.up import RestyleStack
 
     env = {"RESTYLE_QUALITY_STEPS": json.dumps({"standard": args.steps, "premium": args.steps}),
            "RESTYLE_GPU_PREFETCH": str(prefetch)}
@@ -134,8 +134,8 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from agents.segment import SalientSegmenter
-    from agents.tiny_models import build_tiny_models
+    from agents.models.segment import SalientSegmenter
+    from agents.models.tiny import build_tiny_models
 
     work = Path(tempfile.mkdtemp(prefix="restyle-bench-bg-"))
     models_dir = build_tiny_models(work / "models")

@@ -40,10 +40,10 @@ def write_products(folder: Path, count: int, uncaptioned: float) -> None:
 
 
 def run_once(models_dir: Path, products: Path, workers: int, broker: str) -> tuple[float, dict]:
-    from streams import catalog
-    from streams.embedded import free_port
-    from streams.settings import Settings, load_settings
-    from streams.stack import RestyleStack
+    from streams.cli import catalog
+    from streams.stack.embedded import free_port
+    from streams.core.settings import Settings, load_settings
+    from streams.stack.up import RestyleStack
 
     state = Path(tempfile.mkdtemp(prefix=f"restyle-catalog-bench-{workers}-"))
     stack = RestyleStack(Settings(state_dir=state, web_port=free_port(), embedded_broker=broker),
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
     args = parser.parse_args()
 
-    from agents.tiny_models import build_tiny_models
+    from agents.models.tiny import build_tiny_models
 
     work = Path(tempfile.mkdtemp(prefix="restyle-catalog-bench-"))
     models_dir = build_tiny_models(work / "models")

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 CHAIN = 5
 WORKER = """
 import sys
-from streams.app import create_app
-from streams.settings import Settings
+from streams.core.app import create_app
+from streams.core.settings import Settings
 import faust
 
 settings = Settings(kafka_bootstrap=sys.argv[1], state_dir=sys.argv[2], web_port=int(sys.argv[3]),
@@ -58,11 +58,11 @@ def main() -> None:
     from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from streams.embedded import free_port, start_tansu, wait_for_port
+    from streams.stack.embedded import free_port, start_tansu, wait_for_port
 
     work = Path(tempfile.mkdtemp(prefix="restyle-hop-"))
     if args.broker == "kafka":
-        from streams.apache_kafka import start_apache_kafka
+        from streams.stack.apache_kafka import start_apache_kafka
 
         broker, bootstrap = start_apache_kafka(work / "kafka", work / "logs")
     else:

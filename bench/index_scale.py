@@ -63,7 +63,7 @@ def timed_queries(query, queries: np.ndarray, **kwargs) -> tuple[list[float], li
 
 
 def bench_embedded(n: int, dim: int, n_queries: int, rng) -> None:
-    from streams.local_index import LocalIndex
+    from streams.adapters.index.local import LocalIndex
 
     vectors, queries = clustered(n, n_queries, dim, rng)
     products = catalog(n)
@@ -105,8 +105,8 @@ def bench_embedded(n: int, dim: int, n_queries: int, rng) -> None:
 
 
 async def bench_opensearch(url: str, n: int, dim: int, n_queries: int, rng) -> None:
-    from streams.opensearch_index import OpenSearchIndex
-    from streams.settings import Settings
+    from streams.adapters.index.opensearch import OpenSearchIndex
+    from streams.core.settings import Settings
 
     vectors, queries = clustered(n, n_queries, dim, rng)
     products = catalog(n)
@@ -162,7 +162,7 @@ def main() -> None:
     if args.opensearch or url:
         node = None
         if not url:
-            from streams.opensearch_node import start_opensearch
+            from streams.stack.opensearch_node import start_opensearch
 
             node, url = start_opensearch(Path(tempfile.mkdtemp(prefix="restyle-os-")),
                                          heap="1g", quick_start=False)

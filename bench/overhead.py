@@ -32,10 +32,10 @@ UPLOAD = {"pipeline": "room_makeover", "style": "modern", "params": {"seed": 1}}
 
 def in_process_job(settings, models, engine, index, storage, photo_uri: str, job_id: str):
     """The stages in order, in one process: what the pipeline does minus Kafka."""
-    from agents import makeover
-    from agents.images import decode_image, encode_png, fit_within
+    from agents.makeover import stages as makeover
+    from streams.adapters.images import decode_image, encode_png, fit_within
     from schemas import UploadEvent
-    from streams.uris import join_uri
+    from schemas.uris import join_uri
 
     timings: dict[str, float] = {}
 
@@ -118,15 +118,15 @@ def main() -> None:
     import interior_photos
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-    from agents.models import StageModels
-    from agents.tiny_models import build_tiny_models
+    from agents.models.stage_models import StageModels
+    from agents.models.tiny import build_tiny_models
     from gpu_agent.engine import RenderEngine
-    from streams.demo import ingest_source, sample_catalog_dir
-    from streams.embedded import free_port
-    from streams.local_index import LocalIndex
-    from streams.settings import Settings, load_settings
-    from streams.stack import RestyleStack
-    from streams.storage import Storage
+    from streams.cli.demo import ingest_source, sample_catalog_dir
+    from streams.stack.embedded import free_port
+    from streams.adapters.index.local import LocalIndex
+    from streams.core.settings import Settings, load_settings
+    from streams.stack.up import RestyleStack
+    from streams.adapters.storage import Storage
 
     # The render every job asks for, on both paths (the workers read it as their defaults).
     render = {"RESTYLE_DEFAULT_STEPS": str(args.steps), "RESTYLE_DEFAULT_WIDTH": str(args.size),

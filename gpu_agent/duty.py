@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from streams.metrics import GPU_BUSY_SECONDS, GPU_HOLDING_SECONDS, GPU_IN_FLIGHT
+from streams.core.metrics import GPU_BUSY_SECONDS, GPU_HOLDING_SECONDS, GPU_IN_FLIGHT
 
 
 class DutyMeter:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from agents.device import pick_device, pick_dtype
+from agents.models.device import pick_device, pick_dtype
 from schemas import RenderParams
 
 ProgressCallback = Callable[[int, int], None]

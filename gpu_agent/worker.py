@@ -18,12 +18,12 @@ import time
 
 from pydantic import ValidationError
 
-from agents.images import encode_png
+from streams.adapters.images import encode_png
 from gpu_agent.duty import DutyMeter
 from gpu_agent.engine import RenderEngine
 from schemas import ErrorCode, JobEventKind, Progress, RenderRequest, RenderResult, StageFailure
-from streams.runtime import Runtime
-from streams.uris import join_uri
+from streams.core.runtime import Runtime
+from schemas.uris import join_uri
 
 MANIFEST = "render.json"
 log = logging.getLogger("restyle")

@@ -6,10 +6,10 @@ import logging
 
 import faust
 
-from streams.app import create_app
-from streams.runtime import Runtime
-from streams.settings import Settings
-from streams.storage import Storage
+from streams.core.app import create_app
+from streams.core.runtime import Runtime
+from streams.core.settings import Settings
+from streams.adapters.storage import Storage
 
 
 def build_worker(settings: Settings, role: str, web_port: int | None = None) -> faust.App:
@@ -18,9 +18,15 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     if role == "cpu":
         from agents import (background_agents, catalog_agents, condition_agents, intake,
                             makeover_agents)
-        from agents.models import StageModels
-        from streams import batch_web, batches, catalog_web, ingests, tracker, web, webhooks
-        from streams.index import open_index
+        from agents.models.stage_models import StageModels
+        from streams.api import batches as batch_web
+        from streams.tracking import batches
+        from streams.api import catalog as catalog_web
+        from streams.tracking import ingests
+        from streams.tracking import jobs as tracker
+        from streams.api import jobs as web
+        from streams.tracking import webhooks
+        from streams.adapters.index import open_index
 
         models = StageModels(settings)
         models.warm_up()  # fail fast on a bad model id, and keep the first job fast
@@ -40,7 +46,7 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     elif role == "gpu":
         from gpu_agent.engine import RenderEngine
         from gpu_agent.worker import register
-        from streams.web import register_health
+        from streams.api.jobs import register_health
 
         # The warmed pipelines must all fit the LRU, or warming the last evicts the first and
         # every job of that kind reloads its pipeline.
@@ -63,7 +69,7 @@ def run_worker(settings: Settings, role: str, web_port: int | None = None,
                loglevel: str = "info") -> None:
     import asyncio
 
-    from streams.topics import ensure_topics
+    from streams.core.topics import ensure_topics
 
     logging.basicConfig(level=loglevel.upper())
     if settings.kafka_bootstrap:

@@ -25,7 +25,7 @@ def interior_photos() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    from agents.tiny_models import build_tiny_models
+    from agents.models.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("models") / "tiny")
 
@@ -181,7 +181,7 @@ def production_broker() -> str:
     """The production-grade broker for this run, in order: RESTYLE_KAFKA_BOOTSTRAP; Apache Kafka
     from Maven where Java and Maven exist; testcontainers' Kafka where a Docker engine answers;
     else none (the embedded Tansu run still happens)."""
-    from streams import apache_kafka
+    from streams.stack import apache_kafka
 
     if os.environ.get("RESTYLE_KAFKA_BOOTSTRAP"):
         return "external"
@@ -229,7 +229,7 @@ def start_broker(kind: str, state: Path):
         bootstrap = os.environ["RESTYLE_KAFKA_BOOTSTRAP"]
         return bootstrap, lambda: None, f"external Kafka at {bootstrap} (RESTYLE_KAFKA_BOOTSTRAP)"
     if kind == "apache-kafka":
-        from streams.apache_kafka import KAFKA_VERSION, start_apache_kafka
+        from streams.stack.apache_kafka import KAFKA_VERSION, start_apache_kafka
 
         service, bootstrap = start_apache_kafka(state / "kafka", state / "logs")
         return bootstrap, service.stop, f"Apache Kafka {KAFKA_VERSION} (KRaft, Maven jars) at " \
@@ -251,7 +251,7 @@ def opensearch_url(request, tmp_path_factory):
         announce(request, f"[opensearch] RESTYLE_OPENSEARCH_URL={os.environ['RESTYLE_OPENSEARCH_URL']}")
         yield os.environ["RESTYLE_OPENSEARCH_URL"]
         return
-    from streams import opensearch_node
+    from streams.stack import opensearch_node
 
     why_not = opensearch_node.available()
     if why_not is None:
@@ -274,9 +274,9 @@ def opensearch_url(request, tmp_path_factory):
 
 @pytest.fixture(scope="session", params=E2E_BROKERS)
 def e2e(request, tmp_path_factory, tiny_models, room_photos):
-    from streams.embedded import free_port
-    from streams.settings import Settings
-    from streams.stack import RestyleStack
+    from streams.stack.embedded import free_port
+    from streams.core.settings import Settings
+    from streams.stack.up import RestyleStack
 
     state = tmp_path_factory.mktemp(f"stack-{request.param}")
     bootstrap, stop_broker, described = start_broker(request.param, state)
@@ -301,8 +301,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
     except BaseException:
         stop_broker()
         raise
-    from streams.demo import ingest_source, sample_catalog_dir
-    from streams.settings import load_settings
+    from streams.cli.demo import ingest_source, sample_catalog_dir
+    from streams.core.settings import load_settings
 
     catalog = sample_catalog_dir(state / "catalog")
     ingest_source(load_settings(state_dir=state), str(catalog))

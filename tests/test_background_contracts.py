@@ -14,15 +14,15 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from agents.titan import titan_batch
+from agents.background.titan import titan_batch
 from schemas import ErrorCode, JobError, StageFailure
 from schemas.background import (BatchEvent, BatchEventKind, BatchStatus, ImageEntry,
                                 ImageOutcome, MaskTarget, OutpaintMode, WebhookDelivery)
 from schemas.titan import TitanRequest
-from streams.batchstate import apply_batch_event, summary
-from streams.settings import Settings
-from streams.storage import Storage
-from streams.webhooks import deliver, verify
+from streams.tracking.batchstate import apply_batch_event, summary
+from streams.core.settings import Settings
+from streams.adapters.storage import Storage
+from streams.tracking.webhooks import deliver, verify
 
 
 def b64_png(image: Image.Image, fmt: str = "PNG") -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agents.segment import SalientSegmenter
+from agents.models.segment import SalientSegmenter
 from tests.conftest import WEBHOOK_SECRET
 from tests.test_background_contracts import Receiver
 from tests.test_background_stages import skimage_photo
@@ -137,7 +137,7 @@ def test_precise_outputs_keep_every_masked_pixel_of_the_photo(e2e, mixed_batch):
 
 def test_the_webhook_gets_a_signed_notification_and_the_batch_records_the_delivery(
         e2e, mixed_batch, webhook):
-    from streams.webhooks import verify
+    from streams.tracking.webhooks import verify
 
     batch_id, _, _ = mixed_batch
     batch = wait_for_batch(e2e, batch_id, until=lambda b: b["notification"] is not None)

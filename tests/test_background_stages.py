@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agents import background, masks
-from agents.segment import BoxSegmenter, SalientSegmenter
+from agents.background import stages as background
+from agents.background import masks
+from agents.models.segment import BoxSegmenter, SalientSegmenter
 from gpu_agent.engine import RenderEngine
 from schemas import Box, Detection, ErrorCode, StageFailure
 from schemas.background import BackgroundBatch, ImageSpec, MaskTarget, OutpaintMode
-from streams.settings import Settings
+from streams.core.settings import Settings
 
 
 def skimage_photo(name: str) -> Image.Image:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams import apache_kafka
+from streams.stack import apache_kafka
 from tests import conftest
 
 

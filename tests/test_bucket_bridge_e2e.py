@@ -13,7 +13,7 @@ import urllib.request
 import boto3
 import pytest
 
-from streams.embedded import free_port
+from streams.stack.embedded import free_port
 from tests.conftest import TopicCollector
 from tests.test_background_e2e import png
 from tests.test_background_stages import skimage_photo
@@ -43,8 +43,8 @@ def moto_url():
 
 @pytest.fixture(scope="module")
 def moto_stack(moto_url, tiny_models, tmp_path_factory, request):
-    from streams.settings import Settings
-    from streams.stack import RestyleStack
+    from streams.core.settings import Settings
+    from streams.stack.up import RestyleStack
     from tests.conftest import announce
 
     settings = Settings(state_dir=tmp_path_factory.mktemp("moto-stack"), web_port=free_port(),
@@ -82,7 +82,7 @@ def test_an_s3_notification_through_sqs_and_the_bridge_becomes_a_result(moto_url
     try:
         env = {**os.environ, **CREDENTIALS, "RESTYLE_STATE_DIR": str(stack.state_dir)}
         bridged = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "bridge", "sqs", queue_url, "--endpoint-url",
+            [sys.executable, "-m", "streams.cli.main", "bridge", "sqs", queue_url, "--endpoint-url",
              moto_url, "--once"], env=env, capture_output=True, text=True, timeout=120)
         assert bridged.returncode == 0, bridged.stdout + bridged.stderr
         # The s3:TestEvent the bucket sends first, and the object's record.

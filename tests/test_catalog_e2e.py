@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams import catalog
-from streams.settings import load_settings
+from streams.cli import catalog
+from streams.core.settings import load_settings
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_search_rejects_bad_queries(e2e):
 def test_the_cli_shows_the_outcome_and_exits_1_when_a_product_failed(e2e, products_dir):
     env = {**os.environ, "RESTYLE_STATE_DIR": str(e2e.stack.state_dir)}
     env.pop("RESTYLE_KAFKA_BOOTSTRAP", None)
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "catalog", "ingest",
+    done = subprocess.run([sys.executable, "-m", "streams.cli.main", "catalog", "ingest",
                            str(products_dir.path), "--timeout", "120"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 1, done.stderr

@@ -7,9 +7,9 @@ import asyncio
 from PIL import Image
 
 from schemas import CatalogOutcome, ErrorCode, JobError, OutcomeKind, fold_outcome
-from streams.catalog import list_source
-from streams.storage import Storage
-from streams.settings import Settings
+from streams.cli.catalog import list_source
+from streams.adapters.storage import Storage
+from streams.core.settings import Settings
 
 
 def test_a_directory_with_a_csv_and_folders(tmp_path, room_photos):
@@ -54,7 +54,7 @@ def test_an_ingest_run_counts_each_product_once_and_finishes_when_all_are_in():
 
 
 def test_the_captioner_writes_a_caption_without_the_prompt(tiny_models, room_photos):
-    from agents.caption import Captioner
+    from agents.models.caption import Captioner
 
     captioner = Captioner.from_pretrained(str(tiny_models / "captioner"))
     photos = [Image.open(p).convert("RGB") for p in room_photos[:2]]

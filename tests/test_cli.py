@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from streams.embedded import free_port
+from streams.stack.embedded import free_port
 
-CLI = [sys.executable, "-m", "streams.cli"]
+CLI = [sys.executable, "-m", "streams.cli.main"]
 
 
 def cli_env(**extra) -> dict:

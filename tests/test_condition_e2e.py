@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 from PIL import Image
 
-from agents import bucket_events
+from agents.condition import bucket_events
 from tests.test_background_e2e import png
 from tests.test_background_stages import skimage_photo
 

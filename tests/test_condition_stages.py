@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agents import bucket_events, conditioning
-from agents.semantic import SemanticSegmenter
+from agents.condition import bucket_events
+from agents.condition import stages as conditioning
+from agents.models.semantic import SemanticSegmenter
 from schemas import ErrorCode, StageFailure
 from schemas.conditioning import BucketRule, ConditionParams, Conditioning, Fit
-from streams.settings import Settings
+from streams.core.settings import Settings
 from tests.test_background_stages import skimage_photo
 
 
@@ -51,7 +52,7 @@ def test_exif_orientation_is_applied_before_resizing(tmp_path):
     """A phone photo stored sideways with an EXIF rotation comes out upright."""
     import io
 
-    from agents.images import decode_image
+    from streams.adapters.images import decode_image
 
     upright = Image.new("RGB", (300, 200), (200, 0, 0))
     sideways = upright.rotate(90, expand=True)  # stored 200 x 300

@@ -6,11 +6,11 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from agents.makeover import admit
+from agents.makeover.stages import admit
 from schemas import (ErrorCode, JobError, JobEvent, JobEventKind, JobState, JobStatus,
                      MakeoverJob, MakeoverResult, Progress, StageFailure, UploadEvent)
-from streams.jobstate import apply_event
-from streams.settings import Settings
+from streams.tracking.jobstate import apply_event
+from streams.core.settings import Settings
 
 
 def test_a_minimal_upload_is_valid_and_defaults_are_filled_from_settings():
@@ -136,7 +136,7 @@ def test_a_rejected_upload_fails_a_new_job_but_never_a_known_one():
 
 def test_a_job_that_stops_moving_is_stalled_and_a_finished_one_never_is():
     from schemas import JobState, JobStatus
-    from streams.jobstate import stalled
+    from streams.tracking.jobstate import stalled
 
     running = JobState(job_id="j", status=JobStatus.GENERATING, created_at=0.0, updated_at=100.0)
     assert not stalled(running, now=150.0, timeout_s=60)
@@ -165,7 +165,7 @@ def stored_state(table) -> JobState:
 
 
 def test_progress_ticks_within_the_store_interval_are_shown_but_not_stored():
-    from streams.jobboard import JobBoard
+    from streams.tracking.jobboard import JobBoard
 
     table, clock = {}, Clock()
     board = JobBoard(table, progress_store_interval_s=1.0, clock=clock)
@@ -189,7 +189,7 @@ def test_progress_ticks_within_the_store_interval_are_shown_but_not_stored():
 
 
 def test_every_tick_is_stored_with_a_zero_interval():
-    from streams.jobboard import JobBoard
+    from streams.tracking.jobboard import JobBoard
 
     table = {}
     board = JobBoard(table, progress_store_interval_s=0, clock=Clock())
@@ -201,7 +201,7 @@ def test_every_tick_is_stored_with_a_zero_interval():
 
 def test_a_worker_that_did_not_store_the_job_stores_its_first_tick():
     """After a restart or a rebalance this process has no store of its own to time from."""
-    from streams.jobboard import JobBoard
+    from streams.tracking.jobboard import JobBoard
 
     table, clock = {}, Clock()
     feed(JobBoard(table, 5.0, clock=clock),
@@ -215,7 +215,7 @@ def test_a_worker_that_did_not_store_the_job_stores_its_first_tick():
 def test_a_held_tick_never_hides_a_state_stored_elsewhere():
     """While another worker owned the partition the job finished; back here, the tick this
     process held is stale and the table wins."""
-    from streams.jobboard import JobBoard
+    from streams.tracking.jobboard import JobBoard
 
     table, clock = {}, Clock()
     board = JobBoard(table, progress_store_interval_s=5.0, clock=clock)
@@ -231,7 +231,7 @@ def test_a_held_tick_never_hides_a_state_stored_elsewhere():
 
 
 def test_revoked_partitions_forget_what_was_held():
-    from streams.jobboard import JobBoard
+    from streams.tracking.jobboard import JobBoard
 
     table, clock = {}, Clock()
     board = JobBoard(table, progress_store_interval_s=5.0, clock=clock)

@@ -48,7 +48,7 @@ def make_index(request, tmp_path):
     cleanup = None  # drops the OpenSearch index the test made
 
     if request.param.startswith("embedded"):
-        from streams.local_index import LocalIndex
+        from streams.adapters.index.local import LocalIndex
 
         # The graph variant walks the graph for every query, filtered ones included.
         graph = request.param == "embedded-hnsw"
@@ -57,8 +57,8 @@ def make_index(request, tmp_path):
             return LocalIndex(tmp_path / "index", ann_threshold=1 if graph else 10**9,
                               exact_filter_rows=0 if graph else 10**9)
     else:
-        from streams.opensearch_index import OpenSearchIndex
-        from streams.settings import Settings
+        from streams.adapters.index.opensearch import OpenSearchIndex
+        from streams.core.settings import Settings
 
         url = request.getfixturevalue("opensearch_url")
         name = f"contract-{uuid.uuid4().hex[:8]}"

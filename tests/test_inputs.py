@@ -6,9 +6,9 @@ import io
 import pytest
 from PIL import Image
 
-from agents.images import decode_image
+from streams.adapters.images import decode_image
 from schemas import ErrorCode, StageFailure
-from streams.uris import parse_uri
+from schemas.uris import parse_uri
 from tests.conftest import jpeg_bytes, png_declaring
 
 
@@ -71,7 +71,7 @@ def test_a_truncated_jpeg_is_reported_as_corrupt():
 
 def test_a_jpeg_needed_small_is_decoded_at_a_reduced_scale_but_never_below_the_target(
         room_photos):
-    from agents.images import decode_image
+    from streams.adapters.images import decode_image
 
     data = room_photos[3].read_bytes()
     full = decode_image(data, 10**9)

@@ -8,11 +8,11 @@ import json
 import urllib.request
 import uuid
 
-from streams import catalog
-from streams.demo import sample_catalog_dir
-from streams.embedded import free_port
-from streams.settings import Settings, load_settings
-from streams.stack import RestyleStack
+from streams.cli import catalog
+from streams.cli.demo import sample_catalog_dir
+from streams.stack.embedded import free_port
+from streams.core.settings import Settings, load_settings
+from streams.stack.up import RestyleStack
 
 
 def test_the_catalog_lands_in_opensearch_and_search_is_served_from_it(

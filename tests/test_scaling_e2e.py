@@ -6,8 +6,8 @@ import signal
 import urllib.request
 import uuid
 
-from streams.embedded import free_port
-from streams.routing import job_partition
+from streams.stack.embedded import free_port
+from streams.api.routing import job_partition
 
 
 def get_json(url: str) -> tuple[int, dict]:

@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from agents import makeover
-from agents.depth import DepthEstimator
-from agents.detect import Detector
-from agents.embed import ImageEmbedder
+from agents.makeover import stages as makeover
+from agents.models.depth import DepthEstimator
+from agents.models.detect import Detector
+from agents.models.embed import ImageEmbedder
 from gpu_agent.engine import RenderEngine
 from schemas import Box, Detection, Product, ProductMatch, RenderParams
-from streams.local_index import LocalIndex
-from streams.styles import DEFAULT_STYLES
+from streams.adapters.index.local import LocalIndex
+from streams.core.styles import DEFAULT_STYLES
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_weighted_prompts_encode_once_and_exactly_as_compel_does(tiny_models):
 
 def test_sdxl_renders_and_repaints_with_its_two_text_encoders(tmp_path):
     """RESTYLE_DIFFUSION_FAMILY=sdxl: the SDXL pipelines, with compel's pooled embeddings."""
-    from agents.tiny_models import build_tiny_sdxl
+    from agents.models.tiny import build_tiny_sdxl
 
     models = build_tiny_sdxl(tmp_path / "sdxl")
     engine = RenderEngine("cpu", "float32", family="sdxl")

@@ -1,0 +1,158 @@
+"""Background replacement's faust agents: a batch is expanded into one job per image, each image
+is masked (CPU), repainted (the GPU agent's inpaint task) and finished (composited) here.
+The tracker starts each job and reports each outcome to the batch (streams/batches.py)."""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from agents.background import stages as background
+from agents.models.detect import rescale_detections
+from streams.adapters.images import encode_png, fit_within
+from agents.models.stage_models import StageModels
+from schemas import JobError, JobEventKind, JobStatus, RenderRequest, RenderResult, StageFailure
+from schemas.background import (BackgroundBatch, BackgroundJob, BackgroundResult, BatchEvent,
+                                BatchEventKind, ImageEntry, OutpaintMode)
+from streams.core.runtime import Runtime
+from schemas.uris import join_uri, parse_uri
+
+_rng = random.SystemRandom()
+# Images per batch-opening event: ~150 bytes each, so ~300 KB an event.
+OPEN_CHUNK = 2000
+
+
+def register(rt: Runtime, models: StageModels) -> None:
+    app, topics, settings = rt.wiring.app, rt.topics, rt.settings
+
+    async def expand(batch: BackgroundBatch) -> None:
+        batch_id = batch.batch_id
+        listings = {}
+        for item in batch.images:
+            uri = item if isinstance(item, str) else item.uri
+            if background.is_prefix(uri):
+                parse_uri(uri.rstrip("/") + "/x", rt.storage.file_roots)  # policy check
+                listings[uri] = await rt.storage.list(uri)
+        specs = background.expand(batch, listings)
+        params = background.resolve_params(batch, settings, _rng)
+        now = time.time()
+        mode = OutpaintMode(settings.default_outpaint_mode)
+        jobs = [background.image_job(batch, batch_id, spec, params, settings.results_base, now,
+                                     mode) for spec in specs]
+        entries = [ImageEntry(job_id=j.job_id, name=j.name, image=j.image) for j in jobs]
+        # The batch learns its images before any of them can finish (acknowledged sends), in
+        # chunks that stay far below the broker's message size limit.
+        for n, start in enumerate(range(0, len(entries), OPEN_CHUNK)):
+            await rt.send("batch_events", batch_id, BatchEvent(
+                batch_id=batch_id, kind=BatchEventKind.OPENED if n == 0 else
+                BatchEventKind.ENTRIES, at=now, tenant=batch.tenant, total=len(jobs),
+                tolerated_failure_pct=batch.tolerated_failure_pct, webhook=batch.webhook,
+                images=entries[start:start + OPEN_CHUNK]), acknowledged=True)
+        for job in jobs:
+            try:
+                parse_uri(job.image, rt.storage.file_roots)
+                if job.mask_image:
+                    parse_uri(job.mask_image, rt.storage.file_roots)
+            except StageFailure as failure:
+                await rt.job_event(job.job_id, JobEventKind.REJECTED, error=failure.error,
+                                   tenant=job.tenant, batch_id=batch_id)
+                continue
+            await rt.job_event(job.job_id, JobEventKind.SUBMITTED, tenant=job.tenant,
+                               batch_id=batch_id, job=job)
+
+    async def batch_refused(batch: BackgroundBatch, error: JobError) -> None:
+        await refuse_batch(rt, batch.batch_id, error, batch.tenant, batch.webhook)
+
+    def detect(photo, labels):
+        small = fit_within(photo, settings.analysis_max_side)
+        found = models.detector.detect(small, labels, settings.detection_threshold,
+                                       settings.max_detections)
+        return rescale_detections(found, photo.width / small.width)
+
+    def segment(photo, boxes):
+        if settings.mask_refiner == "sam":
+            return models.segmenter.segment(photo, boxes)
+        if settings.mask_refiner == "u2netp":
+            return models.salient.segment(photo, boxes)
+        return None
+
+    def salient(photo):
+        return models.salient.main_object(photo)
+
+    async def mask(job: BackgroundJob) -> None:
+        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
+        started = time.perf_counter()
+        photo = await rt.image(job.image)
+        mask_image = await rt.mask_image(job.mask_image) if job.mask_image else None
+        keep, labels = await asyncio.to_thread(
+            background.keep_mask, photo, job, detect, segment, salient,
+            settings.background_labels, settings.salient_fallback, mask_image)
+        small, repaint, params = await asyncio.to_thread(
+            background.render_inputs, photo, keep, job, settings.background_max_side,
+            settings.default_feather_share)
+        prefix = job.output_prefix
+        job.keep_mask = join_uri(prefix, "keep-mask.png")
+        job.mask_labels = labels
+        job.params = params
+        render_image, render_mask = join_uri(prefix, "render-input.png"), \
+            join_uri(prefix, "render-mask.png")
+        for uri, image in ((job.keep_mask, keep), (render_image, small), (render_mask, repaint)):
+            await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
+        job.timings_ms["mask"] = round((time.perf_counter() - started) * 1000, 2)
+        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
+        await rt.send("render", job.job_id, RenderRequest(
+            job_id=job.job_id, tenant=job.tenant, prompt=job.prompt, task="inpaint",
+            image=render_image, mask=render_mask, params=params,
+            output_prefix=join_uri(prefix, "raw"),
+            reply_topic=topics["bg_finish"].get_topic_name(),
+            context=job.model_dump(mode="json")))
+
+    async def finish(reply: RenderResult) -> None:
+        job = BackgroundJob.model_validate(reply.context)
+        started = time.perf_counter()
+        job.timings_ms["render"] = reply.render_ms
+        if reply.wait_ms is not None:
+            job.waits_ms["render"] = reply.wait_ms
+        photo = await rt.image(job.image)
+        keep = await rt.mask_image(job.keep_mask)
+        outputs = []
+        for n, uri in enumerate(reply.images):
+            generated = await rt.image_uncached(uri)
+            final = await asyncio.to_thread(background.finish, photo, generated, keep, job.mode,
+                                            settings.default_feather_share)
+            out = join_uri(job.output_prefix, f"{n}.png")
+            await rt.storage.put(out, await asyncio.to_thread(encode_png, final), "image/png",
+                                 metadata={"job-id": job.job_id, "batch-id": job.batch_id,
+                                           "source": job.image, "mode": job.mode.value,
+                                           "seed": str(job.params.seed + n)})
+            outputs.append({"uri": out})
+        job.timings_ms["finish"] = round((time.perf_counter() - started) * 1000, 2)
+        result = BackgroundResult(
+            batch_id=job.batch_id, name=job.name, images=outputs, seed=job.params.seed,
+            mode=job.mode, prompt=job.prompt, keep_mask=job.keep_mask,
+            mask_target=job.mask_target, return_mask=job.return_mask, mask_labels=job.mask_labels, width=photo.width, height=photo.height,
+            timings_ms=job.timings_ms, waits_ms=job.waits_ms)
+        await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
+                           batch_id=job.batch_id)
+
+    @app.agent(topics["bg_expand"], name="bg-expand")
+    async def expand_agent(stream):
+        async for event in stream.events():
+            await rt.handle("bg-expand", event, BackgroundBatch, expand,
+                            on_failure=batch_refused)
+
+    rt.stage_agent("bg-mask", mask, BackgroundJob, topic="bg_mask")
+    rt.stage_agent("bg-finish", finish, RenderResult, topic="bg_finish")
+
+
+async def submit_batch(rt: Runtime, batch: BackgroundBatch) -> None:
+    """Hand a validated batch (with its batch_id set) to the expand stage."""
+    await rt.send("bg_expand", batch.batch_id, batch)
+
+
+async def refuse_batch(rt: Runtime, batch_id: str, error: JobError, tenant: str | None = None,
+                       webhook=None) -> None:
+    """The batch fails as a whole (it could not be read or expanded), with the cause."""
+    await rt.send("batch_events", batch_id, BatchEvent(
+        batch_id=batch_id, kind=BatchEventKind.REJECTED, at=time.time(), tenant=tenant,
+        error=error, webhook=webhook))

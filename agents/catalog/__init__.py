@@ -1,0 +1,1 @@
+"""Catalog ingestion: embed, caption, index in batches, one outcome per product."""

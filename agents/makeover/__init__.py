@@ -1,0 +1,1 @@
+"""Room makeover: detect, embed, retrieve, compose, depth, render (GPU), re-analyse."""

@@ -1,0 +1,113 @@
+"""The room makeover's faust agents: one per stage, each on its own topic so each scales alone.
+Each agent decodes, calls its stage function (in a thread: models block) and emits."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agents.makeover import stages as makeover
+from agents.models.detect import rescale_detections
+from streams.adapters.images import encode_png
+from agents.models.stage_models import StageModels
+from schemas import (JobEventKind, JobStatus, MakeoverJob, MakeoverResult, ProductMatch,
+                     RenderRequest, RenderResult)
+from streams.core.runtime import Runtime
+from schemas.uris import join_uri
+
+
+def _timed(job: MakeoverJob, stage: str, started: float) -> None:
+    job.timings_ms[stage] = round((time.perf_counter() - started) * 1000, 2)
+
+
+def register(rt: Runtime, models: StageModels, index) -> None:
+    topics, settings = rt.topics, rt.settings
+
+    async def analyze(job: MakeoverJob) -> None:
+        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
+        started = time.perf_counter()
+        image = await rt.image(job.image)
+        small = await rt.image(job.image, settings.analysis_max_side)
+        detections = await asyncio.to_thread(
+            models.detector.detect, small, settings.detection_labels,
+            settings.detection_threshold, settings.max_detections)
+        job.detections = rescale_detections(detections, image.width / small.width)
+        _timed(job, "analyze", started)
+        await rt.send("embed", job.job_id, job)
+
+    async def embed(job: MakeoverJob) -> None:
+        started = time.perf_counter()
+        image = await rt.image(job.image)
+        job.detections = await asyncio.to_thread(makeover.embed_detections, image,
+                                                 job.detections, models.embedder)
+        _timed(job, "embed", started)
+        await rt.send("retrieve", job.job_id, job)
+
+    async def retrieve(job: MakeoverJob) -> None:
+        started = time.perf_counter()
+        job.matches = await makeover.match_products(job.detections, index, settings.retrieve_k,
+                                                    settings.match_score_floor)
+        for detection in job.detections:  # vectors are spent; keep the messages small
+            detection.embedding = None
+        _timed(job, "retrieve", started)
+        await rt.send("compose", job.job_id, job)
+
+    async def compose(job: MakeoverJob) -> None:
+        started = time.perf_counter()
+        job.prompt = makeover.compose_prompt(
+            settings.styles[job.style], job.matches, settings.style_weight,
+            settings.product_weight, settings.max_products_in_prompt)
+        _timed(job, "compose", started)
+        await rt.send("depth", job.job_id, job)
+
+    async def depth(job: MakeoverJob) -> None:
+        started = time.perf_counter()
+        small = await rt.image(job.image, settings.analysis_max_side)
+        depth_map = await asyncio.to_thread(models.depth.estimate, small)
+        job.depth_map = join_uri(settings.results_base, "results", job.job_id, "depth.png")
+        await rt.storage.put(job.depth_map, await asyncio.to_thread(encode_png, depth_map),
+                             "image/png")
+        _timed(job, "depth", started)
+        # The request goes first: a producer has one request in flight per broker, and the
+        # status event would hold it back a round trip. So a render's first progress tick
+        # may reach restyle.job-events before "generating" does; a tick implies generating,
+        # for the tracker as for any consumer (README, topics).
+        await rt.send("render", job.job_id, RenderRequest(
+            job_id=job.job_id, tenant=job.tenant, prompt=job.prompt, control_image=job.depth_map,
+            params=job.params, output_prefix=join_uri(settings.results_base, "results",
+                                                      job.job_id),
+            reply_topic=topics["reanalyze"].get_topic_name(),
+            context=job.model_dump(mode="json")))
+        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
+
+    async def reanalyze(reply: RenderResult) -> None:
+        job = MakeoverJob.model_validate(reply.context)
+        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.REANALYZING)
+        started = time.perf_counter()
+        job.images = reply.images
+        job.timings_ms["render"] = reply.render_ms
+        if reply.wait_ms is not None:
+            job.waits_ms["render"] = reply.wait_ms
+        if reply.sent_at:
+            job.waits_ms["reanalyze"] = round((time.time() - reply.sent_at) * 1000, 2)
+        products: list[ProductMatch] = []
+        for uri in reply.images:
+            image = await rt.image(uri)
+            found = await asyncio.to_thread(
+                models.detector.detect, image, settings.detection_labels,
+                settings.detection_threshold, settings.max_detections)
+            found = await asyncio.to_thread(makeover.embed_detections, image, found,
+                                            models.embedder)
+            products += await makeover.match_products(found, index, settings.retrieve_k,
+                                                      settings.match_score_floor)
+        _timed(job, "reanalyze", started)
+        result = MakeoverResult(
+            images=[{"uri": uri} for uri in job.images], products=products,
+            seed=job.params.seed, prompt=job.prompt, style=job.style, depth_map=job.depth_map,
+            detected=job.matches, timings_ms=job.timings_ms, waits_ms=job.waits_ms)
+        await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
+
+    stages = [("analyze", analyze, MakeoverJob), ("embed", embed, MakeoverJob),
+              ("retrieve", retrieve, MakeoverJob), ("compose", compose, MakeoverJob),
+              ("depth", depth, MakeoverJob), ("reanalyze", reanalyze, RenderResult)]
+    for name, handler, model in stages:
+        rt.stage_agent(name, handler, model)

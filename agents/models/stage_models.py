@@ -1,0 +1,62 @@
+"""The CPU stages' models, each loaded once per process on first use (from a model id or dir)."""
+from __future__ import annotations
+
+import threading
+
+from agents.models.caption import Captioner
+from agents.models.depth import DepthEstimator
+from agents.models.detect import Detector
+from agents.models.device import pick_device
+from agents.models.embed import ImageEmbedder
+from agents.models.segment import BoxSegmenter, SalientSegmenter
+from agents.models.semantic import SemanticSegmenter
+
+
+class StageModels:
+    def __init__(self, settings):
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self._loaded: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, role: str, loader):
+        with self._lock:
+            if role not in self._loaded:
+                self._loaded[role] = loader.from_pretrained(self.settings.model_id(role),
+                                                            device=self.device)
+            return self._loaded[role]
+
+    @property
+    def detector(self) -> Detector:
+        return self._get("detector", Detector)
+
+    @property
+    def embedder(self) -> ImageEmbedder:
+        return self._get("embedder", ImageEmbedder)
+
+    @property
+    def depth(self) -> DepthEstimator:
+        return self._get("depth", DepthEstimator)
+
+    @property
+    def captioner(self) -> Captioner:
+        return self._get("captioner", Captioner)
+
+    @property
+    def segmenter(self) -> BoxSegmenter:
+        return self._get("segmenter", BoxSegmenter)
+
+    @property
+    def salient(self) -> SalientSegmenter:
+        return self._get("salient", SalientSegmenter)
+
+    @property
+    def semantic(self) -> SemanticSegmenter:
+        return self._get("semantic", SemanticSegmenter)
+
+    def warm_up(self) -> None:
+        _ = self.detector, self.embedder, self.depth
+        if self.settings.mask_refiner == "sam":
+            _ = self.segmenter
+        if self.settings.mask_refiner == "u2netp" or self.settings.salient_fallback:
+            _ = self.salient

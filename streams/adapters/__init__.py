@@ -1,0 +1,1 @@
+"""Swappable edges (storage, images, the vector index). They import only `schemas`."""

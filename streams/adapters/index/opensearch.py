@@ -1,0 +1,194 @@
+"""The OpenSearch k-NN backend of the vector index (opensearch-py, async client).
+
+One document per product, `_id` = product_id, so a re-ingest overwrites it. The vector field is
+a `knn_vector` with an HNSW method; engine, space and graph parameters come from settings. The
+index is created on the first write, when the embedding size is known.
+
+OpenSearch scores are not cosines (cosinesimil scores (1 + cos) / 2, for one); they are
+converted back, so `ProductHit.score` and the score floor mean the same on every backend.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from schemas import Product, ProductHit
+from streams.adapters.index import normalise
+
+log = logging.getLogger("restyle.opensearch")
+VECTOR_FIELD = "vector"
+
+
+def cosine_from_score(score: float, space: str) -> float:
+    """OpenSearch's k-NN score back to the cosine of two unit vectors."""
+    if space == "cosinesimil":
+        return 2.0 * score - 1.0
+    if space == "innerproduct":  # score = 1 + ip for ip >= 0, 1 / (1 - ip) below
+        return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
+    if space == "l2":  # score = 1 / (1 + d^2), and d^2 = 2 - 2 cos for unit vectors
+        return 1.0 - (1.0 / score - 1.0) / 2.0
+    raise ValueError(f"unsupported space {space!r}")
+
+
+def score_from_cosine(cosine: float, space: str) -> float:
+    if space == "cosinesimil":
+        return (1.0 + cosine) / 2.0
+    if space == "innerproduct":
+        return 1.0 + cosine if cosine >= 0 else 1.0 / (1.0 - cosine)
+    if space == "l2":
+        return 1.0 / (1.0 + (2.0 - 2.0 * cosine))
+    raise ValueError(f"unsupported space {space!r}")
+
+
+def index_body(dimension: int, engine: str, space: str, m: int, ef_construction: int,
+               shards: int, replicas: int) -> dict:
+    return {
+        "settings": {"index": {"knn": True, "number_of_shards": shards,
+                               "number_of_replicas": replicas}},
+        "mappings": {"properties": {
+            VECTOR_FIELD: {"type": "knn_vector", "dimension": dimension, "method": {
+                "name": "hnsw", "engine": engine, "space_type": space,
+                "parameters": {"m": m, "ef_construction": ef_construction}}},
+            "product_id": {"type": "keyword"},
+            "caption": {"type": "text"},
+            "category": {"type": "keyword"},
+            "image": {"type": "keyword", "index": False},
+        }},
+    }
+
+
+def knn_query(vector: list[float], k: int, category: str | None, min_score: float,
+              space: str) -> dict:
+    knn: dict = {"vector": vector, "k": k}
+    if category is not None:
+        # Efficient filtering: the filter is applied inside the graph search, so k hits come
+        # back even when the category is a small part of the catalog.
+        knn["filter"] = {"term": {"category": category}}
+    body = {"size": k, "query": {"knn": {VECTOR_FIELD: knn}}, "_source": {"excludes": [VECTOR_FIELD]}}
+    if min_score > -1.0:
+        body["min_score"] = score_from_cosine(min_score, space)
+    return body
+
+
+class OpenSearchIndex:
+    def __init__(self, client, name: str, engine: str = "lucene", space: str = "cosinesimil",
+                 m: int = 16, ef_construction: int = 128, shards: int = 1, replicas: int = 0,
+                 refresh: str = "wait_for"):
+        self.client = client
+        self.name = name
+        self.engine, self.space = engine, space
+        self.m, self.ef_construction = m, ef_construction
+        self.shards, self.replicas = shards, replicas
+        self.refresh = refresh
+        self._exists = False
+        self._dimension: int | None = None  # checked against the mapping once
+
+    @classmethod
+    def from_settings(cls, settings) -> "OpenSearchIndex":
+        from opensearchpy import AsyncOpenSearch
+
+        auth = None
+        if settings.opensearch_user:
+            auth = (settings.opensearch_user, settings.opensearch_password or "")
+        client = AsyncOpenSearch(hosts=[settings.opensearch_url], http_auth=auth,
+                                 verify_certs=settings.opensearch_verify_certs,
+                                 timeout=30, max_retries=3, retry_on_timeout=True)
+        return cls(client, settings.opensearch_index, settings.opensearch_engine,
+                   settings.opensearch_space, settings.opensearch_m,
+                   settings.opensearch_ef_construction, settings.opensearch_shards,
+                   settings.opensearch_replicas, settings.opensearch_refresh)
+
+    async def ensure_index(self, dimension: int) -> None:
+        if self._dimension == dimension:
+            return
+        if not await self.client.indices.exists(index=self.name):
+            body = index_body(dimension, self.engine, self.space, self.m, self.ef_construction,
+                              self.shards, self.replicas)
+            # Two workers may race to create it: "already exists" is success.
+            await self.client.indices.create(index=self.name, body=body, ignore=400)
+        mapping = await self.client.indices.get_mapping(index=self.name)
+        held = int(mapping[self.name]["mappings"]["properties"][VECTOR_FIELD]["dimension"])
+        if held != dimension:
+            raise ValueError(f"index {self.name} holds {held}-d vectors; got "
+                             f"{dimension}-d (was the embedding model changed?)")
+        self._exists, self._dimension = True, dimension
+
+    async def upsert(self, products: list[Product], vectors) -> dict[str, str]:
+        """Index products by id; returns {product_id: cause} for those OpenSearch refused."""
+        from opensearchpy.helpers import async_bulk
+
+        if len(products) != len(vectors):
+            raise ValueError("one vector per product")
+        if not products:
+            return {}
+        vectors = normalise(np.asarray(vectors, dtype=np.float32))
+        await self.ensure_index(vectors.shape[1])
+        actions = [{"_op_type": "index", "_index": self.name, "_id": p.product_id,
+                    "_source": {**p.model_dump(), VECTOR_FIELD: v.tolist()}}
+                   for p, v in zip(products, vectors)]
+        # With refresh=wait_for (the default), the products are searchable when this returns:
+        # what an `indexed` ingest outcome promises.
+        _, errors = await async_bulk(self.client, actions, raise_on_error=False,
+                                     refresh=self.refresh)
+        failures = {}
+        for error in errors:
+            detail = next(iter(error.values()))
+            failures[str(detail.get("_id"))] = f"OpenSearch refused it: {detail.get('error')}"
+        return failures
+
+    async def delete(self, product_ids: list[str]) -> None:
+        from opensearchpy.helpers import async_bulk
+
+        if not product_ids or not await self.client.indices.exists(index=self.name):
+            return
+        actions = [{"_op_type": "delete", "_index": self.name, "_id": pid} for pid in product_ids]
+        _, errors = await async_bulk(self.client, actions, raise_on_error=False,
+                                     refresh=self.refresh)
+        real = [e for e in errors if next(iter(e.values())).get("status") != 404]
+        if real:
+            raise RuntimeError(f"OpenSearch could not delete: {real[:3]}")
+
+    async def query(self, vector, k: int, category: str | None = None,
+                    min_score: float = -1.0) -> list[ProductHit]:
+        if k <= 0 or not await self._ready():
+            return []
+        query = normalise(vector).reshape(-1).tolist()
+        response = await self.client.search(
+            index=self.name, body=knn_query(query, k, category, min_score, self.space))
+        hits = []
+        for hit in response["hits"]["hits"]:
+            cosine = cosine_from_score(hit["_score"], self.space)
+            if cosine >= min_score:
+                hits.append(ProductHit(product=Product(**hit["_source"]), score=cosine))
+        return hits
+
+    async def get(self, product_id: str) -> Product | None:
+        if not await self._ready():
+            return None
+        response = await self.client.get(index=self.name, id=product_id, ignore=404,
+                                         _source_excludes=[VECTOR_FIELD])
+        return Product(**response["_source"]) if response.get("found") else None
+
+    async def count(self) -> int:
+        if not await self._ready():
+            return 0
+        return int((await self.client.count(index=self.name))["count"])
+
+    async def refresh_now(self) -> None:
+        """Make everything written so far searchable (after bulk loads with refresh=false)."""
+        if await self._ready():
+            await self.client.indices.refresh(index=self.name)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def drop(self) -> None:
+        """Delete the whole index (tests, re-embedding with a new model)."""
+        await self.client.indices.delete(index=self.name, ignore=404)
+        self._exists, self._dimension = False, None
+
+    async def _ready(self) -> bool:
+        if not self._exists:
+            self._exists = bool(await self.client.indices.exists(index=self.name))
+        return self._exists

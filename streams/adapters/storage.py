@@ -1,0 +1,202 @@
+"""Object storage behind one small interface, chosen by URI scheme: file:// or s3:// (aioboto3,
+any S3-compatible endpoint)."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from schemas import ErrorCode, StageFailure
+from schemas.uris import ObjectRef, parse_uri
+
+
+class FileStore:
+    async def get(self, ref: ObjectRef) -> bytes:
+        try:
+            return await asyncio.to_thread(Path(ref.key).read_bytes)
+        except FileNotFoundError:
+            raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") from None
+        except IsADirectoryError:
+            raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} is a directory") from None
+
+    async def put(self, ref: ObjectRef, data: bytes, content_type: str,
+                  metadata: dict[str, str] | None = None) -> None:
+        def write() -> None:
+            path = Path(ref.key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            tmp.replace(path)  # readers never see a half-written file
+
+        await asyncio.to_thread(write)
+
+    async def exists(self, ref: ObjectRef) -> bool:
+        return Path(ref.key).is_file()
+
+    async def metadata(self, ref: ObjectRef) -> dict[str, str]:
+        if not Path(ref.key).is_file():
+            raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist")
+        return {}  # files carry no user metadata
+
+    async def presign(self, ref: ObjectRef, expires_s: int) -> str | None:
+        return None  # a local path has no URL to share
+
+    async def list(self, ref: ObjectRef) -> list[str]:
+        root = Path(ref.key)
+        return sorted(p.as_uri() for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+class S3Store:
+    def __init__(self, endpoint: str | None, access_key: str | None, secret_key: str | None,
+                 region: str):
+        self._client_args = dict(endpoint_url=endpoint, aws_access_key_id=access_key,
+                                 aws_secret_access_key=secret_key, region_name=region)
+        self._client = None
+        self._client_cm = None
+        self._lock = asyncio.Lock()
+
+    async def client(self):
+        async with self._lock:
+            if self._client is None:
+                import aioboto3
+                from botocore.config import Config
+
+                config = Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                                retries={"max_attempts": 5, "mode": "standard"})
+                self._client_cm = aioboto3.Session().client("s3", config=config,
+                                                            **self._client_args)
+                self._client = await self._client_cm.__aenter__()
+            return self._client
+
+    async def close(self) -> None:
+        if self._client_cm is not None:
+            await self._client_cm.__aexit__(None, None, None)
+            self._client = self._client_cm = None
+
+    async def get(self, ref: ObjectRef) -> bytes:
+        client = await self.client()
+        try:
+            response = await client.get_object(Bucket=ref.bucket, Key=ref.key)
+            async with response["Body"] as body:
+                return await body.read()
+        except client.exceptions.NoSuchKey:
+            raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") from None
+        except client.exceptions.NoSuchBucket:
+            raise StageFailure(ErrorCode.OBJECT_NOT_FOUND,
+                               f"bucket {ref.bucket!r} of {ref.uri} does not exist") from None
+        except Exception as exc:  # botocore ClientError and network errors
+            if _status(exc) == 404:
+                raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") from None
+            raise StageFailure(ErrorCode.STORAGE_ERROR, f"reading {ref.uri} failed: {exc}") from exc
+
+    async def put(self, ref: ObjectRef, data: bytes, content_type: str,
+                  metadata: dict[str, str] | None = None) -> None:
+        client = await self.client()
+        try:
+            await client.put_object(Bucket=ref.bucket, Key=ref.key, Body=data,
+                                    ContentType=content_type, Metadata=metadata or {})
+        except Exception as exc:
+            raise StageFailure(ErrorCode.STORAGE_ERROR, f"writing {ref.uri} failed: {exc}") from exc
+
+    async def exists(self, ref: ObjectRef) -> bool:
+        client = await self.client()
+        try:
+            await client.head_object(Bucket=ref.bucket, Key=ref.key)
+            return True
+        except Exception as exc:
+            if _status(exc) == 404:
+                return False
+            raise StageFailure(ErrorCode.STORAGE_ERROR, f"checking {ref.uri} failed: {exc}") from exc
+
+    async def metadata(self, ref: ObjectRef) -> dict[str, str]:
+        """The object's user metadata (x-amz-meta-*), keys lower-cased without the prefix."""
+        client = await self.client()
+        try:
+            response = await client.head_object(Bucket=ref.bucket, Key=ref.key)
+        except Exception as exc:
+            if _status(exc) == 404:
+                raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") \
+                    from None
+            raise StageFailure(ErrorCode.STORAGE_ERROR, f"reading {ref.uri} failed: {exc}") \
+                from exc
+        return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
+
+    async def presign(self, ref: ObjectRef, expires_s: int) -> str | None:
+        client = await self.client()
+        return await client.generate_presigned_url(
+            "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=expires_s)
+
+    async def list(self, ref: ObjectRef) -> list[str]:
+        client = await self.client()
+        uris = []
+        paginator = client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=ref.bucket, Prefix=ref.key):
+            uris += [f"s3://{ref.bucket}/{item['Key']}" for item in page.get("Contents", [])]
+        return uris
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        client = await self.client()
+        try:
+            await client.head_bucket(Bucket=bucket)
+        except Exception:
+            await client.create_bucket(Bucket=bucket)
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None) or {}
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+class Storage:
+    """The one entry point stages use: it polices URIs and routes them to their store."""
+
+    def __init__(self, s3: S3Store, file_roots: list[Path], presign_expiry_s: int = 3600):
+        self.s3 = s3
+        self.files = FileStore()
+        self.file_roots = file_roots
+        self.presign_expiry_s = presign_expiry_s
+
+    @classmethod
+    def from_settings(cls, settings) -> "Storage":
+        s3 = S3Store(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
+                     settings.s3_region)
+        roots = list(settings.file_roots)
+        if settings.results_base.startswith("file://"):
+            roots.append(Path(settings.results_base[len("file://"):]))
+        return cls(s3, roots, settings.presign_expiry_s)
+
+    def _route(self, uri: str) -> tuple[FileStore | S3Store, ObjectRef]:
+        ref = parse_uri(uri, self.file_roots)
+        return (self.s3 if ref.scheme == "s3" else self.files), ref
+
+    async def get(self, uri: str) -> bytes:
+        store, ref = self._route(uri)
+        return await store.get(ref)
+
+    async def put(self, uri: str, data: bytes, content_type: str = "application/octet-stream",
+                  metadata: dict[str, str] | None = None) -> None:
+        store, ref = self._route(uri)
+        await store.put(ref, data, content_type, metadata)
+
+    async def exists(self, uri: str) -> bool:
+        store, ref = self._route(uri)
+        return await store.exists(ref)
+
+    async def metadata(self, uri: str) -> dict[str, str]:
+        store, ref = self._route(uri)
+        return await store.metadata(ref)
+
+    async def list(self, prefix_uri: str) -> list[str]:
+        """URIs of every object under a prefix (s3://bucket/prefix/ or a file:// directory)."""
+        bucket_only = prefix_uri.startswith("s3://") and "/" not in prefix_uri[5:].rstrip("/")
+        if bucket_only:  # the whole bucket: a prefix, though not an object key
+            return await self.s3.list(ObjectRef("s3", prefix_uri[5:].rstrip("/"), ""))
+        store, ref = self._route(prefix_uri)
+        return await store.list(ref)
+
+    async def presign(self, uri: str) -> str | None:
+        store, ref = self._route(uri)
+        return await store.presign(ref, self.presign_expiry_s)
+
+    async def close(self) -> None:
+        await self.s3.close()

@@ -1,0 +1,176 @@
+"""Background replacement on the status API: submit and follow batches, detect labels for a
+front end's mask picker, and the Titan-compatible endpoints."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+
+from faust import web
+from pydantic import ValidationError
+
+from agents.background.stages import job_id_for
+from agents.background.agents import submit_batch
+from agents.models.detect import rescale_detections
+from streams.adapters.images import decode_image, encode_png, fit_within
+from agents.background.titan import titan_batch, titan_mask
+from schemas import ErrorCode, StageFailure
+from schemas.background import BackgroundBatch, BackgroundResult
+from schemas.titan import TitanRequest
+from streams.tracking import batches
+from streams.api.routing import error_response, routed
+from streams.core.runtime import Runtime, describe_validation
+from streams.api.jobs import until_known
+
+MAX_LABEL_IMAGE_BYTES = 20 * 1024 * 1024
+
+
+def register(rt: Runtime, models) -> None:
+    app, settings = rt.wiring.app, rt.settings
+
+    async def json_body(view, request):
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None, error_response(view, 400, ErrorCode.INVALID_JSON.value,
+                                        "the body must be a JSON object")
+        if not isinstance(body, dict):
+            return None, error_response(view, 400, ErrorCode.INVALID_JSON.value,
+                                        "the body must be a JSON object")
+        return body, None
+
+    @app.page("/batches")
+    class BatchSubmitView(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            body, problem = await json_body(self, request)
+            if problem:
+                return problem
+            body.setdefault("pipeline", "background_replace")
+            try:
+                batch = BackgroundBatch.model_validate(body)
+            except ValidationError as exc:
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                      describe_validation(exc))
+            batch_id = batch.batch_id or uuid.uuid4().hex
+            # Through the uploads topic, like any upstream system's batch.
+            await rt.topics["uploads"].send(key=batch_id.encode(), value=batch.model_copy(
+                update={"batch_id": batch_id}).model_dump_json(exclude_none=True).encode())
+            await until_known(app, f"/batches/{batch_id}")
+            return self.json({"batch_id": batch_id}, status=202)
+
+    @app.page("/batches/{batch_id}")
+    class BatchView(web.View):
+        @routed(rt, rt.wiring.batches)
+        async def get(self, request: web.Request, batch_id: str) -> web.Response:
+            state = batches.lookup(rt, batch_id)
+            if state is None:
+                return error_response(self, 404, "not_found", f"no batch {batch_id!r} (yet)")
+            body = {
+                "batch_id": state.batch_id, "tenant": state.tenant, "status": state.status.value,
+                "counts": batches.counts(state),
+                "tolerated_failure_pct": state.tolerated_failure_pct,
+                "met_threshold": state.met_threshold,
+                "error": state.error.model_dump(mode="json") if state.error else None,
+                "created_at": state.created_at, "finished_at": state.finished_at,
+                "report": None, "notification": state.notification,
+                # Finished, with the report and notification still going out.
+                "reporting": state.reporting,
+            }
+            if state.report:
+                body["report"] = {kind: await rt.storage.presign(uri) or uri
+                                  for kind, uri in state.report.items()}
+            return self.json(body)
+
+    @app.page("/labels")
+    class LabelsView(web.View):
+        """An image (multipart field `image`, or JSON {"image": URI}) -> the labels the
+        detector finds, with boxes and confidence, so a user can pick what the mask keeps."""
+
+        async def post(self, request: web.Request) -> web.Response:
+            labels = list(settings.background_labels)
+            try:
+                if request.content_type.startswith("multipart/"):
+                    form = await request.post()
+                    upload = form.get("image")
+                    if upload is None or not hasattr(upload, "file"):
+                        return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                              "send the image as multipart field 'image'")
+                    data = upload.file.read(MAX_LABEL_IMAGE_BYTES + 1)
+                    if len(data) > MAX_LABEL_IMAGE_BYTES:
+                        return error_response(self, 413, ErrorCode.IMAGE_TOO_LARGE.value,
+                                              "the image is larger than 20 MB")
+                    if form.get("labels"):
+                        labels = [t.strip() for t in str(form["labels"]).split(",") if t.strip()]
+                    photo = await asyncio.to_thread(decode_image, data,
+                                                    settings.max_image_pixels, "image")
+                else:
+                    body, problem = await json_body(self, request)
+                    if problem:
+                        return problem
+                    if not isinstance(body.get("image"), str):
+                        return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                              "give {\"image\": URI} or a multipart image")
+                    given = body.get("labels")
+                    if given is not None and not (isinstance(given, list) and given and all(
+                            isinstance(label, str) and label.strip() for label in given)):
+                        return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                              "labels must be a non-empty list of strings")
+                    labels = given or labels
+                    photo = await rt.image_uncached(body["image"])
+            except StageFailure as failure:
+                return error_response(self, 400, failure.error.code.value,
+                                      failure.error.message)
+            small = fit_within(photo, settings.analysis_max_side)
+            found = await asyncio.to_thread(models.detector.detect, small, labels,
+                                            settings.detection_threshold,
+                                            settings.max_detections)
+            found = rescale_detections(found, photo.width / small.width)
+            return self.json({"width": photo.width, "height": photo.height, "labels": [
+                {"label": d.label, "confidence": round(d.score, 4),
+                 "box": d.box.model_dump()} for d in found]})
+
+    @app.page("/v1/titan")
+    class TitanView(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            body, problem = await json_body(self, request)
+            if problem:
+                return problem
+            try:
+                titan = TitanRequest.model_validate(body)
+            except ValidationError as exc:
+                return error_response(self, 400, "ValidationException",
+                                      describe_validation(exc))
+            batch_id = uuid.uuid4().hex
+            try:
+                batch = await titan_batch(rt.storage, settings, titan, batch_id,
+                                          request.headers.get("X-Restyle-Tenant"))
+            except StageFailure as failure:
+                return error_response(self, 400, "ValidationException", failure.error.message)
+            job_id = job_id_for(batch_id, batch.images[0].uri)
+            await submit_batch(rt, batch)
+            await until_known(app, f"/jobs/{job_id}")
+            return self.json({"job_id": job_id, "batch_id": batch_id}, status=202)
+
+    @app.page("/jobs/{job_id}/titan")
+    class TitanResultView(web.View):
+        @routed(rt, rt.wiring.jobs)
+        async def get(self, request: web.Request, job_id: str) -> web.Response:
+            state = rt.wiring.board.get(job_id)
+            if state is None:
+                return error_response(self, 404, "not_found", f"no job {job_id!r}")
+            if not state.status.terminal:
+                return self.json({"job_id": job_id, "status": state.status.value}, status=202)
+            if state.error is not None:
+                return self.json({"images": [], "error": f"{state.error.code.value}: "
+                                                         f"{state.error.message}"})
+            result = state.result
+            images = [base64.b64encode(await rt.storage.get(image.uri)).decode()
+                      for image in result.images]
+            body = {"images": images, "error": None}
+            if isinstance(result, BackgroundResult) and result.return_mask and \
+                    result.keep_mask:
+                keep = await rt.mask_image(result.keep_mask)
+                body["maskImage"] = base64.b64encode(encode_png(
+                    titan_mask(keep, result.mask_target))).decode()
+            return self.json(body)

@@ -1,0 +1,107 @@
+"""What the CLI does as a client of a running stack: submit uploads, read job status."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from streams.core.settings import Settings
+from streams.adapters.storage import Storage
+from schemas.uris import join_uri
+
+
+def status_url(settings: Settings) -> str:
+    return (settings.status_url or f"http://127.0.0.1:{settings.web_port}").rstrip("/")
+
+
+async def submit(settings: Settings, image: str, style: str, params: dict | None = None,
+                 job_id: str | None = None, tenant: str | None = None) -> str:
+    """Store a local image (claim check) and publish its upload event; returns the job id."""
+    job_id = job_id or uuid.uuid4().hex
+    if "://" not in image:
+        path = Path(image).resolve()
+        uri = join_uri(settings.results_base, "uploads", job_id, path.name)
+        storage = Storage.from_settings(settings)
+        try:
+            await storage.put(uri, path.read_bytes(), "application/octet-stream")
+        finally:
+            await storage.close()
+        image = uri
+    event = {"job_id": job_id, "pipeline": "room_makeover", "image": image, "style": style}
+    if params:
+        event["params"] = params
+    if tenant:
+        event["tenant"] = tenant
+    await publish_one(settings, settings.topics.uploads, job_id, json.dumps(event).encode())
+    return job_id
+
+
+async def publish_one(settings: Settings, topic: str, key: str, value: bytes,
+                      **producer_options) -> None:
+    """Publish one message and wait until the broker has it."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **producer_options)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+def get_json(url: str, absent: tuple[int, ...] = (404,)) -> dict | None:
+    """A status API answer, or None when it answers with one of the `absent` codes."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code in absent:
+            return None
+        raise
+
+
+def get_job(settings: Settings, job_id: str) -> dict | None:
+    """The job as the status API shows it, or None if the API does not know it (404)."""
+    return get_json(f"{status_url(settings)}/jobs/{job_id}")
+
+
+def wait_for_job(settings: Settings, job_id: str, timeout_s: float = 600,
+                 on_change=None) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        job = get_job(settings, job_id)
+        if job is not None:
+            seen = (job["status"], json.dumps(job.get("progress")))
+            if seen != last and on_change:
+                on_change(job)
+            last = seen
+            if job["status"] in ("done", "failed"):
+                return job
+        time.sleep(0.25)
+    raise TimeoutError(f"job {job_id} did not finish within {timeout_s:.0f}s")
+
+
+def describe(job: dict) -> str:
+    lines = [f"job {job['job_id']}: {job['status']}"]
+    if job.get("error"):
+        lines.append(f"  cause: [{job['error']['code']}] {job['error']['message']}")
+    result = job.get("result") or {}
+    for image in result.get("images", []):
+        lines.append(f"  image: {image['uri']}")
+        if image.get("url"):
+            lines.append(f"    url: {image['url']}")
+    if result.get("seed") is not None:
+        lines.append(f"  seed: {result['seed']}")
+    for product in result.get("products", [])[:5]:
+        lines.append(f"  product: {product['product_id']} ({product['score']:.2f}) "
+                     f"{product['caption']}")
+    return "\n".join(lines)
+
+
+def run(coro):
+    return asyncio.run(coro)

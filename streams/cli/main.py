@@ -1,0 +1,349 @@
+"""The `restyle` command."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import urllib.error
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from streams.core.settings import Settings, load_settings
+
+
+def _settings(state_dir: str | None) -> Settings:
+    if state_dir:
+        os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
+    return load_settings()
+
+
+class RestyleCommands(click.Group):
+    """Every command: a bad setting is a one-line configuration error, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            if exc.title != "Settings":
+                raise
+            raise click.ClickException(f"configuration: {describe_settings_error(exc)}") \
+                from None
+        except SettingsError as exc:  # a list or mapping setting that is not valid JSON
+            cause = f": {exc.__cause__}" if exc.__cause__ else ""
+            raise click.ClickException(f"configuration: {exc}{cause}") from None
+        except urllib.error.HTTPError as exc:
+            raise click.ClickException(f"the status API answered {exc.code} {exc.reason} "
+                                       f"for {exc.url}") from None
+        except urllib.error.URLError as exc:
+            raise click.ClickException(
+                f"cannot reach the status API ({exc.reason}): is `restyle up` running (its "
+                f"state dir is RESTYLE_STATE_DIR), or is RESTYLE_STATUS_URL set?") from None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """Each problem named by the environment variable that sets it (and the key inside it)."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:
+            problems.append(message)
+            continue
+        variable = f"RESTYLE_{str(error['loc'][0]).upper()}"
+        inside = ".".join(str(part) for part in error["loc"][1:])
+        problems.append(f"{variable}{f' ({inside})' if inside else ''}: {message}")
+    return "; ".join(problems)
+
+
+@click.group(cls=RestyleCommands)
+def main() -> None:
+    """restyle: generative image pipelines on Kafka, S3 and open models."""
+
+
+@main.command()
+@click.option("--models", default=None, help="'tiny' (built offline) or a models directory.")
+@click.option("--state-dir", default=None, help="Where state, logs and endpoints.json live.")
+@click.option("--cpu-workers", default=1, show_default=True)
+@click.option("--gpu-workers", default=1, show_default=True)
+@click.option("--workers/--no-workers", default=True,
+              help="--no-workers starts only the broker and the S3 server.")
+@click.option("--broker", type=click.Choice(["tansu", "kafka"]), default=None,
+              help="The broker to start when RESTYLE_KAFKA_BOOTSTRAP is unset: tansu (default) "
+                   "or kafka (Apache Kafka from Maven Central; needs Java 17+ and Maven).")
+def up(models, state_dir, cpu_workers, gpu_workers, workers, broker) -> None:
+    """Start the embedded stack and the workers; stop them all on Ctrl-C or SIGTERM."""
+    from streams.stack.up import RestyleStack
+
+    if state_dir:
+        os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
+    settings = Settings(**({"embedded_broker": broker} if broker else {}))
+    stack = RestyleStack(settings, models, cpu_workers, gpu_workers, workers)
+    endpoints = stack.start()
+    click.echo(f"models: {stack.models_note}")
+    click.echo(json.dumps(endpoints, indent=2))
+    click.echo(f"ready; endpoints in {stack.endpoints_path}. Ctrl-C stops everything.")
+    _serve_until_signal(stack)
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Listener port (default: a free one).")
+@click.option("--dir", "work_dir", default=None,
+              help="Data and logs (default: a fresh temporary directory).")
+def kafka(port, work_dir) -> None:
+    """Run a single-node Apache Kafka broker (KRaft) from the official Maven Central jars on
+    127.0.0.1 until Ctrl-C or SIGTERM; prints its bootstrap address."""
+    import tempfile
+
+    from streams.stack.apache_kafka import KAFKA_VERSION, KafkaUnavailable, start_apache_kafka
+    from streams.stack.embedded import Stack
+
+    work = Path(work_dir or tempfile.mkdtemp(prefix="restyle-kafka-")).resolve()
+    try:
+        service, bootstrap = start_apache_kafka(work / "broker", work / "logs", port)
+    except KafkaUnavailable as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    click.echo(f"Apache Kafka {KAFKA_VERSION} at {bootstrap} (data and logs in {work})")
+    click.echo(f"export RESTYLE_KAFKA_BOOTSTRAP={bootstrap}")
+    _serve_until_signal(Stack([service]))
+
+
+def _serve_until_signal(stack) -> None:
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    while not stopping.wait(1.0):
+        problem = stack.check()
+        if problem:
+            click.echo(f"stopping: {problem}", err=True)
+            stack.stop()
+            sys.exit(1)
+    stack.stop()
+    click.echo("stopped")
+
+
+@main.command()
+@click.option("--models", default=None, help="'tiny', a models directory, or default public ids.")
+@click.option("--state-dir", default=None)
+@click.option("--rooms", default=3, show_default=True, help="How many sample rooms to submit.")
+@click.option("--style", default="scandinavian", show_default=True)
+@click.option("--serve", is_flag=True, help="Keep the stack running after the demo.")
+def demo(models, state_dir, rooms, style, serve) -> None:
+    """Start everything, ingest a sample catalog, restyle sample rooms, report, stop."""
+    from streams.cli.demo import run_demo
+
+    if state_dir:
+        os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
+    sys.exit(run_demo(models, rooms, style, serve, _serve_until_signal))
+
+
+@main.command()
+@click.argument("image")
+@click.option("--style", required=True)
+@click.option("--param", "params", multiple=True, help="key=value, e.g. --param steps=20")
+@click.option("--job-id", default=None)
+@click.option("--tenant", default=None)
+@click.option("--wait", is_flag=True, help="Follow the job until it is done or failed.")
+@click.option("--timeout", default=900.0, show_default=True)
+def submit(image, style, params, job_id, tenant, wait, timeout) -> None:
+    """Submit a room photo (a local file, s3:// or file:// URI) for a makeover."""
+    from streams.cli import client
+
+    settings = load_settings()
+    job_id = client.run(client.submit(settings, image, style, _parse_params(params), job_id,
+                                      tenant))
+    click.echo(job_id)
+    if wait:
+        job = client.wait_for_job(settings, job_id, timeout, on_change=_print_progress)
+        click.echo(client.describe(job))
+        sys.exit(0 if job["status"] == "done" else 1)
+
+
+def _parse_params(items) -> dict:
+    """`key=value` options; values are read as JSON when they parse (numbers, booleans)."""
+    parsed = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def _print_progress(job: dict) -> None:
+    progress = job.get("progress")
+    tail = f" step {progress['step']}/{progress['total']}" if progress else ""
+    click.echo(f"  {job['job_id']}: {job['status']}{tail}", err=True)
+
+
+@main.command()
+@click.argument("job_id")
+def status(job_id) -> None:
+    """Show a job's status and result."""
+    from streams.cli import client
+
+    job = client.get_job(load_settings(), job_id)
+    if job is None:
+        click.echo(f"no job {job_id!r}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(job, indent=2))
+
+
+@main.command()
+@click.argument("role", type=click.Choice(["cpu", "gpu"]))
+@click.option("--web-port", type=int, default=None)
+@click.option("--loglevel", default="info")
+def worker(role, web_port, loglevel) -> None:
+    """Run one worker process (what `restyle up` starts; what Kubernetes runs)."""
+    from streams.worker import run_worker
+
+    run_worker(load_settings(), role, web_port, loglevel)
+
+
+@main.command("gpu-worker")
+@click.option("--web-port", type=int, default=None)
+@click.option("--loglevel", default="info")
+def gpu_worker(web_port, loglevel) -> None:
+    """Run the GPU diffusion worker (its own consumer group)."""
+    from streams.worker import run_worker
+
+    run_worker(load_settings(), "gpu", web_port or load_settings().web_port + 1, loglevel)
+
+
+@main.group()
+def models() -> None:
+    """Model utilities."""
+
+
+@models.command("tiny")
+@click.argument("directory")
+@click.option("--family", type=click.Choice(["sd15", "sdxl"]), default="sd15", show_default=True,
+              help="sdxl: the diffusion roles (diffusion, controlnet_depth, inpainting) as SDXL.")
+def models_tiny(directory, family) -> None:
+    """Build tiny random-weight versions of every model role into DIRECTORY (offline)."""
+    from agents.models.tiny import build_tiny_models, build_tiny_sdxl
+
+    out = build_tiny_models(directory)
+    hint = f"RESTYLE_MODELS_DIR={out}"
+    if family == "sdxl":
+        build_tiny_sdxl(out)
+        hint += " RESTYLE_DIFFUSION_FAMILY=sdxl"
+    click.echo(f"tiny models written to {out}; use {hint}")
+
+
+@main.group()
+def catalog() -> None:
+    """Product catalog."""
+
+
+@catalog.command("ingest")
+@click.argument("source")
+@click.option("--category-from-folder", is_flag=True,
+              help="Use each image's folder name as its category (unless catalog.csv says).")
+@click.option("--ingest-id", default=None, help="Name this ingest run (default: generated).")
+@click.option("--timeout", default=3600.0, show_default=True,
+              help="Seconds to wait for the index to acknowledge every product.")
+def catalog_ingest(source, category_from_folder, ingest_id, timeout) -> None:
+    """Index every product image in SOURCE (a directory or s3://bucket/prefix) through the
+    catalog stream; catalog.csv (image, id, category, caption) adds metadata. Waits until the
+    index has acknowledged every product; exits 1 if any failed."""
+    from streams.cli.demo import ingest_source
+
+    state = ingest_source(load_settings(), source, category_from_folder, ingest_id, timeout)
+    sys.exit(1 if state.failed else 0)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--prompt", required=True, help="The new background, e.g. 'london city street'.")
+@click.option("--negative-prompt", default=None)
+@click.option("--mode", type=click.Choice(["DEFAULT", "PRECISE"]), default=None,
+              help="PRECISE keeps every kept pixel exactly (default: RESTYLE_DEFAULT_OUTPAINT_MODE).")
+@click.option("--mask-prompt", default=None, help="What to keep, e.g. 'bus, person'.")
+@click.option("--param", "params", multiple=True,
+              help="key=value: num_images, quality, width, height, cfg_scale, seed, steps")
+@click.option("--tolerated-failure-pct", type=float, default=None)
+@click.option("--batch-id", default=None)
+@click.option("--timeout", default=3600.0, show_default=True)
+def background(sources, prompt, negative_prompt, mode, mask_prompt, params,
+               tolerated_failure_pct, batch_id, timeout) -> None:
+    """Replace the background of every photo in SOURCES (files, directories, s3:// URIs or
+    s3://bucket/prefix/), as one batch; follows it and prints the report. Exits 0 only if the
+    batch succeeded."""
+    from streams.cli import background as batch_client
+    from streams.cli.client import run
+
+    settings = load_settings()
+    fields = {"prompt": prompt, "mode": mode or settings.default_outpaint_mode}
+    optional = {"negative_prompt": negative_prompt, "mask_prompt": mask_prompt,
+                "tolerated_failure_pct": tolerated_failure_pct}
+    fields.update({k: v for k, v in optional.items() if v is not None})
+    if params:
+        fields["params"] = _parse_params(params)
+    batch_id = run(batch_client.submit_batch(settings, list(sources), fields, batch_id))
+    click.echo(f"batch {batch_id} submitted")
+    batch = batch_client.wait_for_batch(settings, batch_id, timeout, lambda b: click.echo(
+        f"  {b['counts']['succeeded'] + b['counts']['failed']}/{b['counts']['total'] or '?'} "
+        f"images finished"))
+    click.echo(batch_client.describe_batch(batch, batch_client.read_report(batch)))
+    sys.exit(0 if batch["status"] == "succeeded" else 1)
+
+
+@main.group()
+def bridge() -> None:
+    """Move bucket notifications from elsewhere onto the bucket-events topic."""
+
+
+@bridge.command("sqs")
+@click.argument("queue_url")
+@click.option("--endpoint-url", default=None,
+              help="An SQS-compatible endpoint (default: AWS, from the usual credential chain).")
+@click.option("--region", default=None)
+@click.option("--once", is_flag=True, help="Stop when the queue is empty (for cron or tests).")
+@click.option("--wait", "wait_s", default=20, show_default=True,
+              help="Long-poll seconds per receive.")
+def bridge_sqs(queue_url, endpoint_url, region, once, wait_s) -> None:
+    """Forward S3 notifications from the SQS queue QUEUE_URL to the bucket-events topic, at least
+    once (a message leaves SQS only after Kafka acknowledged it)."""
+    from agents.condition.sources import bridge_sqs as run_bridge
+
+    settings = load_settings()
+    counts = _until_signal(lambda stop: run_bridge(settings, queue_url, endpoint_url, region,
+                                                   once, wait_s, stop=stop))
+    click.echo(f"forwarded {counts.forwarded} of {counts.received} messages; deleted "
+               f"{counts.deleted} from SQS")
+
+
+@main.command()
+def watch() -> None:
+    """Publish a bucket notification for each new object under the routing rules' prefixes
+    (for S3 stores that send none; `restyle up` runs this for its embedded S3)."""
+    from agents.condition.sources import watch as run_watch
+
+    settings = load_settings()
+    logging.basicConfig(level="INFO")
+    _until_signal(lambda stop: run_watch(settings, stop))
+
+
+def _until_signal(start):
+    """Run the coroutine start(stop) until it returns; SIGINT/SIGTERM set `stop`."""
+    import asyncio
+
+    async def main_loop():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        return await start(stop)
+
+    return asyncio.run(main_loop())
+
+
+if __name__ == "__main__":
+    main()

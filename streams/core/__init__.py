@@ -1,0 +1,1 @@
+"""What every agent stands on: settings, the faust app and topics, the runtime, metrics."""

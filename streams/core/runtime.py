@@ -1,0 +1,189 @@
+"""What a worker's agents share: settings, storage, topics, and the one way every stage handles a
+message (decode, call, emit; bad input to the DLQ or to a `failed` job, never a dead worker)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Awaitable, Callable, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
+from streams.core.app import Wiring
+from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
+from streams.core.settings import Settings
+from streams.adapters.storage import Storage
+
+log = logging.getLogger("restyle")
+M = TypeVar("M", bound=BaseModel)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, wiring: Wiring, storage: Storage):
+        self.settings = settings
+        self.wiring = wiring
+        self.storage = storage
+        self.topics = wiring.topics
+        self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
+
+    # --- sending ---
+    async def send(self, topic: str, key: str, model: BaseModel, headers=None,
+                   acknowledged: bool = False) -> None:
+        """Publish model keyed by key. acknowledged=True returns only once the broker has it:
+        for an event that must land before what is sent next to another topic."""
+        if "sent_at" in type(model).model_fields:  # lets the next stage measure its queue wait
+            model.sent_at = time.time()
+        pending = await self.topics[topic].send(key=key.encode(),
+                                                value=model.model_dump_json().encode(),
+                                                headers=headers)
+        if acknowledged:
+            await pending
+
+    async def job_event(self, job_id: str, kind: JobEventKind, **fields) -> None:
+        await self.send("job_events", job_id, JobEvent(job_id=job_id, kind=kind, at=time.time(),
+                                                       **fields))
+
+    async def fail(self, job_id: str, error: JobError, tenant: str | None = None,
+                   kind: JobEventKind = JobEventKind.FAILED) -> None:
+        await self.job_event(job_id, kind, error=error, tenant=tenant)
+
+    async def dead_letter(self, message, code: ErrorCode, reason: str,
+                          job_id: str | None = None) -> None:
+        raw = message.value if isinstance(message.value, bytes) else bytes(message.value or b"")
+        key = message.key.decode(errors="replace") if isinstance(message.key, bytes) else None
+        letter = DeadLetter(source_topic=message.topic, partition=message.partition,
+                            offset=message.offset, key=key, code=code.value, reason=reason,
+                            raw_base64=base64.b64encode(raw).decode(), job_id=job_id,
+                            at=time.time())
+        DEAD_LETTERS.labels(message.topic, code.value).inc()
+        log.warning("dead letter from %s@%s: %s", message.topic, message.offset, reason)
+        await self.send("dlq", key or job_id or "", letter, headers=[
+            ("restyle-error-code", code.value.encode()),
+            ("restyle-error", reason.encode()[:1000]),
+            ("restyle-source-topic", message.topic.encode()),
+        ])
+
+    # --- the one way a stage handles a message ---
+    async def handle(self, stage: str, event, model: type[M],
+                     handler: Callable[[M], Awaitable[None]], fail_jobs: bool = True,
+                     on_failure: Callable[[M, JobError], Awaitable[None]] | None = None,
+                     on_undecodable: Callable[[bytes | None, JobError], Awaitable[None]]
+                     | None = None) -> None:
+        """Decode event's message as `model` and run handler on it. Undecodable → DLQ, then
+        on_undecodable(raw, error) when given (to tell whoever waits on it, if it can be
+        identified). A StageFailure or an unexpected error → on_failure(decoded, error) when
+        given, else the job fails (or, with fail_jobs=False, the message goes to the DLQ)."""
+        message = event.message
+        started = time.perf_counter()
+        try:
+            decoded = decode(message.value, model)
+        except StageFailure as failure:
+            STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
+            await self.dead_letter(message, failure.error.code, failure.error.message)
+            if on_undecodable is not None:
+                await on_undecodable(message.value, failure.error)
+            return
+        job_id = getattr(decoded, "job_id", None)
+        sent_at = getattr(decoded, "sent_at", None)
+        if sent_at:
+            waited = max(0.0, time.time() - sent_at)
+            STAGE_WAIT_SECONDS.labels(stage).observe(waited)
+            if isinstance(getattr(decoded, "waits_ms", None), dict):
+                decoded.waits_ms[stage] = round(waited * 1000, 2)
+        try:
+            await handler(decoded)
+            STAGE_OUTCOMES.labels(stage, "ok").inc()
+        except StageFailure as failure:
+            STAGE_OUTCOMES.labels(stage, "failed").inc()
+            log.info("job %s failed in %s: %s", job_id, stage, failure.error.message)
+            await self._failed(message, job_id, failure.error, decoded, fail_jobs, on_failure)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a model error: the job fails, the worker lives
+            STAGE_OUTCOMES.labels(stage, "error").inc()
+            log.exception("job %s: unexpected error in %s", job_id, stage)
+            error = JobError(code=ErrorCode.INTERNAL,
+                             message=f"{stage} stage error: {type(exc).__name__}: {exc}")
+            await self._failed(message, job_id, error, decoded, fail_jobs, on_failure)
+        finally:
+            STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
+
+    def stage_agent(self, name: str, handler, model: type[BaseModel], topic: str | None = None,
+                    **options) -> None:
+        """A faust agent named `name` on the topic `topic` (default: name) that runs every
+        message through handle(name, ..., handler)."""
+        async def agent(stream):
+            async for event in stream.events():
+                await self.handle(name, event, model, handler, **options)
+
+        agent.__name__ = agent.__qualname__ = name  # how faust names it in logs
+        self.wiring.app.agent(self.topics[topic or name], name=name)(agent)
+
+    async def _failed(self, message, job_id: str | None, error: JobError, decoded,
+                      fail_jobs: bool, on_failure=None) -> None:
+        if on_failure is not None:
+            await on_failure(decoded, error)
+        elif fail_jobs and job_id:
+            await self.fail(job_id, error, getattr(decoded, "tenant", None))
+        else:
+            await self.dead_letter(message, error.code, error.message, job_id)
+
+    async def image_uncached(self, uri: str, at_least: int | None = None):
+        """The decoded image at uri, for images read once (catalog products): not cached.
+        at_least lets a JPEG decode at a reduced scale (see decode_image)."""
+        from streams.adapters.images import decode_image
+
+        data = await self.storage.get(uri)
+        return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri,
+                                       at_least)
+
+
+    async def mask_image(self, uri: str):
+        """A mask ("L" image) at uri, with the same header checks as photos."""
+        image = await self.image_uncached(uri)
+        return image.convert("L")
+
+    # --- images, fetched once per worker while a job moves through its stages ---
+    async def image(self, uri: str, max_side: int | None = None):
+        """The decoded image at uri, downscaled to max_side if given. Kept in a small LRU:
+        a job's stages usually run on one worker (same partition), so it is read once."""
+        from streams.adapters.images import fit_within
+
+        key = (uri, max_side)
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key]
+        if max_side is None:
+            image = await self.image_uncached(uri)
+        else:
+            image = await asyncio.to_thread(fit_within, await self.image(uri), max_side)
+        self._images[key] = image
+        while len(self._images) > 16:
+            self._images.popitem(last=False)
+        return image
+
+
+def decode(raw: bytes | None, model: type[M]) -> M:
+    """Bytes to a validated model, or StageFailure(INVALID_JSON | SCHEMA_VIOLATION)."""
+    try:
+        data = json.loads(raw) if raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StageFailure(ErrorCode.INVALID_JSON, f"message is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise StageFailure(ErrorCode.INVALID_JSON, "message must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise StageFailure(ErrorCode.SCHEMA_VIOLATION, describe_validation(exc)) from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "message"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)

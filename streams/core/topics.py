@@ -1,0 +1,50 @@
+"""Every topic restyle uses exists, with the configured partition count, before any worker
+subscribes or any client publishes: a consumer that subscribes to a missing topic is not
+rebalanced when it appears later (Apache Kafka), and a topic auto-created by a first producer
+gets the broker's default partition count instead of ours."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from streams.core.settings import Settings
+
+log = logging.getLogger("restyle.topics")
+
+
+async def ensure_topics(settings: Settings, timeout_s: float = 60) -> list[str]:
+    """Create the missing topics; returns the names created. Safe to run from many workers."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+                                request_timeout_ms=int(timeout_s * 1000))
+    await admin.start()
+    try:
+        wanted = list(dict.fromkeys(settings.topics.model_dump().values()))
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics([NewTopic(name, settings.partitions,
+                                                    settings.replication_factor)
+                                           for name in missing])
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            log.info("created topics: %s", ", ".join(missing))
+        await _until_visible(admin, wanted, timeout_s)
+        return missing
+    finally:
+        await admin.close()
+
+
+async def _until_visible(admin, names: list[str], timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        missing = set(names) - set(await admin.list_topics())
+        if not missing:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"topics not visible after {timeout_s:.0f}s: {sorted(missing)}")
+        await asyncio.sleep(0.2)

@@ -1,0 +1,152 @@
+"""The batch tracker: folds restyle.batch-events into the batches table; when a batch ends it
+writes the status report (JSON and CSV) to storage, publishes `batch.completed` on
+restyle.notifications and hands the webhook delivery (if any) to the webhook stage."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import time
+
+from schemas import StageFailure
+from schemas.background import (BatchEvent, BatchNotification, BatchState, ImageOutcome,
+                                WebhookDelivery)
+from streams.tracking.batchstate import apply_batch_event, summary
+from streams.core.runtime import Runtime
+from schemas.uris import join_uri
+
+INDEX = "#index"
+# Failures spelled out in a notification (the report has them all).
+MAX_LISTED_FAILURES = 50
+CSV_COLUMNS = ["name", "job_id", "image", "status", "error", "cause", "outputs", "seed",
+               "mask_ms", "render_ms", "finish_ms"]
+
+
+def register(rt: Runtime) -> None:
+    batches, images = rt.wiring.batches, rt.wiring.batch_images
+
+    async def track(event: BatchEvent) -> None:
+        key = event.batch_id.encode()
+        state = lookup(rt, event.batch_id)
+        previous = None
+        if event.outcome is not None:
+            stored = images.get(f"{event.batch_id}/{event.outcome.job_id}".encode())
+            previous = ImageOutcome.model_validate_json(stored) if stored else None
+        transition = apply_batch_event(state, previous, event, rt.settings.tolerated_failure_pct)
+        for entry in transition.entries:
+            images[f"{event.batch_id}/{entry.job_id}".encode()] = \
+                entry.model_dump_json().encode()
+        if transition.index:
+            index_key = f"{event.batch_id}/{INDEX}".encode()
+            known = json.loads(images.get(index_key) or b"[]")
+            images[index_key] = json.dumps(known + transition.index).encode()
+        new = transition.state
+        if new is None:
+            return
+        # Stored before the report goes out: a crash or a storage error in between leaves
+        # `reporting` set, and the next event for the batch (a redelivery) reports it.
+        batches[key] = new.model_dump_json().encode()
+        if transition.finished:
+            await report_and_notify(rt, new)
+            batches[key] = new.model_copy(update={"reporting": False}).model_dump_json().encode()
+
+    rt.stage_agent("batch-tracker", track, BatchEvent, topic="batch_events", fail_jobs=False)
+
+
+async def report_and_notify(rt: Runtime, state: BatchState, attempts: int = 3) -> None:
+    """Write the report, publish batch.completed, hand the webhook over (all idempotent)."""
+    outcomes = outcomes_of(rt, state.batch_id)
+    for attempt in range(1, attempts + 1):
+        try:
+            state.report = await write_report(rt, state, outcomes)
+            break
+        except StageFailure:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(attempt)
+    notification = await notification_for(rt, state, outcomes)
+    await rt.send("notifications", state.batch_id, notification)
+    webhook = state.webhook
+    url = webhook.url if webhook else rt.settings.webhook_url
+    if url:
+        await rt.send("webhooks", state.batch_id, WebhookDelivery(
+            batch_id=state.batch_id, url=url,
+            secret_name=webhook.secret_name if webhook else None,
+            body=notification.model_dump(mode="json")))
+
+
+def lookup(rt: Runtime, batch_id: str) -> BatchState | None:
+    stored = rt.wiring.batches.get(batch_id.encode())
+    return BatchState.model_validate_json(stored) if stored else None
+
+
+def outcomes_of(rt: Runtime, batch_id: str) -> list[ImageOutcome]:
+    images = rt.wiring.batch_images
+    index = images.get(f"{batch_id}/{INDEX}".encode())
+    outcomes = []
+    for job_id in json.loads(index) if index else []:
+        stored = images.get(f"{batch_id}/{job_id}".encode())
+        if stored:
+            outcomes.append(ImageOutcome.model_validate_json(stored))
+    return outcomes
+
+
+def report_json(state: BatchState, outcomes: list[ImageOutcome]) -> bytes:
+    body = {
+        "batch_id": state.batch_id, "tenant": state.tenant, "status": state.status.value,
+        "summary": summary(state),
+        "counts": counts(state), "tolerated_failure_pct": state.tolerated_failure_pct,
+        "met_threshold": state.met_threshold,
+        "error": state.error.model_dump(mode="json") if state.error else None,
+        "created_at": state.created_at, "finished_at": state.finished_at,
+        "images": [o.model_dump(mode="json") for o in outcomes],
+    }
+    return json.dumps(body, indent=2).encode()
+
+
+def report_csv(outcomes: list[ImageOutcome]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for o in outcomes:
+        writer.writerow({
+            "name": o.name, "job_id": o.job_id, "image": o.image, "status": o.status,
+            "error": o.error or "", "cause": o.cause or "", "outputs": " ".join(o.outputs),
+            "seed": "" if o.seed is None else o.seed,
+            "mask_ms": o.timings_ms.get("mask", ""), "render_ms": o.timings_ms.get("render", ""),
+            "finish_ms": o.timings_ms.get("finish", ""),
+        })
+    return buffer.getvalue().encode()
+
+
+def counts(state: BatchState) -> dict[str, int]:
+    return {"total": state.total or 0, "succeeded": state.succeeded, "failed": state.failed}
+
+
+async def write_report(rt: Runtime, state: BatchState,
+                       outcomes: list[ImageOutcome]) -> dict[str, str]:
+    base = join_uri(rt.settings.results_base, "batches", state.batch_id)
+    report = {"json": join_uri(base, "report.json"), "csv": join_uri(base, "report.csv")}
+    await rt.storage.put(report["json"], report_json(state, outcomes), "application/json")
+    await rt.storage.put(report["csv"], report_csv(outcomes), "text/csv")
+    return report
+
+
+async def notification_for(rt: Runtime, state: BatchState,
+                           outcomes: list[ImageOutcome]) -> BatchNotification:
+    presign, limit = rt.storage.presign, rt.settings.notification_max_links
+    report = {kind: await presign(uri) for kind, uri in (state.report or {}).items()}
+    outputs = []
+    for outcome in [o for o in outcomes if o.status == "done"][:limit]:
+        outputs.append({"name": outcome.name, "job_id": outcome.job_id,
+                        "urls": [await presign(uri) for uri in outcome.outputs]})
+    failures = [{"name": o.name, "job_id": o.job_id, "error": o.error, "cause": o.cause}
+                for o in outcomes if o.status == "failed"][:MAX_LISTED_FAILURES]
+    return BatchNotification(
+        batch_id=state.batch_id, tenant=state.tenant, status=state.status,
+        summary=summary(state), counts=counts(state),
+        tolerated_failure_pct=state.tolerated_failure_pct,
+        met_threshold=bool(state.met_threshold), error=state.error, report=report,
+        outputs=outputs, failures=failures, links_expire_s=rt.settings.presign_expiry_s,
+        at=time.time())

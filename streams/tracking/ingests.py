@@ -1,0 +1,29 @@
+"""The ingest tracker: folds restyle.catalog-events into the ingests table, which
+`GET /catalog/ingests/{ingest_id}` (and so `restyle catalog ingest`) reads."""
+from __future__ import annotations
+
+from schemas import CatalogOutcome, IngestState, OutcomeKind, fold_outcome
+from streams.core.runtime import Runtime
+
+
+def register(rt: Runtime) -> None:
+    app, ingests, outcomes = rt.wiring.app, rt.wiring.ingests, rt.wiring.ingest_outcomes
+
+    async def track(outcome: CatalogOutcome) -> None:
+        key = outcome.ingest_id.encode()
+        product_key = f"{outcome.ingest_id}/{outcome.product_id}".encode()
+        stored, previous = ingests.get(key), outcomes.get(product_key)
+        state = fold_outcome(IngestState.model_validate_json(stored) if stored else None,
+                             OutcomeKind(previous.decode()) if previous else None, outcome)
+        ingests[key] = state.model_dump_json().encode()
+        outcomes[product_key] = outcome.outcome.value.encode()
+
+    @app.agent(rt.topics["catalog_events"], name="ingest-tracker")
+    async def ingest_tracker(stream):
+        async for event in stream.events():
+            await rt.handle("ingest-tracker", event, CatalogOutcome, track, fail_jobs=False)
+
+
+def lookup(rt: Runtime, ingest_id: str) -> IngestState | None:
+    stored = rt.wiring.ingests.get(ingest_id.encode())
+    return IngestState.model_validate_json(stored) if stored else None

@@ -1,0 +1,101 @@
+"""Where the tracker, the sweeper and the status API read a job's state: the jobs table, plus
+render progress newer than the table.
+
+A render reports every denoising step. Storing each tick would write a changelog record per
+step (30 a job at 30 steps), each one a produce and a broker append on the cores the stages
+use, for a value only the status API shows. So a tick that changes nothing but progress is
+stored at most every `progress_store_interval_s`; meanwhile the newest is held here, in the
+process that owns the job's partition (where status requests are routed). A held tick lost in
+a crash or a rebalance is back with the next tick, replayed or new.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from schemas import JobEvent, JobEventKind, JobState
+from streams.tracking.jobstate import Transition, apply_event
+
+
+_UNREAD = object()
+
+
+@dataclass
+class Step:
+    event: JobEvent
+    transition: Transition
+    current: JobState | None  # the state the event was applied to
+    stored: JobState | None  # the jobs table's state (older than current while one is held)
+
+
+@dataclass
+class _Held:
+    state: JobState
+    derived_from: float  # updated_at of the stored state it was derived from
+
+
+class JobBoard:
+    def __init__(self, table, progress_store_interval_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.table = table
+        self.progress_store_interval_s = progress_store_interval_s
+        # This process's own clock times the stores: events carry their senders' clocks, and
+        # a GPU host's running behind would otherwise hold ticks back for that much longer.
+        self.clock = clock
+        self._held: dict[str, _Held] = {}
+        self._last_store: dict[str, float] = {}  # job_id -> clock() of its last store here
+
+    def stored(self, job_id: str) -> JobState | None:
+        raw = self.table.get(job_id.encode())
+        return JobState.model_validate_json(raw) if raw else None
+
+    def get(self, job_id: str, stored: JobState | None | object = _UNREAD) -> JobState | None:
+        """The newest state of job_id (stored: its table state, if already read)."""
+        if stored is _UNREAD:
+            stored = self.stored(job_id)
+        held = self._held.get(job_id)
+        if held is None:
+            return stored
+        if stored is not None and stored.updated_at == held.derived_from:
+            return held.state
+        # The table moved on without this process (another worker owned the partition for a
+        # while): what is held is stale.
+        del self._held[job_id]
+        return stored
+
+    def step(self, event: JobEvent) -> Step:
+        """What event does to its job (nothing is stored yet: see keep)."""
+        stored = self.stored(event.job_id)
+        current = self.get(event.job_id, stored)
+        return Step(event, apply_event(current, event), current, stored)
+
+    def keep(self, step: Step) -> None:
+        """Store step's new state; called once its result, if any, is published."""
+        state = step.transition.state
+        if state is None:
+            return
+        only_progress = step.event.kind is JobEventKind.PROGRESS and \
+            step.current is not None and state.status is step.current.status
+        job_id, now = state.job_id, self.clock()
+        last_store = self._last_store.get(job_id)
+        if only_progress and step.stored is not None and last_store is not None and \
+                now - last_store < self.progress_store_interval_s:
+            self._held[job_id] = _Held(state, step.stored.updated_at)
+            return
+        self._held.pop(job_id, None)
+        self.table[job_id.encode()] = state.model_dump_json().encode()
+        if state.status.terminal:
+            self._last_store.pop(job_id, None)
+        else:
+            self._last_store[job_id] = now
+
+    def forget(self) -> None:
+        """Drop what is held, when partitions are revoked: their jobs' next owner starts from
+        the table (at most one interval behind)."""
+        self._held.clear()
+        self._last_store.clear()
+
+    def active_ids(self) -> list[str]:
+        """Ids of every job in this process's table partitions (for a full sweep)."""
+        return [key.decode() for key, value in self.table.items() if value]

@@ -1,0 +1,91 @@
+"""The tracker: folds restyle.job-events into the jobs table, starts admitted jobs, publishes
+each finished job's result once, and reports a batch's images to the batch tracker."""
+from __future__ import annotations
+
+import time
+
+from schemas import ErrorCode, JobError, JobEvent, ResultEvent
+from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
+from streams.tracking.jobstate import stalled
+from streams.core.metrics import JOBS_FINISHED
+from streams.core.runtime import Runtime
+
+
+FULL_SCAN_EVERY = 10  # sweeps
+FIRST_STAGE = {"room_makeover": "analyze", "background_replace": "bg_mask",
+               "condition": "cond_prepare"}
+
+
+def image_outcome(result: ResultEvent) -> ImageOutcome:
+    """A finished job as a line of its batch's report."""
+    found = result.result
+    return ImageOutcome(
+        job_id=result.job_id, status=result.status,
+        error=result.error.code.value if result.error else None,
+        cause=result.error.message if result.error else None,
+        outputs=[image.uri for image in found.images] if found else [],
+        seed=found.seed if found else None,
+        timings_ms=found.timings_ms if found else {})
+
+
+def register(rt: Runtime) -> None:
+    app, board, settings = rt.wiring.app, rt.wiring.board, rt.settings
+
+    async def track(event: JobEvent) -> None:
+        step = board.step(event)
+        transition = step.transition
+        if transition.result is not None:
+            # Published (and acknowledged) before the terminal state is stored: a crash in
+            # between replays the event and publishes again, rather than never.
+            code = transition.result.error.code.value if transition.result.error else ""
+            JOBS_FINISHED.labels(transition.result.status, code).inc()
+            await rt.send("results", event.job_id, transition.result, acknowledged=True)
+            if transition.result.batch_id:
+                await rt.send("batch_events", transition.result.batch_id, BatchEvent(
+                    batch_id=transition.result.batch_id, kind=BatchEventKind.IMAGE,
+                    at=time.time(), outcome=image_outcome(transition.result)),
+                    acknowledged=True)
+        if transition.state is not None:
+            board.keep(step)
+            if not transition.state.status.terminal:
+                active.add(event.job_id)
+        if transition.start is not None:
+            await rt.send(FIRST_STAGE[transition.start.pipeline], event.job_id,
+                          transition.start)
+
+    # Jobs this worker's tracker saw start and not finish: what the sweeper checks. The table's
+    # local partitions are scanned in full now and then, for jobs this process has not seen
+    # move (after a restart or a rebalance).
+    active: set[str] = set()
+    sweeps = 0
+
+    @app.timer(interval=settings.job_sweep_interval_s)
+    async def sweep() -> None:
+        nonlocal sweeps
+        if settings.job_timeout_s <= 0 or app.rebalancing:
+            return
+        if sweeps % FULL_SCAN_EVERY == 0:
+            active.update(board.active_ids())
+        sweeps += 1
+        now = time.time()
+        for job_id in list(active):
+            state = board.get(job_id)
+            if state is None or state.status.terminal:
+                active.discard(job_id)
+            elif stalled(state, now, settings.job_timeout_s):
+                active.discard(job_id)
+                await rt.fail(state.job_id, JobError(
+                    code=ErrorCode.TIMEOUT, message=f"no progress for "
+                    f"{settings.job_timeout_s:.0f}s while {state.status.value}; the job was "
+                    f"given up (RESTYLE_JOB_TIMEOUT_S)"), state.tenant)
+
+    @app.on_partitions_revoked.connect
+    async def forget_held_progress(*_args, **_kwargs) -> None:
+        board.forget()
+
+    @app.agent(rt.topics["job_events"], name="tracker")
+    async def tracker(stream):
+        async for event in stream.events():
+            # A tracker failure must not feed a `failed` event back into its own topic:
+            # the event goes to the DLQ instead.
+            await rt.handle("tracker", event, JobEvent, track, fail_jobs=False)
