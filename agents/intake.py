@@ -6,31 +6,31 @@ the cause, so whoever waits on it hears why."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
 import re
 import time
-import hashlib
 
-from agents.condition import bucket_events
-from agents.makeover import stages as makeover
 from agents.background.agents import refuse_batch, submit_batch
 from agents.background.titan import titan_batch
+from agents.condition import bucket_events
+from agents.makeover import stages as makeover
 from schemas import ErrorCode, JobEventKind, StageFailure, UploadEvent
 from schemas.background import BATCH_ID_PATTERN, BackgroundBatch
 from schemas.conditioning import ConditionUpload
 from schemas.events import JOB_ID_PATTERN
 from schemas.titan import TitanRequest
-from streams.core.runtime import Runtime, decode
 from schemas.uris import parse_uri
+from streams.core.runtime import Runtime, decode
 
 log = logging.getLogger("restyle")
 _rng = random.SystemRandom()
 
 
 def register(rt: Runtime) -> None:
-    @rt.wiring.app.agent(rt.topics["uploads"], name="intake")
+    @rt.app.agent(rt.topics["uploads"], name="intake")
     async def intake(stream):
         async for event in stream.events():
             try:

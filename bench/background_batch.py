@@ -66,8 +66,8 @@ def measure(gpu_workers: int, args, work: Path, models_dir: Path, photos: list, 
             prefetch: int = 3):
     from confluent_kafka import Producer
 
-    from streams.stack.embedded import free_port
     from streams.core.settings import Settings
+    from streams.stack.embedded import free_port
     from streams.stack.up import RestyleStack
 
     env = {"RESTYLE_QUALITY_STEPS": json.dumps({"standard": args.steps, "premium": args.steps}),

@@ -41,8 +41,8 @@ def write_products(folder: Path, count: int, uncaptioned: float) -> None:
 
 def run_once(models_dir: Path, products: Path, workers: int, broker: str) -> tuple[float, dict]:
     from streams.cli import catalog
-    from streams.stack.embedded import free_port
     from streams.core.settings import Settings, load_settings
+    from streams.stack.embedded import free_port
     from streams.stack.up import RestyleStack
 
     state = Path(tempfile.mkdtemp(prefix=f"restyle-catalog-bench-{workers}-"))

@@ -33,9 +33,9 @@ UPLOAD = {"pipeline": "room_makeover", "style": "modern", "params": {"seed": 1}}
 def in_process_job(settings, models, engine, index, storage, photo_uri: str, job_id: str):
     """The stages in order, in one process: what the pipeline does minus Kafka."""
     from agents.makeover import stages as makeover
-    from streams.adapters.images import decode_image, encode_png, fit_within
     from schemas import UploadEvent
     from schemas.uris import join_uri
+    from streams.adapters.images import decode_image, encode_png, fit_within
 
     timings: dict[str, float] = {}
 
@@ -121,12 +121,12 @@ def main() -> None:
     from agents.models.stage_models import StageModels
     from agents.models.tiny import build_tiny_models
     from gpu_agent.engine import RenderEngine
-    from streams.cli.demo import ingest_source, sample_catalog_dir
-    from streams.stack.embedded import free_port
     from streams.adapters.index.local import LocalIndex
-    from streams.core.settings import Settings, load_settings
-    from streams.stack.up import RestyleStack
     from streams.adapters.storage import Storage
+    from streams.cli.demo import ingest_source, sample_catalog_dir
+    from streams.core.settings import Settings, load_settings
+    from streams.stack.embedded import free_port
+    from streams.stack.up import RestyleStack
 
     # The render every job asks for, on both paths (the workers read it as their defaults).
     render = {"RESTYLE_DEFAULT_STEPS": str(args.steps), "RESTYLE_DEFAULT_WIDTH": str(args.size),

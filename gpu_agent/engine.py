@@ -62,8 +62,11 @@ class RenderEngine:
         return pipe.to(self.device)
 
     def _load(self, diffusion_id: str, controlnet_id: str):
-        from diffusers import (ControlNetModel, StableDiffusionControlNetPipeline,
-                               StableDiffusionXLControlNetPipeline)
+        from diffusers import (
+            ControlNetModel,
+            StableDiffusionControlNetPipeline,
+            StableDiffusionXLControlNetPipeline,
+        )
 
         controlnet = ControlNetModel.from_pretrained(controlnet_id, torch_dtype=self.dtype)
         pipeline_class = (StableDiffusionXLControlNetPipeline if self.family == "sdxl"

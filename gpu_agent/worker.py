@@ -18,19 +18,19 @@ import time
 
 from pydantic import ValidationError
 
-from streams.adapters.images import encode_png
 from gpu_agent.duty import DutyMeter
 from gpu_agent.engine import RenderEngine
 from schemas import ErrorCode, JobEventKind, Progress, RenderRequest, RenderResult, StageFailure
-from streams.core.runtime import Runtime
 from schemas.uris import join_uri
+from streams.adapters.images import encode_png
+from streams.core.runtime import Runtime
 
 MANIFEST = "render.json"
 log = logging.getLogger("restyle")
 
 
 def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
-    app, settings = rt.wiring.app, rt.settings
+    app, settings = rt.app, rt.settings
     replies: dict[str, object] = {}
     meter = DutyMeter()
     model_turn = asyncio.Lock()  # FIFO: one model call at a time, in arrival order

@@ -2,30 +2,30 @@
 
 Pure pydantic v2 models, no I/O. Read this package first to know what flows where.
 """
-from schemas.errors import ErrorCode, JobError, StageFailure
-from schemas.params import MakeoverParams, RenderParams
-from schemas.media import Box, Detection, ProductMatch, ImageRef
-from schemas.events import (
-    UploadEvent,
-    MakeoverJob,
-    RenderRequest,
-    RenderResult,
-    JobEvent,
-    JobEventKind,
-    ResultEvent,
-    DeadLetter,
-)
-from schemas.jobs import JobStatus, JobState, Progress, MakeoverResult
 from schemas.catalog import (
-    Product,
-    ProductHit,
     CatalogEvent,
     CatalogItem,
     CatalogOutcome,
-    OutcomeKind,
     IngestState,
+    OutcomeKind,
+    Product,
+    ProductHit,
     fold_outcome,
 )
+from schemas.errors import ErrorCode, JobError, StageFailure
+from schemas.events import (
+    DeadLetter,
+    JobEvent,
+    JobEventKind,
+    MakeoverJob,
+    RenderRequest,
+    RenderResult,
+    ResultEvent,
+    UploadEvent,
+)
+from schemas.jobs import JobState, JobStatus, MakeoverResult, Progress
+from schemas.media import Box, Detection, ImageRef, ProductMatch
+from schemas.params import MakeoverParams, RenderParams
 
 __all__ = [
     "ErrorCode", "JobError", "StageFailure",

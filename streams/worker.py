@@ -1,76 +1,89 @@
-"""Worker processes: `restyle worker cpu` (stages, tracker, status API) and
-`restyle gpu-worker` (the diffusion agent)."""
+"""The composition root: the one module that wires settings, adapters, models, pipelines,
+tracking and the API into a worker process.
+
+`restyle worker cpu` runs the stages, the trackers and the status API; `restyle gpu-worker`
+runs the diffusion agent.
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import faust
 
+from agents import intake
+from agents.background import agents as background_agents
+from agents.catalog import agents as catalog_agents
+from agents.condition import agents as condition_agents
+from agents.makeover import agents as makeover_agents
+from agents.models.stage_models import StageModels
+from gpu_agent import worker as gpu_worker
+from gpu_agent.engine import RenderEngine
+from streams.adapters.index import open_index
+from streams.adapters.storage import Storage
+from streams.api import batches as batches_api
+from streams.api import catalog as catalog_api
+from streams.api import health as health_api
+from streams.api import jobs as jobs_api
 from streams.core.app import create_app
 from streams.core.runtime import Runtime
 from streams.core.settings import Settings
-from streams.adapters.storage import Storage
+from streams.core.topics import ensure_topics
+from streams.tracking import batches, ingests, webhooks
+from streams.tracking import jobs as job_tracker
+from streams.tracking.tables import open_tables
 
 
 def build_worker(settings: Settings, role: str, web_port: int | None = None) -> faust.App:
     wiring = create_app(settings, role, web_port)
     rt = Runtime(settings, wiring, Storage.from_settings(settings))
     if role == "cpu":
-        from agents import (background_agents, catalog_agents, condition_agents, intake,
-                            makeover_agents)
-        from agents.models.stage_models import StageModels
-        from streams.api import batches as batch_web
-        from streams.tracking import batches
-        from streams.api import catalog as catalog_web
-        from streams.tracking import ingests
-        from streams.tracking import jobs as tracker
-        from streams.api import jobs as web
-        from streams.tracking import webhooks
-        from streams.adapters.index import open_index
-
-        models = StageModels(settings)
-        models.warm_up()  # fail fast on a bad model id, and keep the first job fast
-        index = open_index(settings)
-        intake.register(rt)
-        makeover_agents.register(rt, models, index)
-        background_agents.register(rt, models)
-        condition_agents.register(rt, models)
-        catalog_agents.register(rt, models, index)
-        tracker.register(rt)
-        batches.register(rt)
-        webhooks.register(rt)
-        ingests.register(rt)
-        web.register(rt)
-        catalog_web.register(rt, models, index)
-        batch_web.register(rt, models)
+        build_cpu_worker(rt)
     elif role == "gpu":
-        from gpu_agent.engine import RenderEngine
-        from gpu_agent.worker import register
-        from streams.api.jobs import register_health
-
-        # The warmed pipelines must all fit the LRU, or warming the last evicts the first and
-        # every job of that kind reloads its pipeline.
-        cache_size = max(settings.pipeline_cache_size, len(settings.gpu_warm_tasks))
-        engine = RenderEngine(settings.device, settings.dtype, cache_size,
-                              settings.diffusion_family, settings.prompt_cache_size)
-        for task in settings.gpu_warm_tasks:
-            if task.startswith("controlnet_"):
-                engine.pipeline(settings.model_id("diffusion"), settings.model_id(task))
-        if "inpaint" in settings.gpu_warm_tasks:
-            engine.inpaint_pipeline(settings.model_id("inpainting"))
-        register(rt, engine)
-        register_health(rt)
+        build_gpu_worker(rt)
     else:
         raise ValueError(f"unknown worker role {role!r}")
+    health_api.register(rt)
     return wiring.app
+
+
+def build_cpu_worker(rt: Runtime) -> None:
+    settings = rt.settings
+    models = StageModels(settings)
+    models.warm_up()  # fail fast on a bad model id, and keep the first job fast
+    index = open_index(settings)
+    tables = open_tables(rt.app, settings)
+    intake.register(rt)
+    makeover_agents.register(rt, models, index)
+    background_agents.register(rt, models)
+    condition_agents.register(rt, models)
+    catalog_agents.register(rt, models, index)
+    job_tracker.register(rt, tables)
+    batches.register(rt, tables)
+    webhooks.register(rt)
+    ingests.register(rt, tables)
+    jobs_api.register(rt, tables)
+    catalog_api.register(rt, tables, models, index)
+    batches_api.register(rt, tables, models)
+
+
+def build_gpu_worker(rt: Runtime) -> None:
+    settings = rt.settings
+    # The warmed pipelines must all fit the LRU, or warming the last evicts the first and
+    # every job of that kind reloads its pipeline.
+    cache_size = max(settings.pipeline_cache_size, len(settings.gpu_warm_tasks))
+    engine = RenderEngine(settings.device, settings.dtype, cache_size,
+                          settings.diffusion_family, settings.prompt_cache_size)
+    for task in settings.gpu_warm_tasks:
+        if task.startswith("controlnet_"):
+            engine.pipeline(settings.model_id("diffusion"), settings.model_id(task))
+    if "inpaint" in settings.gpu_warm_tasks:
+        engine.inpaint_pipeline(settings.model_id("inpainting"))
+    gpu_worker.register(rt, engine)
 
 
 def run_worker(settings: Settings, role: str, web_port: int | None = None,
                loglevel: str = "info") -> None:
-    import asyncio
-
-    from streams.core.topics import ensure_topics
-
     logging.basicConfig(level=loglevel.upper())
     if settings.kafka_bootstrap:
         asyncio.run(ensure_topics(settings))

@@ -274,8 +274,8 @@ def opensearch_url(request, tmp_path_factory):
 
 @pytest.fixture(scope="session", params=E2E_BROKERS)
 def e2e(request, tmp_path_factory, tiny_models, room_photos):
-    from streams.stack.embedded import free_port
     from streams.core.settings import Settings
+    from streams.stack.embedded import free_port
     from streams.stack.up import RestyleStack
 
     state = tmp_path_factory.mktemp(f"stack-{request.param}")

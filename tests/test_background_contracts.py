@@ -16,12 +16,20 @@ from pydantic import ValidationError
 
 from agents.background.titan import titan_batch
 from schemas import ErrorCode, JobError, StageFailure
-from schemas.background import (BatchEvent, BatchEventKind, BatchStatus, ImageEntry,
-                                ImageOutcome, MaskTarget, OutpaintMode, WebhookDelivery)
+from schemas.background import (
+    BatchEvent,
+    BatchEventKind,
+    BatchStatus,
+    ImageEntry,
+    ImageOutcome,
+    MaskTarget,
+    OutpaintMode,
+    WebhookDelivery,
+)
 from schemas.titan import TitanRequest
-from streams.tracking.batchstate import apply_batch_event, summary
-from streams.core.settings import Settings
 from streams.adapters.storage import Storage
+from streams.core.settings import Settings
+from streams.tracking.batchstate import apply_batch_event, summary
 from streams.tracking.webhooks import deliver, verify
 
 

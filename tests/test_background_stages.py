@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agents.background import stages as background
 from agents.background import masks
+from agents.background import stages as background
 from agents.models.segment import BoxSegmenter, SalientSegmenter
 from gpu_agent.engine import RenderEngine
 from schemas import Box, Detection, ErrorCode, StageFailure

@@ -7,8 +7,8 @@ import asyncio
 from PIL import Image
 
 from schemas import CatalogOutcome, ErrorCode, JobError, OutcomeKind, fold_outcome
-from streams.cli.catalog import list_source
 from streams.adapters.storage import Storage
+from streams.cli.catalog import list_source
 from streams.core.settings import Settings
 
 

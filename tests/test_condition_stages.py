@@ -15,10 +15,9 @@ from agents.condition import bucket_events
 from agents.condition import stages as conditioning
 from agents.models.semantic import SemanticSegmenter
 from schemas import ErrorCode, StageFailure
-from schemas.conditioning import BucketRule, ConditionParams, Conditioning, Fit
+from schemas.conditioning import BucketRule, Conditioning, ConditionParams, Fit
 from streams.core.settings import Settings
 from tests.test_background_stages import skimage_photo
-
 
 # --- resize ---
 

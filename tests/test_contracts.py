@@ -7,10 +7,21 @@ import pytest
 from pydantic import ValidationError
 
 from agents.makeover.stages import admit
-from schemas import (ErrorCode, JobError, JobEvent, JobEventKind, JobState, JobStatus,
-                     MakeoverJob, MakeoverResult, Progress, StageFailure, UploadEvent)
-from streams.tracking.jobstate import apply_event
+from schemas import (
+    ErrorCode,
+    JobError,
+    JobEvent,
+    JobEventKind,
+    JobState,
+    JobStatus,
+    MakeoverJob,
+    MakeoverResult,
+    Progress,
+    StageFailure,
+    UploadEvent,
+)
 from streams.core.settings import Settings
+from streams.tracking.jobstate import apply_event
 
 
 def test_a_minimal_upload_is_valid_and_defaults_are_filled_from_settings():

@@ -6,9 +6,9 @@ import io
 import pytest
 from PIL import Image
 
-from streams.adapters.images import decode_image
 from schemas import ErrorCode, StageFailure
 from schemas.uris import parse_uri
+from streams.adapters.images import decode_image
 from tests.conftest import jpeg_bytes, png_declaring
 
 

@@ -10,8 +10,8 @@ import uuid
 
 from streams.cli import catalog
 from streams.cli.demo import sample_catalog_dir
-from streams.stack.embedded import free_port
 from streams.core.settings import Settings, load_settings
+from streams.stack.embedded import free_port
 from streams.stack.up import RestyleStack
 
 

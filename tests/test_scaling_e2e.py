@@ -6,8 +6,8 @@ import signal
 import urllib.request
 import uuid
 
-from streams.stack.embedded import free_port
 from streams.api.routing import job_partition
+from streams.stack.embedded import free_port
 
 
 def get_json(url: str) -> tuple[int, dict]:

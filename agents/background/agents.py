@@ -9,13 +9,20 @@ import time
 
 from agents.background import stages as background
 from agents.models.detect import rescale_detections
-from streams.adapters.images import encode_png, fit_within
 from agents.models.stage_models import StageModels
 from schemas import JobError, JobEventKind, JobStatus, RenderRequest, RenderResult, StageFailure
-from schemas.background import (BackgroundBatch, BackgroundJob, BackgroundResult, BatchEvent,
-                                BatchEventKind, ImageEntry, OutpaintMode)
-from streams.core.runtime import Runtime
+from schemas.background import (
+    BackgroundBatch,
+    BackgroundJob,
+    BackgroundResult,
+    BatchEvent,
+    BatchEventKind,
+    ImageEntry,
+    OutpaintMode,
+)
 from schemas.uris import join_uri, parse_uri
+from streams.adapters.images import encode_png, fit_within
+from streams.core.runtime import Runtime
 
 _rng = random.SystemRandom()
 # Images per batch-opening event: ~150 bytes each, so ~300 KB an event.
@@ -23,7 +30,7 @@ OPEN_CHUNK = 2000
 
 
 def register(rt: Runtime, models: StageModels) -> None:
-    app, topics, settings = rt.wiring.app, rt.topics, rt.settings
+    app, topics, settings = rt.app, rt.topics, rt.settings
 
     async def expand(batch: BackgroundBatch) -> None:
         batch_id = batch.batch_id

@@ -11,13 +11,18 @@ from pathlib import PurePosixPath
 from PIL import Image
 
 from agents.background import masks
-from streams.adapters.images import IMAGE_SUFFIXES
 from schemas import ErrorCode, RenderParams, StageFailure
-from schemas.background import (MAX_BATCH_IMAGES, BackgroundBatch, BackgroundJob, ImageSpec,
-                                MaskTarget, OutpaintMode)
+from schemas.background import (
+    MAX_BATCH_IMAGES,
+    BackgroundBatch,
+    BackgroundJob,
+    ImageSpec,
+    MaskTarget,
+    OutpaintMode,
+)
 from schemas.params import MAX_SEED
 from schemas.uris import join_uri
-
+from streams.adapters.images import IMAGE_SUFFIXES
 
 
 def job_id_for(batch_id: str, image_uri: str) -> str:

@@ -12,12 +12,17 @@ import io
 
 from PIL import Image, ImageOps
 
-from streams.adapters.images import decode_image, encode_png
 from schemas import ErrorCode, StageFailure
-from schemas.background import (BackgroundBatch, BackgroundParams, ImageSpec, MaskTarget,
-                                OutpaintMode)
+from schemas.background import (
+    BackgroundBatch,
+    BackgroundParams,
+    ImageSpec,
+    MaskTarget,
+    OutpaintMode,
+)
 from schemas.titan import TITAN_MAX_IMAGE_BYTES, TITAN_MAX_SIDE, TitanRequest
 from schemas.uris import join_uri
+from streams.adapters.images import decode_image, encode_png
 
 
 def decode_base64_image(text: str, field: str, max_pixels: int) -> tuple[bytes, Image.Image]:

@@ -14,10 +14,18 @@ import logging
 import re
 import time
 
-from streams.adapters.images import fit_within
-from schemas import (CatalogEvent, CatalogItem, CatalogOutcome, ErrorCode, JobError, OutcomeKind,
-                     Product, StageFailure)
+from schemas import (
+    CatalogEvent,
+    CatalogItem,
+    CatalogOutcome,
+    ErrorCode,
+    JobError,
+    OutcomeKind,
+    Product,
+    StageFailure,
+)
 from schemas.catalog import INGEST_ID_PATTERN
+from streams.adapters.images import fit_within
 from streams.core.runtime import Runtime, decode
 
 log = logging.getLogger("restyle.catalog")
@@ -34,7 +42,7 @@ def product_of(item: CatalogItem) -> Product:
 
 
 def register(rt: Runtime, models, index) -> None:
-    app, topics, settings = rt.wiring.app, rt.topics, rt.settings
+    app, topics, settings = rt.app, rt.topics, rt.settings
 
     async def publish(ingest_id: str, product_id: str, ingest_total: int | None,
                       kind: OutcomeKind, error: JobError | None = None,

@@ -12,14 +12,13 @@ import urllib.parse
 
 from agents.condition import bucket_events
 from agents.condition import stages as conditioning
-from streams.adapters.images import encode_png
 from agents.models.stage_models import StageModels
-from schemas import (ErrorCode, JobEventKind, JobStatus, RenderRequest, RenderResult,
-                     StageFailure)
+from schemas import ErrorCode, JobEventKind, JobStatus, RenderRequest, RenderResult, StageFailure
 from schemas.conditioning import Conditioning, ConditionJob, ConditionResult
+from schemas.uris import join_uri
+from streams.adapters.images import encode_png
 from streams.core.metrics import BUCKET_EVENTS
 from streams.core.runtime import Runtime
-from schemas.uris import join_uri
 
 log = logging.getLogger("restyle")
 _rng = random.SystemRandom()
@@ -27,7 +26,7 @@ MAX_METADATA_VALUE = 1024
 
 
 def register(rt: Runtime, models: StageModels) -> None:
-    app, topics, settings = rt.wiring.app, rt.topics, rt.settings
+    app, topics, settings = rt.app, rt.topics, rt.settings
 
     async def notified(message) -> None:
         """One bucket notification: each created object a rule matches becomes a job."""

@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from schemas import ErrorCode, RenderParams, StageFailure
-from schemas.conditioning import (BucketRule, ConditionJob, ConditionParams, ConditionUpload,
-                                  Conditioning, Fit)
+from schemas.conditioning import (
+    BucketRule,
+    Conditioning,
+    ConditionJob,
+    ConditionParams,
+    ConditionUpload,
+    Fit,
+)
 from schemas.params import MAX_SEED
 from schemas.uris import join_uri
 

@@ -17,6 +17,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
+from streams.adapters.storage import S3Store
 from streams.core.settings import Settings
 
 log = logging.getLogger("restyle.bucket")
@@ -101,8 +102,6 @@ async def watch(settings: Settings, stop: asyncio.Event | None = None,
                 interval_s: float | None = None) -> None:
     """Publish a notification for each new object under the rules' prefixes, until stopped."""
     from aiokafka import AIOKafkaProducer
-
-    from streams.adapters.storage import S3Store
 
     stop = stop or asyncio.Event()
     interval_s = interval_s or settings.bucket_watch_interval_s

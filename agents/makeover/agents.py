@@ -7,12 +7,19 @@ import time
 
 from agents.makeover import stages as makeover
 from agents.models.detect import rescale_detections
-from streams.adapters.images import encode_png
 from agents.models.stage_models import StageModels
-from schemas import (JobEventKind, JobStatus, MakeoverJob, MakeoverResult, ProductMatch,
-                     RenderRequest, RenderResult)
-from streams.core.runtime import Runtime
+from schemas import (
+    JobEventKind,
+    JobStatus,
+    MakeoverJob,
+    MakeoverResult,
+    ProductMatch,
+    RenderRequest,
+    RenderResult,
+)
 from schemas.uris import join_uri
+from streams.adapters.images import encode_png
+from streams.core.runtime import Runtime
 
 
 def _timed(job: MakeoverJob, stage: str, started: float) -> None:

@@ -9,8 +9,15 @@ import re
 
 from PIL import Image
 
-from schemas import (Detection, ErrorCode, MakeoverJob, ProductMatch, RenderParams, StageFailure,
-                     UploadEvent)
+from schemas import (
+    Detection,
+    ErrorCode,
+    MakeoverJob,
+    ProductMatch,
+    RenderParams,
+    StageFailure,
+    UploadEvent,
+)
 from schemas.params import MAX_SEED
 
 

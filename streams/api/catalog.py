@@ -6,21 +6,22 @@ import asyncio
 
 from faust import web
 
-from streams.tracking import ingests
 from streams.api.routing import error_response, routed
 from streams.core.runtime import Runtime
+from streams.tracking import ingests
+from streams.tracking.tables import Tables
 
 MAX_K = 100
 
 
-def register(rt: Runtime, models, index) -> None:
-    app = rt.wiring.app
+def register(rt: Runtime, tables: Tables, models, index) -> None:
+    app = rt.app
 
     @app.page("/catalog/ingests/{ingest_id}")
     class IngestView(web.View):
-        @routed(rt, rt.wiring.ingests)
+        @routed(rt, tables.ingests)
         async def get(self, request: web.Request, ingest_id: str) -> web.Response:
-            state = ingests.lookup(rt, ingest_id)
+            state = ingests.lookup(tables, ingest_id)
             if state is None:
                 return error_response(self, 404, "not_found", f"no ingest {ingest_id!r} (yet)")
             body = state.model_dump(mode="json")

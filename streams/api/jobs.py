@@ -1,20 +1,19 @@
-"""The status API (faust web): job status routed to the partition owner, progress as
-Server-Sent Events, uploads, health and Prometheus metrics."""
+"""The status API's job pages (faust web): job status routed to the partition owner, progress
+as Server-Sent Events, and room-makeover uploads."""
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 
 from aiohttp import web as aioweb
 from faust import web
 
 from schemas import ErrorCode, JobState
-from streams.core.metrics import render_metrics
-from streams.api.routing import error_response, routed
-from streams.core.runtime import Runtime
 from schemas.uris import join_uri
+from streams.api.routing import error_response, routed, until_known
+from streams.core.runtime import Runtime
+from streams.tracking.tables import Tables
 
 SSE_POLL_S = 0.2
 
@@ -29,8 +28,8 @@ async def present(rt: Runtime, state: JobState) -> dict:
     return body
 
 
-def register(rt: Runtime) -> None:
-    app, jobs, lookup = rt.wiring.app, rt.wiring.jobs, rt.wiring.board.get
+def register(rt: Runtime, tables: Tables) -> None:
+    app, jobs, lookup = rt.app, tables.jobs, tables.board.get
 
     @app.page("/jobs/{job_id}")
     class JobView(web.View):
@@ -93,39 +92,3 @@ def register(rt: Runtime) -> None:
             await until_known(app, f"/jobs/{job_id}")
             return self.json({"job_id": job_id, "image": uri}, status=202)
 
-    register_health(rt)
-
-
-async def until_known(app, path: str, timeout_s: float = 10.0) -> None:
-    """Answer a POST once GET `path` knows what it created, so a client's next read never gets
-    404 for the job (or batch) it just created."""
-    import aiohttp
-
-    url = f"{app.conf.canonical_url}{path}"
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            async with session.get(url) as response:
-                if response.status == 200:
-                    return
-            await asyncio.sleep(0.05)
-
-
-def register_health(rt: Runtime) -> None:
-    app = rt.wiring.app
-    started = time.time()
-
-    @app.page("/healthz")
-    class Health(web.View):
-        async def get(self, request: web.Request) -> web.Response:
-            # Ready once this worker owns partitions: before that it cannot process anything.
-            assigned = bool(app.consumer.assignment()) and not app.rebalancing
-            body = {"status": "ok" if assigned else "starting",
-                    "uptime_s": round(time.time() - started, 1)}
-            return self.json(body, status=200 if assigned else 503)
-
-    @app.page("/metrics")
-    class Metrics(web.View):
-        async def get(self, request: web.Request) -> web.Response:
-            return aioweb.Response(body=render_metrics(), headers={
-                "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

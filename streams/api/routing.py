@@ -6,6 +6,9 @@ A request for a job another worker owns is proxied to it.
 """
 from __future__ import annotations
 
+import asyncio
+import time
+
 import aiohttp
 from aiohttp import web as aioweb
 from aiokafka.partitioner import murmur2
@@ -61,12 +64,25 @@ def routed(rt, table):
         async def wrapper(view, request, **path):
             (key,) = path.values()  # faust passes the one path parameter by its name
             if "X-Restyle-Routed" not in request.headers:
-                url = owner_url(rt.wiring.app, table, key, rt.settings.partitions)
+                url = owner_url(rt.app, table, key, rt.settings.partitions)
                 if url is None:
                     return error_response(view, 503, "unavailable", "partitions are being "
                                           "reassigned; retry shortly", {"Retry-After": "1"})
-                if not is_local(rt.wiring.app, url):
+                if not is_local(rt.app, url):
                     return await proxy(request, url)
             return await handler(view, request, **path)
         return wrapper
     return decorate
+
+
+async def until_known(app, path: str, timeout_s: float = 10.0) -> None:
+    """Answer a POST once GET `path` knows what it created, so a client's next read never gets
+    404 for the job (or batch) it just created."""
+    url = f"{app.conf.canonical_url}{path}"
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+            await asyncio.sleep(0.05)

@@ -8,13 +8,12 @@ import time
 import uuid
 from pathlib import Path
 
+from schemas.uris import join_uri
 from streams.adapters.images import IMAGE_SUFFIXES
+from streams.adapters.storage import Storage
 from streams.cli.catalog import UPLOAD_CONCURRENCY
 from streams.cli.client import get_json, publish_one, status_url
 from streams.core.settings import Settings
-from streams.adapters.storage import Storage
-from schemas.uris import join_uri
-
 
 
 def local_images(source: str) -> list[tuple[Path, str]]:

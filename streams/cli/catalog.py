@@ -15,11 +15,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from streams.adapters.images import IMAGE_SUFFIXES
 from schemas import CatalogEvent, IngestState, StageFailure
-from streams.core.settings import Settings
-from streams.adapters.storage import Storage
 from schemas.uris import join_uri, parse_uri
+from streams.adapters.images import IMAGE_SUFFIXES
+from streams.adapters.storage import Storage
+from streams.cli.client import get_json
+from streams.core.settings import Settings
 
 CSV_NAME = "catalog.csv"
 UPLOAD_CONCURRENCY = 16
@@ -131,8 +132,6 @@ async def start_ingest(settings: Settings, source: str, category_from_folder: bo
 
 def get_ingest(status_url: str, ingest_id: str) -> IngestState | None:
     """The run so far; None until its first outcome is in (404) or while partitions move (503)."""
-    from streams.cli.client import get_json
-
     body = get_json(f"{status_url}/catalog/ingests/{ingest_id}", absent=(404, 503))
     return None if body is None else IngestState.model_validate(body)
 

@@ -9,9 +9,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from streams.core.settings import Settings
-from streams.adapters.storage import Storage
 from schemas.uris import join_uri
+from streams.adapters.storage import Storage
+from streams.core.settings import Settings
 
 
 def status_url(settings: Settings) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from streams.cli import catalog, client
 from streams.core.settings import DEFAULT_MODEL_IDS, Settings, load_settings
 
 SAMPLE_ROOMS = ["pexels-2416933.jpg", "pexels-36030587.jpg", "pexels-36358763.jpg",
@@ -34,9 +35,6 @@ def ingest_source(settings: Settings, source: str, category_from_folder: bool = 
                   ingest_id: str | None = None, timeout_s: float = 3600):
     """Publish a catalog source to the running stack and follow it with a progress bar."""
     from tqdm import tqdm
-
-    from streams.cli import catalog
-    from streams.cli import client
 
     ingest_id, total = client.run(catalog.start_ingest(settings, source, category_from_folder,
                                                        ingest_id))
@@ -67,8 +65,7 @@ def sample_catalog_dir(target: Path) -> Path:
 
 
 def run_demo(models: str | None, rooms: int, style: str, serve: bool, serve_until_signal) -> int:
-    from streams.cli import client
-    from streams.stack.up import RestyleStack
+    from streams.stack.up import RestyleStack  # imports the model code: only when needed
 
     settings = Settings()
     if models is None:

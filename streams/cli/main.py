@@ -14,7 +14,18 @@ import click
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from agents.condition.sources import bridge_sqs as run_bridge
+from agents.condition.sources import watch as run_watch
+from streams.cli import background as batch_client
+from streams.cli import client
+from streams.cli.client import run
+from streams.cli.demo import ingest_source, run_demo
 from streams.core.settings import Settings, load_settings
+from streams.stack.apache_kafka import KAFKA_VERSION, KafkaUnavailable, start_apache_kafka
+from streams.stack.embedded import Stack
+
+# The commands that run workers or build models import them when they run (torch, diffusers and
+# transformers take ~6 s to import); client commands like `restyle status` stay fast.
 
 
 def _settings(state_dir: str | None) -> Settings:
@@ -99,9 +110,6 @@ def kafka(port, work_dir) -> None:
     127.0.0.1 until Ctrl-C or SIGTERM; prints its bootstrap address."""
     import tempfile
 
-    from streams.stack.apache_kafka import KAFKA_VERSION, KafkaUnavailable, start_apache_kafka
-    from streams.stack.embedded import Stack
-
     work = Path(work_dir or tempfile.mkdtemp(prefix="restyle-kafka-")).resolve()
     try:
         service, bootstrap = start_apache_kafka(work / "broker", work / "logs", port)
@@ -135,7 +143,6 @@ def _serve_until_signal(stack) -> None:
 @click.option("--serve", is_flag=True, help="Keep the stack running after the demo.")
 def demo(models, state_dir, rooms, style, serve) -> None:
     """Start everything, ingest a sample catalog, restyle sample rooms, report, stop."""
-    from streams.cli.demo import run_demo
 
     if state_dir:
         os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
@@ -152,7 +159,6 @@ def demo(models, state_dir, rooms, style, serve) -> None:
 @click.option("--timeout", default=900.0, show_default=True)
 def submit(image, style, params, job_id, tenant, wait, timeout) -> None:
     """Submit a room photo (a local file, s3:// or file:// URI) for a makeover."""
-    from streams.cli import client
 
     settings = load_settings()
     job_id = client.run(client.submit(settings, image, style, _parse_params(params), job_id,
@@ -186,7 +192,6 @@ def _print_progress(job: dict) -> None:
 @click.argument("job_id")
 def status(job_id) -> None:
     """Show a job's status and result."""
-    from streams.cli import client
 
     job = client.get_job(load_settings(), job_id)
     if job is None:
@@ -253,7 +258,6 @@ def catalog_ingest(source, category_from_folder, ingest_id, timeout) -> None:
     """Index every product image in SOURCE (a directory or s3://bucket/prefix) through the
     catalog stream; catalog.csv (image, id, category, caption) adds metadata. Waits until the
     index has acknowledged every product; exits 1 if any failed."""
-    from streams.cli.demo import ingest_source
 
     state = ingest_source(load_settings(), source, category_from_folder, ingest_id, timeout)
     sys.exit(1 if state.failed else 0)
@@ -276,8 +280,6 @@ def background(sources, prompt, negative_prompt, mode, mask_prompt, params,
     """Replace the background of every photo in SOURCES (files, directories, s3:// URIs or
     s3://bucket/prefix/), as one batch; follows it and prints the report. Exits 0 only if the
     batch succeeded."""
-    from streams.cli import background as batch_client
-    from streams.cli.client import run
 
     settings = load_settings()
     fields = {"prompt": prompt, "mode": mode or settings.default_outpaint_mode}
@@ -311,7 +313,6 @@ def bridge() -> None:
 def bridge_sqs(queue_url, endpoint_url, region, once, wait_s) -> None:
     """Forward S3 notifications from the SQS queue QUEUE_URL to the bucket-events topic, at least
     once (a message leaves SQS only after Kafka acknowledged it)."""
-    from agents.condition.sources import bridge_sqs as run_bridge
 
     settings = load_settings()
     counts = _until_signal(lambda stop: run_bridge(settings, queue_url, endpoint_url, region,
@@ -324,7 +325,6 @@ def bridge_sqs(queue_url, endpoint_url, region, once, wait_s) -> None:
 def watch() -> None:
     """Publish a bucket notification for each new object under the routing rules' prefixes
     (for S3 stores that send none; `restyle up` runs this for its embedded S3)."""
-    from agents.condition.sources import watch as run_watch
 
     settings = load_settings()
     logging.basicConfig(level="INFO")

@@ -1,5 +1,6 @@
-"""The faust apps: one for the CPU stages (with the jobs table and the status API), one for the
-GPU worker (its own consumer group). Topics and the table are declared here, nowhere else."""
+"""The faust apps: one for the CPU stages (with the tracking tables and the status API), one for
+the GPU worker (its own consumer group). Topics are declared here, nowhere else; the tables are
+declared by streams/tracking/tables.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,6 @@ from dataclasses import dataclass
 import faust
 
 from streams.core.consumer import use_fetch_max_wait
-from streams.tracking.jobboard import JobBoard
 from streams.core.settings import Settings
 
 
@@ -15,20 +15,10 @@ from streams.core.settings import Settings
 class Wiring:
     app: faust.App
     topics: dict[str, faust.TopicT]
-    jobs: faust.Table | None
-    # ingest_id -> IngestState JSON, and "ingest_id/product_id" -> that product's last outcome.
-    ingests: faust.Table | None = None
-    ingest_outcomes: faust.Table | None = None
-    # batch_id -> BatchState JSON; "batch_id/job_id" -> ImageOutcome JSON (and the batch's
-    # job ids in order under "batch_id/#index").
-    batches: faust.Table | None = None
-    batch_images: faust.Table | None = None
-    # The jobs table plus render progress not yet stored in it: read job state through this.
-    board: JobBoard | None = None
 
 
 def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wiring:
-    """role: "cpu" (stages, table, status API) or "gpu" (the diffusion worker)."""
+    """role: "cpu" (stages, tables, status API) or "gpu" (the diffusion worker)."""
     if not settings.kafka_bootstrap:
         raise SystemExit("no Kafka configured: set RESTYLE_KAFKA_BOOTSTRAP or start `restyle up`")
     port = web_port or settings.web_port
@@ -66,20 +56,4 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
     topics = {role_name: app.topic(name, key_serializer="raw", value_serializer="raw",
                                    partitions=settings.partitions)
               for role_name, name in names.items()}
-    jobs = ingests = ingest_outcomes = batches = batch_images = None
-    if role == "cpu":
-        # Raw bytes both ways: keys are job_id bytes exactly as producers key
-        # restyle.job-events (so the web router hashes a job_id to its owner), values JobState JSON.
-        jobs = app.Table("jobs", default=None, partitions=settings.partitions,
-                         key_type=bytes, value_type=bytes)
-        ingests = app.Table("ingests", default=None, partitions=settings.partitions,
-                            key_type=bytes, value_type=bytes)
-        ingest_outcomes = app.Table("ingest-outcomes", default=None,
-                                    partitions=settings.partitions, key_type=bytes,
-                                    value_type=bytes)
-        batches = app.Table("batches", default=None, partitions=settings.partitions,
-                            key_type=bytes, value_type=bytes)
-        batch_images = app.Table("batch-images", default=None, partitions=settings.partitions,
-                                 key_type=bytes, value_type=bytes)
-    board = JobBoard(jobs, settings.progress_store_interval_s) if jobs is not None else None
-    return Wiring(app, topics, jobs, ingests, ingest_outcomes, batches, batch_images, board)
+    return Wiring(app, topics)

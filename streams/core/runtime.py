@@ -13,10 +13,11 @@ from typing import Awaitable, Callable, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
+from streams.adapters.images import decode_image, fit_within
+from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.core.settings import Settings
-from streams.adapters.storage import Storage
 
 log = logging.getLogger("restyle")
 M = TypeVar("M", bound=BaseModel)
@@ -25,7 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 class Runtime:
     def __init__(self, settings: Settings, wiring: Wiring, storage: Storage):
         self.settings = settings
-        self.wiring = wiring
+        self.app = wiring.app
         self.storage = storage
         self.topics = wiring.topics
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
@@ -121,7 +122,7 @@ class Runtime:
                 await self.handle(name, event, model, handler, **options)
 
         agent.__name__ = agent.__qualname__ = name  # how faust names it in logs
-        self.wiring.app.agent(self.topics[topic or name], name=name)(agent)
+        self.app.agent(self.topics[topic or name], name=name)(agent)
 
     async def _failed(self, message, job_id: str | None, error: JobError, decoded,
                       fail_jobs: bool, on_failure=None) -> None:
@@ -135,8 +136,6 @@ class Runtime:
     async def image_uncached(self, uri: str, at_least: int | None = None):
         """The decoded image at uri, for images read once (catalog products): not cached.
         at_least lets a JPEG decode at a reduced scale (see decode_image)."""
-        from streams.adapters.images import decode_image
-
         data = await self.storage.get(uri)
         return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri,
                                        at_least)
@@ -151,8 +150,6 @@ class Runtime:
     async def image(self, uri: str, max_side: int | None = None):
         """The decoded image at uri, downscaled to max_side if given. Kept in a small LRU:
         a job's stages usually run on one worker (same partition), so it is read once."""
-        from streams.adapters.images import fit_within
-
         key = (uri, max_side)
         if key in self._images:
             self._images.move_to_end(key)

@@ -8,9 +8,20 @@ import time
 import urllib.request
 from pathlib import Path
 
-from streams.stack.embedded import (EMBEDDED_S3_KEY, EMBEDDED_S3_SECRET, Service, Stack, free_port,
-                              python_command, start_process, start_seaweedfs, start_tansu)
+from agents.models.tiny import MANIFEST, ROLES, build_tiny_models
 from streams.core.settings import Settings
+from streams.stack.apache_kafka import KAFKA_VERSION, start_apache_kafka
+from streams.stack.embedded import (
+    EMBEDDED_S3_KEY,
+    EMBEDDED_S3_SECRET,
+    Service,
+    Stack,
+    free_port,
+    python_command,
+    start_process,
+    start_seaweedfs,
+    start_tansu,
+)
 
 # Tiny random-weight models cannot draw at 512 px in reasonable CPU time; start small.
 TINY_RENDER_DEFAULTS = {"RESTYLE_DEFAULT_WIDTH": "64", "RESTYLE_DEFAULT_HEIGHT": "64",
@@ -18,8 +29,6 @@ TINY_RENDER_DEFAULTS = {"RESTYLE_DEFAULT_WIDTH": "64", "RESTYLE_DEFAULT_HEIGHT":
 
 
 def ensure_tiny_models(state_dir: Path) -> Path:
-    from agents.models.tiny import MANIFEST, ROLES, build_tiny_models
-
     target = state_dir / "models" / "tiny"
     # Rebuilt when a role is missing (a directory written by an older restyle).
     if not (target / MANIFEST).exists() or not all((target / r).is_dir() for r in ROLES):
@@ -66,8 +75,6 @@ class RestyleStack:
         bootstrap = settings.kafka_bootstrap
         broker_env, self.broker = {}, "external"
         if not bootstrap and settings.embedded_broker == "kafka":
-            from streams.stack.apache_kafka import KAFKA_VERSION, start_apache_kafka
-
             service, bootstrap = start_apache_kafka(self.state_dir / "kafka", self.log_dir)
             self.stack.services.append(service)
             self.broker = f"apache-kafka {KAFKA_VERSION}"

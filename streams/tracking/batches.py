@@ -10,11 +10,17 @@ import json
 import time
 
 from schemas import StageFailure
-from schemas.background import (BatchEvent, BatchNotification, BatchState, ImageOutcome,
-                                WebhookDelivery)
-from streams.tracking.batchstate import apply_batch_event, summary
-from streams.core.runtime import Runtime
+from schemas.background import (
+    BatchEvent,
+    BatchNotification,
+    BatchState,
+    ImageOutcome,
+    WebhookDelivery,
+)
 from schemas.uris import join_uri
+from streams.core.runtime import Runtime
+from streams.tracking.batchstate import apply_batch_event, summary
+from streams.tracking.tables import Tables
 
 INDEX = "#index"
 # Failures spelled out in a notification (the report has them all).
@@ -23,12 +29,12 @@ CSV_COLUMNS = ["name", "job_id", "image", "status", "error", "cause", "outputs",
                "mask_ms", "render_ms", "finish_ms"]
 
 
-def register(rt: Runtime) -> None:
-    batches, images = rt.wiring.batches, rt.wiring.batch_images
+def register(rt: Runtime, tables: Tables) -> None:
+    batches, images = tables.batches, tables.batch_images
 
     async def track(event: BatchEvent) -> None:
         key = event.batch_id.encode()
-        state = lookup(rt, event.batch_id)
+        state = lookup(tables, event.batch_id)
         previous = None
         if event.outcome is not None:
             stored = images.get(f"{event.batch_id}/{event.outcome.job_id}".encode())
@@ -48,15 +54,16 @@ def register(rt: Runtime) -> None:
         # `reporting` set, and the next event for the batch (a redelivery) reports it.
         batches[key] = new.model_dump_json().encode()
         if transition.finished:
-            await report_and_notify(rt, new)
+            await report_and_notify(rt, tables, new)
             batches[key] = new.model_copy(update={"reporting": False}).model_dump_json().encode()
 
     rt.stage_agent("batch-tracker", track, BatchEvent, topic="batch_events", fail_jobs=False)
 
 
-async def report_and_notify(rt: Runtime, state: BatchState, attempts: int = 3) -> None:
+async def report_and_notify(rt: Runtime, tables: Tables, state: BatchState,
+                            attempts: int = 3) -> None:
     """Write the report, publish batch.completed, hand the webhook over (all idempotent)."""
-    outcomes = outcomes_of(rt, state.batch_id)
+    outcomes = outcomes_of(tables, state.batch_id)
     for attempt in range(1, attempts + 1):
         try:
             state.report = await write_report(rt, state, outcomes)
@@ -76,13 +83,13 @@ async def report_and_notify(rt: Runtime, state: BatchState, attempts: int = 3) -
             body=notification.model_dump(mode="json")))
 
 
-def lookup(rt: Runtime, batch_id: str) -> BatchState | None:
-    stored = rt.wiring.batches.get(batch_id.encode())
+def lookup(tables: Tables, batch_id: str) -> BatchState | None:
+    stored = tables.batches.get(batch_id.encode())
     return BatchState.model_validate_json(stored) if stored else None
 
 
-def outcomes_of(rt: Runtime, batch_id: str) -> list[ImageOutcome]:
-    images = rt.wiring.batch_images
+def outcomes_of(tables: Tables, batch_id: str) -> list[ImageOutcome]:
+    images = tables.batch_images
     index = images.get(f"{batch_id}/{INDEX}".encode())
     outcomes = []
     for job_id in json.loads(index) if index else []:

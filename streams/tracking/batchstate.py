@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas.background import (BatchEvent, BatchEventKind, BatchState, BatchStatus,
-                                ImageOutcome)
+from schemas.background import BatchEvent, BatchEventKind, BatchState, BatchStatus, ImageOutcome
 
 
 @dataclass

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from schemas import CatalogOutcome, IngestState, OutcomeKind, fold_outcome
 from streams.core.runtime import Runtime
+from streams.tracking.tables import Tables
 
 
-def register(rt: Runtime) -> None:
-    app, ingests, outcomes = rt.wiring.app, rt.wiring.ingests, rt.wiring.ingest_outcomes
+def register(rt: Runtime, tables: Tables) -> None:
+    app, ingests, outcomes = rt.app, tables.ingests, tables.ingest_outcomes
 
     async def track(outcome: CatalogOutcome) -> None:
         key = outcome.ingest_id.encode()
@@ -24,6 +25,6 @@ def register(rt: Runtime) -> None:
             await rt.handle("ingest-tracker", event, CatalogOutcome, track, fail_jobs=False)
 
 
-def lookup(rt: Runtime, ingest_id: str) -> IngestState | None:
-    stored = rt.wiring.ingests.get(ingest_id.encode())
+def lookup(tables: Tables, ingest_id: str) -> IngestState | None:
+    stored = tables.ingests.get(ingest_id.encode())
     return IngestState.model_validate_json(stored) if stored else None

@@ -17,7 +17,6 @@ from typing import Callable
 from schemas import JobEvent, JobEventKind, JobState
 from streams.tracking.jobstate import Transition, apply_event
 
-
 _UNREAD = object()
 
 

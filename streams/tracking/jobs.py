@@ -6,10 +6,10 @@ import time
 
 from schemas import ErrorCode, JobError, JobEvent, ResultEvent
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
-from streams.tracking.jobstate import stalled
 from streams.core.metrics import JOBS_FINISHED
 from streams.core.runtime import Runtime
-
+from streams.tracking.jobstate import stalled
+from streams.tracking.tables import Tables
 
 FULL_SCAN_EVERY = 10  # sweeps
 FIRST_STAGE = {"room_makeover": "analyze", "background_replace": "bg_mask",
@@ -28,8 +28,8 @@ def image_outcome(result: ResultEvent) -> ImageOutcome:
         timings_ms=found.timings_ms if found else {})
 
 
-def register(rt: Runtime) -> None:
-    app, board, settings = rt.wiring.app, rt.wiring.board, rt.settings
+def register(rt: Runtime, tables: Tables) -> None:
+    app, board, settings = rt.app, tables.board, rt.settings
 
     async def track(event: JobEvent) -> None:
         step = board.step(event)

@@ -1,41 +1,18 @@
-"""The vector index of catalog products: the interface every backend implements, and the factory.
+"""The vector index of catalog products: the factory that picks a backend from the settings.
 
-Scores are cosine similarities in [-1, 1] on every backend (OpenSearch's own score scale is
-converted), so a score floor means the same thing whichever index is configured.
+Backends: `local` (embedded, on disk; exact search, HNSW above a size) and `opensearch` (k-NN).
+Both implement `base.VectorIndex`.
 """
 from __future__ import annotations
 
-from typing import Protocol
-
-import numpy as np
-
-from schemas import Product, ProductHit
-
-
-class VectorIndex(Protocol):
-    async def upsert(self, products: list[Product], vectors) -> dict[str, str]:
-        """Insert or replace by product_id; returns {product_id: cause} for any refused."""
-    async def delete(self, product_ids: list[str]) -> None: ...
-    async def query(self, vector, k: int, category: str | None = None,
-                    min_score: float = -1.0) -> list[ProductHit]: ...
-    async def get(self, product_id: str) -> Product | None: ...
-    async def count(self) -> int: ...
-    async def close(self) -> None: ...
+from streams.adapters.index.base import VectorIndex
+from streams.adapters.index.local import LocalIndex
+from streams.adapters.index.opensearch import OpenSearchIndex
 
 
 def open_index(settings) -> VectorIndex:
     """The index the settings name: OpenSearch when a URL is configured, else the embedded one."""
     if settings.opensearch_url:
-        from streams.adapters.index.opensearch import OpenSearchIndex
-
         return OpenSearchIndex.from_settings(settings)
-    from streams.adapters.index.local import LocalIndex
-
     return LocalIndex(settings.index_path, ann_threshold=settings.index_ann_threshold,
                       ef_search=settings.index_ef_search)
-
-
-def normalise(vectors) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)

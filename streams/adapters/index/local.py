@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas import Product, ProductHit
-from streams.adapters.index import normalise
+from streams.adapters.index.base import normalise
 
 # Below this many candidate rows, exact search beats walking the graph (and is exact).
 EXACT_FILTER_ROWS = 1000

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from schemas import Product, ProductHit
-from streams.adapters.index import normalise
+from streams.adapters.index.base import normalise
 
 log = logging.getLogger("restyle.opensearch")
 VECTOR_FIELD = "vector"

@@ -1,0 +1,39 @@
+"""The CPU worker's faust tables, declared here and nowhere else.
+
+Raw bytes both ways: keys are ids exactly as producers key the event topics (so the web router
+hashes an id to the worker that owns it), values are the pydantic models as JSON.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from streams.core.settings import Settings
+from streams.tracking.jobboard import JobBoard
+
+
+@dataclass
+class Tables:
+    # job_id -> JobState JSON.
+    jobs: faust.Table
+    # ingest_id -> IngestState JSON, and "ingest_id/product_id" -> that product's last outcome.
+    ingests: faust.Table
+    ingest_outcomes: faust.Table
+    # batch_id -> BatchState JSON; "batch_id/job_id" -> ImageOutcome JSON (and the batch's
+    # job ids in order under "batch_id/#index").
+    batches: faust.Table
+    batch_images: faust.Table
+    # The jobs table plus render progress not yet stored in it: read job state through this.
+    board: JobBoard
+
+
+def open_tables(app: faust.App, settings: Settings) -> Tables:
+    def table(name: str) -> faust.Table:
+        return app.Table(name, default=None, partitions=settings.partitions, key_type=bytes,
+                         value_type=bytes)
+
+    jobs = table("jobs")
+    return Tables(jobs=jobs, ingests=table("ingests"), ingest_outcomes=table("ingest-outcomes"),
+                  batches=table("batches"), batch_images=table("batch-images"),
+                  board=JobBoard(jobs, settings.progress_store_interval_s))
