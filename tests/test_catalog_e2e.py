@@ -140,3 +140,45 @@ def test_the_cli_shows_the_outcome_and_exits_1_when_a_product_failed(e2e, produc
     assert "3 indexed, 0 deleted, 1 failed" in done.stdout
     assert f"failed broken-{products_dir.tag}: [not_an_image]" in done.stdout
     assert "indexed: 100%" in done.stderr  # the progress bar ran to completion
+
+
+def test_two_images_that_would_be_one_product_are_refused_by_name_and_then_ingest(
+        e2e, tmp_path, room_photos):
+    """sofa/room1.jpg and chair/room1.jpg, or lamp.png beside lamp.jpg, would both be product
+    `room1` (or `lamp`): the run would count 4 events, store 2 products and wait for the other
+    two until its timeout. The CLI refuses the folder at once, naming the files; with distinct
+    ids in catalog.csv the same folder ingests completely."""
+    tag = uuid.uuid4().hex[:6]
+    folder = tmp_path / "clashing"
+    for sub in ("sofa", "chair"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / f"room1-{tag}.jpg").write_bytes(room_photos[38].read_bytes())
+    (folder / f"lamp-{tag}.jpg").write_bytes(room_photos[12].read_bytes())
+    (folder / f"lamp-{tag}.png").write_bytes(room_photos[12].read_bytes())
+    env = {**os.environ, "RESTYLE_STATE_DIR": str(e2e.stack.state_dir)}
+    env.pop("RESTYLE_KAFKA_BOOTSTRAP", None)
+
+    def ingest() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "streams.cli.main", "catalog", "ingest",
+                               str(folder), "--ingest-id", f"clash-{tag}", "--timeout", "120"],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    refused = ingest()
+    assert refused.returncode == 1
+    assert f"product id 'room1-{tag}' comes from 2 images: chair/room1-{tag}.jpg, " \
+           f"sofa/room1-{tag}.jpg" in refused.stderr
+    assert f"product id 'lamp-{tag}' comes from 2 images: lamp-{tag}.jpg, lamp-{tag}.png" \
+        in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert e2e.get(f"/catalog/ingests/clash-{tag}")[0] == 404  # nothing was published
+
+    (folder / "catalog.csv").write_text(
+        "image,id\n"
+        f"sofa/room1-{tag}.jpg,sofa-room1-{tag}\nchair/room1-{tag}.jpg,chair-room1-{tag}\n"
+        f"lamp-{tag}.png,lamp-png-{tag}\n")
+    done = ingest()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"ingest clash-{tag}: 4 indexed, 0 deleted, 0 failed" in done.stdout
+    for product_id in (f"sofa-room1-{tag}", f"chair-room1-{tag}", f"lamp-{tag}",
+                       f"lamp-png-{tag}"):
+        assert e2e.get(f"/products/{product_id}")[0] == 200

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from PIL import Image
 
 from schemas import CatalogOutcome, ErrorCode, JobError, OutcomeKind, fold_outcome
 from streams.adapters.storage import Storage
-from streams.cli.catalog import list_source
+from streams.cli.catalog import DuplicateProductIds, list_source, products_from_listing
 from streams.core.settings import Settings
 
 
@@ -33,6 +34,21 @@ def test_a_directory_with_a_csv_and_folders(tmp_path, room_photos):
     assert plain["oak"].image == (catalog / "chairs" / "oak.jpg").as_uri()
     assert {e.ingest_id for e in plain.values()} == {"run-1"}
     assert listed(True)["oak"].category == "chairs"
+
+
+def test_images_that_would_be_one_product_are_refused_by_name():
+    names = ["sofa/room1.jpg", "chair/room1.jpg", "lamp.jpg", "lamp.png", "desk.jpg"]
+    with pytest.raises(DuplicateProductIds) as refused:
+        products_from_listing(names, {}, category_from_folder=True)
+    assert refused.value.clashes == {"room1": ["chair/room1.jpg", "sofa/room1.jpg"],
+                                     "lamp": ["lamp.jpg", "lamp.png"]}
+    assert "product id 'lamp' comes from 2 images: lamp.jpg, lamp.png" in str(refused.value)
+
+    # Ids from catalog.csv (keyed by the path below the source) tell them apart.
+    rows = {"sofa/room1.jpg": {"id": "sofa-room1"}, "chair/room1.jpg": {"id": "chair-room1"},
+            "lamp.png": {"id": "lamp-png"}}
+    ids = [fields["product_id"] for _, fields in products_from_listing(names, rows, True)]
+    assert sorted(ids) == ["chair-room1", "desk", "lamp", "lamp-png", "sofa-room1"]
 
 
 def outcome(product_id: str, kind: OutcomeKind, total: int = 3) -> CatalogOutcome:

@@ -26,6 +26,18 @@ CSV_NAME = "catalog.csv"
 UPLOAD_CONCURRENCY = 16
 
 
+class DuplicateProductIds(ValueError):
+    """Two or more images of a source would become the same product: the run would store one
+    and wait for the other forever, so it is refused before anything is published."""
+
+    def __init__(self, clashes: dict[str, list[str]]):
+        self.clashes = clashes
+        lines = [f"product id {product_id!r} comes from {len(names)} images: {', '.join(names)}"
+                 for product_id, names in clashes.items()]
+        super().__init__("every image must be a distinct product; give them distinct file names "
+                         f"or ids in {CSV_NAME}:\n  " + "\n  ".join(lines))
+
+
 @dataclass
 class SourceProduct:
     event: CatalogEvent
@@ -35,7 +47,8 @@ class SourceProduct:
 def products_from_listing(names: list[str], rows: dict[str, dict],
                           category_from_folder: bool) -> list[tuple[str, dict]]:
     """(relative image name, fields) for every image name; pure, shared by DIR and S3 sources.
-    CSV rows (keyed by image name or relative path) give id, category and caption."""
+    CSV rows (keyed by image name or relative path) give id, category and caption. A product
+    id is the CSV's id or the file's stem; two images with one id are refused by name."""
     products = []
     for name in sorted(names):
         path = PurePosixPath(name)
@@ -47,7 +60,17 @@ def products_from_listing(names: list[str], rows: dict[str, dict],
         products.append((name, {"product_id": row.get("id") or path.stem,
                                 "category": category or None,
                                 "caption": row.get("caption") or None}))
+    refuse_duplicate_ids(products)
     return products
+
+
+def refuse_duplicate_ids(products: list[tuple[str, dict]]) -> None:
+    names_by_id: dict[str, list[str]] = {}
+    for name, fields in products:
+        names_by_id.setdefault(fields["product_id"], []).append(name)
+    clashes = {pid: names for pid, names in names_by_id.items() if len(names) > 1}
+    if clashes:
+        raise DuplicateProductIds(clashes)
 
 
 def read_csv_rows(text: str) -> dict[str, dict]:

@@ -18,6 +18,7 @@ from agents.condition.sources import bridge_sqs as run_bridge
 from agents.condition.sources import watch as run_watch
 from streams.cli import background as batch_client
 from streams.cli import client
+from streams.cli.catalog import DuplicateProductIds
 from streams.cli.client import run
 from streams.cli.demo import ingest_source, run_demo
 from streams.core.settings import Settings, load_settings
@@ -259,7 +260,12 @@ def catalog_ingest(source, category_from_folder, ingest_id, timeout) -> None:
     catalog stream; catalog.csv (image, id, category, caption) adds metadata. Waits until the
     index has acknowledged every product; exits 1 if any failed."""
 
-    state = ingest_source(load_settings(), source, category_from_folder, ingest_id, timeout)
+    try:
+        state = ingest_source(load_settings(), source, category_from_folder, ingest_id, timeout)
+    except DuplicateProductIds as exc:
+        raise click.ClickException(f"{source}: {exc}") from None
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
     sys.exit(1 if state.failed else 0)
 
 
