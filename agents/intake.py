@@ -17,10 +17,10 @@ from agents.background.agents import refuse_batch, submit_batch
 from agents.background.titan import titan_batch
 from agents.condition import bucket_events
 from agents.makeover import stages as makeover
-from schemas import ErrorCode, JobEventKind, StageFailure, UploadEvent
+from schemas import ErrorCode, JobEventKind, MakeoverUpload, StageFailure
 from schemas.background import BATCH_ID_PATTERN, BackgroundBatch
 from schemas.conditioning import ConditionUpload
-from schemas.events import JOB_ID_PATTERN
+from schemas.ids import JOB_ID_PATTERN
 from schemas.titan import TitanRequest
 from schemas.uris import parse_uri
 from streams.core.runtime import Runtime, decode
@@ -90,11 +90,11 @@ async def admit_job(rt: Runtime, message, model, make_job) -> None:
 
 
 async def admit_makeover(rt: Runtime, message) -> None:
-    def make_job(upload: UploadEvent, job_id: str):
+    def make_job(upload: MakeoverUpload, job_id: str):
         parse_uri(upload.image, rt.storage.file_roots)
         return makeover.admit(upload, job_id, rt.settings, time.time(), _rng)
 
-    await admit_job(rt, message, UploadEvent, make_job)
+    await admit_job(rt, message, MakeoverUpload, make_job)
 
 
 async def admit_condition(rt: Runtime, message) -> None:

@@ -33,7 +33,7 @@ UPLOAD = {"pipeline": "room_makeover", "style": "modern", "params": {"seed": 1}}
 def in_process_job(settings, models, engine, index, storage, photo_uri: str, job_id: str):
     """The stages in order, in one process: what the pipeline does minus Kafka."""
     from agents.makeover import stages as makeover
-    from schemas import UploadEvent
+    from schemas import MakeoverUpload
     from schemas.uris import join_uri
     from streams.adapters.images import decode_image, encode_png, fit_within
 
@@ -71,7 +71,7 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
             await storage.put(join_uri(base, "depth.png"), encode_png(depth), "image/png")
         # The same parameters the intake resolves for the Kafka path's upload (defaults such
         # as the negative prompt included), so both paths render the same work.
-        params = makeover.resolve_params(UploadEvent(**UPLOAD, image=photo_uri), settings,
+        params = makeover.resolve_params(MakeoverUpload(**UPLOAD, image=photo_uri), settings,
                                          random.Random())
         with timed("render"):
             images = engine.render(settings.model_id("diffusion"),

@@ -17,21 +17,20 @@ from schemas.events import (
     DeadLetter,
     JobEvent,
     JobEventKind,
-    MakeoverJob,
     RenderRequest,
     RenderResult,
     ResultEvent,
-    UploadEvent,
 )
-from schemas.jobs import JobState, JobStatus, MakeoverResult, Progress
+from schemas.jobs import JobState, JobStatus, Progress
+from schemas.makeover import MakeoverJob, MakeoverParams, MakeoverResult, MakeoverUpload
 from schemas.media import Box, Detection, ImageRef, ProductMatch
-from schemas.params import MakeoverParams, RenderParams
+from schemas.params import RenderParams
 
 __all__ = [
     "ErrorCode", "JobError", "StageFailure",
     "MakeoverParams", "RenderParams",
     "Box", "Detection", "ProductMatch", "ImageRef",
-    "UploadEvent", "MakeoverJob", "RenderRequest", "RenderResult",
+    "MakeoverUpload", "MakeoverJob", "RenderRequest", "RenderResult",
     "JobEvent", "JobEventKind", "ResultEvent", "DeadLetter",
     "JobStatus", "JobState", "Progress", "MakeoverResult", "Product", "ProductHit",
     "CatalogEvent", "CatalogItem", "CatalogOutcome", "OutcomeKind", "IngestState", "fold_outcome",

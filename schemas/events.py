@@ -5,61 +5,14 @@ Images never travel in events; they carry URIs (claim check).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from schemas.background import BackgroundJob
-from schemas.conditioning import ConditionJob
 from schemas.errors import JobError
-from schemas.jobs import AnyResult, JobStatus, Progress, pipeline_of
-from schemas.media import Detection, ProductMatch
-from schemas.params import MakeoverParams, RenderParams
-
-SCHEMA_VERSION = 1
-JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-
-
-class UploadEvent(BaseModel):
-    """What upstream systems publish on `restyle.uploads`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    job_id: str | None = Field(None, pattern=JOB_ID_PATTERN)
-    pipeline: Literal["room_makeover"]
-    image: str = Field(min_length=1, max_length=4096)
-    style: str = Field(min_length=1, max_length=64)
-    params: MakeoverParams = Field(default_factory=MakeoverParams)
-    tenant: str | None = Field(None, max_length=128)
-    schema_version: Literal[1] = SCHEMA_VERSION
-
-
-class MakeoverJob(BaseModel):
-    """The room makeover as it moves between stage topics; each stage fills in its part."""
-
-    pipeline: Literal["room_makeover"] = "room_makeover"
-    job_id: str
-    tenant: str | None = None
-    style: str
-    image: str
-    params: RenderParams
-    submitted_at: float
-    detections: list[Detection] = Field(default_factory=list)
-    matches: list[ProductMatch] = Field(default_factory=list)
-    prompt: str | None = None
-    depth_map: str | None = None
-    images: list[str] = Field(default_factory=list)
-    products: list[ProductMatch] = Field(default_factory=list)
-    timings_ms: dict[str, float] = Field(default_factory=dict)
-    # How long the job waited on each stage's topic (sent → picked up), from sent_at.
-    waits_ms: dict[str, float] = Field(default_factory=dict)
-    sent_at: float | None = None
-
-
-AnyJob = Annotated[Union[Annotated[MakeoverJob, Tag("room_makeover")],
-                         Annotated[BackgroundJob, Tag("background_replace")],
-                         Annotated[ConditionJob, Tag("condition")]],
-                   Discriminator(pipeline_of)]
+from schemas.jobs import JobStatus, Progress
+from schemas.params import RenderParams
+from schemas.pipelines import AnyJob, AnyResult
 
 
 class RenderRequest(BaseModel):
@@ -122,6 +75,8 @@ class JobEvent(BaseModel):
     kind: JobEventKind
     at: float
     tenant: str | None = None
+    # The pipeline of a rejected upload (a submitted job names its own).
+    pipeline: str | None = None
     batch_id: str | None = None
     status: JobStatus | None = None
     stage: str | None = None
@@ -130,13 +85,19 @@ class JobEvent(BaseModel):
     result: AnyResult | None = None
     job: AnyJob | None = None
 
+    @model_validator(mode="after")
+    def _submitted_names_its_job(self) -> "JobEvent":
+        if self.kind is JobEventKind.SUBMITTED and self.job is None:
+            raise ValueError("a submitted event carries its job")
+        return self
+
 
 class ResultEvent(BaseModel):
     """One per finished job on `restyle.results`, keyed by job_id."""
 
     job_id: str
     tenant: str | None = None
-    pipeline: str = "room_makeover"
+    pipeline: str | None = None  # None only for an upload refused before it named one
     batch_id: str | None = None
     status: Literal["done", "failed"]
     error: JobError | None = None

@@ -2,22 +2,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, Discriminator, Field, Tag
+from pydantic import BaseModel
 
-from schemas.background import BackgroundResult
-from schemas.conditioning import ConditionResult
 from schemas.errors import JobError
-from schemas.media import ImageRef, ProductMatch
-
-
-def pipeline_of(value) -> str:
-    """Which pipeline a job or result belongs to; records written before restyle had a second
-    pipeline carry no tag and are room makeovers."""
-    if isinstance(value, dict):
-        return value.get("pipeline", "room_makeover")
-    return getattr(value, "pipeline", "room_makeover")
+from schemas.pipelines import AnyResult
 
 
 class JobStatus(StrEnum):
@@ -53,29 +42,11 @@ class Progress(BaseModel):
     total: int
 
 
-class MakeoverResult(BaseModel):
-    pipeline: Literal["room_makeover"] = "room_makeover"
-    images: list[ImageRef] = Field(default_factory=list)
-    products: list[ProductMatch] = Field(default_factory=list)
-    seed: int | None = None
-    prompt: str | None = None
-    style: str | None = None
-    depth_map: str | None = None
-    detected: list[ProductMatch] = Field(default_factory=list)
-    timings_ms: dict[str, float] = Field(default_factory=dict)
-    waits_ms: dict[str, float] = Field(default_factory=dict)
-
-
-AnyResult = Annotated[Union[Annotated[MakeoverResult, Tag("room_makeover")],
-                            Annotated[BackgroundResult, Tag("background_replace")],
-                            Annotated[ConditionResult, Tag("condition")]],
-                      Discriminator(pipeline_of)]
-
-
 class JobState(BaseModel):
     job_id: str
     tenant: str | None = None
-    pipeline: str = "room_makeover"
+    # None only for an upload refused before its pipeline could be read.
+    pipeline: str | None = None
     status: JobStatus
     error: JobError | None = None
     result: AnyResult | None = None

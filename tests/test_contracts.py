@@ -16,16 +16,16 @@ from schemas import (
     JobStatus,
     MakeoverJob,
     MakeoverResult,
+    MakeoverUpload,
     Progress,
     StageFailure,
-    UploadEvent,
 )
 from streams.core.settings import Settings
 from streams.tracking.jobstate import apply_event
 
 
 def test_a_minimal_upload_is_valid_and_defaults_are_filled_from_settings():
-    upload = UploadEvent.model_validate({"pipeline": "room_makeover", "image": "s3://b/k.jpg",
+    upload = MakeoverUpload.model_validate({"pipeline": "room_makeover", "image": "s3://b/k.jpg",
                                          "style": "Cozy"})
     settings = Settings(default_steps=12, default_width=256, default_height=192)
     job = admit(upload, "job-1", settings, now=1.0, rng=random.Random(5))
@@ -36,7 +36,7 @@ def test_a_minimal_upload_is_valid_and_defaults_are_filled_from_settings():
 
 
 def test_given_params_win_over_defaults():
-    upload = UploadEvent.model_validate({
+    upload = MakeoverUpload.model_validate({
         "pipeline": "room_makeover", "image": "s3://b/k.jpg", "style": "modern",
         "params": {"steps": 3, "guidance": 0, "controlnet_scale": 0.5, "seed": 0,
                    "width": 72, "height": 64, "negative_prompt": "", "num_images": 4}})
@@ -61,11 +61,11 @@ def test_given_params_win_over_defaults():
 ])
 def test_schema_violations_are_rejected(bad):
     with pytest.raises(ValidationError):
-        UploadEvent.model_validate({"pipeline": "room_makeover", **bad})
+        MakeoverUpload.model_validate({"pipeline": "room_makeover", **bad})
 
 
 def test_unknown_style_names_the_choices_and_extra_styles_extend_them():
-    upload = UploadEvent(pipeline="room_makeover", image="s3://b/k", style="art-deco")
+    upload = MakeoverUpload(pipeline="room_makeover", image="s3://b/k", style="art-deco")
     with pytest.raises(StageFailure) as failure:
         admit(upload, "j", Settings(), 1.0, random.Random())
     assert failure.value.error.code is ErrorCode.UNKNOWN_STYLE
@@ -77,7 +77,7 @@ def test_unknown_style_names_the_choices_and_extra_styles_extend_them():
 # --- the job state machine ---
 
 def _job(job_id="j1") -> MakeoverJob:
-    upload = UploadEvent(pipeline="room_makeover", image="s3://b/k", style="modern")
+    upload = MakeoverUpload(pipeline="room_makeover", image="s3://b/k", style="modern")
     return admit(upload, job_id, Settings(), 1.0, random.Random(1))
 
 

@@ -13,15 +13,15 @@ from schemas import (
     Detection,
     ErrorCode,
     MakeoverJob,
+    MakeoverUpload,
     ProductMatch,
     RenderParams,
     StageFailure,
-    UploadEvent,
 )
 from schemas.params import MAX_SEED
 
 
-def resolve_params(upload: UploadEvent, settings, rng: random.Random) -> RenderParams:
+def resolve_params(upload: MakeoverUpload, settings, rng: random.Random) -> RenderParams:
     """Fill what the user left out from configured defaults; pick and record a seed."""
     given = upload.params
     params = RenderParams(
@@ -43,7 +43,7 @@ def resolve_params(upload: UploadEvent, settings, rng: random.Random) -> RenderP
     return params
 
 
-def admit(upload: UploadEvent, job_id: str, settings, now: float,
+def admit(upload: MakeoverUpload, job_id: str, settings, now: float,
           rng: random.Random) -> MakeoverJob:
     """Validate what the schema cannot (style, URI policy) and resolve the job's parameters."""
     style = upload.style.strip().lower()

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas import JobEvent, JobEventKind, JobState, JobStatus, MakeoverJob, ResultEvent
+from pydantic import BaseModel
+
+from schemas import JobEvent, JobEventKind, JobState, JobStatus, ResultEvent
 
 
 @dataclass
 class Transition:
     state: JobState | None  # the new state to store (None: nothing changes)
-    start: MakeoverJob | None = None  # forward to the first stage
+    start: BaseModel | None = None  # the job, to forward to its pipeline's first stage
     result: ResultEvent | None = None  # publish on restyle.results
 
 
@@ -23,7 +25,7 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
     if kind is JobEventKind.SUBMITTED:
         if state is None:
             new = JobState(job_id=event.job_id, tenant=event.tenant, status=JobStatus.QUEUED,
-                           pipeline=event.job.pipeline if event.job else "room_makeover",
+                           pipeline=event.job.pipeline,
                            batch_id=event.batch_id, created_at=event.at, updated_at=event.at)
             return Transition(new, start=event.job)
         if state.status is JobStatus.QUEUED:
@@ -36,8 +38,7 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
             return Transition(None)  # a bad duplicate must not fail the real job
         return _finish(JobState(job_id=event.job_id, tenant=event.tenant,
                                 status=JobStatus.QUEUED, batch_id=event.batch_id,
-                                pipeline="background_replace" if event.batch_id
-                                else "room_makeover",
+                                pipeline=event.pipeline,
                                 created_at=event.at, updated_at=event.at), event,
                        JobStatus.FAILED)
     if state is None or state.status.terminal:
