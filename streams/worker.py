@@ -12,11 +12,8 @@ import logging
 import faust
 
 from agents import intake
-from agents.background import agents as background_agents
-from agents.catalog import agents as catalog_agents
-from agents.condition import agents as condition_agents
-from agents.makeover import agents as makeover_agents
 from agents.models.stage_models import StageModels
+from agents.pipelines import PIPELINES, first_stages, topic_names
 from gpu_agent import worker as gpu_worker
 from gpu_agent.engine import RenderEngine
 from streams.adapters.index import open_index
@@ -35,7 +32,7 @@ from streams.tracking.tables import open_tables
 
 
 def build_worker(settings: Settings, role: str, web_port: int | None = None) -> faust.App:
-    wiring = create_app(settings, role, web_port)
+    wiring = create_app(settings, role, topic_names(settings), web_port)
     rt = Runtime(settings, wiring, Storage.from_settings(settings))
     if role == "cpu":
         build_cpu_worker(rt)
@@ -54,11 +51,9 @@ def build_cpu_worker(rt: Runtime) -> None:
     index = open_index(settings)
     tables = open_tables(rt.app, settings)
     intake.register(rt)
-    makeover_agents.register(rt, models, index)
-    background_agents.register(rt, models)
-    condition_agents.register(rt, models)
-    catalog_agents.register(rt, models, index)
-    job_tracker.register(rt, tables)
+    for pipeline in PIPELINES.values():
+        pipeline.register(rt, models, index)
+    job_tracker.register(rt, tables, first_stages())
     batches.register(rt, tables)
     webhooks.register(rt)
     ingests.register(rt, tables)
@@ -86,7 +81,7 @@ def run_worker(settings: Settings, role: str, web_port: int | None = None,
                loglevel: str = "info") -> None:
     logging.basicConfig(level=loglevel.upper())
     if settings.kafka_bootstrap:
-        asyncio.run(ensure_topics(settings))
+        asyncio.run(ensure_topics(settings, list(topic_names(settings).values())))
     app = build_worker(settings, role, web_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

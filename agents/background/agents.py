@@ -1,6 +1,6 @@
 """Background replacement's faust agents: a batch is expanded into one job per image, each image
 is masked (CPU), repainted (the GPU agent's inpaint task) and finished (composited) here.
-The tracker starts each job and reports each outcome to the batch (streams/batches.py)."""
+The tracker starts each job and reports each outcome to the batch (streams/tracking/batches.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,10 +8,13 @@ import random
 import time
 
 from agents.background import stages as background
+from agents.background.titan import titan_batch
+from agents.background.topics import BackgroundTopics
 from agents.models.detect import rescale_detections
 from agents.models.stage_models import StageModels
 from schemas import JobError, JobEventKind, JobStatus, RenderRequest, RenderResult, StageFailure
 from schemas.background import (
+    BATCH_ID_PATTERN,
     BackgroundBatch,
     BackgroundJob,
     BackgroundResult,
@@ -20,16 +23,61 @@ from schemas.background import (
     ImageEntry,
     OutpaintMode,
 )
+from schemas.titan import TitanRequest
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png, fit_within
-from streams.core.runtime import Runtime
+from streams.core.admission import derived_id, id_from_key, readable_field
+from streams.core.pipeline import Pipeline
+from streams.core.runtime import Runtime, validate
 
 _rng = random.SystemRandom()
 # Images per batch-opening event: ~150 bytes each, so ~300 KB an event.
 OPEN_CHUNK = 2000
 
 
-def register(rt: Runtime, models: StageModels) -> None:
+async def admit(rt: Runtime, message, data: dict) -> None:
+    """A batch (`"pipeline": "background_replace"`), or a Titan body (it names no pipeline)."""
+    if "pipeline" in data:
+        await admit_batch(rt, message, data)
+    else:
+        await admit_titan(rt, message, data)
+
+
+async def admit_batch(rt: Runtime, message, data: dict) -> None:
+    try:
+        batch = validate(data, BackgroundBatch)
+    except StageFailure as failure:
+        batch_id = readable_field(message.value, "batch_id", BATCH_ID_PATTERN) or \
+            id_from_key(message, BATCH_ID_PATTERN)
+        await rt.dead_letter(message, failure.error.code, failure.error.message, batch_id)
+        if batch_id:
+            await refuse_batch(rt, batch_id, failure.error)
+        return
+    batch_id = batch.batch_id or id_from_key(message, BATCH_ID_PATTERN) or derived_id(message)
+    await submit_batch(rt, batch.model_copy(update={"batch_id": batch_id}))
+
+
+async def admit_titan(rt: Runtime, message, data: dict) -> None:
+    """A Titan body on the uploads topic: the message key (if it is a valid id) names the batch;
+    its one image's job id is in the batch's report and on restyle.results."""
+    batch_id = id_from_key(message, BATCH_ID_PATTERN)
+    try:
+        request = validate(data, TitanRequest)
+    except StageFailure as failure:
+        await rt.dead_letter(message, failure.error.code, failure.error.message, batch_id)
+        if batch_id:
+            await refuse_batch(rt, batch_id, failure.error)
+        return
+    batch_id = batch_id or derived_id(message)
+    try:
+        batch = await titan_batch(rt.storage, rt.settings, request, batch_id)
+    except StageFailure as failure:
+        await refuse_batch(rt, batch_id, failure.error)
+        return
+    await submit_batch(rt, batch)
+
+
+def register(rt: Runtime, models: StageModels, index) -> None:
     app, topics, settings = rt.app, rt.topics, rt.settings
 
     async def expand(batch: BackgroundBatch) -> None:
@@ -62,7 +110,7 @@ def register(rt: Runtime, models: StageModels) -> None:
                     parse_uri(job.mask_image, rt.storage.file_roots)
             except StageFailure as failure:
                 await rt.job_event(job.job_id, JobEventKind.REJECTED, error=failure.error,
-                                   tenant=job.tenant, batch_id=batch_id)
+                                   tenant=job.tenant, batch_id=batch_id, pipeline=job.pipeline)
                 continue
             await rt.job_event(job.job_id, JobEventKind.SUBMITTED, tenant=job.tenant,
                                batch_id=batch_id, job=job)
@@ -163,3 +211,8 @@ async def refuse_batch(rt: Runtime, batch_id: str, error: JobError, tenant: str 
     await rt.send("batch_events", batch_id, BatchEvent(
         batch_id=batch_id, kind=BatchEventKind.REJECTED, at=time.time(), tenant=tenant,
         error=error, webhook=webhook))
+
+
+PIPELINE = Pipeline(name="background_replace", register=register, topics=BackgroundTopics,
+                    admit=admit, first_stage="bg_mask",
+                    claims=lambda upload: "taskType" in upload)

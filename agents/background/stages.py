@@ -1,6 +1,6 @@
 """Background replacement's stages as plain functions: a batch into per-image jobs, a photo into
 its keep-mask, and generated images into the finished ones. No Kafka here; the agents in
-`agents/background_agents.py` wrap these."""
+`agents/background/agents.py` wrap these."""
 from __future__ import annotations
 
 import hashlib

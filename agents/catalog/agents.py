@@ -14,6 +14,7 @@ import logging
 import re
 import time
 
+from agents.catalog.topics import CatalogTopics
 from schemas import (
     CatalogEvent,
     CatalogItem,
@@ -26,6 +27,7 @@ from schemas import (
 )
 from schemas.catalog import INGEST_ID_PATTERN
 from streams.adapters.images import fit_within
+from streams.core.pipeline import Pipeline
 from streams.core.runtime import Runtime, decode
 
 log = logging.getLogger("restyle.catalog")
@@ -143,6 +145,10 @@ def register(rt: Runtime, models, index) -> None:
                                          failure.error.message)
             if items:
                 await write_batch(items)
+
+
+# Catalog events have their own topic (restyle.catalog): no uploads, no jobs.
+PIPELINE = Pipeline(name="catalog", register=register, topics=CatalogTopics)
 
 
 def _readable_ids(raw) -> tuple[str, str, int | None] | None:

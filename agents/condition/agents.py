@@ -12,12 +12,15 @@ import urllib.parse
 
 from agents.condition import bucket_events
 from agents.condition import stages as conditioning
+from agents.condition.topics import ConditionTopics
 from agents.models.stage_models import StageModels
 from schemas import ErrorCode, JobEventKind, JobStatus, RenderRequest, RenderResult, StageFailure
-from schemas.conditioning import Conditioning, ConditionJob, ConditionResult
-from schemas.uris import join_uri
+from schemas.conditioning import Conditioning, ConditionJob, ConditionResult, ConditionUpload
+from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png
+from streams.core.admission import admit_job
 from streams.core.metrics import BUCKET_EVENTS
+from streams.core.pipeline import Pipeline
 from streams.core.runtime import Runtime
 
 log = logging.getLogger("restyle")
@@ -25,7 +28,18 @@ _rng = random.SystemRandom()
 MAX_METADATA_VALUE = 1024
 
 
-def register(rt: Runtime, models: StageModels) -> None:
+async def admit(rt: Runtime, message, data: dict) -> None:
+    """One image to condition on, straight from the uploads topic (no bucket rule)."""
+    def make_job(upload: ConditionUpload, job_id: str) -> ConditionJob:
+        parse_uri(upload.image, rt.storage.file_roots)
+        if upload.output:
+            parse_uri(upload.output + "x", rt.storage.file_roots)
+        return bucket_events.job_for_upload(upload, job_id, rt.settings, _rng, time.time())
+
+    await admit_job(rt, message, data, "condition", ConditionUpload, make_job)
+
+
+def register(rt: Runtime, models: StageModels, index) -> None:
     app, topics, settings = rt.app, rt.topics, rt.settings
 
     async def notified(message) -> None:
@@ -66,7 +80,7 @@ def register(rt: Runtime, models: StageModels) -> None:
             if error.code is ErrorCode.OBJECT_NOT_FOUND:
                 error = error.model_copy(update={"message": f"{uri} was deleted before it "
                                                             f"could be processed"})
-            await rt.fail(job_id, error, kind=JobEventKind.REJECTED)
+            await rt.fail(job_id, error, kind=JobEventKind.REJECTED, pipeline="condition")
             return
         BUCKET_EVENTS.labels("submitted").inc()
         await rt.job_event(job_id, JobEventKind.SUBMITTED, job=job)
@@ -150,3 +164,6 @@ def result_metadata(job: ConditionJob, settings) -> dict[str, str]:
         metadata["rule"] = ascii(job.rule)
     return metadata
 
+
+PIPELINE = Pipeline(name="condition", register=register, topics=ConditionTopics, admit=admit,
+                    first_stage="cond_prepare")

@@ -17,6 +17,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
+from agents.condition.topics import ConditionTopics
 from streams.adapters.storage import S3Store
 from streams.core.settings import Settings
 
@@ -71,7 +72,7 @@ async def bridge_sqs(settings: Settings, queue_url: str, endpoint_url: str | Non
                     continue
                 counts.received += len(messages)
                 # Every message acknowledged by Kafka before any is deleted from SQS.
-                sends = [await producer.send(settings.topics.bucket_events, m["Body"].encode(),
+                sends = [await producer.send(ConditionTopics().bucket_events, m["Body"].encode(),
                                              key=message_key(m["Body"]) or None)
                          for m in messages]
                 await asyncio.gather(*sends)
@@ -126,7 +127,7 @@ async def watch(settings: Settings, stop: asyncio.Event | None = None,
                             record = s3_record(bucket, item["Key"], item.get("Size", 0),
                                                item.get("ETag", "").strip('"'))
                             await producer.send_and_wait(
-                                settings.topics.bucket_events, json.dumps(record).encode(),
+                                ConditionTopics().bucket_events, json.dumps(record).encode(),
                                 key=f"{bucket}/{item['Key']}".encode())
                             seen.add(identity)
                 except Exception as exc:  # a missing bucket or a hiccup: try next round

@@ -3,9 +3,11 @@ Each agent decodes, calls its stage function (in a thread: models block) and emi
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 from agents.makeover import stages as makeover
+from agents.makeover.topics import MakeoverTopics
 from agents.models.detect import rescale_detections
 from agents.models.stage_models import StageModels
 from schemas import (
@@ -13,17 +15,31 @@ from schemas import (
     JobStatus,
     MakeoverJob,
     MakeoverResult,
+    MakeoverUpload,
     ProductMatch,
     RenderRequest,
     RenderResult,
 )
-from schemas.uris import join_uri
+from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png
+from streams.core.admission import admit_job
+from streams.core.pipeline import Pipeline
 from streams.core.runtime import Runtime
 
 
 def _timed(job: MakeoverJob, stage: str, started: float) -> None:
     job.timings_ms[stage] = round((time.perf_counter() - started) * 1000, 2)
+
+
+_rng = random.SystemRandom()
+
+
+async def admit(rt: Runtime, message, data: dict) -> None:
+    def make_job(upload: MakeoverUpload, job_id: str) -> MakeoverJob:
+        parse_uri(upload.image, rt.storage.file_roots)
+        return makeover.admit(upload, job_id, rt.settings, time.time(), _rng)
+
+    await admit_job(rt, message, data, "room_makeover", MakeoverUpload, make_job)
 
 
 def register(rt: Runtime, models: StageModels, index) -> None:
@@ -118,3 +134,7 @@ def register(rt: Runtime, models: StageModels, index) -> None:
               ("depth", depth, MakeoverJob), ("reanalyze", reanalyze, RenderResult)]
     for name, handler, model in stages:
         rt.stage_agent(name, handler, model)
+
+
+PIPELINE = Pipeline(name="room_makeover", register=register, topics=MakeoverTopics,
+                    admit=admit, first_stage="analyze")

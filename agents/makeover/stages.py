@@ -1,6 +1,6 @@
 """The room makeover's stages as plain functions: decoded inputs in, outputs out, no Kafka.
 
-The faust agents in `agents/makeover_agents.py` wrap each one: decode, call, emit.
+The faust agents in `agents/makeover/agents.py` wrap each one: decode, call, emit.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from agents.catalog.topics import CatalogTopics
 from schemas import CatalogEvent, IngestState, StageFailure
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import IMAGE_SUFFIXES
@@ -128,7 +129,7 @@ async def publish(settings: Settings, events: list[CatalogEvent]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
     await producer.start()
     try:
-        sends = [await producer.send(settings.topics.catalog,
+        sends = [await producer.send(CatalogTopics().catalog,
                                      event.model_dump_json(exclude_none=True).encode(),
                                      key=event.product_id.encode()) for event in events]
         await asyncio.gather(*sends)

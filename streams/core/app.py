@@ -17,8 +17,10 @@ class Wiring:
     topics: dict[str, faust.TopicT]
 
 
-def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wiring:
-    """role: "cpu" (stages, tables, status API) or "gpu" (the diffusion worker)."""
+def create_app(settings: Settings, role: str, topic_names: dict[str, str],
+               web_port: int | None = None) -> Wiring:
+    """role: "cpu" (stages, tables, status API) or "gpu" (the diffusion worker); topic_names:
+    every topic's name by the attribute the agents send to (the pipelines' and the shared ones)."""
     if not settings.kafka_bootstrap:
         raise SystemExit("no Kafka configured: set RESTYLE_KAFKA_BOOTSTRAP or start `restyle up`")
     port = web_port or settings.web_port
@@ -52,8 +54,7 @@ def create_app(settings: Settings, role: str, web_port: int | None = None) -> Wi
         # request limit is 1 MB.
         web_application_options={"client_max_size": 32 * 1024 * 1024},
     )
-    names = settings.topics.model_dump()
     topics = {role_name: app.topic(name, key_serializer="raw", value_serializer="raw",
                                    partitions=settings.partitions)
-              for role_name, name in names.items()}
+              for role_name, name in topic_names.items()}
     return Wiring(app, topics)

@@ -49,8 +49,8 @@ class Runtime:
                                                        **fields))
 
     async def fail(self, job_id: str, error: JobError, tenant: str | None = None,
-                   kind: JobEventKind = JobEventKind.FAILED) -> None:
-        await self.job_event(job_id, kind, error=error, tenant=tenant)
+                   kind: JobEventKind = JobEventKind.FAILED, **fields) -> None:
+        await self.job_event(job_id, kind, error=error, tenant=tenant, **fields)
 
     async def dead_letter(self, message, code: ErrorCode, reason: str,
                           job_id: str | None = None) -> None:
@@ -166,12 +166,22 @@ class Runtime:
 
 def decode(raw: bytes | None, model: type[M]) -> M:
     """Bytes to a validated model, or StageFailure(INVALID_JSON | SCHEMA_VIOLATION)."""
+    return validate(json_object(raw), model)
+
+
+def json_object(raw: bytes | None) -> dict:
+    """Bytes to a JSON object, or StageFailure(INVALID_JSON)."""
     try:
         data = json.loads(raw) if raw else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StageFailure(ErrorCode.INVALID_JSON, f"message is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise StageFailure(ErrorCode.INVALID_JSON, "message must be a JSON object")
+    return data
+
+
+def validate(data: dict, model: type[M]) -> M:
+    """A JSON object to a validated model, or StageFailure(SCHEMA_VIOLATION)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

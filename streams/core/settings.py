@@ -47,35 +47,26 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("RESTYLE_STATE_DIR") or Path.home() / ".restyle")
 
 
-class Topics(BaseSettings):
-    """Topic names. The first four are the public contract; the rest connect the stages."""
+class TopicNames(BaseSettings):
+    """Topic names, each renamed by RESTYLE_TOPIC_<NAME>. A pipeline declares its own stage
+    topics in a subclass (agents/<pipeline>/topics.py)."""
 
     model_config = SettingsConfigDict(env_prefix="RESTYLE_TOPIC_")
+
+
+class Topics(TopicNames):
+    """The topics every pipeline shares: the public contract (uploads, results, job-events,
+    dlq), the GPU worker's requests, and what the trackers fold (batch and catalog events)."""
 
     uploads: str = "restyle.uploads"
     results: str = "restyle.results"
     job_events: str = "restyle.job-events"
     dlq: str = "restyle.dlq"
-    analyze: str = "restyle.stage.analyze"
-    embed: str = "restyle.stage.embed"
-    retrieve: str = "restyle.stage.retrieve"
-    compose: str = "restyle.stage.compose"
-    depth: str = "restyle.stage.depth"
     render: str = "restyle.render-requests"
-    reanalyze: str = "restyle.stage.reanalyze"
-    catalog: str = "restyle.catalog"
-    catalog_caption: str = "restyle.stage.catalog-caption"
-    catalog_index: str = "restyle.stage.catalog-index"
     catalog_events: str = "restyle.catalog-events"
     batch_events: str = "restyle.batch-events"
     notifications: str = "restyle.notifications"
-    bg_expand: str = "restyle.stage.bg-expand"
-    bg_mask: str = "restyle.stage.bg-mask"
-    bg_finish: str = "restyle.stage.bg-finish"
     webhooks: str = "restyle.stage.webhooks"
-    bucket_events: str = "restyle.bucket-events"
-    cond_prepare: str = "restyle.stage.cond-prepare"
-    cond_finish: str = "restyle.stage.cond-finish"
 
 
 class Settings(BaseSettings):
@@ -137,7 +128,7 @@ class Settings(BaseSettings):
     # How long a producer waits to batch sends into one request (faust's default: 0).
     producer_linger_ms: int = Field(0, ge=0)
     # How long a fetch may wait at the broker for data: the latency floor of each stage hop on
-    # brokers that answer long-polls late (see streams/consumer.py).
+    # brokers that answer long-polls late (see streams/core/consumer.py).
     fetch_max_wait_ms: int = 20
     # faust refuses to start when a local table store is ahead of the changelog's end offset.
     # Right on Apache Kafka; the embedded Tansu broker under-reports end offsets, so `restyle up`

@@ -12,8 +12,9 @@ from streams.core.settings import Settings
 log = logging.getLogger("restyle.topics")
 
 
-async def ensure_topics(settings: Settings, timeout_s: float = 60) -> list[str]:
-    """Create the missing topics; returns the names created. Safe to run from many workers."""
+async def ensure_topics(settings: Settings, names: list[str], timeout_s: float = 60) -> list[str]:
+    """Create the missing topics of names; returns the names created. Safe to run from many
+    workers."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -21,7 +22,7 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60) -> list[str]:
                                 request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
-        wanted = list(dict.fromkeys(settings.topics.model_dump().values()))
+        wanted = list(dict.fromkeys(names))
         existing = set(await admin.list_topics())
         missing = [name for name in wanted if name not in existing]
         if missing:

@@ -12,8 +12,6 @@ from streams.tracking.jobstate import stalled
 from streams.tracking.tables import Tables
 
 FULL_SCAN_EVERY = 10  # sweeps
-FIRST_STAGE = {"room_makeover": "analyze", "background_replace": "bg_mask",
-               "condition": "cond_prepare"}
 
 
 def image_outcome(result: ResultEvent) -> ImageOutcome:
@@ -28,7 +26,8 @@ def image_outcome(result: ResultEvent) -> ImageOutcome:
         timings_ms=found.timings_ms if found else {})
 
 
-def register(rt: Runtime, tables: Tables) -> None:
+def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
+    """first_stages: pipeline name -> the topic its admitted jobs start on."""
     app, board, settings = rt.app, tables.board, rt.settings
 
     async def track(event: JobEvent) -> None:
@@ -50,7 +49,7 @@ def register(rt: Runtime, tables: Tables) -> None:
             if not transition.state.status.terminal:
                 active.add(event.job_id)
         if transition.start is not None:
-            await rt.send(FIRST_STAGE[transition.start.pipeline], event.job_id,
+            await rt.send(first_stages[transition.start.pipeline], event.job_id,
                           transition.start)
 
     # Jobs this worker's tracker saw start and not finish: what the sweeper checks. The table's

@@ -1,0 +1,49 @@
+"""The one table of pipelines, agents side: how each is admitted, started and wired.
+schemas/pipelines.py is the contract side (job and result models by the same names).
+
+The intake, the tracker's first stage, the worker's topics and agents all read this table;
+adding a pipeline is one package and one line here.
+"""
+from __future__ import annotations
+
+from agents.background.agents import PIPELINE as BACKGROUND
+from agents.catalog.agents import PIPELINE as CATALOG
+from agents.condition.agents import PIPELINE as CONDITION
+from agents.makeover.agents import PIPELINE as MAKEOVER
+from schemas import ErrorCode, StageFailure
+from streams.core.pipeline import Pipeline
+from streams.core.settings import Settings
+
+PIPELINES: dict[str, Pipeline] = {p.name: p for p in (MAKEOVER, BACKGROUND, CONDITION, CATALOG)}
+
+
+def for_upload(upload: dict) -> Pipeline:
+    """The pipeline an upload on restyle.uploads is for: the one it names, or the one whose
+    own shape it has (a Titan body). Missing or unknown: StageFailure naming the choices."""
+    admitting = {name: p for name, p in PIPELINES.items() if p.admit is not None}
+    known = ", ".join(sorted(admitting))
+    name = upload.get("pipeline")
+    if name is None:
+        for pipeline in admitting.values():
+            if pipeline.claims is not None and pipeline.claims(upload):
+                return pipeline
+        raise StageFailure(ErrorCode.UNSUPPORTED_PIPELINE,
+                           f"the upload names no pipeline: give \"pipeline\": one of {known}")
+    if not isinstance(name, str) or name not in admitting:
+        where = " (it takes events on its own topic)" if name in PIPELINES else ""
+        raise StageFailure(ErrorCode.UNSUPPORTED_PIPELINE,
+                           f"unknown pipeline {name!r}{where}: uploads name one of {known}")
+    return admitting[name]
+
+
+def topic_names(settings: Settings) -> dict[str, str]:
+    """Every topic a worker declares: the shared ones and each pipeline's own."""
+    names = settings.topics.model_dump()
+    for pipeline in PIPELINES.values():
+        names.update(pipeline.topics().model_dump())
+    return names
+
+
+def first_stages() -> dict[str, str]:
+    """pipeline name -> the topic its admitted jobs start on (read by the job tracker)."""
+    return {name: p.first_stage for name, p in PIPELINES.items() if p.first_stage}

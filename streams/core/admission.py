@@ -1,0 +1,69 @@
+"""How an upload on restyle.uploads becomes a job, for every pipeline: validate it, give it an
+id, refuse it with the cause (the DLQ keeps the raw message; a job it names fails), or hand the
+job to the tracker, which starts it once."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Callable
+
+from pydantic import BaseModel
+
+from schemas import JobEventKind, StageFailure
+from schemas.ids import JOB_ID_PATTERN
+from streams.core.runtime import Runtime, validate
+
+
+async def admit_job(rt: Runtime, message, data: dict, pipeline: str, model: type[BaseModel],
+                    make_job: Callable[[BaseModel, str], BaseModel]) -> None:
+    """Validate a one-job upload (data: its JSON), give it a job_id, and submit it.
+    make_job(upload, job_id) checks what the schema cannot and builds the job (a StageFailure
+    refuses it)."""
+    try:
+        upload = validate(data, model)
+    except StageFailure as failure:
+        await refuse_upload(rt, message, pipeline, failure)
+        return
+    job_id = upload.job_id or derived_id(message)
+    try:
+        job = make_job(upload, job_id)
+    except StageFailure as failure:
+        await rt.fail(job_id, failure.error, upload.tenant, kind=JobEventKind.REJECTED,
+                      pipeline=pipeline)
+        return
+    await rt.job_event(job_id, JobEventKind.SUBMITTED, tenant=upload.tenant, job=job)
+
+
+async def refuse_upload(rt: Runtime, message, pipeline: str | None,
+                        failure: StageFailure) -> None:
+    """An upload that cannot be read goes to the DLQ; the job it names (if its id is readable)
+    fails with the same cause, so whoever waits on it hears why."""
+    job_id = readable_field(message.value, "job_id", JOB_ID_PATTERN)
+    await rt.dead_letter(message, failure.error.code, failure.error.message, job_id)
+    if job_id:
+        await rt.fail(job_id, failure.error, kind=JobEventKind.REJECTED, pipeline=pipeline)
+
+
+def derived_id(message) -> str:
+    """An id for an upload that names none, derived from where the message sits in the log: a
+    redelivered upload gets the same id, so it never runs twice."""
+    where = f"{message.topic}:{message.partition}:{message.offset}"
+    return hashlib.sha256(where.encode()).hexdigest()[:32]
+
+
+def readable_field(raw, field: str, pattern: str) -> str | None:
+    """A well-formed id from a message that may not validate as a whole."""
+    try:
+        value = json.loads(raw).get(field)
+    except Exception:
+        return None
+    return value if isinstance(value, str) and re.match(pattern, value) else None
+
+
+def id_from_key(message, pattern: str) -> str | None:
+    key = message.key
+    if not isinstance(key, bytes):
+        return None
+    text = key.decode(errors="replace")
+    return text if re.match(pattern, text) else None
