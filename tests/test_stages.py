@@ -119,7 +119,7 @@ def test_weighted_prompts_encode_once_and_exactly_as_compel_does(tiny_models):
     prompt): a kept conditioning equals a fresh compel encoding, and weights still count."""
     from compel import Compel
 
-    from gpu_agent.engine import PromptEncoder
+    from gpu_agent.prompts import PromptEncoder
 
     engine = RenderEngine("cpu", "float32")
     diffusion = str(tiny_models / "diffusion")

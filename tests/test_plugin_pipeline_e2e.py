@@ -1,0 +1,165 @@
+"""A pipeline is a plug-in: a throwaway pipeline, defined in this file and added through the two
+tables alone (schemas/pipelines.py and agents/pipelines.py), runs end to end in a real worker on
+the real broker. Its one stage writes a file.
+
+The worker runs as its own app on its own topics, so the stack's workers never see its events.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from agents import pipelines as agent_pipelines
+from schemas import JobEventKind
+from schemas import pipelines as schema_pipelines
+from streams.core.admission import admit_job
+from streams.core.pipeline import Pipeline
+from streams.core.runtime import Runtime
+from streams.core.settings import Settings, TopicNames
+from streams.stack.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the throwaway pipeline: contracts, its topic, its one stage, admission, wiring ---
+class StampUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pipeline: Literal["stamp"]
+    job_id: str | None = None
+    tenant: str | None = None
+    text: str
+
+
+class StampJob(BaseModel):
+    pipeline: Literal["stamp"] = "stamp"
+    job_id: str
+    tenant: str | None = None
+    text: str
+
+
+class StampResult(BaseModel):
+    pipeline: Literal["stamp"] = "stamp"
+    file: str
+
+
+class StampTopics(TopicNames):
+    stamp: str = "restyle.stage.stamp"
+
+
+def write_stamp(job: StampJob, directory: Path) -> Path:
+    """The stage: the job's text, in a file named after the job."""
+    path = directory / f"{job.job_id}.txt"
+    path.write_text(job.text)
+    return path
+
+
+async def admit(rt: Runtime, message, upload: dict) -> None:
+    await admit_job(rt, message, upload, "stamp", StampUpload,
+                    lambda given, job_id: StampJob(job_id=job_id, tenant=given.tenant,
+                                                   text=given.text))
+
+
+def register(rt: Runtime, models, index) -> None:
+    async def stamp(job: StampJob) -> None:
+        path = write_stamp(job, Path(os.environ["STAMP_DIR"]))
+        await rt.job_event(job.job_id, JobEventKind.COMPLETED, tenant=job.tenant,
+                           result=StampResult(file=str(path)))
+
+    rt.stage_agent("stamp", stamp, StampJob)
+
+
+def install() -> None:
+    """The two lines a new pipeline adds, one in each table."""
+    schema_pipelines.PIPELINES["stamp"] = schema_pipelines.PipelineContract(
+        "stamp", StampJob, StampResult)
+    agent_pipelines.PIPELINES["stamp"] = Pipeline(
+        name="stamp", register=register, topics=StampTopics, admit=admit, first_stage="stamp")
+
+
+def serve() -> None:
+    """The worker process: restyle's own CPU worker, with the stamp pipeline installed."""
+    from streams.worker import run_worker
+
+    install()
+    run_worker(Settings(), "cpu", loglevel="warning")
+
+
+# --- the test ---
+@pytest.fixture
+def stamp_worker(e2e, tmp_path):
+    # Imported here, not at the top: the worker process imports this module for serve().
+    from tests.conftest import E2E_BROKERS, TopicCollector
+
+    if e2e.broker != E2E_BROKERS[0]:
+        pytest.skip("the plug-in mechanism does not depend on the broker: run on the first one")
+    tag = uuid.uuid4().hex[:8]
+    names = {**agent_pipelines.topic_names(Settings()), **StampTopics().model_dump()}
+    topics = {attr: f"plugin-{tag}.{name}" for attr, name in names.items()}
+    port = free_port()
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    env = {**os.environ, **e2e.stack.env, "RESTYLE_STATE_DIR": str(tmp_path / "state"),
+           "RESTYLE_APP_ID": f"restyle-plugin-{tag}", "RESTYLE_WEB_PORT": str(port),
+           "STAMP_DIR": str(stamps), "PYTHONPATH": str(ROOT),
+           **{f"RESTYLE_TOPIC_{attr.upper()}": name for attr, name in topics.items()}}
+    log = open(tmp_path / "worker.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from tests.test_plugin_pipeline_e2e import serve; serve()"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        assert process.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the plug-in worker did not become healthy"
+        time.sleep(0.5)
+    collector = TopicCollector(e2e.endpoints["kafka_bootstrap"],
+                               [topics["results"], topics["dlq"]], e2e.settings.partitions)
+    yield topics, url, stamps, collector
+    collector.close()
+    process.terminate()
+    process.wait(30)
+    log.close()
+
+
+def test_a_pipeline_added_through_the_tables_alone_runs_end_to_end(e2e, stamp_worker):
+    topics, url, stamps, collector = stamp_worker
+    job_id = f"stamp-{uuid.uuid4().hex[:8]}"
+
+    e2e.publish({"pipeline": "stamp", "job_id": job_id, "text": "made by a plug-in"},
+                key=job_id.encode(), topic=topics["uploads"])
+
+    record = collector.wait_for(topics["results"], lambda m: m.key() == job_id.encode(), 120)
+    result = json.loads(record[0].value())
+    assert result["status"] == "done" and result["pipeline"] == "stamp"
+    assert Path(result["result"]["file"]) == stamps / f"{job_id}.txt"
+    assert (stamps / f"{job_id}.txt").read_text() == "made by a plug-in"
+    with urllib.request.urlopen(f"{url}/jobs/{job_id}", timeout=30) as response:
+        state = json.loads(response.read())
+    assert state["status"] == "done" and state["result"]["file"] == result["result"]["file"]
+
+    # The intake reads the same table: a pipeline nobody installed is refused by name.
+    e2e.publish({"pipeline": "sculpt", "job_id": f"{job_id}-x", "text": "?"},
+                key=f"{job_id}-x".encode(), topic=topics["uploads"])
+    refused = collector.wait_for(topics["results"],
+                                 lambda m: m.key() == f"{job_id}-x".encode(), 60)
+    error = json.loads(refused[0].value())["error"]
+    assert error["code"] == "unsupported_pipeline"
+    assert "unknown pipeline 'sculpt'" in error["message"] and "stamp" in error["message"]
+    letters = collector.wait_for(topics["dlq"], lambda m: m.key() == f"{job_id}-x".encode(), 60)
+    assert json.loads(letters[0].value())["code"] == "unsupported_pipeline"
