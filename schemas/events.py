@@ -85,12 +85,6 @@ class JobEvent(BaseModel):
     result: AnyResult | None = None
     job: AnyJob | None = None
 
-    @model_validator(mode="after")
-    def _submitted_names_its_job(self) -> "JobEvent":
-        if self.kind is JobEventKind.SUBMITTED and self.job is None:
-            raise ValueError("a submitted event carries its job")
-        return self
-
 
 class ResultEvent(BaseModel):
     """One per finished job on `restyle.results`, keyed by job_id."""

@@ -25,7 +25,7 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
     if kind is JobEventKind.SUBMITTED:
         if state is None:
             new = JobState(job_id=event.job_id, tenant=event.tenant, status=JobStatus.QUEUED,
-                           pipeline=event.job.pipeline,
+                           pipeline=event.job.pipeline if event.job else None,
                            batch_id=event.batch_id, created_at=event.at, updated_at=event.at)
             return Transition(new, start=event.job)
         if state.status is JobStatus.QUEUED:
