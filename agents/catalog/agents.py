@@ -9,23 +9,12 @@ outcomes are keyed by ingest_id (so one worker folds a whole run into its table)
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
 
+from agents.catalog import stages
 from agents.catalog.topics import CatalogTopics
-from schemas import (
-    CatalogEvent,
-    CatalogItem,
-    CatalogOutcome,
-    ErrorCode,
-    JobError,
-    OutcomeKind,
-    Product,
-    StageFailure,
-)
-from schemas.catalog import INGEST_ID_PATTERN
+from schemas import CatalogEvent, CatalogItem, CatalogOutcome, JobError, OutcomeKind, StageFailure
 from streams.adapters.images import fit_within
 from streams.core.pipeline import Pipeline
 from streams.core.runtime import Runtime, decode
@@ -33,41 +22,21 @@ from streams.core.runtime import Runtime, decode
 log = logging.getLogger("restyle.catalog")
 
 
-def product_of(item: CatalogItem) -> Product:
-    """The product as the index stores it: the given caption, else the generated one, else
-    its category and id (a product is never stored without any text)."""
-    event = item.event
-    caption = event.caption or item.caption or " ".join(filter(None, [event.category,
-                                                                      event.product_id]))
-    return Product(product_id=event.product_id, caption=caption, category=event.category,
-                   image=event.image)
-
-
 def register(rt: Runtime, models, index) -> None:
     app, topics, settings = rt.app, rt.topics, rt.settings
 
-    async def publish(ingest_id: str, product_id: str, ingest_total: int | None,
-                      kind: OutcomeKind, error: JobError | None = None,
-                      caption: str | None = None) -> None:
-        await rt.send("catalog_events", ingest_id, CatalogOutcome(
-            ingest_id=ingest_id, product_id=product_id, outcome=kind, ingest_total=ingest_total,
-            caption=caption, error=error, at=time.time()))
-
-    async def outcome(event: CatalogEvent, kind: OutcomeKind, error: JobError | None = None,
-                      caption: str | None = None) -> None:
-        await publish(event.ingest_id, event.product_id, event.ingest_total, kind, error, caption)
+    async def publish(outcome: CatalogOutcome) -> None:
+        await rt.send("catalog_events", outcome.ingest_id, outcome)
 
     async def failed(item: CatalogItem | CatalogEvent, error: JobError) -> None:
         event = item.event if isinstance(item, CatalogItem) else item
-        await outcome(event, OutcomeKind.FAILED, error)
+        await publish(stages.outcome(event, OutcomeKind.FAILED, error))
 
     async def undecodable(raw: bytes | None, error: JobError) -> None:
-        """A malformed catalog event is in the DLQ; when its ingest run and product can still
-        be read, the run also hears that this product failed (so a waiting ingest does not
-        hang)."""
-        ids = _readable_ids(raw)
-        if ids is not None:
-            await publish(*ids, OutcomeKind.FAILED, error)
+        """A malformed catalog event is in the DLQ; its ingest run hears of it if it can."""
+        outcome = stages.unreadable(raw, error)
+        if outcome is not None:
+            await publish(outcome)
 
     async def embed(event: CatalogEvent) -> None:
         item = CatalogItem(event=event)
@@ -94,32 +63,21 @@ def register(rt: Runtime, models, index) -> None:
         await rt.send("catalog_index", item.event.product_id, item)
 
     async def write_batch(items: list[CatalogItem]) -> None:
-        # Last event per product wins within a batch (a re-ingest right after an ingest).
-        latest = {item.event.product_id: item for item in items}
-        upserts = [i for i in latest.values() if i.event.action == "upsert"]
-        deletes = [i for i in latest.values() if i.event.action == "delete"]
+        plan = stages.plan_write(items)
         try:
-            failures = {}
-            if upserts:
-                failures = await index.upsert([product_of(i) for i in upserts],
-                                              [i.vector for i in upserts]) or {}
-            if deletes:
-                await index.delete([i.event.product_id for i in deletes])
+            refused = {}
+            if plan.upserts:
+                refused = await index.upsert([stages.product_of(i) for i in plan.upserts],
+                                             [i.vector for i in plan.upserts]) or {}
+            if plan.deletes:
+                await index.delete([i.event.product_id for i in plan.deletes])
         except Exception as exc:  # the index is down or refused the batch: say so per product
             log.exception("catalog index write failed")
-            error = JobError(code=ErrorCode.STORAGE_ERROR,
-                             message=f"index write failed: {type(exc).__name__}: {exc}")
-            for item in latest.values():
-                await failed(item, error)
-            return
-        for item in upserts:
-            cause = failures.get(item.event.product_id)
-            if cause:
-                await failed(item, JobError(code=ErrorCode.STORAGE_ERROR, message=cause))
-            else:
-                await outcome(item.event, OutcomeKind.INDEXED, caption=product_of(item).caption)
-        for item in deletes:
-            await outcome(item.event, OutcomeKind.DELETED)
+            outcomes = stages.write_failed(plan, exc)
+        else:
+            outcomes = stages.written(plan, refused)
+        for outcome in outcomes:
+            await publish(outcome)
 
     @app.agent(topics["catalog"], name="catalog-embed")
     async def catalog_embed(stream):
@@ -149,18 +107,3 @@ def register(rt: Runtime, models, index) -> None:
 
 # Catalog events have their own topic (restyle.catalog): no uploads, no jobs.
 PIPELINE = Pipeline(name="catalog", register=register, topics=CatalogTopics)
-
-
-def _readable_ids(raw) -> tuple[str, str, int | None] | None:
-    """(ingest_id, product_id, ingest_total) from a message that failed validation, if the
-    ids themselves are well formed."""
-    try:
-        data = json.loads(raw)
-        ingest_id, product_id = data.get("ingest_id"), data.get("product_id")
-    except Exception:
-        return None
-    if not (isinstance(ingest_id, str) and re.match(INGEST_ID_PATTERN, ingest_id)
-            and isinstance(product_id, str) and product_id):
-        return None
-    total = data.get("ingest_total")
-    return ingest_id, product_id[:256], total if isinstance(total, int) and total > 0 else None
