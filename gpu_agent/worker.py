@@ -68,10 +68,7 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         await reply_topic(request.reply_topic).send(
             key=request.job_id.encode(), value=result.model_dump_json().encode())
 
-    @app.agent(rt.topics["render"], name="render", concurrency=settings.gpu_prefetch)
-    async def render_agent(stream):
-        async for event in stream.events():
-            await rt.handle("render", event, RenderRequest, render)
+    rt.stage_agent("render", render, RenderRequest, concurrency=settings.gpu_prefetch)
 
     return meter
 

@@ -78,7 +78,7 @@ async def admit_titan(rt: Runtime, message, data: dict) -> None:
 
 
 def register(rt: Runtime, models: StageModels, index) -> None:
-    app, topics, settings = rt.app, rt.topics, rt.settings
+    topics, settings = rt.topics, rt.settings
 
     async def expand(batch: BackgroundBatch) -> None:
         batch_id = batch.batch_id
@@ -190,11 +190,8 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
                            batch_id=job.batch_id)
 
-    @app.agent(topics["bg_expand"], name="bg-expand")
-    async def expand_agent(stream):
-        async for event in stream.events():
-            await rt.handle("bg-expand", event, BackgroundBatch, expand,
-                            on_failure=batch_refused)
+    rt.stage_agent("bg-expand", expand, BackgroundBatch, topic="bg_expand",
+                   on_failure=batch_refused)
 
     rt.stage_agent("bg-mask", mask, BackgroundJob, topic="bg_mask")
     rt.stage_agent("bg-finish", finish, RenderResult, topic="bg_finish")

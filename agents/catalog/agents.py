@@ -14,16 +14,16 @@ import time
 
 from agents.catalog import stages
 from agents.catalog.topics import CatalogTopics
-from schemas import CatalogEvent, CatalogItem, CatalogOutcome, JobError, OutcomeKind, StageFailure
+from schemas import CatalogEvent, CatalogItem, CatalogOutcome, JobError, OutcomeKind
 from streams.adapters.images import fit_within
 from streams.core.pipeline import Pipeline
-from streams.core.runtime import Runtime, decode
+from streams.core.runtime import Runtime
 
 log = logging.getLogger("restyle.catalog")
 
 
 def register(rt: Runtime, models, index) -> None:
-    app, topics, settings = rt.app, rt.topics, rt.settings
+    settings = rt.settings
 
     async def publish(outcome: CatalogOutcome) -> None:
         await rt.send("catalog_events", outcome.ingest_id, outcome)
@@ -79,30 +79,12 @@ def register(rt: Runtime, models, index) -> None:
         for outcome in outcomes:
             await publish(outcome)
 
-    @app.agent(topics["catalog"], name="catalog-embed")
-    async def catalog_embed(stream):
-        async for event in stream.events():
-            await rt.handle("catalog-embed", event, CatalogEvent, embed, on_failure=failed,
-                            on_undecodable=undecodable)
-
-    @app.agent(topics["catalog_caption"], name="catalog-caption")
-    async def catalog_caption(stream):
-        async for event in stream.events():
-            await rt.handle("catalog-caption", event, CatalogItem, caption, on_failure=failed)
-
-    @app.agent(topics["catalog_index"], name="catalog-index")
-    async def catalog_index(stream):
-        async for events in stream.take_events(settings.catalog_batch_size,
-                                               within=settings.catalog_flush_s):
-            items = []
-            for event in events:
-                try:
-                    items.append(decode(event.message.value, CatalogItem))
-                except StageFailure as failure:
-                    await rt.dead_letter(event.message, failure.error.code,
-                                         failure.error.message)
-            if items:
-                await write_batch(items)
+    rt.stage_agent("catalog-embed", embed, CatalogEvent, topic="catalog", on_failure=failed,
+                   on_undecodable=undecodable)
+    rt.stage_agent("catalog-caption", caption, CatalogItem, topic="catalog_caption",
+                   on_failure=failed)
+    rt.stage_agent("catalog-index", write_batch, CatalogItem, topic="catalog_index",
+                   batch=(settings.catalog_batch_size, settings.catalog_flush_s))
 
 
 # Catalog events have their own topic (restyle.catalog): no uploads, no jobs.

@@ -40,7 +40,7 @@ async def admit(rt: Runtime, message, data: dict) -> None:
 
 
 def register(rt: Runtime, models: StageModels, index) -> None:
-    app, topics, settings = rt.app, rt.topics, rt.settings
+    topics, settings = rt.topics, rt.settings
 
     async def notified(message) -> None:
         """One bucket notification: each created object a rule matches becomes a job."""
@@ -85,17 +85,8 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         BUCKET_EVENTS.labels("submitted").inc()
         await rt.job_event(job_id, JobEventKind.SUBMITTED, job=job)
 
-    @app.agent(topics["bucket_events"], name="bucket-intake")
-    async def bucket_intake(stream):
-        async for event in stream.events():
-            try:
-                await notified(event.message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug must not stop the intake: keep the event
-                log.exception("bucket intake failed")
-                await rt.dead_letter(event.message, ErrorCode.INTERNAL,
-                                     f"bucket intake error: {type(exc).__name__}: {exc}")
+    # The raw message: notifications are S3's shape, parsed (and dead-lettered) above.
+    rt.stage_agent("bucket-intake", notified, None, topic="bucket_events")
 
     async def prepare(job: ConditionJob) -> None:
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)

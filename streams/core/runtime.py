@@ -69,19 +69,21 @@ class Runtime:
         ])
 
     # --- the one way a stage handles a message ---
-    async def handle(self, stage: str, event, model: type[M],
+    async def handle(self, stage: str, event, model: type[M] | None,
                      handler: Callable[[M], Awaitable[None]], fail_jobs: bool = True,
                      on_failure: Callable[[M, JobError], Awaitable[None]] | None = None,
                      on_undecodable: Callable[[bytes | None, JobError], Awaitable[None]]
                      | None = None) -> None:
-        """Decode event's message as `model` and run handler on it. Undecodable → DLQ, then
+        """Decode event's message as `model` (None: pass the raw message, for intakes that
+        decode it themselves) and run handler on it. Undecodable → DLQ, then
         on_undecodable(raw, error) when given (to tell whoever waits on it, if it can be
         identified). A StageFailure or an unexpected error → on_failure(decoded, error) when
-        given, else the job fails (or, with fail_jobs=False, the message goes to the DLQ)."""
+        given, else the job fails (or, with fail_jobs=False or no job, the message goes to the
+        DLQ)."""
         message = event.message
         started = time.perf_counter()
         try:
-            decoded = decode(message.value, model)
+            decoded = message if model is None else decode(message.value, model)
         except StageFailure as failure:
             STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
             await self.dead_letter(message, failure.error.code, failure.error.message)
@@ -113,16 +115,50 @@ class Runtime:
         finally:
             STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
 
-    def stage_agent(self, name: str, handler, model: type[BaseModel], topic: str | None = None,
-                    **options) -> None:
-        """A faust agent named `name` on the topic `topic` (default: name) that runs every
-        message through handle(name, ..., handler)."""
+    def stage_agent(self, name: str, handler, model: type[BaseModel] | None,
+                    topic: str | None = None, concurrency: int = 1,
+                    batch: tuple[int, float] | None = None, **options) -> None:
+        """The one way an agent is made: a faust agent named `name` on the topic `topic`
+        (default: name) that runs every message through handle(name, ..., handler).
+        batch=(size, seconds): handler takes the decoded messages of up to `size` at a time (or
+        what arrived within `seconds`); the undecodable ones go to the DLQ, and a batch whose
+        handler raises has each of its messages dead-lettered with the cause."""
         async def agent(stream):
-            async for event in stream.events():
-                await self.handle(name, event, model, handler, **options)
+            if batch is None:
+                async for event in stream.events():
+                    await self.handle(name, event, model, handler, **options)
+            else:
+                async for events in stream.take_events(*batch):
+                    await self._handle_batch(name, events, model, handler)
 
         agent.__name__ = agent.__qualname__ = name  # how faust names it in logs
-        self.app.agent(self.topics[topic or name], name=name)(agent)
+        self.app.agent(self.topics[topic or name], name=name, concurrency=concurrency)(agent)
+
+    async def _handle_batch(self, stage: str, events, model: type[M],
+                            handler: Callable[[list[M]], Awaitable[None]]) -> None:
+        started = time.perf_counter()
+        decoded = []
+        for event in events:
+            try:
+                decoded.append((event, decode(event.message.value, model)))
+            except StageFailure as failure:
+                STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
+                await self.dead_letter(event.message, failure.error.code, failure.error.message)
+        if not decoded:
+            return
+        try:
+            await handler([item for _, item in decoded])
+            STAGE_OUTCOMES.labels(stage, "ok").inc(len(decoded))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: keep every message of the batch, the worker lives
+            STAGE_OUTCOMES.labels(stage, "error").inc(len(decoded))
+            log.exception("unexpected error in %s on a batch of %d", stage, len(decoded))
+            for event, _ in decoded:
+                await self.dead_letter(event.message, ErrorCode.INTERNAL,
+                                       f"{stage} stage error: {type(exc).__name__}: {exc}")
+        finally:
+            STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
 
     async def _failed(self, message, job_id: str | None, error: JobError, decoded,
                       fail_jobs: bool, on_failure=None) -> None:

@@ -8,7 +8,7 @@ from streams.tracking.tables import Tables
 
 
 def register(rt: Runtime, tables: Tables) -> None:
-    app, ingests, outcomes = rt.app, tables.ingests, tables.ingest_outcomes
+    ingests, outcomes = tables.ingests, tables.ingest_outcomes
 
     async def track(outcome: CatalogOutcome) -> None:
         key = outcome.ingest_id.encode()
@@ -19,10 +19,8 @@ def register(rt: Runtime, tables: Tables) -> None:
         ingests[key] = state.model_dump_json().encode()
         outcomes[product_key] = outcome.outcome.value.encode()
 
-    @app.agent(rt.topics["catalog_events"], name="ingest-tracker")
-    async def ingest_tracker(stream):
-        async for event in stream.events():
-            await rt.handle("ingest-tracker", event, CatalogOutcome, track, fail_jobs=False)
+    rt.stage_agent("ingest-tracker", track, CatalogOutcome, topic="catalog_events",
+                   fail_jobs=False)
 
 
 def lookup(tables: Tables, ingest_id: str) -> IngestState | None:

@@ -82,9 +82,6 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     async def forget_held_progress(*_args, **_kwargs) -> None:
         board.forget()
 
-    @app.agent(rt.topics["job_events"], name="tracker")
-    async def tracker(stream):
-        async for event in stream.events():
-            # A tracker failure must not feed a `failed` event back into its own topic:
-            # the event goes to the DLQ instead.
-            await rt.handle("tracker", event, JobEvent, track, fail_jobs=False)
+    # A tracker failure must not feed a `failed` event back into its own topic: the event
+    # goes to the DLQ instead.
+    rt.stage_agent("tracker", track, JobEvent, topic="job_events", fail_jobs=False)
