@@ -1,0 +1,121 @@
+"""Agents in process, without Kafka: a small runtime that keeps every message an agent sends and
+delivers it to the agents registered on that topic, through the real error policy
+(Runtime.handle), with real storage and real (tiny) models.
+
+It stands in for the broker only: what an agent decodes, refuses, dead-letters or sends is
+restyle's own code. The end-to-end tests run the same agents on real brokers.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from streams.adapters.storage import Storage
+from streams.core.app import Wiring
+from streams.core.runtime import Runtime
+from streams.core.settings import Settings
+
+
+@dataclass
+class Message:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int = 0
+    offset: int = 0
+    headers: list = field(default_factory=list)
+
+
+@dataclass
+class Event:
+    message: Message
+
+
+class KeptTopic:
+    """A topic whose sends are kept, in order, for the runtime to deliver."""
+
+    def __init__(self, name: str, runtime: "InProcessRuntime"):
+        self.name = name
+        self.runtime = runtime
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+    async def send(self, key=None, value=None, headers=None):
+        self.runtime.record(Message(self.name, key, value, offset=len(self.runtime.log),
+                                    headers=list(headers or [])))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class KeptApp:
+    """The part of a faust app the agents touch at registration."""
+
+    def __init__(self, runtime: "InProcessRuntime"):
+        self.runtime = runtime
+
+    def topic(self, name: str, **_options) -> KeptTopic:
+        return self.runtime.topic_named(name)
+
+
+@dataclass
+class Registered:
+    name: str
+    handler: object
+    model: type[BaseModel] | None
+    batch: tuple[int, float] | None
+    options: dict
+
+
+class InProcessRuntime(Runtime):
+    def __init__(self, settings: Settings, topic_names: dict[str, str]):
+        self.log: list[Message] = []
+        self.agents: dict[str, list[Registered]] = {}
+        self._by_name: dict[str, KeptTopic] = {}
+        topics = {attr: self.topic_named(name) for attr, name in topic_names.items()}
+        self._attr_of = {name: attr for attr, name in topic_names.items()}
+        super().__init__(settings, Wiring(app=KeptApp(self), topics=topics),
+                         Storage.from_settings(settings))
+
+    def topic_named(self, name: str) -> KeptTopic:
+        if name not in self._by_name:
+            self._by_name[name] = KeptTopic(name, self)
+        return self._by_name[name]
+
+    def record(self, message: Message) -> None:
+        self.log.append(message)
+
+    def stage_agent(self, name, handler, model, topic=None, concurrency=1, batch=None,
+                    **options) -> None:
+        topic_name = self.topics[topic or name].get_topic_name()
+        self.agents.setdefault(topic_name, []).append(
+            Registered(name, handler, model, batch, options))
+
+    def sent(self, attr: str) -> list[Message]:
+        """Every message sent to the topic the agents know as attr, in order."""
+        name = self.topics[attr].get_topic_name()
+        return [m for m in self.log if m.topic == name]
+
+    async def deliver(self, attr: str, value: bytes | BaseModel, key: str = "") -> None:
+        """Publish value on attr's topic, as an upstream system would, and run until idle."""
+        await self.topics[attr].send(key=key.encode(), value=value if isinstance(value, bytes)
+                                     else value.model_dump_json().encode())
+        await self.run_until_idle()
+
+    async def run_until_idle(self) -> None:
+        """Deliver every kept message that an agent listens to, in order, until none is left."""
+        delivered = getattr(self, "_delivered", 0)
+        while delivered < len(self.log):
+            message = self.log[delivered]
+            delivered += 1
+            for agent in self.agents.get(message.topic, []):
+                event = Event(message)
+                if agent.batch is None:
+                    await self.handle(agent.name, event, agent.model, agent.handler,
+                                      **agent.options)
+                else:
+                    await self._handle_batch(agent.name, [event], agent.model, agent.handler)
+        self._delivered = delivered

@@ -1,0 +1,138 @@
+"""The agents in process (tests/inprocess.py stands in for the broker): the intake's dispatch
+and refusals, a room makeover from analyze to completed with the GPU agent beside it, the
+catalog's batch writes, and the agent factory's error policy. Real storage, real tiny models."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from agents import intake
+from agents.catalog import agents as catalog_agents
+from agents.makeover import agents as makeover_agents
+from agents.models.stage_models import StageModels
+from agents.pipelines import topic_names
+from gpu_agent import worker as gpu_worker
+from gpu_agent.engine import RenderEngine
+from schemas import CatalogEvent, CatalogItem, JobEvent, StageFailure
+from streams.adapters.index.local import LocalIndex
+from streams.core.settings import Settings
+from tests.inprocess import InProcessRuntime
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_models, room_photos) -> Settings:
+    return Settings(state_dir=tmp_path, storage_base=(tmp_path / "store").as_uri(),
+                    file_roots=[room_photos[0].parent], models_dir=tiny_models,
+                    default_steps=2, default_width=64, default_height=64)
+
+
+@pytest.fixture
+def runtime(settings) -> InProcessRuntime:
+    return InProcessRuntime(settings, topic_names(settings))
+
+
+def events(rt: InProcessRuntime, attr: str) -> list[dict]:
+    return [json.loads(m.value) for m in rt.sent(attr)]
+
+
+def test_the_intake_submits_a_makeover_and_refuses_what_it_cannot_read(runtime, room_photos):
+    intake.register(runtime)
+    upload = {"pipeline": "room_makeover", "job_id": "room-1",
+              "image": room_photos[1].as_uri(), "style": "modern"}
+
+    asyncio.run(runtime.deliver("uploads", json.dumps(upload).encode(), "room-1"))
+    asyncio.run(runtime.deliver("uploads", b'{"job_id": "x1", "pipeline": "sculpt"}', "x1"))
+    asyncio.run(runtime.deliver("uploads", b"{not json", "x2"))
+
+    submitted, rejected = [JobEvent.model_validate(e) for e in events(runtime, "job_events")]
+    assert (submitted.kind, submitted.job.pipeline, submitted.job.style) == \
+        ("submitted", "room_makeover", "modern")
+    assert submitted.job.params.steps == 2  # the configured default, resolved at admission
+    assert (rejected.job_id, rejected.kind, rejected.error.code) == \
+        ("x1", "rejected", "unsupported_pipeline")
+    letters = events(runtime, "dlq")
+    assert [(d["job_id"], d["code"]) for d in letters] == [("x1", "unsupported_pipeline"),
+                                                           (None, "invalid_json")]
+
+
+def test_a_room_makeover_runs_from_analyze_to_completed_in_process(runtime, settings,
+                                                                 room_photos, tmp_path):
+    intake.register(runtime)
+    models = StageModels(settings)
+    makeover_agents.register(runtime, models, LocalIndex(tmp_path / "index"))
+    engine = RenderEngine(cache_size=1)
+    gpu_worker.register(runtime, engine)
+    upload = {"pipeline": "room_makeover", "job_id": "room-2",
+              "image": room_photos[1].as_uri(), "style": "scandinavian"}
+    asyncio.run(runtime.deliver("uploads", json.dumps(upload).encode(), "room-2"))
+    job = JobEvent.model_validate(events(runtime, "job_events")[0]).job
+
+    asyncio.run(runtime.deliver("analyze", job, job.job_id))  # what the tracker does
+
+    kinds = [(e["kind"], e.get("status")) for e in events(runtime, "job_events")]
+    assert ("status", "analyzing") in kinds and ("status", "generating") in kinds
+    assert kinds[-1] == ("completed", None)
+    result = events(runtime, "job_events")[-1]["result"]
+    assert result["pipeline"] == "room_makeover" and result["style"] == "scandinavian"
+    assert set(result["timings_ms"]) >= {"analyze", "embed", "retrieve", "compose", "depth",
+                                         "render", "reanalyze"}
+    image = asyncio.run(runtime.storage.get(result["images"][0]["uri"]))
+    assert image.startswith(b"\x89PNG")
+    assert len(runtime.sent("render")) == 1  # one render request, answered once
+
+
+class RefusingIndex(LocalIndex):
+    async def upsert(self, products, vectors):
+        raise ConnectionError("index unreachable")
+
+
+def test_a_failed_index_write_reaches_every_product_of_the_batch(runtime, tmp_path):
+    catalog_agents.register(runtime, models=None, index=RefusingIndex(tmp_path / "index"))
+    item = CatalogItem(event=CatalogEvent(product_id="p1", image="s3://b/p.jpg",
+                                          ingest_id="run-1", ingest_total=1), vector=[1.0, 0.0])
+
+    asyncio.run(runtime.deliver("catalog_index", item, "p1"))
+
+    (outcome,) = events(runtime, "catalog_events")
+    assert (outcome["product_id"], outcome["outcome"]) == ("p1", "failed")
+    assert outcome["error"]["message"] == \
+        "index write failed: ConnectionError: index unreachable"
+
+
+def test_a_bug_in_a_batch_handler_keeps_every_message_of_the_batch(runtime):
+    async def buggy(items):
+        raise KeyError("oops")
+
+    runtime.stage_agent("catalog-index", buggy, CatalogItem, topic="catalog_index",
+                        batch=(10, 1.0))
+    item = CatalogItem(event=CatalogEvent(product_id="p1", action="delete"))
+
+    asyncio.run(runtime.deliver("catalog_index", item, "p1"))
+    asyncio.run(runtime.deliver("catalog_index", b"[1, 2]", "p2"))
+
+    letters = events(runtime, "dlq")
+    assert [(d["key"], d["code"]) for d in letters] == [("p1", "internal_error"),
+                                                        ("p2", "invalid_json")]
+    assert letters[0]["reason"] == "catalog-index stage error: KeyError: 'oops'"
+
+
+def test_a_stage_failure_fails_the_job_and_a_bug_fails_it_with_internal_error(runtime):
+    async def refuses(job):
+        raise StageFailure("invalid_params", "width must be a multiple of 8")
+
+    async def crashes(job):
+        raise RuntimeError("model exploded")
+
+    runtime.stage_agent("analyze", refuses, JobEvent)
+    runtime.stage_agent("embed", crashes, JobEvent)
+    for attr, job_id in (("analyze", "j1"), ("embed", "j2")):
+        asyncio.run(runtime.deliver(attr, JobEvent(job_id=job_id, kind="status", at=1.0),
+                                    job_id))
+
+    failed = [(e["job_id"], e["kind"], e["error"]["code"], e["error"]["message"])
+              for e in events(runtime, "job_events")]
+    assert failed == [("j1", "failed", "invalid_params", "width must be a multiple of 8"),
+                      ("j2", "failed", "internal_error",
+                       "embed stage error: RuntimeError: model exploded")]
