@@ -15,12 +15,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Awaitable, Callable
 
+from PIL import Image
 from pydantic import ValidationError
 
 from gpu_agent.duty import DutyMeter
-from gpu_agent.engine import RenderEngine
-from schemas import ErrorCode, JobEventKind, Progress, RenderRequest, RenderResult, StageFailure
+from gpu_agent.engine import ProgressCallback, RenderEngine
+from schemas import (
+    ErrorCode,
+    JobEventKind,
+    Progress,
+    RenderParams,
+    RenderRequest,
+    RenderResult,
+    StageFailure,
+)
+from schemas.events import RenderTask
 from schemas.uris import join_uri
 from streams.adapters.images import encode_png
 from streams.core.runtime import Runtime
@@ -78,27 +89,45 @@ def _retrieve_exception(task: asyncio.Task) -> None:
         task.exception()
 
 
-async def _inputs(rt: Runtime, request: RenderRequest) -> tuple:
-    """Read request's input images; return the engine call to make: (method, *args)."""
-    settings = rt.settings
-    if request.task == "inpaint":
-        image, mask = await asyncio.gather(rt.image_uncached(request.image),
-                                           rt.mask_image(request.mask))
-        model = request.model or settings.model_id("inpainting")
-        return ("inpaint", model, request.prompt, image, mask)
+# The engine call a request makes once its inputs are read: (engine, params, on_step) -> images.
+EngineCall = Callable[[RenderEngine, RenderParams, ProgressCallback], list[Image.Image]]
+
+
+async def _inpaint_call(rt: Runtime, request: RenderRequest) -> EngineCall:
+    image, mask = await asyncio.gather(rt.image_uncached(request.image),
+                                       rt.mask_image(request.mask))
+    model = request.model or rt.settings.model_id("inpainting")
+    return lambda engine, params, on_step: engine.inpaint(model, request.prompt, image, mask,
+                                                          params, on_step)
+
+
+async def _controlnet_call(rt: Runtime, request: RenderRequest) -> EngineCall:
     control = await rt.image(request.control_image)
     try:
-        controlnet = settings.model_id(f"controlnet_{request.control}")
+        controlnet = rt.settings.model_id(f"controlnet_{request.control}")
     except ValueError as exc:
         raise StageFailure(ErrorCode.MODEL_ERROR, str(exc)) from None
-    return ("render", request.model or settings.model_id("diffusion"), controlnet,
-            request.prompt, control)
+    model = request.model or rt.settings.model_id("diffusion")
+    return lambda engine, params, on_step: engine.render(model, controlnet, request.prompt,
+                                                         control, params, on_step)
 
 
-async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, call: tuple,
+# Each render task: how its inputs are read and which engine call it makes.
+TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest], Awaitable[EngineCall]]] = {
+    "inpaint": _inpaint_call,
+    "controlnet": _controlnet_call,
+    "controlnet_depth": _controlnet_call,  # controlnet with control="depth" (its default)
+}
+
+
+async def _inputs(rt: Runtime, request: RenderRequest) -> EngineCall:
+    """Read request's input images; return the engine call to make."""
+    return await TASKS[request.task](rt, request)
+
+
+async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, call: EngineCall,
                   model_turn: asyncio.Lock, meter: DutyMeter) -> RenderResult:
     loop = asyncio.get_running_loop()
-    method, *args = call
 
     def on_step(step: int, total: int) -> None:  # called from the render thread
         asyncio.run_coroutine_threadsafe(
@@ -108,8 +137,7 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
     async with model_turn:
         started = time.perf_counter()
         try:
-            images = await asyncio.to_thread(getattr(engine, method), *args, request.params,
-                                             on_step)
+            images = await asyncio.to_thread(call, engine, request.params, on_step)
         except (RuntimeError, ValueError, OSError) as exc:
             raise StageFailure(ErrorCode.MODEL_ERROR, f"rendering failed: {exc}") from exc
         finally:

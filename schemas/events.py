@@ -14,6 +14,10 @@ from schemas.jobs import JobStatus, Progress
 from schemas.params import RenderParams
 from schemas.pipelines import AnyJob, AnyResult
 
+# controlnet_depth: generate under control_image (a depth map). controlnet: the same, with the
+# ControlNet that `control` names. inpaint: repaint image where mask is white.
+RenderTask = Literal["controlnet_depth", "controlnet", "inpaint"]
+
 
 class RenderRequest(BaseModel):
     """Work for the GPU agent. Pipeline-agnostic: the caller names where the answer goes and
@@ -22,8 +26,7 @@ class RenderRequest(BaseModel):
     job_id: str
     tenant: str | None = None
     prompt: str
-    # controlnet_depth: generate under control_image. inpaint: repaint image where mask is white.
-    task: Literal["controlnet_depth", "controlnet", "inpaint"] = "controlnet_depth"
+    task: RenderTask = "controlnet_depth"
     # controlnet: which ControlNet conditions it (its model role is controlnet_{control}).
     control: Literal["depth", "canny", "seg"] = "depth"
     control_image: str | None = None

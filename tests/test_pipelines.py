@@ -2,11 +2,15 @@
 which topics a worker declares, and where an admitted job starts. No pipeline is a default."""
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 from pydantic import ValidationError
 
 from agents.pipelines import PIPELINES, first_stages, for_upload, topic_names
+from gpu_agent.worker import TASKS
 from schemas import ErrorCode, JobEvent, JobEventKind, JobState, StageFailure
+from schemas.events import RenderTask
 from schemas.pipelines import PIPELINES as CONTRACTS
 from streams.core.settings import Settings
 from streams.tracking.jobstate import apply_event
@@ -51,6 +55,10 @@ def test_a_worker_declares_every_pipelines_topics_and_the_shared_ones_each_once(
     assert len(set(names.values())) == len(names)  # no two roles share a topic
     monkeypatch.setenv("RESTYLE_TOPIC_ANALYZE", "acme.analyze")
     assert topic_names(Settings())["analyze"] == "acme.analyze"  # still renamed by its variable
+
+
+def test_every_render_task_has_its_engine_call():
+    assert set(TASKS) == set(get_args(RenderTask))
 
 
 def job_event(job: dict) -> dict:
