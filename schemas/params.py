@@ -1,6 +1,8 @@
 """Generation parameters as users send them, and as the GPU agent receives them once resolved."""
 from __future__ import annotations
 
+import random
+
 from pydantic import BaseModel
 
 MAX_SEED = 2**32 - 1
@@ -23,3 +25,25 @@ class RenderParams(BaseModel):
     height: int
     negative_prompt: str
     num_images: int
+
+
+class RenderDefaults(BaseModel):
+    """What a render uses for each parameter a job leaves out (the seed is chosen instead)."""
+
+    steps: int
+    guidance: float
+    controlnet_scale: float
+    width: int
+    height: int
+    negative_prompt: str
+    num_images: int
+
+
+def resolve_render(given: dict, defaults: RenderDefaults, rng: random.Random) -> RenderParams:
+    """The one way a job's render parameters are settled: each value the job gives (not None)
+    wins over its default; a seed is drawn and recorded when none is given, so the result can
+    be reproduced. given's keys are RenderParams names."""
+    values = {name: given[name] if given.get(name) is not None else getattr(defaults, name)
+              for name in RenderDefaults.model_fields}
+    seed = given.get("seed")
+    return RenderParams(**values, seed=rng.randint(0, MAX_SEED) if seed is None else seed)

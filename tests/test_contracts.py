@@ -251,3 +251,16 @@ def test_revoked_partitions_forget_what_was_held():
          event(JobEventKind.PROGRESS, progress=Progress(step=1, total=2), at=10.5))
     board.forget()
     assert board.get("j1") == stored_state(table)  # no step: the table's state
+
+
+def test_render_parameters_are_settled_one_way_for_every_pipeline():
+    from schemas.params import RenderDefaults, resolve_render
+
+    defaults = RenderDefaults(steps=30, guidance=7.5, controlnet_scale=1.0, width=512,
+                              height=512, negative_prompt="blurry", num_images=1)
+    given = {"steps": 4, "guidance": 0.0, "negative_prompt": "", "seed": None, "width": None}
+    first = resolve_render(given, defaults, random.Random(3))
+    assert (first.steps, first.guidance, first.negative_prompt) == (4, 0.0, "")  # 0 and "" win
+    assert (first.width, first.height, first.controlnet_scale) == (512, 512, 1.0)
+    assert first == resolve_render(given, defaults, random.Random(3))  # the seed is recorded
+    assert resolve_render({**given, "seed": 7}, defaults, random.Random(3)).seed == 7

@@ -12,7 +12,7 @@ from agents.background.titan import titan_batch
 from agents.background.topics import BackgroundTopics
 from agents.models.detect import rescale_detections
 from agents.models.stage_models import StageModels
-from schemas import JobError, JobEventKind, JobStatus, RenderRequest, RenderResult, StageFailure
+from schemas import JobError, JobEventKind, JobStatus, RenderResult, StageFailure
 from schemas.background import (
     BATCH_ID_PATTERN,
     BackgroundBatch,
@@ -28,6 +28,7 @@ from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png, fit_within
 from streams.core.admission import derived_id, id_from_key, readable_field
 from streams.core.pipeline import Pipeline
+from streams.core.render import rendered, request_render
 from streams.core.runtime import Runtime, validate
 
 _rng = random.SystemRandom()
@@ -78,7 +79,7 @@ async def admit_titan(rt: Runtime, message, data: dict) -> None:
 
 
 def register(rt: Runtime, models: StageModels, index) -> None:
-    topics, settings = rt.topics, rt.settings
+    settings = rt.settings
 
     async def expand(batch: BackgroundBatch) -> None:
         batch_id = batch.batch_id
@@ -155,19 +156,13 @@ def register(rt: Runtime, models: StageModels, index) -> None:
             await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
         job.timings_ms["mask"] = round((time.perf_counter() - started) * 1000, 2)
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-        await rt.send("render", job.job_id, RenderRequest(
-            job_id=job.job_id, tenant=job.tenant, prompt=job.prompt, task="inpaint",
-            image=render_image, mask=render_mask, params=params,
-            output_prefix=join_uri(prefix, "raw"),
-            reply_topic=topics["bg_finish"].get_topic_name(),
-            context=job.model_dump(mode="json")))
+        await request_render(rt, job, "bg_finish", prompt=job.prompt, task="inpaint",
+                             image=render_image, mask=render_mask, params=params,
+                             output_prefix=join_uri(prefix, "raw"))
 
     async def finish(reply: RenderResult) -> None:
-        job = BackgroundJob.model_validate(reply.context)
+        job = rendered(reply, BackgroundJob)
         started = time.perf_counter()
-        job.timings_ms["render"] = reply.render_ms
-        if reply.wait_ms is not None:
-            job.waits_ms["render"] = reply.wait_ms
         photo = await rt.image(job.image)
         keep = await rt.mask_image(job.keep_mask)
         outputs = []

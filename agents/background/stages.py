@@ -20,7 +20,7 @@ from schemas.background import (
     MaskTarget,
     OutpaintMode,
 )
-from schemas.params import MAX_SEED
+from schemas.params import resolve_render
 from schemas.uris import join_uri
 from streams.adapters.images import IMAGE_SUFFIXES
 
@@ -82,16 +82,13 @@ def resolve_params(batch: BackgroundBatch, settings, rng: random.Random) -> Rend
     seed chosen and recorded when none is given. Width and height are settled per photo."""
     given = batch.params
     quality = (given.quality.value if given.quality else "standard")
-    return RenderParams(
-        steps=given.steps or settings.quality_steps[quality],
-        guidance=settings.default_cfg_scale if given.cfg_scale is None else given.cfg_scale,
-        controlnet_scale=0.0,
-        seed=rng.randint(0, MAX_SEED) if given.seed is None else given.seed,
-        width=given.width or 0, height=given.height or 0,
-        negative_prompt=(settings.default_negative_prompt if batch.negative_prompt is None
-                         else batch.negative_prompt),
-        num_images=given.num_images or 1,
-    )
+    defaults = settings.render_defaults.model_copy(update={
+        "steps": settings.quality_steps[quality], "guidance": settings.default_cfg_scale,
+        "controlnet_scale": 0.0, "width": 0, "height": 0, "num_images": 1})
+    return resolve_render({"steps": given.steps, "guidance": given.cfg_scale, "seed": given.seed,
+                           "width": given.width, "height": given.height,
+                           "negative_prompt": batch.negative_prompt,
+                           "num_images": given.num_images}, defaults, rng)
 
 
 def image_job(batch: BackgroundBatch, batch_id: str, spec: ImageSpec, params: RenderParams,

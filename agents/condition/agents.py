@@ -14,13 +14,14 @@ from agents.condition import bucket_events
 from agents.condition import stages as conditioning
 from agents.condition.topics import ConditionTopics
 from agents.models.stage_models import StageModels
-from schemas import ErrorCode, JobEventKind, JobStatus, RenderRequest, RenderResult, StageFailure
+from schemas import ErrorCode, JobEventKind, JobStatus, RenderResult, StageFailure
 from schemas.conditioning import Conditioning, ConditionJob, ConditionResult, ConditionUpload
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png
 from streams.core.admission import admit_job
 from streams.core.metrics import BUCKET_EVENTS
 from streams.core.pipeline import Pipeline
+from streams.core.render import rendered, request_render
 from streams.core.runtime import Runtime
 
 log = logging.getLogger("restyle")
@@ -40,7 +41,7 @@ async def admit(rt: Runtime, message, data: dict) -> None:
 
 
 def register(rt: Runtime, models: StageModels, index) -> None:
-    topics, settings = rt.topics, rt.settings
+    settings = rt.settings
 
     async def notified(message) -> None:
         """One bucket notification: each created object a rule matches becomes a job."""
@@ -103,12 +104,10 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         job.params = job.params.model_copy(update={"width": size[0], "height": size[1]})
         job.timings_ms["prepare"] = round((time.perf_counter() - started) * 1000, 2)
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-        await rt.send("render", job.job_id, RenderRequest(
-            job_id=job.job_id, tenant=job.tenant, prompt=job.prompt, task="controlnet",
-            control=job.conditioning.value, control_image=job.control_map, params=job.params,
-            output_prefix=job.output_prefix.rstrip("/"),
-            reply_topic=topics["cond_finish"].get_topic_name(),
-            metadata=result_metadata(job, settings), context=job.model_dump(mode="json")))
+        await request_render(rt, job, "cond_finish", prompt=job.prompt, task="controlnet",
+                             control=job.conditioning.value, control_image=job.control_map,
+                             params=job.params, output_prefix=job.output_prefix.rstrip("/"),
+                             metadata=result_metadata(job, settings))
 
     def control_map(image, job: ConditionJob):
         if job.conditioning is Conditioning.CANNY:
@@ -119,10 +118,7 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         return models.depth.estimate(image)  # one channel, like the makeover's depth map
 
     async def finish(reply: RenderResult) -> None:
-        job = ConditionJob.model_validate(reply.context)
-        job.timings_ms["render"] = reply.render_ms
-        if reply.wait_ms is not None:
-            job.waits_ms["render"] = reply.wait_ms
+        job = rendered(reply, ConditionJob)
         result = ConditionResult(
             images=[{"uri": uri} for uri in reply.images], control_map=job.control_map,
             conditioning=job.conditioning, prompt=job.prompt, seed=job.params.seed,

@@ -14,7 +14,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from schemas import ErrorCode, RenderParams, StageFailure
+from schemas import ErrorCode, StageFailure
 from schemas.conditioning import (
     BucketRule,
     Conditioning,
@@ -23,7 +23,7 @@ from schemas.conditioning import (
     ConditionUpload,
     Fit,
 )
-from schemas.params import MAX_SEED
+from schemas.params import resolve_render
 from schemas.uris import join_uri
 
 
@@ -165,16 +165,13 @@ def resolve(params: ConditionParams, settings, rng: random.Random, prompt: str |
     if low > high:
         raise StageFailure(ErrorCode.INVALID_PARAMS,
                            f"canny thresholds out of order: low {low} > high {high}")
-    render = RenderParams(
-        steps=params.steps or settings.default_steps,
-        guidance=settings.default_guidance if params.guidance is None else params.guidance,
-        controlnet_scale=(settings.default_controlnet_scale if params.conditioning_scale is None
-                          else params.conditioning_scale),
-        seed=rng.randint(0, MAX_SEED) if params.seed is None else params.seed,
-        width=0, height=0,  # settled from the photo by the prepare stage
-        negative_prompt=(settings.default_negative_prompt if params.negative_prompt is None
-                         else params.negative_prompt),
-        num_images=params.num_images or 1)
+    # Width and height are settled from the photo by the prepare stage.
+    defaults = settings.render_defaults.model_copy(update={"width": 0, "height": 0,
+                                                           "num_images": 1})
+    render = resolve_render({"steps": params.steps, "guidance": params.guidance,
+                             "controlnet_scale": params.conditioning_scale, "seed": params.seed,
+                             "negative_prompt": params.negative_prompt,
+                             "num_images": params.num_images}, defaults, rng)
     return ConditionJob(
         job_id=job_id, tenant=tenant, image=image,
         prompt=prompt or params.prompt or settings.condition_default_prompt,

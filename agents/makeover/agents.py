@@ -17,13 +17,13 @@ from schemas import (
     MakeoverResult,
     MakeoverUpload,
     ProductMatch,
-    RenderRequest,
     RenderResult,
 )
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png
 from streams.core.admission import admit_job
 from streams.core.pipeline import Pipeline
+from streams.core.render import rendered, request_render
 from streams.core.runtime import Runtime
 
 
@@ -43,7 +43,7 @@ async def admit(rt: Runtime, message, data: dict) -> None:
 
 
 def register(rt: Runtime, models: StageModels, index) -> None:
-    topics, settings = rt.topics, rt.settings
+    settings = rt.settings
 
     async def analyze(job: MakeoverJob) -> None:
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
@@ -94,22 +94,17 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         # status event would hold it back a round trip. So a render's first progress tick
         # may reach restyle.job-events before "generating" does; a tick implies generating,
         # for the tracker as for any consumer (README, topics).
-        await rt.send("render", job.job_id, RenderRequest(
-            job_id=job.job_id, tenant=job.tenant, prompt=job.prompt, control_image=job.depth_map,
-            params=job.params, output_prefix=join_uri(settings.results_base, "results",
-                                                      job.job_id),
-            reply_topic=topics["reanalyze"].get_topic_name(),
-            context=job.model_dump(mode="json")))
+        await request_render(rt, job, "reanalyze", prompt=job.prompt,
+                             control_image=job.depth_map, params=job.params,
+                             output_prefix=join_uri(settings.results_base, "results",
+                                                    job.job_id))
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
 
     async def reanalyze(reply: RenderResult) -> None:
-        job = MakeoverJob.model_validate(reply.context)
+        job = rendered(reply, MakeoverJob)
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.REANALYZING)
         started = time.perf_counter()
         job.images = reply.images
-        job.timings_ms["render"] = reply.render_ms
-        if reply.wait_ms is not None:
-            job.waits_ms["render"] = reply.wait_ms
         if reply.sent_at:
             job.waits_ms["reanalyze"] = round((time.time() - reply.sent_at) * 1000, 2)
         products: list[ProductMatch] = []

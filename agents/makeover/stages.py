@@ -18,24 +18,12 @@ from schemas import (
     RenderParams,
     StageFailure,
 )
-from schemas.params import MAX_SEED
+from schemas.params import resolve_render
 
 
 def resolve_params(upload: MakeoverUpload, settings, rng: random.Random) -> RenderParams:
     """Fill what the user left out from configured defaults; pick and record a seed."""
-    given = upload.params
-    params = RenderParams(
-        steps=given.steps or settings.default_steps,
-        guidance=settings.default_guidance if given.guidance is None else given.guidance,
-        controlnet_scale=(settings.default_controlnet_scale if given.controlnet_scale is None
-                          else given.controlnet_scale),
-        seed=rng.randint(0, MAX_SEED) if given.seed is None else given.seed,
-        width=given.width or settings.default_width,
-        height=given.height or settings.default_height,
-        negative_prompt=(settings.default_negative_prompt if given.negative_prompt is None
-                         else given.negative_prompt),
-        num_images=given.num_images or settings.default_num_images,
-    )
+    params = resolve_render(upload.params.model_dump(), settings.render_defaults, rng)
     if params.width % 8 or params.height % 8:
         raise StageFailure(ErrorCode.INVALID_PARAMS,
                            f"width and height must be multiples of 8 "

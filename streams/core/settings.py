@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.conditioning import BucketRule, ConditionParams
+from schemas.params import RenderDefaults
 from streams.core.styles import DEFAULT_DETECTION_LABELS, DEFAULT_NEGATIVE_PROMPT, DEFAULT_STYLES
 
 # Public weights used when no local directory is configured (see README, "Models").
@@ -284,6 +285,15 @@ class Settings(BaseSettings):
     def _merge_styles(self) -> "Settings":
         self.styles = {**self.styles, **{k.lower(): v for k, v in self.extra_styles.items()}}
         return self
+
+    @property
+    def render_defaults(self) -> RenderDefaults:
+        """The RESTYLE_DEFAULT_* render parameters (a pipeline may override some of them)."""
+        return RenderDefaults(
+            steps=self.default_steps, guidance=self.default_guidance,
+            controlnet_scale=self.default_controlnet_scale, width=self.default_width,
+            height=self.default_height, negative_prompt=self.default_negative_prompt,
+            num_images=self.default_num_images)
 
     @property
     def rules(self) -> list[BucketRule]:

@@ -1,0 +1,29 @@
+"""The request/reply glue every pipeline uses with the GPU agent: a job asks for a render and
+travels in the request's context; the reply brings it back with the render's time recorded."""
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from schemas import RenderRequest, RenderResult
+from streams.core.runtime import Runtime
+
+J = TypeVar("J", bound=BaseModel)
+
+
+async def request_render(rt: Runtime, job: BaseModel, reply_to: str, **request) -> None:
+    """Send job's render request; the answer comes back on the topic reply_to names, with the
+    job as it is now in its context. request: the RenderRequest fields the job decides."""
+    await rt.send("render", job.job_id, RenderRequest(
+        job_id=job.job_id, tenant=job.tenant, reply_topic=rt.topics[reply_to].get_topic_name(),
+        context=job.model_dump(mode="json"), **request))
+
+
+def rendered(reply: RenderResult, model: type[J]) -> J:
+    """The job a render reply answers, with how long it rendered and waited for the GPU."""
+    job = model.model_validate(reply.context)
+    job.timings_ms["render"] = reply.render_ms
+    if reply.wait_ms is not None:
+        job.waits_ms["render"] = reply.wait_ms
+    return job
