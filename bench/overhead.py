@@ -71,7 +71,8 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
             await storage.put(join_uri(base, "depth.png"), encode_png(depth), "image/png")
         # The same parameters the intake resolves for the Kafka path's upload (defaults such
         # as the negative prompt included), so both paths render the same work.
-        params = makeover.resolve_params(MakeoverUpload(**UPLOAD, image=photo_uri), settings,
+        params = makeover.resolve_params(MakeoverUpload(**UPLOAD, image=photo_uri),
+                                          settings.render_defaults,
                                          random.Random())
         with timed("render"):
             images = engine.render(settings.model_id("diffusion"),

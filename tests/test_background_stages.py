@@ -71,7 +71,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def job_for(image_uri="s3://b/photo.png", **fields):
     batch = BackgroundBatch(pipeline="background_replace", batch_id="b1", images=[image_uri],
                             prompt="a beach at sunset", **fields)
-    params = background.resolve_params(batch, Settings(), random.Random(1))
+    params = background.resolve_params(batch, Settings(), Settings().render_defaults,
+                                        random.Random(1))
     spec = ImageSpec(uri=image_uri, name="photo.png", mask_prompt=batch.mask_prompt,
                      mask_image=batch.mask_image)
     return background.image_job(batch, "b1", spec, params, "s3://restyle", 0.0)
@@ -289,10 +290,12 @@ def test_quality_maps_to_steps_and_cfg_scale_to_guidance_and_the_seed_is_recorde
     settings = Settings()
     batch = BackgroundBatch(pipeline="background_replace", prompt="x", images=["s3://b/a.png"],
                             params={"quality": "premium", "cfg_scale": 6.5, "num_images": 3})
-    params = background.resolve_params(batch, settings, random.Random(5))
+    params = background.resolve_params(batch, settings, settings.render_defaults,
+                                        random.Random(5))
     assert params.steps == settings.quality_steps["premium"] and params.guidance == 6.5
     assert params.num_images == 3 and 0 <= params.seed
     standard = BackgroundBatch(pipeline="background_replace", prompt="x",
                                images=["s3://b/a.png"], params={"seed": 9})
-    params = background.resolve_params(standard, settings, random.Random(5))
+    params = background.resolve_params(standard, settings, settings.render_defaults,
+                                        random.Random(5))
     assert params.steps == settings.quality_steps["standard"] and params.seed == 9

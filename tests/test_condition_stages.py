@@ -169,11 +169,13 @@ def test_a_job_takes_the_prompt_from_object_metadata_and_is_one_per_object_versi
     rule = settings.rules[0]
     obj = bucket_events.CreatedObject("restyle", "incoming/cat.jpg", "ObjectCreated:Put",
                                       etag="v1")
-    job = bucket_events.job_for_object(rule, obj, settings, random.Random(1),
+    job = bucket_events.job_for_object(rule, obj, settings, settings.render_defaults,
+                                       random.Random(1),
                                        {"prompt": "a%20tiger%20sketch"}, 0.0)
     assert job.prompt == "a tiger sketch" and job.conditioning is Conditioning.CANNY
     assert job.canny == (100, 200) and job.image == "s3://restyle/incoming/cat.jpg"
-    default = bucket_events.job_for_object(rule, obj, settings, random.Random(1), {}, 0.0)
+    default = bucket_events.job_for_object(rule, obj, settings, settings.render_defaults,
+                                           random.Random(1), {}, 0.0)
     assert default.prompt == settings.condition_default_prompt
     assert default.job_id == job.job_id  # the same object version, the same job
     newer = bucket_events.CreatedObject("restyle", "incoming/cat.jpg", "ObjectCreated:Put",
@@ -185,12 +187,13 @@ def test_rule_params_override_defaults_and_bad_thresholds_are_refused():
     settings = Settings()
     params = ConditionParams(conditioning="depth", steps=5, width=320, height=240,
                              fit="cover", canny_low=10, canny_high=20, seed=4)
-    job = bucket_events.resolve(params, settings, random.Random(1), None, "j", "s3://b/k",
-                                "s3://b/out/", 0.0)
+    job = bucket_events.resolve(params, settings, settings.render_defaults, random.Random(1),
+                                None, "j", "s3://b/k", "s3://b/out/", 0.0)
     assert (job.conditioning, job.params.steps, job.size, job.fit, job.params.seed) == \
         (Conditioning.DEPTH, 5, (320, 240), Fit.COVER, 4)
     with pytest.raises(ValueError, match="canny_low must not exceed canny_high"):
         ConditionParams(canny_low=300, canny_high=200)
     with pytest.raises(StageFailure, match="out of order"):
-        bucket_events.resolve(ConditionParams(canny_low=300), settings, random.Random(1), None,
+        bucket_events.resolve(ConditionParams(canny_low=300), settings, settings.render_defaults,
+                              random.Random(1), None,
                               "j", "s3://b/k", "s3://b/out/", 0.0)

@@ -28,7 +28,8 @@ def test_a_minimal_upload_is_valid_and_defaults_are_filled_from_settings():
     upload = MakeoverUpload.model_validate({"pipeline": "room_makeover", "image": "s3://b/k.jpg",
                                          "style": "Cozy"})
     settings = Settings(default_steps=12, default_width=256, default_height=192)
-    job = admit(upload, "job-1", settings, now=1.0, rng=random.Random(5))
+    job = admit(upload, "job-1", settings.styles, settings.render_defaults, now=1.0,
+                rng=random.Random(5))
     assert job.style == "cozy"
     assert (job.params.steps, job.params.width, job.params.height) == (12, 256, 192)
     assert 0 <= job.params.seed < 2**32  # chosen, and recorded in the job
@@ -40,7 +41,9 @@ def test_given_params_win_over_defaults():
         "pipeline": "room_makeover", "image": "s3://b/k.jpg", "style": "modern",
         "params": {"steps": 3, "guidance": 0, "controlnet_scale": 0.5, "seed": 0,
                    "width": 72, "height": 64, "negative_prompt": "", "num_images": 4}})
-    params = admit(upload, "j", Settings(), 1.0, random.Random()).params
+    settings = Settings()
+    params = admit(upload, "j", settings.styles, settings.render_defaults, 1.0,
+                   random.Random()).params
     assert params.model_dump() == {"steps": 3, "guidance": 0.0, "controlnet_scale": 0.5,
                                    "seed": 0, "width": 72, "height": 64, "negative_prompt": "",
                                    "num_images": 4}
@@ -67,18 +70,20 @@ def test_schema_violations_are_rejected(bad):
 def test_unknown_style_names_the_choices_and_extra_styles_extend_them():
     upload = MakeoverUpload(pipeline="room_makeover", image="s3://b/k", style="art-deco")
     with pytest.raises(StageFailure) as failure:
-        admit(upload, "j", Settings(), 1.0, random.Random())
+        admit(upload, "j", Settings().styles, Settings().render_defaults, 1.0, random.Random())
     assert failure.value.error.code is ErrorCode.UNKNOWN_STYLE
     assert "minimalist" in failure.value.error.message
     extended = Settings(extra_styles={"Art-Deco": "an art deco interior, brass, geometric"})
-    assert admit(upload, "j", extended, 1.0, random.Random()).style == "art-deco"
+    assert admit(upload, "j", extended.styles, extended.render_defaults, 1.0,
+                 random.Random()).style == "art-deco"
 
 
 # --- the job state machine ---
 
 def _job(job_id="j1") -> MakeoverJob:
     upload = MakeoverUpload(pipeline="room_makeover", image="s3://b/k", style="modern")
-    return admit(upload, job_id, Settings(), 1.0, random.Random(1))
+    return admit(upload, job_id, Settings().styles, Settings().render_defaults, 1.0,
+                 random.Random(1))
 
 
 def event(kind, **fields) -> JobEvent:

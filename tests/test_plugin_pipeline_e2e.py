@@ -25,7 +25,8 @@ from schemas import pipelines as schema_pipelines
 from streams.core.admission import admit_job
 from streams.core.pipeline import Pipeline
 from streams.core.runtime import Runtime
-from streams.core.settings import Settings, TopicNames
+from streams.core.settings import Settings
+from streams.core.settings.broker import TopicNames
 from streams.stack.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from agents.models.embed import ImageEmbedder
 from gpu_agent.engine import RenderEngine
 from schemas import Box, Detection, Product, ProductMatch, RenderParams
 from streams.adapters.index.local import LocalIndex
-from streams.core.styles import DEFAULT_STYLES
+from streams.core.settings.makeover import DEFAULT_STYLES
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def register(rt: Runtime, models: StageModels, index) -> None:
                 parse_uri(uri.rstrip("/") + "/x", rt.storage.file_roots)  # policy check
                 listings[uri] = await rt.storage.list(uri)
         specs = background.expand(batch, listings)
-        params = background.resolve_params(batch, settings, _rng)
+        params = background.resolve_params(batch, settings, settings.render_defaults, _rng)
         now = time.time()
         mode = OutpaintMode(settings.default_outpaint_mode)
         jobs = [background.image_job(batch, batch_id, spec, params, settings.results_base, now,
@@ -180,7 +180,8 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         result = BackgroundResult(
             batch_id=job.batch_id, name=job.name, images=outputs, seed=job.params.seed,
             mode=job.mode, prompt=job.prompt, keep_mask=job.keep_mask,
-            mask_target=job.mask_target, return_mask=job.return_mask, mask_labels=job.mask_labels, width=photo.width, height=photo.height,
+            mask_target=job.mask_target, return_mask=job.return_mask,
+            mask_labels=job.mask_labels, width=photo.width, height=photo.height,
             timings_ms=job.timings_ms, waits_ms=job.waits_ms)
         await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
                            batch_id=job.batch_id)

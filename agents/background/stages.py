@@ -20,9 +20,10 @@ from schemas.background import (
     MaskTarget,
     OutpaintMode,
 )
-from schemas.params import resolve_render
+from schemas.params import RenderDefaults, resolve_render
 from schemas.uris import join_uri
 from streams.adapters.images import IMAGE_SUFFIXES
+from streams.core.settings.background import BackgroundSettings
 
 
 def job_id_for(batch_id: str, image_uri: str) -> str:
@@ -77,12 +78,13 @@ def expand(batch: BackgroundBatch, listings: dict[str, list[str]]) -> list[Image
     return specs
 
 
-def resolve_params(batch: BackgroundBatch, settings, rng: random.Random) -> RenderParams:
+def resolve_params(batch: BackgroundBatch, settings: BackgroundSettings,
+                   defaults: RenderDefaults, rng: random.Random) -> RenderParams:
     """Titan-style parameters to the renderer's: quality -> steps, cfg_scale -> guidance, a
     seed chosen and recorded when none is given. Width and height are settled per photo."""
     given = batch.params
     quality = (given.quality.value if given.quality else "standard")
-    defaults = settings.render_defaults.model_copy(update={
+    defaults = defaults.model_copy(update={
         "steps": settings.quality_steps[quality], "guidance": settings.default_cfg_scale,
         "controlnet_scale": 0.0, "width": 0, "height": 0, "num_images": 1})
     return resolve_render({"steps": given.steps, "guidance": given.cfg_scale, "seed": given.seed,

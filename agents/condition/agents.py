@@ -35,7 +35,8 @@ async def admit(rt: Runtime, message, data: dict) -> None:
         parse_uri(upload.image, rt.storage.file_roots)
         if upload.output:
             parse_uri(upload.output + "x", rt.storage.file_roots)
-        return bucket_events.job_for_upload(upload, job_id, rt.settings, _rng, time.time())
+        return bucket_events.job_for_upload(upload, job_id, rt.settings,
+                                            rt.settings.render_defaults, _rng, time.time())
 
     await admit_job(rt, message, data, "condition", ConditionUpload, make_job)
 
@@ -74,7 +75,8 @@ def register(rt: Runtime, models: StageModels, index) -> None:
         uri = f"s3://{obj.bucket}/{obj.key}"
         try:
             metadata = await rt.storage.metadata(uri)
-            job = bucket_events.job_for_object(rule, obj, settings, _rng, metadata, time.time())
+            job = bucket_events.job_for_object(rule, obj, settings, settings.render_defaults,
+                                               _rng, metadata, time.time())
         except StageFailure as failure:
             BUCKET_EVENTS.labels("failed").inc()
             error = failure.error

@@ -23,8 +23,9 @@ from schemas.conditioning import (
     ConditionUpload,
     Fit,
 )
-from schemas.params import resolve_render
+from schemas.params import RenderDefaults, resolve_render
 from schemas.uris import join_uri
+from streams.core.settings.condition import ConditionSettings
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ def output_prefix_for(rule: BucketRule, obj: CreatedObject) -> str:
     return f"s3://{output_bucket(rule, obj.bucket)}/{rule.output_prefix}{stem}/"
 
 
-def resolve(params: ConditionParams, settings, rng: random.Random, prompt: str | None,
+def resolve(params: ConditionParams, settings: ConditionSettings, defaults: RenderDefaults,
+            rng: random.Random, prompt: str | None,
             job_id: str, image: str, output_prefix: str, now: float, tenant=None,
             rule: str | None = None, source: dict | None = None) -> ConditionJob:
     """A condition job with every value settled (configured defaults fill the gaps)."""
@@ -166,8 +168,7 @@ def resolve(params: ConditionParams, settings, rng: random.Random, prompt: str |
         raise StageFailure(ErrorCode.INVALID_PARAMS,
                            f"canny thresholds out of order: low {low} > high {high}")
     # Width and height are settled from the photo by the prepare stage.
-    defaults = settings.render_defaults.model_copy(update={"width": 0, "height": 0,
-                                                           "num_images": 1})
+    defaults = defaults.model_copy(update={"width": 0, "height": 0, "num_images": 1})
     render = resolve_render({"steps": params.steps, "guidance": params.guidance,
                              "controlnet_scale": params.conditioning_scale, "seed": params.seed,
                              "negative_prompt": params.negative_prompt,
@@ -182,21 +183,23 @@ def resolve(params: ConditionParams, settings, rng: random.Random, prompt: str |
         submitted_at=now)
 
 
-def job_for_object(rule: BucketRule, obj: CreatedObject, settings, rng: random.Random,
-                   metadata: dict[str, str], now: float) -> ConditionJob:
+def job_for_object(rule: BucketRule, obj: CreatedObject, settings: ConditionSettings,
+                   defaults: RenderDefaults, rng: random.Random, metadata: dict[str, str],
+                   now: float) -> ConditionJob:
     prompt = None
     if rule.prompt_metadata_key:
         prompt = metadata.get(rule.prompt_metadata_key.lower()) or None
     if prompt is not None:
         prompt = urllib.parse.unquote(prompt)[:2000]  # metadata is ASCII: prompts arrive quoted
-    return resolve(rule.params, settings, rng, prompt, job_id_for(obj),
+    return resolve(rule.params, settings, defaults, rng, prompt, job_id_for(obj),
                    f"s3://{obj.bucket}/{obj.key}", output_prefix_for(rule, obj), now,
                    rule=rule.name, source={"bucket": obj.bucket, "key": obj.key,
                                            "etag": obj.etag, "event": obj.event})
 
 
-def job_for_upload(upload: ConditionUpload, job_id: str, settings, rng: random.Random,
-                   now: float) -> ConditionJob:
+def job_for_upload(upload: ConditionUpload, job_id: str, settings: ConditionSettings,
+                   defaults: RenderDefaults, rng: random.Random, now: float) -> ConditionJob:
     output = upload.output or join_uri(settings.results_base, "results", job_id) + "/"
-    return resolve(upload.params, settings, rng, None, job_id, upload.image, output, now,
+    return resolve(upload.params, settings, defaults, rng, None, job_id, upload.image, output,
+                   now,
                    tenant=upload.tenant)

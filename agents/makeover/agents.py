@@ -37,7 +37,8 @@ _rng = random.SystemRandom()
 async def admit(rt: Runtime, message, data: dict) -> None:
     def make_job(upload: MakeoverUpload, job_id: str) -> MakeoverJob:
         parse_uri(upload.image, rt.storage.file_roots)
-        return makeover.admit(upload, job_id, rt.settings, time.time(), _rng)
+        return makeover.admit(upload, job_id, rt.settings.styles, rt.settings.render_defaults,
+                             time.time(), _rng)
 
     await admit_job(rt, message, data, "room_makeover", MakeoverUpload, make_job)
 

@@ -18,12 +18,13 @@ from schemas import (
     RenderParams,
     StageFailure,
 )
-from schemas.params import resolve_render
+from schemas.params import RenderDefaults, resolve_render
 
 
-def resolve_params(upload: MakeoverUpload, settings, rng: random.Random) -> RenderParams:
+def resolve_params(upload: MakeoverUpload, defaults: RenderDefaults,
+                   rng: random.Random) -> RenderParams:
     """Fill what the user left out from configured defaults; pick and record a seed."""
-    params = resolve_render(upload.params.model_dump(), settings.render_defaults, rng)
+    params = resolve_render(upload.params.model_dump(), defaults, rng)
     if params.width % 8 or params.height % 8:
         raise StageFailure(ErrorCode.INVALID_PARAMS,
                            f"width and height must be multiples of 8 "
@@ -31,16 +32,16 @@ def resolve_params(upload: MakeoverUpload, settings, rng: random.Random) -> Rend
     return params
 
 
-def admit(upload: MakeoverUpload, job_id: str, settings, now: float,
-          rng: random.Random) -> MakeoverJob:
-    """Validate what the schema cannot (style, URI policy) and resolve the job's parameters."""
+def admit(upload: MakeoverUpload, job_id: str, styles: dict[str, str], defaults: RenderDefaults,
+          now: float, rng: random.Random) -> MakeoverJob:
+    """Validate what the schema cannot (the style) and resolve the job's parameters."""
     style = upload.style.strip().lower()
-    if style not in settings.styles:
-        known = ", ".join(sorted(settings.styles))
+    if style not in styles:
+        known = ", ".join(sorted(styles))
         raise StageFailure(ErrorCode.UNKNOWN_STYLE,
                            f"unknown style {upload.style!r}; choose one of: {known}")
     return MakeoverJob(job_id=job_id, tenant=upload.tenant, style=style, image=upload.image,
-                       params=resolve_params(upload, settings, rng), submitted_at=now)
+                       params=resolve_params(upload, defaults, rng), submitted_at=now)
 
 
 def crop(image: Image.Image, detection: Detection, min_side: int = 8) -> Image.Image:

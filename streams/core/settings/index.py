@@ -1,0 +1,33 @@
+"""The vector index of catalog products: embedded (on disk) unless an OpenSearch URL is set."""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from streams.core.settings.storage import StorageSettings
+
+
+class IndexSettings(StorageSettings):
+    index_dir: Path | None = None
+    # The embedded index searches exactly below this many products, with an HNSW graph above.
+    index_ann_threshold: int = 5_000
+    index_ef_search: int = 64
+    opensearch_url: str | None = None
+    opensearch_user: str | None = None
+    opensearch_password: str | None = None
+    opensearch_verify_certs: bool = True
+    opensearch_index: str = "restyle-products"
+    opensearch_engine: Literal["lucene", "faiss", "nmslib"] = "lucene"
+    opensearch_space: Literal["cosinesimil", "innerproduct", "l2"] = "cosinesimil"
+    opensearch_ef_construction: int = 128
+    opensearch_m: int = 16
+    opensearch_shards: int = 1
+    opensearch_replicas: int = 0
+    # "wait_for": a write returns once searchable (what an ingest outcome promises); "false"
+    # for the fastest bulk loads, when searchability a refresh interval later is fine.
+    opensearch_refresh: Literal["wait_for", "true", "false"] = "wait_for"
+
+    @cached_property
+    def index_path(self) -> Path:
+        return self.index_dir or self.state_dir / "index"

@@ -1,0 +1,33 @@
+"""Where things live: local state, S3 or file:// storage, input limits."""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+
+from streams.core.settings.base import SettingsBase
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("RESTYLE_STATE_DIR") or Path.home() / ".restyle")
+
+
+class StorageSettings(SettingsBase):
+    state_dir: Path = Field(default_factory=default_state_dir)
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "restyle"
+    # Base URI results and API uploads are written under (default: s3://{s3_bucket}).
+    storage_base: str | None = None
+    # file:// inputs are accepted only below these directories.
+    file_roots: list[Path] = Field(default_factory=list)
+    presign_expiry_s: int = 3600
+    max_image_pixels: int = 40_000_000
+
+    @cached_property
+    def results_base(self) -> str:
+        return (self.storage_base or f"s3://{self.s3_bucket}").rstrip("/")

@@ -1,0 +1,17 @@
+"""Job tracking: when a job that stopped moving is given up, how often progress is stored."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from streams.core.settings.base import SettingsBase
+
+
+class TrackingSettings(SettingsBase):
+    # A job with no status change or progress for this long fails with code "timeout" (the
+    # tracker sweeps its partitions every job_sweep_interval_s). 0 turns the sweeper off.
+    job_timeout_s: float = 3600.0
+    job_sweep_interval_s: float = 60.0
+    # A render's progress ticks are stored in the jobs table at most this often (the status
+    # API and its event stream still see every tick, from the partition owner's memory).
+    # 0 stores every tick.
+    progress_store_interval_s: float = Field(1.0, ge=0)
