@@ -1,6 +1,6 @@
 """All configuration, from `RESTYLE_*` environment variables (pydantic settings): one class
 per concern, composed into Settings. Every variable is listed in the README's configuration
-table (tests/test_settings.py checks both ways).
+table (tests/streams/core/test_settings.py checks both ways).
 
 Nothing a user would want to set is hard-coded elsewhere: stages receive values from here.
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 from agents.pipelines import topic_names
 from streams.core.settings import CONCERNS, Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ["schemas", "streams", "agents", "gpu_agent"]
 
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from agents.models.segment import SalientSegmenter
 from tests.conftest import WEBHOOK_SECRET
-from tests.test_background_contracts import Receiver
-from tests.test_background_stages import skimage_photo
+from tests.agents.background.test_contracts import Receiver
+from tests.agents.background.test_stages import skimage_photo
 
 
 def png(image: Image.Image) -> bytes:

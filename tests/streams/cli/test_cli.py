@@ -78,7 +78,7 @@ def test_submit_wait_and_status_against_a_running_stack(e2e, room_photos):
 def test_background_replaces_a_folder_of_photos_as_one_batch(e2e, tmp_path):
     """Local photos are staged in storage, published as a batch and followed to the report;
     a corrupt photo makes the batch fail (nothing tolerated) and the exit code says so."""
-    from tests.test_background_stages import skimage_photo
+    from tests.agents.background.test_stages import skimage_photo
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -17,7 +17,7 @@ from agents.models.semantic import SemanticSegmenter
 from schemas import ErrorCode, StageFailure
 from schemas.conditioning import BucketRule, Conditioning, ConditionParams, Fit
 from streams.core.settings import Settings
-from tests.test_background_stages import skimage_photo
+from tests.agents.background.test_stages import skimage_photo
 
 # --- resize ---
 

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from agents.condition import bucket_events
-from tests.test_background_e2e import png
-from tests.test_background_stages import skimage_photo
+from tests.agents.background.test_background_e2e import png
+from tests.agents.background.test_stages import skimage_photo
 
 
 def result_for(e2e, job_id: str, timeout_s: float = 180) -> dict:
