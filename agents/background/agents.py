@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
+from functools import partial
 
 from agents.background import stages as background
 from agents.background.titan import titan_batch
@@ -26,10 +28,12 @@ from schemas.background import (
 from schemas.titan import TitanRequest
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png, fit_within
+from streams.adapters.index.base import VectorIndex
 from streams.core.admission import derived_id, id_from_key, readable_field
 from streams.core.pipeline import Pipeline
 from streams.core.render import rendered, request_render
 from streams.core.runtime import Runtime, validate
+from streams.core.settings import Settings
 
 _rng = random.SystemRandom()
 # Images per batch-opening event: ~150 bytes each, so ~300 KB an event.
@@ -78,119 +82,131 @@ async def admit_titan(rt: Runtime, message, data: dict) -> None:
     await submit_batch(rt, batch)
 
 
-def register(rt: Runtime, models: StageModels, index) -> None:
+async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
     settings = rt.settings
+    batch_id = batch.batch_id
+    listings = {}
+    for item in batch.images:
+        uri = item if isinstance(item, str) else item.uri
+        if background.is_prefix(uri):
+            parse_uri(uri.rstrip("/") + "/x", rt.storage.file_roots)  # policy check
+            listings[uri] = await rt.storage.list(uri)
+    specs = background.expand(batch, listings)
+    params = background.resolve_params(batch, settings, settings.render_defaults, _rng)
+    now = time.time()
+    mode = OutpaintMode(settings.default_outpaint_mode)
+    jobs = [background.image_job(batch, batch_id, spec, params, settings.results_base, now,
+                                 mode) for spec in specs]
+    entries = [ImageEntry(job_id=j.job_id, name=j.name, image=j.image) for j in jobs]
+    # The batch learns its images before any of them can finish (acknowledged sends), in
+    # chunks that stay far below the broker's message size limit.
+    for n, start in enumerate(range(0, len(entries), OPEN_CHUNK)):
+        await rt.send("batch_events", batch_id, BatchEvent(
+            batch_id=batch_id, kind=BatchEventKind.OPENED if n == 0 else
+            BatchEventKind.ENTRIES, at=now, tenant=batch.tenant, total=len(jobs),
+            tolerated_failure_pct=batch.tolerated_failure_pct, webhook=batch.webhook,
+            images=entries[start:start + OPEN_CHUNK]), acknowledged=True)
+    for job in jobs:
+        try:
+            parse_uri(job.image, rt.storage.file_roots)
+            if job.mask_image:
+                parse_uri(job.mask_image, rt.storage.file_roots)
+        except StageFailure as failure:
+            await rt.job_event(job.job_id, JobEventKind.REJECTED, error=failure.error,
+                               tenant=job.tenant, batch_id=batch_id, pipeline=job.pipeline)
+            continue
+        await rt.job_event(job.job_id, JobEventKind.SUBMITTED, tenant=job.tenant,
+                           batch_id=batch_id, job=job)
 
-    async def expand(batch: BackgroundBatch) -> None:
-        batch_id = batch.batch_id
-        listings = {}
-        for item in batch.images:
-            uri = item if isinstance(item, str) else item.uri
-            if background.is_prefix(uri):
-                parse_uri(uri.rstrip("/") + "/x", rt.storage.file_roots)  # policy check
-                listings[uri] = await rt.storage.list(uri)
-        specs = background.expand(batch, listings)
-        params = background.resolve_params(batch, settings, settings.render_defaults, _rng)
-        now = time.time()
-        mode = OutpaintMode(settings.default_outpaint_mode)
-        jobs = [background.image_job(batch, batch_id, spec, params, settings.results_base, now,
-                                     mode) for spec in specs]
-        entries = [ImageEntry(job_id=j.job_id, name=j.name, image=j.image) for j in jobs]
-        # The batch learns its images before any of them can finish (acknowledged sends), in
-        # chunks that stay far below the broker's message size limit.
-        for n, start in enumerate(range(0, len(entries), OPEN_CHUNK)):
-            await rt.send("batch_events", batch_id, BatchEvent(
-                batch_id=batch_id, kind=BatchEventKind.OPENED if n == 0 else
-                BatchEventKind.ENTRIES, at=now, tenant=batch.tenant, total=len(jobs),
-                tolerated_failure_pct=batch.tolerated_failure_pct, webhook=batch.webhook,
-                images=entries[start:start + OPEN_CHUNK]), acknowledged=True)
-        for job in jobs:
-            try:
-                parse_uri(job.image, rt.storage.file_roots)
-                if job.mask_image:
-                    parse_uri(job.mask_image, rt.storage.file_roots)
-            except StageFailure as failure:
-                await rt.job_event(job.job_id, JobEventKind.REJECTED, error=failure.error,
-                                   tenant=job.tenant, batch_id=batch_id, pipeline=job.pipeline)
-                continue
-            await rt.job_event(job.job_id, JobEventKind.SUBMITTED, tenant=job.tenant,
-                               batch_id=batch_id, job=job)
 
-    async def batch_refused(batch: BackgroundBatch, error: JobError) -> None:
-        await refuse_batch(rt, batch.batch_id, error, batch.tenant, batch.webhook)
+async def batch_refused(rt: Runtime, batch: BackgroundBatch, error: JobError) -> None:
+    await refuse_batch(rt, batch.batch_id, error, batch.tenant, batch.webhook)
 
-    def detect(photo, labels):
+
+async def mask(rt: Runtime, models: StageModels, job: BackgroundJob) -> None:
+    settings, masking = rt.settings, Masking(models, rt.settings)
+    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
+    started = time.perf_counter()
+    photo = await rt.image(job.image)
+    mask_image = await rt.mask_image(job.mask_image) if job.mask_image else None
+    keep, labels = await asyncio.to_thread(
+        background.keep_mask, photo, job, masking.detect, masking.segment, masking.salient,
+        settings.background_labels, settings.salient_fallback, mask_image)
+    small, repaint, params = await asyncio.to_thread(
+        background.render_inputs, photo, keep, job, settings.background_max_side,
+        settings.default_feather_share)
+    prefix = job.output_prefix
+    job.keep_mask = join_uri(prefix, "keep-mask.png")
+    job.mask_labels = labels
+    job.params = params
+    render_image, render_mask = join_uri(prefix, "render-input.png"), \
+        join_uri(prefix, "render-mask.png")
+    for uri, image in ((job.keep_mask, keep), (render_image, small), (render_mask, repaint)):
+        await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
+    job.timings_ms["mask"] = round((time.perf_counter() - started) * 1000, 2)
+    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
+    await request_render(rt, job, "bg_finish", prompt=job.prompt, task="inpaint",
+                         image=render_image, mask=render_mask, params=params,
+                         output_prefix=join_uri(prefix, "raw"))
+
+
+async def finish(rt: Runtime, reply: RenderResult) -> None:
+    settings = rt.settings
+    job = rendered(reply, BackgroundJob)
+    started = time.perf_counter()
+    photo = await rt.image(job.image)
+    keep = await rt.mask_image(job.keep_mask)
+    outputs = []
+    for n, uri in enumerate(reply.images):
+        generated = await rt.image_uncached(uri)
+        final = await asyncio.to_thread(background.finish, photo, generated, keep, job.mode,
+                                        settings.default_feather_share)
+        out = join_uri(job.output_prefix, f"{n}.png")
+        await rt.storage.put(out, await asyncio.to_thread(encode_png, final), "image/png",
+                             metadata={"job-id": job.job_id, "batch-id": job.batch_id,
+                                       "source": job.image, "mode": job.mode.value,
+                                       "seed": str(job.params.seed + n)})
+        outputs.append({"uri": out})
+    job.timings_ms["finish"] = round((time.perf_counter() - started) * 1000, 2)
+    result = BackgroundResult(
+        batch_id=job.batch_id, name=job.name, images=outputs, seed=job.params.seed,
+        mode=job.mode, prompt=job.prompt, keep_mask=job.keep_mask,
+        mask_target=job.mask_target, return_mask=job.return_mask,
+        mask_labels=job.mask_labels, width=photo.width, height=photo.height,
+        timings_ms=job.timings_ms, waits_ms=job.waits_ms)
+    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
+                       batch_id=job.batch_id)
+
+
+@dataclass(frozen=True)
+class Masking:
+    """The model calls a keep mask is made with (stages.keep_mask takes them as functions)."""
+    models: StageModels
+    settings: Settings
+
+    def detect(self, photo, labels):
+        settings = self.settings
         small = fit_within(photo, settings.analysis_max_side)
-        found = models.detector.detect(small, labels, settings.detection_threshold,
-                                       settings.max_detections)
+        found = self.models.detector.detect(small, labels, settings.detection_threshold,
+                                            settings.max_detections)
         return rescale_detections(found, photo.width / small.width)
 
-    def segment(photo, boxes):
-        if settings.mask_refiner == "sam":
-            return models.segmenter.segment(photo, boxes)
-        if settings.mask_refiner == "u2netp":
-            return models.salient.segment(photo, boxes)
+    def segment(self, photo, boxes):
+        if self.settings.mask_refiner == "sam":
+            return self.models.segmenter.segment(photo, boxes)
+        if self.settings.mask_refiner == "u2netp":
+            return self.models.salient.segment(photo, boxes)
         return None
 
-    def salient(photo):
-        return models.salient.main_object(photo)
+    def salient(self, photo):
+        return self.models.salient.main_object(photo)
 
-    async def mask(job: BackgroundJob) -> None:
-        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
-        started = time.perf_counter()
-        photo = await rt.image(job.image)
-        mask_image = await rt.mask_image(job.mask_image) if job.mask_image else None
-        keep, labels = await asyncio.to_thread(
-            background.keep_mask, photo, job, detect, segment, salient,
-            settings.background_labels, settings.salient_fallback, mask_image)
-        small, repaint, params = await asyncio.to_thread(
-            background.render_inputs, photo, keep, job, settings.background_max_side,
-            settings.default_feather_share)
-        prefix = job.output_prefix
-        job.keep_mask = join_uri(prefix, "keep-mask.png")
-        job.mask_labels = labels
-        job.params = params
-        render_image, render_mask = join_uri(prefix, "render-input.png"), \
-            join_uri(prefix, "render-mask.png")
-        for uri, image in ((job.keep_mask, keep), (render_image, small), (render_mask, repaint)):
-            await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
-        job.timings_ms["mask"] = round((time.perf_counter() - started) * 1000, 2)
-        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-        await request_render(rt, job, "bg_finish", prompt=job.prompt, task="inpaint",
-                             image=render_image, mask=render_mask, params=params,
-                             output_prefix=join_uri(prefix, "raw"))
 
-    async def finish(reply: RenderResult) -> None:
-        job = rendered(reply, BackgroundJob)
-        started = time.perf_counter()
-        photo = await rt.image(job.image)
-        keep = await rt.mask_image(job.keep_mask)
-        outputs = []
-        for n, uri in enumerate(reply.images):
-            generated = await rt.image_uncached(uri)
-            final = await asyncio.to_thread(background.finish, photo, generated, keep, job.mode,
-                                            settings.default_feather_share)
-            out = join_uri(job.output_prefix, f"{n}.png")
-            await rt.storage.put(out, await asyncio.to_thread(encode_png, final), "image/png",
-                                 metadata={"job-id": job.job_id, "batch-id": job.batch_id,
-                                           "source": job.image, "mode": job.mode.value,
-                                           "seed": str(job.params.seed + n)})
-            outputs.append({"uri": out})
-        job.timings_ms["finish"] = round((time.perf_counter() - started) * 1000, 2)
-        result = BackgroundResult(
-            batch_id=job.batch_id, name=job.name, images=outputs, seed=job.params.seed,
-            mode=job.mode, prompt=job.prompt, keep_mask=job.keep_mask,
-            mask_target=job.mask_target, return_mask=job.return_mask,
-            mask_labels=job.mask_labels, width=photo.width, height=photo.height,
-            timings_ms=job.timings_ms, waits_ms=job.waits_ms)
-        await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
-                           batch_id=job.batch_id)
-
-    rt.stage_agent("bg-expand", expand, BackgroundBatch, topic="bg_expand",
-                   on_failure=batch_refused)
-
-    rt.stage_agent("bg-mask", mask, BackgroundJob, topic="bg_mask")
-    rt.stage_agent("bg-finish", finish, RenderResult, topic="bg_finish")
+def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
+    rt.stage_agent("bg-expand", partial(expand, rt), BackgroundBatch, topic="bg_expand",
+                   on_failure=partial(batch_refused, rt))
+    rt.stage_agent("bg-mask", partial(mask, rt, models), BackgroundJob, topic="bg_mask")
+    rt.stage_agent("bg-finish", partial(finish, rt), RenderResult, topic="bg_finish")
 
 
 async def submit_batch(rt: Runtime, batch: BackgroundBatch) -> None:

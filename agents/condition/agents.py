@@ -9,15 +9,23 @@ import logging
 import random
 import time
 import urllib.parse
+from functools import partial
 
 from agents.condition import bucket_events
 from agents.condition import stages as conditioning
 from agents.condition.topics import ConditionTopics
 from agents.models.stage_models import StageModels
 from schemas import ErrorCode, JobEventKind, JobStatus, RenderResult, StageFailure
-from schemas.conditioning import Conditioning, ConditionJob, ConditionResult, ConditionUpload
+from schemas.conditioning import (
+    BucketRule,
+    Conditioning,
+    ConditionJob,
+    ConditionResult,
+    ConditionUpload,
+)
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png
+from streams.adapters.index.base import VectorIndex
 from streams.core.admission import admit_job
 from streams.core.metrics import BUCKET_EVENTS
 from streams.core.pipeline import Pipeline
@@ -41,95 +49,100 @@ async def admit(rt: Runtime, message, data: dict) -> None:
     await admit_job(rt, message, data, "condition", ConditionUpload, make_job)
 
 
-def register(rt: Runtime, models: StageModels, index) -> None:
+async def notified(rt: Runtime, message) -> None:
+    """One bucket notification: each created object a rule matches becomes a job."""
+    try:
+        data = json.loads(message.value) if message.value else None
+        found = bucket_events.parse_notification(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        await rt.dead_letter(message, ErrorCode.INVALID_JSON,
+                             f"bucket notification is not JSON: {exc}")
+        return
+    except StageFailure as failure:
+        await rt.dead_letter(message, failure.error.code, failure.error.message)
+        return
+    for reason in found.ignored:
+        BUCKET_EVENTS.labels("ignored").inc()
+        log.info("bucket event ignored: %s", reason)
+    rules = rt.settings.rules
+    for obj in found.created:
+        if bucket_events.is_own_output(rules, obj.bucket, obj.key):
+            BUCKET_EVENTS.labels("own_output").inc()  # the loop guard
+            continue
+        rule = bucket_events.match_rule(rules, obj.bucket, obj.key)
+        if rule is None:
+            BUCKET_EVENTS.labels("unmatched").inc()
+            continue
+        await start(rt, rule, obj)
+
+
+async def start(rt: Runtime, rule: BucketRule, obj: bucket_events.CreatedObject) -> None:
     settings = rt.settings
+    job_id = bucket_events.job_id_for(obj)
+    uri = f"s3://{obj.bucket}/{obj.key}"
+    try:
+        metadata = await rt.storage.metadata(uri)
+        job = bucket_events.job_for_object(rule, obj, settings, settings.render_defaults,
+                                           _rng, metadata, time.time())
+    except StageFailure as failure:
+        BUCKET_EVENTS.labels("failed").inc()
+        error = failure.error
+        if error.code is ErrorCode.OBJECT_NOT_FOUND:
+            error = error.model_copy(update={"message": f"{uri} was deleted before it "
+                                                        f"could be processed"})
+        await rt.fail(job_id, error, kind=JobEventKind.REJECTED, pipeline="condition")
+        return
+    BUCKET_EVENTS.labels("submitted").inc()
+    await rt.job_event(job_id, JobEventKind.SUBMITTED, job=job)
 
-    async def notified(message) -> None:
-        """One bucket notification: each created object a rule matches becomes a job."""
-        try:
-            data = json.loads(message.value) if message.value else None
-            found = bucket_events.parse_notification(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            await rt.dead_letter(message, ErrorCode.INVALID_JSON,
-                                 f"bucket notification is not JSON: {exc}")
-            return
-        except StageFailure as failure:
-            await rt.dead_letter(message, failure.error.code, failure.error.message)
-            return
-        for reason in found.ignored:
-            BUCKET_EVENTS.labels("ignored").inc()
-            log.info("bucket event ignored: %s", reason)
-        rules = settings.rules
-        for obj in found.created:
-            if bucket_events.is_own_output(rules, obj.bucket, obj.key):
-                BUCKET_EVENTS.labels("own_output").inc()  # the loop guard
-                continue
-            rule = bucket_events.match_rule(rules, obj.bucket, obj.key)
-            if rule is None:
-                BUCKET_EVENTS.labels("unmatched").inc()
-                continue
-            await start(rule, obj)
 
-    async def start(rule, obj) -> None:
-        job_id = bucket_events.job_id_for(obj)
-        uri = f"s3://{obj.bucket}/{obj.key}"
-        try:
-            metadata = await rt.storage.metadata(uri)
-            job = bucket_events.job_for_object(rule, obj, settings, settings.render_defaults,
-                                               _rng, metadata, time.time())
-        except StageFailure as failure:
-            BUCKET_EVENTS.labels("failed").inc()
-            error = failure.error
-            if error.code is ErrorCode.OBJECT_NOT_FOUND:
-                error = error.model_copy(update={"message": f"{uri} was deleted before it "
-                                                            f"could be processed"})
-            await rt.fail(job_id, error, kind=JobEventKind.REJECTED, pipeline="condition")
-            return
-        BUCKET_EVENTS.labels("submitted").inc()
-        await rt.job_event(job_id, JobEventKind.SUBMITTED, job=job)
 
-    # The raw message: notifications are S3's shape, parsed (and dead-lettered) above.
-    rt.stage_agent("bucket-intake", notified, None, topic="bucket_events")
+async def prepare(rt: Runtime, models: StageModels, job: ConditionJob) -> None:
+    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
+    started = time.perf_counter()
+    photo = await rt.image_uncached(job.image)
+    width, height = job.size or (None, None)
+    size = conditioning.target_size(photo.size, job.fit, width, height, job.max_side)
+    fitted = await asyncio.to_thread(conditioning.fit_image, photo, size, job.fit)
+    control = await asyncio.to_thread(control_map, models, fitted, job)
+    job.control_map = join_uri(job.output_prefix, f"{job.conditioning.value}.png")
+    await rt.storage.put(job.control_map, await asyncio.to_thread(encode_png, control),
+                         "image/png", metadata={"job-id": job.job_id,
+                                                "kind": "conditioning-map"})
+    job.params = job.params.model_copy(update={"width": size[0], "height": size[1]})
+    job.timings_ms["prepare"] = round((time.perf_counter() - started) * 1000, 2)
+    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
+    await request_render(rt, job, "cond_finish", prompt=job.prompt, task="controlnet",
+                         control=job.conditioning.value, control_image=job.control_map,
+                         params=job.params, output_prefix=job.output_prefix.rstrip("/"),
+                         metadata=result_metadata(job, rt.settings))
 
-    async def prepare(job: ConditionJob) -> None:
-        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
-        started = time.perf_counter()
-        photo = await rt.image_uncached(job.image)
-        width, height = job.size or (None, None)
-        size = conditioning.target_size(photo.size, job.fit, width, height, job.max_side)
-        fitted = await asyncio.to_thread(conditioning.fit_image, photo, size, job.fit)
-        control = await asyncio.to_thread(control_map, fitted, job)
-        job.control_map = join_uri(job.output_prefix, f"{job.conditioning.value}.png")
-        await rt.storage.put(job.control_map, await asyncio.to_thread(encode_png, control),
-                             "image/png", metadata={"job-id": job.job_id,
-                                                    "kind": "conditioning-map"})
-        job.params = job.params.model_copy(update={"width": size[0], "height": size[1]})
-        job.timings_ms["prepare"] = round((time.perf_counter() - started) * 1000, 2)
-        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-        await request_render(rt, job, "cond_finish", prompt=job.prompt, task="controlnet",
-                             control=job.conditioning.value, control_image=job.control_map,
-                             params=job.params, output_prefix=job.output_prefix.rstrip("/"),
-                             metadata=result_metadata(job, settings))
 
-    def control_map(image, job: ConditionJob):
-        if job.conditioning is Conditioning.CANNY:
-            return conditioning.canny_map(image, *job.canny)
-        if job.conditioning is Conditioning.SEG:
-            return conditioning.colorize(models.semantic.classes(image),
-                                         conditioning.ade20k_palette())
-        return models.depth.estimate(image)  # one channel, like the makeover's depth map
+def control_map(models: StageModels, image, job: ConditionJob):
+    if job.conditioning is Conditioning.CANNY:
+        return conditioning.canny_map(image, *job.canny)
+    if job.conditioning is Conditioning.SEG:
+        return conditioning.colorize(models.semantic.classes(image),
+                                     conditioning.ade20k_palette())
+    return models.depth.estimate(image)  # one channel, like the makeover's depth map
 
-    async def finish(reply: RenderResult) -> None:
-        job = rendered(reply, ConditionJob)
-        result = ConditionResult(
-            images=[{"uri": uri} for uri in reply.images], control_map=job.control_map,
-            conditioning=job.conditioning, prompt=job.prompt, seed=job.params.seed,
-            rule=job.rule, source=job.source, width=job.params.width,
-            height=job.params.height, timings_ms=job.timings_ms, waits_ms=job.waits_ms)
-        await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
 
-    rt.stage_agent("cond-prepare", prepare, ConditionJob, topic="cond_prepare")
-    rt.stage_agent("cond-finish", finish, RenderResult, topic="cond_finish")
+async def finish(rt: Runtime, reply: RenderResult) -> None:
+    job = rendered(reply, ConditionJob)
+    result = ConditionResult(
+        images=[{"uri": uri} for uri in reply.images], control_map=job.control_map,
+        conditioning=job.conditioning, prompt=job.prompt, seed=job.params.seed,
+        rule=job.rule, source=job.source, width=job.params.width,
+        height=job.params.height, timings_ms=job.timings_ms, waits_ms=job.waits_ms)
+    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
+
+
+def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
+    # The raw message: notifications are S3's shape, parsed (and dead-lettered) by notified.
+    rt.stage_agent("bucket-intake", partial(notified, rt), None, topic="bucket_events")
+    rt.stage_agent("cond-prepare", partial(prepare, rt, models), ConditionJob,
+                   topic="cond_prepare")
+    rt.stage_agent("cond-finish", partial(finish, rt), RenderResult, topic="cond_finish")
 
 
 def result_metadata(job: ConditionJob, settings) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from functools import partial
 
 from agents.makeover import stages as makeover
 from agents.makeover.topics import MakeoverTopics
@@ -21,6 +22,7 @@ from schemas import (
 )
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png
+from streams.adapters.index.base import VectorIndex
 from streams.core.admission import admit_job
 from streams.core.pipeline import Pipeline
 from streams.core.render import rendered, request_render
@@ -43,91 +45,104 @@ async def admit(rt: Runtime, message, data: dict) -> None:
     await admit_job(rt, message, data, "room_makeover", MakeoverUpload, make_job)
 
 
-def register(rt: Runtime, models: StageModels, index) -> None:
+async def analyze(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
     settings = rt.settings
+    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
+    started = time.perf_counter()
+    image = await rt.image(job.image)
+    small = await rt.image(job.image, settings.analysis_max_side)
+    detections = await asyncio.to_thread(
+        models.detector.detect, small, settings.detection_labels,
+        settings.detection_threshold, settings.max_detections)
+    job.detections = rescale_detections(detections, image.width / small.width)
+    _timed(job, "analyze", started)
+    await rt.send("embed", job.job_id, job)
 
-    async def analyze(job: MakeoverJob) -> None:
-        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.ANALYZING)
-        started = time.perf_counter()
-        image = await rt.image(job.image)
-        small = await rt.image(job.image, settings.analysis_max_side)
-        detections = await asyncio.to_thread(
-            models.detector.detect, small, settings.detection_labels,
+
+async def embed(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
+    started = time.perf_counter()
+    image = await rt.image(job.image)
+    job.detections = await asyncio.to_thread(makeover.embed_detections, image,
+                                             job.detections, models.embedder)
+    _timed(job, "embed", started)
+    await rt.send("retrieve", job.job_id, job)
+
+
+async def retrieve(rt: Runtime, index: VectorIndex, job: MakeoverJob) -> None:
+    settings = rt.settings
+    started = time.perf_counter()
+    job.matches = await makeover.match_products(job.detections, index, settings.retrieve_k,
+                                                settings.match_score_floor)
+    for detection in job.detections:  # vectors are spent; keep the messages small
+        detection.embedding = None
+    _timed(job, "retrieve", started)
+    await rt.send("compose", job.job_id, job)
+
+
+async def compose(rt: Runtime, job: MakeoverJob) -> None:
+    settings = rt.settings
+    started = time.perf_counter()
+    job.prompt = makeover.compose_prompt(
+        settings.styles[job.style], job.matches, settings.style_weight,
+        settings.product_weight, settings.max_products_in_prompt)
+    _timed(job, "compose", started)
+    await rt.send("depth", job.job_id, job)
+
+
+async def depth(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
+    settings = rt.settings
+    started = time.perf_counter()
+    small = await rt.image(job.image, settings.analysis_max_side)
+    depth_map = await asyncio.to_thread(models.depth.estimate, small)
+    job.depth_map = join_uri(settings.results_base, "results", job.job_id, "depth.png")
+    await rt.storage.put(job.depth_map, await asyncio.to_thread(encode_png, depth_map),
+                         "image/png")
+    _timed(job, "depth", started)
+    # The request goes first: a producer has one request in flight per broker, and the
+    # status event would hold it back a round trip. So a render's first progress tick
+    # may reach restyle.job-events before "generating" does; a tick implies generating,
+    # for the tracker as for any consumer (README, topics).
+    await request_render(rt, job, "reanalyze", prompt=job.prompt,
+                         control_image=job.depth_map, params=job.params,
+                         output_prefix=join_uri(settings.results_base, "results",
+                                                job.job_id))
+    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
+
+
+async def reanalyze(rt: Runtime, models: StageModels, index: VectorIndex,
+                    reply: RenderResult) -> None:
+    settings = rt.settings
+    job = rendered(reply, MakeoverJob)
+    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.REANALYZING)
+    started = time.perf_counter()
+    job.images = reply.images
+    if reply.sent_at:
+        job.waits_ms["reanalyze"] = round((time.time() - reply.sent_at) * 1000, 2)
+    products: list[ProductMatch] = []
+    for uri in reply.images:
+        image = await rt.image(uri)
+        found = await asyncio.to_thread(
+            models.detector.detect, image, settings.detection_labels,
             settings.detection_threshold, settings.max_detections)
-        job.detections = rescale_detections(detections, image.width / small.width)
-        _timed(job, "analyze", started)
-        await rt.send("embed", job.job_id, job)
+        found = await asyncio.to_thread(makeover.embed_detections, image, found,
+                                        models.embedder)
+        products += await makeover.match_products(found, index, settings.retrieve_k,
+                                                  settings.match_score_floor)
+    _timed(job, "reanalyze", started)
+    result = MakeoverResult(
+        images=[{"uri": uri} for uri in job.images], products=products,
+        seed=job.params.seed, prompt=job.prompt, style=job.style, depth_map=job.depth_map,
+        detected=job.matches, timings_ms=job.timings_ms, waits_ms=job.waits_ms)
+    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
 
-    async def embed(job: MakeoverJob) -> None:
-        started = time.perf_counter()
-        image = await rt.image(job.image)
-        job.detections = await asyncio.to_thread(makeover.embed_detections, image,
-                                                 job.detections, models.embedder)
-        _timed(job, "embed", started)
-        await rt.send("retrieve", job.job_id, job)
 
-    async def retrieve(job: MakeoverJob) -> None:
-        started = time.perf_counter()
-        job.matches = await makeover.match_products(job.detections, index, settings.retrieve_k,
-                                                    settings.match_score_floor)
-        for detection in job.detections:  # vectors are spent; keep the messages small
-            detection.embedding = None
-        _timed(job, "retrieve", started)
-        await rt.send("compose", job.job_id, job)
-
-    async def compose(job: MakeoverJob) -> None:
-        started = time.perf_counter()
-        job.prompt = makeover.compose_prompt(
-            settings.styles[job.style], job.matches, settings.style_weight,
-            settings.product_weight, settings.max_products_in_prompt)
-        _timed(job, "compose", started)
-        await rt.send("depth", job.job_id, job)
-
-    async def depth(job: MakeoverJob) -> None:
-        started = time.perf_counter()
-        small = await rt.image(job.image, settings.analysis_max_side)
-        depth_map = await asyncio.to_thread(models.depth.estimate, small)
-        job.depth_map = join_uri(settings.results_base, "results", job.job_id, "depth.png")
-        await rt.storage.put(job.depth_map, await asyncio.to_thread(encode_png, depth_map),
-                             "image/png")
-        _timed(job, "depth", started)
-        # The request goes first: a producer has one request in flight per broker, and the
-        # status event would hold it back a round trip. So a render's first progress tick
-        # may reach restyle.job-events before "generating" does; a tick implies generating,
-        # for the tracker as for any consumer (README, topics).
-        await request_render(rt, job, "reanalyze", prompt=job.prompt,
-                             control_image=job.depth_map, params=job.params,
-                             output_prefix=join_uri(settings.results_base, "results",
-                                                    job.job_id))
-        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-
-    async def reanalyze(reply: RenderResult) -> None:
-        job = rendered(reply, MakeoverJob)
-        await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.REANALYZING)
-        started = time.perf_counter()
-        job.images = reply.images
-        if reply.sent_at:
-            job.waits_ms["reanalyze"] = round((time.time() - reply.sent_at) * 1000, 2)
-        products: list[ProductMatch] = []
-        for uri in reply.images:
-            image = await rt.image(uri)
-            found = await asyncio.to_thread(
-                models.detector.detect, image, settings.detection_labels,
-                settings.detection_threshold, settings.max_detections)
-            found = await asyncio.to_thread(makeover.embed_detections, image, found,
-                                            models.embedder)
-            products += await makeover.match_products(found, index, settings.retrieve_k,
-                                                      settings.match_score_floor)
-        _timed(job, "reanalyze", started)
-        result = MakeoverResult(
-            images=[{"uri": uri} for uri in job.images], products=products,
-            seed=job.params.seed, prompt=job.prompt, style=job.style, depth_map=job.depth_map,
-            detected=job.matches, timings_ms=job.timings_ms, waits_ms=job.waits_ms)
-        await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
-
-    stages = [("analyze", analyze, MakeoverJob), ("embed", embed, MakeoverJob),
-              ("retrieve", retrieve, MakeoverJob), ("compose", compose, MakeoverJob),
-              ("depth", depth, MakeoverJob), ("reanalyze", reanalyze, RenderResult)]
+def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
+    stages = [("analyze", partial(analyze, rt, models), MakeoverJob),
+              ("embed", partial(embed, rt, models), MakeoverJob),
+              ("retrieve", partial(retrieve, rt, index), MakeoverJob),
+              ("compose", partial(compose, rt), MakeoverJob),
+              ("depth", partial(depth, rt, models), MakeoverJob),
+              ("reanalyze", partial(reanalyze, rt, models, index), RenderResult)]
     for name, handler, model in stages:
         rt.stage_agent(name, handler, model)
 
