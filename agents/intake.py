@@ -17,7 +17,7 @@ def register(rt: Runtime) -> None:
         await admit(rt, message)
 
     # The raw message: each pipeline validates its own uploads.
-    rt.stage_agent("intake", intake, None, topic="uploads")
+    rt.stage_agent("intake", intake, None, topic=rt.topics.uploads)
 
 
 async def admit(rt: Runtime, message) -> None:

@@ -13,6 +13,7 @@ from agents.makeover.agents import PIPELINE as MAKEOVER
 from schemas import ErrorCode, StageFailure
 from streams.core.pipeline import Pipeline
 from streams.core.settings import Settings
+from streams.core.settings.broker import TopicNames
 
 PIPELINES: dict[str, Pipeline] = {p.name: p for p in (MAKEOVER, BACKGROUND, CONDITION, CATALOG)}
 
@@ -36,14 +37,21 @@ def for_upload(upload: dict) -> Pipeline:
     return admitting[name]
 
 
-def topic_names(settings: Settings) -> dict[str, str]:
+def topic_sets() -> list[TopicNames]:
+    """Each pipeline's topics, their names read from the environment now."""
+    return [pipeline.topics() for pipeline in PIPELINES.values()]
+
+
+def topic_names(settings: Settings, sets: list[TopicNames]) -> list[str]:
     """Every topic a worker declares: the shared ones and each pipeline's own."""
-    names = settings.topics.model_dump()
-    for pipeline in PIPELINES.values():
-        names.update(pipeline.topics().model_dump())
-    return names
+    names = list(settings.topics.model_dump().values())
+    for topics in sets:
+        names += topics.model_dump().values()
+    return list(dict.fromkeys(names))
 
 
-def first_stages() -> dict[str, str]:
+def first_stages(sets: list[TopicNames]) -> dict[str, str]:
     """pipeline name -> the topic its admitted jobs start on (read by the job tracker)."""
-    return {name: p.first_stage for name, p in PIPELINES.items() if p.first_stage}
+    by_kind = {type(topics): topics for topics in sets}
+    return {name: getattr(by_kind[p.topics], p.first_stage)
+            for name, p in PIPELINES.items() if p.first_stage}

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 CHAIN = 5
 WORKER = """
 import sys
-from agents.pipelines import topic_names
+from agents.pipelines import topic_names, topic_sets
 from streams.core.app import create_app
 from streams.core.settings import Settings
 from streams.tracking.tables import open_tables
@@ -30,7 +30,8 @@ import faust
 
 settings = Settings(kafka_bootstrap=sys.argv[1], state_dir=sys.argv[2], web_port=int(sys.argv[3]),
                     recovery_consistency_check=False)
-wiring = create_app(settings, sys.argv[4], topic_names(settings), int(sys.argv[3]))
+wiring = create_app(settings, sys.argv[4], topic_names(settings, topic_sets()),
+                    int(sys.argv[3]))
 app = wiring.app
 if sys.argv[4] == "cpu":
     open_tables(app, settings)  # the CPU worker's app carries its tables

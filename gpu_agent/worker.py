@@ -79,7 +79,8 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         await reply_topic(request.reply_topic).send(
             key=request.job_id.encode(), value=result.model_dump_json().encode())
 
-    rt.stage_agent("render", render, RenderRequest, concurrency=settings.gpu_prefetch)
+    rt.stage_agent("render", render, RenderRequest, topic=rt.topics.render,
+                   concurrency=settings.gpu_prefetch)
 
     return meter
 

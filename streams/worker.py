@@ -13,7 +13,7 @@ import faust
 
 from agents import intake
 from agents.models.stage_models import StageModels
-from agents.pipelines import PIPELINES, first_stages, topic_names
+from agents.pipelines import PIPELINES, first_stages, topic_names, topic_sets
 from gpu_agent import worker as gpu_worker
 from gpu_agent.engine import RenderEngine
 from streams.adapters.index import open_index
@@ -32,10 +32,11 @@ from streams.tracking.tables import open_tables
 
 
 def build_worker(settings: Settings, role: str, web_port: int | None = None) -> faust.App:
-    wiring = create_app(settings, role, topic_names(settings), web_port)
-    rt = Runtime(settings, wiring, Storage.from_settings(settings))
+    sets = topic_sets()
+    wiring = create_app(settings, role, topic_names(settings, sets), web_port)
+    rt = Runtime(settings, wiring, Storage.from_settings(settings), sets)
     if role == "cpu":
-        build_cpu_worker(rt)
+        build_cpu_worker(rt, first_stages(sets))
     elif role == "gpu":
         build_gpu_worker(rt)
     else:
@@ -44,7 +45,8 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     return wiring.app
 
 
-def build_cpu_worker(rt: Runtime) -> None:
+def build_cpu_worker(rt: Runtime, first_stages: dict[str, str]) -> None:
+    """first_stages: pipeline name -> the topic its admitted jobs start on."""
     settings = rt.settings
     models = StageModels(settings)
     models.warm_up()  # fail fast on a bad model id, and keep the first job fast
@@ -53,7 +55,7 @@ def build_cpu_worker(rt: Runtime) -> None:
     intake.register(rt)
     for pipeline in PIPELINES.values():
         pipeline.register(rt, models, index)
-    job_tracker.register(rt, tables, first_stages())
+    job_tracker.register(rt, tables, first_stages)
     batches.register(rt, tables)
     webhooks.register(rt)
     ingests.register(rt, tables)
@@ -81,7 +83,7 @@ def run_worker(settings: Settings, role: str, web_port: int | None = None,
                loglevel: str = "info") -> None:
     logging.basicConfig(level=loglevel.upper())
     if settings.kafka_bootstrap:
-        asyncio.run(ensure_topics(settings, list(topic_names(settings).values())))
+        asyncio.run(ensure_topics(settings, topic_names(settings, topic_sets())))
     app = build_worker(settings, role, web_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -16,6 +16,7 @@ from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.runtime import Runtime
 from streams.core.settings import Settings
+from streams.core.settings.broker import TopicNames
 
 
 @dataclass
@@ -71,14 +72,16 @@ class Registered:
 
 
 class InProcessRuntime(Runtime):
-    def __init__(self, settings: Settings, topic_names: dict[str, str]):
+    def __init__(self, settings: Settings, topic_sets: list[TopicNames]):
         self.log: list[Message] = []
         self.agents: dict[str, list[Registered]] = {}
         self._by_name: dict[str, KeptTopic] = {}
-        topics = {attr: self.topic_named(name) for attr, name in topic_names.items()}
-        self._attr_of = {name: attr for attr, name in topic_names.items()}
-        super().__init__(settings, Wiring(app=KeptApp(self), topics=topics),
-                         Storage.from_settings(settings))
+        names = [*settings.topics.model_dump().values()]
+        for topics in topic_sets:
+            names += topics.model_dump().values()
+        channels = {name: self.topic_named(name) for name in names}
+        super().__init__(settings, Wiring(app=KeptApp(self), channels=channels),
+                         Storage.from_settings(settings), topic_sets)
 
     def topic_named(self, name: str) -> KeptTopic:
         if name not in self._by_name:
@@ -88,21 +91,19 @@ class InProcessRuntime(Runtime):
     def record(self, message: Message) -> None:
         self.log.append(message)
 
-    def stage_agent(self, name, handler, model, topic=None, concurrency=1, batch=None,
+    def stage_agent(self, name, handler, model, topic, concurrency=1, batch=None,
                     **options) -> None:
-        topic_name = self.topics[topic or name].get_topic_name()
-        self.agents.setdefault(topic_name, []).append(
-            Registered(name, handler, model, batch, options))
+        self.agents.setdefault(topic, []).append(Registered(name, handler, model, batch, options))
 
-    def sent(self, attr: str) -> list[Message]:
-        """Every message sent to the topic the agents know as attr, in order."""
-        name = self.topics[attr].get_topic_name()
-        return [m for m in self.log if m.topic == name]
+    def sent(self, topic: str) -> list[Message]:
+        """Every message sent to the topic named topic, in order."""
+        return [m for m in self.log if m.topic == topic]
 
-    async def deliver(self, attr: str, value: bytes | BaseModel, key: str = "") -> None:
-        """Publish value on attr's topic, as an upstream system would, and run until idle."""
-        await self.topics[attr].send(key=key.encode(), value=value if isinstance(value, bytes)
-                                     else value.model_dump_json().encode())
+    async def deliver(self, topic: str, value: bytes | BaseModel, key: str = "") -> None:
+        """Publish value on the topic named topic, as an upstream system would, and run until
+        idle."""
+        await self.topic_named(topic).send(key=key.encode(), value=value if isinstance(
+            value, bytes) else value.model_dump_json().encode())
         await self.run_until_idle()
 
     async def run_until_idle(self) -> None:

@@ -76,7 +76,7 @@ def register(rt: Runtime, models, index) -> None:
         await rt.job_event(job.job_id, JobEventKind.COMPLETED, tenant=job.tenant,
                            result=StampResult(file=str(path)))
 
-    rt.stage_agent("stamp", stamp, StampJob)
+    rt.stage_agent("stamp", stamp, StampJob, topic=rt.topics_of(StampTopics).stamp)
 
 
 def install() -> None:
@@ -104,15 +104,20 @@ def stamp_worker(e2e, tmp_path):
     if e2e.broker != E2E_BROKERS[0]:
         pytest.skip("the plug-in mechanism does not depend on the broker: run on the first one")
     tag = uuid.uuid4().hex[:8]
-    names = {**agent_pipelines.topic_names(Settings()), **StampTopics().model_dump()}
-    topics = {attr: f"plugin-{tag}.{name}" for attr, name in names.items()}
+    # Every topic renamed by its own variable, so nothing is shared with the stack's workers.
+    renamed = {}
+    for topics in (Settings().topics, *agent_pipelines.topic_sets(), StampTopics()):
+        for attr, variable in topics.env_names().items():
+            renamed[variable] = f"plugin-{tag}.{getattr(topics, attr)}"
+    topics = {attr: renamed[variable]
+              for attr, variable in Settings().topics.env_names().items()}
     port = free_port()
     stamps = tmp_path / "stamps"
     stamps.mkdir()
     env = {**os.environ, **e2e.stack.env, "RESTYLE_STATE_DIR": str(tmp_path / "state"),
            "RESTYLE_APP_ID": f"restyle-plugin-{tag}", "RESTYLE_WEB_PORT": str(port),
            "STAMP_DIR": str(stamps), "PYTHONPATH": str(ROOT),
-           **{f"RESTYLE_TOPIC_{attr.upper()}": name for attr, name in topics.items()}}
+           **renamed}
     log = open(tmp_path / "worker.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-c", "from tests.test_plugin_pipeline_e2e import serve; serve()"],

@@ -101,7 +101,7 @@ async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
     # The batch learns its images before any of them can finish (acknowledged sends), in
     # chunks that stay far below the broker's message size limit.
     for n, start in enumerate(range(0, len(entries), OPEN_CHUNK)):
-        await rt.send("batch_events", batch_id, BatchEvent(
+        await rt.send(rt.topics.batch_events, batch_id, BatchEvent(
             batch_id=batch_id, kind=BatchEventKind.OPENED if n == 0 else
             BatchEventKind.ENTRIES, at=now, tenant=batch.tenant, total=len(jobs),
             tolerated_failure_pct=batch.tolerated_failure_pct, webhook=batch.webhook,
@@ -145,8 +145,8 @@ async def mask(rt: Runtime, models: StageModels, job: BackgroundJob) -> None:
         await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
     job.timings_ms["mask"] = round((time.perf_counter() - started) * 1000, 2)
     await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-    await request_render(rt, job, "bg_finish", prompt=job.prompt, task="inpaint",
-                         image=render_image, mask=render_mask, params=params,
+    await request_render(rt, job, rt.topics_of(BackgroundTopics).finish, prompt=job.prompt,
+                         task="inpaint", image=render_image, mask=render_mask, params=params,
                          output_prefix=join_uri(prefix, "raw"))
 
 
@@ -203,25 +203,26 @@ class Masking:
 
 
 def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
-    rt.stage_agent("bg-expand", partial(expand, rt), BackgroundBatch, topic="bg_expand",
+    topics = rt.topics_of(BackgroundTopics)
+    rt.stage_agent("bg-expand", partial(expand, rt), BackgroundBatch, topic=topics.expand,
                    on_failure=partial(batch_refused, rt))
-    rt.stage_agent("bg-mask", partial(mask, rt, models), BackgroundJob, topic="bg_mask")
-    rt.stage_agent("bg-finish", partial(finish, rt), RenderResult, topic="bg_finish")
+    rt.stage_agent("bg-mask", partial(mask, rt, models), BackgroundJob, topic=topics.mask)
+    rt.stage_agent("bg-finish", partial(finish, rt), RenderResult, topic=topics.finish)
 
 
 async def submit_batch(rt: Runtime, batch: BackgroundBatch) -> None:
     """Hand a validated batch (with its batch_id set) to the expand stage."""
-    await rt.send("bg_expand", batch.batch_id, batch)
+    await rt.send(rt.topics_of(BackgroundTopics).expand, batch.batch_id, batch)
 
 
 async def refuse_batch(rt: Runtime, batch_id: str, error: JobError, tenant: str | None = None,
                        webhook=None) -> None:
     """The batch fails as a whole (it could not be read or expanded), with the cause."""
-    await rt.send("batch_events", batch_id, BatchEvent(
+    await rt.send(rt.topics.batch_events, batch_id, BatchEvent(
         batch_id=batch_id, kind=BatchEventKind.REJECTED, at=time.time(), tenant=tenant,
         error=error, webhook=webhook))
 
 
 PIPELINE = Pipeline(name="background_replace", register=register, topics=BackgroundTopics,
-                    admit=admit, first_stage="bg_mask",
+                    admit=admit, first_stage="mask",
                     claims=lambda upload: "taskType" in upload)

@@ -26,7 +26,7 @@ log = logging.getLogger("restyle.catalog")
 
 
 async def publish(rt: Runtime, outcome: CatalogOutcome) -> None:
-    await rt.send("catalog_events", outcome.ingest_id, outcome)
+    await rt.send(rt.topics.catalog_events, outcome.ingest_id, outcome)
 
 
 async def failed(rt: Runtime, item: CatalogItem | CatalogEvent, error: JobError) -> None:
@@ -45,7 +45,7 @@ async def embed(rt: Runtime, models: StageModels, event: CatalogEvent) -> None:
     settings = rt.settings
     item = CatalogItem(event=event)
     if event.action == "delete":
-        await rt.send("catalog_index", event.product_id, item)
+        await rt.send(rt.topics_of(CatalogTopics).index, event.product_id, item)
         return
     started = time.perf_counter()
     image = await rt.image_uncached(event.image, settings.catalog_max_side)
@@ -53,8 +53,8 @@ async def embed(rt: Runtime, models: StageModels, event: CatalogEvent) -> None:
     vectors = await asyncio.to_thread(models.embedder.embed_images, [small])
     item.vector = vectors[0].tolist()
     item.timings_ms["embed"] = round((time.perf_counter() - started) * 1000, 2)
-    next_stage = "catalog_index" if event.caption else "catalog_caption"
-    await rt.send(next_stage, event.product_id, item)
+    topics = rt.topics_of(CatalogTopics)
+    await rt.send(topics.index if event.caption else topics.caption, event.product_id, item)
 
 
 async def caption(rt: Runtime, models: StageModels, item: CatalogItem) -> None:
@@ -66,7 +66,7 @@ async def caption(rt: Runtime, models: StageModels, item: CatalogItem) -> None:
                                        settings.caption_prompt, settings.caption_max_tokens)
     item.caption = captions[0] or None
     item.timings_ms["caption"] = round((time.perf_counter() - started) * 1000, 2)
-    await rt.send("catalog_index", item.event.product_id, item)
+    await rt.send(rt.topics_of(CatalogTopics).index, item.event.product_id, item)
 
 
 async def write_batch(rt: Runtime, index: VectorIndex, items: list[CatalogItem]) -> None:
@@ -88,13 +88,14 @@ async def write_batch(rt: Runtime, index: VectorIndex, items: list[CatalogItem])
 
 
 def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
-    settings = rt.settings
-    rt.stage_agent("catalog-embed", partial(embed, rt, models), CatalogEvent, topic="catalog",
-                   on_failure=partial(failed, rt), on_undecodable=partial(undecodable, rt))
+    settings, topics = rt.settings, rt.topics_of(CatalogTopics)
+    rt.stage_agent("catalog-embed", partial(embed, rt, models), CatalogEvent,
+                   topic=topics.catalog, on_failure=partial(failed, rt),
+                   on_undecodable=partial(undecodable, rt))
     rt.stage_agent("catalog-caption", partial(caption, rt, models), CatalogItem,
-                   topic="catalog_caption", on_failure=partial(failed, rt))
+                   topic=topics.caption, on_failure=partial(failed, rt))
     rt.stage_agent("catalog-index", partial(write_batch, rt, index), CatalogItem,
-                   topic="catalog_index",
+                   topic=topics.index,
                    batch=(settings.catalog_batch_size, settings.catalog_flush_s))
 
 

@@ -112,8 +112,9 @@ async def prepare(rt: Runtime, models: StageModels, job: ConditionJob) -> None:
     job.params = job.params.model_copy(update={"width": size[0], "height": size[1]})
     job.timings_ms["prepare"] = round((time.perf_counter() - started) * 1000, 2)
     await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-    await request_render(rt, job, "cond_finish", prompt=job.prompt, task="controlnet",
-                         control=job.conditioning.value, control_image=job.control_map,
+    await request_render(rt, job, rt.topics_of(ConditionTopics).finish, prompt=job.prompt,
+                         task="controlnet", control=job.conditioning.value,
+                         control_image=job.control_map,
                          params=job.params, output_prefix=job.output_prefix.rstrip("/"),
                          metadata=result_metadata(job, rt.settings))
 
@@ -139,10 +140,11 @@ async def finish(rt: Runtime, reply: RenderResult) -> None:
 
 def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
     # The raw message: notifications are S3's shape, parsed (and dead-lettered) by notified.
-    rt.stage_agent("bucket-intake", partial(notified, rt), None, topic="bucket_events")
+    topics = rt.topics_of(ConditionTopics)
+    rt.stage_agent("bucket-intake", partial(notified, rt), None, topic=topics.bucket_events)
     rt.stage_agent("cond-prepare", partial(prepare, rt, models), ConditionJob,
-                   topic="cond_prepare")
-    rt.stage_agent("cond-finish", partial(finish, rt), RenderResult, topic="cond_finish")
+                   topic=topics.prepare)
+    rt.stage_agent("cond-finish", partial(finish, rt), RenderResult, topic=topics.finish)
 
 
 def result_metadata(job: ConditionJob, settings) -> dict[str, str]:
@@ -168,4 +170,4 @@ def result_metadata(job: ConditionJob, settings) -> dict[str, str]:
 
 
 PIPELINE = Pipeline(name="condition", register=register, topics=ConditionTopics, admit=admit,
-                    first_stage="cond_prepare")
+                    first_stage="prepare")

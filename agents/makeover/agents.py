@@ -56,7 +56,7 @@ async def analyze(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
         settings.detection_threshold, settings.max_detections)
     job.detections = rescale_detections(detections, image.width / small.width)
     _timed(job, "analyze", started)
-    await rt.send("embed", job.job_id, job)
+    await rt.send(rt.topics_of(MakeoverTopics).embed, job.job_id, job)
 
 
 async def embed(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
@@ -65,7 +65,7 @@ async def embed(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
     job.detections = await asyncio.to_thread(makeover.embed_detections, image,
                                              job.detections, models.embedder)
     _timed(job, "embed", started)
-    await rt.send("retrieve", job.job_id, job)
+    await rt.send(rt.topics_of(MakeoverTopics).retrieve, job.job_id, job)
 
 
 async def retrieve(rt: Runtime, index: VectorIndex, job: MakeoverJob) -> None:
@@ -76,7 +76,7 @@ async def retrieve(rt: Runtime, index: VectorIndex, job: MakeoverJob) -> None:
     for detection in job.detections:  # vectors are spent; keep the messages small
         detection.embedding = None
     _timed(job, "retrieve", started)
-    await rt.send("compose", job.job_id, job)
+    await rt.send(rt.topics_of(MakeoverTopics).compose, job.job_id, job)
 
 
 async def compose(rt: Runtime, job: MakeoverJob) -> None:
@@ -86,7 +86,7 @@ async def compose(rt: Runtime, job: MakeoverJob) -> None:
         settings.styles[job.style], job.matches, settings.style_weight,
         settings.product_weight, settings.max_products_in_prompt)
     _timed(job, "compose", started)
-    await rt.send("depth", job.job_id, job)
+    await rt.send(rt.topics_of(MakeoverTopics).depth, job.job_id, job)
 
 
 async def depth(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
@@ -102,7 +102,7 @@ async def depth(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
     # status event would hold it back a round trip. So a render's first progress tick
     # may reach restyle.job-events before "generating" does; a tick implies generating,
     # for the tracker as for any consumer (README, topics).
-    await request_render(rt, job, "reanalyze", prompt=job.prompt,
+    await request_render(rt, job, rt.topics_of(MakeoverTopics).reanalyze, prompt=job.prompt,
                          control_image=job.depth_map, params=job.params,
                          output_prefix=join_uri(settings.results_base, "results",
                                                 job.job_id))
@@ -137,14 +137,16 @@ async def reanalyze(rt: Runtime, models: StageModels, index: VectorIndex,
 
 
 def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
-    stages = [("analyze", partial(analyze, rt, models), MakeoverJob),
-              ("embed", partial(embed, rt, models), MakeoverJob),
-              ("retrieve", partial(retrieve, rt, index), MakeoverJob),
-              ("compose", partial(compose, rt), MakeoverJob),
-              ("depth", partial(depth, rt, models), MakeoverJob),
-              ("reanalyze", partial(reanalyze, rt, models, index), RenderResult)]
-    for name, handler, model in stages:
-        rt.stage_agent(name, handler, model)
+    topics = rt.topics_of(MakeoverTopics)
+    stages = [("analyze", partial(analyze, rt, models), MakeoverJob, topics.analyze),
+              ("embed", partial(embed, rt, models), MakeoverJob, topics.embed),
+              ("retrieve", partial(retrieve, rt, index), MakeoverJob, topics.retrieve),
+              ("compose", partial(compose, rt), MakeoverJob, topics.compose),
+              ("depth", partial(depth, rt, models), MakeoverJob, topics.depth),
+              ("reanalyze", partial(reanalyze, rt, models, index), RenderResult,
+               topics.reanalyze)]
+    for name, handler, model, topic in stages:
+        rt.stage_agent(name, handler, model, topic)
 
 
 PIPELINE = Pipeline(name="room_makeover", register=register, topics=MakeoverTopics,

@@ -54,7 +54,7 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                                       describe_validation(exc))
             batch_id = batch.batch_id or uuid.uuid4().hex
             # Through the uploads topic, like any upstream system's batch.
-            await rt.topics["uploads"].send(key=batch_id.encode(), value=batch.model_copy(
+            await rt.channels[rt.topics.uploads].send(key=batch_id.encode(), value=batch.model_copy(
                 update={"batch_id": batch_id}).model_dump_json(exclude_none=True).encode())
             await until_known(app, f"/batches/{batch_id}")
             return self.json({"batch_id": batch_id}, status=202)

@@ -88,7 +88,8 @@ def register(rt: Runtime, tables: Tables) -> None:
                                           "params must be a JSON object")
             if form.get("tenant"):
                 event["tenant"] = str(form["tenant"])
-            await rt.topics["uploads"].send(key=job_id.encode(), value=json.dumps(event).encode())
+            await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
+                                                      value=json.dumps(event).encode())
             await until_known(app, f"/jobs/{job_id}")
             return self.json({"job_id": job_id, "image": uri}, status=202)
 

@@ -4,6 +4,7 @@ declared by streams/tracking/tables.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import faust
 
@@ -14,13 +15,14 @@ from streams.core.settings import Settings
 @dataclass
 class Wiring:
     app: faust.App
-    topics: dict[str, faust.TopicT]
+    # Every topic the worker sends to or consumes, by its name.
+    channels: dict[str, faust.TopicT]
 
 
-def create_app(settings: Settings, role: str, topic_names: dict[str, str],
+def create_app(settings: Settings, role: str, topic_names: Iterable[str],
                web_port: int | None = None) -> Wiring:
     """role: "cpu" (stages, tables, status API) or "gpu" (the diffusion worker); topic_names:
-    every topic's name by the attribute the agents send to (the pipelines' and the shared ones)."""
+    every topic the agents use (the shared ones and each pipeline's)."""
     if not settings.kafka_bootstrap:
         raise SystemExit("no Kafka configured: set RESTYLE_KAFKA_BOOTSTRAP or start `restyle up`")
     port = web_port or settings.web_port
@@ -54,7 +56,6 @@ def create_app(settings: Settings, role: str, topic_names: dict[str, str],
         # request limit is 1 MB.
         web_application_options={"client_max_size": 32 * 1024 * 1024},
     )
-    topics = {role_name: app.topic(name, key_serializer="raw", value_serializer="raw",
-                                   partitions=settings.partitions)
-              for role_name, name in topic_names.items()}
-    return Wiring(app, topics)
+    channels = {name: app.topic(name, key_serializer="raw", value_serializer="raw",
+                                partitions=settings.partitions) for name in topic_names}
+    return Wiring(app, channels)

@@ -21,7 +21,8 @@ class Pipeline:
     # with the cause, or submit its job(s). None: the pipeline takes no uploads there (the
     # catalog has its own topic).
     admit: Callable[[Runtime, Any], Awaitable[None]] | None = None
-    # The topic an admitted job starts on: the tracker forwards each new job there, once.
+    # The attribute of its topics that an admitted job starts on: the tracker forwards each new
+    # job there, once.
     first_stage: str | None = None
     # Uploads that name no pipeline but have this pipeline's own shape (a Titan body).
     claims: Callable[[dict], bool] | None = None

@@ -13,10 +13,10 @@ J = TypeVar("J", bound=BaseModel)
 
 
 async def request_render(rt: Runtime, job: BaseModel, reply_to: str, **request) -> None:
-    """Send job's render request; the answer comes back on the topic reply_to names, with the
+    """Send job's render request; the answer comes back on the topic named reply_to, with the
     job as it is now in its context. request: the RenderRequest fields the job decides."""
-    await rt.send("render", job.job_id, RenderRequest(
-        job_id=job.job_id, tenant=job.tenant, reply_topic=rt.topics[reply_to].get_topic_name(),
+    await rt.send(rt.topics.render, job.job_id, RenderRequest(
+        job_id=job.job_id, tenant=job.tenant, reply_topic=reply_to,
         context=job.model_dump(mode="json"), **request))
 
 

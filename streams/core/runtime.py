@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Iterable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,35 +18,48 @@ from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.core.settings import Settings
+from streams.core.settings.broker import TopicNames, Topics
 
 log = logging.getLogger("restyle")
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T", bound=TopicNames)
 
 
 class Runtime:
-    def __init__(self, settings: Settings, wiring: Wiring, storage: Storage):
+    def __init__(self, settings: Settings, wiring: Wiring, storage: Storage,
+                 topic_sets: Iterable[TopicNames] = ()):
+        """topic_sets: each pipeline's topics (the shared ones are settings.topics)."""
         self.settings = settings
         self.app = wiring.app
         self.storage = storage
-        self.topics = wiring.topics
+        self.channels = wiring.channels
+        # The shared topics, as typed attributes (rt.topics.job_events); a pipeline's own come
+        # from topics_of(ItsTopics).
+        self.topics: Topics = settings.topics
+        self._topic_sets = {type(topics): topics for topics in (settings.topics, *topic_sets)}
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
+
+    def topics_of(self, kind: type[T]) -> T:
+        """A pipeline's topics, as the worker resolved their names."""
+        return self._topic_sets[kind]
 
     # --- sending ---
     async def send(self, topic: str, key: str, model: BaseModel, headers=None,
                    acknowledged: bool = False) -> None:
-        """Publish model keyed by key. acknowledged=True returns only once the broker has it:
-        for an event that must land before what is sent next to another topic."""
+        """Publish model keyed by key on the topic named topic (rt.topics.results,
+        rt.topics_of(...).mask). acknowledged=True returns only once the broker has it: for an
+        event that must land before what is sent next to another topic."""
         if "sent_at" in type(model).model_fields:  # lets the next stage measure its queue wait
             model.sent_at = time.time()
-        pending = await self.topics[topic].send(key=key.encode(),
+        pending = await self.channels[topic].send(key=key.encode(),
                                                 value=model.model_dump_json().encode(),
                                                 headers=headers)
         if acknowledged:
             await pending
 
     async def job_event(self, job_id: str, kind: JobEventKind, **fields) -> None:
-        await self.send("job_events", job_id, JobEvent(job_id=job_id, kind=kind, at=time.time(),
-                                                       **fields))
+        await self.send(self.topics.job_events, job_id,
+                        JobEvent(job_id=job_id, kind=kind, at=time.time(), **fields))
 
     async def fail(self, job_id: str, error: JobError, tenant: str | None = None,
                    kind: JobEventKind = JobEventKind.FAILED, **fields) -> None:
@@ -62,7 +75,7 @@ class Runtime:
                             at=time.time())
         DEAD_LETTERS.labels(message.topic, code.value).inc()
         log.warning("dead letter from %s@%s: %s", message.topic, message.offset, reason)
-        await self.send("dlq", key or job_id or "", letter, headers=[
+        await self.send(self.topics.dlq, key or job_id or "", letter, headers=[
             ("restyle-error-code", code.value.encode()),
             ("restyle-error", reason.encode()[:1000]),
             ("restyle-source-topic", message.topic.encode()),
@@ -115,11 +128,11 @@ class Runtime:
         finally:
             STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
 
-    def stage_agent(self, name: str, handler, model: type[BaseModel] | None,
-                    topic: str | None = None, concurrency: int = 1,
-                    batch: tuple[int, float] | None = None, **options) -> None:
-        """The one way an agent is made: a faust agent named `name` on the topic `topic`
-        (default: name) that runs every message through handle(name, ..., handler).
+    def stage_agent(self, name: str, handler, model: type[BaseModel] | None, topic: str,
+                    concurrency: int = 1, batch: tuple[int, float] | None = None,
+                    **options) -> None:
+        """The one way an agent is made: a faust agent named `name` on the topic named `topic`
+        that runs every message through handle(name, ..., handler).
         batch=(size, seconds): handler takes the decoded messages of up to `size` at a time (or
         what arrived within `seconds`); the undecodable ones go to the DLQ, and a batch whose
         handler raises has each of its messages dead-lettered with the cause."""
@@ -132,7 +145,7 @@ class Runtime:
                     await self._handle_batch(name, events, model, handler)
 
         agent.__name__ = agent.__qualname__ = name  # how faust names it in logs
-        self.app.agent(self.topics[topic or name], name=name, concurrency=concurrency)(agent)
+        self.app.agent(self.channels[topic], name=name, concurrency=concurrency)(agent)
 
     async def _handle_batch(self, stage: str, events, model: type[M],
                             handler: Callable[[list[M]], Awaitable[None]]) -> None:

@@ -57,7 +57,8 @@ def register(rt: Runtime, tables: Tables) -> None:
             await report_and_notify(rt, tables, new)
             batches[key] = new.model_copy(update={"reporting": False}).model_dump_json().encode()
 
-    rt.stage_agent("batch-tracker", track, BatchEvent, topic="batch_events", fail_jobs=False)
+    rt.stage_agent("batch-tracker", track, BatchEvent, topic=rt.topics.batch_events,
+                   fail_jobs=False)
 
 
 async def report_and_notify(rt: Runtime, tables: Tables, state: BatchState,
@@ -73,11 +74,11 @@ async def report_and_notify(rt: Runtime, tables: Tables, state: BatchState,
                 raise
             await asyncio.sleep(attempt)
     notification = await notification_for(rt, state, outcomes)
-    await rt.send("notifications", state.batch_id, notification)
+    await rt.send(rt.topics.notifications, state.batch_id, notification)
     webhook = state.webhook
     url = webhook.url if webhook else rt.settings.webhook_url
     if url:
-        await rt.send("webhooks", state.batch_id, WebhookDelivery(
+        await rt.send(rt.topics.webhooks, state.batch_id, WebhookDelivery(
             batch_id=state.batch_id, url=url,
             secret_name=webhook.secret_name if webhook else None,
             body=notification.model_dump(mode="json")))

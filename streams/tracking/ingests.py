@@ -19,7 +19,7 @@ def register(rt: Runtime, tables: Tables) -> None:
         ingests[key] = state.model_dump_json().encode()
         outcomes[product_key] = outcome.outcome.value.encode()
 
-    rt.stage_agent("ingest-tracker", track, CatalogOutcome, topic="catalog_events",
+    rt.stage_agent("ingest-tracker", track, CatalogOutcome, topic=rt.topics.catalog_events,
                    fail_jobs=False)
 
 

@@ -38,9 +38,9 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             # between replays the event and publishes again, rather than never.
             code = transition.result.error.code.value if transition.result.error else ""
             JOBS_FINISHED.labels(transition.result.status, code).inc()
-            await rt.send("results", event.job_id, transition.result, acknowledged=True)
+            await rt.send(rt.topics.results, event.job_id, transition.result, acknowledged=True)
             if transition.result.batch_id:
-                await rt.send("batch_events", transition.result.batch_id, BatchEvent(
+                await rt.send(rt.topics.batch_events, transition.result.batch_id, BatchEvent(
                     batch_id=transition.result.batch_id, kind=BatchEventKind.IMAGE,
                     at=time.time(), outcome=image_outcome(transition.result)),
                     acknowledged=True)
@@ -84,4 +84,4 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
 
     # A tracker failure must not feed a `failed` event back into its own topic: the event
     # goes to the DLQ instead.
-    rt.stage_agent("tracker", track, JobEvent, topic="job_events", fail_jobs=False)
+    rt.stage_agent("tracker", track, JobEvent, topic=rt.topics.job_events, fail_jobs=False)

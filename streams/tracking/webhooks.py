@@ -91,8 +91,8 @@ def register(rt: Runtime) -> None:
         if outcome["status"] != "delivered":
             log.warning("webhook for batch %s not delivered: %s", delivery.batch_id,
                         outcome["error"])
-        await rt.send("batch_events", delivery.batch_id, BatchEvent(
+        await rt.send(rt.topics.batch_events, delivery.batch_id, BatchEvent(
             batch_id=delivery.batch_id, kind=BatchEventKind.NOTIFIED, at=time.time(),
             delivery=outcome))
 
-    rt.stage_agent("webhooks", send, WebhookDelivery, fail_jobs=False)
+    rt.stage_agent("webhooks", send, WebhookDelivery, topic=rt.topics.webhooks, fail_jobs=False)

@@ -10,9 +10,11 @@ import pytest
 
 from agents import intake
 from agents.catalog import agents as catalog_agents
+from agents.catalog.topics import CatalogTopics
 from agents.makeover import agents as makeover_agents
+from agents.makeover.topics import MakeoverTopics
 from agents.models.stage_models import StageModels
-from agents.pipelines import topic_names
+from agents.pipelines import topic_sets
 from gpu_agent import worker as gpu_worker
 from gpu_agent.engine import RenderEngine
 from schemas import CatalogEvent, CatalogItem, JobEvent, StageFailure
@@ -30,11 +32,11 @@ def settings(tmp_path, tiny_models, room_photos) -> Settings:
 
 @pytest.fixture
 def runtime(settings) -> InProcessRuntime:
-    return InProcessRuntime(settings, topic_names(settings))
+    return InProcessRuntime(settings, topic_sets())
 
 
-def events(rt: InProcessRuntime, attr: str) -> list[dict]:
-    return [json.loads(m.value) for m in rt.sent(attr)]
+def events(rt: InProcessRuntime, topic: str) -> list[dict]:
+    return [json.loads(m.value) for m in rt.sent(topic)]
 
 
 def test_the_intake_submits_a_makeover_and_refuses_what_it_cannot_read(runtime, room_photos):
@@ -42,17 +44,19 @@ def test_the_intake_submits_a_makeover_and_refuses_what_it_cannot_read(runtime, 
     upload = {"pipeline": "room_makeover", "job_id": "room-1",
               "image": room_photos[1].as_uri(), "style": "modern"}
 
-    asyncio.run(runtime.deliver("uploads", json.dumps(upload).encode(), "room-1"))
-    asyncio.run(runtime.deliver("uploads", b'{"job_id": "x1", "pipeline": "sculpt"}', "x1"))
-    asyncio.run(runtime.deliver("uploads", b"{not json", "x2"))
+    uploads = runtime.topics.uploads
+    asyncio.run(runtime.deliver(uploads, json.dumps(upload).encode(), "room-1"))
+    asyncio.run(runtime.deliver(uploads, b'{"job_id": "x1", "pipeline": "sculpt"}', "x1"))
+    asyncio.run(runtime.deliver(uploads, b"{not json", "x2"))
 
-    submitted, rejected = [JobEvent.model_validate(e) for e in events(runtime, "job_events")]
+    submitted, rejected = [JobEvent.model_validate(e)
+                           for e in events(runtime, runtime.topics.job_events)]
     assert (submitted.kind, submitted.job.pipeline, submitted.job.style) == \
         ("submitted", "room_makeover", "modern")
     assert submitted.job.params.steps == 2  # the configured default, resolved at admission
     assert (rejected.job_id, rejected.kind, rejected.error.code) == \
         ("x1", "rejected", "unsupported_pipeline")
-    letters = events(runtime, "dlq")
+    letters = events(runtime, runtime.topics.dlq)
     assert [(d["job_id"], d["code"]) for d in letters] == [("x1", "unsupported_pipeline"),
                                                            (None, "invalid_json")]
 
@@ -66,21 +70,22 @@ def test_a_room_makeover_runs_from_analyze_to_completed_in_process(runtime, sett
     gpu_worker.register(runtime, engine)
     upload = {"pipeline": "room_makeover", "job_id": "room-2",
               "image": room_photos[1].as_uri(), "style": "scandinavian"}
-    asyncio.run(runtime.deliver("uploads", json.dumps(upload).encode(), "room-2"))
-    job = JobEvent.model_validate(events(runtime, "job_events")[0]).job
+    asyncio.run(runtime.deliver(runtime.topics.uploads, json.dumps(upload).encode(), "room-2"))
+    job = JobEvent.model_validate(events(runtime, runtime.topics.job_events)[0]).job
 
-    asyncio.run(runtime.deliver("analyze", job, job.job_id))  # what the tracker does
+    # What the tracker does with an admitted job:
+    asyncio.run(runtime.deliver(runtime.topics_of(MakeoverTopics).analyze, job, job.job_id))
 
-    kinds = [(e["kind"], e.get("status")) for e in events(runtime, "job_events")]
+    kinds = [(e["kind"], e.get("status")) for e in events(runtime, runtime.topics.job_events)]
     assert ("status", "analyzing") in kinds and ("status", "generating") in kinds
     assert kinds[-1] == ("completed", None)
-    result = events(runtime, "job_events")[-1]["result"]
+    result = events(runtime, runtime.topics.job_events)[-1]["result"]
     assert result["pipeline"] == "room_makeover" and result["style"] == "scandinavian"
     assert set(result["timings_ms"]) >= {"analyze", "embed", "retrieve", "compose", "depth",
                                          "render", "reanalyze"}
     image = asyncio.run(runtime.storage.get(result["images"][0]["uri"]))
     assert image.startswith(b"\x89PNG")
-    assert len(runtime.sent("render")) == 1  # one render request, answered once
+    assert len(runtime.sent(runtime.topics.render)) == 1  # one render request, answered once
 
 
 class RefusingIndex(LocalIndex):
@@ -93,9 +98,9 @@ def test_a_failed_index_write_reaches_every_product_of_the_batch(runtime, tmp_pa
     item = CatalogItem(event=CatalogEvent(product_id="p1", image="s3://b/p.jpg",
                                           ingest_id="run-1", ingest_total=1), vector=[1.0, 0.0])
 
-    asyncio.run(runtime.deliver("catalog_index", item, "p1"))
+    asyncio.run(runtime.deliver(runtime.topics_of(CatalogTopics).index, item, "p1"))
 
-    (outcome,) = events(runtime, "catalog_events")
+    (outcome,) = events(runtime, runtime.topics.catalog_events)
     assert (outcome["product_id"], outcome["outcome"]) == ("p1", "failed")
     assert outcome["error"]["message"] == \
         "index write failed: ConnectionError: index unreachable"
@@ -105,14 +110,14 @@ def test_a_bug_in_a_batch_handler_keeps_every_message_of_the_batch(runtime):
     async def buggy(items):
         raise KeyError("oops")
 
-    runtime.stage_agent("catalog-index", buggy, CatalogItem, topic="catalog_index",
-                        batch=(10, 1.0))
+    runtime.stage_agent("catalog-index", buggy, CatalogItem,
+                        topic=runtime.topics_of(CatalogTopics).index, batch=(10, 1.0))
     item = CatalogItem(event=CatalogEvent(product_id="p1", action="delete"))
 
-    asyncio.run(runtime.deliver("catalog_index", item, "p1"))
-    asyncio.run(runtime.deliver("catalog_index", b"[1, 2]", "p2"))
+    asyncio.run(runtime.deliver(runtime.topics_of(CatalogTopics).index, item, "p1"))
+    asyncio.run(runtime.deliver(runtime.topics_of(CatalogTopics).index, b"[1, 2]", "p2"))
 
-    letters = events(runtime, "dlq")
+    letters = events(runtime, runtime.topics.dlq)
     assert [(d["key"], d["code"]) for d in letters] == [("p1", "internal_error"),
                                                         ("p2", "invalid_json")]
     assert letters[0]["reason"] == "catalog-index stage error: KeyError: 'oops'"
@@ -125,14 +130,15 @@ def test_a_stage_failure_fails_the_job_and_a_bug_fails_it_with_internal_error(ru
     async def crashes(job):
         raise RuntimeError("model exploded")
 
-    runtime.stage_agent("analyze", refuses, JobEvent)
-    runtime.stage_agent("embed", crashes, JobEvent)
-    for attr, job_id in (("analyze", "j1"), ("embed", "j2")):
-        asyncio.run(runtime.deliver(attr, JobEvent(job_id=job_id, kind="status", at=1.0),
+    topics = runtime.topics_of(MakeoverTopics)
+    runtime.stage_agent("analyze", refuses, JobEvent, topic=topics.analyze)
+    runtime.stage_agent("embed", crashes, JobEvent, topic=topics.embed)
+    for topic, job_id in ((topics.analyze, "j1"), (topics.embed, "j2")):
+        asyncio.run(runtime.deliver(topic, JobEvent(job_id=job_id, kind="status", at=1.0),
                                     job_id))
 
     failed = [(e["job_id"], e["kind"], e["error"]["code"], e["error"]["message"])
-              for e in events(runtime, "job_events")]
+              for e in events(runtime, runtime.topics.job_events)]
     assert failed == [("j1", "failed", "invalid_params", "width must be a multiple of 8"),
                       ("j2", "failed", "internal_error",
                        "embed stage error: RuntimeError: model exploded")]

@@ -7,7 +7,9 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from agents.pipelines import PIPELINES, first_stages, for_upload, topic_names
+from agents.background.topics import BackgroundTopics
+from agents.makeover.topics import MakeoverTopics
+from agents.pipelines import PIPELINES, first_stages, for_upload, topic_names, topic_sets
 from gpu_agent.worker import TASKS
 from schemas import ErrorCode, JobEvent, JobEventKind, JobState, StageFailure
 from schemas.events import RenderTask
@@ -43,18 +45,23 @@ def test_a_missing_or_unknown_pipeline_is_refused_with_the_choices(upload, expec
 def test_the_two_tables_name_the_same_job_pipelines():
     admitting = {name for name, p in PIPELINES.items() if p.admit is not None}
     assert admitting == set(CONTRACTS)
-    assert first_stages() == {"room_makeover": "analyze", "background_replace": "bg_mask",
-                              "condition": "cond_prepare"}
+    assert first_stages(topic_sets()) == {"room_makeover": "restyle.stage.analyze",
+                                          "background_replace": "restyle.stage.bg-mask",
+                                          "condition": "restyle.stage.cond-prepare"}
 
 
 def test_a_worker_declares_every_pipelines_topics_and_the_shared_ones_each_once(monkeypatch):
-    names = topic_names(Settings())
-    assert names["uploads"] == "restyle.uploads" and names["analyze"] == "restyle.stage.analyze"
-    assert names["bg_mask"] == "restyle.stage.bg-mask"
-    assert names["catalog"] == "restyle.catalog"
-    assert len(set(names.values())) == len(names)  # no two roles share a topic
+    sets = topic_sets()
+    names = topic_names(Settings(), sets)
+    assert {"restyle.uploads", "restyle.stage.analyze", "restyle.stage.bg-mask",
+            "restyle.catalog", "restyle.stage.cond-finish"} <= set(names)
+    roles = sum(len(topics.model_fields) for topics in (Settings().topics, *sets))
+    assert len(names) == roles  # no two roles share a topic
     monkeypatch.setenv("RESTYLE_TOPIC_ANALYZE", "acme.analyze")
-    assert topic_names(Settings())["analyze"] == "acme.analyze"  # still renamed by its variable
+    monkeypatch.setenv("RESTYLE_TOPIC_BG_MASK", "acme.mask")  # its variable predates `mask`
+    by_kind = {type(topics): topics for topics in topic_sets()}
+    assert by_kind[MakeoverTopics].analyze == "acme.analyze"
+    assert by_kind[BackgroundTopics].mask == "acme.mask"
 
 
 def test_every_render_task_has_its_engine_call():

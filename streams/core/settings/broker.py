@@ -13,7 +13,12 @@ class TopicNames(BaseSettings):
     """Topic names, each renamed by RESTYLE_TOPIC_<NAME>. A pipeline declares its own stage
     topics in a subclass (agents/<pipeline>/topics.py)."""
 
-    model_config = SettingsConfigDict(env_prefix="RESTYLE_TOPIC_")
+    model_config = SettingsConfigDict(env_prefix="RESTYLE_TOPIC_", populate_by_name=True)
+
+    def env_names(self) -> dict[str, str]:
+        """Each topic attribute's variable: RESTYLE_TOPIC_<NAME>, or the alias it keeps."""
+        return {name: field.validation_alias or f"RESTYLE_TOPIC_{name.upper()}"
+                for name, field in type(self).model_fields.items()}
 
 
 class Topics(TopicNames):

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from agents.models.segment import SalientSegmenter
-from tests.conftest import WEBHOOK_SECRET
 from tests.agents.background.test_contracts import Receiver
 from tests.agents.background.test_stages import skimage_photo
+from tests.conftest import WEBHOOK_SECRET
 
 
 def png(image: Image.Image) -> bytes:

@@ -14,9 +14,9 @@ import boto3
 import pytest
 
 from streams.stack.embedded import free_port
-from tests.conftest import TopicCollector
 from tests.agents.background.test_background_e2e import png
 from tests.agents.background.test_stages import skimage_photo
+from tests.conftest import TopicCollector
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}

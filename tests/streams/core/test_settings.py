@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from agents.pipelines import topic_names
+from agents.pipelines import topic_sets
 from streams.core.settings import CONCERNS, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -16,7 +16,8 @@ def variables_read() -> set[str]:
     """Each settings field as RESTYLE_<FIELD>, each topic as RESTYLE_TOPIC_<NAME>, and the few
     variables the local stack reads itself (os.environ)."""
     names = {f"RESTYLE_{field.upper()}" for field in Settings.model_fields if field != "topics"}
-    names |= {f"RESTYLE_TOPIC_{attr.upper()}" for attr in topic_names(Settings())}
+    for topics in (Settings().topics, *topic_sets()):
+        names |= set(topics.env_names().values())
     direct = re.compile(r'environ(?:\.get\(|\[)\s*"(RESTYLE_[A-Z0-9_]+)"')
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
