@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from agents.pipelines import topic_names
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.runtime import Runtime
@@ -76,10 +77,8 @@ class InProcessRuntime(Runtime):
         self.log: list[Message] = []
         self.agents: dict[str, list[Registered]] = {}
         self._by_name: dict[str, KeptTopic] = {}
-        names = [*settings.topics.model_dump().values()]
-        for topics in topic_sets:
-            names += topics.model_dump().values()
-        channels = {name: self.topic_named(name) for name in names}
+        channels = {name: self.topic_named(name)
+                    for name in topic_names(settings, topic_sets)}
         super().__init__(settings, Wiring(app=KeptApp(self), channels=channels),
                          Storage.from_settings(settings), topic_sets)
 
