@@ -204,10 +204,12 @@ class Masking:
 
 def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
     topics = rt.topics_of(BackgroundTopics)
-    rt.stage_agent("bg-expand", partial(expand, rt), BackgroundBatch, topic=topics.expand,
-                   on_failure=partial(batch_refused, rt))
-    rt.stage_agent("bg-mask", partial(mask, rt, models), BackgroundJob, topic=topics.mask)
-    rt.stage_agent("bg-finish", partial(finish, rt), RenderResult, topic=topics.finish)
+    rt.stage_agent("background-expand", partial(expand, rt), BackgroundBatch,
+                   topic=topics.expand, on_failure=partial(batch_refused, rt))
+    rt.stage_agent("background-mask", partial(mask, rt, models), BackgroundJob,
+                   topic=topics.mask)
+    rt.stage_agent("background-finish", partial(finish, rt), RenderResult,
+                   topic=topics.finish)
 
 
 async def submit_batch(rt: Runtime, batch: BackgroundBatch) -> None:

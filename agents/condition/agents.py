@@ -142,9 +142,10 @@ def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
     # The raw message: notifications are S3's shape, parsed (and dead-lettered) by notified.
     topics = rt.topics_of(ConditionTopics)
     rt.stage_agent("bucket-intake", partial(notified, rt), None, topic=topics.bucket_events)
-    rt.stage_agent("cond-prepare", partial(prepare, rt, models), ConditionJob,
+    rt.stage_agent("condition-prepare", partial(prepare, rt, models), ConditionJob,
                    topic=topics.prepare)
-    rt.stage_agent("cond-finish", partial(finish, rt), RenderResult, topic=topics.finish)
+    rt.stage_agent("condition-finish", partial(finish, rt), RenderResult,
+                   topic=topics.finish)
 
 
 def result_metadata(job: ConditionJob, settings) -> dict[str, str]:
