@@ -32,6 +32,7 @@ from schemas import (
     StageFailure,
 )
 from schemas.events import RenderTask
+from schemas.params import bounded_size
 from schemas.uris import join_uri
 from streams.adapters.images import encode_png
 from streams.core.runtime import Runtime
@@ -122,7 +123,9 @@ TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest], Awaitable[EngineCall]
 
 
 async def _inputs(rt: Runtime, request: RenderRequest) -> EngineCall:
-    """Read request's input images; return the engine call to make."""
+    """Read request's input images; return the engine call to make. A request too large to
+    render (any producer can send one) fails its job before anything is read."""
+    bounded_size(request.params.width, request.params.height, rt.settings.render_limits)
     return await TASKS[request.task](rt, request)
 
 

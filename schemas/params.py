@@ -5,6 +5,8 @@ import random
 
 from pydantic import BaseModel
 
+from schemas.errors import ErrorCode, StageFailure
+
 MAX_SEED = 2**32 - 1
 
 
@@ -47,3 +49,24 @@ def resolve_render(given: dict, defaults: RenderDefaults, rng: random.Random) ->
               for name in RenderDefaults.model_fields}
     seed = given.get("seed")
     return RenderParams(**values, seed=rng.randint(0, MAX_SEED) if seed is None else seed)
+
+
+class RenderLimits(BaseModel):
+    """The largest render any job may ask for, however its size was derived."""
+
+    max_side: int
+    max_pixels: int
+
+
+def bounded_size(width: int, height: int, limits: RenderLimits) -> tuple[int, int]:
+    """width x height if within limits, else StageFailure(INVALID_PARAMS) naming the size. A
+    size derived from a photo's aspect (one side given) can be absurd: 1408 px wide for a 1 px
+    wide photo is 1,982,464 px tall, and resizing to it takes a worker's memory with it."""
+    if width > limits.max_side or height > limits.max_side or \
+            width * height > limits.max_pixels:
+        raise StageFailure(ErrorCode.INVALID_PARAMS,
+                           f"the render would be {width}x{height} px; at most "
+                           f"{limits.max_side} px a side and {limits.max_pixels:,} px in all "
+                           f"(RESTYLE_MAX_RENDER_SIDE, RESTYLE_MAX_RENDER_PIXELS): give both "
+                           f"width and height, or a smaller one")
+    return width, height

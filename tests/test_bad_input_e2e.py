@@ -3,6 +3,7 @@ the workers keep going."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 import uuid
@@ -11,6 +12,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import jpeg_bytes, png_declaring
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def new_id(prefix: str) -> str:
@@ -130,3 +137,24 @@ def test_a_job_that_stops_moving_fails_with_a_timeout_instead_of_running_forever
     result = e2e.result(job_id, JOB_TIMEOUT_S + 60)
     assert result["status"] == "failed" and result["error"]["code"] == "timeout"
     assert "while queued" in result["error"]["message"]
+
+
+def test_a_derived_size_too_large_to_render_fails_the_job_and_the_workers_live_on(e2e):
+    """A 1 px wide photo asked for 1408 px of width would be 1,982,464 px tall: resizing to it
+    took a CPU worker's memory, and the redelivered message took the next one (a crash loop
+    through the pool). Now the job fails with the size it would have been."""
+    tall = Image.new("RGB", (1, 1408), (120, 90, 60))
+    uri = e2e.put_object(f"hostile/{uuid.uuid4().hex[:8]}-sliver.png", png_bytes(tall))
+    job_id = new_id("sliver")
+    e2e.publish({"job_id": job_id, "pipeline": "condition", "image": uri,
+                 "params": {"width": 1408, "conditioning": "canny"}}, key=job_id.encode())
+
+    result = e2e.result(job_id)
+    assert result["status"] == "failed" and result["error"]["code"] == "invalid_params"
+    assert "1408x1982464 px" in result["error"]["message"]
+    assert "RESTYLE_MAX_RENDER_SIDE" in result["error"]["message"]
+
+    after = new_id("after-sliver")  # the CPU worker still takes work
+    e2e.publish({"job_id": after, "pipeline": "condition", "image": uri,
+                 "params": {"conditioning": "canny"}}, key=after.encode())
+    assert e2e.result(after)["status"] == "done"

@@ -134,7 +134,7 @@ async def mask(rt: Runtime, models: StageModels, job: BackgroundJob) -> None:
         settings.background_labels, settings.salient_fallback, mask_image)
     small, repaint, params = await asyncio.to_thread(
         background.render_inputs, photo, keep, job, settings.background_max_side,
-        settings.default_feather_share)
+        settings.default_feather_share, settings.render_limits)
     prefix = job.output_prefix
     job.keep_mask = join_uri(prefix, "keep-mask.png")
     job.mask_labels = labels

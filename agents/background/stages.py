@@ -20,7 +20,7 @@ from schemas.background import (
     MaskTarget,
     OutpaintMode,
 )
-from schemas.params import RenderDefaults, resolve_render
+from schemas.params import RenderDefaults, RenderLimits, bounded_size, resolve_render
 from schemas.uris import join_uri
 from streams.adapters.images import IMAGE_SUFFIXES
 from streams.core.settings.background import BackgroundSettings
@@ -144,11 +144,13 @@ def keep_mask(photo: Image.Image, job: BackgroundJob, detect, segment, salient,
 
 
 def render_inputs(photo: Image.Image, keep: Image.Image, job: BackgroundJob, max_side: int,
-                  feather_share: float) -> tuple[Image.Image, Image.Image, RenderParams]:
-    """The photo and repaint mask at the generation size, and the params with that size."""
+                  feather_share: float, limits: RenderLimits
+                  ) -> tuple[Image.Image, Image.Image, RenderParams]:
+    """The photo and repaint mask at the generation size (within limits), and the params with
+    that size."""
     requested = (job.params.width, job.params.height) \
         if job.params.width or job.params.height else None
-    width, height = masks.render_size(photo.size, max_side, requested)
+    width, height = bounded_size(*masks.render_size(photo.size, max_side, requested), limits)
     feather = masks.feather_px(keep.size, feather_share)
     repaint = masks.repaint_mask(keep, job.mode.value, feather)
     small = photo.resize((width, height), Image.Resampling.LANCZOS)

@@ -23,6 +23,7 @@ from schemas.conditioning import (
     ConditionResult,
     ConditionUpload,
 )
+from schemas.params import bounded_size
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import encode_png
 from streams.adapters.index.base import VectorIndex
@@ -102,7 +103,8 @@ async def prepare(rt: Runtime, models: StageModels, job: ConditionJob) -> None:
     started = time.perf_counter()
     photo = await rt.image_uncached(job.image)
     width, height = job.size or (None, None)
-    size = conditioning.target_size(photo.size, job.fit, width, height, job.max_side)
+    size = bounded_size(*conditioning.target_size(photo.size, job.fit, width, height,
+                                                  job.max_side), rt.settings.render_limits)
     fitted = await asyncio.to_thread(conditioning.fit_image, photo, size, job.fit)
     control = await asyncio.to_thread(control_map, models, fitted, job)
     job.control_map = join_uri(job.output_prefix, f"{job.conditioning.value}.png")

@@ -76,3 +76,22 @@ def test_render_parameters_are_settled_one_way_for_every_pipeline():
     assert (first.width, first.height, first.controlnet_scale) == (512, 512, 1.0)
     assert first == resolve_render(given, defaults, random.Random(3))  # the seed is recorded
     assert resolve_render({**given, "seed": 7}, defaults, random.Random(3)).seed == 7
+
+
+def test_a_derived_render_size_is_bounded_before_anything_is_resized():
+    from agents.condition.stages import target_size
+    from schemas.conditioning import Fit
+    from schemas.params import RenderLimits, bounded_size
+
+    limits = RenderLimits(max_side=2048, max_pixels=2048 * 2048)
+    derived = target_size((1, 1408), Fit.INSIDE, 1408, None, 512)
+    assert derived == (1408, 1982464)  # one side given: the other follows the aspect
+    with pytest.raises(StageFailure) as refused:
+        bounded_size(*derived, limits)
+    assert refused.value.error.code is ErrorCode.INVALID_PARAMS
+    assert "1408x1982464 px" in refused.value.error.message
+    with pytest.raises(StageFailure):
+        bounded_size(2048, 2056, limits)  # a side over
+    with pytest.raises(StageFailure):
+        bounded_size(2048, 2048, RenderLimits(max_side=2048, max_pixels=1024 * 1024))
+    assert bounded_size(2048, 2048, limits) == (2048, 2048)

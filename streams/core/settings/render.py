@@ -1,7 +1,9 @@
-"""Render parameters a job leaves out."""
+"""Render parameters a job leaves out, and the largest render any job may ask for."""
 from __future__ import annotations
 
-from schemas.params import RenderDefaults
+from pydantic import Field
+
+from schemas.params import RenderDefaults, RenderLimits
 from streams.core.settings.base import SettingsBase
 from streams.core.settings.makeover import DEFAULT_NEGATIVE_PROMPT
 
@@ -14,6 +16,14 @@ class RenderSettings(SettingsBase):
     default_height: int = 512
     default_num_images: int = 1
     default_negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    # Every render's size is checked against these, however it was derived (a side given, the
+    # other from the photo's aspect), before anything is resized or rendered.
+    max_render_side: int = Field(2048, ge=64)
+    max_render_pixels: int = Field(2048 * 2048, ge=64 * 64)
+
+    @property
+    def render_limits(self) -> RenderLimits:
+        return RenderLimits(max_side=self.max_render_side, max_pixels=self.max_render_pixels)
 
     @property
     def render_defaults(self) -> RenderDefaults:

@@ -179,7 +179,8 @@ def test_a_mask_that_keeps_everything_or_nothing_fails_the_image():
 
 def outpaint(engine, tiny_models, photo, keep, mode):
     job = job_for(mode=mode, params={"seed": 3, "steps": 2})
-    small, repaint, params = background.render_inputs(photo, keep, job, 64, 0.015)
+    small, repaint, params = background.render_inputs(photo, keep, job, 64, 0.015,
+                                                      Settings().render_limits)
     assert (params.width, params.height) == small.size
     generated = engine.inpaint(str(tiny_models / "inpainting"), job.prompt, small, repaint,
                                params)
