@@ -97,7 +97,8 @@ class ConditionJob(BaseModel):
     prompt: str
     conditioning: Conditioning
     fit: Fit
-    size: tuple[int, int] | None = None  # target width, height (or None: max_side)
+    # Target width, height: one may be None (it follows the photo's aspect); None: max_side.
+    size: tuple[int | None, int | None] | None = None
     max_side: int
     canny: tuple[int, int]
     params: RenderParams

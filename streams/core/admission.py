@@ -8,11 +8,11 @@ import json
 import re
 from typing import Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from schemas import JobEventKind, StageFailure
+from schemas import ErrorCode, JobEventKind, StageFailure
 from schemas.ids import JOB_ID_PATTERN
-from streams.core.runtime import Runtime, validate
+from streams.core.runtime import Runtime, describe_validation, validate
 
 
 async def admit_job(rt: Runtime, message, data: dict, pipeline: str, model: type[BaseModel],
@@ -27,7 +27,10 @@ async def admit_job(rt: Runtime, message, data: dict, pipeline: str, model: type
         return
     job_id = upload.job_id or derived_id(message)
     try:
-        job = make_job(upload, job_id)
+        try:
+            job = make_job(upload, job_id)
+        except ValidationError as exc:  # a job the upload's values cannot make
+            raise StageFailure(ErrorCode.INVALID_PARAMS, describe_validation(exc)) from None
     except StageFailure as failure:
         await rt.fail(job_id, failure.error, upload.tenant, kind=JobEventKind.REJECTED,
                       pipeline=pipeline)

@@ -7,10 +7,13 @@ import asyncio
 import json
 
 import pytest
+from PIL import Image
 
 from agents import intake
 from agents.catalog import agents as catalog_agents
 from agents.catalog.topics import CatalogTopics
+from agents.condition import agents as condition_agents
+from agents.condition.topics import ConditionTopics
 from agents.makeover import agents as makeover_agents
 from agents.makeover.topics import MakeoverTopics
 from agents.models.stage_models import StageModels
@@ -86,6 +89,29 @@ def test_a_room_makeover_runs_from_analyze_to_completed_in_process(runtime, sett
     image = asyncio.run(runtime.storage.get(result["images"][0]["uri"]))
     assert image.startswith(b"\x89PNG")
     assert len(runtime.sent(runtime.topics.render)) == 1  # one render request, answered once
+
+
+def test_a_render_size_derived_too_large_fails_the_condition_job_before_any_resize(
+        settings, tmp_path):
+    sliver = tmp_path / "sliver.png"
+    Image.new("RGB", (1, 1408), (120, 90, 60)).save(sliver)
+    rt = InProcessRuntime(settings.model_copy(update={"file_roots": [tmp_path]}), topic_sets())
+    intake.register(rt)
+    condition_agents.register(rt, StageModels(settings), index=None)
+    upload = {"pipeline": "condition", "job_id": "sliver-1", "image": sliver.as_uri(),
+              "params": {"width": 1408, "conditioning": "canny"}}
+
+    asyncio.run(rt.deliver(rt.topics.uploads, json.dumps(upload).encode(), "sliver-1"))
+    (submitted,) = events(rt, rt.topics.job_events)
+    assert submitted["kind"] == "submitted" and submitted["job"]["size"] == [1408, None]
+    job = JobEvent.model_validate(submitted).job
+    asyncio.run(rt.deliver(rt.topics_of(ConditionTopics).prepare, job, job.job_id))  # tracker
+
+    _, analyzing, failed = events(rt, rt.topics.job_events)
+    assert analyzing["status"] == "analyzing"
+    assert (failed["kind"], failed["error"]["code"]) == ("failed", "invalid_params")
+    assert "1408x1982464 px" in failed["error"]["message"]
+    assert rt.sent(rt.topics.render) == []  # nothing rendered, nothing resized
 
 
 class RefusingIndex(LocalIndex):

@@ -175,6 +175,18 @@ def test_a_mask_that_keeps_everything_or_nothing_fails_the_image():
         assert failure.value.error.code is ErrorCode.MASK_EMPTY
 
 
+def test_a_generation_size_derived_from_a_sliver_of_a_photo_is_refused_before_resizing():
+    """One side given, the other from the photo's aspect: a 1 px wide photo 1408 px wide would
+    be 1,982,464 px tall. The job fails with the size; nothing is resized."""
+    photo = Image.new("RGB", (1, 1408))
+    job = job_for(params={"width": 1408})
+    with pytest.raises(StageFailure) as refused:
+        background.render_inputs(photo, Image.new("L", (1, 1408), 255), job, 512, 0.015,
+                                 Settings().render_limits)
+    assert refused.value.error.code is ErrorCode.INVALID_PARAMS
+    assert "1408x1982464 px" in refused.value.error.message
+
+
 # --- outpainting and the two modes ---
 
 def outpaint(engine, tiny_models, photo, keep, mode):
