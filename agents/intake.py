@@ -21,10 +21,11 @@ def register(rt: Runtime) -> None:
 
 
 async def admit(rt: Runtime, message) -> None:
+    upload = None
     try:
         upload = json_object(message.value)
         pipeline = for_upload(upload)
     except StageFailure as failure:
-        await refuse_upload(rt, message, None, failure)
+        await refuse_upload(rt, message, upload, None, failure)
         return
     await pipeline.admit(rt, message, upload)

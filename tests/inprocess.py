@@ -75,6 +75,7 @@ class Registered:
 class InProcessRuntime(Runtime):
     def __init__(self, settings: Settings, topic_sets: list[TopicNames]):
         self.log: list[Message] = []
+        self._delivered = 0  # how much of the log the agents have been given
         self.agents: dict[str, list[Registered]] = {}
         self._by_name: dict[str, KeptTopic] = {}
         channels = {name: self.topic_named(name)
@@ -107,10 +108,9 @@ class InProcessRuntime(Runtime):
 
     async def run_until_idle(self) -> None:
         """Deliver every kept message that an agent listens to, in order, until none is left."""
-        delivered = getattr(self, "_delivered", 0)
-        while delivered < len(self.log):
-            message = self.log[delivered]
-            delivered += 1
+        while self._delivered < len(self.log):
+            message = self.log[self._delivered]
+            self._delivered += 1
             for agent in self.agents.get(message.topic, []):
                 event = Event(message)
                 if agent.batch is None:
@@ -118,4 +118,3 @@ class InProcessRuntime(Runtime):
                                       **agent.options)
                 else:
                     await self._handle_batch(agent.name, [event], agent.model, agent.handler)
-        self._delivered = delivered

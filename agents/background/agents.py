@@ -52,7 +52,7 @@ async def admit_batch(rt: Runtime, message, data: dict) -> None:
     try:
         batch = validate(data, BackgroundBatch)
     except StageFailure as failure:
-        batch_id = readable_field(message.value, "batch_id", BATCH_ID_PATTERN) or \
+        batch_id = readable_field(data, "batch_id", BATCH_ID_PATTERN) or \
             id_from_key(message, BATCH_ID_PATTERN)
         await rt.dead_letter(message, failure.error.code, failure.error.message, batch_id)
         if batch_id:

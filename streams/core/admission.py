@@ -4,7 +4,6 @@ job to the tracker, which starts it once."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Callable
 
@@ -23,7 +22,7 @@ async def admit_job(rt: Runtime, message, data: dict, pipeline: str, model: type
     try:
         upload = validate(data, model)
     except StageFailure as failure:
-        await refuse_upload(rt, message, pipeline, failure)
+        await refuse_upload(rt, message, data, pipeline, failure)
         return
     job_id = upload.job_id or derived_id(message)
     try:
@@ -38,11 +37,12 @@ async def admit_job(rt: Runtime, message, data: dict, pipeline: str, model: type
     await rt.job_event(job_id, JobEventKind.SUBMITTED, tenant=upload.tenant, job=job)
 
 
-async def refuse_upload(rt: Runtime, message, pipeline: str | None,
+async def refuse_upload(rt: Runtime, message, upload: dict | None, pipeline: str | None,
                         failure: StageFailure) -> None:
-    """An upload that cannot be read goes to the DLQ; the job it names (if its id is readable)
-    fails with the same cause, so whoever waits on it hears why."""
-    job_id = readable_field(message.value, "job_id", JOB_ID_PATTERN)
+    """An upload that cannot be read goes to the DLQ; the job it names (if its id is readable
+    in upload, its JSON when it parsed) fails with the same cause, so whoever waits on it
+    hears why."""
+    job_id = readable_field(upload, "job_id", JOB_ID_PATTERN)
     await rt.dead_letter(message, failure.error.code, failure.error.message, job_id)
     if job_id:
         await rt.fail(job_id, failure.error, kind=JobEventKind.REJECTED, pipeline=pipeline)
@@ -55,12 +55,9 @@ def derived_id(message) -> str:
     return hashlib.sha256(where.encode()).hexdigest()[:32]
 
 
-def readable_field(raw, field: str, pattern: str) -> str | None:
-    """A well-formed id from a message that may not validate as a whole."""
-    try:
-        value = json.loads(raw).get(field)
-    except Exception:
-        return None
+def readable_field(upload: dict | None, field: str, pattern: str) -> str | None:
+    """A well-formed id from an upload that may not validate as a whole."""
+    value = upload.get(field) if upload else None
     return value if isinstance(value, str) and re.match(pattern, value) else None
 
 
