@@ -19,6 +19,8 @@ from gpu_agent.engine import RenderEngine
 from streams.adapters.index import open_index
 from streams.adapters.storage import Storage
 from streams.api import batches as batches_api
+from streams.api.auth.keyring import KeyRing
+from streams.api.auth.middleware import Authenticator, auth_middleware
 from streams.api import catalog as catalog_api
 from streams.api import health as health_api
 from streams.api import jobs as jobs_api
@@ -33,7 +35,11 @@ from streams.tracking.tables import open_tables
 
 def build_worker(settings: Settings, role: str, web_port: int | None = None) -> faust.App:
     sets = topic_sets()
-    wiring = create_app(settings, role, topic_names(settings, sets), web_port)
+    # Every worker reads the API keys: any of them may be asked to verify one.
+    keyring = KeyRing(settings.kafka_bootstrap, settings.topics.api_keys)
+    gate = auth_middleware(Authenticator(settings, keyring))
+    wiring = create_app(settings, role, topic_names(settings, sets), web_port, [gate])
+    wiring.app.task(keyring.run)
     rt = Runtime(settings, wiring, Storage.from_settings(settings), sets)
     if role == "cpu":
         build_cpu_worker(rt, first_stages(sets))

@@ -125,6 +125,7 @@ class E2E:
                                region_name="us-east-1")
         self.bucket = self.endpoints["s3_bucket"]
         self.status_url = self.endpoints["status_url"]
+        self._keys: dict[str, str] = {}
 
     def publish(self, value, key: bytes | None = None, topic: str = "restyle.uploads") -> None:
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()
@@ -144,28 +145,57 @@ class E2E:
         return [json.loads(m.value()) for m in
                 self.collector.matching("restyle.results", lambda m: m.key() == job_id.encode())]
 
-    def post_json(self, path: str, body) -> tuple[int, dict]:
+    @property
+    def client_settings(self):
+        """Settings as a `restyle` command on this machine sees them (endpoints.json filled in,
+        the default tenant's API key included)."""
+        from streams.core.settings import load_settings
+
+        return load_settings(state_dir=self.settings.state_dir)
+
+    def key_for(self, tenant: str) -> str:
+        """An API key for tenant (created once per session, the way `restyle keys create`
+        does); the default tenant's is the one `restyle up` wrote into endpoints.json."""
+        if tenant not in self._keys:
+            from streams.api.auth.keystore import create_key
+            from streams.cli.client import run
+
+            self._keys[tenant] = run(create_key(self.client_settings, tenant, "tests"))[0]
+        return self._keys[tenant]
+
+    def auth(self, tenant: str | None = None) -> dict:
+        """The Authorization header of tenant's key (the default tenant's when None)."""
+        key = self.key_for(tenant) if tenant else self.endpoints["api_key"]
+        return {"Authorization": f"Bearer {key}"}
+
+    def request(self, method: str, path: str, data: bytes | None = None,
+                headers: dict | None = None, tenant: str | None = None,
+                authorized: bool = True) -> tuple[int, dict]:
+        """Call the status API as tenant (or with no credential: authorized=False); the
+        status code and the JSON body."""
         import urllib.error
         import urllib.request
 
-        request = urllib.request.Request(self.status_url + path, method="POST",
-                                         data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        sent = {**(self.auth(tenant) if authorized else {}), **(headers or {})}
+        request = urllib.request.Request(self.status_url + path, method=method, data=data,
+                                         headers=sent)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+            text = error.read()
+            try:
+                return error.code, json.loads(text or b"{}")
+            except json.JSONDecodeError:  # aiohttp's own refusals are plain text
+                return error.code, {"text": text.decode(errors="replace")}
 
-    def get(self, path: str) -> tuple[int, dict]:
-        import urllib.error
-        import urllib.request
+    def post_json(self, path: str, body, tenant: str | None = None, **options
+                  ) -> tuple[int, dict]:
+        return self.request("POST", path, json.dumps(body).encode(),
+                            {"Content-Type": "application/json"}, tenant, **options)
 
-        try:
-            with urllib.request.urlopen(self.status_url + path, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+    def get(self, path: str, tenant: str | None = None, **options) -> tuple[int, dict]:
+        return self.request("GET", path, tenant=tenant, **options)
 
 
 def docker_answers() -> bool:
@@ -199,6 +229,9 @@ E2E_BROKERS = list(dict.fromkeys([production_broker(), "tansu"]))
 
 BACKENDS_USED: list[str] = []  # what each end-to-end run actually ran on, for the summary
 WEBHOOK_SECRET = "e2e-webhook-secret"  # the workers know it as RESTYLE_WEBHOOK_SECRETS["tests"]
+# The end-to-end stacks also accept HS256 JWTs from this (test-only) identity provider.
+JWT_SECRET, JWT_ISSUER, JWT_AUDIENCE = "e2e-only-hmac-secret-" * 2, "https://idp.e2e.test", \
+    "restyle-e2e"
 JOB_TIMEOUT_S = 90  # stalled jobs are given up after this long in the end-to-end stacks
 
 
@@ -291,6 +324,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S), "RESTYLE_JOB_SWEEP_INTERVAL_S": "2",
         "RESTYLE_QUALITY_STEPS": json.dumps({"standard": 2, "premium": 3}),
         "RESTYLE_WEBHOOK_SECRETS": json.dumps({"tests": WEBHOOK_SECRET}),
+        "RESTYLE_JWT_ALGORITHMS": '["HS256"]', "RESTYLE_JWT_SECRET": JWT_SECRET,
+        "RESTYLE_JWT_ISSUER": JWT_ISSUER, "RESTYLE_JWT_AUDIENCE": JWT_AUDIENCE,
     }
     if os.environ.get("RESTYLE_TEST_GUARANTEE"):
         extra_env["RESTYLE_PROCESSING_GUARANTEE"] = os.environ["RESTYLE_TEST_GUARANTEE"]

@@ -19,6 +19,7 @@ from schemas.background import BackgroundBatch, BackgroundResult
 from schemas.titan import TitanRequest
 from streams.adapters.images import decode_image, encode_png, fit_within
 from streams.api.routing import error_response, routed, until_known
+from streams.api.tenancy import ForeignTenant, acting_tenant, sees
 from streams.core.runtime import Runtime, describe_validation
 from streams.tracking import batches
 from streams.tracking.tables import Tables
@@ -48,6 +49,10 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                 return problem
             body.setdefault("pipeline", "background_replace")
             try:
+                body["tenant"] = acting_tenant(request, body.get("tenant"))
+            except ForeignTenant as exc:
+                return error_response(self, 403, "forbidden", str(exc))
+            try:
                 batch = BackgroundBatch.model_validate(body)
             except ValidationError as exc:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
@@ -56,7 +61,7 @@ def register(rt: Runtime, tables: Tables, models) -> None:
             # Through the uploads topic, like any upstream system's batch.
             await rt.channels[rt.topics.uploads].send(key=batch_id.encode(), value=batch.model_copy(
                 update={"batch_id": batch_id}).model_dump_json(exclude_none=True).encode())
-            await until_known(app, f"/batches/{batch_id}")
+            await until_known(app, request, f"/batches/{batch_id}")
             return self.json({"batch_id": batch_id}, status=202)
 
     @app.page("/batches/{batch_id}")
@@ -64,7 +69,7 @@ def register(rt: Runtime, tables: Tables, models) -> None:
         @routed(rt, tables.batches)
         async def get(self, request: web.Request, batch_id: str) -> web.Response:
             state = batches.lookup(tables, batch_id)
-            if state is None:
+            if state is None or not sees(request, settings, state.tenant):
                 return error_response(self, 404, "not_found", f"no batch {batch_id!r} (yet)")
             body = {
                 "batch_id": state.batch_id, "tenant": state.tenant, "status": state.status.value,
@@ -143,13 +148,16 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                                       describe_validation(exc))
             batch_id = uuid.uuid4().hex
             try:
-                batch = await titan_batch(rt.storage, settings, titan, batch_id,
-                                          request.headers.get("X-Restyle-Tenant"))
+                tenant = acting_tenant(request, request.headers.get("X-Restyle-Tenant"))
+            except ForeignTenant as exc:
+                return error_response(self, 403, "AccessDeniedException", str(exc))
+            try:
+                batch = await titan_batch(rt.storage, settings, titan, batch_id, tenant)
             except StageFailure as failure:
                 return error_response(self, 400, "ValidationException", failure.error.message)
             job_id = job_id_for(batch_id, batch.images[0].uri)
             await submit_batch(rt, batch)
-            await until_known(app, f"/jobs/{job_id}")
+            await until_known(app, request, f"/jobs/{job_id}")
             return self.json({"job_id": job_id, "batch_id": batch_id}, status=202)
 
     @app.page("/jobs/{job_id}/titan")
@@ -157,7 +165,7 @@ def register(rt: Runtime, tables: Tables, models) -> None:
         @routed(rt, tables.jobs)
         async def get(self, request: web.Request, job_id: str) -> web.Response:
             state = tables.board.get(job_id)
-            if state is None:
+            if state is None or not sees(request, settings, state.tenant):
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
             if not state.status.terminal:
                 return self.json({"job_id": job_id, "status": state.status.value}, status=202)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 
 from aiohttp import web as aioweb
 from faust import web
 
 from schemas import ErrorCode, JobState
+from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
 from streams.api.routing import error_response, routed, until_known
+from streams.api.tenancy import ForeignTenant, acting_tenant, sees
 from streams.core.runtime import Runtime
 from streams.tracking.tables import Tables
 
@@ -29,13 +32,18 @@ async def present(rt: Runtime, state: JobState) -> dict:
 
 
 def register(rt: Runtime, tables: Tables) -> None:
-    app, jobs, lookup = rt.app, tables.jobs, tables.board.get
+    app, jobs, board = rt.app, tables.jobs, tables.board
+
+    def lookup(request, job_id: str) -> JobState | None:
+        """The caller's job, or None (unknown, or another tenant's: the same answer)."""
+        state = board.get(job_id)
+        return state if state is not None and sees(request, rt.settings, state.tenant) else None
 
     @app.page("/jobs/{job_id}")
     class JobView(web.View):
         @routed(rt, jobs)
         async def get(self, request: web.Request, job_id: str) -> web.Response:
-            state = lookup(job_id)
+            state = lookup(request, job_id)
             if state is None:
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
             return self.json(await present(rt, state))
@@ -44,14 +52,14 @@ def register(rt: Runtime, tables: Tables) -> None:
     class JobEventsView(web.View):
         @routed(rt, jobs)
         async def get(self, request: web.Request, job_id: str):
-            if lookup(job_id) is None:
+            if lookup(request, job_id) is None:
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
             response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                       "Cache-Control": "no-cache"})
             await response.prepare(request)
             last = None
             while True:
-                state = lookup(job_id)
+                state = board.get(job_id)
                 snapshot = (state.status, state.progress, state.updated_at)
                 if snapshot != last:
                     last = snapshot
@@ -73,23 +81,31 @@ def register(rt: Runtime, tables: Tables) -> None:
             if upload is None or not hasattr(upload, "file") or not style:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                       "send multipart fields 'image' (a file) and 'style'")
+            try:
+                tenant = acting_tenant(request, form.get("tenant"))
+            except ForeignTenant as exc:
+                return error_response(self, 403, "forbidden", str(exc))
             job_id = str(form.get("job_id") or uuid.uuid4().hex)
-            name = (upload.filename or "image").replace("/", "_")
-            uri = join_uri(rt.settings.results_base, "uploads", job_id, name)
+            if not re.match(JOB_ID_PATTERN, job_id):
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                      f"job_id must match {JOB_ID_PATTERN}")
+            # The caller's file name, kept (non-ASCII too) but never a path: no separators, no
+            # leading dots, so it cannot climb out of the job's prefix.
+            name = (upload.filename or "").replace("/", "_").replace("\\", "_").lstrip(".") \
+                or "image"
+            uri = join_uri(rt.settings.results_base, "uploads", tenant, job_id, name)
             await rt.storage.put(uri, upload.file.read(),
                                  upload.content_type or "application/octet-stream")
             event = {"job_id": job_id, "pipeline": "room_makeover", "image": uri,
-                     "style": str(style)}
+                     "style": str(style), "tenant": tenant}
             if form.get("params"):
                 try:
                     event["params"] = json.loads(form["params"])
                 except json.JSONDecodeError:
                     return error_response(self, 400, ErrorCode.INVALID_JSON.value,
                                           "params must be a JSON object")
-            if form.get("tenant"):
-                event["tenant"] = str(form["tenant"])
             await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
                                                       value=json.dumps(event).encode())
-            await until_known(app, f"/jobs/{job_id}")
+            await until_known(app, request, f"/jobs/{job_id}")
             return self.json({"job_id": job_id, "image": uri}, status=202)
 

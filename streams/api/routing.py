@@ -40,7 +40,11 @@ async def proxy(request, url: URL) -> aioweb.StreamResponse:
     target = url.with_path(request.path).with_query(request.query)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        async with session.request(request.method, target, headers={"X-Restyle-Routed": "1"},
+        # The owner authenticates the caller again: the credential travels with the request.
+        headers = {"X-Restyle-Routed": "1"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        async with session.request(request.method, target, headers=headers,
                                    data=await request.read()) as upstream:
             response = aioweb.StreamResponse(status=upstream.status, headers={
                 "Content-Type": upstream.headers.get("Content-Type", "application/json")})
@@ -75,12 +79,13 @@ def routed(rt, table):
     return decorate
 
 
-async def until_known(app, path: str, timeout_s: float = 10.0) -> None:
+async def until_known(app, request, path: str, timeout_s: float = 10.0) -> None:
     """Answer a POST once GET `path` knows what it created, so a client's next read never gets
-    404 for the job (or batch) it just created."""
+    404 for the job (or batch) it just created. Asked with the caller's own credential."""
     url = f"{app.conf.canonical_url}{path}"
     deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
+    headers = {"Authorization": request.headers.get("Authorization", "")}
+    async with aiohttp.ClientSession(headers=headers) as session:
         while time.monotonic() < deadline:
             async with session.get(url) as response:
                 if response.status == 200:

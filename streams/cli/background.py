@@ -12,7 +12,7 @@ from schemas.uris import join_uri
 from streams.adapters.images import IMAGE_SUFFIXES
 from streams.adapters.storage import Storage
 from streams.cli.catalog import UPLOAD_CONCURRENCY
-from streams.cli.client import get_json, publish_one, status_url
+from streams.cli.client import api_get, get_json, publish_one
 from streams.core.settings import Settings
 
 
@@ -69,12 +69,11 @@ REPORT_GRACE_S = 60
 
 
 def wait_for_batch(settings: Settings, batch_id: str, timeout_s: float, on_change=None) -> dict:
-    url = f"{status_url(settings)}/batches/{batch_id}"
     deadline = time.monotonic() + timeout_s
     last = seen = None
     finished_at = None
     while time.monotonic() < deadline:
-        batch = get_json(url, absent=(404, 503))
+        batch = api_get(settings, f"/batches/{batch_id}", absent=(404, 503))
         if batch is not None:
             seen = batch
             if on_change and batch["counts"] != last:

@@ -20,7 +20,7 @@ from schemas import CatalogEvent, IngestState, StageFailure
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import IMAGE_SUFFIXES
 from streams.adapters.storage import Storage
-from streams.cli.client import get_json
+from streams.cli.client import api_get
 from streams.core.settings import Settings
 
 CSV_NAME = "catalog.csv"
@@ -154,18 +154,18 @@ async def start_ingest(settings: Settings, source: str, category_from_folder: bo
     return ingest_id, total
 
 
-def get_ingest(status_url: str, ingest_id: str) -> IngestState | None:
+def get_ingest(settings: Settings, ingest_id: str) -> IngestState | None:
     """The run so far; None until its first outcome is in (404) or while partitions move (503)."""
-    body = get_json(f"{status_url}/catalog/ingests/{ingest_id}", absent=(404, 503))
+    body = api_get(settings, f"/catalog/ingests/{ingest_id}", absent=(404, 503))
     return None if body is None else IngestState.model_validate(body)
 
 
-def wait_for_ingest(status_url: str, ingest_id: str, total: int, timeout_s: float = 3600,
+def wait_for_ingest(settings: Settings, ingest_id: str, total: int, timeout_s: float = 3600,
                     on_progress=None) -> IngestState:
     """Poll until the index has acknowledged every product (indexed, deleted or failed)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        state = get_ingest(status_url, ingest_id)
+        state = get_ingest(settings, ingest_id)
         if state is not None:
             if on_progress:
                 on_progress(state)

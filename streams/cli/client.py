@@ -53,10 +53,14 @@ async def publish_one(settings: Settings, topic: str, key: str, value: bytes,
         await producer.stop()
 
 
-def get_json(url: str, absent: tuple[int, ...] = (404,)) -> dict | None:
-    """A status API answer, or None when it answers with one of the `absent` codes."""
+def get_json(url: str, absent: tuple[int, ...] = (404,), api_key: str | None = None
+             ) -> dict | None:
+    """A JSON answer, or None when it answers with one of the `absent` codes. api_key goes
+    only to the status API (a presigned link carries its own signature)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=10) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         if exc.code in absent:
@@ -64,9 +68,16 @@ def get_json(url: str, absent: tuple[int, ...] = (404,)) -> dict | None:
         raise
 
 
+def api_get(settings: Settings, path: str, absent: tuple[int, ...] = (404,)) -> dict | None:
+    """GET a status API path with this client's API key (RESTYLE_API_KEY, or the one `restyle
+    up` wrote into endpoints.json)."""
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    return get_json(f"{status_url(settings)}{path}", absent, key)
+
+
 def get_job(settings: Settings, job_id: str) -> dict | None:
     """The job as the status API shows it, or None if the API does not know it (404)."""
-    return get_json(f"{status_url(settings)}/jobs/{job_id}")
+    return api_get(settings, f"/jobs/{job_id}")
 
 
 def wait_for_job(settings: Settings, job_id: str, timeout_s: float = 600,

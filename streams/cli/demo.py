@@ -44,7 +44,7 @@ def ingest_source(settings: Settings, source: str, category_from_folder: bool = 
         def advance(state) -> None:
             bar.update(state.processed - bar.n)
 
-        state = catalog.wait_for_ingest(client.status_url(settings), ingest_id, total,
+        state = catalog.wait_for_ingest(settings, ingest_id, total,
                                         timeout_s, on_progress=advance) if total else \
             catalog.IngestState(ingest_id=ingest_id, finished=True)
     click.echo(catalog.describe_ingest(state))

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import time
 import urllib.error
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from pydantic_settings import SettingsError
 
 from agents.condition.sources import bridge_sqs as run_bridge
 from agents.condition.sources import watch as run_watch
+from schemas.credentials import TENANT_PATTERN, Scope
 from streams.cli import background as batch_client
 from streams.cli import client
 from streams.cli.catalog import DuplicateProductIds
@@ -51,11 +54,20 @@ class RestyleCommands(click.Group):
             raise click.ClickException(f"configuration: {exc}{cause}") from None
         except urllib.error.HTTPError as exc:
             raise click.ClickException(f"the status API answered {exc.code} {exc.reason} "
-                                       f"for {exc.url}") from None
+                                       f"for {exc.url}{_error_of(exc)}") from None
         except urllib.error.URLError as exc:
             raise click.ClickException(
                 f"cannot reach the status API ({exc.reason}): is `restyle up` running (its "
                 f"state dir is RESTYLE_STATE_DIR), or is RESTYLE_STATUS_URL set?") from None
+
+
+def _error_of(exc: urllib.error.HTTPError) -> str:
+    """The API's own sentence from its error shape, if the body has one."""
+    try:
+        error = json.loads(exc.read())["error"]
+        return f": [{error['code']}] {error['message']}"
+    except Exception:
+        return ""
 
 
 def describe_settings_error(exc: ValidationError) -> str:
@@ -220,6 +232,58 @@ def gpu_worker(web_port, loglevel) -> None:
     from streams.worker import run_worker
 
     run_worker(load_settings(), "gpu", web_port or load_settings().web_port + 1, loglevel)
+
+
+@main.group()
+def keys() -> None:
+    """API keys for the status API (stored as hashes on the api-keys topic)."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="The tenant every request with this key acts for.")
+@click.option("--name", default=None, help="What the key is for (shown by `keys list`).")
+@click.option("--scope", "scopes", multiple=True, default=("read", "write"), show_default=True,
+              type=click.Choice([scope.value for scope in Scope]))
+def keys_create(tenant, name, scopes) -> None:
+    """Create a key and print it once (it is kept nowhere: store it now)."""
+    from streams.api.auth.keystore import create_key
+
+    if not re.match(TENANT_PATTERN, tenant):
+        raise click.BadParameter(f"{tenant!r}: a tenant is 1-64 letters, digits, '.', '_' or "
+                                 f"'-', starting with a letter or digit", param_hint="--tenant")
+    key, record = client.run(create_key(load_settings(), tenant, name,
+                                        tuple(Scope(s) for s in scopes)))
+    click.echo(f"key {record.key_id} for tenant {record.tenant} "
+               f"(scopes: {' '.join(s.value for s in record.scopes)}):", err=True)
+    click.echo(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: id, tenant, name, scopes, created, revoked."""
+    from streams.api.auth.keystore import list_keys
+
+    for record in client.run(list_keys(load_settings())):
+        revoked = f"revoked {_when(record.revoked_at)}" if record.revoked_at else "active"
+        click.echo(f"{record.key_id}  {record.tenant:<20} {' '.join(s.value for s in record.scopes):<18}"
+                   f" created {_when(record.created_at)}  {revoked}  {record.name or ''}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id) -> None:
+    """Revoke a key: every worker refuses it from its next fetch of the api-keys topic."""
+    from streams.api.auth.keystore import revoke_key
+
+    record = client.run(revoke_key(load_settings(), key_id))
+    if record is None:
+        click.echo(f"no key {key_id!r}", err=True)
+        sys.exit(2)
+    click.echo(f"revoked {record.key_id} (tenant {record.tenant})")
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
 
 
 @main.group()

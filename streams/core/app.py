@@ -20,9 +20,10 @@ class Wiring:
 
 
 def create_app(settings: Settings, role: str, topic_names: Iterable[str],
-               web_port: int | None = None) -> Wiring:
+               web_port: int | None = None, middlewares: Iterable = ()) -> Wiring:
     """role: "cpu" (stages, tables, status API) or "gpu" (the diffusion worker); topic_names:
-    every topic the agents use (the shared ones and each pipeline's)."""
+    every topic the agents use (the shared ones and each pipeline's); middlewares: aiohttp
+    middlewares every page goes through (authentication)."""
     if not settings.kafka_bootstrap:
         raise SystemExit("no Kafka configured: set RESTYLE_KAFKA_BOOTSTRAP or start `restyle up`")
     port = web_port or settings.web_port
@@ -54,8 +55,15 @@ def create_app(settings: Settings, role: str, topic_names: Iterable[str],
         producer_max_request_size=8 * 1024 * 1024,
         # Titan bodies carry base64 images up to 5 MB (about 7 MB encoded); aiohttp's default
         # request limit is 1 MB.
-        web_application_options={"client_max_size": 32 * 1024 * 1024},
+        web_application_options={"client_max_size": 32 * 1024 * 1024,
+                                 "middlewares": list(middlewares)},
+        # faust's own pages (tables, routing, stats, graph) would show any caller every job:
+        # only restyle's pages are served.
+        web_router_enabled=False, web_tables_enabled=False, web_stats_enabled=False,
+        web_graph_enabled=False, web_metrics_enabled=False,
     )
+    # The one built-in page without a setting (a "/" index); nothing of faust's is served.
+    app.web.blueprints._enabled.clear()
     channels = {name: app.topic(name, key_serializer="raw", value_serializer="raw",
                                 partitions=settings.partitions) for name in topic_names}
     return Wiring(app, channels)

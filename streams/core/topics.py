@@ -28,7 +28,8 @@ async def ensure_topics(settings: Settings, names: list[str], timeout_s: float =
         if missing:
             try:
                 await admin.create_topics([NewTopic(name, settings.partitions,
-                                                    settings.replication_factor)
+                                                    settings.replication_factor,
+                                                    topic_configs=topic_config(settings, name))
                                            for name in missing])
             except TopicAlreadyExistsError:
                 pass  # another worker won the race
@@ -37,6 +38,14 @@ async def ensure_topics(settings: Settings, names: list[str], timeout_s: float =
         return missing
     finally:
         await admin.close()
+
+
+def topic_config(settings: Settings, name: str) -> dict[str, str]:
+    # API key records are state, not events: the latest record per key id must outlive any
+    # retention period (a revocation included).
+    if name == settings.topics.api_keys:
+        return {"cleanup.policy": "compact"}
+    return {}
 
 
 async def _until_visible(admin, names: list[str], timeout_s: float) -> None:

@@ -2,6 +2,7 @@
 worker, the GPU worker and the status API; publish the endpoints in STATE_DIR/endpoints.json."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -9,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from agents.models.tiny import MANIFEST, ROLES, build_tiny_models
+from streams.api.auth.keystore import create_key
 from streams.core.settings import Settings
 from streams.stack.apache_kafka import KAFKA_VERSION, start_apache_kafka
 from streams.stack.embedded import (
@@ -46,6 +48,14 @@ def resolve_models(models: str | None, state_dir: Path) -> tuple[dict[str, str],
     if models:
         return {"RESTYLE_MODELS_DIR": str(Path(models).resolve())}, f"models from {models}"
     return {}, "public model ids (downloaded by Hugging Face on first use)"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds secrets), whatever the umask."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
 
 
 class RestyleStack:
@@ -100,6 +110,7 @@ class RestyleStack:
             self.env.update({"RESTYLE_S3_ENDPOINT": s3_endpoint, "RESTYLE_S3_ACCESS_KEY": key or "",
                              "RESTYLE_S3_SECRET_KEY": secret or ""})
             self._ensure_bucket(s3_endpoint, key, secret)
+        api_key = self.create_default_key(bootstrap)
         web_port = settings.web_port if self.cpu_workers else None
         health = []
         for n in range(self.cpu_workers):
@@ -128,10 +139,19 @@ class RestyleStack:
             "s3_region": settings.s3_region,
             "status_url": f"http://{settings.web_host}:{web_port}" if web_port else None,
             "models_dir": model_env.get("RESTYLE_MODELS_DIR"),
+            # The key `restyle` commands on this machine use (tenant RESTYLE_DEFAULT_TENANT).
+            "api_key": api_key,
             "pid": os.getpid(),
         }
-        self.endpoints_path.write_text(json.dumps(self.endpoints, indent=2))
+        write_private(self.endpoints_path, json.dumps(self.endpoints, indent=2))
         return self.endpoints
+
+    def create_default_key(self, bootstrap: str) -> str:
+        """An API key for the default tenant, so `restyle submit/status` just work against
+        this stack (published before any worker starts, so every worker has it)."""
+        settings = self.settings.model_copy(update={"kafka_bootstrap": bootstrap})
+        key, _ = asyncio.run(create_key(settings, settings.default_tenant, "restyle up"))
+        return key
 
     def start_worker(self, role: str, port: int, name: str) -> Service:
         argv = python_command("worker", role, "--web-port", str(port))

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from streams.core.settings.auth import AuthSettings
 from streams.core.settings.background import BackgroundSettings
 from streams.core.settings.broker import BrokerSettings
 from streams.core.settings.catalog import CatalogSettings
@@ -24,7 +27,7 @@ from streams.core.settings.web import WebSettings
 from streams.core.settings.webhooks import WebhookSettings
 
 # Index and condition settings read the storage ones (state_dir, s3_bucket): they come first.
-CONCERNS = (BrokerSettings, WebSettings, IndexSettings, ConditionSettings, StorageSettings,
+CONCERNS = (BrokerSettings, WebSettings, AuthSettings, IndexSettings, ConditionSettings, StorageSettings,
             ModelSettings, GpuSettings, TrackingSettings, RenderSettings, MakeoverSettings,
             BackgroundSettings, WebhookSettings, CatalogSettings)
 
@@ -48,6 +51,8 @@ def load_settings(**overrides) -> Settings:
             "s3_bucket": endpoints.get("s3_bucket"),
             "status_url": endpoints.get("status_url"),
             "models_dir": endpoints.get("models_dir"),
+            # The key `restyle up` created for the default tenant.
+            "api_key": SecretStr(endpoints["api_key"]) if endpoints.get("api_key") else None,
         }
         for key, value in fill.items():
             if value and getattr(settings, key) in (None, Settings.model_fields[key].default):

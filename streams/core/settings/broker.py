@@ -34,6 +34,8 @@ class Topics(TopicNames):
     batch_events: str = "restyle.batch-events"
     notifications: str = "restyle.notifications"
     webhooks: str = "restyle.stage.webhooks"
+    # API key records (hashes), compacted; every worker reads all of it (streams/api/auth).
+    api_keys: str = "restyle.api-keys"
 
 
 class BrokerSettings(SettingsBase):

@@ -246,7 +246,8 @@ def test_labels_are_detected_for_a_front_end(e2e):
         f"person, bus\r\n--{boundary}--\r\n".encode()
     with request.urlopen(request.Request(
             e2e.status_url + "/labels", data=body, method="POST",
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})) as answer:
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                     **e2e.auth()})) as answer:
         found = json.loads(answer.read())
     assert (found["width"], found["height"]) == (512, 512)
     assert found["labels"]  # the tiny random detector sees a "bus" in the astronaut photo

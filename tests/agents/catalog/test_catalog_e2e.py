@@ -37,7 +37,7 @@ def products_dir(tmp_path, room_photos):
 def ingest(e2e, source: str, **options):
     settings = load_settings(state_dir=e2e.stack.state_dir)
     ingest_id, total = asyncio.run(catalog.start_ingest(settings, source, **options))
-    return catalog.wait_for_ingest(e2e.status_url, ingest_id, total, timeout_s=120), total
+    return catalog.wait_for_ingest(e2e.client_settings, ingest_id, total, timeout_s=120), total
 
 
 def test_a_directory_is_indexed_with_generated_captions_and_bad_products_reported(
@@ -105,7 +105,7 @@ def test_upstream_events_deletes_and_bad_messages(e2e, room_photos):
     e2e.publish({"product_id": f"gone-{tag}", "image": f"s3://{e2e.bucket}/no/such.jpg",
                  "caption": "missing", "ingest_id": run, "ingest_total": 3},
                 topic="restyle.catalog")
-    state = catalog.wait_for_ingest(e2e.status_url, run, 3, timeout_s=120)
+    state = catalog.wait_for_ingest(e2e.client_settings, run, 3, timeout_s=120)
     assert (state.indexed, state.failed) == (1, 2) and state.finished
     assert state.failures[f"bad-{tag}"].code == "schema_violation"
     assert state.failures[f"gone-{tag}"].code == "object_not_found"
@@ -118,7 +118,7 @@ def test_upstream_events_deletes_and_bad_messages(e2e, room_photos):
 
     e2e.publish({"action": "delete", "product_id": f"mirror-{tag}", "ingest_id": f"del-{tag}",
                  "ingest_total": 1}, topic="restyle.catalog")
-    state = catalog.wait_for_ingest(e2e.status_url, f"del-{tag}", 1, timeout_s=60)
+    state = catalog.wait_for_ingest(e2e.client_settings, f"del-{tag}", 1, timeout_s=60)
     assert state.deleted == 1
     assert e2e.get(f"/products/mirror-{tag}")[0] == 404
 

@@ -43,7 +43,7 @@ def test_a_room_photo_becomes_a_restyled_room_with_products(e2e, room_uri):
     assert Image.open(io.BytesIO(body)).size == (64, 64)
 
     # The status API tells the same story, with a working presigned link.
-    status, job = e2e.get(f"/jobs/{job_id}")
+    status, job = e2e.get(f"/jobs/{job_id}", tenant="acme")
     assert status == 200 and job["status"] == "done" and job["tenant"] == "acme"
     url = job["result"]["images"][0]["url"]
     with urllib.request.urlopen(url) as response:
@@ -107,12 +107,14 @@ def test_the_status_api_accepts_uploads_and_streams_progress(e2e, room_photos):
     ]
     request = urllib.request.Request(
         e2e.status_url + "/jobs", data=b"".join(parts), method="POST",
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **e2e.auth()})
     with urllib.request.urlopen(request) as response:
         assert response.status == 202
         job_id = json.loads(response.read())["job_id"]
 
-    with urllib.request.urlopen(f"{e2e.status_url}/jobs/{job_id}/events", timeout=180) as stream:
+    events_url = urllib.request.Request(f"{e2e.status_url}/jobs/{job_id}/events",
+                                        headers=e2e.auth())
+    with urllib.request.urlopen(events_url, timeout=180) as stream:
         text = stream.read().decode()
     events = [line[len("event: "):] for line in text.splitlines() if line.startswith("event: ")]
     assert events[-1] == "done"

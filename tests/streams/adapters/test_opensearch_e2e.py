@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 
 from streams.cli import catalog
+from streams.cli.client import api_get
 from streams.cli.demo import sample_catalog_dir
 from streams.core.settings import Settings, load_settings
 from streams.stack.embedded import free_port
@@ -27,7 +28,7 @@ def test_the_catalog_lands_in_opensearch_and_search_is_served_from_it(
         settings = load_settings(state_dir=stack.state_dir)
         ingest_id, total = asyncio.run(catalog.start_ingest(
             settings, str(sample_catalog_dir(tmp_path / "catalog"))))
-        state = catalog.wait_for_ingest(stack.endpoints["status_url"], ingest_id, total, 180)
+        state = catalog.wait_for_ingest(settings, ingest_id, total, 180)
         assert (state.indexed, state.failed) == (total, 0)
 
         with urllib.request.urlopen(f"{opensearch_url}/{index_name}/_count") as response:
@@ -38,12 +39,10 @@ def test_the_catalog_lands_in_opensearch_and_search_is_served_from_it(
         assert vector["method"]["name"] == "hnsw"
         assert vector["method"]["space_type"] == "cosinesimil"
 
-        status = stack.endpoints["status_url"]
-        with urllib.request.urlopen(f"{status}/products/search?q=grey%20sofa&k=3") as response:
-            found = json.loads(response.read())["products"]
+        found = api_get(settings, "/products/search?q=grey%20sofa&k=3")["products"]
         assert len(found) == 3 and all(-1 <= p["score"] <= 1 for p in found)
-        with urllib.request.urlopen(f"{status}/products/{found[0]['product_id']}") as response:
-            assert json.loads(response.read())["caption"] == found[0]["caption"]
+        product = api_get(settings, f"/products/{found[0]['product_id']}")
+        assert product["caption"] == found[0]["caption"]
     finally:
         stack.stop()
         urllib.request.urlopen(urllib.request.Request(f"{opensearch_url}/{index_name}",

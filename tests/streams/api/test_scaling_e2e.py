@@ -10,9 +10,10 @@ from streams.api.routing import job_partition
 from streams.stack.embedded import free_port
 
 
-def get_json(url: str) -> tuple[int, dict]:
+def get_json(url: str, headers: dict) -> tuple[int, dict]:
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=30) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
@@ -35,10 +36,10 @@ def test_a_second_cpu_worker_takes_partitions_and_status_is_routed_to_owners(e2e
             assert e2e.result(job_id, 300)["status"] == "done"
         for job_id in job_ids:
             for base in (e2e.status_url, f"http://127.0.0.1:{extra.port}"):
-                status, body = get_json(f"{base}/jobs/{job_id}")
+                status, body = get_json(f"{base}/jobs/{job_id}", e2e.auth())
                 assert status == 200 and body["status"] == "done", (base, job_id, body)
         for base in (e2e.status_url, f"http://127.0.0.1:{extra.port}"):
-            assert get_json(f"{base}/jobs/never-submitted")[0] == 404
+            assert get_json(f"{base}/jobs/never-submitted", e2e.auth())[0] == 404
     finally:
         extra.process.send_signal(signal.SIGTERM)
         extra.process.wait(60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -46,11 +47,17 @@ def test_up_publishes_its_endpoints_and_stops_cleanly_on_sigterm(tmp_path, tiny_
         time.sleep(0.5)
     endpoints = json.loads(endpoints_file.read_text())
     assert {"kafka_bootstrap", "s3_endpoint", "s3_bucket", "status_url", "s3_access_key",
-            "s3_secret_key"} <= set(endpoints)
+            "s3_secret_key", "api_key"} <= set(endpoints)
+    # It holds secrets: readable by its owner only.
+    assert stat.S_IMODE(endpoints_file.stat().st_mode) == 0o600
     import urllib.request
 
     with urllib.request.urlopen(endpoints["status_url"] + "/healthz") as response:
         assert response.status == 200
+    # The key it wrote opens the status API (an unknown job: 404, not 401).
+    shown = subprocess.run([*CLI, "status", "nothing-here"], capture_output=True, text=True,
+                           timeout=60, env=cli_env(RESTYLE_STATE_DIR=str(tmp_path)))
+    assert shown.returncode == 2 and "no job 'nothing-here'" in shown.stderr
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     assert not endpoints_file.exists()
@@ -73,6 +80,47 @@ def test_submit_wait_and_status_against_a_running_stack(e2e, room_photos):
     missing = subprocess.run([*CLI, "status", "nope"], env=env, capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 2 and "no job 'nope'" in missing.stderr
+
+
+def test_keys_are_created_listed_and_revoked_from_the_command_line(e2e):
+    env = cli_env(RESTYLE_STATE_DIR=str(e2e.stack.state_dir))
+    created = subprocess.run([*CLI, "keys", "create", "--tenant", "cli-co", "--name", "ci bot"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    key_id = key.split("_")[1]
+    assert key.startswith("rsk_") and f"key {key_id} for tenant cli-co" in created.stderr
+    as_cli_co = {**env, "RESTYLE_API_KEY": key}
+    # A job of the default tenant (the stack's own key sees it) is unknown to cli-co's key.
+    submitted = subprocess.run([*CLI, "submit", "s3://restyle/none.jpg", "--style", "modern",
+                                "--wait", "--timeout", "120"], env=env, capture_output=True,
+                               text=True, timeout=180)
+    job_id = submitted.stdout.splitlines()[0]
+    assert f"job {job_id}: failed" in submitted.stdout, submitted.stdout + submitted.stderr
+    hidden = subprocess.run([*CLI, "status", job_id], env=as_cli_co, capture_output=True,
+                            text=True, timeout=60)
+    assert hidden.returncode == 2 and f"no job {job_id!r}" in hidden.stderr
+
+    listed = subprocess.run([*CLI, "keys", "list"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(key_id))
+    assert "cli-co" in line and "active" in line and "ci bot" in line and key not in listed.stdout
+
+    revoked = subprocess.run([*CLI, "keys", "revoke", key_id], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert revoked.returncode == 0 and f"revoked {key_id}" in revoked.stdout
+    deadline = time.monotonic() + 10
+    while True:
+        refused = subprocess.run([*CLI, "status", job_id], env=as_cli_co,
+                                 capture_output=True, text=True, timeout=60)
+        if refused.returncode == 1:
+            break
+        assert time.monotonic() < deadline, refused.stderr
+    assert "401" in refused.stderr and "[unauthorized] invalid or revoked API key" in \
+        refused.stderr
+    bad = subprocess.run([*CLI, "keys", "create", "--tenant", "../x"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "a tenant is 1-64 letters" in bad.stderr
 
 
 def test_background_replaces_a_folder_of_photos_as_one_batch(e2e, tmp_path):

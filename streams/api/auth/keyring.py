@@ -1,0 +1,126 @@
+"""Every API key record on the api-keys topic, kept current in each worker's memory.
+
+Each worker reads the whole compacted topic (no consumer group: every worker needs every key),
+so any worker verifies any key and a revocation reaches all of them within one fetch. A key
+created a moment ago is found too: a lookup that misses waits until this reader has caught up
+with the topic's end (read-your-writes for `restyle keys create` followed by a request).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas.credentials import ApiKeyRecord
+
+log = logging.getLogger("restyle.auth")
+
+CATCH_UP_TIMEOUT_S = 3.0
+ASSIGNMENT_TIMEOUT_S = 30.0
+
+
+class KeyRing:
+    def __init__(self, bootstrap: str, topic: str):
+        self.bootstrap, self.topic = bootstrap, topic
+        self.records: dict[str, ApiKeyRecord] = {}
+        self.loaded = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._partitions: list[TopicPartition] = []
+        self._catching_up: asyncio.Task | None = None
+
+    def get(self, key_id: str) -> ApiKeyRecord | None:
+        return self.records.get(key_id)
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """Fold one topic message in: a record (the latest per key id wins) or a tombstone."""
+        if value is None:
+            if key:
+                self.records.pop(key.decode(errors="replace"), None)
+            return
+        try:
+            record = ApiKeyRecord.model_validate_json(value)
+        except ValidationError:
+            # Whoever can write this topic can mint keys (Kafka ACLs guard it); a malformed
+            # record is skipped, never fatal.
+            log.warning("skipped a malformed record on %s", self.topic)
+            return
+        self.records[record.key_id] = record
+
+    async def run(self) -> None:
+        """Read the topic from the beginning, forever (a faust task of the worker)."""
+        end = await self._open()
+        try:
+            while True:
+                if not self.loaded.is_set() and await self._reached(end):
+                    log.info("key ring loaded: %d API keys", len(self.records))
+                    self.loaded.set()
+                await self._read(500)
+        finally:
+            await self._close()
+
+    async def read_all(self) -> dict[str, ApiKeyRecord]:
+        """Read the topic once, up to its end (for `restyle keys list`)."""
+        end = await self._open()
+        try:
+            while not await self._reached(end):
+                await self._read(200)
+            return self.records
+        finally:
+            await self._close()
+
+    async def _open(self) -> dict:
+        """Start a reader on every partition from the beginning; returns their end offsets."""
+        # Subscribed without a group: aiokafka assigns this reader every partition itself.
+        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    fetch_max_wait_ms=200)
+        await consumer.start()
+        self._consumer = consumer
+        deadline = asyncio.get_running_loop().time() + ASSIGNMENT_TIMEOUT_S
+        while not consumer.assignment():
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"no partitions of {self.topic} after "
+                                   f"{ASSIGNMENT_TIMEOUT_S:.0f}s: does the topic exist?")
+            await asyncio.sleep(0.05)
+        self._partitions = sorted(consumer.assignment())
+        await consumer.seek_to_beginning(*self._partitions)
+        return await consumer.end_offsets(self._partitions)
+
+    async def _read(self, timeout_ms: int) -> None:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+        for messages in batches.values():
+            for message in messages:
+                self.apply(message.key, message.value)
+
+    async def _close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def _reached(self, end: dict) -> bool:
+        consumer = self._consumer
+        for partition, offset in end.items():
+            if await consumer.position(partition) < offset:
+                return False
+        return True
+
+    async def catch_up(self) -> None:
+        """Wait (bounded) until every record published before now has been read. Concurrent
+        misses share one wait, so a flood of bad keys costs one end-offset request at a
+        time."""
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.ensure_future(self._catch_up())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._catching_up), CATCH_UP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _catch_up(self) -> None:
+        consumer = self._consumer
+        if consumer is None or not self._partitions:
+            return
+        end = await consumer.end_offsets(self._partitions)
+        while not await self._reached(end):
+            await asyncio.sleep(0.02)

@@ -1,0 +1,176 @@
+"""The status API attacked the way an outsider would, on the running embedded stack: no
+credentials, made-up and revoked keys, forged, expired and wrong-algorithm JWTs, one tenant
+reading another's work, a body naming another tenant, faust's own pages. Each answer is the
+documented status and error shape, and a valid job submitted afterwards is still done."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+
+import jwt
+import pytest
+
+from schemas.credentials import Scope
+from streams.api.auth.keystore import create_key, revoke_key
+from streams.cli.client import run
+from tests.conftest import E2E_BROKERS, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET
+
+# The whole point of these cases is the HTTP gate, not the broker: run them on one.
+pytestmark = pytest.mark.usefixtures("first_broker_only")
+
+
+@pytest.fixture
+def first_broker_only(e2e):
+    if e2e.broker != E2E_BROKERS[0]:
+        pytest.skip("the status API's gate does not depend on the broker: run on the first one")
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token(**overrides) -> str:
+    now = int(time.time())
+    claims = {"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": "someone", "tenant": "jwt-co",
+              "iat": now, "nbf": now, "exp": now + 300, **overrides}
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, JWT_SECRET,
+                      algorithm="HS256")
+
+
+def assert_refused(answer, status: int, code: str) -> None:
+    got, body = answer
+    assert got == status, body
+    assert body["error"]["code"] == code and body["error"]["message"]
+
+
+def submit_batch(e2e, caller: str, photo: bytes, **fields) -> tuple[int, dict]:
+    uri = e2e.put_object(f"auth/{uuid.uuid4().hex[:8]}/room.jpg", photo)
+    return e2e.post_json("/batches", {"images": [{"uri": uri}], "prompt": "a quiet garden",
+                                      "params": {"seed": 1}, **fields}, tenant=caller)
+
+
+def test_every_page_but_health_needs_a_credential(e2e):
+    for method, path in [("GET", "/jobs/x"), ("GET", "/jobs/x/events"), ("GET", "/batches/x"),
+                         ("GET", "/products/search?q=sofa"), ("GET", "/catalog/ingests/x"),
+                         ("POST", "/batches"), ("POST", "/jobs"), ("POST", "/v1/titan"),
+                         ("POST", "/labels"), ("GET", "/jobs/x/titan")]:
+        status, body = e2e.request(method, path, data=b"{}" if method == "POST" else None,
+                                   authorized=False)
+        assert (status, body["error"]["code"]) == (401, "unauthorized"), (method, path)
+    request = urllib.request.Request(e2e.status_url + "/jobs/x")
+    try:
+        urllib.request.urlopen(request)
+    except urllib.error.HTTPError as refused:
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert e2e.request("GET", "/healthz", authorized=False)[0] == 200
+    with urllib.request.urlopen(e2e.status_url + "/metrics") as response:  # public by default
+        assert b"restyle_" in response.read()
+
+
+@pytest.mark.parametrize("credential", [
+    "", "Basic dXNlcjpwYXNz", "Bearer ", "Bearer rsk_nonsense",
+    "Bearer rsk_0123456789ab_" + "A" * 43,  # well formed, never issued
+    "Bearer " + "x" * 4_000, "Bearer rsk_" + "\u00e9" * 100,
+])
+def test_made_up_api_keys_are_refused(e2e, credential):
+    assert_refused(e2e.request("GET", "/jobs/x", headers={"Authorization": credential},
+                               authorized=False), 401, "unauthorized")
+
+
+def test_an_oversized_header_is_refused_before_any_page_runs(e2e):
+    # aiohttp's own limit (8 KiB per header line): a plain 400, and the worker carries on.
+    status, _ = e2e.request("GET", "/jobs/x", headers={"Authorization": "Bearer " + "x" * 10_000},
+                            authorized=False)
+    assert status == 400
+    assert e2e.request("GET", "/healthz", authorized=False)[0] == 200
+
+
+def test_a_revoked_key_stops_working_and_a_new_key_works_at_once(e2e):
+    settings = e2e.client_settings
+    key, record = run(create_key(settings, "short-lived"))
+    # Usable on the very next request: the worker catches up with the api-keys topic on a miss.
+    assert e2e.request("GET", "/jobs/none", headers=bearer(key), authorized=False)[0] == 404
+    run(revoke_key(settings, record.key_id))
+    deadline = time.monotonic() + 10
+    while e2e.request("GET", "/jobs/none", headers=bearer(key), authorized=False)[0] != 401:
+        assert time.monotonic() < deadline, "the revoked key was still accepted after 10 s"
+        time.sleep(0.2)
+
+
+def test_a_read_only_key_cannot_submit(e2e, room_photos):
+    key, _ = run(create_key(e2e.client_settings, "reader", scopes=(Scope.READ,)))
+    assert_refused(e2e.request("POST", "/batches", data=b"{}", headers={
+        **bearer(key), "Content-Type": "application/json"}, authorized=False), 403, "forbidden")
+    assert e2e.request("GET", "/jobs/none", headers=bearer(key), authorized=False)[0] == 404
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("forged", lambda: jwt.encode({"tenant": "jwt-co", "iss": JWT_ISSUER, "aud": JWT_AUDIENCE,
+                                   "exp": int(time.time()) + 60}, "not-the-secret-" * 3,
+                                  algorithm="HS256")),
+    ("expired", lambda: token(exp=int(time.time()) - 60)),
+    ("not yet valid", lambda: token(nbf=int(time.time()) + 600)),
+    ("wrong audience", lambda: token(aud="someone-else")),
+    ("wrong issuer", lambda: token(iss="https://attacker.test")),
+    ("wrong algorithm", lambda: jwt.encode({"tenant": "jwt-co", "iss": JWT_ISSUER,
+                                            "aud": JWT_AUDIENCE, "exp": int(time.time()) + 60},
+                                           JWT_SECRET, algorithm="HS512")),
+    ("alg none", lambda: jwt.encode({"tenant": "jwt-co", "iss": JWT_ISSUER,
+                                     "aud": JWT_AUDIENCE, "exp": int(time.time()) + 60},
+                                    None, algorithm="none")),
+    ("no tenant", lambda: token(tenant=None)),
+])
+def test_jwts_that_prove_nothing_are_refused(e2e, name, bad):
+    assert_refused(e2e.request("GET", "/jobs/x", headers=bearer(bad()), authorized=False),
+                   401, "unauthorized")
+
+
+def test_a_valid_jwt_acts_for_its_tenant_with_its_scopes(e2e):
+    assert e2e.request("GET", "/jobs/none", headers=bearer(token()), authorized=False)[0] == 404
+    assert_refused(e2e.request("POST", "/batches", data=b"{}", headers={
+        **bearer(token(scope="read")), "Content-Type": "application/json"},
+        authorized=False), 403, "forbidden")
+
+
+def test_faust_built_in_pages_are_not_served(e2e):
+    for path in ("/", "/router/", "/table/", "/table/restyle-jobs/", "/graph/", "/stats/",
+                 "/performance/"):
+        status, _ = e2e.get(path)
+        assert status == 404, path
+
+
+def test_a_tenant_sees_only_its_own_batches_jobs_streams_and_titan_results(e2e, room_photos):
+    photo = room_photos[2].read_bytes()
+    status, created = submit_batch(e2e, "tenant-a", photo)
+    assert status == 202, created
+    batch_id = created["batch_id"]
+    deadline = time.monotonic() + 240
+    while True:
+        status, batch = e2e.get(f"/batches/{batch_id}", tenant="tenant-a")
+        if status == 200 and batch["status"] != "running" and not batch["reporting"]:
+            break
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+    assert batch["tenant"] == "tenant-a" and batch["counts"]["succeeded"] == 1
+    report = json.loads(urllib.request.urlopen(batch["report"]["json"]).read())
+    job_id = report["images"][0]["job_id"]
+    assert e2e.get(f"/jobs/{job_id}", tenant="tenant-a")[1]["status"] == "done"
+
+    # Tenant B (and the default tenant) get exactly what an unknown id gets.
+    unknown = e2e.get("/batches/no-such-batch", tenant="tenant-b")
+    for tenant in ("tenant-b", None):
+        for path in (f"/batches/{batch_id}", f"/jobs/{job_id}", f"/jobs/{job_id}/events",
+                     f"/jobs/{job_id}/titan"):
+            status, body = e2e.get(path, tenant=tenant)
+            assert status == 404 and body["error"]["code"] == unknown[1]["error"]["code"], path
+
+
+def test_a_body_naming_another_tenant_is_refused(e2e, room_photos):
+    assert_refused(submit_batch(e2e, "tenant-a", room_photos[3].read_bytes(),
+                                tenant="tenant-b"), 403, "forbidden")
+    # Naming its own tenant is allowed (and changes nothing).
+    status, created = submit_batch(e2e, "tenant-a", room_photos[3].read_bytes(),
+                                   tenant="tenant-a")
+    assert status == 202, created
