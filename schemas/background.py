@@ -248,4 +248,6 @@ class WebhookDelivery(BaseModel):
     batch_id: str
     url: str
     secret_name: str | None = None
+    # The batch's tenant: a named secret signs only for the tenants it is given to.
+    tenant: str | None = None
     body: dict

@@ -19,12 +19,14 @@ from gpu_agent.engine import RenderEngine
 from streams.adapters.index import open_index
 from streams.adapters.storage import Storage
 from streams.api import batches as batches_api
-from streams.api.auth.keyring import KeyRing
-from streams.api.auth.middleware import Authenticator, auth_middleware
 from streams.api import catalog as catalog_api
 from streams.api import health as health_api
 from streams.api import jobs as jobs_api
+from streams.api.auth.keyring import KeyRing
+from streams.api.auth.middleware import Authenticator, auth_middleware
+from streams.api.limits import TenantLimiter, limit_middleware
 from streams.core.app import create_app
+from streams.core.kafka import client_options
 from streams.core.runtime import Runtime
 from streams.core.settings import Settings
 from streams.core.topics import ensure_topics
@@ -36,13 +38,15 @@ from streams.tracking.tables import open_tables
 def build_worker(settings: Settings, role: str, web_port: int | None = None) -> faust.App:
     sets = topic_sets()
     # Every worker reads the API keys: any of them may be asked to verify one.
-    keyring = KeyRing(settings.kafka_bootstrap, settings.topics.api_keys)
+    keyring = KeyRing(client_options(settings), settings.topics.api_keys)
     gate = auth_middleware(Authenticator(settings, keyring))
-    wiring = create_app(settings, role, topic_names(settings, sets), web_port, [gate])
+    limiter = TenantLimiter(settings)
+    wiring = create_app(settings, role, topic_names(settings, sets), web_port,
+                        [gate, limit_middleware(limiter)])
     wiring.app.task(keyring.run)
     rt = Runtime(settings, wiring, Storage.from_settings(settings), sets)
     if role == "cpu":
-        build_cpu_worker(rt, first_stages(sets))
+        build_cpu_worker(rt, first_stages(sets), limiter)
     elif role == "gpu":
         build_gpu_worker(rt)
     else:
@@ -51,7 +55,7 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     return wiring.app
 
 
-def build_cpu_worker(rt: Runtime, first_stages: dict[str, str]) -> None:
+def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantLimiter) -> None:
     """first_stages: pipeline name -> the topic its admitted jobs start on."""
     settings = rt.settings
     models = StageModels(settings)
@@ -65,7 +69,7 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str]) -> None:
     batches.register(rt, tables)
     webhooks.register(rt)
     ingests.register(rt, tables)
-    jobs_api.register(rt, tables)
+    jobs_api.register(rt, tables, limiter)
     catalog_api.register(rt, tables, models, index)
     batches_api.register(rt, tables, models)
 

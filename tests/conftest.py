@@ -324,8 +324,13 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S), "RESTYLE_JOB_SWEEP_INTERVAL_S": "2",
         "RESTYLE_QUALITY_STEPS": json.dumps({"standard": 2, "premium": 3}),
         "RESTYLE_WEBHOOK_SECRETS": json.dumps({"tests": WEBHOOK_SECRET}),
+        # The tests' webhook receivers listen on plain http on loopback.
+        "RESTYLE_WEBHOOK_ALLOW_HTTP": "true", "RESTYLE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
         "RESTYLE_JWT_ALGORITHMS": '["HS256"]', "RESTYLE_JWT_SECRET": JWT_SECRET,
         "RESTYLE_JWT_ISSUER": JWT_ISSUER, "RESTYLE_JWT_AUDIENCE": JWT_AUDIENCE,
+        # One tenant with tight limits, for the tests that run into them.
+        "RESTYLE_TENANT_LIMITS": json.dumps({"throttled": {"submit_rate": "3/minute"},
+                                             "small-batches": {"max_batch_images": 2}}),
     }
     if os.environ.get("RESTYLE_TEST_GUARANTEE"):
         extra_env["RESTYLE_PROCESSING_GUARANTEE"] = os.environ["RESTYLE_TEST_GUARANTEE"]
@@ -340,7 +345,12 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
     from streams.core.settings import load_settings
 
     catalog = sample_catalog_dir(state / "catalog")
-    ingest_source(load_settings(state_dir=state), str(catalog))
+    try:
+        ingest_source(load_settings(state_dir=state), str(catalog))
+    except BaseException:  # no teardown runs for a fixture that fails before its yield
+        stack.stop()
+        stop_broker()
+        raise
     collector = TopicCollector(stack.endpoints["kafka_bootstrap"],
                                ["restyle.results", "restyle.dlq", "restyle.job-events",
                                 "restyle.notifications"],

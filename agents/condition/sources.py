@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from agents.condition.topics import ConditionTopics
 from streams.adapters.storage import S3Store
+from streams.core.kafka import client_options
 from streams.core.settings import Settings
 
 log = logging.getLogger("restyle.bucket")
@@ -54,7 +55,7 @@ async def bridge_sqs(settings: Settings, queue_url: str, endpoint_url: str | Non
 
     counts = BridgeCounts()
     stop = stop or asyncio.Event()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+    producer = AIOKafkaProducer(**client_options(settings), acks="all",
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
     session = aioboto3.Session()
@@ -109,7 +110,7 @@ async def watch(settings: Settings, stop: asyncio.Event | None = None,
     watched = sorted({(r.bucket, r.prefix) for r in settings.rules if r.bucket != "*"})
     store = S3Store(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
                     settings.s3_region)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings), acks="all")
     await producer.start()
     seen: set[tuple[str, str, str]] = set()
     log.info("watching %s", ", ".join(f"s3://{b}/{p}" for b, p in watched))

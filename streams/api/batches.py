@@ -18,10 +18,11 @@ from schemas import ErrorCode, StageFailure
 from schemas.background import BackgroundBatch, BackgroundResult
 from schemas.titan import TitanRequest
 from streams.adapters.images import decode_image, encode_png, fit_within
+from streams.adapters.outbound import UnsafeTarget
 from streams.api.routing import error_response, routed, until_known
 from streams.api.tenancy import ForeignTenant, acting_tenant, sees
 from streams.core.runtime import Runtime, describe_validation
-from streams.tracking import batches
+from streams.tracking import batches, webhooks
 from streams.tracking.tables import Tables
 
 MAX_LABEL_IMAGE_BYTES = 20 * 1024 * 1024
@@ -57,6 +58,20 @@ def register(rt: Runtime, tables: Tables, models) -> None:
             except ValidationError as exc:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                       describe_validation(exc))
+            if batch.webhook is not None:
+                try:  # refused now, not when the batch ends
+                    webhooks.policy_of(settings).check_url(batch.webhook.url)
+                    webhooks.secret_for(settings, batch.webhook.secret_name, body["tenant"])
+                except UnsafeTarget as exc:
+                    return error_response(self, 400, "unsafe_webhook", exc.args[0])
+                except KeyError as exc:
+                    return error_response(self, 400, "unknown_webhook_secret", exc.args[0])
+            allowed = settings.limits_for(body["tenant"]).max_batch_images
+            if len(batch.images) > allowed:
+                return error_response(self, 413, "batch_too_large",
+                                      f"a batch of tenant {body['tenant']!r} may list at most "
+                                      f"{allowed} images (RESTYLE_TENANT_MAX_BATCH_IMAGES); "
+                                      f"this one lists {len(batch.images)}")
             batch_id = batch.batch_id or uuid.uuid4().hex
             # Through the uploads topic, like any upstream system's batch.
             await rt.channels[rt.topics.uploads].send(key=batch_id.encode(), value=batch.model_copy(

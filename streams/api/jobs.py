@@ -13,8 +13,9 @@ from faust import web
 from schemas import ErrorCode, JobState
 from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
+from streams.api.limits import TenantLimiter, TooManyStreams
 from streams.api.routing import error_response, routed, until_known
-from streams.api.tenancy import ForeignTenant, acting_tenant, sees
+from streams.api.tenancy import ForeignTenant, acting_tenant, caller, sees
 from streams.core.runtime import Runtime
 from streams.tracking.tables import Tables
 
@@ -31,7 +32,7 @@ async def present(rt: Runtime, state: JobState) -> dict:
     return body
 
 
-def register(rt: Runtime, tables: Tables) -> None:
+def register(rt: Runtime, tables: Tables, limiter: TenantLimiter) -> None:
     app, jobs, board = rt.app, tables.jobs, tables.board
 
     def lookup(request, job_id: str) -> JobState | None:
@@ -48,29 +49,38 @@ def register(rt: Runtime, tables: Tables) -> None:
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
             return self.json(await present(rt, state))
 
+    async def stream_job(request, job_id: str) -> aioweb.StreamResponse:
+        """Server-Sent Events: one per change of the job, until it is done or failed."""
+        response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                                  "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        last = None
+        while True:
+            state = board.get(job_id)
+            snapshot = (state.status, state.progress, state.updated_at)
+            if snapshot != last:
+                last = snapshot
+                payload = json.dumps(await present(rt, state))
+                await response.write(f"event: {state.status.value}\ndata: {payload}\n\n"
+                                     .encode())
+            if state.status.terminal:
+                break
+            await asyncio.sleep(SSE_POLL_S)
+        await response.write_eof()
+        return response
+
     @app.page("/jobs/{job_id}/events")
     class JobEventsView(web.View):
         @routed(rt, jobs)
         async def get(self, request: web.Request, job_id: str):
             if lookup(request, job_id) is None:
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
-            response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                                      "Cache-Control": "no-cache"})
-            await response.prepare(request)
-            last = None
-            while True:
-                state = board.get(job_id)
-                snapshot = (state.status, state.progress, state.updated_at)
-                if snapshot != last:
-                    last = snapshot
-                    payload = json.dumps(await present(rt, state))
-                    await response.write(f"event: {state.status.value}\ndata: {payload}\n\n"
-                                         .encode())
-                if state.status.terminal:
-                    break
-                await asyncio.sleep(SSE_POLL_S)
-            await response.write_eof()
-            return response
+            try:
+                with limiter.stream(caller(request).tenant):
+                    return await stream_job(request, job_id)
+            except TooManyStreams as exc:
+                return error_response(self, 429, "too_many_streams", str(exc),
+                                      {"Retry-After": "5"})
 
     @app.page("/jobs")
     class SubmitView(web.View):

@@ -21,6 +21,7 @@ from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import IMAGE_SUFFIXES
 from streams.adapters.storage import Storage
 from streams.cli.client import api_get
+from streams.core.kafka import client_options
 from streams.core.settings import Settings
 
 CSV_NAME = "catalog.csv"
@@ -126,7 +127,7 @@ async def stage_local_images(storage: Storage, settings: Settings,
 async def publish(settings: Settings, events: list[CatalogEvent]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(settings), linger_ms=5)
     await producer.start()
     try:
         sends = [await producer.send(CatalogTopics().catalog,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from schemas.uris import join_uri
 from streams.adapters.storage import Storage
+from streams.core.kafka import client_options
 from streams.core.settings import Settings
 
 
@@ -45,7 +46,7 @@ async def publish_one(settings: Settings, topic: str, key: str, value: bytes,
     """Publish one message and wait until the broker has it."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **producer_options)
+    producer = AIOKafkaProducer(**client_options(settings), **producer_options)
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key.encode())

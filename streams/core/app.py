@@ -9,6 +9,7 @@ from typing import Iterable
 import faust
 
 from streams.core.consumer import use_fetch_max_wait
+from streams.core.kafka import faust_credentials
 from streams.core.settings import Settings
 
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings, role: str, topic_names: Iterable[str],
     app = faust.App(
         settings.app_id if role == "cpu" else f"{settings.app_id}-gpu",
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        **faust_credentials(settings),
         # Job state lives in a local store: recovery must not depend on the broker's end offsets.
         store="rocksdb://",
         datadir=str(datadir),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from streams.core.kafka import client_options
 from streams.core.settings import Settings
 
 log = logging.getLogger("restyle.topics")
@@ -18,7 +19,7 @@ async def ensure_topics(settings: Settings, names: list[str], timeout_s: float =
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+    admin = AIOKafkaAdminClient(**client_options(settings),
                                 request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:

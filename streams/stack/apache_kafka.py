@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from streams.stack.embedded import Service, free_port, start_process, wait_for_port
+from streams.stack.kafka_security import SecureListener
 
 KAFKA_VERSION = "4.1.2"
 LOG4J_VERSION = "2.25.3"  # the Log4j2 that kafka-server 4.1.2 depends on; its SLF4J binding
@@ -74,11 +75,7 @@ logger.request.level = WARN
 SERVER_PROPERTIES = """process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs={data_dir}
 num.partitions=1
 auto.create.topics.enable=true
@@ -96,6 +93,12 @@ log.cleaner.dedupe.buffer.size=2097152
 # cores the workers use (broker CPU per makeover job 113 ms against 134-157 with the defaults).
 num.io.threads=2
 num.network.threads=1
+"""
+
+PLAINTEXT_LISTENER = """listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 """
 
 # A small heap and the quick JIT tier only (TieredStopAtLevel=1 halves the time to a listening
@@ -188,23 +191,31 @@ def cluster_id() -> str:
 
 
 def start_apache_kafka(work_dir: Path, log_dir: Path, port: int | None = None,
-                       timeout_s: float = 90) -> tuple[Service, str]:
-    """Format fresh storage in work_dir and start the broker; returns (service, bootstrap)."""
+                       timeout_s: float = 90, secure: SecureListener | None = None
+                       ) -> tuple[Service, str]:
+    """Format fresh storage in work_dir and start the broker; returns (service, bootstrap).
+    secure: listen with SASL_SSL only (its certificates are issued, its users created)."""
     java, lib = java_binary(), fetch_jars()
     port, controller_port = port or free_port(), free_port()
     work_dir = Path(work_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     (work_dir / "logs").mkdir(parents=True)
     properties = work_dir / "server.properties"
+    if secure is not None:
+        secure.issue()
+        listener = secure.properties(port, controller_port)
+    else:
+        listener = PLAINTEXT_LISTENER.format(port=port, controller_port=controller_port)
     properties.write_text(SERVER_PROPERTIES.format(port=port, controller_port=controller_port,
-                                                   data_dir=work_dir / "data"))
+                                                   data_dir=work_dir / "data") + listener)
     (work_dir / "log4j2.properties").write_text(LOG4J2)
     flags = jvm_flags() + [f"-Dlog4j2.configurationFile={work_dir / 'log4j2.properties'}",
                            f"-Dkafka.logs.dir={work_dir / 'logs'}"]
     classpath = f"{lib}/*"
     formatted = subprocess.run(
         [java, *flags, "-cp", classpath, "kafka.tools.StorageTool", "format",
-         "-c", str(properties), "--cluster-id", cluster_id()],
+         "-c", str(properties), "--cluster-id", cluster_id(),
+         *(secure.scram_arguments() if secure else [])],
         capture_output=True, text=True)
     if formatted.returncode != 0:
         raise KafkaUnavailable(f"formatting Kafka storage failed: {formatted.stdout}"

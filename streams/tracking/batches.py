@@ -80,7 +80,7 @@ async def report_and_notify(rt: Runtime, tables: Tables, state: BatchState,
     if url:
         await rt.send(rt.topics.webhooks, state.batch_id, WebhookDelivery(
             batch_id=state.batch_id, url=url,
-            secret_name=webhook.secret_name if webhook else None,
+            secret_name=webhook.secret_name if webhook else None, tenant=state.tenant,
             body=notification.model_dump(mode="json")))
 
 

@@ -16,6 +16,7 @@ import time
 import aiohttp
 
 from schemas.background import BatchEvent, BatchEventKind, WebhookDelivery
+from streams.adapters.outbound import OutboundPolicy, UnsafeTarget, guarded_session, redact
 from streams.core.runtime import Runtime
 
 log = logging.getLogger("restyle.webhooks")
@@ -31,12 +32,16 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def secret_for(settings, secret_name: str | None) -> str | None:
+def secret_for(settings, secret_name: str | None, tenant: str | None) -> str | None:
+    """The secret a tenant's batch signs with. Unknown names and names given to other tenants
+    get one answer, so a submitter learns nothing about other tenants' secrets."""
     if secret_name is None:
         return settings.webhook_secret
-    if secret_name not in settings.webhook_secrets:
-        raise KeyError(f"no webhook secret named {secret_name!r} is configured "
-                       f"(RESTYLE_WEBHOOK_SECRETS)")
+    tenant = tenant or settings.default_tenant
+    allowed = settings.webhook_secret_tenants.get(secret_name, [settings.default_tenant])
+    if secret_name not in settings.webhook_secrets or tenant not in allowed:
+        raise KeyError(f"no webhook secret named {secret_name!r} is configured for tenant "
+                       f"{tenant!r} (RESTYLE_WEBHOOK_SECRETS, RESTYLE_WEBHOOK_SECRET_TENANTS)")
     return settings.webhook_secrets[secret_name]
 
 
@@ -44,21 +49,28 @@ def retryable(status: int) -> bool:
     return status >= 500 or status in (408, 425, 429)
 
 
+def policy_of(settings) -> OutboundPolicy:
+    return OutboundPolicy.of(settings.webhook_allow_http, settings.webhook_allowed_networks)
+
+
 async def deliver(settings, delivery: WebhookDelivery, sleep=asyncio.sleep) -> dict:
-    """POST the body until it is accepted (2xx) or attempts run out; the delivery outcome."""
+    """POST the body until it is accepted (2xx) or attempts run out; the delivery outcome,
+    as users see it (the URL redacted, errors without internal detail)."""
     body = json.dumps(delivery.body, separators=(",", ":")).encode()
-    outcome = {"url": delivery.url, "status": "failed", "attempts": 0, "http_status": None,
+    shown = redact(delivery.url)
+    outcome = {"url": shown, "status": "failed", "attempts": 0, "http_status": None,
                "error": None, "signed": False}
+    policy = policy_of(settings)
     try:
-        secret = secret_for(settings, delivery.secret_name)
-    except KeyError as exc:
-        outcome["error"] = str(exc)
+        secret = secret_for(settings, delivery.secret_name, delivery.tenant)
+        policy.check_url(delivery.url)
+    except (KeyError, UnsafeTarget) as exc:
+        outcome["error"] = exc.args[0]
         return outcome
     # Unsigned only when no secret is configured at all (recorded as "signed": false).
     outcome["signed"] = bool(secret)
-    timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_s)
     delay = settings.webhook_backoff_s
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with guarded_session(policy, settings.webhook_timeout_s) as session:
         for attempt in range(1, settings.webhook_attempts + 1):
             outcome["attempts"] = attempt
             timestamp = str(int(time.time()))
@@ -68,16 +80,31 @@ async def deliver(settings, delivery: WebhookDelivery, sleep=asyncio.sleep) -> d
             if secret:
                 headers["X-Restyle-Signature"] = sign(secret, timestamp, body)
             try:
-                async with session.post(delivery.url, data=body, headers=headers) as response:
+                async with session.post(delivery.url, data=body, headers=headers,
+                                        allow_redirects=False) as response:
                     outcome["http_status"] = response.status
                     if 200 <= response.status < 300:
                         outcome.update(status="delivered", error=None)
                         return outcome
                     outcome["error"] = f"HTTP {response.status}"
+                    if 300 <= response.status < 400:
+                        outcome["error"] += ": redirects are not followed"
                     if not retryable(response.status):
                         return outcome  # the receiver refuses it: retrying will not help
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                outcome["error"] = f"{type(exc).__name__}: {exc}"
+            except UnsafeTarget as exc:
+                outcome["error"] = exc.args[0]
+                return outcome
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, UnsafeTarget):
+                    outcome["error"] = exc.os_error.args[0]
+                    return outcome
+                log.info("webhook %s: %s", shown, exc)  # the detail stays in the log
+                outcome["error"] = "could not connect to the webhook host"
+            except asyncio.TimeoutError:
+                outcome["error"] = f"no answer within {settings.webhook_timeout_s:g} s"
+            except aiohttp.ClientError as exc:
+                log.info("webhook %s: %s", shown, exc)
+                outcome["error"] = "the webhook connection failed"
             if attempt < settings.webhook_attempts:
                 await sleep(delay)
                 delay *= 2

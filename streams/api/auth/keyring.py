@@ -22,8 +22,9 @@ ASSIGNMENT_TIMEOUT_S = 30.0
 
 
 class KeyRing:
-    def __init__(self, bootstrap: str, topic: str):
-        self.bootstrap, self.topic = bootstrap, topic
+    def __init__(self, connection: dict, topic: str):
+        """connection: aiokafka client options (streams.core.kafka.client_options)."""
+        self.connection, self.topic = connection, topic
         self.records: dict[str, ApiKeyRecord] = {}
         self.loaded = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -73,7 +74,7 @@ class KeyRing:
     async def _open(self) -> dict:
         """Start a reader on every partition from the beginning; returns their end offsets."""
         # Subscribed without a group: aiokafka assigns this reader every partition itself.
-        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(self.topic, **self.connection, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     fetch_max_wait_ms=200)
         await consumer.start()

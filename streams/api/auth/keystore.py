@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from schemas.credentials import DEFAULT_SCOPES, ApiKeyRecord, Scope
 from streams.api.auth.api_keys import mint
 from streams.api.auth.keyring import KeyRing
+from streams.core.kafka import client_options
 from streams.core.settings import Settings
 from streams.core.topics import ensure_topics
 
@@ -24,7 +25,7 @@ async def create_key(settings: Settings, tenant: str, name: str | None = None,
 
 async def list_keys(settings: Settings) -> list[ApiKeyRecord]:
     await ensure_topics(settings, [settings.topics.api_keys])
-    records = await KeyRing(settings.kafka_bootstrap, settings.topics.api_keys).read_all()
+    records = await KeyRing(client_options(settings), settings.topics.api_keys).read_all()
     return sorted(records.values(), key=lambda record: record.created_at)
 
 
@@ -42,7 +43,7 @@ async def revoke_key(settings: Settings, key_id: str) -> ApiKeyRecord | None:
 
 async def _publish(settings: Settings, record: ApiKeyRecord) -> None:
     await ensure_topics(settings, [settings.topics.api_keys])
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(settings.topics.api_keys, record.model_dump_json().encode(),

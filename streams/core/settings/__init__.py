@@ -18,6 +18,7 @@ from streams.core.settings.catalog import CatalogSettings
 from streams.core.settings.condition import ConditionSettings
 from streams.core.settings.gpu import GpuSettings
 from streams.core.settings.index import IndexSettings
+from streams.core.settings.limits import LimitSettings
 from streams.core.settings.makeover import MakeoverSettings
 from streams.core.settings.models import ModelSettings
 from streams.core.settings.render import RenderSettings
@@ -27,7 +28,7 @@ from streams.core.settings.web import WebSettings
 from streams.core.settings.webhooks import WebhookSettings
 
 # Index and condition settings read the storage ones (state_dir, s3_bucket): they come first.
-CONCERNS = (BrokerSettings, WebSettings, AuthSettings, IndexSettings, ConditionSettings, StorageSettings,
+CONCERNS = (BrokerSettings, WebSettings, AuthSettings, LimitSettings, IndexSettings, ConditionSettings, StorageSettings,
             ModelSettings, GpuSettings, TrackingSettings, RenderSettings, MakeoverSettings,
             BackgroundSettings, WebhookSettings, CatalogSettings)
 

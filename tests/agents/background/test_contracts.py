@@ -261,9 +261,13 @@ async def no_wait(_seconds):
     pass
 
 
+# The receivers here listen on plain http on loopback, which deployments refuse by default.
+LOCAL_RECEIVER = {"webhook_allow_http": True, "webhook_allowed_networks": ["127.0.0.1/32"]}
+
+
 def test_a_webhook_is_signed_and_retried_until_it_is_accepted():
     receiver = Receiver([500, 503, 200])
-    settings = Settings(webhook_secrets={"acme": "s3cret"}, webhook_attempts=5)
+    settings = Settings(webhook_secrets={"acme": "s3cret"}, webhook_attempts=5, **LOCAL_RECEIVER)
     delivery = WebhookDelivery(batch_id="b", url=receiver.url, secret_name="acme",
                                body={"type": "batch.completed", "batch_id": "b"})
     try:
@@ -281,7 +285,7 @@ def test_a_webhook_is_signed_and_retried_until_it_is_accepted():
 
 def test_a_refusing_webhook_is_not_retried_and_a_dead_one_gives_up_with_the_cause():
     receiver = Receiver([400])
-    settings = Settings(webhook_attempts=4)
+    settings = Settings(webhook_attempts=4, **LOCAL_RECEIVER)
     try:
         refused = asyncio.run(deliver(settings, WebhookDelivery(
             batch_id="b", url=receiver.url, body={}), sleep=no_wait))
@@ -296,6 +300,28 @@ def test_a_refusing_webhook_is_not_retried_and_a_dead_one_gives_up_with_the_caus
         batch_id="b", url=receiver.url, secret_name="nope", body={}), sleep=no_wait))
     assert unknown["status"] == "failed" and "no webhook secret named 'nope'" in \
         unknown["error"]
+
+
+def test_a_tenant_cannot_sign_with_a_secret_given_to_another():
+    receiver = Receiver([])
+    settings = Settings(webhook_secrets={"acme-hooks": "s3cret"},
+                        webhook_secret_tenants={"acme-hooks": ["acme"]}, **LOCAL_RECEIVER)
+
+    def send(tenant):
+        return asyncio.run(deliver(settings, WebhookDelivery(
+            batch_id="b", url=receiver.url, secret_name="acme-hooks", tenant=tenant,
+            body={}), sleep=no_wait))
+
+    try:
+        borrowed, unnamed, own = send("globex"), send(None), send("acme")
+    finally:
+        receiver.close()
+    for refused in (borrowed, unnamed):
+        assert refused["status"] == "failed" and refused["attempts"] == 0
+        assert "no webhook secret named 'acme-hooks' is configured for tenant" in \
+            refused["error"]
+    assert own["status"] == "delivered" and own["signed"] is True
+    assert len(receiver.requests) == 1
 
 
 # --- the GPU worker's duty cycle ---

@@ -120,7 +120,9 @@ def test_the_status_api_accepts_uploads_and_streams_progress(e2e, room_photos):
     assert events[-1] == "done"
     final = json.loads([line for line in text.splitlines() if line.startswith("data: ")][-1][6:])
     assert final["result"]["seed"] == 3
-    stored = e2e.s3.get_object(Bucket="restyle", Key=f"uploads/{job_id}/room.jpg")["Body"].read()
+    # Stored under the caller's tenant (the default one: the stack's own key).
+    stored = e2e.s3.get_object(Bucket="restyle",
+                               Key=f"uploads/default/{job_id}/room.jpg")["Body"].read()
     assert stored == photo
 
 

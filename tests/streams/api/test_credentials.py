@@ -72,7 +72,7 @@ def test_a_tenant_is_a_plain_name():
 
 
 def test_the_key_ring_keeps_the_latest_record_and_skips_garbage():
-    ring = KeyRing("unused:9092", "keys")
+    ring = KeyRing({"bootstrap_servers": "unused:9092"}, "keys")
     key, record = mint("acme", now=1.0)
     ring.apply(record.key_id.encode(), record.model_dump_json().encode())
     assert verifies(ring.get(record.key_id), key)

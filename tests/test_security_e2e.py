@@ -1,7 +1,8 @@
 """The status API attacked the way an outsider would, on the running embedded stack: no
 credentials, made-up and revoked keys, forged, expired and wrong-algorithm JWTs, one tenant
-reading another's work, a body naming another tenant, faust's own pages. Each answer is the
-documented status and error shape, and a valid job submitted afterwards is still done."""
+reading another's work, a body naming another tenant, faust's own pages, a tenant over its
+limits, webhooks aimed inside the network. Each answer is the documented status and error
+shape, and a valid batch submitted among them is still done."""
 from __future__ import annotations
 
 import json
@@ -174,3 +175,44 @@ def test_a_body_naming_another_tenant_is_refused(e2e, room_photos):
     status, created = submit_batch(e2e, "tenant-a", room_photos[3].read_bytes(),
                                    tenant="tenant-a")
     assert status == 202, created
+
+
+def test_a_tenant_over_its_rate_gets_429_with_retry_after_and_others_carry_on(e2e):
+    answers = [e2e.request("POST", "/batches", data=b"{}", tenant="throttled",
+                           headers={"Content-Type": "application/json"}) for _ in range(4)]
+    assert [status for status, _ in answers] == [400, 400, 400, 429]
+    assert_refused(answers[-1], 429, "rate_limited")
+    request = urllib.request.Request(e2e.status_url + "/batches", data=b"{}", method="POST",
+                                     headers={**e2e.auth("throttled"),
+                                              "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request)
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 429
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert refused.headers["RateLimit-Limit"] == "3"
+        assert refused.headers["RateLimit-Remaining"] == "0"
+    # Another tenant is not held back by it.
+    assert e2e.request("POST", "/batches", data=b"{}", tenant="tenant-b",
+                       headers={"Content-Type": "application/json"})[0] == 400
+
+
+def test_a_batch_larger_than_the_tenant_may_send_is_refused_whole(e2e):
+    images = [{"uri": f"s3://{e2e.bucket}/big/{n}.png"} for n in range(3)]
+    status, body = e2e.post_json("/batches", {"images": images, "prompt": "x"},
+                                 tenant="small-batches")
+    assert_refused((status, body), 413, "batch_too_large")
+    assert "at most 2 images" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("webhook, code", [
+    ({"url": "http://169.254.169.254/latest/meta-data/"}, "unsafe_webhook"),
+    ({"url": "https://10.0.0.7:9200/_search"}, "unsafe_webhook"),
+    ({"url": "https://hooks.example.com/x", "secret_name": "tests"}, "unknown_webhook_secret"),
+])
+def test_a_webhook_pointing_inside_or_borrowing_a_secret_is_refused_at_submission(
+        e2e, room_photos, webhook, code):
+    # (The test stack lets webhooks reach 127.0.0.1 over http, for its own receivers; the
+    # cloud metadata address and other private networks stay refused.)
+    status, body = submit_batch(e2e, "tenant-a", room_photos[5].read_bytes(), webhook=webhook)
+    assert_refused((status, body), 400, code)
