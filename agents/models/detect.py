@@ -22,7 +22,10 @@ class Detector(PretrainedRole):
         if not labels:
             return []
         prepared, scale = _shrink_for(image, _input_side(self.processor))
-        inputs = self.processor(text=[labels], images=prepared, return_tensors="pt", padding=True)
+        # Truncated to the text encoder's length (16 tokens for OWL-ViT): a longer label used to
+        # crash the model with a tensor size mismatch.
+        inputs = self.processor(text=[labels], images=prepared, return_tensors="pt",
+                                padding=True, truncation=True)
         outputs = self.model(**inputs.to(self.device))
         # OWLv2 pads the image to a square before resizing: the boxes then refer to the padded
         # square, so post-process against the square side and clip to the real image.

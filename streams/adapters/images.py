@@ -7,9 +7,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from schemas import ErrorCode, StageFailure
 
-# restyle enforces its own, configurable pixel limit (RESTYLE_MAX_IMAGE_PIXELS) from the header
-# in decode_image, with a message naming the size; Pillow's fixed global check would pre-empt it.
-Image.MAX_IMAGE_PIXELS = None
+# restyle checks its own, configurable pixel limit (RESTYLE_MAX_IMAGE_PIXELS) from the header in
+# decode_image, with a message naming the size. Pillow's global guard stays on behind it (it
+# refuses above 2 x 89.5 Mpx whatever restyle is configured to allow).
+
+# The formats restyle decodes: photo formats only. Pillow would otherwise also open EPS (through
+# Ghostscript, a history of code execution bugs), PSD, ICNS, font and scientific formats.
+# (JPEG covers the multi-picture JPEGs phones write: Pillow opens them as MPO.)
+DECODABLE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 # What counts as an image when a directory or a storage prefix is listed.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -24,11 +29,14 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image",
     if not data:
         raise StageFailure(ErrorCode.NOT_AN_IMAGE, f"{name} is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+        # Lazy: reads the header only.
+        image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise StageFailure(ErrorCode.IMAGE_TOO_LARGE, f"{name}: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise StageFailure(ErrorCode.NOT_AN_IMAGE,
-                           f"{name} is not an image format restyle can read "
-                           f"(first bytes {data[:8]!r})") from None
+                           f"{name} is not an image format restyle reads "
+                           f"({', '.join(DECODABLE_FORMATS)}; first bytes {data[:8]!r})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise StageFailure(ErrorCode.IMAGE_TOO_LARGE,

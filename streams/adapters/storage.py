@@ -10,10 +10,23 @@ from schemas import ErrorCode, StageFailure
 from schemas.uris import ObjectRef, parse_uri
 
 
+def too_large(ref: ObjectRef, size: int, max_bytes: int) -> StageFailure:
+    return StageFailure(ErrorCode.IMAGE_TOO_LARGE,
+                        f"{ref.uri} is {size:,} bytes, above the limit of {max_bytes:,} "
+                        f"(RESTYLE_MAX_IMAGE_BYTES)")
+
+
 class FileStore:
-    async def get(self, ref: ObjectRef) -> bytes:
+    async def get(self, ref: ObjectRef, max_bytes: int | None = None) -> bytes:
+        def read() -> bytes:
+            path = Path(ref.key)
+            size = path.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                raise too_large(ref, size, max_bytes)
+            return path.read_bytes()
+
         try:
-            return await asyncio.to_thread(Path(ref.key).read_bytes)
+            return await asyncio.to_thread(read)
         except FileNotFoundError:
             raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") from None
         except IsADirectoryError:
@@ -73,12 +86,19 @@ class S3Store:
             await self._client_cm.__aexit__(None, None, None)
             self._client = self._client_cm = None
 
-    async def get(self, ref: ObjectRef) -> bytes:
+    async def get(self, ref: ObjectRef, max_bytes: int | None = None) -> bytes:
         client = await self.client()
         try:
             response = await client.get_object(Bucket=ref.bucket, Key=ref.key)
             async with response["Body"] as body:
+                # The size is in the response headers: an oversized object is refused before
+                # its body is read.
+                size = response.get("ContentLength") or 0
+                if max_bytes is not None and size > max_bytes:
+                    raise too_large(ref, size, max_bytes)
                 return await body.read()
+        except StageFailure:
+            raise
         except client.exceptions.NoSuchKey:
             raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") from None
         except client.exceptions.NoSuchBucket:
@@ -150,11 +170,15 @@ def _status(exc: Exception) -> int | None:
 class Storage:
     """The one entry point stages use: it polices URIs and routes them to their store."""
 
-    def __init__(self, s3: S3Store, file_roots: list[Path], presign_expiry_s: int = 3600):
+    def __init__(self, s3: S3Store, file_roots: list[Path], presign_expiry_s: int = 3600,
+                 buckets: frozenset[str] | None = None):
+        """buckets: the only S3 buckets restyle reads or writes (None: any its credentials
+        reach)."""
         self.s3 = s3
         self.files = FileStore()
         self.file_roots = file_roots
         self.presign_expiry_s = presign_expiry_s
+        self.buckets = buckets
 
     @classmethod
     def from_settings(cls, settings) -> "Storage":
@@ -163,15 +187,24 @@ class Storage:
         roots = list(settings.file_roots)
         if settings.results_base.startswith("file://"):
             roots.append(Path(settings.results_base[len("file://"):]))
-        return cls(s3, roots, settings.presign_expiry_s)
+        return cls(s3, roots, settings.presign_expiry_s, settings.allowed_buckets)
 
     def _route(self, uri: str) -> tuple[FileStore | S3Store, ObjectRef]:
         ref = parse_uri(uri, self.file_roots)
+        self._police_bucket(ref.bucket if ref.scheme == "s3" else None, uri)
         return (self.s3 if ref.scheme == "s3" else self.files), ref
 
-    async def get(self, uri: str) -> bytes:
+    def _police_bucket(self, bucket: str | None, uri: str) -> None:
+        if bucket is not None and self.buckets is not None and bucket not in self.buckets:
+            raise StageFailure(ErrorCode.URI_REFUSED,
+                               f"{uri!r}: bucket {bucket!r} is not one restyle may use "
+                               f"({', '.join(sorted(self.buckets))}; RESTYLE_S3_BUCKETS)")
+
+    async def get(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; with max_bytes, an object above it is refused (IMAGE_TOO_LARGE)
+        from its size alone."""
         store, ref = self._route(uri)
-        return await store.get(ref)
+        return await store.get(ref, max_bytes)
 
     async def put(self, uri: str, data: bytes, content_type: str = "application/octet-stream",
                   metadata: dict[str, str] | None = None) -> None:
@@ -190,7 +223,9 @@ class Storage:
         """URIs of every object under a prefix (s3://bucket/prefix/ or a file:// directory)."""
         bucket_only = prefix_uri.startswith("s3://") and "/" not in prefix_uri[5:].rstrip("/")
         if bucket_only:  # the whole bucket: a prefix, though not an object key
-            return await self.s3.list(ObjectRef("s3", prefix_uri[5:].rstrip("/"), ""))
+            bucket = prefix_uri[5:].rstrip("/")
+            self._police_bucket(bucket, prefix_uri)
+            return await self.s3.list(ObjectRef("s3", bucket, ""))
         store, ref = self._route(prefix_uri)
         return await store.list(ref)
 

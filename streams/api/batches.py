@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import uuid
 
 from faust import web
@@ -21,26 +20,28 @@ from streams.adapters.images import decode_image, encode_png, fit_within
 from streams.adapters.outbound import UnsafeTarget
 from streams.api.routing import error_response, routed, until_known
 from streams.api.tenancy import ForeignTenant, acting_tenant, sees
-from streams.core.runtime import Runtime, describe_validation
+from streams.core.runtime import Runtime, describe_validation, json_object
 from streams.tracking import batches, webhooks
 from streams.tracking.tables import Tables
 
 MAX_LABEL_IMAGE_BYTES = 20 * 1024 * 1024
+# The detector runs one text query per label: bound the count (and the length: longer labels
+# are cut to the text encoder's 16 tokens anyway) so one request cannot hold a worker.
+MAX_LABELS, MAX_LABEL_CHARS = 64, 100
 
 
 def register(rt: Runtime, tables: Tables, models) -> None:
     app, settings = rt.app, rt.settings
 
     async def json_body(view, request):
+        """The body as a JSON object, parsed off the event loop (Titan bodies run to 32 MB)."""
+        raw = await request.read()
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            return await asyncio.to_thread(json_object, raw), None
+        except StageFailure as failure:
             return None, error_response(view, 400, ErrorCode.INVALID_JSON.value,
-                                        "the body must be a JSON object")
-        if not isinstance(body, dict):
-            return None, error_response(view, 400, ErrorCode.INVALID_JSON.value,
-                                        "the body must be a JSON object")
-        return body, None
+                                        f"the body must be a JSON object: "
+                                        f"{failure.error.message}")
 
     @app.page("/batches")
     class BatchSubmitView(web.View):
@@ -141,6 +142,10 @@ def register(rt: Runtime, tables: Tables, models) -> None:
             except StageFailure as failure:
                 return error_response(self, 400, failure.error.code.value,
                                       failure.error.message)
+            if len(labels) > MAX_LABELS or any(len(label) > MAX_LABEL_CHARS for label in labels):
+                return error_response(self, 400, ErrorCode.INVALID_PARAMS.value,
+                                      f"give at most {MAX_LABELS} labels of at most "
+                                      f"{MAX_LABEL_CHARS} characters each")
             small = fit_within(photo, settings.analysis_max_side)
             found = await asyncio.to_thread(models.detector.detect, small, labels,
                                             settings.detection_threshold,

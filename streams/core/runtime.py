@@ -185,7 +185,7 @@ class Runtime:
     async def image_uncached(self, uri: str, at_least: int | None = None):
         """The decoded image at uri, for images read once (catalog products): not cached.
         at_least lets a JPEG decode at a reduced scale (see decode_image)."""
-        data = await self.storage.get(uri)
+        data = await self.storage.get(uri, self.settings.max_image_bytes)
         return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri,
                                        at_least)
 
@@ -218,15 +218,42 @@ def decode(raw: bytes | None, model: type[M]) -> M:
     return validate(json_object(raw), model)
 
 
+# No contract nests deeper than a few levels; a deeper message is refused before any model
+# sees it (and json's own recursion limit turns into INVALID_JSON, not a stage error).
+MAX_JSON_DEPTH = 32
+
+
 def json_object(raw: bytes | None) -> dict:
     """Bytes to a JSON object, or StageFailure(INVALID_JSON)."""
     try:
         data = json.loads(raw) if raw else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StageFailure(ErrorCode.INVALID_JSON, f"message is not JSON: {exc}") from None
+    except RecursionError:
+        data = None
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise StageFailure(ErrorCode.INVALID_JSON,
+                           f"message nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(data, dict):
         raise StageFailure(ErrorCode.INVALID_JSON, "message must be a JSON object")
     return data
+
+
+def json_depth(value) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iterative: no recursion)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def validate(data: dict, model: type[M]) -> M:

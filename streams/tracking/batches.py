@@ -113,18 +113,30 @@ def report_json(state: BatchState, outcomes: list[ImageOutcome]) -> bytes:
     return json.dumps(body, indent=2).encode()
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection, OWASP):
+# `=HYPERLINK(...)` in an image name would run when someone opens the report.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A text cell prefixed with ' when a spreadsheet would read it as a formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def report_csv(outcomes: list[ImageOutcome]) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for o in outcomes:
-        writer.writerow({
+        writer.writerow({key: spreadsheet_safe(value) for key, value in {
             "name": o.name, "job_id": o.job_id, "image": o.image, "status": o.status,
             "error": o.error or "", "cause": o.cause or "", "outputs": " ".join(o.outputs),
             "seed": "" if o.seed is None else o.seed,
             "mask_ms": o.timings_ms.get("mask", ""), "render_ms": o.timings_ms.get("render", ""),
             "finish_ms": o.timings_ms.get("finish", ""),
-        })
+        }.items()})
     return buffer.getvalue().encode()
 
 

@@ -29,3 +29,18 @@ class ConditionSettings(StorageSettings):
         return [BucketRule(name="default", bucket=self.s3_bucket, prefix="incoming/",
                            params=ConditionParams(conditioning="canny"),
                            output_prefix="generated/")]
+
+    @property
+    def allowed_buckets(self) -> frozenset[str] | None:
+        """The S3 buckets restyle may read and write (None: any). RESTYLE_S3_BUCKETS, else the
+        default bucket, the results' bucket and every bucket a rule reads or writes."""
+        if self.s3_buckets is not None:
+            return None if "*" in self.s3_buckets else frozenset(self.s3_buckets)
+        named = {self.s3_bucket}
+        if self.results_base.startswith("s3://"):
+            named.add(self.results_base[5:].split("/", 1)[0])
+        for rule in self.rules:
+            if rule.bucket == "*":
+                return None
+            named |= {rule.bucket, rule.output_bucket or rule.bucket}
+        return frozenset(named)

@@ -27,6 +27,12 @@ class StorageSettings(SettingsBase):
     file_roots: list[Path] = Field(default_factory=list)
     presign_expiry_s: int = 3600
     max_image_pixels: int = 40_000_000
+    # Image objects above this size are refused from their size alone, before any download.
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    # The S3 buckets restyle reads and writes, when inputs must not come from just any bucket
+    # its credentials reach. Unset: RESTYLE_S3_BUCKET and the buckets the bucket rules name
+    # (every bucket if a rule watches "*").
+    s3_buckets: list[str] | None = None
 
     @cached_property
     def results_base(self) -> str:

@@ -78,3 +78,15 @@ def test_a_jpeg_needed_small_is_decoded_at_a_reduced_scale_but_never_below_the_t
     reduced = decode_image(data, 10**9, at_least=256)
     assert reduced.width < full.width and max(reduced.size) >= 256
     assert abs(reduced.width / reduced.height - full.width / full.height) < 0.01
+
+
+def test_formats_outside_the_photo_formats_are_never_decoded():
+    # Pillow would open these (EPS through Ghostscript); restyle refuses them from the header.
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    tiff = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(tiff, format="TIFF")  # a photo format is read
+    assert decode_image(tiff.getvalue(), 10**6).size == (4, 4)
+    for refused in (eps, b"8BPS\x00\x01" + b"\x00" * 40, b"icns\x00\x00\x00\x08"):
+        with pytest.raises(StageFailure, match="not an image format restyle reads") as failure:
+            decode_image(refused, 10**6)
+        assert failure.value.error.code is ErrorCode.NOT_AN_IMAGE
