@@ -328,6 +328,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_WEBHOOK_ALLOW_HTTP": "true", "RESTYLE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
         "RESTYLE_JWT_ALGORITHMS": '["HS256"]', "RESTYLE_JWT_SECRET": JWT_SECRET,
         "RESTYLE_JWT_ISSUER": JWT_ISSUER, "RESTYLE_JWT_AUDIENCE": JWT_AUDIENCE,
+        # Small enough for a test to upload an object above it.
+        "RESTYLE_MAX_IMAGE_BYTES": str(8 * 1024 * 1024),
         # One tenant with tight limits, for the tests that run into them.
         "RESTYLE_TENANT_LIMITS": json.dumps({"throttled": {"submit_rate": "3/minute"},
                                              "small-batches": {"max_batch_images": 2}}),

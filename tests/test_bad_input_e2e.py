@@ -76,13 +76,15 @@ def test_an_unknown_style_fails_and_lists_the_styles(e2e):
     "http://169.254.169.254/latest/meta-data",
     "file://other-host/tmp/room.jpg",
     "ftp://example.com/room.jpg",
+    "s3://someone-elses-bucket/room.jpg",  # a bucket restyle is not configured for
 ])
 def test_refused_uris_fail_with_a_clear_cause(e2e, uri):
     job_id = new_id("uri")
     e2e.publish(upload(job_id, uri))
     error = e2e.result(job_id, 60)["error"]
     assert error["code"] == "uri_refused"
-    assert uri.split("/")[0] in error["message"] or "outside" in error["message"]
+    assert uri.split("/")[0] in error["message"] or "outside" in error["message"] or \
+        "is not one restyle may use" in error["message"]
 
 
 def test_a_missing_object_fails_as_not_found(e2e):
@@ -107,6 +109,55 @@ def test_a_decompression_bomb_is_refused_from_its_header(e2e):
     error = e2e.result(job_id)["error"]
     assert error["code"] == "image_too_large"
     assert "30000x30000" in error["message"]
+
+
+def test_an_eps_file_is_never_handed_to_ghostscript(e2e):
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 0 moveto showpage\n"
+    uri = e2e.put_object("bad/vector.jpg", eps)
+    job_id = new_id("eps")
+    e2e.publish(upload(job_id, uri))
+    error = e2e.result(job_id)["error"]
+    assert error["code"] == "not_an_image" and "PNG, JPEG" in error["message"]
+
+
+def test_an_object_above_the_byte_limit_is_refused_before_download(e2e):
+    uri = e2e.put_object("bad/huge.png", png_declaring(64, 64) + b"\0" * (9 * 1024 * 1024))
+    job_id = new_id("huge")
+    e2e.publish(upload(job_id, uri))
+    error = e2e.result(job_id)["error"]
+    assert error["code"] == "image_too_large"
+    assert "above the limit of 8,388,608" in error["message"]
+
+
+def test_json_nested_past_the_limit_is_dead_lettered_as_invalid_json(e2e):
+    raw = b'{"job_id": "deep", "params": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    e2e.publish(raw, key=b"deep-json")
+    letters = e2e.collector.wait_for("restyle.dlq", lambda m: m.key() == b"deep-json", 60)
+    letter = json.loads(letters[0].value())
+    assert letter["code"] == "invalid_json" and "nests deeper" in letter["reason"]
+
+
+def test_a_label_longer_than_the_detector_reads_does_not_break_the_mask_stage(e2e, room_photos):
+    batch_id = new_id("long-label")
+    uri = e2e.put_object(f"bad/{batch_id}.jpg", room_photos[9].read_bytes())
+    e2e.publish({"pipeline": "background_replace", "batch_id": batch_id,
+                 "images": [{"uri": uri, "name": '=HYPERLINK("https://evil.test")'}],
+                 "prompt": "a beach", "mask_prompt": "sofa " * 100},
+                key=batch_id.encode())
+    found = e2e.collector.wait_for(
+        "restyle.results", lambda m: json.loads(m.value()).get("batch_id") == batch_id, 180)
+    result = json.loads(found[0].value())
+    # Cut to the text encoder's 16 tokens, the label is looked for like any other: the job
+    # ends as a mask outcome, never as a stage error.
+    assert result["status"] == "done" or result["error"]["code"] == "mask_empty", result
+    # The report a spreadsheet will open does not run the image's name as a formula.
+    note = e2e.collector.wait_for("restyle.notifications",
+                                  lambda m: m.key() == batch_id.encode(), 60)
+    csv_link = json.loads(note[0].value())["report"]["csv"]
+    import urllib.request
+
+    with urllib.request.urlopen(csv_link) as response:
+        assert '\'=HYPERLINK(""https://evil.test"")' in response.read().decode()
 
 
 def test_a_truncated_image_fails_as_corrupt(e2e):
