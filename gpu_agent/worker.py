@@ -69,7 +69,7 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         inputs = asyncio.ensure_future(_inputs(rt, request))
         inputs.add_done_callback(_retrieve_exception)  # a dropped read must not log as lost
         try:
-            done = await _rendered_before(rt, manifest_uri)
+            done = await _rendered_before(rt, manifest_uri, request)
             if done is not None:
                 result = done.model_copy(update={"context": request.context})
             else:
@@ -166,15 +166,23 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
     return result
 
 
-async def _rendered_before(rt: Runtime, manifest_uri: str) -> RenderResult | None:
-    """The stored answer of an earlier delivery, if it finished: its manifest and every image
-    the manifest names exist (a crash may fall between their writes)."""
+async def _rendered_before(rt: Runtime, manifest_uri: str,
+                           request: RenderRequest) -> RenderResult | None:
+    """The stored answer of an earlier delivery of this same request, if it finished: its
+    manifest names this job and only images under this prefix, and they all exist (a crash may
+    fall between their writes). A manifest another job left at the prefix (a new upload to a
+    bucket key rendered before) or one pointing elsewhere is not trusted: render again."""
     if not await rt.storage.exists(manifest_uri):
         return None
     try:
         done = RenderResult.model_validate_json(await rt.storage.get(manifest_uri))
     except ValidationError:  # unreadable (cut short, an older format): not to be trusted
         log.warning("ignoring the unreadable render manifest %s", manifest_uri)
+        return None
+    inside = request.output_prefix.rstrip("/") + "/"
+    if done.job_id != request.job_id or not all(uri.startswith(inside) and ".." not in uri
+                                                 for uri in done.images):
+        log.info("not reusing %s: it was written for job %s", manifest_uri, done.job_id)
         return None
     present = await asyncio.gather(*(rt.storage.exists(uri) for uri in done.images))
     return done if all(present) else None

@@ -92,6 +92,8 @@ class BackgroundBatch(BaseModel):
     tenant: str | None = Field(None, max_length=128)
     # Titan's returnMask: GET /jobs/{id}/titan also answers the mask, in Titan's convention.
     return_mask: bool = False
+    # Set by the Titan adapters: only a Titan job's images are served by GET /jobs/{id}/titan.
+    titan: bool = False
     schema_version: Literal[1] = 1
 
     @field_validator("images")
@@ -122,6 +124,7 @@ class BackgroundJob(BaseModel):
     submitted_at: float
     keep_mask: str | None = None  # the keep-mask the stages made (white = kept pixels)
     return_mask: bool = False
+    titan: bool = False
     mask_labels: list[str] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     waits_ms: dict[str, float] = Field(default_factory=dict)
@@ -139,6 +142,7 @@ class BackgroundResult(BaseModel):
     keep_mask: str | None = None
     mask_target: MaskTarget = MaskTarget.KEEP
     return_mask: bool = False
+    titan: bool = False
     mask_labels: list[str] = Field(default_factory=list)
     width: int | None = None
     height: int | None = None

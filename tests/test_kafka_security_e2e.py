@@ -87,7 +87,7 @@ def test_workers_cli_and_bucket_watcher_run_over_sasl_ssl(secured, room_photos):
     s3.put_object(Bucket=settings.s3_bucket, Key="incoming/secured.png", Body=photo.getvalue())
     deadline = time.monotonic() + 240
     while True:
-        listed = s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix="generated/secured/")
+        listed = s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix="generated/secured.png/")
         if any(item["Key"].endswith("/0.png") for item in listed.get("Contents", [])):
             break
         assert time.monotonic() < deadline, "no generated image from the watched bucket"

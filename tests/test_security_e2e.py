@@ -158,6 +158,9 @@ def test_a_tenant_sees_only_its_own_batches_jobs_streams_and_titan_results(e2e, 
     report = json.loads(urllib.request.urlopen(batch["report"]["json"]).read())
     job_id = report["images"][0]["job_id"]
     assert e2e.get(f"/jobs/{job_id}", tenant="tenant-a")[1]["status"] == "done"
+    # Titan's answer (the images inline) is only for Titan jobs, even to their owner.
+    status, body = e2e.get(f"/jobs/{job_id}/titan", tenant="tenant-a")
+    assert status == 404 and "no Titan job" in body["error"]["message"]
 
     # Tenant B (and the default tenant) get exactly what an unknown id gets.
     unknown = e2e.get("/batches/no-such-batch", tenant="tenant-b")

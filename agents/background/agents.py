@@ -171,7 +171,7 @@ async def finish(rt: Runtime, reply: RenderResult) -> None:
     result = BackgroundResult(
         batch_id=job.batch_id, name=job.name, images=outputs, seed=job.params.seed,
         mode=job.mode, prompt=job.prompt, keep_mask=job.keep_mask,
-        mask_target=job.mask_target, return_mask=job.return_mask,
+        mask_target=job.mask_target, return_mask=job.return_mask, titan=job.titan,
         mask_labels=job.mask_labels, width=photo.width, height=photo.height,
         timings_ms=job.timings_ms, waits_ms=job.waits_ms)
     await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,

@@ -100,8 +100,8 @@ def image_job(batch: BackgroundBatch, batch_id: str, spec: ImageSpec, params: Re
     return BackgroundJob(
         job_id=job_id, batch_id=batch_id, name=spec.name or spec.uri, tenant=batch.tenant,
         image=spec.uri, mask_prompt=spec.mask_prompt, mask_image=spec.mask_image,
-        mask_target=batch.mask_target, return_mask=batch.return_mask, prompt=batch.prompt,
-        mode=batch.mode or default_mode,
+        mask_target=batch.mask_target, return_mask=batch.return_mask, titan=batch.titan,
+        prompt=batch.prompt, mode=batch.mode or default_mode,
         params=params,
         output_prefix=join_uri(results_base, "results", job_id), submitted_at=now)
 

@@ -85,7 +85,7 @@ async def titan_batch(storage, settings, request: TitanRequest, batch_id: str,
                                 width=to_multiple_of_8(config.width),
                                 height=to_multiple_of_8(config.height),
                                 cfg_scale=config.cfgScale, seed=config.seed),
-        tolerated_failure_pct=0.0, return_mask=edit.returnMask,
+        tolerated_failure_pct=0.0, return_mask=edit.returnMask, titan=True,
     )
 
 

@@ -12,7 +12,6 @@ import json
 import random
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 from schemas import ErrorCode, StageFailure
 from schemas.conditioning import (
@@ -149,10 +148,10 @@ def job_id_for(obj: CreatedObject) -> str:
 
 
 def output_prefix_for(rule: BucketRule, obj: CreatedObject) -> str:
-    """s3://{output bucket}/{output prefix}{the key below the rule's prefix, minus extension}/"""
-    relative = PurePosixPath(obj.key[len(rule.prefix):])
-    stem = str(relative.with_suffix("")) if relative.suffix else str(relative)
-    return f"s3://{output_bucket(rule, obj.bucket)}/{rule.output_prefix}{stem}/"
+    """s3://{output bucket}/{output prefix}{the key below the rule's prefix}/: the whole name,
+    extension included, so `a.png` beside `a.jpg` are two jobs with two outputs."""
+    relative = obj.key[len(rule.prefix):]
+    return f"s3://{output_bucket(rule, obj.bucket)}/{rule.output_prefix}{relative}/"
 
 
 def resolve(params: ConditionParams, settings: ConditionSettings, defaults: RenderDefaults,

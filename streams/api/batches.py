@@ -193,6 +193,9 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                 return self.json({"images": [], "error": f"{state.error.code.value}: "
                                                          f"{state.error.message}"})
             result = state.result
+            if not (isinstance(result, BackgroundResult) and result.titan):
+                # Titan's answer carries the images themselves: only for Titan jobs.
+                return error_response(self, 404, "not_found", f"no Titan job {job_id!r}")
             images = [base64.b64encode(await rt.storage.get(image.uri)).decode()
                       for image in result.images]
             body = {"images": images, "error": None}

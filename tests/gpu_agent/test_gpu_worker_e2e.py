@@ -52,16 +52,25 @@ def test_a_redelivered_render_request_is_answered_without_rendering_again(e2e):
     assert len(progress_ticks(e2e, job_id)) == 3  # three steps, rendered once
 
 
-@pytest.mark.parametrize("manifest", ["names-missing-images", "unreadable"])
+@pytest.mark.parametrize("manifest", ["names-missing-images", "unreadable", "another-job",
+                                      "points-elsewhere"])
 def test_a_manifest_that_cannot_be_trusted_is_rendered_again(e2e, manifest):
     """A crash between writing the manifest and the images leaves a manifest naming images
-    that do not exist; a write cut short leaves one that does not parse. Either way the
-    redelivered request renders instead of answering from it."""
+    that do not exist; a write cut short leaves one that does not parse; a manifest written by
+    another job at the same prefix (a new upload to a key rendered before) or naming images
+    outside the prefix is someone else's answer. Each time the request renders instead."""
     job_id = f"render-{uuid.uuid4().hex[:8]}"
-    stored = json.dumps({"job_id": job_id, "images": [f"s3://restyle/gpu-test/{job_id}/0.png"],
-                         "seed": 5, "render_ms": 1.0}).encode()
-    e2e.put_object(f"gpu-test/{job_id}/render.json",
-                   stored if manifest == "names-missing-images" else stored[:20])
+    prefix = f"gpu-test/{job_id}"
+    body = {"job_id": job_id, "images": [f"s3://restyle/{prefix}/0.png"], "seed": 5,
+            "render_ms": 1.0}
+    if manifest in ("another-job", "points-elsewhere"):
+        old = e2e.put_object(f"{prefix}/0.png" if manifest == "another-job" else
+                             f"gpu-test/elsewhere-{job_id}.png", b"an earlier answer")
+        body.update(job_id="an-earlier-job" if manifest == "another-job" else job_id,
+                    images=[old])
+    stored = json.dumps(body).encode()
+    e2e.put_object(f"{prefix}/render.json",
+                   stored[:20] if manifest == "unreadable" else stored)
     [reply] = deliver(e2e, render_request(e2e, job_id))
     assert reply["render_ms"] > 1.0
     image = e2e.s3.get_object(Bucket="restyle", Key=f"gpu-test/{job_id}/0.png")["Body"].read()

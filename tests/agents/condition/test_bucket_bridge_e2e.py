@@ -100,6 +100,6 @@ def test_an_s3_notification_through_sqs_and_the_bridge_becomes_a_result(moto_url
     assert result["result"]["source"]["key"] == "incoming/tiger sketch.png"  # decoded key
     assert result["result"]["prompt"] == "a tiger, drawn"
     assert [i["uri"] for i in result["result"]["images"]] == \
-        ["s3://photos/generated/tiger sketch/0.png"]
-    stored = s3.get_object(Bucket="photos", Key="generated/tiger sketch/0.png")
+        ["s3://photos/generated/tiger sketch.png/0.png"]
+    stored = s3.get_object(Bucket="photos", Key="generated/tiger sketch.png/0.png")
     assert stored["Metadata"]["source-key"] == "incoming/tiger sketch.png"

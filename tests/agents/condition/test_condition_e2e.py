@@ -5,6 +5,7 @@ outputs, objects no rule matches."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 import urllib.request
@@ -50,10 +51,10 @@ def test_a_photo_dropped_into_incoming_comes_back_under_generated(e2e):
     assert found["pipeline"] == "condition" and found["conditioning"] == "canny"
     assert found["prompt"] == "an astronaut as a hand drawn sketch"
     assert found["source"]["key"] == f"incoming/{name}.png" and found["rule"] == "default"
-    assert [i["uri"] for i in found["images"]] == [f"s3://restyle/generated/{name}/0.png"]
-    assert found["control_map"] == f"s3://restyle/generated/{name}/canny.png"
+    assert [i["uri"] for i in found["images"]] == [f"s3://restyle/generated/{name}.png/0.png"]
+    assert found["control_map"] == f"s3://restyle/generated/{name}.png/canny.png"
 
-    stored = e2e.s3.get_object(Bucket=e2e.bucket, Key=f"generated/{name}/0.png")
+    stored = e2e.s3.get_object(Bucket=e2e.bucket, Key=f"generated/{name}.png/0.png")
     assert Image.open(io.BytesIO(stored["Body"].read())).size == (64, 64)
     metadata = stored["Metadata"]
     assert metadata["source-key"] == f"incoming/{name}.png"
@@ -61,9 +62,34 @@ def test_a_photo_dropped_into_incoming_comes_back_under_generated(e2e):
     assert metadata["seed"] == str(found["seed"]) and metadata["controlnet-model"]
     # The conditioning map is saved next to the result: canny edges of the resized photo.
     edges = np.asarray(Image.open(io.BytesIO(e2e.s3.get_object(
-        Bucket=e2e.bucket, Key=f"generated/{name}/canny.png")["Body"].read())))
+        Bucket=e2e.bucket, Key=f"generated/{name}.png/canny.png")["Body"].read())))
     assert edges.shape == (64, 64, 3) and set(np.unique(edges)) <= {0, 255}
     assert (edges > 0).any()
+
+
+def drop(e2e, key: str, photo) -> dict:
+    """Put a photo under incoming/ (the watcher notices it) and wait for its job's result."""
+    e2e.s3.put_object(Bucket=e2e.bucket, Key=key, Body=png(photo))
+    etag = e2e.s3.head_object(Bucket=e2e.bucket, Key=key)["ETag"]
+    return result_for(e2e, bucket_events.job_id_for(bucket_events.CreatedObject(
+        e2e.bucket, key, "ObjectCreated:Put", etag=etag.strip('"'))))
+
+
+def test_a_new_upload_to_a_key_is_rendered_again_and_a_namesake_gets_its_own_output(e2e):
+    name = f"again-{uuid.uuid4().hex[:8]}"
+    first = drop(e2e, f"incoming/{name}.png", skimage_photo("astronaut").resize((96, 64)))
+    output = f"generated/{name}.png/0.png"
+    before = e2e.s3.get_object(Bucket=e2e.bucket, Key=output)["Body"].read()
+    # The same key, new content: a new job, rendered (not answered with the old manifest).
+    second = drop(e2e, f"incoming/{name}.png", skimage_photo("chelsea").resize((96, 64)))
+    assert second["job_id"] != first["job_id"] and second["status"] == "done"
+    assert e2e.s3.get_object(Bucket=e2e.bucket, Key=output)["Body"].read() != before
+    manifest = e2e.s3.get_object(Bucket=e2e.bucket, Key=f"generated/{name}.png/render.json")
+    assert json.loads(manifest["Body"].read())["job_id"] == second["job_id"]
+    # name.jpg beside name.png: its own job and its own outputs.
+    third = drop(e2e, f"incoming/{name}.jpg", skimage_photo("coffee").resize((96, 64)))
+    assert [i["uri"] for i in third["result"]["images"]] == \
+        [f"s3://restyle/generated/{name}.jpg/0.png"]
 
 
 def test_a_minio_event_on_the_topic_drives_a_job(e2e):

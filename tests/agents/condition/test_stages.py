@@ -150,7 +150,12 @@ def test_the_default_rule_sends_incoming_objects_to_generated_and_ignores_the_re
     assert bucket_events.match_rule(rules, "restyle", "incoming/notes.txt") is None
     obj = bucket_events.CreatedObject("restyle", "incoming/trips/cat.jpg", "ObjectCreated:Put",
                                       etag="e")
-    assert bucket_events.output_prefix_for(rule, obj) == "s3://restyle/generated/trips/cat/"
+    assert bucket_events.output_prefix_for(rule, obj) == \
+        "s3://restyle/generated/trips/cat.jpg/"
+    # A photo beside another with the same stem gets its own outputs.
+    png = bucket_events.CreatedObject("restyle", "incoming/trips/cat.png", "ObjectCreated:Put",
+                                      etag="e")
+    assert bucket_events.output_prefix_for(rule, png) == "s3://restyle/generated/trips/cat.png/"
 
 
 def test_the_pipelines_own_outputs_never_trigger_it():
