@@ -47,5 +47,20 @@ def parse_uri(uri: str, file_roots: list[Path] | None = None) -> ObjectRef:
                        f"(got scheme {parsed.scheme or 'none'!r})")
 
 
+def tenant_base(results_base: str, tenant: str | None, default_tenant: str) -> str:
+    """Where a tenant's uploads, results and reports live: the results base itself for the
+    default tenant (and events that name none), `tenants/<tenant>` below it for every other,
+    so no tenant's objects sit among another's."""
+    if tenant is None or tenant == default_tenant:
+        return results_base
+    return join_uri(results_base, "tenants", tenant)
+
+
+def is_under(uri: str, base: str) -> bool:
+    """Whether uri lies below base (no `..` segment climbing out of it)."""
+    inside = base.rstrip("/") + "/"
+    return uri.startswith(inside) and ".." not in uri[len(inside):].split("/")
+
+
 def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])

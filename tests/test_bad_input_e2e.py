@@ -108,7 +108,9 @@ def test_a_decompression_bomb_is_refused_from_its_header(e2e):
     e2e.publish(upload(job_id, uri))
     error = e2e.result(job_id)["error"]
     assert error["code"] == "image_too_large"
-    assert "30000x30000" in error["message"]
+    # Pillow's own guard (on, behind restyle's limit) answers first for one this large.
+    assert "above the limit of 40,000,000 pixels" in error["message"]
+    assert "900000000 pixels" in error["message"]
 
 
 def test_an_eps_file_is_never_handed_to_ghostscript(e2e):

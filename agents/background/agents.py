@@ -14,8 +14,9 @@ from agents.background.titan import titan_batch
 from agents.background.topics import BackgroundTopics
 from agents.models.detect import rescale_detections
 from agents.models.stage_models import StageModels
-from schemas import JobError, JobEventKind, JobStatus, RenderResult, StageFailure
+from schemas import ErrorCode, JobError, JobEventKind, JobStatus, RenderResult, StageFailure
 from schemas.background import (
+    MAX_BATCH_IMAGES,
     BATCH_ID_PATTERN,
     BackgroundBatch,
     BackgroundJob,
@@ -36,6 +37,9 @@ from streams.core.runtime import Runtime, validate
 from streams.core.settings import Settings
 
 _rng = random.SystemRandom()
+# How many objects a batch's prefix is listed up to (a prefix may hold masks and notes beside
+# its images); a longer listing is refused without being read to the end.
+MAX_LISTED_OBJECTS = 2 * MAX_BATCH_IMAGES
 # Images per batch-opening event: ~150 bytes each, so ~300 KB an event.
 OPEN_CHUNK = 2000
 
@@ -75,7 +79,9 @@ async def admit_titan(rt: Runtime, message, data: dict) -> None:
         return
     batch_id = batch_id or derived_id(message)
     try:
-        batch = await titan_batch(rt.storage, rt.settings, request, batch_id)
+        # A Titan body names no tenant: the default one's (Kafka producers are trusted).
+        batch = await titan_batch(rt.storage, rt.settings, request, batch_id, None,
+                                  rt.base_for(None))
     except StageFailure as failure:
         await refuse_batch(rt, batch_id, failure.error)
         return
@@ -90,12 +96,18 @@ async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
         uri = item if isinstance(item, str) else item.uri
         if background.is_prefix(uri):
             parse_uri(uri.rstrip("/") + "/x", rt.storage.file_roots)  # policy check
-            listings[uri] = await rt.storage.list(uri)
+            # Listing stops past the batch cap: a prefix of millions is refused, not read.
+            listings[uri] = await rt.storage.list(uri, MAX_LISTED_OBJECTS + 1)
+            if len(listings[uri]) > MAX_LISTED_OBJECTS:
+                raise StageFailure(ErrorCode.INVALID_PARAMS,
+                                   f"more than {MAX_LISTED_OBJECTS:,} objects under {uri}; a "
+                                   f"batch takes at most {MAX_BATCH_IMAGES:,} images (name a "
+                                   f"narrower prefix or split it)")
     specs = background.expand(batch, listings)
     params = background.resolve_params(batch, settings, settings.render_defaults, _rng)
     now = time.time()
     mode = OutpaintMode(settings.default_outpaint_mode)
-    jobs = [background.image_job(batch, batch_id, spec, params, settings.results_base, now,
+    jobs = [background.image_job(batch, batch_id, spec, params, rt.base_for(batch.tenant), now,
                                  mode) for spec in specs]
     entries = [ImageEntry(job_id=j.job_id, name=j.name, image=j.image) for j in jobs]
     # The batch learns its images before any of them can finish (acknowledged sends), in

@@ -51,11 +51,12 @@ def to_multiple_of_8(value: int | None) -> int | None:
 
 
 async def titan_batch(storage, settings, request: TitanRequest, batch_id: str,
-                      tenant: str | None = None) -> BackgroundBatch:
-    """Store the body's images and describe the job as a one-image background batch."""
+                      tenant: str | None, tenant_base: str) -> BackgroundBatch:
+    """Store the body's images (under tenant_base, the tenant's storage prefix) and describe
+    the job as a one-image background batch."""
     edit = request.edit
     data, image = decode_base64_image(edit.image, "image", settings.max_image_pixels)
-    base = join_uri(settings.results_base, "uploads", batch_id)
+    base = join_uri(tenant_base, "uploads", batch_id)
     image_uri = join_uri(base, "image.png" if data[:4] == b"\x89PNG" else "image.jpg")
     await storage.put(image_uri, data, "image/png" if image_uri.endswith(".png")
                       else "image/jpeg")

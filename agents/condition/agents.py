@@ -45,7 +45,8 @@ async def admit(rt: Runtime, message, data: dict) -> None:
         if upload.output:
             parse_uri(upload.output + "x", rt.storage.file_roots)
         return bucket_events.job_for_upload(upload, job_id, rt.settings,
-                                            rt.settings.render_defaults, _rng, time.time())
+                                            rt.settings.render_defaults, _rng, time.time(),
+                                            rt.base_for(upload.tenant))
 
     await admit_job(rt, message, data, "condition", ConditionUpload, make_job)
 

@@ -23,7 +23,7 @@ from schemas.conditioning import (
     Fit,
 )
 from schemas.params import RenderDefaults, resolve_render
-from schemas.uris import join_uri
+from schemas.uris import is_under, join_uri
 from streams.core.settings.condition import ConditionSettings
 
 
@@ -197,8 +197,15 @@ def job_for_object(rule: BucketRule, obj: CreatedObject, settings: ConditionSett
 
 
 def job_for_upload(upload: ConditionUpload, job_id: str, settings: ConditionSettings,
-                   defaults: RenderDefaults, rng: random.Random, now: float) -> ConditionJob:
-    output = upload.output or join_uri(settings.results_base, "results", job_id) + "/"
+                   defaults: RenderDefaults, rng: random.Random, now: float,
+                   tenant_base: str) -> ConditionJob:
+    """tenant_base: the upload's tenant's storage prefix. A named tenant's `output` must lie
+    below it; the default tenant's may be anywhere restyle may write (RESTYLE_S3_BUCKETS)."""
+    output = upload.output or join_uri(tenant_base, "results", job_id) + "/"
+    named_tenant = tenant_base != settings.results_base
+    if named_tenant and not is_under(output, tenant_base):
+        raise StageFailure(ErrorCode.INVALID_PARAMS,
+                           f"output {upload.output!r} is outside this tenant's storage "
+                           f"({tenant_base}/)")
     return resolve(upload.params, settings, defaults, rng, None, job_id, upload.image, output,
-                   now,
-                   tenant=upload.tenant)
+                   now, tenant=upload.tenant)

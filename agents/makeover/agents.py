@@ -94,7 +94,8 @@ async def depth(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
     started = time.perf_counter()
     small = await rt.image(job.image, settings.analysis_max_side)
     depth_map = await asyncio.to_thread(models.depth.estimate, small)
-    job.depth_map = join_uri(settings.results_base, "results", job.job_id, "depth.png")
+    results = join_uri(rt.base_for(job.tenant), "results", job.job_id)
+    job.depth_map = join_uri(results, "depth.png")
     await rt.storage.put(job.depth_map, await asyncio.to_thread(encode_png, depth_map),
                          "image/png")
     _timed(job, "depth", started)
@@ -104,8 +105,7 @@ async def depth(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
     # for the tracker as for any consumer (README, topics).
     await request_render(rt, job, rt.topics_of(MakeoverTopics).reanalyze, prompt=job.prompt,
                          control_image=job.depth_map, params=job.params,
-                         output_prefix=join_uri(settings.results_base, "results",
-                                                job.job_id))
+                         output_prefix=results)
     await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
 
 

@@ -31,8 +31,10 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image",
     try:
         # Lazy: reads the header only.
         image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise StageFailure(ErrorCode.IMAGE_TOO_LARGE, f"{name}: {exc}") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, far above ours
+        raise StageFailure(ErrorCode.IMAGE_TOO_LARGE,
+                           f"{name} is above the limit of {max_pixels:,} pixels "
+                           f"(RESTYLE_MAX_IMAGE_PIXELS): {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise StageFailure(ErrorCode.NOT_AN_IMAGE,
                            f"{name} is not an image format restyle reads "

@@ -54,9 +54,17 @@ class FileStore:
     async def presign(self, ref: ObjectRef, expires_s: int) -> str | None:
         return None  # a local path has no URL to share
 
-    async def list(self, ref: ObjectRef) -> list[str]:
+    async def list(self, ref: ObjectRef, limit: int | None = None) -> list[str]:
         root = Path(ref.key)
-        return sorted(p.as_uri() for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        if not root.is_dir():
+            return []
+        found = []
+        for path in root.rglob("*"):
+            if path.is_file():
+                found.append(path.as_uri())
+                if limit is not None and len(found) >= limit:
+                    break
+        return sorted(found)
 
 
 class S3Store:
@@ -146,12 +154,14 @@ class S3Store:
         return await client.generate_presigned_url(
             "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=expires_s)
 
-    async def list(self, ref: ObjectRef) -> list[str]:
+    async def list(self, ref: ObjectRef, limit: int | None = None) -> list[str]:
         client = await self.client()
         uris = []
         paginator = client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=ref.bucket, Prefix=ref.key):
             uris += [f"s3://{ref.bucket}/{item['Key']}" for item in page.get("Contents", [])]
+            if limit is not None and len(uris) >= limit:
+                return uris[:limit]  # a bucket of millions is not read to find that out
         return uris
 
     async def ensure_bucket(self, bucket: str) -> None:
@@ -219,15 +229,16 @@ class Storage:
         store, ref = self._route(uri)
         return await store.metadata(ref)
 
-    async def list(self, prefix_uri: str) -> list[str]:
-        """URIs of every object under a prefix (s3://bucket/prefix/ or a file:// directory)."""
+    async def list(self, prefix_uri: str, limit: int | None = None) -> list[str]:
+        """URIs of the objects under a prefix (s3://bucket/prefix/ or a file:// directory):
+        every one, or the first `limit` (listing stops there)."""
         bucket_only = prefix_uri.startswith("s3://") and "/" not in prefix_uri[5:].rstrip("/")
         if bucket_only:  # the whole bucket: a prefix, though not an object key
             bucket = prefix_uri[5:].rstrip("/")
             self._police_bucket(bucket, prefix_uri)
-            return await self.s3.list(ObjectRef("s3", bucket, ""))
+            return await self.s3.list(ObjectRef("s3", bucket, ""), limit)
         store, ref = self._route(prefix_uri)
-        return await store.list(ref)
+        return await store.list(ref, limit)
 
     async def presign(self, uri: str) -> str | None:
         store, ref = self._route(uri)

@@ -172,7 +172,8 @@ def register(rt: Runtime, tables: Tables, models) -> None:
             except ForeignTenant as exc:
                 return error_response(self, 403, "AccessDeniedException", str(exc))
             try:
-                batch = await titan_batch(rt.storage, settings, titan, batch_id, tenant)
+                batch = await titan_batch(rt.storage, settings, titan, batch_id, tenant,
+                                          rt.base_for(tenant))
             except StageFailure as failure:
                 return error_response(self, 400, "ValidationException", failure.error.message)
             job_id = job_id_for(batch_id, batch.images[0].uri)

@@ -103,7 +103,7 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter) -> None:
             # leading dots, so it cannot climb out of the job's prefix.
             name = (upload.filename or "").replace("/", "_").replace("\\", "_").lstrip(".") \
                 or "image"
-            uri = join_uri(rt.settings.results_base, "uploads", tenant, job_id, name)
+            uri = join_uri(rt.base_for(tenant), "uploads", job_id, name)
             await rt.storage.put(uri, upload.file.read(),
                                  upload.content_type or "application/octet-stream")
             event = {"job_id": job_id, "pipeline": "room_makeover", "image": uri,

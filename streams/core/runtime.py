@@ -13,6 +13,7 @@ from typing import Awaitable, Callable, Iterable, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
+from schemas.uris import tenant_base
 from streams.adapters.images import decode_image, fit_within
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
@@ -42,6 +43,10 @@ class Runtime:
     def topics_of(self, kind: type[T]) -> T:
         """A pipeline's topics, as the worker resolved their names."""
         return self._topic_sets[kind]
+
+    def base_for(self, tenant: str | None) -> str:
+        """Where this tenant's uploads, results and reports are written."""
+        return tenant_base(self.settings.results_base, tenant, self.settings.default_tenant)
 
     # --- sending ---
     async def send(self, topic: str, key: str, model: BaseModel, headers=None,

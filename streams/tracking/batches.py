@@ -146,7 +146,7 @@ def counts(state: BatchState) -> dict[str, int]:
 
 async def write_report(rt: Runtime, state: BatchState,
                        outcomes: list[ImageOutcome]) -> dict[str, str]:
-    base = join_uri(rt.settings.results_base, "batches", state.batch_id)
+    base = join_uri(rt.base_for(state.tenant), "batches", state.batch_id)
     report = {"json": join_uri(base, "report.json"), "csv": join_uri(base, "report.csv")}
     await rt.storage.put(report["json"], report_json(state, outcomes), "application/json")
     await rt.storage.put(report["csv"], report_csv(outcomes), "text/csv")

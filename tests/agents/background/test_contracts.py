@@ -94,7 +94,7 @@ def test_a_titan_outpainting_body_becomes_a_one_image_batch(tmp_path):
     settings = Settings(storage_base=tmp_path.as_uri())
     storage = Storage.from_settings(settings)
     request = TitanRequest.model_validate(titan_body())
-    batch = asyncio.run(titan_batch(storage, settings, request, "t1"))
+    batch = asyncio.run(titan_batch(storage, settings, request, "t1", None, settings.results_base))
     (spec,) = batch.images
     assert spec.mask_prompt == "Bus" and spec.mask_image is None
     assert batch.prompt == "london city background" and batch.negative_prompt == "low quality"
@@ -117,7 +117,8 @@ def test_titan_mask_images_are_read_in_the_convention_of_their_task(tmp_path):
         params = {"text": "a beach", "image": b64_png(PHOTO), "maskImage": encoded}
         key = "outPaintingParams" if task == "OUTPAINTING" else "inPaintingParams"
         request = TitanRequest.model_validate({"taskType": task, key: params})
-        batch = asyncio.run(titan_batch(storage, settings, request, f"m-{task}"))
+        batch = asyncio.run(titan_batch(storage, settings, request, f"m-{task}", None,
+                                           settings.results_base))
         keep = np.asarray(Image.open(io.BytesIO(asyncio.run(
             storage.get(batch.images[0].mask_image)))))
         assert bool(keep[20, 30] >= 128) is kept_inside
@@ -134,7 +135,8 @@ def test_titan_images_are_checked_as_the_api_documents(tmp_path, image, code):
     settings = Settings(storage_base=tmp_path.as_uri())
     request = TitanRequest.model_validate(titan_body(**{"outPaintingParams.image": image}))
     with pytest.raises(StageFailure) as failure:
-        asyncio.run(titan_batch(Storage.from_settings(settings), settings, request, "bad"))
+        asyncio.run(titan_batch(Storage.from_settings(settings), settings, request, "bad", None,
+                                settings.results_base))
     assert failure.value.error.code is code
 
 
@@ -144,7 +146,8 @@ def test_a_titan_mask_of_another_size_is_refused(tmp_path):
                          "outPaintingParams.maskImage": b64_png(Image.new("L", (10, 10)))})
     with pytest.raises(StageFailure, match="same size"):
         asyncio.run(titan_batch(Storage.from_settings(settings), settings,
-                                TitanRequest.model_validate(body), "bad-mask"))
+                                TitanRequest.model_validate(body), "bad-mask", None,
+                                settings.results_base))
 
 
 # --- the batch state machine ---

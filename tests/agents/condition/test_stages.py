@@ -202,3 +202,23 @@ def test_rule_params_override_defaults_and_bad_thresholds_are_refused():
         bucket_events.resolve(ConditionParams(canny_low=300), settings, settings.render_defaults,
                               random.Random(1), None,
                               "j", "s3://b/k", "s3://b/out/", 0.0)
+
+
+def test_a_named_tenants_upload_cannot_write_outside_its_prefix():
+    from schemas.conditioning import ConditionUpload
+
+    settings = Settings(s3_bucket="restyle")
+    base = "s3://restyle/tenants/acme"
+
+    def job(output=None):
+        upload = ConditionUpload(pipeline="condition", image="s3://restyle/in/cat.png",
+                                 tenant="acme", output=output)
+        return bucket_events.job_for_upload(upload, "j1", settings, settings.render_defaults,
+                                            random.Random(1), 0.0, base)
+
+    assert job().output_prefix == "s3://restyle/tenants/acme/results/j1/"
+    assert job(f"{base}/mine/").output_prefix == f"{base}/mine/"
+    for elsewhere in ("s3://restyle/results/", "s3://restyle/tenants/globex/",
+                      f"{base}/../globex/"):
+        with pytest.raises(StageFailure, match="outside this tenant's storage"):
+            job(elsewhere)

@@ -32,13 +32,15 @@ def test_a_room_photo_becomes_a_restyled_room_with_products(e2e, room_uri):
     assert result["tenant"] == "acme"
     assert result["result"]["seed"] == 7
     images = result["result"]["images"]
-    assert [i["uri"] for i in images] == [f"s3://restyle/results/{job_id}/0.png",
-                                          f"s3://restyle/results/{job_id}/1.png"]
+    # Under the tenant's own prefix (the default tenant's would be results/ itself).
+    results = f"tenants/acme/results/{job_id}"
+    assert [i["uri"] for i in images] == [f"s3://restyle/{results}/0.png",
+                                          f"s3://restyle/{results}/1.png"]
     prompt = result["result"]["prompt"]
     assert prompt.startswith("(a scandinavian interior")
 
     # The images are in S3, at the deterministic keys, at the requested size.
-    body = e2e.s3.get_object(Bucket="restyle", Key=f"results/{job_id}/0.png")["Body"].read()
+    body = e2e.s3.get_object(Bucket="restyle", Key=f"{results}/0.png")["Body"].read()
     import io
     assert Image.open(io.BytesIO(body)).size == (64, 64)
 
@@ -120,9 +122,8 @@ def test_the_status_api_accepts_uploads_and_streams_progress(e2e, room_photos):
     assert events[-1] == "done"
     final = json.loads([line for line in text.splitlines() if line.startswith("data: ")][-1][6:])
     assert final["result"]["seed"] == 3
-    # Stored under the caller's tenant (the default one: the stack's own key).
-    stored = e2e.s3.get_object(Bucket="restyle",
-                               Key=f"uploads/default/{job_id}/room.jpg")["Body"].read()
+    # Stored under the caller's tenant (the default one, the stack's own key: no prefix).
+    stored = e2e.s3.get_object(Bucket="restyle", Key=f"uploads/{job_id}/room.jpg")["Body"].read()
     assert stored == photo
 
 

@@ -49,3 +49,11 @@ def test_the_default_buckets_follow_the_settings():
     assert Settings(bucket_rules=rules).allowed_buckets == {"restyle", "photos", "renders"}
     assert Settings(bucket_rules=[{**rules[0], "bucket": "*"}]).allowed_buckets is None
     assert Settings(s3_buckets=["a", "b"]).allowed_buckets == {"a", "b"}
+
+
+def test_a_listing_stops_at_its_limit(tmp_path):
+    for n in range(30):
+        (tmp_path / f"{n:02}.png").write_bytes(b"x")
+    store = storage([tmp_path])
+    assert len(asyncio.run(store.list(tmp_path.as_uri(), limit=11))) == 11
+    assert len(asyncio.run(store.list(tmp_path.as_uri()))) == 30
