@@ -43,7 +43,7 @@ def gpu_metrics(port: int) -> dict[str, float]:
     return found
 
 
-def run_batch(status_url: str, producer, images: list[dict], size: int) -> tuple[str, float, dict]:
+def run_batch(endpoints: dict, producer, images: list[dict], size: int) -> tuple[str, float, dict]:
     batch_id = f"bench-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
     producer.produce("restyle.uploads", json.dumps({
@@ -53,7 +53,9 @@ def run_batch(status_url: str, producer, images: list[dict], size: int) -> tuple
     producer.flush()
     while True:
         try:
-            with urllib.request.urlopen(f"{status_url}/batches/{batch_id}") as response:
+            with urllib.request.urlopen(urllib.request.Request(
+                    f"{endpoints['status_url']}/batches/{batch_id}",
+                    headers={"Authorization": f"Bearer {endpoints['api_key']}"})) as response:
                 body = json.loads(response.read())
             if body["status"] != "running":
                 return batch_id, time.perf_counter() - started, body
@@ -99,12 +101,12 @@ def measure(gpu_workers: int, args, work: Path, models_dir: Path, photos: list, 
             return specs
 
         producer = Producer({"bootstrap.servers": endpoints["kafka_bootstrap"]})
-        run_batch(endpoints["status_url"], producer, upload("warm", 2 * gpu_workers),
+        run_batch(endpoints, producer, upload("warm", 2 * gpu_workers),
                   args.size)
         measured = upload("bench", args.images)
         ports = [s.port for s in stack.stack.services if s.name.startswith("gpu-worker")]
         before = [gpu_metrics(p) for p in ports]
-        _, seconds, body = run_batch(endpoints["status_url"], producer, measured, args.size)
+        _, seconds, body = run_batch(endpoints, producer, measured, args.size)
         after = [gpu_metrics(p) for p in ports]
         duties = []
         for b, a in zip(before, after):

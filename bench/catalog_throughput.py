@@ -56,11 +56,10 @@ def run_once(models_dir: Path, products: Path, workers: int, broker: str) -> tup
         warm.mkdir()
         shutil.copy(next(products.glob("*.jpg")), warm / "warm.jpg")
         ingest_id, total = asyncio.run(catalog.start_ingest(settings, str(warm)))
-        catalog.wait_for_ingest(stack.endpoints["status_url"], ingest_id, total, 300)
+        catalog.wait_for_ingest(settings, ingest_id, total, 300)
         started = time.perf_counter()
         ingest_id, total = asyncio.run(catalog.start_ingest(settings, str(products)))
-        state_seen = catalog.wait_for_ingest(stack.endpoints["status_url"], ingest_id, total,
-                                             1800)
+        state_seen = catalog.wait_for_ingest(settings, ingest_id, total, 1800)
         elapsed = time.perf_counter() - started
         return total / elapsed, {"indexed": state_seen.indexed, "failed": state_seen.failed,
                                  "seconds": round(elapsed, 1)}

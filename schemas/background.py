@@ -157,11 +157,13 @@ class BatchStatus(StrEnum):
 
 
 class ImageEntry(BaseModel):
-    """One image of an expanded batch."""
+    """One image of an expanded batch, with the job that renders it (none when the image was
+    refused at expansion): the batch tracker hands jobs to the pipeline a few at a time."""
 
     job_id: str
     name: str
     image: str
+    job: BackgroundJob | None = None
 
 
 class ImageOutcome(BaseModel):
@@ -217,6 +219,8 @@ class BatchState(BaseModel):
     # Finished, but the report and notification are not out yet (they are retried).
     reporting: bool = False
     notification: dict | None = None  # the webhook delivery outcome, once tried
+    # How many of its images (in order) the batch has handed to the pipeline so far.
+    released: int = 0
     created_at: float
     updated_at: float
     finished_at: float | None = None

@@ -328,6 +328,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_WEBHOOK_ALLOW_HTTP": "true", "RESTYLE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
         "RESTYLE_JWT_ALGORITHMS": '["HS256"]', "RESTYLE_JWT_SECRET": JWT_SECRET,
         "RESTYLE_JWT_ISSUER": JWT_ISSUER, "RESTYLE_JWT_AUDIENCE": JWT_AUDIENCE,
+        # Batches go through the pipeline two images at a time (the window is exercised).
+        "RESTYLE_BATCH_WINDOW": "2",
         # Small enough for a test to upload an object above it.
         "RESTYLE_MAX_IMAGE_BYTES": str(8 * 1024 * 1024),
         # One tenant with tight limits, for the tests that run into them.

@@ -157,6 +157,9 @@ def test_a_tenant_sees_only_its_own_batches_jobs_streams_and_titan_results(e2e, 
     assert batch["tenant"] == "tenant-a" and batch["counts"]["succeeded"] == 1
     report = json.loads(urllib.request.urlopen(batch["report"]["json"]).read())
     job_id = report["images"][0]["job_id"]
+    # Its outputs (and the report) are under its own storage prefix.
+    assert report["images"][0]["outputs"][0].startswith("s3://restyle/tenants/tenant-a/")
+    assert "/tenants/tenant-a/batches/" in batch["report"]["json"]
     assert e2e.get(f"/jobs/{job_id}", tenant="tenant-a")[1]["status"] == "done"
     # Titan's answer (the images inline) is only for Titan jobs, even to their owner.
     status, body = e2e.get(f"/jobs/{job_id}/titan", tenant="tenant-a")

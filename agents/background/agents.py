@@ -41,7 +41,8 @@ _rng = random.SystemRandom()
 # its images); a longer listing is refused without being read to the end.
 MAX_LISTED_OBJECTS = 2 * MAX_BATCH_IMAGES
 # Images per batch-opening event: ~150 bytes each, so ~300 KB an event.
-OPEN_CHUNK = 2000
+# A batch event stays well below Kafka's default 1 MB message limit.
+OPEN_CHUNK_BYTES = 256 * 1024
 
 
 async def admit(rt: Runtime, message, data: dict) -> None:
@@ -109,26 +110,42 @@ async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
     mode = OutpaintMode(settings.default_outpaint_mode)
     jobs = [background.image_job(batch, batch_id, spec, params, rt.base_for(batch.tenant), now,
                                  mode) for spec in specs]
-    entries = [ImageEntry(job_id=j.job_id, name=j.name, image=j.image) for j in jobs]
-    # The batch learns its images before any of them can finish (acknowledged sends), in
-    # chunks that stay far below the broker's message size limit.
-    for n, start in enumerate(range(0, len(entries), OPEN_CHUNK)):
-        await rt.send(rt.topics.batch_events, batch_id, BatchEvent(
-            batch_id=batch_id, kind=BatchEventKind.OPENED if n == 0 else
-            BatchEventKind.ENTRIES, at=now, tenant=batch.tenant, total=len(jobs),
-            tolerated_failure_pct=batch.tolerated_failure_pct, webhook=batch.webhook,
-            images=entries[start:start + OPEN_CHUNK]), acknowledged=True)
+    refused, entries = [], []
     for job in jobs:
+        entry = ImageEntry(job_id=job.job_id, name=job.name, image=job.image)
         try:
             parse_uri(job.image, rt.storage.file_roots)
             if job.mask_image:
                 parse_uri(job.mask_image, rt.storage.file_roots)
+            entry.job = job
         except StageFailure as failure:
-            await rt.job_event(job.job_id, JobEventKind.REJECTED, error=failure.error,
-                               tenant=job.tenant, batch_id=batch_id, pipeline=job.pipeline)
-            continue
-        await rt.job_event(job.job_id, JobEventKind.SUBMITTED, tenant=job.tenant,
-                           batch_id=batch_id, job=job)
+            refused.append((job, failure.error))
+        entries.append(entry)
+    # The batch learns its images, with their jobs, before any of them can finish
+    # (acknowledged sends), in chunks far below the broker's message size limit; its tracker
+    # hands the jobs to the pipeline a window at a time (RESTYLE_BATCH_WINDOW).
+    for n, chunk in enumerate(chunks(entries, OPEN_CHUNK_BYTES)):
+        await rt.send(rt.topics.batch_events, batch_id, BatchEvent(
+            batch_id=batch_id, kind=BatchEventKind.OPENED if n == 0 else
+            BatchEventKind.ENTRIES, at=now, tenant=batch.tenant, total=len(jobs),
+            tolerated_failure_pct=batch.tolerated_failure_pct, webhook=batch.webhook,
+            images=chunk), acknowledged=True)
+    for job, error in refused:
+        await rt.job_event(job.job_id, JobEventKind.REJECTED, error=error, tenant=job.tenant,
+                           batch_id=batch_id, pipeline=job.pipeline)
+
+
+def chunks(entries: list[ImageEntry], max_bytes: int) -> list[list[ImageEntry]]:
+    """Consecutive runs of entries whose JSON stays within max_bytes each (at least one)."""
+    runs, run, size = [], [], 0
+    for entry in entries:
+        length = len(entry.model_dump_json())
+        if run and size + length > max_bytes:
+            runs.append(run)
+            run, size = [], 0
+        run.append(entry)
+        size += length
+    return runs + [run] if run else runs
 
 
 async def batch_refused(rt: Runtime, batch: BackgroundBatch, error: JobError) -> None:

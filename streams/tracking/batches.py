@@ -9,8 +9,9 @@ import io
 import json
 import time
 
-from schemas import StageFailure
+from schemas import JobEventKind, StageFailure
 from schemas.background import (
+    BackgroundJob,
     BatchEvent,
     BatchNotification,
     BatchState,
@@ -19,7 +20,7 @@ from schemas.background import (
 )
 from schemas.uris import join_uri
 from streams.core.runtime import Runtime
-from streams.tracking.batchstate import apply_batch_event, summary
+from streams.tracking.batchstate import apply_batch_event, summary, to_release
 from streams.tracking.tables import Tables
 
 INDEX = "#index"
@@ -44,12 +45,17 @@ def register(rt: Runtime, tables: Tables) -> None:
             images[f"{event.batch_id}/{entry.job_id}".encode()] = \
                 entry.model_dump_json().encode()
         if transition.index:
+            for image in event.images:
+                if image.job is not None:
+                    images[job_key(event.batch_id, image.job_id)] = \
+                        image.job.model_dump_json().encode()
             index_key = f"{event.batch_id}/{INDEX}".encode()
             known = json.loads(images.get(index_key) or b"[]")
             images[index_key] = json.dumps(known + transition.index).encode()
         new = transition.state
         if new is None:
             return
+        new = await release(new)
         # Stored before the report goes out: a crash or a storage error in between leaves
         # `reporting` set, and the next event for the batch (a redelivery) reports it.
         batches[key] = new.model_dump_json().encode()
@@ -57,8 +63,31 @@ def register(rt: Runtime, tables: Tables) -> None:
             await report_and_notify(rt, tables, new)
             batches[key] = new.model_copy(update={"reporting": False}).model_dump_json().encode()
 
+    async def release(state: BatchState) -> BatchState:
+        """Hand the batch's next images to the pipeline, keeping RESTYLE_BATCH_WINDOW of them
+        in flight: a 5,000-image batch never stands in front of another tenant's job with
+        more than that. Sent before the count is stored: a replay sends again, and the job
+        tracker starts a job id once."""
+        index = json.loads(images.get(f"{state.batch_id}/{INDEX}".encode()) or b"[]")
+        positions = to_release(state, len(index), rt.settings.batch_window)
+        if not positions:
+            return state
+        for position in positions:
+            stored = images.get(job_key(state.batch_id, index[position]))
+            if stored is None:
+                continue  # refused at expansion: it has already failed
+            job = BackgroundJob.model_validate_json(stored)
+            await rt.job_event(job.job_id, JobEventKind.SUBMITTED, tenant=job.tenant,
+                               batch_id=state.batch_id, job=job)
+        return state.model_copy(update={"released": positions.stop})
+
     rt.stage_agent("batch-tracker", track, BatchEvent, topic=rt.topics.batch_events,
                    fail_jobs=False)
+
+
+def job_key(batch_id: str, job_id: str) -> bytes:
+    """Where a batch keeps an image's job until it is handed to the pipeline."""
+    return f"{batch_id}/{job_id}#job".encode()
 
 
 async def report_and_notify(rt: Runtime, tables: Tables, state: BatchState,
@@ -141,7 +170,12 @@ def report_csv(outcomes: list[ImageOutcome]) -> bytes:
 
 
 def counts(state: BatchState) -> dict[str, int]:
-    return {"total": state.total or 0, "succeeded": state.succeeded, "failed": state.failed}
+    """How many images the batch has, how many ended which way, and how many still wait in
+    the batch for their turn in the pipeline (RESTYLE_BATCH_WINDOW)."""
+    total = state.total or 0
+    waiting = 0 if state.finished else max(0, total - state.released)
+    return {"total": total, "succeeded": state.succeeded, "failed": state.failed,
+            "waiting": waiting}
 
 
 async def write_report(rt: Runtime, state: BatchState,

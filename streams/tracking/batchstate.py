@@ -77,6 +77,16 @@ def apply_batch_event(state: BatchState | None, previous: ImageOutcome | None,
     return BatchTransition(new, [outcome], finished=finished)
 
 
+def to_release(state: BatchState, known: int, window: int) -> range:
+    """The index positions to hand to the pipeline now: enough that `window` images of the
+    batch are in flight (all of them with window 0), among the `known` images it has listed
+    so far."""
+    if state.finished:
+        return range(0)
+    limit = known if window <= 0 else min(known, state.succeeded + state.failed + window)
+    return range(state.released, max(state.released, limit))
+
+
 def failed_pct(state: BatchState) -> float:
     return 100.0 * state.failed / state.total if state.total else 0.0
 

@@ -36,6 +36,9 @@ class LimitSettings(SettingsBase):
     tenant_submit_rate: str = "120/minute"
     tenant_max_streams: int = Field(20, ge=1)
     tenant_max_batch_images: int = Field(1000, ge=1)
+    # Images of one batch in the pipeline at once (0: all at once). The rest wait in the batch,
+    # so another tenant's job queues behind at most this many of them at each stage.
+    batch_window: int = Field(8, ge=0)
     # Per tenant, any of the three: {"acme": {"submit_rate": "600/minute",
     # "max_batch_images": 5000}}; what a tenant's entry leaves out comes from the defaults.
     tenant_limits: dict[str, TenantLimits] = Field(default_factory=dict)

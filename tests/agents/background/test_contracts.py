@@ -232,6 +232,31 @@ def test_a_batch_that_cannot_be_read_fails_at_once_and_a_duplicate_cannot_fail_a
     assert state.status is BatchStatus.SUCCEEDED
 
 
+def test_a_batch_hands_its_images_to_the_pipeline_a_window_at_a_time():
+    from streams.tracking.batchstate import to_release
+
+    state = apply_batch_event(None, None, opened(20), 0.0).state
+    assert to_release(state, known=20, window=4) == range(0, 4)
+    state = state.model_copy(update={"released": 4})
+    assert not to_release(state, 20, 4)  # four in flight: nothing more yet
+    state = state.model_copy(update={"succeeded": 1, "failed": 1})
+    assert to_release(state, 20, 4) == range(4, 6)  # two ended, two more go
+    assert to_release(state, 5, 4) == range(4, 5)  # only what has been listed so far
+    assert to_release(state, 20, 0) == range(4, 20)  # window 0: everything at once
+    assert not to_release(state.model_copy(update={"status": "failed"}), 20, 4)
+
+
+def test_batch_events_are_cut_into_chunks_below_a_size():
+    from agents.background.agents import chunks
+
+    entries = [ImageEntry(job_id=f"j{n}", name=f"{n}.png", image=f"s3://x/{n}.png")
+               for n in range(100)]
+    runs = chunks(entries, 1000)
+    assert [e for run in runs for e in run] == entries
+    assert all(sum(len(e.model_dump_json()) for e in run) <= 1000 for run in runs)
+    assert chunks(entries[:1], 1) == [entries[:1]]  # one oversized entry still goes
+
+
 # --- webhooks ---
 
 class Receiver:
