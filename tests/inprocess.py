@@ -8,6 +8,7 @@ restyle's own code. The end-to-end tests run the same agents on real brokers.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -28,6 +29,7 @@ class Message:
     partition: int = 0
     offset: int = 0
     headers: list = field(default_factory=list)
+    timestamp: float = field(default_factory=time.time)
 
 
 @dataclass

@@ -222,3 +222,16 @@ def test_a_webhook_pointing_inside_or_borrowing_a_secret_is_refused_at_submissio
     # cloud metadata address and other private networks stay refused.)
     status, body = submit_batch(e2e, "tenant-a", room_photos[5].read_bytes(), webhook=webhook)
     assert_refused((status, body), 400, code)
+
+
+def test_ids_a_tenant_chooses_live_in_its_own_namespace(e2e, room_photos):
+    photo = room_photos[6].read_bytes()
+    status, mine = submit_batch(e2e, "tenant-a", photo, batch_id="order-7")
+    assert status == 202 and mine["batch_id"] == "tenant-a:order-7"
+    # Another tenant choosing the same id gets its own batch, not a view of A's...
+    status, theirs = submit_batch(e2e, "tenant-b", photo, batch_id="order-7")
+    assert status == 202 and theirs["batch_id"] == "tenant-b:order-7"
+    assert e2e.get("/batches/tenant-b:order-7", tenant="tenant-b")[0] == 200
+    # ...and cannot take an id in A's namespace.
+    assert_refused(submit_batch(e2e, "tenant-b", photo, batch_id="tenant-a:order-8"), 403,
+                   "forbidden")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import uuid
 
 from faust import web
@@ -14,12 +15,12 @@ from agents.background.stages import job_id_for
 from agents.background.titan import titan_batch, titan_mask
 from agents.models.detect import rescale_detections
 from schemas import ErrorCode, StageFailure
-from schemas.background import BackgroundBatch, BackgroundResult
+from schemas.background import BATCH_ID_PATTERN, BackgroundBatch, BackgroundResult
 from schemas.titan import TitanRequest
 from streams.adapters.images import decode_image, encode_png, fit_within
 from streams.adapters.outbound import UnsafeTarget
 from streams.api.routing import error_response, routed, until_known
-from streams.api.tenancy import ForeignTenant, acting_tenant, sees
+from streams.api.tenancy import ForeignTenant, acting_tenant, scoped_id, sees
 from streams.core.runtime import Runtime, describe_validation, json_object
 from streams.tracking import batches, webhooks
 from streams.tracking.tables import Tables
@@ -73,7 +74,14 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                                       f"a batch of tenant {body['tenant']!r} may list at most "
                                       f"{allowed} images (RESTYLE_TENANT_MAX_BATCH_IMAGES); "
                                       f"this one lists {len(batch.images)}")
-            batch_id = batch.batch_id or uuid.uuid4().hex
+            try:
+                batch_id = scoped_id(request, settings, batch.batch_id or uuid.uuid4().hex)
+            except ForeignTenant as exc:
+                return error_response(self, 403, "forbidden", str(exc))
+            if not re.match(BATCH_ID_PATTERN, batch_id):  # the tenant prefix made it too long
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                      f"batch_id with its tenant prefix must match "
+                                      f"{BATCH_ID_PATTERN}")
             # Through the uploads topic, like any upstream system's batch.
             await rt.channels[rt.topics.uploads].send(key=batch_id.encode(), value=batch.model_copy(
                 update={"batch_id": batch_id}).model_dump_json(exclude_none=True).encode())

@@ -15,7 +15,7 @@ from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
 from streams.api.limits import TenantLimiter, TooManyStreams
 from streams.api.routing import error_response, routed, until_known
-from streams.api.tenancy import ForeignTenant, acting_tenant, caller, sees
+from streams.api.tenancy import ForeignTenant, acting_tenant, caller, scoped_id, sees
 from streams.core.runtime import Runtime
 from streams.tracking.tables import Tables
 
@@ -99,6 +99,14 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter) -> None:
             if not re.match(JOB_ID_PATTERN, job_id):
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                       f"job_id must match {JOB_ID_PATTERN}")
+            try:
+                job_id = scoped_id(request, rt.settings, job_id)
+            except ForeignTenant as exc:
+                return error_response(self, 403, "forbidden", str(exc))
+            if not re.match(JOB_ID_PATTERN, job_id):  # the tenant prefix made it too long
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                      f"job_id with its tenant prefix must match "
+                                      f"{JOB_ID_PATTERN}")
             # The caller's file name, kept (non-ASCII too) but never a path: no separators, no
             # leading dots, so it cannot climb out of the job's prefix.
             name = (upload.filename or "").replace("/", "_").replace("\\", "_").lstrip(".") \

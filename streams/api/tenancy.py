@@ -23,6 +23,21 @@ def sees(request, settings: AuthSettings, owner: str | None) -> bool:
     return (owner or settings.default_tenant) == caller(request).tenant
 
 
+def scoped_id(request, settings: AuthSettings, given: str) -> str:
+    """A job or batch id a caller chose, in its tenant's namespace: `order-1` from tenant acme
+    is `acme:order-1`, so no tenant can take (or wait on) an id another one will use. An id
+    already in the caller's namespace is kept (a retry with the id it was given back); one in
+    another tenant's is refused. The default tenant's ids are not prefixed."""
+    tenant = caller(request).tenant
+    namespace, colon, _ = given.partition(":")
+    if colon:
+        if namespace != tenant:
+            raise ForeignTenant(f"the id {given!r} is in tenant {namespace!r}'s namespace; "
+                                f"this credential acts for {tenant!r}")
+        return given
+    return given if tenant == settings.default_tenant else f"{tenant}:{given}"
+
+
 def acting_tenant(request, named: str | None) -> str:
     """The tenant a submission runs for: always the credential's. A body, form field or
     header may repeat it, never change it."""

@@ -49,9 +49,14 @@ async def refuse_upload(rt: Runtime, message, upload: dict | None, pipeline: str
 
 
 def derived_id(message) -> str:
-    """An id for an upload that names none, derived from where the message sits in the log: a
-    redelivered upload gets the same id, so it never runs twice."""
-    where = f"{message.topic}:{message.partition}:{message.offset}"
+    """An id for an upload that names none, derived from the message itself: a redelivered
+    upload gets the same id, so it never runs twice. Where it sits in the log is not enough:
+    after a broker reset the offsets start again, and a new upload would take the id of an old
+    job (and be answered with its result). Its timestamp and a digest of its bytes make the id
+    new, and not guessable without the message."""
+    content = hashlib.sha256(message.value or b"").hexdigest()
+    where = f"{message.topic}:{message.partition}:{message.offset}:" \
+            f"{getattr(message, 'timestamp', None)}:{content}"
     return hashlib.sha256(where.encode()).hexdigest()[:32]
 
 

@@ -168,3 +168,21 @@ def test_a_stage_failure_fails_the_job_and_a_bug_fails_it_with_internal_error(ru
     assert failed == [("j1", "failed", "invalid_params", "width must be a multiple of 8"),
                       ("j2", "failed", "internal_error",
                        "embed stage error: RuntimeError: model exploded")]
+
+
+def test_an_upload_without_an_id_gets_the_same_id_when_redelivered_and_a_new_one_after_a_reset():
+    """The id comes from the message (its place in the log, its timestamp, its bytes): the
+    same message redelivered is the same job; a broker reset that reuses the offset with a
+    new upload is a new job, not the old one's answer."""
+    from streams.core.admission import derived_id
+    from tests.inprocess import Message
+
+    upload = b'{"pipeline": "room_makeover", "image": "s3://restyle/a.jpg", "style": "modern"}'
+    first = Message("restyle.uploads", None, upload, partition=1, offset=7, timestamp=100.0)
+    again = Message("restyle.uploads", None, upload, partition=1, offset=7, timestamp=100.0)
+    after_reset = Message("restyle.uploads", None, upload, partition=1, offset=7,
+                          timestamp=5000.0)
+    other = Message("restyle.uploads", None, upload.replace(b"a.jpg", b"b.jpg"), partition=1,
+                    offset=7, timestamp=100.0)
+    assert derived_id(first) == derived_id(again)
+    assert len({derived_id(first), derived_id(after_reset), derived_id(other)}) == 3
