@@ -90,9 +90,13 @@ class OpenSearchIndex:
 
         auth = None
         if settings.opensearch_user:
-            auth = (settings.opensearch_user, settings.opensearch_password or "")
+            password = settings.opensearch_password
+            auth = (settings.opensearch_user, password.get_secret_value() if password else "")
         client = AsyncOpenSearch(hosts=[settings.opensearch_url], http_auth=auth,
                                  verify_certs=settings.opensearch_verify_certs,
+                                 ca_certs=settings.opensearch_ca_certs,
+                                 client_cert=settings.opensearch_client_cert,
+                                 client_key=settings.opensearch_client_key,
                                  timeout=30, max_retries=3, retry_on_timeout=True)
         return cls(client, settings.opensearch_index, settings.opensearch_engine,
                    settings.opensearch_space, settings.opensearch_m,

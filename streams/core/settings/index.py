@@ -5,6 +5,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from pydantic import SecretStr
+
 from streams.core.settings.storage import StorageSettings
 
 
@@ -15,7 +17,13 @@ class IndexSettings(StorageSettings):
     index_ef_search: int = 64
     opensearch_url: str | None = None
     opensearch_user: str | None = None
-    opensearch_password: str | None = None
+    opensearch_password: SecretStr | None = None
+    # TLS: the CA that signed the cluster's certificate (else the system's), and a client
+    # certificate and key where the cluster asks for one. Certificates are always verified
+    # unless verify_certs is false (a development cluster with demo certificates).
+    opensearch_ca_certs: str | None = None
+    opensearch_client_cert: str | None = None
+    opensearch_client_key: str | None = None
     opensearch_verify_certs: bool = True
     opensearch_index: str = "restyle-products"
     opensearch_engine: Literal["lucene", "faiss", "nmslib"] = "lucene"
