@@ -235,3 +235,25 @@ def test_ids_a_tenant_chooses_live_in_its_own_namespace(e2e, room_photos):
     # ...and cannot take an id in A's namespace.
     assert_refused(submit_batch(e2e, "tenant-b", photo, batch_id="tenant-a:order-8"), 403,
                    "forbidden")
+
+
+def test_a_tenant_cannot_feed_another_tenants_files_into_its_jobs(e2e, room_photos):
+    theirs = e2e.put_object(f"tenants/tenant-a/uploads/{uuid.uuid4().hex[:8]}/room.jpg",
+                            room_photos[11].read_bytes())
+    status, created = e2e.post_json("/batches", {"images": [{"uri": theirs}],
+                                                 "prompt": "a garden"}, tenant="tenant-b")
+    assert status == 202, created
+    deadline = time.monotonic() + 120
+    while True:
+        status, batch = e2e.get(f"/batches/{created['batch_id']}", tenant="tenant-b")
+        if status == 200 and batch["status"] != "running" and not batch["reporting"]:
+            break
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+    assert batch["status"] == "failed" and batch["counts"]["failed"] == 1
+    report = json.loads(urllib.request.urlopen(batch["report"]["json"]).read())
+    assert report["images"][0]["error"] == "uri_refused"
+    assert "another tenant's storage" in report["images"][0]["cause"]
+    # Labels are not read from it either.
+    assert_refused(e2e.post_json("/labels", {"image": theirs}, tenant="tenant-b"), 400,
+                   "uri_refused")

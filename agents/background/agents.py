@@ -27,7 +27,7 @@ from schemas.background import (
     OutpaintMode,
 )
 from schemas.titan import TitanRequest
-from schemas.uris import join_uri, parse_uri
+from schemas.uris import join_uri
 from streams.adapters.images import encode_png, fit_within
 from streams.adapters.index.base import VectorIndex
 from streams.core.admission import derived_id, id_from_key, readable_field
@@ -96,7 +96,7 @@ async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
     for item in batch.images:
         uri = item if isinstance(item, str) else item.uri
         if background.is_prefix(uri):
-            parse_uri(uri.rstrip("/") + "/x", rt.storage.file_roots)  # policy check
+            rt.check_input(uri.rstrip("/") + "/x", batch.tenant)  # before any listing
             # Listing stops past the batch cap: a prefix of millions is refused, not read.
             listings[uri] = await rt.storage.list(uri, MAX_LISTED_OBJECTS + 1)
             if len(listings[uri]) > MAX_LISTED_OBJECTS:
@@ -114,9 +114,9 @@ async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
     for job in jobs:
         entry = ImageEntry(job_id=job.job_id, name=job.name, image=job.image)
         try:
-            parse_uri(job.image, rt.storage.file_roots)
+            rt.check_input(job.image, job.tenant)
             if job.mask_image:
-                parse_uri(job.mask_image, rt.storage.file_roots)
+                rt.check_input(job.mask_image, job.tenant)
             entry.job = job
         except StageFailure as failure:
             refused.append((job, failure.error))

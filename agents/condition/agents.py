@@ -24,7 +24,7 @@ from schemas.conditioning import (
     ConditionUpload,
 )
 from schemas.params import bounded_size
-from schemas.uris import join_uri, parse_uri
+from schemas.uris import join_uri
 from streams.adapters.images import encode_png
 from streams.adapters.index.base import VectorIndex
 from streams.core.admission import admit_job
@@ -41,9 +41,9 @@ MAX_METADATA_VALUE = 1024
 async def admit(rt: Runtime, message, data: dict) -> None:
     """One image to condition on, straight from the uploads topic (no bucket rule)."""
     def make_job(upload: ConditionUpload, job_id: str) -> ConditionJob:
-        parse_uri(upload.image, rt.storage.file_roots)
+        rt.check_input(upload.image, upload.tenant)
         if upload.output:
-            parse_uri(upload.output + "x", rt.storage.file_roots)
+            rt.storage.police(upload.output + "x")
         return bucket_events.job_for_upload(upload, job_id, rt.settings,
                                             rt.settings.render_defaults, _rng, time.time(),
                                             rt.base_for(upload.tenant))

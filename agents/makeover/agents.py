@@ -20,7 +20,7 @@ from schemas import (
     ProductMatch,
     RenderResult,
 )
-from schemas.uris import join_uri, parse_uri
+from schemas.uris import join_uri
 from streams.adapters.images import encode_png
 from streams.adapters.index.base import VectorIndex
 from streams.core.admission import admit_job
@@ -38,7 +38,7 @@ _rng = random.SystemRandom()
 
 async def admit(rt: Runtime, message, data: dict) -> None:
     def make_job(upload: MakeoverUpload, job_id: str) -> MakeoverJob:
-        parse_uri(upload.image, rt.storage.file_roots)
+        rt.check_input(upload.image, upload.tenant)
         return makeover.admit(upload, job_id, rt.settings.styles, rt.settings.render_defaults,
                              time.time(), _rng)
 

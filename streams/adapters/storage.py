@@ -204,6 +204,11 @@ class Storage:
         self._police_bucket(ref.bucket if ref.scheme == "s3" else None, uri)
         return (self.s3 if ref.scheme == "s3" else self.files), ref
 
+    def police(self, uri: str) -> None:
+        """Refuse a URI restyle may not touch at all (StageFailure URI_REFUSED), without
+        touching it."""
+        self._route(uri)
+
     def _police_bucket(self, bucket: str | None, uri: str) -> None:
         if bucket is not None and self.buckets is not None and bucket not in self.buckets:
             raise StageFailure(ErrorCode.URI_REFUSED,

@@ -20,7 +20,7 @@ from schemas.titan import TitanRequest
 from streams.adapters.images import decode_image, encode_png, fit_within
 from streams.adapters.outbound import UnsafeTarget
 from streams.api.routing import error_response, routed, until_known
-from streams.api.tenancy import ForeignTenant, acting_tenant, scoped_id, sees
+from streams.api.tenancy import ForeignTenant, acting_tenant, caller, scoped_id, sees
 from streams.core.runtime import Runtime, describe_validation, json_object
 from streams.tracking import batches, webhooks
 from streams.tracking.tables import Tables
@@ -146,6 +146,7 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                         return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                               "labels must be a non-empty list of strings")
                     labels = given or labels
+                    rt.check_input(body["image"], caller(request).tenant)
                     photo = await rt.image_uncached(body["image"])
             except StageFailure as failure:
                 return error_response(self, 400, failure.error.code.value,

@@ -13,7 +13,7 @@ from typing import Awaitable, Callable, Iterable, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
-from schemas.uris import tenant_base
+from schemas.uris import is_under, join_uri, tenant_base
 from streams.adapters.images import decode_image, fit_within
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
@@ -47,6 +47,28 @@ class Runtime:
     def base_for(self, tenant: str | None) -> str:
         """Where this tenant's uploads, results and reports are written."""
         return tenant_base(self.settings.results_base, tenant, self.settings.default_tenant)
+
+    def check_input(self, uri: str, tenant: str | None) -> None:
+        """Refuse, before any work, an input (an image, a mask, a prefix) that the deployment
+        or this tenant may not read (StageFailure URI_REFUSED): a scheme, path or bucket
+        restyle may not use; for a named tenant, another tenant's storage, or a bucket outside
+        its RESTYLE_TENANT_BUCKETS. The default tenant (the operator's own systems) reads
+        whatever the deployment may."""
+        self.storage.police(uri)
+        settings = self.settings
+        if tenant is None or tenant == settings.default_tenant:
+            return
+        if is_under(uri, self.base_for(tenant)):
+            return
+        if is_under(uri, join_uri(settings.results_base, "tenants")):
+            raise StageFailure(ErrorCode.URI_REFUSED,
+                               f"{uri!r} is in another tenant's storage")
+        allowed = settings.tenant_buckets.get(tenant)
+        bucket = uri[5:].split("/", 1)[0] if uri.startswith("s3://") else None
+        if allowed is not None and bucket not in allowed:
+            raise StageFailure(ErrorCode.URI_REFUSED,
+                               f"{uri!r}: tenant {tenant!r} reads only its own storage and "
+                               f"the buckets {sorted(allowed)} (RESTYLE_TENANT_BUCKETS)")
 
     # --- sending ---
     async def send(self, topic: str, key: str, model: BaseModel, headers=None,

@@ -33,6 +33,10 @@ class StorageSettings(SettingsBase):
     # its credentials reach. Unset: RESTYLE_S3_BUCKET and the buckets the bucket rules name
     # (every bucket if a rule watches "*").
     s3_buckets: list[str] | None = None
+    # Per tenant, the buckets its inputs may come from besides its own storage prefix
+    # ({"acme": ["acme-photos"]}); a tenant not listed reads any bucket above. No tenant but
+    # the default one reads another tenant's storage.
+    tenant_buckets: dict[str, list[str]] = Field(default_factory=dict)
 
     @cached_property
     def results_base(self) -> str:

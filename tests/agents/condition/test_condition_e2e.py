@@ -92,6 +92,20 @@ def test_a_new_upload_to_a_key_is_rendered_again_and_a_namesake_gets_its_own_out
         [f"s3://restyle/generated/{name}.jpg/0.png"]
 
 
+def test_a_non_ascii_key_is_kept_intact_and_its_metadata_quoted(e2e):
+    import urllib.parse
+
+    name = f"café-東京-{uuid.uuid4().hex[:6]}"
+    found = drop(e2e, f"incoming/{name}.png", skimage_photo("coffee").resize((96, 64)))
+    assert found["status"] == "done", found
+    assert found["result"]["source"]["key"] == f"incoming/{name}.png"
+    assert [i["uri"] for i in found["result"]["images"]] == \
+        [f"s3://restyle/generated/{name}.png/0.png"]
+    stored = e2e.s3.get_object(Bucket=e2e.bucket, Key=f"generated/{name}.png/0.png")
+    # S3 metadata is ASCII: the key is stored URL-quoted and reads back whole.
+    assert urllib.parse.unquote(stored["Metadata"]["source-key"]) == f"incoming/{name}.png"
+
+
 def test_a_minio_event_on_the_topic_drives_a_job(e2e):
     name = f"minio-{uuid.uuid4().hex[:8]}"
     e2e.put_object(f"incoming/{name}.png", png(skimage_photo("chelsea")))
