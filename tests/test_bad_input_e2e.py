@@ -63,6 +63,24 @@ def test_out_of_range_params_fail_with_the_field_named(e2e, params, field):
     assert result["status"] == "failed" and field in result["error"]["message"]
 
 
+@pytest.mark.parametrize("field, value", [
+    ("job_id", "evil\nid\u0000"),  # control characters: not an id restyle accepts
+    ("image", None),
+    ("style", ""),
+    ("params", {"seed": None, "steps": "many"}),
+])
+def test_null_empty_and_control_character_values_are_refused_by_name(e2e, field, value):
+    marker = new_id("values")
+    body = {**upload(marker, "s3://restyle/x.jpg"), field: value}
+    e2e.publish(body, key=marker.encode())
+    letters = e2e.collector.wait_for(
+        "restyle.dlq", lambda m: m.key() == marker.encode(), 60)
+    letter = json.loads(letters[0].value())
+    assert letter["code"] == "schema_violation" and field in letter["reason"]
+    if field != "job_id":  # a readable id: the job it names fails with the same cause
+        assert e2e.result(marker, 60)["error"]["code"] == "schema_violation"
+
+
 def test_an_unknown_style_fails_and_lists_the_styles(e2e):
     job_id = new_id("style")
     e2e.publish({**upload(job_id, "s3://restyle/x.jpg"), "style": "baroque"})
