@@ -189,6 +189,8 @@ def test_a_truncated_image_fails_as_corrupt(e2e):
 
 
 def test_workers_keep_working_after_bad_input(e2e, room_photos):
+    # Every process of the stack is the one that started: none died on the input above.
+    assert e2e.stack.check() is None
     uri = e2e.put_object("incoming/after-bad.jpg", room_photos[7].read_bytes())
     job_id = new_id("after")
     e2e.publish(upload(job_id, uri))

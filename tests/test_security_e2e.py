@@ -257,3 +257,19 @@ def test_a_tenant_cannot_feed_another_tenants_files_into_its_jobs(e2e, room_phot
     # Labels are not read from it either.
     assert_refused(e2e.post_json("/labels", {"image": theirs}, tenant="tenant-b"), 400,
                    "uri_refused")
+
+
+def test_after_every_attack_the_workers_live_and_a_valid_batch_is_done(e2e, room_photos):
+    # (Runs last in this file.) No process of the stack exited...
+    assert e2e.stack.check() is None
+    # ...and a well-formed batch from a well-behaved tenant still completes.
+    status, created = submit_batch(e2e, "tenant-c", room_photos[12].read_bytes())
+    assert status == 202, created
+    deadline = time.monotonic() + 180
+    while True:
+        status, batch = e2e.get(f"/batches/{created['batch_id']}", tenant="tenant-c")
+        if status == 200 and batch["status"] != "running" and not batch["reporting"]:
+            break
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+    assert batch["status"] == "succeeded"
