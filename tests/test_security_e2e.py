@@ -52,6 +52,17 @@ def submit_batch(e2e, caller: str, photo: bytes, **fields) -> tuple[int, dict]:
                                       "params": {"seed": 1}, **fields}, tenant=caller)
 
 
+def finished_batch(e2e, batch_id: str, tenant: str, timeout_s: float) -> dict:
+    """The batch as its tenant sees it once it has ended and its report is out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, batch = e2e.get(f"/batches/{batch_id}", tenant=tenant)
+        if status == 200 and batch["status"] != "running" and not batch["reporting"]:
+            return batch
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+
+
 def test_every_page_but_health_needs_a_credential(e2e):
     for method, path in [("GET", "/jobs/x"), ("GET", "/jobs/x/events"), ("GET", "/batches/x"),
                          ("GET", "/products/search?q=sofa"), ("GET", "/catalog/ingests/x"),
@@ -147,13 +158,7 @@ def test_a_tenant_sees_only_its_own_batches_jobs_streams_and_titan_results(e2e, 
     status, created = submit_batch(e2e, "tenant-a", photo)
     assert status == 202, created
     batch_id = created["batch_id"]
-    deadline = time.monotonic() + 240
-    while True:
-        status, batch = e2e.get(f"/batches/{batch_id}", tenant="tenant-a")
-        if status == 200 and batch["status"] != "running" and not batch["reporting"]:
-            break
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.5)
+    batch = finished_batch(e2e, batch_id, "tenant-a", 240)
     assert batch["tenant"] == "tenant-a" and batch["counts"]["succeeded"] == 1
     report = json.loads(urllib.request.urlopen(batch["report"]["json"]).read())
     job_id = report["images"][0]["job_id"]
@@ -243,13 +248,7 @@ def test_a_tenant_cannot_feed_another_tenants_files_into_its_jobs(e2e, room_phot
     status, created = e2e.post_json("/batches", {"images": [{"uri": theirs}],
                                                  "prompt": "a garden"}, tenant="tenant-b")
     assert status == 202, created
-    deadline = time.monotonic() + 120
-    while True:
-        status, batch = e2e.get(f"/batches/{created['batch_id']}", tenant="tenant-b")
-        if status == 200 and batch["status"] != "running" and not batch["reporting"]:
-            break
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.5)
+    batch = finished_batch(e2e, created['batch_id'], "tenant-b", 120)
     assert batch["status"] == "failed" and batch["counts"]["failed"] == 1
     report = json.loads(urllib.request.urlopen(batch["report"]["json"]).read())
     assert report["images"][0]["error"] == "uri_refused"
@@ -265,11 +264,5 @@ def test_after_every_attack_the_workers_live_and_a_valid_batch_is_done(e2e, room
     # ...and a well-formed batch from a well-behaved tenant still completes.
     status, created = submit_batch(e2e, "tenant-c", room_photos[12].read_bytes())
     assert status == 202, created
-    deadline = time.monotonic() + 180
-    while True:
-        status, batch = e2e.get(f"/batches/{created['batch_id']}", tenant="tenant-c")
-        if status == 200 and batch["status"] != "running" and not batch["reporting"]:
-            break
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.5)
+    batch = finished_batch(e2e, created['batch_id'], "tenant-c", 180)
     assert batch["status"] == "succeeded"

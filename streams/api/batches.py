@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import uuid
 
 from faust import web
@@ -20,7 +19,14 @@ from schemas.titan import TitanRequest
 from streams.adapters.images import decode_image, encode_png, fit_within
 from streams.adapters.outbound import UnsafeTarget
 from streams.api.routing import error_response, routed, until_known
-from streams.api.tenancy import ForeignTenant, acting_tenant, caller, scoped_id, sees
+from streams.api.tenancy import (
+    ForeignTenant,
+    InvalidId,
+    acting_tenant,
+    caller,
+    chosen_id,
+    sees,
+)
 from streams.core.runtime import Runtime, describe_validation, json_object
 from streams.tracking import batches, webhooks
 from streams.tracking.tables import Tables
@@ -75,13 +81,12 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                                       f"{allowed} images (RESTYLE_TENANT_MAX_BATCH_IMAGES); "
                                       f"this one lists {len(batch.images)}")
             try:
-                batch_id = scoped_id(request, settings, batch.batch_id or uuid.uuid4().hex)
+                batch_id = chosen_id(request, settings, batch.batch_id or uuid.uuid4().hex,
+                                     "batch_id", BATCH_ID_PATTERN)
             except ForeignTenant as exc:
                 return error_response(self, 403, "forbidden", str(exc))
-            if not re.match(BATCH_ID_PATTERN, batch_id):  # the tenant prefix made it too long
-                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
-                                      f"batch_id with its tenant prefix must match "
-                                      f"{BATCH_ID_PATTERN}")
+            except InvalidId as exc:
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
             # Through the uploads topic, like any upstream system's batch.
             await rt.channels[rt.topics.uploads].send(key=batch_id.encode(), value=batch.model_copy(
                 update={"batch_id": batch_id}).model_dump_json(exclude_none=True).encode())

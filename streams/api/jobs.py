@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 
 from aiohttp import web as aioweb
@@ -15,7 +14,14 @@ from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
 from streams.api.limits import TenantLimiter, TooManyStreams
 from streams.api.routing import error_response, routed, until_known
-from streams.api.tenancy import ForeignTenant, acting_tenant, caller, scoped_id, sees
+from streams.api.tenancy import (
+    ForeignTenant,
+    InvalidId,
+    acting_tenant,
+    caller,
+    chosen_id,
+    sees,
+)
 from streams.core.runtime import Runtime
 from streams.tracking.tables import Tables
 
@@ -95,18 +101,14 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter) -> None:
                 tenant = acting_tenant(request, form.get("tenant"))
             except ForeignTenant as exc:
                 return error_response(self, 403, "forbidden", str(exc))
-            job_id = str(form.get("job_id") or uuid.uuid4().hex)
-            if not re.match(JOB_ID_PATTERN, job_id):
-                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
-                                      f"job_id must match {JOB_ID_PATTERN}")
             try:
-                job_id = scoped_id(request, rt.settings, job_id)
+                job_id = chosen_id(request, rt.settings, str(form.get("job_id") or
+                                                             uuid.uuid4().hex),
+                                   "job_id", JOB_ID_PATTERN)
             except ForeignTenant as exc:
                 return error_response(self, 403, "forbidden", str(exc))
-            if not re.match(JOB_ID_PATTERN, job_id):  # the tenant prefix made it too long
-                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
-                                      f"job_id with its tenant prefix must match "
-                                      f"{JOB_ID_PATTERN}")
+            except InvalidId as exc:
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
             # The caller's file name, kept (non-ASCII too) but never a path: no separators, no
             # leading dots, so it cannot climb out of the job's prefix.
             name = (upload.filename or "").replace("/", "_").replace("\\", "_").lstrip(".") \

@@ -5,6 +5,8 @@ published to Kafka without a tenant belong to RESTYLE_DEFAULT_TENANT.
 """
 from __future__ import annotations
 
+import re
+
 from schemas.credentials import Principal
 from streams.api.auth.middleware import PRINCIPAL
 from streams.core.settings.auth import AuthSettings
@@ -36,6 +38,21 @@ def scoped_id(request, settings: AuthSettings, given: str) -> str:
                                 f"this credential acts for {tenant!r}")
         return given
     return given if tenant == settings.default_tenant else f"{tenant}:{given}"
+
+
+class InvalidId(Exception):
+    """An id that does not match its pattern, as given or with its tenant prefix (400)."""
+
+
+def chosen_id(request, settings: AuthSettings, given: str, field: str, pattern: str) -> str:
+    """scoped_id for an id a request body or form gives, checked against the id pattern
+    before and after the tenant prefix."""
+    if not re.match(pattern, given):
+        raise InvalidId(f"{field} must match {pattern}")
+    scoped = scoped_id(request, settings, given)
+    if not re.match(pattern, scoped):
+        raise InvalidId(f"{field} with its tenant prefix ({scoped!r}) must match {pattern}")
+    return scoped
 
 
 def acting_tenant(request, named: str | None) -> str:
