@@ -57,9 +57,13 @@ def tenant_base(results_base: str, tenant: str | None, default_tenant: str) -> s
 
 
 def is_under(uri: str, base: str) -> bool:
-    """Whether uri lies below base (no `..` segment climbing out of it)."""
-    inside = base.rstrip("/") + "/"
-    return uri.startswith(inside) and ".." not in uri[len(inside):].split("/")
+    """Whether uri lies below base, compared as storage reads it: percent-escapes decoded
+    (file:// paths are unquoted before use), and no `.` or `..` segment anywhere (so nothing
+    climbs out of base once a path is resolved)."""
+    decoded, inside = unquote(uri), unquote(base).rstrip("/") + "/"
+    if any(part in (".", "..") for part in decoded.split("/")):
+        return False
+    return decoded.startswith(inside)
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -47,7 +47,8 @@ def assert_refused(answer, status: int, code: str) -> None:
 
 
 def submit_batch(e2e, caller: str, photo: bytes, **fields) -> tuple[int, dict]:
-    uri = e2e.put_object(f"auth/{uuid.uuid4().hex[:8]}/room.jpg", photo)
+    # A named tenant's inputs live in its own storage (or its own buckets).
+    uri = e2e.put_object(f"tenants/{caller}/inputs/{uuid.uuid4().hex[:8]}/room.jpg", photo)
     return e2e.post_json("/batches", {"images": [{"uri": uri}], "prompt": "a quiet garden",
                                       "params": {"seed": 1}, **fields}, tenant=caller)
 
@@ -242,17 +243,18 @@ def test_ids_a_tenant_chooses_live_in_its_own_namespace(e2e, room_photos):
                    "forbidden")
 
 
-def test_a_tenant_cannot_feed_another_tenants_files_into_its_jobs(e2e, room_photos):
+def test_a_tenant_cannot_feed_files_outside_its_storage_into_its_jobs(e2e, room_photos):
     theirs = e2e.put_object(f"tenants/tenant-a/uploads/{uuid.uuid4().hex[:8]}/room.jpg",
                             room_photos[11].read_bytes())
-    status, created = e2e.post_json("/batches", {"images": [{"uri": theirs}],
-                                                 "prompt": "a garden"}, tenant="tenant-b")
-    assert status == 202, created
-    batch = finished_batch(e2e, created['batch_id'], "tenant-b", 120)
-    assert batch["status"] == "failed" and batch["counts"]["failed"] == 1
-    report = json.loads(urllib.request.urlopen(batch["report"]["json"]).read())
-    assert report["images"][0]["error"] == "uri_refused"
-    assert "another tenant's storage" in report["images"][0]["cause"]
+    for images in ([{"uri": theirs}], ["s3://restyle/tenants/tenant-a/"],
+                   ["s3://restyle/uploads/"],  # the default tenant's storage
+                   [{"uri": "s3://restyle/tenants/tenant-b/../tenant-a/x.jpg"}],
+                   [{"uri": "s3://restyle/tenants/tenant-b/x.jpg", "mask_image": theirs}]):
+        status, body = e2e.post_json("/batches", {"images": images, "prompt": "a garden"},
+                                     tenant="tenant-b")
+        assert (status, body["error"]["code"]) == (400, "uri_refused"), images
+        assert "outside this tenant's storage" in body["error"]["message"] or \
+            "climbs out" in body["error"]["message"]
     # Labels are not read from it either.
     assert_refused(e2e.post_json("/labels", {"image": theirs}, tenant="tenant-b"), 400,
                    "uri_refused")

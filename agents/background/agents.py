@@ -96,7 +96,7 @@ async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
     for item in batch.images:
         uri = item if isinstance(item, str) else item.uri
         if background.is_prefix(uri):
-            rt.check_input(uri.rstrip("/") + "/x", batch.tenant)  # before any listing
+            rt.storage.police(uri.rstrip("/") + "/x")  # before any listing
             # Listing stops past the batch cap: a prefix of millions is refused, not read.
             listings[uri] = await rt.storage.list(uri, MAX_LISTED_OBJECTS + 1)
             if len(listings[uri]) > MAX_LISTED_OBJECTS:
@@ -105,6 +105,14 @@ async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
                                    f"batch takes at most {MAX_BATCH_IMAGES:,} images (name a "
                                    f"narrower prefix or split it)")
     specs = background.expand(batch, listings)
+    if batch.tenant not in (None, settings.default_tenant):
+        # A prefix expands after the API counted the batch's entries: count again.
+        allowed = settings.limits_for(batch.tenant).max_batch_images
+        if len(specs) > allowed:
+            raise StageFailure(ErrorCode.INVALID_PARAMS,
+                               f"the batch expands to {len(specs):,} images; tenant "
+                               f"{batch.tenant!r} may send at most {allowed:,} "
+                               f"(RESTYLE_TENANT_MAX_BATCH_IMAGES)")
     params = background.resolve_params(batch, settings, settings.render_defaults, _rng)
     now = time.time()
     mode = OutpaintMode(settings.default_outpaint_mode)
@@ -114,9 +122,9 @@ async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
     for job in jobs:
         entry = ImageEntry(job_id=job.job_id, name=job.name, image=job.image)
         try:
-            rt.check_input(job.image, job.tenant)
+            rt.storage.police(job.image)
             if job.mask_image:
-                rt.check_input(job.mask_image, job.tenant)
+                rt.storage.police(job.mask_image)
             entry.job = job
         except StageFailure as failure:
             refused.append((job, failure.error))

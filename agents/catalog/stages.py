@@ -85,7 +85,7 @@ def unreadable(raw, error: JobError) -> CatalogOutcome | None:
         ingest_id, product_id = data.get("ingest_id"), data.get("product_id")
     except Exception:
         return None
-    if not (isinstance(ingest_id, str) and re.match(INGEST_ID_PATTERN, ingest_id)
+    if not (isinstance(ingest_id, str) and re.fullmatch(INGEST_ID_PATTERN, ingest_id)
             and isinstance(product_id, str) and product_id):
         return None
     total = data.get("ingest_total")

@@ -41,7 +41,7 @@ MAX_METADATA_VALUE = 1024
 async def admit(rt: Runtime, message, data: dict) -> None:
     """One image to condition on, straight from the uploads topic (no bucket rule)."""
     def make_job(upload: ConditionUpload, job_id: str) -> ConditionJob:
-        rt.check_input(upload.image, upload.tenant)
+        rt.storage.police(upload.image)
         if upload.output:
             rt.storage.police(upload.output + "x")
         return bucket_events.job_for_upload(upload, job_id, rt.settings,

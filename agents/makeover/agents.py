@@ -38,7 +38,7 @@ _rng = random.SystemRandom()
 
 async def admit(rt: Runtime, message, data: dict) -> None:
     def make_job(upload: MakeoverUpload, job_id: str) -> MakeoverJob:
-        rt.check_input(upload.image, upload.tenant)
+        rt.storage.police(upload.image)
         return makeover.admit(upload, job_id, rt.settings.styles, rt.settings.render_defaults,
                              time.time(), _rng)
 

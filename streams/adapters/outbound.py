@@ -19,6 +19,10 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
 
+# The well-known NAT64 prefix: on an IPv6-only cluster 64:ff9b::a00:7 is 10.0.0.7.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 class UnsafeTarget(Exception):
     """A URL restyle will not call; the message is safe to show the user."""
 
@@ -36,7 +40,11 @@ class OutboundPolicy:
 
     def check_url(self, url: str) -> None:
         """Refuse what can be refused without DNS: the scheme, and literal addresses."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises on a port out of range)
+        except ValueError as exc:
+            raise UnsafeTarget(f"the webhook URL cannot be read: {exc}") from None
         if parts.scheme not in (("https", "http") if self.allow_http else ("https",)):
             raise UnsafeTarget("webhooks must use https (RESTYLE_WEBHOOK_ALLOW_HTTP allows "
                                "http)")
@@ -51,8 +59,14 @@ class OutboundPolicy:
         self.check_address(address)
 
     def check_address(self, address: ipaddress._BaseAddress) -> None:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
+        # IPv6 forms that carry an IPv4 address reach that address: judge the address inside.
+        if isinstance(address, ipaddress.IPv6Address):
+            inner = address.ipv4_mapped or address.sixtofour or \
+                (address.teredo[1] if address.teredo else None)
+            if inner is None and address in NAT64:
+                inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+            if inner is not None:
+                return self.check_address(inner)
         if any(address in network for network in self.allowed_networks):
             return
         if not address.is_global or address.is_multicast:
@@ -95,6 +109,9 @@ def guarded_session(policy: OutboundPolicy, timeout_s: float) -> aiohttp.ClientS
 def redact(url: str) -> str:
     """A URL as shown in responses and logs: scheme and host only (paths and queries of
     webhook URLs often carry tokens)."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(an unreadable URL)"
     return f"{parts.scheme}://{parts.hostname or '?'}{port}/…"

@@ -37,6 +37,19 @@ MAX_LABEL_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_LABELS, MAX_LABEL_CHARS = 64, 100
 
 
+def inputs_of(batch: BackgroundBatch) -> list[str]:
+    """Every URI a batch reads: its images (or prefixes) and mask images."""
+    found = [batch.mask_image] if batch.mask_image else []
+    for item in batch.images:
+        if isinstance(item, str):
+            found.append(item.rstrip("/") + "/x" if item.endswith("/") else item)
+        else:
+            found.append(item.uri.rstrip("/") + "/x" if item.uri.endswith("/") else item.uri)
+            if item.mask_image:
+                found.append(item.mask_image)
+    return found
+
+
 def register(rt: Runtime, tables: Tables, models) -> None:
     app, settings = rt.app, rt.settings
 
@@ -80,6 +93,12 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                                       f"a batch of tenant {body['tenant']!r} may list at most "
                                       f"{allowed} images (RESTYLE_TENANT_MAX_BATCH_IMAGES); "
                                       f"this one lists {len(batch.images)}")
+            try:  # what the caller's tenant may not read is refused before anything runs
+                for uri in inputs_of(batch):
+                    rt.check_input(uri, body["tenant"])
+            except StageFailure as failure:
+                return error_response(self, 400, failure.error.code.value,
+                                      failure.error.message)
             try:
                 batch_id = chosen_id(request, settings, batch.batch_id or uuid.uuid4().hex,
                                      "batch_id", BATCH_ID_PATTERN)

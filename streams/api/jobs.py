@@ -9,7 +9,7 @@ import uuid
 from aiohttp import web as aioweb
 from faust import web
 
-from schemas import ErrorCode, JobState
+from schemas import ErrorCode, JobState, StageFailure
 from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
 from streams.api.limits import TenantLimiter, TooManyStreams
@@ -22,7 +22,7 @@ from streams.api.tenancy import (
     chosen_id,
     sees,
 )
-from streams.core.runtime import Runtime
+from streams.core.runtime import Runtime, json_object
 from streams.tracking.tables import Tables
 
 SSE_POLL_S = 0.2
@@ -36,6 +36,16 @@ async def present(rt: Runtime, state: JobState) -> dict:
         for image in result.get("images", []):
             image["url"] = await rt.storage.presign(image["uri"])
     return body
+
+
+def safe_file_name(given: str | None) -> str:
+    """The caller's file name, kept (non-ASCII too) but never a path: no separators, no
+    percent-escapes (file:// storage would decode them into separators), no leading dots, so
+    it cannot climb out of the job's prefix."""
+    name = given or ""
+    for character in "/\\%":
+        name = name.replace(character, "_")
+    return name.lstrip(".") or "image"
 
 
 def register(rt: Runtime, tables: Tables, limiter: TenantLimiter) -> None:
@@ -109,23 +119,24 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter) -> None:
                 return error_response(self, 403, "forbidden", str(exc))
             except InvalidId as exc:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
-            # The caller's file name, kept (non-ASCII too) but never a path: no separators, no
-            # leading dots, so it cannot climb out of the job's prefix.
-            name = (upload.filename or "").replace("/", "_").replace("\\", "_").lstrip(".") \
-                or "image"
-            uri = join_uri(rt.base_for(tenant), "uploads", job_id, name)
-            await rt.storage.put(uri, upload.file.read(),
-                                 upload.content_type or "application/octet-stream")
-            event = {"job_id": job_id, "pipeline": "room_makeover", "image": uri,
-                     "style": str(style), "tenant": tenant}
+            event = {"job_id": job_id, "pipeline": "room_makeover", "style": str(style),
+                     "tenant": tenant}
             if form.get("params"):
+                given = form["params"]
                 try:
-                    event["params"] = json.loads(form["params"])
-                except json.JSONDecodeError:
+                    if not isinstance(given, str):
+                        raise StageFailure(ErrorCode.INVALID_JSON, "a file, not a form field")
+                    event["params"] = json_object(given.encode())
+                except StageFailure as failure:
                     return error_response(self, 400, ErrorCode.INVALID_JSON.value,
-                                          "params must be a JSON object")
+                                          f"params must be a JSON object: "
+                                          f"{failure.error.message}")
+            event["image"] = join_uri(rt.base_for(tenant), "uploads", job_id,
+                                      safe_file_name(upload.filename))
+            await rt.storage.put(event["image"], upload.file.read(),
+                                 upload.content_type or "application/octet-stream")
             await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
                                                       value=json.dumps(event).encode())
             await until_known(app, request, f"/jobs/{job_id}")
-            return self.json({"job_id": job_id, "image": uri}, status=202)
+            return self.json({"job_id": job_id, "image": event["image"]}, status=202)
 

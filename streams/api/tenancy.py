@@ -47,10 +47,10 @@ class InvalidId(Exception):
 def chosen_id(request, settings: AuthSettings, given: str, field: str, pattern: str) -> str:
     """scoped_id for an id a request body or form gives, checked against the id pattern
     before and after the tenant prefix."""
-    if not re.match(pattern, given):
+    if not re.fullmatch(pattern, given):
         raise InvalidId(f"{field} must match {pattern}")
     scoped = scoped_id(request, settings, given)
-    if not re.match(pattern, scoped):
+    if not re.fullmatch(pattern, scoped):
         raise InvalidId(f"{field} with its tenant prefix ({scoped!r}) must match {pattern}")
     return scoped
 

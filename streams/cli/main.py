@@ -248,7 +248,7 @@ def keys_create(tenant, name, scopes) -> None:
     """Create a key and print it once (it is kept nowhere: store it now)."""
     from streams.api.auth.keystore import create_key
 
-    if not re.match(TENANT_PATTERN, tenant):
+    if not re.fullmatch(TENANT_PATTERN, tenant):
         raise click.BadParameter(f"{tenant!r}: a tenant is 1-64 letters, digits, '.', '_' or "
                                  f"'-', starting with a letter or digit", param_hint="--tenant")
     key, record = client.run(create_key(load_settings(), tenant, name,

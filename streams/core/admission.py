@@ -63,7 +63,7 @@ def derived_id(message) -> str:
 def readable_field(upload: dict | None, field: str, pattern: str) -> str | None:
     """A well-formed id from an upload that may not validate as a whole."""
     value = upload.get(field) if upload else None
-    return value if isinstance(value, str) and re.match(pattern, value) else None
+    return value if isinstance(value, str) and re.fullmatch(pattern, value) else None
 
 
 def id_from_key(message, pattern: str) -> str | None:
@@ -71,4 +71,4 @@ def id_from_key(message, pattern: str) -> str | None:
     if not isinstance(key, bytes):
         return None
     text = key.decode(errors="replace")
-    return text if re.match(pattern, text) else None
+    return text if re.fullmatch(pattern, text) else None

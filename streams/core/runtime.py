@@ -13,7 +13,9 @@ from typing import Awaitable, Callable, Iterable, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
-from schemas.uris import is_under, join_uri, tenant_base
+from urllib.parse import unquote
+
+from schemas.uris import is_under, tenant_base
 from streams.adapters.images import decode_image, fit_within
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
@@ -49,20 +51,26 @@ class Runtime:
         return tenant_base(self.settings.results_base, tenant, self.settings.default_tenant)
 
     def check_input(self, uri: str, tenant: str | None) -> None:
-        """Refuse, before any work, an input (an image, a mask, a prefix) that the deployment
-        or this tenant may not read (StageFailure URI_REFUSED): a scheme, path or bucket
-        restyle may not use; for a named tenant, another tenant's storage, or a bucket outside
-        its RESTYLE_TENANT_BUCKETS. The default tenant (the operator's own systems) reads
-        whatever the deployment may."""
+        """Refuse an input (an image, a mask, a prefix) an API caller names that the deployment
+        or its tenant may not read (StageFailure URI_REFUSED): a scheme, path or bucket
+        restyle may not use; for a named tenant, anything in the storage base outside its own
+        folder, or a bucket outside its RESTYLE_TENANT_BUCKETS. The default tenant reads
+        whatever the deployment may. (Kafka producers are trusted to name inputs: admission
+        applies the deployment's rules only.)"""
         self.storage.police(uri)
         settings = self.settings
         if tenant is None or tenant == settings.default_tenant:
             return
         if is_under(uri, self.base_for(tenant)):
             return
-        if is_under(uri, join_uri(settings.results_base, "tenants")):
+        storage_base = settings.results_base
+        if is_under(uri, storage_base) or unquote(uri).rstrip("/") == storage_base:
+            # The storage base holds the default tenant's files and every tenant's folder.
             raise StageFailure(ErrorCode.URI_REFUSED,
-                               f"{uri!r} is in another tenant's storage")
+                               f"{uri!r} is outside this tenant's storage "
+                               f"({self.base_for(tenant)}/)")
+        if ".." in unquote(uri).split("/"):
+            raise StageFailure(ErrorCode.URI_REFUSED, f"{uri!r} climbs out of its prefix")
         allowed = settings.tenant_buckets.get(tenant)
         bucket = uri[5:].split("/", 1)[0] if uri.startswith("s3://") else None
         if allowed is not None and bucket not in allowed:

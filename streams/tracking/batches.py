@@ -7,12 +7,14 @@ import asyncio
 import csv
 import io
 import json
+import logging
 import time
 
 from schemas import JobEventKind, StageFailure
 from schemas.background import (
     BackgroundJob,
     BatchEvent,
+    BatchEventKind,
     BatchNotification,
     BatchState,
     ImageOutcome,
@@ -22,6 +24,8 @@ from schemas.uris import join_uri
 from streams.core.runtime import Runtime
 from streams.tracking.batchstate import apply_batch_event, summary, to_release
 from streams.tracking.tables import Tables
+
+log = logging.getLogger("restyle.batches")
 
 INDEX = "#index"
 # Failures spelled out in a notification (the report has them all).
@@ -41,9 +45,12 @@ def register(rt: Runtime, tables: Tables) -> None:
             stored = images.get(f"{event.batch_id}/{event.outcome.job_id}".encode())
             previous = ImageOutcome.model_validate_json(stored) if stored else None
         transition = apply_batch_event(state, previous, event, rt.settings.tolerated_failure_pct)
+        listing = event.kind in (BatchEventKind.OPENED, BatchEventKind.ENTRIES)
         for entry in transition.entries:
-            images[f"{event.batch_id}/{entry.job_id}".encode()] = \
-                entry.model_dump_json().encode()
+            entry_key = f"{event.batch_id}/{entry.job_id}".encode()
+            if listing and images.get(entry_key) is not None:
+                continue  # a redelivered listing must not make a finished image pending again
+            images[entry_key] = entry.model_dump_json().encode()
         if transition.index:
             for image in event.images:
                 if image.job is not None:
@@ -51,10 +58,15 @@ def register(rt: Runtime, tables: Tables) -> None:
                         image.job.model_dump_json().encode()
             index_key = f"{event.batch_id}/{INDEX}".encode()
             known = json.loads(images.get(index_key) or b"[]")
-            images[index_key] = json.dumps(known + transition.index).encode()
+            listed = set(known)  # a redelivered chunk is listed once
+            images[index_key] = json.dumps(
+                known + [job_id for job_id in transition.index if job_id not in listed]).encode()
         new = transition.state
         if new is None:
             return
+        # The counts are stored before any job is handed on: whatever happens while releasing,
+        # an outcome is never counted and then lost.
+        batches[key] = new.model_dump_json().encode()
         new = await release(new)
         # Stored before the report goes out: a crash or a storage error in between leaves
         # `reporting` set, and the next event for the batch (a redelivery) reports it.
@@ -72,14 +84,20 @@ def register(rt: Runtime, tables: Tables) -> None:
         positions = to_release(state, len(index), rt.settings.batch_window)
         if not positions:
             return state
+        released = state.released
         for position in positions:
             stored = images.get(job_key(state.batch_id, index[position]))
-            if stored is None:
-                continue  # refused at expansion: it has already failed
-            job = BackgroundJob.model_validate_json(stored)
-            await rt.job_event(job.job_id, JobEventKind.SUBMITTED, tenant=job.tenant,
-                               batch_id=state.batch_id, job=job)
-        return state.model_copy(update={"released": positions.stop})
+            if stored is not None:  # (none: refused at expansion, it has already failed)
+                try:
+                    job = BackgroundJob.model_validate_json(stored)
+                    await rt.job_event(job.job_id, JobEventKind.SUBMITTED, tenant=job.tenant,
+                                       batch_id=state.batch_id, job=job)
+                except Exception:  # the batch's next event releases from here again
+                    log.exception("releasing image %d of batch %s failed", position,
+                                  state.batch_id)
+                    break
+            released = position + 1
+        return state.model_copy(update={"released": released})
 
     rt.stage_agent("batch-tracker", track, BatchEvent, topic=rt.topics.batch_events,
                    fail_jobs=False)

@@ -25,7 +25,7 @@ def mint(tenant: str, now: float, name: str | None = None,
 
 def key_id_of(token: str) -> str | None:
     """The key id of a well-formed API key, else None."""
-    found = _KEY.match(token)
+    found = _KEY.fullmatch(token)
     return found.group(1) if found else None
 
 

@@ -19,6 +19,7 @@ log = logging.getLogger("restyle.auth")
 
 CATCH_UP_TIMEOUT_S = 3.0
 ASSIGNMENT_TIMEOUT_S = 30.0
+RETRY_S = 2.0
 
 
 class KeyRing:
@@ -50,7 +51,23 @@ class KeyRing:
         self.records[record.key_id] = record
 
     async def run(self) -> None:
-        """Read the topic from the beginning, forever (a faust task of the worker)."""
+        """Read the topic from the beginning, forever (a faust task of the worker). When
+        reading fails (the broker, an ACL), keys are refused with 503 instead of being judged
+        by a ring that no longer sees revocations, and the topic is read again from the
+        start."""
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading %s failed; API keys answer 503 until it is read again",
+                              self.topic)
+                self.loaded.clear()
+                await asyncio.sleep(RETRY_S)
+
+    async def _follow(self) -> None:
+        self.records = {}  # what the topic says now, not what was read before a failure
         end = await self._open()
         try:
             while True:

@@ -47,6 +47,9 @@ class Redirector:
     "https://127.0.0.1/x", "https://[::1]/x", "https://169.254.169.254/latest/meta-data",
     "https://10.1.2.3/x", "https://192.168.0.10/x", "https://[::ffff:127.0.0.1]/x",
     "https://0.0.0.0/x", "https://user:pw@hooks.example.com/x", "ftp://hooks.example.com/x",
+    "https://[64:ff9b::a00:7]:9200/",  # NAT64 for 10.0.0.7
+    "https://[2002:a00:7::]/x",  # 6to4 for 10.0.0.7
+    "https://[::1/x", "https://hooks.example.com:99999/x",  # unreadable: refused, not a crash
 ])
 def test_urls_pointing_inside_are_refused_before_any_connection(url):
     with pytest.raises(UnsafeTarget):
@@ -95,3 +98,4 @@ def test_a_connection_failure_is_reported_without_internal_detail():
 
 def test_redact_keeps_scheme_host_and_port_only():
     assert redact("https://hooks.example.com:8443/a/b?sig=x") == "https://hooks.example.com:8443/…"
+    assert redact("https://hooks.example.com:99999/x") == "(an unreadable URL)"

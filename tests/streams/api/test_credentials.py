@@ -172,9 +172,12 @@ class JwksServer:
 
     def __init__(self, jwks: dict):
         body = json.dumps(jwks).encode()
+        self.fetches = 0
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                server.fetches += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -202,5 +205,24 @@ def test_es256_verifies_with_the_key_a_jwks_url_publishes():
         with pytest.raises(InvalidToken):
             verify(settings, jwt.encode(claims(), stranger, algorithm="ES256",
                                         headers={"kid": "k1"}))
+    finally:
+        server.server.shutdown()
+
+
+def test_made_up_key_ids_cannot_turn_into_a_flood_of_jwks_fetches():
+    private = ec.generate_private_key(ec.SECP256R1())
+    public_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    server = JwksServer({"keys": [{**public_jwk, "kid": "k1", "use": "sig", "alg": "ES256"}]})
+    try:
+        settings = AuthSettings(jwt_algorithms=["ES256"], jwt_jwks_url=server.url,
+                                jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
+        verifier = JwtVerifier(settings)
+        for n in range(20):
+            forged = jwt.encode(claims(), private, algorithm="ES256", headers={"kid": f"x{n}"})
+            with pytest.raises(InvalidToken):
+                asyncio.run(verifier.verify(forged))
+        assert server.fetches <= 3  # the first set, and one refresh for an unknown id
+        good = jwt.encode(claims(), private, algorithm="ES256", headers={"kid": "k1"})
+        assert asyncio.run(verifier.verify(good)).tenant == "acme"
     finally:
         server.server.shutdown()

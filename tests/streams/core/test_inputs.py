@@ -28,13 +28,19 @@ def test_a_named_tenant_reads_its_own_storage_and_its_buckets_only(runtime):
     runtime.check_input("s3://restyle/tenants/acme/uploads/j/room.jpg", "acme")
     runtime.check_input("s3://acme-photos/rooms/1.jpg", "acme")
     assert "RESTYLE_TENANT_BUCKETS" in refused(runtime, "s3://shared/rooms/1.jpg", "acme")
-    assert "RESTYLE_TENANT_BUCKETS" in refused(runtime, "s3://restyle/incoming/1.jpg", "acme")
+    # The storage base is the default tenant's (and holds every tenant's folder).
+    for elsewhere in ("s3://restyle/incoming/1.jpg", "s3://restyle/x", "s3://restyle/uploads/x"):
+        assert "outside this tenant's storage" in refused(runtime, elsewhere, "acme")
 
 
 def test_no_tenant_reads_another_tenants_storage(runtime):
     for tenant in ("acme", "globex"):
         message = refused(runtime, "s3://restyle/tenants/initech/uploads/j/room.jpg", tenant)
-        assert "another tenant's storage" in message
+        assert "outside this tenant's storage" in message
+        # Escapes that storage would decode and resolve do not get out of one's own folder.
+        for sneaky in (f"s3://restyle/tenants/{tenant}/../initech/x.jpg",
+                       f"s3://restyle/tenants/{tenant}/%2e%2e/initech/x.jpg"):
+            refused(runtime, sneaky, tenant)
     # A tenant without a bucket list reads the deployment's buckets, but still not others'.
     runtime.check_input("s3://shared/rooms/1.jpg", "globex")
 
