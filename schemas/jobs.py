@@ -42,6 +42,15 @@ class Progress(BaseModel):
     total: int
 
 
+class TenantActivity(BaseModel):
+    """A job of a tenant started or ended, on `restyle.tenant-activity` (keyed by tenant)."""
+
+    tenant: str
+    job_id: str
+    active: bool
+    at: float
+
+
 class JobState(BaseModel):
     job_id: str
     tenant: str | None = None

@@ -22,6 +22,7 @@ from streams.api import batches as batches_api
 from streams.api import catalog as catalog_api
 from streams.api import health as health_api
 from streams.api import jobs as jobs_api
+from streams.api import tenants as tenants_api
 from streams.api.auth.keyring import KeyRing
 from streams.api.auth.middleware import Authenticator, auth_middleware
 from streams.api.limits import TenantLimiter, limit_middleware
@@ -30,7 +31,7 @@ from streams.core.kafka import client_options
 from streams.core.runtime import Runtime
 from streams.core.settings import Settings
 from streams.core.topics import ensure_topics
-from streams.tracking import batches, ingests, webhooks
+from streams.tracking import activity, batches, ingests, webhooks
 from streams.tracking import jobs as job_tracker
 from streams.tracking.tables import open_tables
 
@@ -69,9 +70,11 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantL
     batches.register(rt, tables)
     webhooks.register(rt)
     ingests.register(rt, tables)
-    jobs_api.register(rt, tables, limiter)
+    activity.register(rt, tables)
+    usage = tenants_api.register(rt, tables)
+    jobs_api.register(rt, tables, limiter, usage)
     catalog_api.register(rt, tables, models, index)
-    batches_api.register(rt, tables, models)
+    batches_api.register(rt, tables, models, usage)
 
 
 def build_gpu_worker(rt: Runtime) -> None:

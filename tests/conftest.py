@@ -334,7 +334,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_MAX_IMAGE_BYTES": str(8 * 1024 * 1024),
         # One tenant with tight limits, for the tests that run into them.
         "RESTYLE_TENANT_LIMITS": json.dumps({"throttled": {"submit_rate": "3/minute"},
-                                             "small-batches": {"max_batch_images": 2}}),
+                                             "small-batches": {"max_batch_images": 2},
+                                             "capped": {"max_jobs": 1}}),
     }
     if os.environ.get("RESTYLE_TEST_GUARANTEE"):
         extra_env["RESTYLE_PROCESSING_GUARANTEE"] = os.environ["RESTYLE_TEST_GUARANTEE"]

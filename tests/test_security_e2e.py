@@ -260,6 +260,33 @@ def test_a_tenant_cannot_feed_files_outside_its_storage_into_its_jobs(e2e, room_
                    "uri_refused")
 
 
+def test_a_tenant_at_its_cap_of_jobs_in_flight_gets_429_until_they_finish(e2e, room_photos):
+    photo = room_photos[13].read_bytes()
+    uris = [e2e.put_object(f"tenants/capped/inputs/{uuid.uuid4().hex[:8]}/{n}.jpg", photo)
+            for n in range(6)]
+    status, created = e2e.post_json("/batches", {"images": uris, "prompt": "a garden"},
+                                    tenant="capped")
+    assert status == 202, created
+    deadline = time.monotonic() + 60
+    while e2e.get("/tenant", tenant="capped")[1]["jobs_in_flight"] < 1:
+        assert time.monotonic() < deadline, "the batch's jobs never showed as in flight"
+        time.sleep(0.1)
+    status, body = e2e.post_json("/batches", {"images": uris[:1], "prompt": "more"},
+                                 tenant="capped")
+    assert_refused((status, body), 429, "too_many_jobs")
+    assert "RESTYLE_TENANT_MAX_JOBS 1" in body["error"]["message"]
+    # Another tenant is not held back; and once the batch is done, the tenant may go on.
+    assert e2e.get("/tenant", tenant="tenant-b")[1]["limits"]["max_jobs"] == 100
+    finished_batch(e2e, created["batch_id"], "capped", 240)
+    deadline = time.monotonic() + 30
+    while e2e.get("/tenant", tenant="capped")[1]["jobs_in_flight"] > 0:
+        assert time.monotonic() < deadline, "the finished jobs still count"
+        time.sleep(0.2)
+    status, again = e2e.post_json("/batches", {"images": uris[:1], "prompt": "more"},
+                                  tenant="capped")
+    assert status == 202, again
+
+
 def test_after_every_attack_the_workers_live_and_a_valid_batch_is_done(e2e, room_photos):
     # (Runs last in this file.) No process of the stack exited...
     assert e2e.stack.check() is None

@@ -19,6 +19,7 @@ from schemas.titan import TitanRequest
 from streams.adapters.images import decode_image, encode_png, fit_within
 from streams.adapters.outbound import UnsafeTarget
 from streams.api.routing import error_response, routed, until_known
+from streams.api.tenants import TenantUsage
 from streams.api.tenancy import (
     ForeignTenant,
     InvalidId,
@@ -50,7 +51,7 @@ def inputs_of(batch: BackgroundBatch) -> list[str]:
     return found
 
 
-def register(rt: Runtime, tables: Tables, models) -> None:
+def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
     app, settings = rt.app, rt.settings
 
     async def json_body(view, request):
@@ -93,6 +94,9 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                                       f"a batch of tenant {body['tenant']!r} may list at most "
                                       f"{allowed} images (RESTYLE_TENANT_MAX_BATCH_IMAGES); "
                                       f"this one lists {len(batch.images)}")
+            busy = await usage.refusal(request)
+            if busy:
+                return error_response(self, 429, "too_many_jobs", busy, {"Retry-After": "5"})
             try:  # what the caller's tenant may not read is refused before anything runs
                 for uri in inputs_of(batch):
                     rt.check_input(uri, body["tenant"])
@@ -204,6 +208,10 @@ def register(rt: Runtime, tables: Tables, models) -> None:
                 tenant = acting_tenant(request, request.headers.get("X-Restyle-Tenant"))
             except ForeignTenant as exc:
                 return error_response(self, 403, "AccessDeniedException", str(exc))
+            busy = await usage.refusal(request)
+            if busy:  # Titan's own name for it
+                return error_response(self, 429, "ThrottlingException", busy,
+                                      {"Retry-After": "5"})
             try:
                 batch = await titan_batch(rt.storage, settings, titan, batch_id, tenant,
                                           rt.base_for(tenant))

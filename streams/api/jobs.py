@@ -13,6 +13,7 @@ from schemas import ErrorCode, JobState, StageFailure
 from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
 from streams.api.limits import TenantLimiter, TooManyStreams
+from streams.api.tenants import TenantUsage
 from streams.api.routing import error_response, routed, until_known
 from streams.api.tenancy import (
     ForeignTenant,
@@ -48,7 +49,7 @@ def safe_file_name(given: str | None) -> str:
     return name.lstrip(".") or "image"
 
 
-def register(rt: Runtime, tables: Tables, limiter: TenantLimiter) -> None:
+def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantUsage) -> None:
     app, jobs, board = rt.app, tables.jobs, tables.board
 
     def lookup(request, job_id: str) -> JobState | None:
@@ -111,6 +112,9 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter) -> None:
                 tenant = acting_tenant(request, form.get("tenant"))
             except ForeignTenant as exc:
                 return error_response(self, 403, "forbidden", str(exc))
+            busy = await usage.refusal(request)
+            if busy:
+                return error_response(self, 429, "too_many_jobs", busy, {"Retry-After": "5"})
             try:
                 job_id = chosen_id(request, rt.settings, str(form.get("job_id") or
                                                              uuid.uuid4().hex),

@@ -61,12 +61,14 @@ def error_response(view, status: int, code: str, message: str, headers=None):
                      headers=headers)
 
 
-def routed(rt, table):
+def routed(rt, table, key_of=None):
     """Decorate a faust web view method taking (view, request, key): it is served on the worker
-    that owns key's partition of table, and relayed there from any other worker."""
+    that owns key's partition of table, and relayed there from any other worker. The key is
+    the one path parameter, or key_of(request)."""
     def decorate(handler):
         async def wrapper(view, request, **path):
-            (key,) = path.values()  # faust passes the one path parameter by its name
+            # faust passes the one path parameter by its name
+            key = key_of(request) if key_of else next(iter(path.values()))
             if "X-Restyle-Routed" not in request.headers:
                 url = owner_url(rt.app, table, key, rt.settings.partitions)
                 if url is None:

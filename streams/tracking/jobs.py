@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from schemas import ErrorCode, JobError, JobEvent, ResultEvent
+from schemas.jobs import TenantActivity
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
 from streams.core.metrics import JOBS_FINISHED
 from streams.core.runtime import Runtime
@@ -51,6 +52,15 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         if transition.start is not None:
             await rt.send(first_stages[transition.start.pipeline], event.job_id,
                           transition.start)
+            await announce(event.job_id, getattr(transition.start, "tenant", None), active=True)
+        if transition.result is not None:
+            await announce(event.job_id, transition.result.tenant, active=False)
+
+    async def announce(job_id: str, tenant: str | None, active: bool) -> None:
+        """A job of the tenant started or ended (the activity tracker counts its jobs)."""
+        tenant = tenant or settings.default_tenant
+        await rt.send(rt.topics.tenant_activity, tenant, TenantActivity(
+            tenant=tenant, job_id=job_id, active=active, at=time.time()))
 
     # Jobs this worker's tracker saw start and not finish: what the sweeper checks. The table's
     # local partitions are scanned in full now and then, for jobs this process has not seen

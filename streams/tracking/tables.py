@@ -24,6 +24,8 @@ class Tables:
     # job ids in order under "batch_id/#index").
     batches: faust.Table
     batch_images: faust.Table
+    # tenant -> {job_id: started_at} of its jobs in flight (streams/tracking/activity.py).
+    activity: faust.Table
     # The jobs table plus render progress not yet stored in it: read job state through this.
     board: JobBoard
 
@@ -36,4 +38,5 @@ def open_tables(app: faust.App, settings: Settings) -> Tables:
     jobs = table("jobs")
     return Tables(jobs=jobs, ingests=table("ingests"), ingest_outcomes=table("ingest-outcomes"),
                   batches=table("batches"), batch_images=table("batch-images"),
+                  activity=table("tenant-activity"),
                   board=JobBoard(jobs, settings.progress_store_interval_s))

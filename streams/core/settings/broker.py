@@ -34,6 +34,8 @@ class Topics(TopicNames):
     batch_events: str = "restyle.batch-events"
     notifications: str = "restyle.notifications"
     webhooks: str = "restyle.stage.webhooks"
+    # Jobs starting and ending, keyed by tenant: each tenant's jobs in flight (its cap).
+    tenant_activity: str = "restyle.tenant-activity"
     # API key records (hashes), compacted; every worker reads all of it (streams/api/auth).
     api_keys: str = "restyle.api-keys"
 

@@ -25,6 +25,8 @@ class TenantLimits(BaseModel):
     max_streams: int | None = Field(None, ge=1)
     # Images one batch may list when submitted over HTTP.
     max_batch_images: int | None = Field(None, ge=1)
+    # Jobs of the tenant in flight (started, not ended) above which the API refuses more.
+    max_jobs: int | None = Field(None, ge=1)
 
     @field_validator("submit_rate")
     @classmethod
@@ -36,6 +38,7 @@ class LimitSettings(SettingsBase):
     tenant_submit_rate: str = "120/minute"
     tenant_max_streams: int = Field(20, ge=1)
     tenant_max_batch_images: int = Field(1000, ge=1)
+    tenant_max_jobs: int = Field(100, ge=1)
     # Images of one batch in the pipeline at once (0: all at once). The rest wait in the batch,
     # so another tenant's job queues behind at most this many of them at each stage.
     batch_window: int = Field(8, ge=0)
@@ -53,4 +56,5 @@ class LimitSettings(SettingsBase):
         return TenantLimits(
             submit_rate=given.submit_rate or self.tenant_submit_rate,
             max_streams=given.max_streams or self.tenant_max_streams,
-            max_batch_images=given.max_batch_images or self.tenant_max_batch_images)
+            max_batch_images=given.max_batch_images or self.tenant_max_batch_images,
+            max_jobs=given.max_jobs or self.tenant_max_jobs)
