@@ -125,7 +125,8 @@ TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest], Awaitable[EngineCall]
 async def _inputs(rt: Runtime, request: RenderRequest) -> EngineCall:
     """Read request's input images; return the engine call to make. A request too large to
     render (any producer can send one) fails its job before anything is read."""
-    bounded_size(request.params.width, request.params.height, rt.settings.render_limits)
+    bounded_size(request.params.width, request.params.height, rt.settings.render_limits,
+                 request.params.num_images)
     return await TASKS[request.task](rt, request)
 
 

@@ -56,12 +56,16 @@ class RenderLimits(BaseModel):
 
     max_side: int
     max_pixels: int
+    # All the images one request renders together (num_images of them).
+    max_request_pixels: int
 
 
-def bounded_size(width: int, height: int, limits: RenderLimits) -> tuple[int, int]:
-    """width x height if within limits, else StageFailure(INVALID_PARAMS) naming the size. A
-    size derived from a photo's aspect (one side given) can be absurd: 1408 px wide for a 1 px
-    wide photo is 1,982,464 px tall, and resizing to it takes a worker's memory with it."""
+def bounded_size(width: int, height: int, limits: RenderLimits,
+                 num_images: int = 1) -> tuple[int, int]:
+    """width x height if within limits (num_images of them together within the request's
+    pixel budget), else StageFailure(INVALID_PARAMS) naming the size. A size derived from a
+    photo's aspect (one side given) can be absurd: 1408 px wide for a 1 px wide photo is
+    1,982,464 px tall, and resizing to it takes a worker's memory with it."""
     if width > limits.max_side or height > limits.max_side or \
             width * height > limits.max_pixels:
         raise StageFailure(ErrorCode.INVALID_PARAMS,
@@ -69,4 +73,10 @@ def bounded_size(width: int, height: int, limits: RenderLimits) -> tuple[int, in
                            f"{limits.max_side} px a side and {limits.max_pixels:,} px in all "
                            f"(RESTYLE_MAX_RENDER_SIDE, RESTYLE_MAX_RENDER_PIXELS): give both "
                            f"width and height, or a smaller one")
+    if width * height * num_images > limits.max_request_pixels:
+        raise StageFailure(ErrorCode.INVALID_PARAMS,
+                           f"{num_images} images of {width}x{height} px are "
+                           f"{width * height * num_images:,} px, above the "
+                           f"{limits.max_request_pixels:,} one request may render "
+                           f"(RESTYLE_MAX_REQUEST_PIXELS): ask for fewer or smaller images")
     return width, height

@@ -330,6 +330,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_JWT_ISSUER": JWT_ISSUER, "RESTYLE_JWT_AUDIENCE": JWT_AUDIENCE,
         # Batches go through the pipeline two images at a time (the window is exercised).
         "RESTYLE_BATCH_WINDOW": "2",
+        # Two full-size images per request at most (a test asks for three).
+        "RESTYLE_MAX_REQUEST_PIXELS": str(2 * 2048 * 2048),
         # Small enough for a test to upload an object above it.
         "RESTYLE_MAX_IMAGE_BYTES": str(8 * 1024 * 1024),
         # One tenant with tight limits, for the tests that run into them.

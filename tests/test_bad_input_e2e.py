@@ -180,6 +180,19 @@ def test_a_label_longer_than_the_detector_reads_does_not_break_the_mask_stage(e2
         assert '\'=HYPERLINK(""https://evil.test"")' in response.read().decode()
 
 
+def test_a_request_over_its_pixel_budget_fails_before_anything_is_rendered(e2e, room_photos):
+    # The test stack's budget is two 2048x2048 images; this asks for three.
+    uri = e2e.put_object(f"bad/budget-{uuid.uuid4().hex[:6]}.jpg", room_photos[10].read_bytes())
+    job_id = new_id("budget")
+    e2e.publish({"job_id": job_id, "pipeline": "condition", "image": uri,
+                 "params": {"width": 2048, "height": 2048, "num_images": 3, "fit": "cover"}},
+                key=job_id.encode())
+    error = e2e.result(job_id, 120)["error"]
+    assert error["code"] == "invalid_params", error
+    assert "3 images of 2048x2048 px" in error["message"]
+    assert "RESTYLE_MAX_REQUEST_PIXELS" in error["message"]
+
+
 def test_a_truncated_image_fails_as_corrupt(e2e):
     whole = jpeg_bytes(Image.new("RGB", (200, 200), (10, 200, 30)))
     uri = e2e.put_object("bad/truncated.jpg", whole[: len(whole) // 3])

@@ -147,6 +147,17 @@ def test_a_valid_jwt_acts_for_its_tenant_with_its_scopes(e2e):
         authorized=False), 403, "forbidden")
 
 
+def test_oversized_bodies_and_too_many_labels_are_refused_with_a_code(e2e):
+    # Above the 32 MB request limit: refused by the server before any page reads it.
+    status, _ = e2e.request("POST", "/batches", data=b"{" + b" " * (33 * 1024 * 1024) + b"}",
+                            headers={"Content-Type": "application/json"})
+    assert status == 413
+    status, body = e2e.post_json("/labels", {"image": "s3://restyle/x.png",
+                                             "labels": [f"thing {n}" for n in range(500)]})
+    assert (status, body["error"]["code"]) == (400, "invalid_params")
+    assert "at most 64 labels" in body["error"]["message"]
+
+
 def test_faust_built_in_pages_are_not_served(e2e):
     for path in ("/", "/router/", "/table/", "/table/restyle-jobs/", "/graph/", "/stats/",
                  "/performance/"):

@@ -150,7 +150,8 @@ def render_inputs(photo: Image.Image, keep: Image.Image, job: BackgroundJob, max
     that size."""
     requested = (job.params.width, job.params.height) \
         if job.params.width or job.params.height else None
-    width, height = bounded_size(*masks.render_size(photo.size, max_side, requested), limits)
+    width, height = bounded_size(*masks.render_size(photo.size, max_side, requested), limits,
+                                 job.params.num_images)
     feather = masks.feather_px(keep.size, feather_share)
     repaint = masks.repaint_mask(keep, job.mode.value, feather)
     small = photo.resize((width, height), Image.Resampling.LANCZOS)

@@ -105,7 +105,8 @@ async def prepare(rt: Runtime, models: StageModels, job: ConditionJob) -> None:
     photo = await rt.image_uncached(job.image)
     width, height = job.size or (None, None)
     size = bounded_size(*conditioning.target_size(photo.size, job.fit, width, height,
-                                                  job.max_side), rt.settings.render_limits)
+                                                  job.max_side), rt.settings.render_limits,
+                        job.params.num_images)
     fitted = await asyncio.to_thread(conditioning.fit_image, photo, size, job.fit)
     control = await asyncio.to_thread(control_map, models, fitted, job)
     job.control_map = join_uri(job.output_prefix, f"{job.conditioning.value}.png")

@@ -38,6 +38,13 @@ MAX_LABEL_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_LABELS, MAX_LABEL_CHARS = 64, 100
 
 
+def check_labels(labels: list[str]) -> None:
+    """Refuse (before any image is read) more labels, or longer ones, than /labels takes."""
+    if len(labels) > MAX_LABELS or any(len(label) > MAX_LABEL_CHARS for label in labels):
+        raise StageFailure(ErrorCode.INVALID_PARAMS, f"give at most {MAX_LABELS} labels of at "
+                                                     f"most {MAX_LABEL_CHARS} characters each")
+
+
 def inputs_of(batch: BackgroundBatch) -> list[str]:
     """Every URI a batch reads: its images (or prefixes) and mask images."""
     found = [batch.mask_image] if batch.mask_image else []
@@ -159,6 +166,7 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
                                               "the image is larger than 20 MB")
                     if form.get("labels"):
                         labels = [t.strip() for t in str(form["labels"]).split(",") if t.strip()]
+                    check_labels(labels)
                     photo = await asyncio.to_thread(decode_image, data,
                                                     settings.max_image_pixels, "image")
                 else:
@@ -174,15 +182,12 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
                         return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                               "labels must be a non-empty list of strings")
                     labels = given or labels
+                    check_labels(labels)
                     rt.check_input(body["image"], caller(request).tenant)
                     photo = await rt.image_uncached(body["image"])
             except StageFailure as failure:
                 return error_response(self, 400, failure.error.code.value,
                                       failure.error.message)
-            if len(labels) > MAX_LABELS or any(len(label) > MAX_LABEL_CHARS for label in labels):
-                return error_response(self, 400, ErrorCode.INVALID_PARAMS.value,
-                                      f"give at most {MAX_LABELS} labels of at most "
-                                      f"{MAX_LABEL_CHARS} characters each")
             small = fit_within(photo, settings.analysis_max_side)
             found = await asyncio.to_thread(models.detector.detect, small, labels,
                                             settings.detection_threshold,

@@ -208,6 +208,7 @@ def start_apache_kafka(work_dir: Path, log_dir: Path, port: int | None = None,
         listener = PLAINTEXT_LISTENER.format(port=port, controller_port=controller_port)
     properties.write_text(SERVER_PROPERTIES.format(port=port, controller_port=controller_port,
                                                    data_dir=work_dir / "data") + listener)
+    properties.chmod(0o600)  # a secured listener's properties hold the admin's password
     (work_dir / "log4j2.properties").write_text(LOG4J2)
     flags = jvm_flags() + [f"-Dlog4j2.configurationFile={work_dir / 'log4j2.properties'}",
                            f"-Dkafka.logs.dir={work_dir / 'logs'}"]

@@ -83,7 +83,8 @@ def test_a_derived_render_size_is_bounded_before_anything_is_resized():
     from schemas.conditioning import Fit
     from schemas.params import RenderLimits, bounded_size
 
-    limits = RenderLimits(max_side=2048, max_pixels=2048 * 2048)
+    limits = RenderLimits(max_side=2048, max_pixels=2048 * 2048,
+                          max_request_pixels=4 * 2048 * 2048)
     derived = target_size((1, 1408), Fit.INSIDE, 1408, None, 512)
     assert derived == (1408, 1982464)  # one side given: the other follows the aspect
     with pytest.raises(StageFailure) as refused:
@@ -93,5 +94,10 @@ def test_a_derived_render_size_is_bounded_before_anything_is_resized():
     with pytest.raises(StageFailure):
         bounded_size(2048, 2056, limits)  # a side over
     with pytest.raises(StageFailure):
-        bounded_size(2048, 2048, RenderLimits(max_side=2048, max_pixels=1024 * 1024))
+        bounded_size(2048, 2048, RenderLimits(max_side=2048, max_pixels=1024 * 1024,
+                                              max_request_pixels=1024 * 1024))
     assert bounded_size(2048, 2048, limits) == (2048, 2048)
+    # The request's budget counts every image it renders together.
+    assert bounded_size(2048, 2048, limits, num_images=4) == (2048, 2048)
+    with pytest.raises(StageFailure, match="5 images of 2048x2048 px are 20,971,520 px"):
+        bounded_size(2048, 2048, limits, num_images=5)

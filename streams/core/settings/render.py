@@ -20,10 +20,13 @@ class RenderSettings(SettingsBase):
     # other from the photo's aspect), before anything is resized or rendered.
     max_render_side: int = Field(2048, ge=64)
     max_render_pixels: int = Field(2048 * 2048, ge=64 * 64)
+    # What one request renders in all (num_images images of its size): a GPU's memory bound.
+    max_request_pixels: int = Field(4 * 2048 * 2048, ge=64 * 64)
 
     @property
     def render_limits(self) -> RenderLimits:
-        return RenderLimits(max_side=self.max_render_side, max_pixels=self.max_render_pixels)
+        return RenderLimits(max_side=self.max_render_side, max_pixels=self.max_render_pixels,
+                            max_request_pixels=self.max_request_pixels)
 
     @property
     def render_defaults(self) -> RenderDefaults:
