@@ -337,7 +337,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         # One tenant with tight limits, for the tests that run into them.
         "RESTYLE_TENANT_LIMITS": json.dumps({"throttled": {"submit_rate": "3/minute"},
                                              "small-batches": {"max_batch_images": 2},
-                                             "capped": {"max_jobs": 1}}),
+                                             "capped": {"max_jobs": 1},
+                                             "streamer": {"max_streams": 1}}),
     }
     if os.environ.get("RESTYLE_TEST_GUARANTEE"):
         extra_env["RESTYLE_PROCESSING_GUARANTEE"] = os.environ["RESTYLE_TEST_GUARANTEE"]

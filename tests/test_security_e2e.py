@@ -298,6 +298,41 @@ def test_a_tenant_at_its_cap_of_jobs_in_flight_gets_429_until_they_finish(e2e, r
     assert status == 202, again
 
 
+def test_a_tenant_holds_at_most_its_number_of_progress_streams(e2e, room_photos):
+    import threading
+
+    job_id = f"streamer:{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "pipeline": "room_makeover", "tenant": "streamer",
+                 "image": e2e.put_object(f"tenants/streamer/{job_id[9:]}.jpg",
+                                         room_photos[14].read_bytes()),
+                 "style": "modern"}, key=job_id.encode())
+    deadline = time.monotonic() + 60
+    while e2e.get(f"/jobs/{job_id}", tenant="streamer")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    opened, events = threading.Event(), []
+
+    def follow():  # the tenant's one allowed stream, read to its end
+        request = urllib.request.Request(f"{e2e.status_url}/jobs/{job_id}/events",
+                                         headers=e2e.auth("streamer"))
+        with urllib.request.urlopen(request, timeout=180) as stream:
+            opened.set()
+            events.append(stream.read().decode())
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    assert opened.wait(30)
+    status, body = e2e.get(f"/jobs/{job_id}/events", tenant="streamer")
+    assert_refused((status, body), 429, "too_many_streams")
+    reader.join(180)
+    assert "event: done" in events[0] or "event: failed" in events[0]
+    # Its stream ended: the tenant may open another (the job is finished: one event).
+    request = urllib.request.Request(f"{e2e.status_url}/jobs/{job_id}/events",
+                                     headers=e2e.auth("streamer"))
+    with urllib.request.urlopen(request, timeout=30) as stream:
+        assert stream.read().decode().startswith("event: ")
+
+
 def test_after_every_attack_the_workers_live_and_a_valid_batch_is_done(e2e, room_photos):
     # (Runs last in this file.) No process of the stack exited...
     assert e2e.stack.check() is None
