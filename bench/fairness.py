@@ -12,7 +12,6 @@ has already prefetched (RESTYLE_GPU_PREFETCH).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -23,12 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def batch(tenant: str, batch_id: str, uris: list[str], mask: str) -> bytes:
@@ -43,6 +36,7 @@ def run(window: int, images: int, broker: str, models: Path) -> dict:
     from confluent_kafka import Consumer, Producer
     from PIL import Image
 
+    from streams.adapters.images import encode_png as png
     from streams.core.settings import Settings
     from streams.stack.embedded import free_port
     from streams.stack.up import RestyleStack

@@ -67,10 +67,12 @@ def register(rt: Runtime, tables: Tables) -> None:
         # The counts are stored before any job is handed on: whatever happens while releasing,
         # an outcome is never counted and then lost.
         batches[key] = new.model_dump_json().encode()
-        new = await release(new)
+        released = await release(new)
+        if released is not new:  # stored again only when images were handed on
+            new = released
+            batches[key] = new.model_dump_json().encode()
         # Stored before the report goes out: a crash or a storage error in between leaves
         # `reporting` set, and the next event for the batch (a redelivery) reports it.
-        batches[key] = new.model_dump_json().encode()
         if transition.finished:
             await report_and_notify(rt, tables, new)
             batches[key] = new.model_copy(update={"reporting": False}).model_dump_json().encode()
@@ -80,6 +82,10 @@ def register(rt: Runtime, tables: Tables) -> None:
         in flight: a 5,000-image batch never stands in front of another tenant's job with
         more than that. Sent before the count is stored: a replay sends again, and the job
         tracker starts a job id once."""
+        # Bounded by the batch's total first: while its window is full (most events), the
+        # index, a JSON list of every job id of the batch, is not read at all.
+        if not to_release(state, state.total or 0, rt.settings.batch_window):
+            return state
         index = json.loads(images.get(f"{state.batch_id}/{INDEX}".encode()) or b"[]")
         positions = to_release(state, len(index), rt.settings.batch_window)
         if not positions:

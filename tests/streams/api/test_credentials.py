@@ -191,38 +191,36 @@ class JwksServer:
         self.url = f"http://127.0.0.1:{self.server.server_port}/.well-known/jwks.json"
 
 
-def test_es256_verifies_with_the_key_a_jwks_url_publishes():
+@pytest.fixture
+def es256_provider():
+    """An identity provider's ES256 key (kid k1), its JWKS served, and settings reading it."""
     private = ec.generate_private_key(ec.SECP256R1())
     public_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
     server = JwksServer({"keys": [{**public_jwk, "kid": "k1", "use": "sig", "alg": "ES256"}]})
-    try:
-        settings = AuthSettings(jwt_algorithms=["ES256"], jwt_jwks_url=server.url,
-                                jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
-        token = jwt.encode(claims(tenant="globex"), private, algorithm="ES256",
-                           headers={"kid": "k1"})
-        assert verify(settings, token).tenant == "globex"
-        stranger = ec.generate_private_key(ec.SECP256R1())
+    settings = AuthSettings(jwt_algorithms=["ES256"], jwt_jwks_url=server.url,
+                            jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
+    yield private, server, settings
+    server.server.shutdown()
+
+
+def test_es256_verifies_with_the_key_a_jwks_url_publishes(es256_provider):
+    private, _, settings = es256_provider
+    token = jwt.encode(claims(tenant="globex"), private, algorithm="ES256",
+                       headers={"kid": "k1"})
+    assert verify(settings, token).tenant == "globex"
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(InvalidToken):
+        verify(settings, jwt.encode(claims(), stranger, algorithm="ES256",
+                                    headers={"kid": "k1"}))
+
+
+def test_made_up_key_ids_cannot_turn_into_a_flood_of_jwks_fetches(es256_provider):
+    private, server, settings = es256_provider
+    verifier = JwtVerifier(settings)
+    for n in range(20):
+        forged = jwt.encode(claims(), private, algorithm="ES256", headers={"kid": f"x{n}"})
         with pytest.raises(InvalidToken):
-            verify(settings, jwt.encode(claims(), stranger, algorithm="ES256",
-                                        headers={"kid": "k1"}))
-    finally:
-        server.server.shutdown()
-
-
-def test_made_up_key_ids_cannot_turn_into_a_flood_of_jwks_fetches():
-    private = ec.generate_private_key(ec.SECP256R1())
-    public_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
-    server = JwksServer({"keys": [{**public_jwk, "kid": "k1", "use": "sig", "alg": "ES256"}]})
-    try:
-        settings = AuthSettings(jwt_algorithms=["ES256"], jwt_jwks_url=server.url,
-                                jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
-        verifier = JwtVerifier(settings)
-        for n in range(20):
-            forged = jwt.encode(claims(), private, algorithm="ES256", headers={"kid": f"x{n}"})
-            with pytest.raises(InvalidToken):
-                asyncio.run(verifier.verify(forged))
-        assert server.fetches <= 3  # the first set, and one refresh for an unknown id
-        good = jwt.encode(claims(), private, algorithm="ES256", headers={"kid": "k1"})
-        assert asyncio.run(verifier.verify(good)).tenant == "acme"
-    finally:
-        server.server.shutdown()
+            asyncio.run(verifier.verify(forged))
+    assert server.fetches <= 3  # the first set, and one refresh for an unknown id
+    good = jwt.encode(claims(), private, algorithm="ES256", headers={"kid": "k1"})
+    assert asyncio.run(verifier.verify(good)).tenant == "acme"
