@@ -6,6 +6,8 @@ adding a pipeline is one package and one line here.
 """
 from __future__ import annotations
 
+from agents.avatars.agents import GENERATE as AVATAR_GENERATE
+from agents.avatars.agents import TRAIN as AVATAR_TRAIN
 from agents.background.agents import PIPELINE as BACKGROUND
 from agents.catalog.agents import PIPELINE as CATALOG
 from agents.condition.agents import PIPELINE as CONDITION
@@ -15,7 +17,8 @@ from streams.core.pipeline import Pipeline
 from streams.core.settings import Settings
 from streams.core.settings.broker import TopicNames
 
-PIPELINES: dict[str, Pipeline] = {p.name: p for p in (MAKEOVER, BACKGROUND, CONDITION, CATALOG)}
+PIPELINES: dict[str, Pipeline] = {p.name: p for p in (MAKEOVER, BACKGROUND, CONDITION, CATALOG,
+                                                       AVATAR_TRAIN, AVATAR_GENERATE)}
 
 
 def for_upload(upload: dict) -> Pipeline:

@@ -7,7 +7,9 @@ thread so the Kafka consumer keeps heartbeating during long jobs.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,12 +17,14 @@ from diffusers import (
     ControlNetModel,
     StableDiffusionControlNetPipeline,
     StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLInpaintPipeline,
 )
 from PIL import Image
 
 from agents.models.device import pick_device, pick_dtype
+from gpu_agent.adapters import ResidentAdapters
 from gpu_agent.prompts import PromptEncoder
 from schemas import RenderParams
 
@@ -29,7 +33,8 @@ ProgressCallback = Callable[[int, int], None]
 
 class RenderEngine:
     def __init__(self, device: str = "auto", dtype: str = "auto", cache_size: int = 2,
-                 family: str = "sd15", prompt_cache_size: int = 64):
+                 family: str = "sd15", prompt_cache_size: int = 64,
+                 resident_adapters: int = 8):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.cache_size = cache_size
@@ -37,6 +42,9 @@ class RenderEngine:
         self._pipelines: OrderedDict[tuple[str, str], object] = OrderedDict()
         self._lock = threading.Lock()
         self._prompts = PromptEncoder(prompt_cache_size, sdxl=family == "sdxl")
+        self.resident_adapters = resident_adapters
+        # Per text-to-image pipeline: the person adapters loaded into it.
+        self._adapters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def pipeline(self, diffusion_id: str, controlnet_id: str):
         return self._cached(("controlnet", diffusion_id, controlnet_id),
@@ -44,6 +52,24 @@ class RenderEngine:
 
     def inpaint_pipeline(self, inpainting_id: str):
         return self._cached(("inpaint", inpainting_id), lambda: self._load_inpaint(inpainting_id))
+
+    def text2img_pipeline(self, diffusion_id: str):
+        """The base model for avatars: a pipeline of its own (adapters are loaded into its
+        UNet and text encoder, so it shares no weights with the ControlNet pipelines)."""
+        return self._cached(("text2img", diffusion_id), lambda: self._load_text2img(diffusion_id))
+
+    def adapters(self, diffusion_id: str) -> ResidentAdapters:
+        pipe = self.text2img_pipeline(diffusion_id)
+        if pipe not in self._adapters:
+            self._adapters[pipe] = ResidentAdapters(self.resident_adapters)
+        return self._adapters[pipe]
+
+    def _load_text2img(self, diffusion_id: str):
+        pipe = StableDiffusionPipeline.from_pretrained(diffusion_id, torch_dtype=self.dtype,
+                                                       safety_checker=None,
+                                                       requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(self.device)
 
     def _cached(self, key: tuple, load):
         with self._lock:
@@ -114,6 +140,30 @@ class RenderEngine:
             num_images_per_prompt=params.num_images, generator=generators,
             callback_on_step_end=_progress(on_step, params.steps), **embeddings,
         )
+        return list(output.images)
+
+
+    def avatar(self, diffusion_id: str, adapter_id: str | None, adapter_path: Path | None,
+               prompt: str, params: RenderParams, lora_scale: float = 1.0,
+               on_step: ProgressCallback | None = None) -> list[Image.Image]:
+        """Text to image on the base model with one person's adapter active (adapter_id None:
+        the base model alone). The adapter is loaded once and stays resident (LRU)."""
+        pipe = self.text2img_pipeline(diffusion_id)
+        adapters = self.adapters(diffusion_id)
+        if adapter_id is None:
+            adapters.deactivate(pipe)
+            model_key = diffusion_id
+        else:
+            adapters.activate(pipe, adapter_id, adapter_path, lora_scale)
+            # The text encoder may carry the adapter too: its encodings are the adapter's.
+            model_key = f"{diffusion_id}#{adapter_id}@{lora_scale}"
+        embeddings = self._prompts.embed(model_key, pipe, prompt, params.negative_prompt)
+        generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
+                      for n in range(params.num_images)]
+        output = pipe(num_inference_steps=params.steps, guidance_scale=params.guidance,
+                      width=params.width, height=params.height,
+                      num_images_per_prompt=params.num_images, generator=generators,
+                      callback_on_step_end=_progress(on_step, params.steps), **embeddings)
         return list(output.images)
 
 

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 from PIL import Image
 from pydantic import ValidationError
 
+from gpu_agent.adapters import AdapterFiles
 from gpu_agent.duty import DutyMeter
 from gpu_agent.engine import ProgressCallback, RenderEngine
 from schemas import (
@@ -43,6 +44,8 @@ log = logging.getLogger("restyle")
 
 def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     app, settings = rt.app, rt.settings
+    files = AdapterFiles(settings.state_dir / "adapters",
+                         settings.avatar_adapter_cache_mb * 1024 * 1024)
     replies: dict[str, object] = {}
     meter = DutyMeter()
     model_turn = asyncio.Lock()  # FIFO: one model call at a time, in arrival order
@@ -66,7 +69,7 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         # The inputs are read while the manifest is looked for: on a first delivery (nearly
         # always) the model's turn comes a storage round trip sooner. A redelivery answered
         # from the manifest reads them for nothing.
-        inputs = asyncio.ensure_future(_inputs(rt, request))
+        inputs = asyncio.ensure_future(_inputs(rt, request, files))
         inputs.add_done_callback(_retrieve_exception)  # a dropped read must not log as lost
         try:
             done = await _rendered_before(rt, manifest_uri, request)
@@ -114,6 +117,20 @@ async def _controlnet_call(rt: Runtime, request: RenderRequest) -> EngineCall:
                                                          control, params, on_step)
 
 
+async def _avatar_call(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> EngineCall:
+    """A person's adapter on the base model this worker serves. The adapter file comes from
+    the local disk cache (storage on a miss); an adapter trained on another base model is
+    refused, never applied to the wrong weights."""
+    served = rt.settings.model_id("diffusion")
+    if request.model != served:
+        raise StageFailure(ErrorCode.MODEL_MISMATCH,
+                           f"the adapter was trained on {request.model!r}; this GPU worker "
+                           f"serves {served!r}")
+    path = await files.local(request.adapter, rt.storage.get)
+    return lambda engine, params, on_step: engine.avatar(
+        served, request.adapter_id, path, request.prompt, params, request.lora_scale, on_step)
+
+
 # Each render task: how its inputs are read and which engine call it makes.
 TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest], Awaitable[EngineCall]]] = {
     "inpaint": _inpaint_call,
@@ -122,11 +139,13 @@ TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest], Awaitable[EngineCall]
 }
 
 
-async def _inputs(rt: Runtime, request: RenderRequest) -> EngineCall:
-    """Read request's input images; return the engine call to make. A request too large to
-    render (any producer can send one) fails its job before anything is read."""
+async def _inputs(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> EngineCall:
+    """Read request's inputs; return the engine call to make. A request too large to render
+    (any producer can send one) fails its job before anything is read."""
     bounded_size(request.params.width, request.params.height, rt.settings.render_limits,
                  request.params.num_images)
+    if request.task == "avatar":
+        return await _avatar_call(rt, request, files)
     return await TASKS[request.task](rt, request)
 
 

@@ -15,8 +15,9 @@ from schemas.params import RenderParams
 from schemas.pipelines import AnyJob, AnyResult
 
 # controlnet_depth: generate under control_image (a depth map). controlnet: the same, with the
-# ControlNet that `control` names. inpaint: repaint image where mask is white.
-RenderTask = Literal["controlnet_depth", "controlnet", "inpaint"]
+# ControlNet that `control` names. inpaint: repaint image where mask is white. avatar: text to
+# image with a person's LoRA adapter on the base model.
+RenderTask = Literal["controlnet_depth", "controlnet", "inpaint", "avatar"]
 
 
 class RenderRequest(BaseModel):
@@ -36,6 +37,11 @@ class RenderRequest(BaseModel):
     output_prefix: str
     reply_topic: str
     model: str | None = None
+    # avatar: the adapter's file, its name (the registry key: the same adapter keeps its name
+    # on every worker) and its weight.
+    adapter: str | None = None
+    adapter_id: str | None = None
+    lora_scale: float = 1.0
     # Stored with each image (S3 object metadata), e.g. the source key and the prompt.
     metadata: dict[str, str] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
@@ -43,7 +49,8 @@ class RenderRequest(BaseModel):
 
     @model_validator(mode="after")
     def _inputs_for_task(self) -> "RenderRequest":
-        needed = ["image", "mask"] if self.task == "inpaint" else ["control_image"]
+        needed = {"inpaint": ["image", "mask"], "avatar": ["adapter", "adapter_id", "model"]
+                  }.get(self.task, ["control_image"])
         missing = [name for name in needed if not getattr(self, name)]
         if missing:
             raise ValueError(f"task {self.task} needs {', '.join(missing)}")

@@ -13,6 +13,7 @@ class JobStatus(StrEnum):
     QUEUED = "queued"
     ANALYZING = "analyzing"
     GENERATING = "generating"
+    TRAINING = "training"
     REANALYZING = "re-analyzing"
     DONE = "done"
     FAILED = "failed"
@@ -31,6 +32,7 @@ _RANK = {
     JobStatus.QUEUED: 0,
     JobStatus.ANALYZING: 1,
     JobStatus.GENERATING: 2,
+    JobStatus.TRAINING: 2,
     JobStatus.REANALYZING: 3,
     JobStatus.DONE: 4,
     JobStatus.FAILED: 4,
@@ -40,6 +42,8 @@ _RANK = {
 class Progress(BaseModel):
     step: int
     total: int
+    # Training reports its loss at each step it announces.
+    loss: float | None = None
 
 
 class TenantActivity(BaseModel):

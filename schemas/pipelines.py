@@ -13,6 +13,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, PlainValidator, SerializeAsAny
 
+from schemas.avatars import (
+    AvatarGenerateJob,
+    AvatarGenerateResult,
+    AvatarTrainJob,
+    AvatarTrainResult,
+)
 from schemas.background import BackgroundJob, BackgroundResult
 from schemas.conditioning import ConditionJob, ConditionResult
 from schemas.makeover import MakeoverJob, MakeoverResult
@@ -29,6 +35,8 @@ PIPELINES: dict[str, PipelineContract] = {contract.name: contract for contract i
     PipelineContract("room_makeover", MakeoverJob, MakeoverResult),
     PipelineContract("background_replace", BackgroundJob, BackgroundResult),
     PipelineContract("condition", ConditionJob, ConditionResult),
+    PipelineContract("avatar_train", AvatarTrainJob, AvatarTrainResult),
+    PipelineContract("avatar_generate", AvatarGenerateJob, AvatarGenerateResult),
 )}
 
 

@@ -1,8 +1,8 @@
 """The composition root: the one module that wires settings, adapters, models, pipelines,
 tracking and the API into a worker process.
 
-`restyle worker cpu` runs the stages, the trackers and the status API; `restyle gpu-worker`
-runs the diffusion agent.
+`restyle worker cpu` runs the stages, the trackers and the status API; `restyle worker gpu`
+runs the diffusion agent; `restyle worker trainer` trains avatar adapters.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import faust
 from agents import intake
 from agents.models.stage_models import StageModels
 from agents.pipelines import PIPELINES, first_stages, topic_names, topic_sets
+from gpu_agent import training as trainer
 from gpu_agent import worker as gpu_worker
 from gpu_agent.engine import RenderEngine
 from streams.adapters.index import open_index
@@ -50,6 +51,8 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
         build_cpu_worker(rt, first_stages(sets), limiter)
     elif role == "gpu":
         build_gpu_worker(rt)
+    elif role == "trainer":
+        trainer.register(rt)
     else:
         raise ValueError(f"unknown worker role {role!r}")
     health_api.register(rt)
@@ -61,6 +64,7 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantL
     settings = rt.settings
     models = StageModels(settings)
     models.warm_up()  # fail fast on a bad model id, and keep the first job fast
+    rt.app.task(rt.registry.run)
     index = open_index(settings)
     tables = open_tables(rt.app, settings)
     intake.register(rt)
@@ -83,7 +87,8 @@ def build_gpu_worker(rt: Runtime) -> None:
     # every job of that kind reloads its pipeline.
     cache_size = max(settings.pipeline_cache_size, len(settings.gpu_warm_tasks))
     engine = RenderEngine(settings.device, settings.dtype, cache_size,
-                          settings.diffusion_family, settings.prompt_cache_size)
+                          settings.diffusion_family, settings.prompt_cache_size,
+                          settings.avatar_resident_adapters)
     for task in settings.gpu_warm_tasks:
         if task.startswith("controlnet_"):
             engine.pipeline(settings.model_id("diffusion"), settings.model_id(task))

@@ -8,6 +8,7 @@ from agents.models.depth import DepthEstimator
 from agents.models.detect import Detector
 from agents.models.device import pick_device
 from agents.models.embed import ImageEmbedder
+from agents.models.faces import FaceDetector
 from agents.models.segment import BoxSegmenter, SalientSegmenter
 from agents.models.semantic import SemanticSegmenter
 
@@ -53,6 +54,10 @@ class StageModels:
     @property
     def semantic(self) -> SemanticSegmenter:
         return self._get("semantic", SemanticSegmenter)
+
+    @property
+    def faces(self) -> FaceDetector:
+        return self._get("face_detector", FaceDetector)
 
     def warm_up(self) -> None:
         _ = self.detector, self.embedder, self.depth

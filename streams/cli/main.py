@@ -94,19 +94,22 @@ def main() -> None:
 @click.option("--state-dir", default=None, help="Where state, logs and endpoints.json live.")
 @click.option("--cpu-workers", default=1, show_default=True)
 @click.option("--gpu-workers", default=1, show_default=True)
+@click.option("--trainer-workers", default=1, show_default=True,
+              help="Workers that train avatar adapters (each trains one at a time).")
 @click.option("--workers/--no-workers", default=True,
               help="--no-workers starts only the broker and the S3 server.")
 @click.option("--broker", type=click.Choice(["tansu", "kafka"]), default=None,
               help="The broker to start when RESTYLE_KAFKA_BOOTSTRAP is unset: tansu (default) "
                    "or kafka (Apache Kafka from Maven Central; needs Java 17+ and Maven).")
-def up(models, state_dir, cpu_workers, gpu_workers, workers, broker) -> None:
+def up(models, state_dir, cpu_workers, gpu_workers, trainer_workers, workers, broker) -> None:
     """Start the embedded stack and the workers; stop them all on Ctrl-C or SIGTERM."""
     from streams.stack.up import RestyleStack
 
     if state_dir:
         os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
     settings = Settings(**({"embedded_broker": broker} if broker else {}))
-    stack = RestyleStack(settings, models, cpu_workers, gpu_workers, workers)
+    stack = RestyleStack(settings, models, cpu_workers, gpu_workers, workers,
+                         trainer_workers=trainer_workers)
     endpoints = stack.start()
     click.echo(f"models: {stack.models_note}")
     click.echo(json.dumps(endpoints, indent=2))
@@ -214,7 +217,7 @@ def status(job_id) -> None:
 
 
 @main.command()
-@click.argument("role", type=click.Choice(["cpu", "gpu"]))
+@click.argument("role", type=click.Choice(["cpu", "gpu", "trainer"]))
 @click.option("--web-port", type=int, default=None)
 @click.option("--loglevel", default="info")
 def worker(role, web_port, loglevel) -> None:

@@ -22,7 +22,8 @@ class Wiring:
 
 def create_app(settings: Settings, role: str, topic_names: Iterable[str],
                web_port: int | None = None, middlewares: Iterable = ()) -> Wiring:
-    """role: "cpu" (stages, tables, status API) or "gpu" (the diffusion worker); topic_names:
+    """role: "cpu" (stages, tables, status API), "gpu" (the diffusion worker) or "trainer"
+    (avatar training); topic_names:
     every topic the agents use (the shared ones and each pipeline's); middlewares: aiohttp
     middlewares every page goes through (authentication)."""
     if not settings.kafka_bootstrap:
@@ -32,7 +33,9 @@ def create_app(settings: Settings, role: str, topic_names: Iterable[str],
     datadir = settings.state_dir / "faust" / f"{role}-{port}"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        settings.app_id if role == "cpu" else f"{settings.app_id}-gpu",
+        # Each role its own consumer group: the GPU and trainer workers share no partitions
+        # with the CPU stages.
+        settings.app_id if role == "cpu" else f"{settings.app_id}-{role}",
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         **faust_credentials(settings),
         # Job state lives in a local store: recovery must not depend on the broker's end offsets.

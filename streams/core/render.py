@@ -12,10 +12,13 @@ from streams.core.runtime import Runtime
 J = TypeVar("J", bound=BaseModel)
 
 
-async def request_render(rt: Runtime, job: BaseModel, reply_to: str, **request) -> None:
+async def request_render(rt: Runtime, job: BaseModel, reply_to: str, key: str | None = None,
+                         **request) -> None:
     """Send job's render request; the answer comes back on the topic named reply_to, with the
-    job as it is now in its context. request: the RenderRequest fields the job decides."""
-    await rt.send(rt.topics.render, job.job_id, RenderRequest(
+    job as it is now in its context. request: the RenderRequest fields the job decides. key:
+    what the request is partitioned by (the job id unless given): requests with one key go to
+    one GPU worker."""
+    await rt.send(rt.topics.render, key or job.job_id, RenderRequest(
         job_id=job.job_id, tenant=job.tenant, reply_topic=reply_to,
         context=job.model_dump(mode="json"), **request))
 

@@ -19,7 +19,9 @@ from schemas.uris import is_under, tenant_base
 from streams.adapters.images import decode_image, fit_within
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
+from streams.core.kafka import client_options
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
+from streams.core.registry import ModelRegistry
 from streams.core.settings import Settings
 from streams.core.settings.broker import TopicNames, Topics
 
@@ -41,6 +43,8 @@ class Runtime:
         self.topics: Topics = settings.topics
         self._topic_sets = {type(topics): topics for topics in (settings.topics, *topic_sets)}
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
+        # The trained models (avatar adapters); read once the worker runs registry.run.
+        self.registry = ModelRegistry(client_options(settings), settings.topics.models)
 
     def topics_of(self, kind: type[T]) -> T:
         """A pipeline's topics, as the worker resolved their names."""

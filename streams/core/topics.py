@@ -42,9 +42,9 @@ async def ensure_topics(settings: Settings, names: list[str], timeout_s: float =
 
 
 def topic_config(settings: Settings, name: str) -> dict[str, str]:
-    # API key records are state, not events: the latest record per key id must outlive any
-    # retention period (a revocation included).
-    if name == settings.topics.api_keys:
+    # API key records and the model registry are state, not events: the latest record per
+    # key must outlive any retention period (a revocation, a deletion included).
+    if name in (settings.topics.api_keys, settings.topics.models):
         return {"cleanup.policy": "compact"}
     return {}
 

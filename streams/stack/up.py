@@ -61,12 +61,13 @@ def write_private(path: Path, text: str) -> None:
 class RestyleStack:
     def __init__(self, settings: Settings, models: str | None = None, cpu_workers: int = 1,
                  gpu_workers: int = 1, workers: bool = True,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, trainer_workers: int = 1):
         self.settings = settings
         self.extra_env = extra_env or {}
         self.models = models
         self.cpu_workers = cpu_workers if workers else 0
         self.gpu_workers = gpu_workers if workers else 0
+        self.trainer_workers = trainer_workers if workers else 0
         self.stack = Stack()
         self.endpoints: dict = {}
         self.env: dict[str, str] = {}
@@ -120,6 +121,10 @@ class RestyleStack:
         for n in range(self.gpu_workers):
             port = free_port()
             self.start_worker("gpu", port, f"gpu-worker-{n}")
+            health.append(port)
+        for n in range(self.trainer_workers):
+            port = free_port()
+            self.start_worker("trainer", port, f"trainer-{n}")
             health.append(port)
         embedded_s3 = bool(key == EMBEDDED_S3_KEY and s3_endpoint and
                            not settings.s3_endpoint)

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from streams.core.settings.auth import AuthSettings
+from streams.core.settings.avatars import AvatarSettings
 from streams.core.settings.background import BackgroundSettings
 from streams.core.settings.broker import BrokerSettings
 from streams.core.settings.catalog import CatalogSettings
@@ -30,7 +31,7 @@ from streams.core.settings.webhooks import WebhookSettings
 # Index and condition settings read the storage ones (state_dir, s3_bucket): they come first.
 CONCERNS = (BrokerSettings, WebSettings, AuthSettings, LimitSettings, IndexSettings, ConditionSettings, StorageSettings,
             ModelSettings, GpuSettings, TrackingSettings, RenderSettings, MakeoverSettings,
-            BackgroundSettings, WebhookSettings, CatalogSettings)
+            BackgroundSettings, WebhookSettings, CatalogSettings, AvatarSettings)
 
 
 class Settings(*CONCERNS):

@@ -30,6 +30,8 @@ class Topics(TopicNames):
     job_events: str = "restyle.job-events"
     dlq: str = "restyle.dlq"
     render: str = "restyle.render-requests"
+    # Training work for the trainer workers (avatars), keyed by model id.
+    train: str = "restyle.train-requests"
     catalog_events: str = "restyle.catalog-events"
     batch_events: str = "restyle.batch-events"
     notifications: str = "restyle.notifications"
@@ -38,6 +40,8 @@ class Topics(TopicNames):
     tenant_activity: str = "restyle.tenant-activity"
     # API key records (hashes), compacted; every worker reads all of it (streams/api/auth).
     api_keys: str = "restyle.api-keys"
+    # The model registry (trained avatar adapters), compacted; every worker reads all of it.
+    models: str = "restyle.models"
 
 
 class BrokerSettings(SettingsBase):

