@@ -323,6 +323,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         # Stalled jobs are given up after 90 s here (an hour by default), swept every 2 s.
         "RESTYLE_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S), "RESTYLE_JOB_SWEEP_INTERVAL_S": "2",
         "RESTYLE_QUALITY_STEPS": json.dumps({"standard": 2, "premium": 3}),
+        # Avatars: prior-preservation class images drawn in 2 steps.
+        "RESTYLE_AVATAR_CLASS_IMAGE_STEPS": "2",
         "RESTYLE_WEBHOOK_SECRETS": json.dumps({"tests": WEBHOOK_SECRET}),
         # The tests' webhook receivers listen on plain http on loopback.
         "RESTYLE_WEBHOOK_ALLOW_HTTP": "true", "RESTYLE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',

@@ -92,10 +92,11 @@ async def prepare(rt: Runtime, models: StageModels, job: AvatarTrainJob) -> None
     job.photos = [join_uri(job.model_prefix, stages.photo_name(n)) for n in range(len(kept))]
     job.photo_hashes = [photo.hash for photo in kept]
     job.rejected = rejected
+    encoded = await asyncio.to_thread(lambda: [encode_png(photo.crop) for photo in kept])
     await asyncio.gather(*(
-        rt.storage.put(uri, await asyncio.to_thread(encode_png, photo.crop), "image/png",
+        rt.storage.put(uri, data, "image/png",
                        metadata={"job-id": job.job_id, "source": photo.image[:1024]})
-        for uri, photo in zip(job.photos, kept)))
+        for uri, data, photo in zip(job.photos, encoded, kept)))
     job.timings_ms["photo_check"] = round((time.perf_counter() - started) * 1000, 2)
     await rt.send(rt.topics.train, job.model_id, TrainRequest(
         job_id=job.job_id, tenant=job.tenant, job=job,

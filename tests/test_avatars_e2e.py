@@ -1,0 +1,134 @@
+"""Personalized avatars end to end on the embedded stack with tiny models: a person's photos in,
+the real face detector's verdict on each, a LoRA adapter trained by the trainer worker and
+registered, then images generated with it by the GPU worker; bad requests end `failed` with
+their causes; a trainer killed mid-run resumes from its last checkpoint."""
+from __future__ import annotations
+
+import io
+import json
+import signal
+import uuid
+
+import numpy as np
+from PIL import Image
+
+from tests import faces
+
+TRAIN = {"steps": 12, "resolution": 64, "rank": 4, "class_images": 2, "checkpoint_every": 5,
+         "learning_rate": 5e-3,
+         "batch_size": 1}
+
+
+def upload(e2e, folder: str, photos: dict[str, Image.Image]) -> str:
+    """The photos as JPEGs under one prefix in the stack's bucket; returns the prefix."""
+    for name, photo in photos.items():
+        buffer = io.BytesIO()
+        photo.save(buffer, format="JPEG", quality=92)
+        e2e.put_object(f"avatars-in/{folder}/{name}.jpg", buffer.getvalue())
+    return f"s3://{e2e.bucket}/avatars-in/{folder}/"
+
+
+def events(e2e, job_id: str) -> list[dict]:
+    return [json.loads(m.value()) for m in e2e.collector.matching(
+        "restyle.job-events", lambda m: m.key() == job_id.encode())]
+
+
+def image_at(e2e, uri: str) -> np.ndarray:
+    bucket, key = uri[5:].split("/", 1)
+    body = e2e.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.int16)
+
+
+def generate(e2e, model_id: str, **params) -> dict:
+    job_id = f"avatar-gen-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "pipeline": "avatar_generate", "model_id": model_id,
+                 "prompt": "a portrait of {subject}, oil painting",
+                 "params": {"seed": 3, "steps": 2, "width": 64, "height": 64, **params}},
+                key=job_id.encode())
+    return e2e.result(job_id, 240)
+
+
+def test_photos_in_an_adapter_out_then_images_of_that_person(e2e):
+    photos = {**faces.portrait_set(), "resaved": faces.resaved_copy(),
+              "cat": faces.not_faces()["chelsea"], "friends": faces.group_photo()}
+    prefix = upload(e2e, "eileen", photos)
+    job_id = f"avatar-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "pipeline": "avatar_train", "images": [prefix],
+                 "subject": "zqkv", "class_word": "woman", "params": TRAIN},
+                key=job_id.encode())
+
+    outcome = e2e.result(job_id, 300)
+    assert outcome["status"] == "done", outcome.get("error")
+    trained = outcome["result"]
+    assert trained["model_id"] == job_id and trained["trigger"] == "zqkv woman"
+    assert trained["steps"] == 12 and trained["resumed_from"] == 0
+    assert len(trained["photos"]) == 12
+    rejected = {r["image"].rsplit("/", 1)[-1]: r["code"] for r in trained["rejected"]}
+    assert rejected == {"cat.jpg": "no_face", "friends.jpg": "many_faces",
+                        "resaved.jpg": "duplicate"}
+    assert image_at(e2e, trained["photos"][0]).shape == (64, 64, 3)  # the face crops are kept
+    bucket, key = trained["adapter"][5:].split("/", 1)
+    assert key.endswith(f"models/{job_id}/adapter/pytorch_lora_weights.safetensors")
+    assert e2e.s3.head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
+    progress = [e["progress"] for e in events(e2e, job_id) if e.get("progress")]
+    assert progress[-1]["step"] == 12 and progress[-1]["total"] == 12
+    assert all(p["loss"] is not None for p in progress)
+    assert "training" in {e.get("status") for e in events(e2e, job_id)}
+
+    with_adapter = generate(e2e, job_id)
+    assert with_adapter["status"] == "done", with_adapter.get("error")
+    assert with_adapter["result"]["prompt"] == "a portrait of zqkv woman, oil painting"
+    base_only = generate(e2e, job_id, lora_scale=0.0)  # the same seed, the adapter off
+    person = image_at(e2e, with_adapter["result"]["images"][0]["uri"])
+    base = image_at(e2e, base_only["result"]["images"][0]["uri"])
+    assert person.shape == base.shape == (64, 64, 3)
+    assert np.abs(person - base).mean() > 1.0
+
+
+def test_too_few_usable_photos_fail_the_job_naming_each_rejected_one(e2e):
+    photos = {**faces.not_faces(), "me": faces.astronaut()}
+    prefix = upload(e2e, "few", photos)
+    e2e.put_object("avatars-in/few/broken.png", b"\x89PNG\r\n\x1a\nnot really")
+    job_id = f"avatar-few-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "pipeline": "avatar_train", "images": [prefix],
+                 "params": TRAIN}, key=job_id.encode())
+    outcome = e2e.result(job_id, 180)
+    assert outcome["status"] == "failed"
+    error = outcome["error"]
+    assert error["code"] == "too_few_faces"
+    assert "1 usable photo(s)" in error["message"] and "at least 8" in error["message"]
+    for name in ("chelsea.jpg", "coffee.jpg", "rocket.jpg"):
+        assert f"{name}: no face was found" in error["message"]
+    assert "broken.png is not an image" in error["message"]
+
+
+def test_an_unknown_model_fails_generation_with_model_not_found(e2e):
+    outcome = generate(e2e, "nobody-trained-this")
+    assert outcome["status"] == "failed"
+    assert outcome["error"]["code"] == "model_not_found"
+    assert "nobody-trained-this" in outcome["error"]["message"]
+
+
+def test_a_trainer_killed_mid_run_resumes_from_its_last_checkpoint(e2e):
+    prefix = upload(e2e, "resume", faces.portrait_set())
+    job_id = f"avatar-kill-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "pipeline": "avatar_train", "images": [prefix],
+                 "params": {**TRAIN, "steps": 300, "checkpoint_every": 20}},
+                key=job_id.encode())
+    e2e.collector.wait_for("restyle.job-events", lambda m: m.key() == job_id.encode() and
+                           (json.loads(m.value()).get("stage") or "").startswith(
+                               "checkpoint at step 40"), 300)
+    stack = e2e.stack
+    trainer = next(s for s in stack.stack.services if s.name.startswith("trainer"))
+    trainer.process.send_signal(signal.SIGKILL)
+    trainer.process.wait(10)
+    stack.stack.services.remove(trainer)
+    replacement = stack.start_worker("trainer", trainer.port, trainer.name)
+    stack.wait_healthy([replacement.port], 180)
+
+    outcome = e2e.result(job_id, 600)
+    assert outcome["status"] == "done", outcome.get("error")
+    resumed_from = outcome["result"]["resumed_from"]
+    assert resumed_from >= 40 and resumed_from % 20 == 0
+    assert outcome["result"]["steps"] == 300
+    assert len(e2e.results(job_id)) == 1
