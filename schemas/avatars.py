@@ -179,6 +179,8 @@ class ModelRecord(BaseModel):
     base_model: str
     family: str
     adapter: str
+    # Everything stored for the model (adapter, face crops, checkpoints) is under this prefix.
+    files: str
     rank: int
     alpha: float
     subject: str

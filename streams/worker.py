@@ -19,6 +19,7 @@ from gpu_agent import worker as gpu_worker
 from gpu_agent.engine import RenderEngine
 from streams.adapters.index import open_index
 from streams.adapters.storage import Storage
+from streams.api import avatars as avatars_api
 from streams.api import batches as batches_api
 from streams.api import catalog as catalog_api
 from streams.api import health as health_api
@@ -79,6 +80,7 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantL
     jobs_api.register(rt, tables, limiter, usage)
     catalog_api.register(rt, tables, models, index)
     batches_api.register(rt, tables, models, usage)
+    avatars_api.register(rt, usage)
 
 
 def build_gpu_worker(rt: Runtime) -> None:

@@ -132,3 +132,113 @@ def test_a_trainer_killed_mid_run_resumes_from_its_last_checkpoint(e2e):
     assert resumed_from >= 40 and resumed_from % 20 == 0
     assert outcome["result"]["steps"] == 300
     assert len(e2e.results(job_id)) == 1
+
+
+def multipart(files: dict[str, bytes], fields: dict[str, str]) -> tuple[bytes, dict]:
+    boundary = uuid.uuid4().hex
+    parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+              f'{value}\r\n').encode() for name, value in fields.items()]
+    for name, data in files.items():
+        parts.append((f'--{boundary}\r\nContent-Disposition: form-data; name="photos"; '
+                      f'filename="{name}"\r\nContent-Type: image/jpeg\r\n\r\n').encode()
+                     + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def jpeg(photo: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_over_http_a_tenant_trains_generates_lists_and_deletes_its_own_model(e2e):
+    tenant, other = "portraits", "someone-else"
+    body, headers = multipart({f"{name}.jpg": jpeg(photo)
+                               for name, photo in faces.portrait_set().items()},
+                              {"class_word": "woman", "params": json.dumps(TRAIN)})
+    status, answer = e2e.request("POST", "/avatars", body, headers, tenant=tenant)
+    assert status == 202, answer
+    model_id = answer["model_id"]
+    assert model_id.startswith(f"{tenant}:") and answer["job_id"] == model_id
+    assert e2e.result(model_id, 300)["status"] == "done"
+
+    status, listed = e2e.get("/models", tenant=tenant)
+    assert status == 200 and [m["model_id"] for m in listed["models"]] == [model_id]
+    assert listed["models"][0]["photos"] == 12 and "photo_hashes" not in listed["models"][0]
+    short_id = model_id.split(":", 1)[1]
+    assert e2e.get(f"/models/{short_id}", tenant=tenant)[1]["model_id"] == model_id
+    # Another tenant sees nothing of it, exactly as if it did not exist.
+    assert model_id not in [m["model_id"] for m in e2e.get("/models", tenant=other)[1]["models"]]
+    assert e2e.get(f"/models/{model_id}", tenant=other)[0] == 404
+    status, refused = e2e.post_json(f"/models/{model_id}/generate", {"prompt": "x"},
+                                    tenant=other)
+    assert status == 404 and refused["error"]["code"] == "model_not_found"
+
+    status, answer = e2e.post_json(f"/models/{short_id}/generate", {
+        "prompt": "{subject} on the moon", "params": {"seed": 1, "steps": 2, "width": 64,
+                                                      "height": 64, "num_images": 2}},
+        tenant=tenant)
+    assert status == 202, answer
+    generated = e2e.result(answer["job_id"], 240)
+    assert generated["status"] == "done", generated.get("error")
+    assert len(generated["result"]["images"]) == 2
+    assert generated["result"]["images"][0]["uri"].startswith(
+        f"s3://{e2e.bucket}/tenants/{tenant}/results/")
+
+    status, deleted = e2e.request("DELETE", f"/models/{short_id}", tenant=tenant)
+    assert status == 200 and deleted["status"] == "deleted" and deleted["files_deleted"] > 12
+    listed = e2e.s3.list_objects_v2(Bucket=e2e.bucket,
+                                    Prefix=f"tenants/{tenant}/models/{model_id}/")
+    assert listed.get("KeyCount", 0) == 0  # the adapter and the face crops are gone
+    status, gone = e2e.get(f"/models/{short_id}", tenant=tenant)
+    assert status == 404 and "deleted" in gone["error"]["message"]
+    after = f"avatar-after-delete-{uuid.uuid4().hex[:6]}"
+    e2e.publish({"job_id": after, "pipeline": "avatar_generate", "tenant": tenant,
+                 "model_id": model_id, "prompt": "{subject}"}, key=after.encode())
+    failed = e2e.result(after, 120)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "model_not_found"
+    assert "deleted" in failed["error"]["message"]
+
+
+def test_training_requests_the_api_cannot_accept_are_refused_with_the_cause(e2e):
+    status, answer = e2e.post_json("/avatars", {"images": ["s3://elsewhere/me.jpg"]},
+                                   tenant="portraits")
+    assert status == 400 and answer["error"]["code"] == "uri_refused"
+    status, answer = e2e.post_json("/avatars", {"images": []})
+    assert status == 400 and answer["error"]["code"] == "schema_violation"
+    status, answer = e2e.post_json("/avatars", {"images": ["s3://restyle/a.jpg"],
+                                                "params": {"steps": -1}})
+    assert status == 400 and "params.steps" in answer["error"]["message"]
+    body, headers = multipart({}, {"class_word": "woman"})
+    status, answer = e2e.request("POST", "/avatars", body, headers)
+    assert status == 400 and "photos" in answer["error"]["message"]
+
+
+def test_the_cli_trains_with_a_progress_bar_then_generates(e2e, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    for name, photo in faces.portrait_set().items():
+        photo.save(tmp_path / f"{name}.jpg", quality=92)
+    env = {**os.environ, "RESTYLE_STATE_DIR": str(e2e.stack.state_dir)}
+    env.pop("RESTYLE_KAFKA_BOOTSTRAP", None)
+    cli = [sys.executable, "-m", "streams.cli.main", "avatar"]
+    params = [f"--param={k}={v}" for k, v in {**TRAIN, "steps": 20}.items()]
+    trained = subprocess.run([*cli, "train", str(tmp_path), "--subject", "zqkv", *params,
+                              "--wait"], capture_output=True, text=True, env=env, timeout=600)
+    assert trained.returncode == 0, trained.stderr
+    model_id = trained.stdout.splitlines()[0]
+    assert f"model {model_id}: trigger 'zqkv person', 12 photos, 20 steps" in trained.stdout
+    assert "training: 100%" in trained.stderr and "20/20" in trained.stderr
+
+    generated = subprocess.run([*cli, "generate", model_id, "--prompt", "{subject} smiling",
+                                "--param", "steps=2", "--param", "width=64", "--param",
+                                "height=64", "--wait"], capture_output=True, text=True,
+                               env=env, timeout=300)
+    assert generated.returncode == 0, generated.stderr
+    assert ": done" in generated.stdout and "image: s3://" in generated.stdout
+    listed = subprocess.run([*cli, "models"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert model_id in listed.stdout and "'zqkv person'" in listed.stdout

@@ -110,7 +110,7 @@ async def trained(rt: Runtime, outcome: TrainOutcome) -> None:
     record = ModelRecord(
         model_id=job.model_id, tenant=job.tenant or rt.settings.default_tenant,
         base_model=job.base_model, family=job.family, adapter=outcome.adapter,
-        rank=job.params.rank, alpha=job.params.alpha, subject=job.subject,
+        files=job.model_prefix, rank=job.params.rank, alpha=job.params.alpha, subject=job.subject,
         class_word=job.class_word, photo_hashes=job.photo_hashes, steps=outcome.steps,
         final_loss=outcome.final_loss, created_at=time.time())
     await rt.send(rt.topics.models, record.key, record, acknowledged=True)

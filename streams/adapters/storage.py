@@ -46,6 +46,9 @@ class FileStore:
     async def exists(self, ref: ObjectRef) -> bool:
         return Path(ref.key).is_file()
 
+    async def delete(self, ref: ObjectRef) -> None:
+        await asyncio.to_thread(Path(ref.key).unlink, True)
+
     async def metadata(self, ref: ObjectRef) -> dict[str, str]:
         if not Path(ref.key).is_file():
             raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist")
@@ -125,6 +128,14 @@ class S3Store:
                                     ContentType=content_type, Metadata=metadata or {})
         except Exception as exc:
             raise StageFailure(ErrorCode.STORAGE_ERROR, f"writing {ref.uri} failed: {exc}") from exc
+
+    async def delete(self, ref: ObjectRef) -> None:
+        client = await self.client()
+        try:
+            await client.delete_object(Bucket=ref.bucket, Key=ref.key)
+        except Exception as exc:  # deleting what is not there succeeds on S3
+            raise StageFailure(ErrorCode.STORAGE_ERROR,
+                               f"deleting {ref.uri} failed: {exc}") from exc
 
     async def exists(self, ref: ObjectRef) -> bool:
         client = await self.client()
@@ -233,6 +244,15 @@ class Storage:
     async def metadata(self, uri: str) -> dict[str, str]:
         store, ref = self._route(uri)
         return await store.metadata(ref)
+
+    async def delete_prefix(self, prefix_uri: str) -> int:
+        """Delete every object under a prefix (a model's adapter, crops and checkpoints);
+        returns how many there were."""
+        found = await self.list(prefix_uri)
+        for uri in found:
+            store, ref = self._route(uri)
+            await store.delete(ref)
+        return len(found)
 
     async def list(self, prefix_uri: str, limit: int | None = None) -> list[str]:
         """URIs of the objects under a prefix (s3://bucket/prefix/ or a file:// directory):

@@ -19,6 +19,7 @@ from pydantic_settings import SettingsError
 from agents.condition.sources import bridge_sqs as run_bridge
 from agents.condition.sources import watch as run_watch
 from schemas.credentials import TENANT_PATTERN, Scope
+from streams.cli import avatars as avatar_client
 from streams.cli import background as batch_client
 from streams.cli import client
 from streams.cli.catalog import DuplicateProductIds
@@ -416,6 +417,97 @@ def _until_signal(start):
         return await start(stop)
 
     return asyncio.run(main_loop())
+
+
+
+@main.group()
+def avatar() -> None:
+    """Personalized avatars: train a person's model from photos, then generate with it."""
+
+
+@avatar.command("train")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--subject", default=None,
+              help="The trigger token prompts use (default: a rare one is drawn).")
+@click.option("--class-word", default=None, help="person, man, woman, dog, ...")
+@click.option("--param", "params", multiple=True,
+              help="key=value training parameter, e.g. --param steps=800")
+@click.option("--job-id", default=None, help="The job's id, which is also the model's id.")
+@click.option("--wait", is_flag=True, help="Follow training with a progress bar.")
+@click.option("--timeout", default=4 * 3600.0, show_default=True)
+def avatar_train(sources, subject, class_word, params, job_id, wait, timeout) -> None:
+    """Train a model of the person in SOURCES (10-15 photos: files, directories, s3:// URIs
+    or one s3:// prefix ending in /); prints the model id."""
+    settings = load_settings()
+    try:
+        job_id = run(avatar_client.submit_training(settings, list(sources), subject,
+                                                   class_word, _parse_params(params), job_id))
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(job_id)
+    if wait:
+        job = _follow_training(settings, job_id, timeout)
+        if job["status"] == "done":
+            click.echo(avatar_client.describe_training(job))
+        else:
+            click.echo(client.describe(job))
+        sys.exit(0 if job["status"] == "done" else 1)
+
+
+def _follow_training(settings, job_id: str, timeout: float) -> dict:
+    """The job until it ends, with a progress bar over training steps (and the loss)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_change(job: dict) -> None:
+        nonlocal bar
+        progress = job.get("progress")
+        if progress and (bar is not None or job["status"] == "training"):
+            if bar is None:
+                bar = tqdm(total=progress["total"], unit="step", desc="training")
+            bar.update(progress["step"] - bar.n)
+            if progress.get("loss") is not None:
+                bar.set_postfix(loss=f"{progress['loss']:.4f}")
+        if bar is None or job["status"] in ("done", "failed"):
+            click.echo(f"  {job_id}: {job['status']}", err=True)
+
+    try:
+        return client.wait_for_job(settings, job_id, timeout, on_change=on_change)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@avatar.command("generate")
+@click.argument("model_id")
+@click.option("--prompt", required=True,
+              help="What to draw; {subject} stands for the person, e.g. "
+                   "'a portrait of {subject} as an astronaut'.")
+@click.option("--negative-prompt", default=None)
+@click.option("--param", "params", multiple=True,
+              help="key=value, e.g. --param num_images=4 --param lora_scale=0.8")
+@click.option("--job-id", default=None)
+@click.option("--wait", is_flag=True, help="Follow the job until it is done or failed.")
+@click.option("--timeout", default=900.0, show_default=True)
+def avatar_generate(model_id, prompt, negative_prompt, params, job_id, wait, timeout) -> None:
+    """Generate images of a trained model's person; prints the job id."""
+    settings = load_settings()
+    job_id = run(avatar_client.submit_generation(settings, model_id, prompt, negative_prompt,
+                                                 _parse_params(params), job_id))
+    click.echo(job_id)
+    if wait:
+        job = client.wait_for_job(settings, job_id, timeout, on_change=_print_progress)
+        click.echo(client.describe(job))
+        sys.exit(0 if job["status"] == "done" else 1)
+
+
+@avatar.command("models")
+def avatar_models() -> None:
+    """List this tenant's trained models."""
+    for model in avatar_client.list_models(load_settings()):
+        click.echo(f"{model['model_id']}  {model['trigger']!r}  {model['steps']} steps  "
+                   f"base {model['base_model']}")
 
 
 if __name__ == "__main__":
