@@ -68,6 +68,10 @@ class ResidentAdapters:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter id -> adapter name
+        # What diffusers was last told: LoRA layers on or off, and which adapter at which
+        # scale. Each of its calls walks every module, so only what changed is called.
+        self._enabled = True
+        self._active: tuple[str, float] | None = None
         self.loads = 0
         self.hits = 0
 
@@ -82,18 +86,25 @@ class ResidentAdapters:
             while len(self._loaded) >= self.capacity:
                 _, evicted = self._loaded.popitem(last=False)
                 pipe.delete_adapters(evicted)
+                self._active = None
             name = adapter_name(adapter_id)
             pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
             self._loaded[adapter_id] = name
             self.loads += 1
+            self._active = None  # loading changes which adapter is active
         else:
             self._loaded.move_to_end(adapter_id)
             self.hits += 1
-        pipe.enable_lora()
-        pipe.set_adapters([name], adapter_weights=[scale])
+        if not self._enabled:
+            pipe.enable_lora()
+            self._enabled = True
+        if self._active != (name, scale):
+            pipe.set_adapters([name], adapter_weights=[scale])
+            self._active = (name, scale)
         return name
 
-    @staticmethod
-    def deactivate(pipe) -> None:
+    def deactivate(self, pipe) -> None:
         """The base model alone (adapters stay loaded)."""
-        pipe.disable_lora()
+        if self._enabled:
+            pipe.disable_lora()
+            self._enabled = False
