@@ -325,6 +325,9 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_QUALITY_STEPS": json.dumps({"standard": 2, "premium": 3}),
         # Avatars: prior-preservation class images drawn in 2 steps.
         "RESTYLE_AVATAR_CLASS_IMAGE_STEPS": "2",
+        # A worker that stops polling for 8 s leaves its group: training longer than that
+        # (the trainer's kill test) shows the trainer keeps polling while it trains.
+        "RESTYLE_MAX_POLL_INTERVAL_S": "8",
         "RESTYLE_WEBHOOK_SECRETS": json.dumps({"tests": WEBHOOK_SECRET}),
         # The tests' webhook receivers listen on plain http on loopback.
         "RESTYLE_WEBHOOK_ALLOW_HTTP": "true", "RESTYLE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',

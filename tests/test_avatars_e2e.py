@@ -242,3 +242,21 @@ def test_the_cli_trains_with_a_progress_bar_then_generates(e2e, tmp_path):
     listed = subprocess.run([*cli, "models"], capture_output=True, text=True, env=env,
                             timeout=60)
     assert model_id in listed.stdout and "'zqkv person'" in listed.stdout
+
+
+def test_training_far_longer_than_the_poll_interval_keeps_the_trainer_in_its_group(e2e):
+    """The stack's workers leave their group after 8 s without polling (conftest); a trainer
+    busy for longer keeps polling (training runs in a thread), so its request is never
+    redelivered mid-run and training is never started over."""
+    prefix = upload(e2e, "long", faces.portrait_set())
+    job_id = f"avatar-long-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "pipeline": "avatar_train", "images": [prefix],
+                 "params": {**TRAIN, "steps": 400, "checkpoint_every": 100}},
+                key=job_id.encode())
+    outcome = e2e.result(job_id, 600)
+    assert outcome["status"] == "done", outcome.get("error")
+    assert outcome["result"]["timings_ms"]["train"] > 2 * 8000  # the test means something
+    assert outcome["result"]["resumed_from"] == 0
+    starts = [e for e in events(e2e, job_id)
+              if e.get("status") == "training" and not e.get("stage")]
+    assert len(starts) == 1  # one delivery of the request, one run

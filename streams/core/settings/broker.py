@@ -67,6 +67,10 @@ class BrokerSettings(SettingsBase):
     replication_factor: int = 1
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 0.8
+    # The longest a consumer may go without polling before the group drops it. Workers poll
+    # while their stages run (a render, an hour of training: both run in threads), so this
+    # only catches a stuck event loop.
+    max_poll_interval_s: float = Field(300.0, gt=0)
     # at_least_once with idempotent stages. faust's exactly_once is refused: see the validator.
     processing_guarantee: Literal["at_least_once"] = "at_least_once"
     # How often processed offsets are committed. A crash redelivers at most this much work,
