@@ -260,3 +260,18 @@ def test_training_far_longer_than_the_poll_interval_keeps_the_trainer_in_its_gro
     starts = [e for e in events(e2e, job_id)
               if e.get("status") == "training" and not e.get("stage")]
     assert len(starts) == 1  # one delivery of the request, one run
+
+
+def test_a_model_trained_on_another_base_model_fails_generation_with_model_mismatch(e2e):
+    tenant = e2e.client_settings.default_tenant
+    model_id = f"elsewhere-{uuid.uuid4().hex[:6]}"
+    record = {"model_id": model_id, "tenant": tenant, "base_model": "some/other-base",
+              "family": "sd15", "adapter": f"s3://{e2e.bucket}/models/{model_id}/a.safetensors",
+              "files": f"s3://{e2e.bucket}/models/{model_id}/", "rank": 4, "alpha": 4,
+              "subject": "zqkv", "class_word": "person", "steps": 10, "final_loss": 0.1,
+              "created_at": 1.0}
+    e2e.publish(record, key=f"{tenant}/{model_id}".encode(), topic="restyle.models")
+    outcome = generate(e2e, model_id)
+    assert outcome["status"] == "failed"
+    assert outcome["error"]["code"] == "model_mismatch"
+    assert "some/other-base" in outcome["error"]["message"]

