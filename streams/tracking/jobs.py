@@ -81,12 +81,15 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             state = board.get(job_id)
             if state is None or state.status.terminal:
                 active.discard(job_id)
-            elif stalled(state, now, settings.job_timeout_s):
+                continue
+            timeout = settings.timeout_for(state.pipeline)
+            if timeout > 0 and stalled(state, now, timeout):
                 active.discard(job_id)
+                setting = "RESTYLE_JOB_TIMEOUTS" if state.pipeline in settings.job_timeouts \
+                    else "RESTYLE_JOB_TIMEOUT_S"
                 await rt.fail(state.job_id, JobError(
-                    code=ErrorCode.TIMEOUT, message=f"no progress for "
-                    f"{settings.job_timeout_s:.0f}s while {state.status.value}; the job was "
-                    f"given up (RESTYLE_JOB_TIMEOUT_S)"), state.tenant)
+                    code=ErrorCode.TIMEOUT, message=f"no progress for {timeout:.0f}s while "
+                    f"{state.status.value}; the job was given up ({setting})"), state.tenant)
 
     @app.on_partitions_revoked.connect
     async def forget_held_progress(*_args, **_kwargs) -> None:

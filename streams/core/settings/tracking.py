@@ -10,8 +10,15 @@ class TrackingSettings(SettingsBase):
     # A job with no status change or progress for this long fails with code "timeout" (the
     # tracker sweeps its partitions every job_sweep_interval_s). 0 turns the sweeper off.
     job_timeout_s: float = 3600.0
+    # Per pipeline, where its jobs may rightly wait longer: an avatar training can queue
+    # behind others on a trainer (no events while it waits), then train for hours.
+    job_timeouts: dict[str, float] = Field(default_factory=lambda: {"avatar_train": 86400.0})
     job_sweep_interval_s: float = 60.0
     # A render's progress ticks are stored in the jobs table at most this often (the status
     # API and its event stream still see every tick, from the partition owner's memory).
     # 0 stores every tick.
     progress_store_interval_s: float = Field(1.0, ge=0)
+
+    def timeout_for(self, pipeline: str | None) -> float:
+        """How long a job of this pipeline may go without moving (0: forever)."""
+        return self.job_timeouts.get(pipeline or "", self.job_timeout_s)

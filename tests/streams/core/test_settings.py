@@ -60,3 +60,14 @@ def test_settings_are_one_class_per_concern_composed_with_no_field_in_two():
             owners.setdefault(field, []).append(concern.__name__)
     assert {f: o for f, o in owners.items() if len(o) > 1} == {}
     assert set(owners) == set(Settings.model_fields)
+
+
+def test_a_pipeline_may_have_its_own_job_timeout(monkeypatch):
+    from streams.core.settings import Settings
+
+    defaults = Settings()
+    assert defaults.timeout_for("avatar_train") == 86400  # queues behind other trainings
+    assert defaults.timeout_for("room_makeover") == defaults.job_timeout_s == 3600
+    monkeypatch.setenv("RESTYLE_JOB_TIMEOUTS", '{"condition": 120}')
+    assert Settings().timeout_for("condition") == 120
+    assert Settings().timeout_for("avatar_train") == 3600  # the variable replaces the mapping
