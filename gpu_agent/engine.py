@@ -45,6 +45,7 @@ class RenderEngine:
         self.resident_adapters = resident_adapters
         # Per text-to-image pipeline: the person adapters loaded into it.
         self._adapters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._text2img: tuple[str, object] | None = None
 
     def pipeline(self, diffusion_id: str, controlnet_id: str):
         return self._cached(("controlnet", diffusion_id, controlnet_id),
@@ -54,9 +55,13 @@ class RenderEngine:
         return self._cached(("inpaint", inpainting_id), lambda: self._load_inpaint(inpainting_id))
 
     def text2img_pipeline(self, diffusion_id: str):
-        """The base model for avatars: a pipeline of its own (adapters are loaded into its
-        UNet and text encoder, so it shares no weights with the ControlNet pipelines)."""
-        return self._cached(("text2img", diffusion_id), lambda: self._load_text2img(diffusion_id))
+        """The base model for avatars: one per worker, outside the LRU of the other pipelines
+        (an avatar request never evicts a warm ControlNet pipeline, nor they it), with weights
+        of its own (adapters are loaded into its UNet and text encoder)."""
+        with self._lock:
+            if self._text2img is None or self._text2img[0] != diffusion_id:
+                self._text2img = (diffusion_id, self._load_text2img(diffusion_id))
+            return self._text2img[1]
 
     def adapters(self, diffusion_id: str) -> ResidentAdapters:
         pipe = self.text2img_pipeline(diffusion_id)

@@ -87,7 +87,8 @@ def build_gpu_worker(rt: Runtime) -> None:
     settings = rt.settings
     # The warmed pipelines must all fit the LRU, or warming the last evicts the first and
     # every job of that kind reloads its pipeline.
-    cache_size = max(settings.pipeline_cache_size, len(settings.gpu_warm_tasks))
+    cache_size = max(settings.pipeline_cache_size,
+                     len([t for t in settings.gpu_warm_tasks if t != "avatar"]))
     engine = RenderEngine(settings.device, settings.dtype, cache_size,
                           settings.diffusion_family, settings.prompt_cache_size,
                           settings.avatar_resident_adapters)
@@ -96,6 +97,8 @@ def build_gpu_worker(rt: Runtime) -> None:
             engine.pipeline(settings.model_id("diffusion"), settings.model_id(task))
     if "inpaint" in settings.gpu_warm_tasks:
         engine.inpaint_pipeline(settings.model_id("inpainting"))
+    if "avatar" in settings.gpu_warm_tasks:
+        engine.text2img_pipeline(settings.model_id("diffusion"))
     gpu_worker.register(rt, engine)
 
 

@@ -17,7 +17,8 @@ class GpuSettings(SettingsBase):
     # Render requests a GPU worker holds at once: while the model runs one, the others fetch
     # their inputs or store their outputs, so the model never waits on I/O.
     gpu_prefetch: int = 3
-    # Pipelines the GPU worker loads at start (so the first job of each kind is not slow).
+    # Pipelines the GPU worker loads at start (so the first job of each kind is not slow);
+    # "avatar": the base model that person adapters are served on (kept apart from the LRU).
     gpu_warm_tasks: list[Literal["controlnet_depth", "controlnet_canny", "controlnet_seg",
-                                 "inpaint"]] = Field(
+                                 "inpaint", "avatar"]] = Field(
         default_factory=lambda: ["controlnet_depth", "controlnet_canny", "inpaint"])
