@@ -34,7 +34,7 @@ ProgressCallback = Callable[[int, int], None]
 class RenderEngine:
     def __init__(self, device: str = "auto", dtype: str = "auto", cache_size: int = 2,
                  family: str = "sd15", prompt_cache_size: int = 64,
-                 resident_adapters: int = 8):
+                 resident_adapters: int = 8, hotswap_rank: int = 0):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.cache_size = cache_size
@@ -43,6 +43,7 @@ class RenderEngine:
         self._lock = threading.Lock()
         self._prompts = PromptEncoder(prompt_cache_size, sdxl=family == "sdxl")
         self.resident_adapters = resident_adapters
+        self.hotswap_rank = hotswap_rank
         # Per text-to-image pipeline: the person adapters loaded into it.
         self._adapters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._text2img: tuple[str, object] | None = None
@@ -66,7 +67,7 @@ class RenderEngine:
     def adapters(self, diffusion_id: str) -> ResidentAdapters:
         pipe = self.text2img_pipeline(diffusion_id)
         if pipe not in self._adapters:
-            self._adapters[pipe] = ResidentAdapters(self.resident_adapters)
+            self._adapters[pipe] = ResidentAdapters(self.resident_adapters, self.hotswap_rank)
         return self._adapters[pipe]
 
     def _load_text2img(self, diffusion_id: str):

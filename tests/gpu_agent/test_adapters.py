@@ -94,3 +94,20 @@ def test_adapter_files_are_fetched_once_and_evicted_over_size(tmp_path):
     assert fetched == ["s3://b/one", "s3://b/two"]
     assert not first.exists() and files.path_for("s3://b/two").exists()
 
+
+
+def test_hotswapped_adapters_replace_evicted_ones_in_place_without_leaking(base, tmp_path_factory):
+    """UNet-only adapters (odd seeds train no text encoder) swap into evicted slots; each image
+    still equals the one its adapter makes alone."""
+    unet_only = {name: trained_adapter(base, seed, tmp_path_factory.mktemp(f"u{name}"))
+                 for name, seed in (("P", 5), ("Q", 7), ("R", 9))}
+    references = {name: render(RenderEngine("cpu", "float32"), base, name, unet_only)
+                  for name in unet_only}
+    engine = RenderEngine("cpu", "float32", resident_adapters=2, hotswap_rank=8)
+    for name in ("P", "Q", "R", "P", None, "Q"):
+        image = render(engine, base, name, unet_only)
+        if name is None:
+            continue
+        assert np.abs(image - references[name]).max() <= 1, name
+    resident = engine.adapters(base)
+    assert resident.hotswaps == 3 and resident.loads == 5  # R, P and Q replaced in place

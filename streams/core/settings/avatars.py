@@ -39,6 +39,10 @@ class AvatarSettings(SettingsBase):
     avatar_lora_scale: float = Field(1.0, ge=0, le=2)
     avatar_resident_adapters: int = Field(8, ge=1)
     avatar_adapter_cache_mb: int = Field(2048, ge=1)
+    # > 0: a new adapter replaces an evicted one in place (diffusers' LoRA hotswap) when both
+    # adapt only the UNet, at ranks up to this (smaller ones are padded to it). It keeps the
+    # UNet's layers fixed, which a compiled UNet needs; 0 loads each adapter anew.
+    avatar_hotswap_rank: int = Field(0, ge=0, le=256)
 
     def train_params(self, given: TrainParams, seed: int) -> ResolvedTrainParams:
         """Every training value settled: the request's, else the configured default; the seed
