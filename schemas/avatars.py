@@ -179,8 +179,10 @@ class ModelRecord(BaseModel):
     base_model: str
     family: str
     adapter: str
-    # Everything stored for the model (adapter, face crops, checkpoints) is under this prefix.
+    # Everything stored for the model (adapter, face crops, checkpoints) is under this prefix;
+    # the photos themselves under `uploads` when they were uploaded to restyle for it.
     files: str
+    uploads: str | None = None
     rank: int
     alpha: float
     subject: str

@@ -187,10 +187,13 @@ def test_over_http_a_tenant_trains_generates_lists_and_deletes_its_own_model(e2e
         f"s3://{e2e.bucket}/tenants/{tenant}/results/")
 
     status, deleted = e2e.request("DELETE", f"/models/{short_id}", tenant=tenant)
-    assert status == 200 and deleted["status"] == "deleted" and deleted["files_deleted"] > 12
+    assert status == 200 and deleted["status"] == "deleted" and deleted["files_deleted"] > 24
     listed = e2e.s3.list_objects_v2(Bucket=e2e.bucket,
                                     Prefix=f"tenants/{tenant}/models/{model_id}/")
     assert listed.get("KeyCount", 0) == 0  # the adapter and the face crops are gone
+    uploads = e2e.s3.list_objects_v2(Bucket=e2e.bucket,
+                                     Prefix=f"tenants/{tenant}/uploads/{model_id}/")
+    assert uploads.get("KeyCount", 0) == 0  # and so are the photos uploaded for it
     status, gone = e2e.get(f"/models/{short_id}", tenant=tenant)
     assert status == 404 and "deleted" in gone["error"]["message"]
     after = f"avatar-after-delete-{uuid.uuid4().hex[:6]}"

@@ -39,6 +39,8 @@ from streams.core.render import rendered, request_render
 from streams.core.runtime import Runtime
 
 _rng = random.SystemRandom()
+# Photos decoded at once by the photo check (each may be tens of megapixels).
+PHOTOS_AT_ONCE = 8
 
 
 # --- training ---
@@ -59,7 +61,11 @@ async def photo_uris(rt: Runtime, images: list[str]) -> list[str]:
         found = sorted(uri for uri in listed if uri.lower().endswith(IMAGE_SUFFIXES))
         if not found:
             raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"no images under {images[0]}")
-        return found[:MAX_PHOTOS]
+        if len(found) > MAX_PHOTOS:
+            raise StageFailure(ErrorCode.INVALID_PARAMS,
+                               f"{images[0]} holds more than {MAX_PHOTOS} images; a training "
+                               f"takes at most {MAX_PHOTOS} (10-15 is what it needs)")
+        return found
     return images
 
 
@@ -72,9 +78,12 @@ async def prepare(rt: Runtime, models: StageModels, job: AvatarTrainJob) -> None
     rules = photo_check.PhotoRules(job.params.resolution, settings.avatar_min_face_px,
                                    settings.avatar_duplicate_distance)
 
+    reading = asyncio.Semaphore(PHOTOS_AT_ONCE)
+
     async def check(uri: str):
         try:
-            photo = await rt.image_uncached(uri)
+            async with reading:
+                photo = await rt.image_uncached(uri)
         except StageFailure as failure:  # this photo is unusable, not the whole request
             return PhotoRejection(image=uri, code=failure.error.code.value,
                                   reason=failure.error.message)
@@ -107,10 +116,13 @@ async def trained(rt: Runtime, outcome: TrainOutcome) -> None:
     """Register the model (before the job says done, so whoever hears done can use it)."""
     job = outcome.job
     job.timings_ms["train"] = outcome.train_ms
+    uploads = join_uri(rt.base_for(job.tenant), "uploads", job.job_id) + "/"
     record = ModelRecord(
         model_id=job.model_id, tenant=job.tenant or rt.settings.default_tenant,
         base_model=job.base_model, family=job.family, adapter=outcome.adapter,
-        files=job.model_prefix, rank=job.params.rank, alpha=job.params.alpha, subject=job.subject,
+        files=job.model_prefix,
+        uploads=uploads if all(uri.startswith(uploads) for uri in job.images) else None,
+        rank=job.params.rank, alpha=job.params.alpha, subject=job.subject,
         class_word=job.class_word, photo_hashes=job.photo_hashes, steps=outcome.steps,
         final_loss=outcome.final_loss, created_at=time.time())
     await rt.send(rt.topics.models, record.key, record, acknowledged=True)

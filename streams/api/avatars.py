@@ -37,7 +37,7 @@ from streams.core.runtime import Runtime, describe_validation, json_object
 
 def present(record: ModelRecord) -> dict:
     """A model as its owner sees it (the photos' hashes are counted, not shown)."""
-    body = record.model_dump(mode="json", exclude={"photo_hashes", "files"})
+    body = record.model_dump(mode="json", exclude={"photo_hashes", "files", "uploads"})
     body["trigger"] = record.trigger
     body["photos"] = len(record.photo_hashes)
     return body
@@ -178,6 +178,8 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
                                              "deleted_at": time.time()})
             await rt.send(rt.topics.models, gone.key, gone, acknowledged=True)
             removed = await rt.storage.delete_prefix(record.files)
+            if record.uploads:  # the person's photos, uploaded to restyle for this model
+                removed += await rt.storage.delete_prefix(record.uploads)
             return self.json({**present(gone), "files_deleted": removed})
 
     @app.page("/models/{model_id}/generate")
