@@ -82,3 +82,15 @@ def test_the_adapter_is_saved_as_diffusers_loads_it(base, photos, class_images, 
 def test_a_diverging_run_fails_with_the_cause(base, photos, class_images):
     with pytest.raises(RuntimeError, match="diverged at step"):
         train(run_of(base, photos, class_images, steps=4, learning_rate=1e30))
+
+
+def test_mixed_precision_trains_half_precision_weights_with_float32_lora(base, photos,
+                                                                         class_images):
+    """bf16 autocast (what a GPU run does in fp16; a CPU autocasts bf16 only): the frozen
+    weights load in half precision, the LoRA weights train in float32, the loss stays finite."""
+    checkpoints = []
+    adapter = train(run_of(base, photos, class_images, steps=3, checkpoint_every=2,
+                           mixed_precision="bf16"), on_checkpoint=checkpoints.append)
+    assert {tensor.dtype for tensor in checkpoints[0].lora.values()} == {torch.float32}
+    assert all(loss == loss for loss in adapter.losses)  # no NaN
+    assert len(adapter.losses) == 3
