@@ -41,8 +41,10 @@ def for_upload(upload: dict) -> Pipeline:
 
 
 def topic_sets() -> list[TopicNames]:
-    """Each pipeline's topics, their names read from the environment now."""
-    return [pipeline.topics() for pipeline in PIPELINES.values()]
+    """Each pipeline package's topics (once, however many pipelines it holds), their names
+    read from the environment now."""
+    kinds = dict.fromkeys(pipeline.topics for pipeline in PIPELINES.values())
+    return [kind() for kind in kinds]
 
 
 def topic_names(settings: Settings, sets: list[TopicNames]) -> list[str]:

@@ -98,7 +98,7 @@ def _retrieve_exception(task: asyncio.Task) -> None:
 EngineCall = Callable[[RenderEngine, RenderParams, ProgressCallback], list[Image.Image]]
 
 
-async def _inpaint_call(rt: Runtime, request: RenderRequest) -> EngineCall:
+async def _inpaint_call(rt: Runtime, request: RenderRequest, _files: AdapterFiles) -> EngineCall:
     image, mask = await asyncio.gather(rt.image_uncached(request.image),
                                        rt.mask_image(request.mask))
     model = request.model or rt.settings.model_id("inpainting")
@@ -106,7 +106,8 @@ async def _inpaint_call(rt: Runtime, request: RenderRequest) -> EngineCall:
                                                           params, on_step)
 
 
-async def _controlnet_call(rt: Runtime, request: RenderRequest) -> EngineCall:
+async def _controlnet_call(rt: Runtime, request: RenderRequest,
+                           _files: AdapterFiles) -> EngineCall:
     control = await rt.image(request.control_image)
     try:
         controlnet = rt.settings.model_id(f"controlnet_{request.control}")
@@ -132,7 +133,9 @@ async def _avatar_call(rt: Runtime, request: RenderRequest, files: AdapterFiles)
 
 
 # Each render task: how its inputs are read and which engine call it makes.
-TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest], Awaitable[EngineCall]]] = {
+TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest, AdapterFiles],
+                                 Awaitable[EngineCall]]] = {
+    "avatar": _avatar_call,
     "inpaint": _inpaint_call,
     "controlnet": _controlnet_call,
     "controlnet_depth": _controlnet_call,  # controlnet with control="depth" (its default)
@@ -144,9 +147,7 @@ async def _inputs(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> E
     (any producer can send one) fails its job before anything is read."""
     bounded_size(request.params.width, request.params.height, rt.settings.render_limits,
                  request.params.num_images)
-    if request.task == "avatar":
-        return await _avatar_call(rt, request, files)
-    return await TASKS[request.task](rt, request)
+    return await TASKS[request.task](rt, request, files)
 
 
 async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, call: EngineCall,

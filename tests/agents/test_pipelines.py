@@ -19,7 +19,8 @@ from streams.tracking.jobstate import apply_event
 
 
 def test_an_upload_goes_to_the_pipeline_it_names():
-    for name in ("room_makeover", "background_replace", "condition"):
+    for name in ("room_makeover", "background_replace", "condition", "avatar_train",
+                 "avatar_generate"):
         assert for_upload({"pipeline": name}).name == name
 
 
@@ -39,7 +40,8 @@ def test_a_missing_or_unknown_pipeline_is_refused_with_the_choices(upload, expec
         for_upload(upload)
     assert refused.value.error.code is ErrorCode.UNSUPPORTED_PIPELINE
     assert expected in refused.value.error.message
-    assert "background_replace, condition, room_makeover" in refused.value.error.message
+    assert "avatar_generate, avatar_train, background_replace, condition, room_makeover" in \
+        refused.value.error.message
 
 
 def test_the_two_tables_name_the_same_job_pipelines():
@@ -47,7 +49,9 @@ def test_the_two_tables_name_the_same_job_pipelines():
     assert admitting == set(CONTRACTS)
     assert first_stages(topic_sets()) == {"room_makeover": "restyle.stage.analyze",
                                           "background_replace": "restyle.stage.bg-mask",
-                                          "condition": "restyle.stage.cond-prepare"}
+                                          "condition": "restyle.stage.cond-prepare",
+                                          "avatar_train": "restyle.stage.avatar-prepare",
+                                          "avatar_generate": "restyle.stage.avatar-generate"}
 
 
 def test_a_worker_declares_every_pipelines_topics_and_the_shared_ones_each_once(monkeypatch):
