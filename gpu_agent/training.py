@@ -80,6 +80,8 @@ async def run_training(rt: Runtime, job: AvatarTrainJob) -> TrainOutcome:
     every = max(1, job.params.steps // PROGRESS_EVENTS)
 
     def on_step(step: int, total: int, loss: float) -> None:  # from the training thread
+        # A cancelled training stops after this step; its last checkpoint stays in storage.
+        rt.check_cancelled(job.job_id)
         if step % every == 0 or step == total:
             asyncio.run_coroutine_threadsafe(rt.job_event(
                 job.job_id, JobEventKind.PROGRESS,

@@ -155,6 +155,9 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
     loop = asyncio.get_running_loop()
 
     def on_step(step: int, total: int) -> None:  # called from the render thread
+        # A cancelled job stops here, at the next denoising step (JobCancelled leaves the
+        # pipeline's loop; nothing is stored or answered).
+        rt.check_cancelled(request.job_id)
         asyncio.run_coroutine_threadsafe(
             rt.job_event(request.job_id, JobEventKind.PROGRESS,
                          progress=Progress(step=step, total=total)), loop)

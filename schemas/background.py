@@ -172,7 +172,7 @@ class ImageOutcome(BaseModel):
     job_id: str
     name: str = ""
     image: str = ""
-    status: Literal["pending", "done", "failed"]
+    status: Literal["pending", "done", "failed", "cancelled"]
     error: str | None = None  # the machine code
     cause: str | None = None  # the sentence
     outputs: list[str] = Field(default_factory=list)

@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     INVALID_MASK = "invalid_mask"
     MASK_EMPTY = "mask_empty"
     TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
     # Avatars: too few usable photos of one face; a model that is not there (unknown, deleted,
     # another tenant's) or was trained on another base model than the one served.
     TOO_FEW_FACES = "too_few_faces"

@@ -7,9 +7,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import JobError
+from schemas.ids import JOB_ID_PATTERN
 from schemas.jobs import JobStatus, Progress
 from schemas.params import RenderParams
 from schemas.pipelines import AnyJob, AnyResult
@@ -76,6 +77,8 @@ class JobEventKind(StrEnum):
     PROGRESS = "progress"
     COMPLETED = "completed"
     FAILED = "failed"
+    # A request to stop the job (the tracker ends it `cancelled` unless it already ended).
+    CANCELLED = "cancelled"
 
 
 class JobEvent(BaseModel):
@@ -94,6 +97,19 @@ class JobEvent(BaseModel):
     error: JobError | None = None
     result: AnyResult | None = None
     job: AnyJob | None = None
+    # cancelled: who asked (a tenant and its key or token subject, or an upstream system).
+    by: str | None = None
+
+
+class CancelRequest(BaseModel):
+    """`restyle.uploads` with `"cancel"`: an upstream system stops one of its jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cancel: str = Field(pattern=JOB_ID_PATTERN)
+    tenant: str | None = Field(None, max_length=128)
+    # Who asks, for the job's record ("an upstream system" when left out).
+    by: str | None = Field(None, max_length=200)
 
 
 class ResultEvent(BaseModel):
@@ -103,7 +119,7 @@ class ResultEvent(BaseModel):
     tenant: str | None = None
     pipeline: str | None = None  # None only for an upload refused before it named one
     batch_id: str | None = None
-    status: Literal["done", "failed"]
+    status: Literal["done", "failed", "cancelled"]
     error: JobError | None = None
     result: AnyResult | None = None
     finished_at: float

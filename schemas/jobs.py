@@ -17,10 +17,12 @@ class JobStatus(StrEnum):
     REANALYZING = "re-analyzing"
     DONE = "done"
     FAILED = "failed"
+    # Stopped on request (DELETE /jobs/{id}, `restyle cancel`, a cancel on restyle.uploads).
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobStatus.DONE, JobStatus.FAILED)
+        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
     @property
     def rank(self) -> int:
@@ -36,6 +38,7 @@ _RANK = {
     JobStatus.REANALYZING: 3,
     JobStatus.DONE: 4,
     JobStatus.FAILED: 4,
+    JobStatus.CANCELLED: 4,
 }
 
 
@@ -44,6 +47,15 @@ class Progress(BaseModel):
     total: int
     # Training reports its loss at each step it announces.
     loss: float | None = None
+
+
+class Cancellation(BaseModel):
+    """A job cancelled, on the compacted `restyle.cancellations` (keyed by job id) that every
+    worker reads: a stage does not start it, a render or a training stops at its next step."""
+
+    job_id: str
+    by: str
+    at: float
 
 
 class TenantActivity(BaseModel):

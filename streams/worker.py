@@ -48,6 +48,8 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
                         [gate, limit_middleware(limiter)])
     wiring.app.task(keyring.run)
     rt = Runtime(settings, wiring, Storage.from_settings(settings), sets)
+    # Every worker reads the cancellations: any of them may be working on a cancelled job.
+    wiring.app.task(rt.cancellations.run)
     if role == "cpu":
         build_cpu_worker(rt, first_stages(sets), limiter)
     elif role == "gpu":

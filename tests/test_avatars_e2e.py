@@ -278,3 +278,29 @@ def test_a_model_trained_on_another_base_model_fails_generation_with_model_misma
     assert outcome["status"] == "failed"
     assert outcome["error"]["code"] == "model_mismatch"
     assert "some/other-base" in outcome["error"]["message"]
+
+
+def test_a_cancelled_training_stops_keeps_its_checkpoint_and_frees_the_trainer(e2e):
+    prefix = upload(e2e, "cancelled", faces.portrait_set())
+    job_id = f"avatar-cancel-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "pipeline": "avatar_train", "images": [prefix],
+                 "params": {**TRAIN, "steps": 5000, "checkpoint_every": 20}},
+                key=job_id.encode())
+    e2e.collector.wait_for("restyle.job-events", lambda m: m.key() == job_id.encode() and
+                           (json.loads(m.value()).get("stage") or "").startswith(
+                               "checkpoint at step 20"), 300)
+    assert e2e.request("DELETE", f"/jobs/{job_id}")[0] == 202
+    outcome = e2e.result(job_id, 60)
+    assert outcome["status"] == "cancelled"
+    model = f"models/{job_id}/"
+    keys = [item["Key"] for item in e2e.s3.list_objects_v2(
+        Bucket=e2e.bucket, Prefix=model).get("Contents", [])]
+    assert f"{model}checkpoints/latest.json" in keys  # kept, should it be trained again
+    assert not any("/adapter/" in key for key in keys)
+    # The trainer stopped: the next training finishes well before 5000 steps would have.
+    after = f"avatar-after-cancel-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": after, "pipeline": "avatar_train", "images": [prefix],
+                 "params": TRAIN}, key=after.encode())
+    assert e2e.result(after, 240)["status"] == "done"
+    assert e2e.get("/models")[0] == 200
+    assert job_id not in [m["model_id"] for m in e2e.get("/models")[1]["models"]]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 from aiohttp import web as aioweb
 from faust import web
 
-from schemas import ErrorCode, JobState, StageFailure
+from schemas import ErrorCode, JobEvent, JobEventKind, JobState, StageFailure
 from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
 from streams.api.limits import TenantLimiter, TooManyStreams
@@ -65,6 +66,23 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             if state is None:
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
             return self.json(await present(rt, state))
+
+        @routed(rt, jobs)
+        async def delete(self, request: web.Request, job_id: str) -> web.Response:
+            """Cancel the job: 202 with the job as it is now; it ends `cancelled` (a queued
+            job never starts, a render or a training stops at its next step). 409 if it
+            already ended."""
+            state = lookup(request, job_id)
+            if state is None:
+                return error_response(self, 404, "not_found", f"no job {job_id!r}")
+            if state.status.terminal:
+                return error_response(self, 409, "already_finished",
+                                      f"job {job_id!r} already ended {state.status.value}")
+            who = caller(request)
+            await rt.send(rt.topics.job_events, job_id, JobEvent(
+                job_id=job_id, kind=JobEventKind.CANCELLED, at=time.time(),
+                by=f"tenant {who.tenant} ({who.credential})"), acknowledged=True)
+            return self.json(await present(rt, state), status=202)
 
     async def stream_job(request, job_id: str) -> aioweb.StreamResponse:
         """Server-Sent Events: one per change of the job, until it is done or failed."""

@@ -76,6 +76,22 @@ def api_get(settings: Settings, path: str, absent: tuple[int, ...] = (404,)) -> 
     return get_json(f"{status_url(settings)}{path}", absent, key)
 
 
+def api_call(settings: Settings, method: str, path: str) -> tuple[int, dict]:
+    """Any status API call with this client's API key: (status code, JSON body)."""
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(f"{status_url(settings)}{path}", method=method,
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except json.JSONDecodeError:
+            return exc.code, {}
+
+
 def get_job(settings: Settings, job_id: str) -> dict | None:
     """The job as the status API shows it, or None if the API does not know it (404)."""
     return api_get(settings, f"/jobs/{job_id}")
@@ -92,7 +108,7 @@ def wait_for_job(settings: Settings, job_id: str, timeout_s: float = 600,
             if seen != last and on_change:
                 on_change(job)
             last = seen
-            if job["status"] in ("done", "failed"):
+            if job["status"] in ("done", "failed", "cancelled"):
                 return job
         time.sleep(0.25)
     raise TimeoutError(f"job {job_id} did not finish within {timeout_s:.0f}s")

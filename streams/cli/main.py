@@ -469,7 +469,7 @@ def _follow_training(settings, job_id: str, timeout: float) -> dict:
             bar.update(progress["step"] - bar.n)
             if progress.get("loss") is not None:
                 bar.set_postfix(loss=f"{progress['loss']:.4f}")
-        if bar is None or job["status"] in ("done", "failed"):
+        if bar is None or job["status"] in ("done", "failed", "cancelled"):
             click.echo(f"  {job_id}: {job['status']}", err=True)
 
     try:
@@ -508,6 +508,30 @@ def avatar_models() -> None:
     for model in avatar_client.list_models(load_settings()):
         click.echo(f"{model['model_id']}  {model['trigger']!r}  {model['steps']} steps  "
                    f"base {model['base_model']}")
+
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Wait until the job has ended.")
+def cancel(job_id, wait) -> None:
+    """Cancel a job: a queued job never starts, a render or a training stops at its next step.
+    Exit 0 once asked (or ended cancelled, with --wait), 1 if it had already ended, 2 if
+    there is no such job."""
+    settings = load_settings()
+    status, body = client.api_call(settings, "DELETE", f"/jobs/{job_id}")
+    if status == 404:
+        click.echo(f"no job {job_id!r}", err=True)
+        sys.exit(2)
+    if status != 202:
+        error = body.get("error", {})
+        click.echo(f"not cancelled: {error.get('message', status)}", err=True)
+        sys.exit(1)
+    click.echo(f"cancelling job {job_id} (it was {body['status']})")
+    if wait:
+        job = client.wait_for_job(settings, job_id, 120)
+        click.echo(client.describe(job))
+        sys.exit(0 if job["status"] == "cancelled" else 1)
 
 
 if __name__ == "__main__":

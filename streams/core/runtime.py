@@ -13,6 +13,7 @@ from typing import Awaitable, Callable, Iterable, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
+from schemas.jobs import Cancellation
 from urllib.parse import unquote
 
 from schemas.uris import is_under, tenant_base
@@ -21,6 +22,7 @@ from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.kafka import client_options
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
+from streams.core.compacted import CompactedView
 from streams.core.registry import ModelRegistry
 from streams.core.settings import Settings
 from streams.core.settings.broker import TopicNames, Topics
@@ -28,6 +30,11 @@ from streams.core.settings.broker import TopicNames, Topics
 log = logging.getLogger("restyle")
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T", bound=TopicNames)
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while a stage worked on it: the stage stops, nothing more is sent
+    for it (the tracker has already ended it and said so)."""
 
 
 class Runtime:
@@ -45,6 +52,17 @@ class Runtime:
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
         # The trained models (avatar adapters); read once the worker runs registry.run.
         self.registry = ModelRegistry(client_options(settings), settings.topics.models)
+        # Cancelled jobs; read once the worker runs cancellations.run.
+        self.cancellations = CompactedView(client_options(settings),
+                                           settings.topics.cancellations, Cancellation)
+
+    def cancelled(self, job_id: str | None) -> bool:
+        return job_id is not None and job_id in self.cancellations.records
+
+    def check_cancelled(self, job_id: str | None) -> None:
+        """Raise JobCancelled if the job was cancelled (a stage calls it between steps)."""
+        if self.cancelled(job_id):
+            raise JobCancelled(job_id)
 
     def topics_of(self, kind: type[T]) -> T:
         """A pipeline's topics, as the worker resolved their names."""
@@ -125,13 +143,15 @@ class Runtime:
                      handler: Callable[[M], Awaitable[None]], fail_jobs: bool = True,
                      on_failure: Callable[[M, JobError], Awaitable[None]] | None = None,
                      on_undecodable: Callable[[bytes | None, JobError], Awaitable[None]]
-                     | None = None) -> None:
+                     | None = None, follows_cancellations: bool = True) -> None:
         """Decode event's message as `model` (None: pass the raw message, for intakes that
         decode it themselves) and run handler on it. Undecodable → DLQ, then
         on_undecodable(raw, error) when given (to tell whoever waits on it, if it can be
         identified). A StageFailure or an unexpected error → on_failure(decoded, error) when
         given, else the job fails (or, with fail_jobs=False or no job, the message goes to the
-        DLQ)."""
+        DLQ). A message for a cancelled job is dropped (follows_cancellations; the trackers,
+        which must still see such jobs' events, turn it off), and a JobCancelled raised by the
+        handler stops it quietly."""
         message = event.message
         started = time.perf_counter()
         try:
@@ -143,6 +163,10 @@ class Runtime:
                 await on_undecodable(message.value, failure.error)
             return
         job_id = getattr(decoded, "job_id", None)
+        if follows_cancellations and self.cancelled(job_id):
+            STAGE_OUTCOMES.labels(stage, "cancelled").inc()
+            log.info("job %s is cancelled: %s does not start it", job_id, stage)
+            return
         sent_at = getattr(decoded, "sent_at", None)
         if sent_at:
             waited = max(0.0, time.time() - sent_at)
@@ -156,6 +180,9 @@ class Runtime:
             STAGE_OUTCOMES.labels(stage, "failed").inc()
             log.info("job %s failed in %s: %s", job_id, stage, failure.error.message)
             await self._failed(message, job_id, failure.error, decoded, fail_jobs, on_failure)
+        except JobCancelled:
+            STAGE_OUTCOMES.labels(stage, "cancelled").inc()
+            log.info("job %s was cancelled during %s: stopped", job_id, stage)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug or a model error: the job fails, the worker lives

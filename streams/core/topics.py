@@ -46,6 +46,9 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
     # key must outlive any retention period (a revocation, a deletion included).
     if name in (settings.topics.api_keys, settings.topics.models):
         return {"cleanup.policy": "compact"}
+    # A cancellation matters while its job could still run: no job runs for a week.
+    if name == settings.topics.cancellations:
+        return {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
     return {}
 
 

@@ -44,4 +44,5 @@ def register(rt: Runtime, tables: Tables) -> None:
             tables.activity[event.tenant.encode()] = json.dumps(after).encode()
 
     rt.stage_agent("activity-tracker", track, TenantActivity,
-                   topic=rt.topics.tenant_activity, fail_jobs=False)
+                   topic=rt.topics.tenant_activity, fail_jobs=False,
+                   follows_cancellations=False)

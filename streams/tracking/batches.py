@@ -106,7 +106,7 @@ def register(rt: Runtime, tables: Tables) -> None:
         return state.model_copy(update={"released": released})
 
     rt.stage_agent("batch-tracker", track, BatchEvent, topic=rt.topics.batch_events,
-                   fail_jobs=False)
+                   fail_jobs=False, follows_cancellations=False)
 
 
 def job_key(batch_id: str, job_id: str) -> bytes:

@@ -20,7 +20,7 @@ def register(rt: Runtime, tables: Tables) -> None:
         outcomes[product_key] = outcome.outcome.value.encode()
 
     rt.stage_agent("ingest-tracker", track, CatalogOutcome, topic=rt.topics.catalog_events,
-                   fail_jobs=False)
+                   fail_jobs=False, follows_cancellations=False)
 
 
 def lookup(tables: Tables, ingest_id: str) -> IngestState | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from schemas import ErrorCode, JobError, JobEvent, ResultEvent
-from schemas.jobs import TenantActivity
+from schemas.jobs import Cancellation, TenantActivity
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
 from streams.core.metrics import JOBS_FINISHED
 from streams.core.runtime import Runtime
@@ -34,6 +34,12 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     async def track(event: JobEvent) -> None:
         step = board.step(event)
         transition = step.transition
+        if transition.result is not None and transition.result.status == "cancelled":
+            # Every worker hears it: a stage does not start the job, a render or a training
+            # stops at its next step.
+            await rt.send(rt.topics.cancellations, event.job_id, Cancellation(
+                job_id=event.job_id, by=event.by or "an upstream system", at=event.at),
+                acknowledged=True)
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event and publishes again, rather than never.
@@ -90,6 +96,10 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
                 await rt.fail(state.job_id, JobError(
                     code=ErrorCode.TIMEOUT, message=f"no progress for {timeout:.0f}s while "
                     f"{state.status.value}; the job was given up ({setting})"), state.tenant)
+                # Given up is final: if its work turns up after all (a slow GPU queue), no
+                # worker renders it.
+                await rt.send(rt.topics.cancellations, job_id, Cancellation(
+                    job_id=job_id, by="the timeout sweeper", at=now), acknowledged=True)
 
     @app.on_partitions_revoked.connect
     async def forget_held_progress(*_args, **_kwargs) -> None:
@@ -97,4 +107,5 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
 
     # A tracker failure must not feed a `failed` event back into its own topic: the event
     # goes to the DLQ instead.
-    rt.stage_agent("tracker", track, JobEvent, topic=rt.topics.job_events, fail_jobs=False)
+    rt.stage_agent("tracker", track, JobEvent, topic=rt.topics.job_events, fail_jobs=False,
+                   follows_cancellations=False)

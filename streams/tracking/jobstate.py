@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from schemas import JobEvent, JobEventKind, JobState, JobStatus, ResultEvent
+from schemas import (
+    ErrorCode,
+    JobError,
+    JobEvent,
+    JobEventKind,
+    JobState,
+    JobStatus,
+    ResultEvent,
+)
 
 
 @dataclass
@@ -41,6 +49,8 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
                                 pipeline=event.pipeline,
                                 created_at=event.at, updated_at=event.at), event,
                        JobStatus.FAILED)
+    if kind is JobEventKind.CANCELLED:
+        return _cancel(state, event)
     if state is None or state.status.terminal:
         return Transition(None)
     if kind is JobEventKind.STATUS and event.status is not None:
@@ -58,6 +68,21 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
     if kind is JobEventKind.FAILED:
         return _finish(state, event, JobStatus.FAILED)
     return Transition(None)
+
+
+def _cancel(state: JobState | None, event: JobEvent) -> Transition:
+    """A job ends cancelled unless it already ended. A cancel that arrives before the job's
+    submission (they travel on different topics) leaves a cancelled state behind, so the job
+    never starts; one naming another tenant than the job's changes nothing."""
+    foreign = None not in (event.tenant, state and state.tenant) and event.tenant != state.tenant
+    if state is not None and (state.status.terminal or foreign):
+        return Transition(None)
+    event = event.model_copy(update={"error": JobError(
+        code=ErrorCode.CANCELLED, message=f"cancelled by {event.by or 'an upstream system'}")})
+    if state is None:
+        state = JobState(job_id=event.job_id, tenant=event.tenant, status=JobStatus.QUEUED,
+                         pipeline=event.pipeline, created_at=event.at, updated_at=event.at)
+    return _finish(state, event, JobStatus.CANCELLED)
 
 
 def _finish(state: JobState, event: JobEvent, status: JobStatus) -> Transition:

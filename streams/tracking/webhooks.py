@@ -122,4 +122,5 @@ def register(rt: Runtime) -> None:
             batch_id=delivery.batch_id, kind=BatchEventKind.NOTIFIED, at=time.time(),
             delivery=outcome))
 
-    rt.stage_agent("webhooks", send, WebhookDelivery, topic=rt.topics.webhooks, fail_jobs=False)
+    rt.stage_agent("webhooks", send, WebhookDelivery, topic=rt.topics.webhooks, fail_jobs=False,
+                   follows_cancellations=False)

@@ -42,6 +42,8 @@ class Topics(TopicNames):
     api_keys: str = "restyle.api-keys"
     # The model registry (trained avatar adapters), compacted; every worker reads all of it.
     models: str = "restyle.models"
+    # Cancelled jobs, compacted (kept a week); every worker reads all of it.
+    cancellations: str = "restyle.cancellations"
 
 
 class BrokerSettings(SettingsBase):

@@ -92,6 +92,37 @@ def test_a_rejected_upload_fails_a_new_job_but_never_a_known_one():
     assert apply_event(running, event(JobEventKind.REJECTED, error=error)).state is None
 
 
+def test_a_running_job_is_cancelled_once_with_who_asked():
+    state, outputs = run([event(JobEventKind.SUBMITTED, job=_job()),
+                          event(JobEventKind.STATUS, status=JobStatus.GENERATING),
+                          event(JobEventKind.CANCELLED, by="tenant acme (api-key k1)"),
+                          event(JobEventKind.CANCELLED, by="again"),
+                          event(JobEventKind.COMPLETED, result=MakeoverResult())])
+    assert state.status is JobStatus.CANCELLED
+    assert state.error.code is ErrorCode.CANCELLED
+    assert state.error.message == "cancelled by tenant acme (api-key k1)"
+    results = [o.result for o in outputs if o.result is not None]
+    assert len(results) == 1 and results[0].status == "cancelled"  # one result, says so
+
+
+def test_a_cancel_before_the_submission_keeps_the_job_from_ever_starting():
+    state, outputs = run([event(JobEventKind.CANCELLED),
+                          event(JobEventKind.SUBMITTED, job=_job())])
+    assert state.status is JobStatus.CANCELLED
+    assert state.error.message == "cancelled by an upstream system"
+    assert outputs[1].start is None and outputs[1].state is None
+
+
+def test_a_finished_job_or_another_tenants_is_not_cancelled():
+    done, _ = run([event(JobEventKind.SUBMITTED, job=_job()),
+                   event(JobEventKind.COMPLETED, result=MakeoverResult()),
+                   event(JobEventKind.CANCELLED)])
+    assert done.status is JobStatus.DONE
+    theirs, outputs = run([event(JobEventKind.SUBMITTED, job=_job(), tenant="acme"),
+                           event(JobEventKind.CANCELLED, tenant="globex")])
+    assert theirs.status is JobStatus.QUEUED and outputs[1].state is None
+
+
 def test_a_job_that_stops_moving_is_stalled_and_a_finished_one_never_is():
     from schemas import JobState, JobStatus
     from streams.tracking.jobstate import stalled

@@ -1,0 +1,105 @@
+"""Cancelling jobs end to end: a render stops at its next denoising step and stores nothing, a
+job cancelled before it was submitted never starts, a finished job cannot be cancelled, and
+every cancelled job ends `cancelled` with who asked, in one result."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+
+def events(e2e, job_id: str) -> list[dict]:
+    return [json.loads(m.value()) for m in e2e.collector.matching(
+        "restyle.job-events", lambda m: m.key() == job_id.encode())]
+
+
+def long_render(e2e, job_id: str) -> None:
+    """A conditioned generation that renders for seconds on the tiny models."""
+    uri = e2e.put_object(f"cancel/{job_id}.png", _photo())
+    e2e.publish({"job_id": job_id, "pipeline": "condition", "image": uri,
+                 "params": {"steps": 150, "width": 512, "height": 512, "num_images": 2}},
+                key=job_id.encode())
+
+
+def _photo() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (120, 90, 60)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rendering(e2e, job_id: str) -> None:
+    e2e.collector.wait_for("restyle.job-events", lambda m: m.key() == job_id.encode() and
+                           (json.loads(m.value()).get("progress") or {}).get("step", 0) >= 2,
+                           180)
+
+
+def stored(e2e, job_id: str) -> list[str]:
+    listed = e2e.s3.list_objects_v2(Bucket=e2e.bucket, Prefix=f"results/{job_id}/")
+    return [item["Key"].rsplit("/", 1)[-1] for item in listed.get("Contents", [])]
+
+
+def test_a_render_stops_at_its_next_step_and_stores_nothing(e2e):
+    job_id = f"cancel-render-{uuid.uuid4().hex[:8]}"
+    long_render(e2e, job_id)
+    rendering(e2e, job_id)
+    status, body = e2e.request("DELETE", f"/jobs/{job_id}")
+    assert status == 202 and body["status"] == "generating"
+
+    outcome = e2e.result(job_id, 60)
+    assert outcome["status"] == "cancelled"
+    assert outcome["error"]["code"] == "cancelled"
+    assert outcome["error"]["message"].startswith("cancelled by tenant ")
+    time.sleep(3)  # what a render that went on would have stored by now
+    steps = [e["progress"]["step"] for e in events(e2e, job_id) if e.get("progress")]
+    assert max(steps) < 150  # it stopped, it did not finish
+    assert "0.png" not in stored(e2e, job_id) and "render.json" not in stored(e2e, job_id)
+    assert len(e2e.results(job_id)) == 1
+    assert e2e.get(f"/jobs/{job_id}")[1]["status"] == "cancelled"
+
+
+def test_a_job_cancelled_before_it_is_submitted_never_starts(e2e):
+    job_id = f"cancel-first-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"cancel": job_id, "by": "the order service"}, key=job_id.encode())
+    outcome = e2e.result(job_id, 60)
+    assert outcome["status"] == "cancelled"
+    assert outcome["error"]["message"] == "cancelled by an upstream system (the order service)"
+    long_render(e2e, job_id)  # the submission arrives afterwards
+    time.sleep(5)
+    assert not any(e.get("status") in ("analyzing", "generating") for e in events(e2e, job_id))
+    assert stored(e2e, job_id) == [] and len(e2e.results(job_id)) == 1
+
+
+def test_only_the_owner_cancels_and_only_while_the_job_runs(e2e):
+    assert e2e.request("DELETE", "/jobs/never-submitted")[0] == 404
+    job_id = f"cancel-theirs-{uuid.uuid4().hex[:8]}"
+    long_render(e2e, job_id)
+    rendering(e2e, job_id)
+    assert e2e.request("DELETE", f"/jobs/{job_id}", tenant="someone-else")[0] == 404
+    assert e2e.request("DELETE", f"/jobs/{job_id}", authorized=False)[0] == 401
+    outcome = e2e.result(job_id, 180)
+    assert outcome["status"] == "done"  # nobody who may cancel it did
+    status, body = e2e.request("DELETE", f"/jobs/{job_id}")
+    assert status == 409 and body["error"]["code"] == "already_finished"
+
+
+def test_the_cli_cancels_a_running_job_and_waits_for_it_to_end(e2e):
+    job_id = f"cancel-cli-{uuid.uuid4().hex[:8]}"
+    long_render(e2e, job_id)
+    rendering(e2e, job_id)
+    env = {**os.environ, "RESTYLE_STATE_DIR": str(e2e.stack.state_dir)}
+    env.pop("RESTYLE_KAFKA_BOOTSTRAP", None)
+    done = subprocess.run([sys.executable, "-m", "streams.cli.main", "cancel", job_id, "--wait"],
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert f"cancelling job {job_id} (it was generating)" in done.stdout
+    assert f"job {job_id}: cancelled" in done.stdout and "[cancelled]" in done.stdout
+    again = subprocess.run([sys.executable, "-m", "streams.cli.main", "cancel", job_id],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 1 and "already ended cancelled" in again.stderr
