@@ -26,6 +26,7 @@ from gpu_agent.engine import ProgressCallback, RenderEngine
 from schemas import (
     ErrorCode,
     JobEventKind,
+    JobStatus,
     Progress,
     RenderParams,
     RenderRequest,
@@ -163,6 +164,8 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
                          progress=Progress(step=step, total=total)), loop)
 
     async with model_turn:
+        # This worker holds the job now: from here, time without progress is a stall.
+        await rt.job_event(request.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
         started = time.perf_counter()
         try:
             images = await asyncio.to_thread(call, engine, request.params, on_step)

@@ -12,6 +12,8 @@ from schemas.pipelines import AnyResult
 class JobStatus(StrEnum):
     QUEUED = "queued"
     ANALYZING = "analyzing"
+    # Waiting for a GPU worker (or a trainer) to take it: time here is queue, not a stall.
+    QUEUED_FOR_GPU = "queued_for_gpu"
     GENERATING = "generating"
     TRAINING = "training"
     REANALYZING = "re-analyzing"
@@ -33,12 +35,13 @@ class JobStatus(StrEnum):
 _RANK = {
     JobStatus.QUEUED: 0,
     JobStatus.ANALYZING: 1,
-    JobStatus.GENERATING: 2,
-    JobStatus.TRAINING: 2,
-    JobStatus.REANALYZING: 3,
-    JobStatus.DONE: 4,
-    JobStatus.FAILED: 4,
-    JobStatus.CANCELLED: 4,
+    JobStatus.QUEUED_FOR_GPU: 2,
+    JobStatus.GENERATING: 3,
+    JobStatus.TRAINING: 3,
+    JobStatus.REANALYZING: 4,
+    JobStatus.DONE: 5,
+    JobStatus.FAILED: 5,
+    JobStatus.CANCELLED: 5,
 }
 
 

@@ -110,6 +110,7 @@ async def prepare(rt: Runtime, models: StageModels, job: AvatarTrainJob) -> None
     await rt.send(rt.topics.train, job.model_id, TrainRequest(
         job_id=job.job_id, tenant=job.tenant, job=job,
         reply_topic=rt.topics_of(AvatarTopics).avatar_trained))
+    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.QUEUED_FOR_GPU)
 
 
 async def trained(rt: Runtime, outcome: TrainOutcome) -> None:
@@ -157,7 +158,6 @@ async def generate(rt: Runtime, job: AvatarGenerateJob) -> None:
     settings = rt.settings
     record = await rt.registry.find(job.tenant or settings.default_tenant, job.model_id)
     job = stages.bind_model(job, record, settings.model_id("diffusion"))
-    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
     # Keyed by model: every request for one model lands on one partition, so on the GPU
     # worker that already holds its adapter.
     await request_render(rt, job, rt.topics_of(AvatarTopics).avatar_finish, key=record.key,

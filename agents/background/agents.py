@@ -181,7 +181,6 @@ async def mask(rt: Runtime, models: StageModels, job: BackgroundJob) -> None:
     for uri, image in ((job.keep_mask, keep), (render_image, small), (render_mask, repaint)):
         await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
     job.timings_ms["mask"] = round((time.perf_counter() - started) * 1000, 2)
-    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
     await request_render(rt, job, rt.topics_of(BackgroundTopics).finish, prompt=job.prompt,
                          task="inpaint", image=render_image, mask=render_mask, params=params,
                          output_prefix=join_uri(prefix, "raw"))

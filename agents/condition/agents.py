@@ -115,7 +115,6 @@ async def prepare(rt: Runtime, models: StageModels, job: ConditionJob) -> None:
                                                 "kind": "conditioning-map"})
     job.params = job.params.model_copy(update={"width": size[0], "height": size[1]})
     job.timings_ms["prepare"] = round((time.perf_counter() - started) * 1000, 2)
-    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
     await request_render(rt, job, rt.topics_of(ConditionTopics).finish, prompt=job.prompt,
                          task="controlnet", control=job.conditioning.value,
                          control_image=job.control_map,

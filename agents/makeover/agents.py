@@ -99,14 +99,9 @@ async def depth(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
     await rt.storage.put(job.depth_map, await asyncio.to_thread(encode_png, depth_map),
                          "image/png")
     _timed(job, "depth", started)
-    # The request goes first: a producer has one request in flight per broker, and the
-    # status event would hold it back a round trip. So a render's first progress tick
-    # may reach restyle.job-events before "generating" does; a tick implies generating,
-    # for the tracker as for any consumer (README, topics).
     await request_render(rt, job, rt.topics_of(MakeoverTopics).reanalyze, prompt=job.prompt,
                          control_image=job.depth_map, params=job.params,
                          output_prefix=results)
-    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
 
 
 async def reanalyze(rt: Runtime, models: StageModels, index: VectorIndex,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from schemas import ErrorCode, JobError, JobEvent, ResultEvent
+from schemas import ErrorCode, JobError, JobEvent, JobStatus, ResultEvent
 from schemas.jobs import Cancellation, TenantActivity
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
 from streams.core.metrics import JOBS_FINISHED
@@ -88,10 +88,12 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             if state is None or state.status.terminal:
                 active.discard(job_id)
                 continue
-            timeout = settings.timeout_for(state.pipeline)
+            queued = state.status is JobStatus.QUEUED_FOR_GPU
+            timeout = settings.timeout_for(state.pipeline, queued)
             if timeout > 0 and stalled(state, now, timeout):
                 active.discard(job_id)
-                setting = "RESTYLE_JOB_TIMEOUTS" if state.pipeline in settings.job_timeouts \
+                setting = "RESTYLE_GPU_QUEUE_TIMEOUT_S" if queued else \
+                    "RESTYLE_JOB_TIMEOUTS" if state.pipeline in settings.job_timeouts \
                     else "RESTYLE_JOB_TIMEOUT_S"
                 await rt.fail(state.job_id, JobError(
                     code=ErrorCode.TIMEOUT, message=f"no progress for {timeout:.0f}s while "

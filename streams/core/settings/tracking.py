@@ -14,11 +14,16 @@ class TrackingSettings(SettingsBase):
     # behind others on a trainer (no events while it waits), then train for hours.
     job_timeouts: dict[str, float] = Field(default_factory=lambda: {"avatar_train": 86400.0})
     job_sweep_interval_s: float = 60.0
+    # A job waiting for a GPU worker or a trainer (queued_for_gpu) is given up only after
+    # this long in the queue (0: never): a busy pool is not a stalled job.
+    gpu_queue_timeout_s: float = Field(86400.0, ge=0)
     # A render's progress ticks are stored in the jobs table at most this often (the status
     # API and its event stream still see every tick, from the partition owner's memory).
     # 0 stores every tick.
     progress_store_interval_s: float = Field(1.0, ge=0)
 
-    def timeout_for(self, pipeline: str | None) -> float:
+    def timeout_for(self, pipeline: str | None, queued_for_gpu: bool = False) -> float:
         """How long a job of this pipeline may go without moving (0: forever)."""
+        if queued_for_gpu:
+            return self.gpu_queue_timeout_s
         return self.job_timeouts.get(pipeline or "", self.job_timeout_s)

@@ -68,6 +68,8 @@ def test_a_pipeline_may_have_its_own_job_timeout(monkeypatch):
     defaults = Settings()
     assert defaults.timeout_for("avatar_train") == 86400  # queues behind other trainings
     assert defaults.timeout_for("room_makeover") == defaults.job_timeout_s == 3600
+    # Waiting for a busy GPU pool is queue time, not a stall.
+    assert defaults.timeout_for("room_makeover", queued_for_gpu=True) == 86400
     monkeypatch.setenv("RESTYLE_JOB_TIMEOUTS", '{"condition": 120}')
     assert Settings().timeout_for("condition") == 120
     assert Settings().timeout_for("avatar_train") == 3600  # the variable replaces the mapping
