@@ -109,15 +109,22 @@ def test_an_unknown_model_fails_generation_with_model_not_found(e2e):
     assert "nobody-trained-this" in outcome["error"]["message"]
 
 
-def test_a_trainer_killed_mid_run_resumes_from_its_last_checkpoint(e2e):
-    prefix = upload(e2e, "resume", faces.portrait_set())
-    job_id = f"avatar-kill-{uuid.uuid4().hex[:8]}"
+def long_training(e2e, folder: str, steps: int, until_checkpoint: int) -> str:
+    """Start a training of `steps` steps with a checkpoint every 20; return its job id once
+    the checkpoint at step `until_checkpoint` is written."""
+    prefix = upload(e2e, folder, faces.portrait_set())
+    job_id = f"avatar-{folder}-{uuid.uuid4().hex[:8]}"
     e2e.publish({"job_id": job_id, "pipeline": "avatar_train", "images": [prefix],
-                 "params": {**TRAIN, "steps": 300, "checkpoint_every": 20}},
+                 "params": {**TRAIN, "steps": steps, "checkpoint_every": 20}},
                 key=job_id.encode())
     e2e.collector.wait_for("restyle.job-events", lambda m: m.key() == job_id.encode() and
-                           (json.loads(m.value()).get("stage") or "").startswith(
-                               "checkpoint at step 40"), 300)
+                           (json.loads(m.value()).get("stage") or "") ==
+                           f"checkpoint at step {until_checkpoint}", 300)
+    return job_id
+
+
+def test_a_trainer_killed_mid_run_resumes_from_its_last_checkpoint(e2e):
+    job_id = long_training(e2e, "resume", steps=300, until_checkpoint=40)
     stack = e2e.stack
     trainer = next(s for s in stack.stack.services if s.name.startswith("trainer"))
     trainer.process.send_signal(signal.SIGKILL)
@@ -281,14 +288,8 @@ def test_a_model_trained_on_another_base_model_fails_generation_with_model_misma
 
 
 def test_a_cancelled_training_stops_keeps_its_checkpoint_and_frees_the_trainer(e2e):
-    prefix = upload(e2e, "cancelled", faces.portrait_set())
-    job_id = f"avatar-cancel-{uuid.uuid4().hex[:8]}"
-    e2e.publish({"job_id": job_id, "pipeline": "avatar_train", "images": [prefix],
-                 "params": {**TRAIN, "steps": 5000, "checkpoint_every": 20}},
-                key=job_id.encode())
-    e2e.collector.wait_for("restyle.job-events", lambda m: m.key() == job_id.encode() and
-                           (json.loads(m.value()).get("stage") or "").startswith(
-                               "checkpoint at step 20"), 300)
+    job_id = long_training(e2e, "cancelled", steps=5000, until_checkpoint=20)
+    prefix = f"s3://{e2e.bucket}/avatars-in/cancelled/"
     assert e2e.request("DELETE", f"/jobs/{job_id}")[0] == 202
     outcome = e2e.result(job_id, 60)
     assert outcome["status"] == "cancelled"
