@@ -7,7 +7,6 @@ thread so the Kafka consumer keeps heartbeating during long jobs.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -44,9 +43,8 @@ class RenderEngine:
         self._prompts = PromptEncoder(prompt_cache_size, sdxl=family == "sdxl")
         self.resident_adapters = resident_adapters
         self.hotswap_rank = hotswap_rank
-        # Per text-to-image pipeline: the person adapters loaded into it.
-        self._adapters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._text2img: tuple[str, object] | None = None
+        # The avatar base: (its model id, the pipeline, the person adapters loaded into it).
+        self._text2img: tuple[str, object, ResidentAdapters] | None = None
 
     def pipeline(self, diffusion_id: str, controlnet_id: str):
         return self._cached(("controlnet", diffusion_id, controlnet_id),
@@ -59,16 +57,17 @@ class RenderEngine:
         """The base model for avatars: one per worker, outside the LRU of the other pipelines
         (an avatar request never evicts a warm ControlNet pipeline, nor they it), with weights
         of its own (adapters are loaded into its UNet and text encoder)."""
-        with self._lock:
-            if self._text2img is None or self._text2img[0] != diffusion_id:
-                self._text2img = (diffusion_id, self._load_text2img(diffusion_id))
-            return self._text2img[1]
+        return self._avatar_base(diffusion_id)[0]
 
     def adapters(self, diffusion_id: str) -> ResidentAdapters:
-        pipe = self.text2img_pipeline(diffusion_id)
-        if pipe not in self._adapters:
-            self._adapters[pipe] = ResidentAdapters(self.resident_adapters, self.hotswap_rank)
-        return self._adapters[pipe]
+        return self._avatar_base(diffusion_id)[1]
+
+    def _avatar_base(self, diffusion_id: str) -> tuple[object, ResidentAdapters]:
+        with self._lock:
+            if self._text2img is None or self._text2img[0] != diffusion_id:
+                self._text2img = (diffusion_id, self._load_text2img(diffusion_id),
+                                  ResidentAdapters(self.resident_adapters, self.hotswap_rank))
+            return self._text2img[1], self._text2img[2]
 
     def _load_text2img(self, diffusion_id: str):
         pipe = StableDiffusionPipeline.from_pretrained(diffusion_id, torch_dtype=self.dtype,
@@ -154,8 +153,7 @@ class RenderEngine:
                on_step: ProgressCallback | None = None) -> list[Image.Image]:
         """Text to image on the base model with one person's adapter active (adapter_id None:
         the base model alone). The adapter is loaded once and stays resident (LRU)."""
-        pipe = self.text2img_pipeline(diffusion_id)
-        adapters = self.adapters(diffusion_id)
+        pipe, adapters = self._avatar_base(diffusion_id)
         if adapter_id is None:
             adapters.deactivate(pipe)
             model_key = diffusion_id

@@ -49,19 +49,14 @@ class CheckpointPointer(BaseModel):
 
 
 def register(rt: Runtime) -> None:
-    replies: dict[str, object] = {}
-
     async def handle(request: TrainRequest) -> None:
         job = request.job
         outcome = await trained_before(rt, job)
         if outcome is None:
             outcome = await run_training(rt, job)
-        name = request.reply_topic
-        if name not in replies:
-            replies[name] = rt.app.topic(name, key_serializer="raw", value_serializer="raw",
-                                         partitions=rt.settings.partitions)
-        await replies[name].send(key=job.job_id.encode(), value=outcome.model_copy(
-            update={"sent_at": time.time()}).model_dump_json().encode())
+        reply = outcome.model_copy(update={"sent_at": time.time()})
+        await rt.channel(request.reply_topic).send(key=job.job_id.encode(),
+                                                   value=reply.model_dump_json().encode())
 
     rt.stage_agent("trainer", handle, TrainRequest, topic=rt.topics.train)
 

@@ -44,18 +44,11 @@ log = logging.getLogger("restyle")
 
 
 def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
-    app, settings = rt.app, rt.settings
+    settings = rt.settings
     files = AdapterFiles(settings.state_dir / "adapters",
                          settings.avatar_adapter_cache_mb * 1024 * 1024)
-    replies: dict[str, object] = {}
     meter = DutyMeter()
     model_turn = asyncio.Lock()  # FIFO: one model call at a time, in arrival order
-
-    def reply_topic(name: str):
-        if name not in replies:
-            replies[name] = app.topic(name, key_serializer="raw", value_serializer="raw",
-                                      partitions=settings.partitions)
-        return replies[name]
 
     async def render(request: RenderRequest) -> None:
         meter.received()
@@ -81,7 +74,7 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         finally:
             inputs.cancel()  # not needed (answered from the manifest, or failed); no-op if read
         result = result.model_copy(update={"wait_ms": waited_ms, "sent_at": time.time()})
-        await reply_topic(request.reply_topic).send(
+        await rt.channel(request.reply_topic).send(
             key=request.job_id.encode(), value=result.model_dump_json().encode())
 
     rt.stage_agent("render", render, RenderRequest, topic=rt.topics.render,

@@ -47,6 +47,17 @@ def parse_uri(uri: str, file_roots: list[Path] | None = None) -> ObjectRef:
                        f"(got scheme {parsed.scheme or 'none'!r})")
 
 
+def object_under(prefix: str) -> str:
+    """A URI standing for any object under prefix: a prefix is policed as the objects its
+    listing yields will be (a bucket's root included, which is no object key itself)."""
+    return prefix.rstrip("/") + "/x"
+
+
+def as_input(uri: str) -> str:
+    """What to police for an input that may be a prefix (ending in "/") or one object."""
+    return object_under(uri) if uri.endswith("/") else uri
+
+
 def tenant_base(results_base: str, tenant: str | None, default_tenant: str) -> str:
     """Where a tenant's uploads, results and reports live: the results base itself for the
     default tenant (and events that name none), `tenants/<tenant>` below it for every other,

@@ -87,8 +87,10 @@ async def prepare(rt: Runtime, models: StageModels, job: AvatarTrainJob) -> None
         except StageFailure as failure:  # this photo is unusable, not the whole request
             return PhotoRejection(image=uri, code=failure.error.code.value,
                                   reason=failure.error.message)
-        faces = await asyncio.to_thread(models.faces.detect, photo)
-        return await asyncio.to_thread(photo_check.check_photo, uri, photo, faces, rules)
+        # One thread hop for the detector (loaded on first use, off the event loop too) and
+        # the crop.
+        return await asyncio.to_thread(
+            lambda: photo_check.check_photo(uri, photo, models.faces.detect(photo), rules))
 
     checked = await asyncio.gather(*(check(uri) for uri in await photo_uris(rt, job.images)))
     accepted = [c for c in checked if isinstance(c, photo_check.AcceptedPhoto)]

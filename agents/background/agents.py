@@ -27,7 +27,7 @@ from schemas.background import (
     OutpaintMode,
 )
 from schemas.titan import TitanRequest
-from schemas.uris import join_uri
+from schemas.uris import join_uri, object_under
 from streams.adapters.images import encode_png, fit_within
 from streams.adapters.index.base import VectorIndex
 from streams.core.admission import derived_id, id_from_key, readable_field
@@ -96,7 +96,7 @@ async def expand(rt: Runtime, batch: BackgroundBatch) -> None:
     for item in batch.images:
         uri = item if isinstance(item, str) else item.uri
         if background.is_prefix(uri):
-            rt.storage.police(uri.rstrip("/") + "/x")  # before any listing
+            rt.storage.police(object_under(uri))  # before any listing
             # Listing stops past the batch cap: a prefix of millions is refused, not read.
             listings[uri] = await rt.storage.list(uri, MAX_LISTED_OBJECTS + 1)
             if len(listings[uri]) > MAX_LISTED_OBJECTS:

@@ -19,9 +19,9 @@ from schemas.avatars import (
     ModelStatus,
 )
 from schemas.ids import JOB_ID_PATTERN
-from schemas.uris import join_uri
+from schemas.uris import as_input, join_uri
 from streams.api.jobs import safe_file_name
-from streams.api.routing import error_response, until_known
+from streams.api.routing import error_response, json_body, until_known
 from streams.api.tenancy import (
     ForeignTenant,
     InvalidId,
@@ -46,9 +46,9 @@ def present(record: ModelRecord) -> dict:
 def register(rt: Runtime, usage: TenantUsage) -> None:
     app, settings = rt.app, rt.settings
 
-    async def publish(view, request, event: dict, model: type, path: str):
-        """Validate event as model, send it to the uploads topic, answer once GET path knows
-        the job (202), or the 400 that says what is wrong."""
+    async def publish(view, request, event: dict, model: type, answer: dict):
+        """Validate event as model, send it to the uploads topic, answer (202) once GET
+        /jobs/{job_id} knows the job, or the 400 that says what is wrong."""
         try:
             model.model_validate(event)
         except ValidationError as exc:
@@ -57,10 +57,8 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
         job_id = event["job_id"]
         await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
                                                   value=json.dumps(event).encode())
-        await until_known(app, request, path)
-        return view.json({"job_id": job_id, **({"model_id": job_id}
-                                               if model is AvatarTrainUpload else {})},
-                         status=202)
+        await until_known(app, request, f"/jobs/{job_id}")
+        return view.json(answer, status=202)
 
     async def find(view, request, given: str):
         """(record, None) for the caller's live model, else (None, the error response)."""
@@ -123,12 +121,9 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
                                           f"params: {failure.error.message}")
                 body = {**fields, "params": params}
             else:
-                try:
-                    body = json_object(await request.read())
-                except StageFailure as failure:
-                    return error_response(self, 400, ErrorCode.INVALID_JSON.value,
-                                          f"the body must be a JSON object: "
-                                          f"{failure.error.message}")
+                body, problem = await json_body(self, request)
+                if problem:
+                    return problem
             tenant, job_id, refused = await admission(self, request, body)
             if refused:
                 return refused
@@ -144,13 +139,13 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
                 try:  # what the caller's tenant may not read is refused before anything runs
                     for uri in body.get("images") or []:
                         if isinstance(uri, str):
-                            rt.check_input(uri.rstrip("/") + "/x" if uri.endswith("/")
-                                           else uri, tenant)
+                            rt.check_input(as_input(uri), tenant)
                 except StageFailure as failure:
                     return error_response(self, 400, failure.error.code.value,
                                           failure.error.message)
             event = {**body, "job_id": job_id, "pipeline": "avatar_train", "tenant": tenant}
-            return await publish(self, request, event, AvatarTrainUpload, f"/jobs/{job_id}")
+            return await publish(self, request, event, AvatarTrainUpload,
+                                 {"job_id": job_id, "model_id": job_id})
 
     @app.page("/models")
     class ModelsView(web.View):
@@ -190,14 +185,12 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
             record, problem = await find(self, request, model_id)
             if problem:
                 return problem
-            try:
-                body = json_object(await request.read())
-            except StageFailure as failure:
-                return error_response(self, 400, ErrorCode.INVALID_JSON.value,
-                                      f"the body must be a JSON object: {failure.error.message}")
+            body, problem = await json_body(self, request)
+            if problem:
+                return problem
             tenant, job_id, refused = await admission(self, request, body)
             if refused:
                 return refused
             event = {**body, "job_id": job_id, "pipeline": "avatar_generate",
                      "model_id": record.model_id, "tenant": tenant}
-            return await publish(self, request, event, AvatarGenerateUpload, f"/jobs/{job_id}")
+            return await publish(self, request, event, AvatarGenerateUpload, {"job_id": job_id})

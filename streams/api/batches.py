@@ -16,9 +16,10 @@ from agents.models.detect import rescale_detections
 from schemas import ErrorCode, StageFailure
 from schemas.background import BATCH_ID_PATTERN, BackgroundBatch, BackgroundResult
 from schemas.titan import TitanRequest
+from schemas.uris import as_input
 from streams.adapters.images import decode_image, encode_png, fit_within
 from streams.adapters.outbound import UnsafeTarget
-from streams.api.routing import error_response, routed, until_known
+from streams.api.routing import error_response, json_body, routed, until_known
 from streams.api.tenants import TenantUsage
 from streams.api.tenancy import (
     ForeignTenant,
@@ -28,7 +29,7 @@ from streams.api.tenancy import (
     chosen_id,
     sees,
 )
-from streams.core.runtime import Runtime, describe_validation, json_object
+from streams.core.runtime import Runtime, describe_validation
 from streams.tracking import batches, webhooks
 from streams.tracking.tables import Tables
 
@@ -50,9 +51,9 @@ def inputs_of(batch: BackgroundBatch) -> list[str]:
     found = [batch.mask_image] if batch.mask_image else []
     for item in batch.images:
         if isinstance(item, str):
-            found.append(item.rstrip("/") + "/x" if item.endswith("/") else item)
+            found.append(as_input(item))
         else:
-            found.append(item.uri.rstrip("/") + "/x" if item.uri.endswith("/") else item.uri)
+            found.append(as_input(item.uri))
             if item.mask_image:
                 found.append(item.mask_image)
     return found
@@ -60,16 +61,6 @@ def inputs_of(batch: BackgroundBatch) -> list[str]:
 
 def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
     app, settings = rt.app, rt.settings
-
-    async def json_body(view, request):
-        """The body as a JSON object, parsed off the event loop (Titan bodies run to 32 MB)."""
-        raw = await request.read()
-        try:
-            return await asyncio.to_thread(json_object, raw), None
-        except StageFailure as failure:
-            return None, error_response(view, 400, ErrorCode.INVALID_JSON.value,
-                                        f"the body must be a JSON object: "
-                                        f"{failure.error.message}")
 
     @app.page("/batches")
     class BatchSubmitView(web.View):

@@ -14,6 +14,9 @@ from aiohttp import web as aioweb
 from aiokafka.partitioner import murmur2
 from yarl import URL
 
+from schemas import ErrorCode, StageFailure
+from streams.core.runtime import json_object
+
 
 def job_partition(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
@@ -53,6 +56,17 @@ async def proxy(request, url: URL) -> aioweb.StreamResponse:
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+
+async def json_body(view, request):
+    """(the body as a JSON object, None), or (None, the 400 that says why it is not one).
+    Parsed off the event loop: Titan bodies run to 32 MB."""
+    raw = await request.read()
+    try:
+        return await asyncio.to_thread(json_object, raw), None
+    except StageFailure as failure:
+        return None, error_response(view, 400, ErrorCode.INVALID_JSON.value,
+                                    f"the body must be a JSON object: {failure.error.message}")
 
 
 def error_response(view, status: int, code: str, message: str, headers=None):

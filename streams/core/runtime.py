@@ -100,6 +100,15 @@ class Runtime:
                                f"{uri!r}: tenant {tenant!r} reads only its own storage and "
                                f"the buckets {sorted(allowed)} (RESTYLE_TENANT_BUCKETS)")
 
+    def channel(self, name: str):
+        """The topic named name: one the worker declared, or one a request names (a reply
+        topic), declared on first use and kept."""
+        if name not in self.channels:
+            self.channels[name] = self.app.topic(name, key_serializer="raw",
+                                                 value_serializer="raw",
+                                                 partitions=self.settings.partitions)
+        return self.channels[name]
+
     # --- sending ---
     async def send(self, topic: str, key: str, model: BaseModel, headers=None,
                    acknowledged: bool = False) -> None:

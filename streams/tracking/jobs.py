@@ -35,11 +35,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         step = board.step(event)
         transition = step.transition
         if transition.result is not None and transition.result.status == "cancelled":
-            # Every worker hears it: a stage does not start the job, a render or a training
-            # stops at its next step.
-            await rt.send(rt.topics.cancellations, event.job_id, Cancellation(
-                job_id=event.job_id, by=event.by or "an upstream system", at=event.at),
-                acknowledged=True)
+            await stop_work(event.job_id, event.by or "an upstream system", event.at)
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event and publishes again, rather than never.
@@ -61,6 +57,12 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             await announce(event.job_id, getattr(transition.start, "tenant", None), active=True)
         if transition.result is not None:
             await announce(event.job_id, transition.result.tenant, active=False)
+
+    async def stop_work(job_id: str, by: str, at: float) -> None:
+        """Every worker hears that the job ended for good: a stage does not start it, a
+        render or a training stops at its next step."""
+        await rt.send(rt.topics.cancellations, job_id, Cancellation(job_id=job_id, by=by, at=at),
+                      acknowledged=True)
 
     async def announce(job_id: str, tenant: str | None, active: bool) -> None:
         """A job of the tenant started or ended (the activity tracker counts its jobs)."""
@@ -100,8 +102,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
                     f"{state.status.value}; the job was given up ({setting})"), state.tenant)
                 # Given up is final: if its work turns up after all (a slow GPU queue), no
                 # worker renders it.
-                await rt.send(rt.topics.cancellations, job_id, Cancellation(
-                    job_id=job_id, by="the timeout sweeper", at=now), acknowledged=True)
+                await stop_work(job_id, "the timeout sweeper", now)
 
     @app.on_partitions_revoked.connect
     async def forget_held_progress(*_args, **_kwargs) -> None:
