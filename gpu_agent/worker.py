@@ -73,9 +73,8 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
                 result = await _render(rt, engine, request, await inputs, model_turn, meter)
         finally:
             inputs.cancel()  # not needed (answered from the manifest, or failed); no-op if read
-        result = result.model_copy(update={"wait_ms": waited_ms, "sent_at": time.time()})
-        await rt.channel(request.reply_topic).send(
-            key=request.job_id.encode(), value=result.model_dump_json().encode())
+        await rt.send(request.reply_topic, request.job_id,
+                      result.model_copy(update={"wait_ms": waited_ms}))
 
     rt.stage_agent("render", render, RenderRequest, topic=rt.topics.render,
                    concurrency=settings.gpu_prefetch)

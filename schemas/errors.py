@@ -17,6 +17,11 @@ class ErrorCode(StrEnum):
     UNKNOWN_STYLE = "unknown_style"
     INVALID_PARAMS = "invalid_params"
     STORAGE_ERROR = "storage_error"
+    # A dependency that did not answer within the stage's retry budget (the message says how
+    # many attempts were made): object storage, the vector index, the Kafka broker.
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    INDEX_UNAVAILABLE = "index_unavailable"
+    BROKER_UNAVAILABLE = "broker_unavailable"
     MODEL_ERROR = "model_error"
     INVALID_MASK = "invalid_mask"
     MASK_EMPTY = "mask_empty"
@@ -35,11 +40,13 @@ class JobError(BaseModel):
 
     code: ErrorCode
     message: str
+    # How many times it was tried before it was given up (retried failures only).
+    attempts: int | None = None
 
 
 class StageFailure(Exception):
     """Raised by a stage when the job cannot go on; the agent turns it into a `failed` job."""
 
-    def __init__(self, code: ErrorCode, message: str):
+    def __init__(self, code: ErrorCode, message: str, attempts: int | None = None):
         super().__init__(message)
-        self.error = JobError(code=code, message=message)
+        self.error = JobError(code=code, message=message, attempts=attempts)

@@ -15,6 +15,7 @@ from schemas import (
     JobError,
     OutcomeKind,
     Product,
+    StageFailure,
 )
 from schemas.catalog import INGEST_ID_PATTERN
 
@@ -71,9 +72,13 @@ def written(plan: WritePlan, refused: dict[str, str]) -> list[CatalogOutcome]:
 
 
 def write_failed(plan: WritePlan, exc: Exception) -> list[CatalogOutcome]:
-    """The index is down or refused the whole batch: every product hears why."""
-    error = JobError(code=ErrorCode.STORAGE_ERROR,
-                     message=f"index write failed: {type(exc).__name__}: {exc}")
+    """The index is down or refused the whole batch: every product hears why (with the
+    attempts, when it stayed unavailable for the whole retry budget)."""
+    if isinstance(exc, StageFailure):
+        error = exc.error.model_copy(update={"message": f"index write failed: {exc}"})
+    else:
+        error = JobError(code=ErrorCode.STORAGE_ERROR,
+                         message=f"index write failed: {type(exc).__name__}: {exc}")
     return [outcome(item.event, OutcomeKind.FAILED, error) for item in plan.items]
 
 

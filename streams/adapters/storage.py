@@ -8,6 +8,7 @@ from pathlib import Path
 
 from schemas import ErrorCode, StageFailure
 from schemas.uris import ObjectRef, parse_uri
+from streams.adapters.retries import retried
 
 
 def too_large(ref: ObjectRef, size: int, max_bytes: int) -> StageFailure:
@@ -72,9 +73,10 @@ class FileStore:
 
 class S3Store:
     def __init__(self, endpoint: str | None, access_key: str | None, secret_key: str | None,
-                 region: str):
+                 region: str, timeout_s: float = 60.0):
         self._client_args = dict(endpoint_url=endpoint, aws_access_key_id=access_key,
                                  aws_secret_access_key=secret_key, region_name=region)
+        self._timeout_s = timeout_s
         self._client = None
         self._client_cm = None
         self._lock = asyncio.Lock()
@@ -85,8 +87,12 @@ class S3Store:
                 import aioboto3
                 from botocore.config import Config
 
+                # botocore makes one attempt: retries are restyle's (streams/adapters/
+                # retries.py), bounded by the stage's budget, and counted in the error.
                 config = Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                                retries={"max_attempts": 5, "mode": "standard"})
+                                retries={"total_max_attempts": 1},
+                                connect_timeout=min(10.0, self._timeout_s),
+                                read_timeout=self._timeout_s)
                 self._client_cm = aioboto3.Session().client("s3", config=config,
                                                             **self._client_args)
                 self._client = await self._client_cm.__aenter__()
@@ -97,9 +103,28 @@ class S3Store:
             await self._client_cm.__aexit__(None, None, None)
             self._client = self._client_cm = None
 
-    async def get(self, ref: ObjectRef, max_bytes: int | None = None) -> bytes:
-        client = await self.client()
+    async def _call(self, what: str, ref: ObjectRef, operation, missing: str | None = None):
+        """await operation(client), retried while the store is unavailable. A 404 is
+        OBJECT_NOT_FOUND with `missing` as its sentence (None: raised as it is); any other
+        permanent error is STORAGE_ERROR."""
+        async def attempt():
+            return await operation(await self.client())
+
         try:
+            return await retried(attempt, s3_transient, f"{what} {ref.uri}",
+                                 ErrorCode.STORAGE_UNAVAILABLE)
+        except StageFailure:
+            raise
+        except Exception as exc:  # botocore ClientError: refused for good
+            if missing is not None and _status(exc) == 404:
+                if _code(exc) == "NoSuchBucket":
+                    missing = f"bucket {ref.bucket!r} of {ref.uri} does not exist"
+                raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, missing) from None
+            raise StageFailure(ErrorCode.STORAGE_ERROR, f"{what} {ref.uri} failed: {exc}") \
+                from exc
+
+    async def get(self, ref: ObjectRef, max_bytes: int | None = None) -> bytes:
+        async def read(client) -> bytes:
             response = await client.get_object(Bucket=ref.bucket, Key=ref.key)
             async with response["Body"] as body:
                 # The size is in the response headers: an oversized object is refused before
@@ -108,56 +133,34 @@ class S3Store:
                 if max_bytes is not None and size > max_bytes:
                     raise too_large(ref, size, max_bytes)
                 return await body.read()
-        except StageFailure:
-            raise
-        except client.exceptions.NoSuchKey:
-            raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") from None
-        except client.exceptions.NoSuchBucket:
-            raise StageFailure(ErrorCode.OBJECT_NOT_FOUND,
-                               f"bucket {ref.bucket!r} of {ref.uri} does not exist") from None
-        except Exception as exc:  # botocore ClientError and network errors
-            if _status(exc) == 404:
-                raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") from None
-            raise StageFailure(ErrorCode.STORAGE_ERROR, f"reading {ref.uri} failed: {exc}") from exc
+
+        return await self._call("reading", ref, read, f"{ref.uri} does not exist")
 
     async def put(self, ref: ObjectRef, data: bytes, content_type: str,
                   metadata: dict[str, str] | None = None) -> None:
-        client = await self.client()
-        try:
-            await client.put_object(Bucket=ref.bucket, Key=ref.key, Body=data,
-                                    ContentType=content_type, Metadata=metadata or {})
-        except Exception as exc:
-            raise StageFailure(ErrorCode.STORAGE_ERROR, f"writing {ref.uri} failed: {exc}") from exc
+        await self._call("writing", ref, lambda client: client.put_object(
+            Bucket=ref.bucket, Key=ref.key, Body=data, ContentType=content_type,
+            Metadata=metadata or {}))
 
     async def delete(self, ref: ObjectRef) -> None:
-        client = await self.client()
-        try:
-            await client.delete_object(Bucket=ref.bucket, Key=ref.key)
-        except Exception as exc:  # deleting what is not there succeeds on S3
-            raise StageFailure(ErrorCode.STORAGE_ERROR,
-                               f"deleting {ref.uri} failed: {exc}") from exc
+        # Deleting what is not there succeeds on S3.
+        await self._call("deleting", ref, lambda client: client.delete_object(
+            Bucket=ref.bucket, Key=ref.key))
 
     async def exists(self, ref: ObjectRef) -> bool:
-        client = await self.client()
         try:
-            await client.head_object(Bucket=ref.bucket, Key=ref.key)
+            await self._call("checking", ref, lambda client: client.head_object(
+                Bucket=ref.bucket, Key=ref.key), missing="")
             return True
-        except Exception as exc:
-            if _status(exc) == 404:
+        except StageFailure as failure:
+            if failure.error.code == ErrorCode.OBJECT_NOT_FOUND:
                 return False
-            raise StageFailure(ErrorCode.STORAGE_ERROR, f"checking {ref.uri} failed: {exc}") from exc
+            raise
 
     async def metadata(self, ref: ObjectRef) -> dict[str, str]:
         """The object's user metadata (x-amz-meta-*), keys lower-cased without the prefix."""
-        client = await self.client()
-        try:
-            response = await client.head_object(Bucket=ref.bucket, Key=ref.key)
-        except Exception as exc:
-            if _status(exc) == 404:
-                raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, f"{ref.uri} does not exist") \
-                    from None
-            raise StageFailure(ErrorCode.STORAGE_ERROR, f"reading {ref.uri} failed: {exc}") \
-                from exc
+        response = await self._call("reading", ref, lambda client: client.head_object(
+            Bucket=ref.bucket, Key=ref.key), missing=f"{ref.uri} does not exist")
         return {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
 
     async def presign(self, ref: ObjectRef, expires_s: int) -> str | None:
@@ -166,14 +169,16 @@ class S3Store:
             "get_object", Params={"Bucket": ref.bucket, "Key": ref.key}, ExpiresIn=expires_s)
 
     async def list(self, ref: ObjectRef, limit: int | None = None) -> list[str]:
-        client = await self.client()
-        uris = []
-        paginator = client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=ref.bucket, Prefix=ref.key):
-            uris += [f"s3://{ref.bucket}/{item['Key']}" for item in page.get("Contents", [])]
-            if limit is not None and len(uris) >= limit:
-                return uris[:limit]  # a bucket of millions is not read to find that out
-        return uris
+        async def listing(client) -> list[str]:
+            uris = []
+            paginator = client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=ref.bucket, Prefix=ref.key):
+                uris += [f"s3://{ref.bucket}/{item['Key']}" for item in page.get("Contents", [])]
+                if limit is not None and len(uris) >= limit:
+                    return uris[:limit]  # a bucket of millions is not read to find that out
+            return uris
+
+        return await self._call("listing", ref, listing)
 
     async def ensure_bucket(self, bucket: str) -> None:
         client = await self.client()
@@ -181,6 +186,32 @@ class S3Store:
             await client.head_bucket(Bucket=bucket)
         except Exception:
             await client.create_bucket(Bucket=bucket)
+
+
+# S3's answers that mean "not now" rather than "no".
+THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                       "RequestLimitExceeded", "ServiceUnavailable", "InternalError"})
+
+
+def s3_transient(exc: BaseException) -> bool:
+    """Worth retrying: the store did not answer (refused, reset, timed out) or answered 5xx,
+    429 or a throttling code. A 4xx answer is final."""
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, \
+        HTTPClientError
+
+    if isinstance(exc, ClientError):
+        status = _status(exc) or 0
+        return status >= 500 or status == 429 or _code(exc) in THROTTLED
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+        return True
+    import aiohttp
+
+    return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError))
+
+
+def _code(exc: BaseException | None) -> str | None:
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code")
 
 
 def _status(exc: Exception) -> int | None:
@@ -204,7 +235,7 @@ class Storage:
     @classmethod
     def from_settings(cls, settings) -> "Storage":
         s3 = S3Store(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
-                     settings.s3_region)
+                     settings.s3_region, settings.s3_timeout_s)
         roots = list(settings.file_roots)
         if settings.results_base.startswith("file://"):
             roots.append(Path(settings.results_base[len("file://"):]))

@@ -50,6 +50,9 @@ def create_app(settings: Settings, role: str, topic_names: Iterable[str],
         broker_max_poll_interval=settings.max_poll_interval_s,
         broker_commit_interval=settings.commit_interval_s,
         producer_linger=settings.producer_linger_ms / 1000,
+        # The producer retries a send (a leader moving, a broker restarting) for this long; a
+        # stage waits for its sends' acknowledgements (Runtime.handle).
+        producer_request_timeout=max(30.0, settings.retry_budget_s),
         consumer_auto_offset_reset="earliest",
         recovery_consistency_check=settings.recovery_consistency_check,
         web_host=settings.web_host,

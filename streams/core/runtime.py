@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import json
 import logging
 import time
 from collections import OrderedDict
+from contextlib import asynccontextmanager
 from typing import Awaitable, Callable, Iterable, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -18,6 +20,7 @@ from urllib.parse import unquote
 
 from schemas.uris import is_under, tenant_base
 from streams.adapters.images import decode_image, fit_within
+from streams.adapters.retries import describe, retry_policy
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.kafka import client_options
@@ -50,6 +53,8 @@ class Runtime:
         self.topics: Topics = settings.topics
         self._topic_sets = {type(topics): topics for topics in (settings.topics, *topic_sets)}
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
+        # Why this worker stopped for good (stop_worker), shown by /livez and /readyz.
+        self.broken: str | None = None
         # The trained models (avatar adapters); read once the worker runs registry.run.
         self.registry = ModelRegistry(client_options(settings), settings.topics.models)
         # Cancelled jobs; read once the worker runs cancellations.run.
@@ -113,15 +118,21 @@ class Runtime:
     async def send(self, topic: str, key: str, model: BaseModel, headers=None,
                    acknowledged: bool = False) -> None:
         """Publish model keyed by key on the topic named topic (rt.topics.results,
-        rt.topics_of(...).mask). acknowledged=True returns only once the broker has it: for an
-        event that must land before what is sent next to another topic."""
+        rt.topics_of(...).mask, a reply topic a request names). While a stage handles a
+        message, handle() waits for the broker to acknowledge every send before the message
+        counts as done; acknowledged=True waits here, for an event that must land before what
+        is sent next to another topic."""
         if "sent_at" in type(model).model_fields:  # lets the next stage measure its queue wait
             model.sent_at = time.time()
-        pending = await self.channels[topic].send(key=key.encode(),
-                                                value=model.model_dump_json().encode(),
-                                                headers=headers)
-        if acknowledged:
-            await pending
+        pending = await self.channel(topic).send(key=key.encode(),
+                                                 value=model.model_dump_json().encode(),
+                                                 headers=headers)
+        waiting = _unacknowledged.get()
+        if acknowledged or waiting is None:
+            if acknowledged:
+                await settle([(topic, pending)])
+        else:
+            waiting.append((topic, pending))
 
     async def job_event(self, job_id: str, kind: JobEventKind, **fields) -> None:
         await self.send(self.topics.job_events, job_id,
@@ -141,7 +152,7 @@ class Runtime:
                             at=time.time())
         DEAD_LETTERS.labels(message.topic, code.value).inc()
         log.warning("dead letter from %s@%s: %s", message.topic, message.offset, reason)
-        await self.send(self.topics.dlq, key or job_id or "", letter, headers=[
+        await self.send(self.topics.dlq, key or job_id or "", letter, acknowledged=True, headers=[
             ("restyle-error-code", code.value.encode()),
             ("restyle-error", reason.encode()[:1000]),
             ("restyle-source-topic", message.topic.encode()),
@@ -182,24 +193,44 @@ class Runtime:
             STAGE_WAIT_SECONDS.labels(stage).observe(waited)
             if isinstance(getattr(decoded, "waits_ms", None), dict):
                 decoded.waits_ms[stage] = round(waited * 1000, 2)
+        attempts = self.settings.stage_attempts
         try:
-            await handler(decoded)
-            STAGE_OUTCOMES.labels(stage, "ok").inc()
-        except StageFailure as failure:
-            STAGE_OUTCOMES.labels(stage, "failed").inc()
-            log.info("job %s failed in %s: %s", job_id, stage, failure.error.message)
-            await self._failed(message, job_id, failure.error, decoded, fail_jobs, on_failure)
-        except JobCancelled:
-            STAGE_OUTCOMES.labels(stage, "cancelled").inc()
-            log.info("job %s was cancelled during %s: stopped", job_id, stage)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug or a model error: the job fails, the worker lives
-            STAGE_OUTCOMES.labels(stage, "error").inc()
-            log.exception("job %s: unexpected error in %s", job_id, stage)
-            error = JobError(code=ErrorCode.INTERNAL,
-                             message=f"{stage} stage error: {type(exc).__name__}: {exc}")
-            await self._failed(message, job_id, error, decoded, fail_jobs, on_failure)
+            with retry_policy(self.settings.retry_policy(stage)):
+                for attempt in range(1, attempts + 1):
+                    try:
+                        async with acknowledged_sends():
+                            await handler(decoded)
+                        STAGE_OUTCOMES.labels(stage, "ok").inc()
+                        return
+                    except StageFailure as failure:
+                        STAGE_OUTCOMES.labels(stage, "failed").inc()
+                        log.info("job %s failed in %s: %s", job_id, stage,
+                                 failure.error.message)
+                        await self._failed(message, job_id, failure.error, decoded, fail_jobs,
+                                           on_failure)
+                        return
+                    except JobCancelled:
+                        STAGE_OUTCOMES.labels(stage, "cancelled").inc()
+                        log.info("job %s was cancelled during %s: stopped", job_id, stage)
+                        return
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # a bug or a model error: the worker lives
+                        if attempt < attempts and not self.cancelled(job_id):
+                            STAGE_OUTCOMES.labels(stage, "retried").inc()
+                            log.warning("job %s: %s raised %s (attempt %d of %d); running it "
+                                        "again", job_id, stage, type(exc).__name__, attempt,
+                                        attempts, exc_info=True)
+                            await asyncio.sleep(self.settings.retry_first_wait_s * 2 ** attempt)
+                            continue
+                        STAGE_OUTCOMES.labels(stage, "error").inc()
+                        log.exception("job %s: unexpected error in %s", job_id, stage)
+                        times = f" (attempt {attempt} of {attempts})" if attempts > 1 else ""
+                        error = JobError(code=ErrorCode.INTERNAL, attempts=attempt,
+                                         message=f"{stage} stage error{times}: "
+                                                 f"{type(exc).__name__}: {exc}")
+                        await self._failed(message, job_id, error, decoded, fail_jobs,
+                                           on_failure)
         finally:
             STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
 
@@ -235,7 +266,9 @@ class Runtime:
         if not decoded:
             return
         try:
-            await handler([item for _, item in decoded])
+            with retry_policy(self.settings.retry_policy(stage)):
+                async with acknowledged_sends():
+                    await handler([item for _, item in decoded])
             STAGE_OUTCOMES.labels(stage, "ok").inc(len(decoded))
         except asyncio.CancelledError:
             raise
@@ -250,12 +283,29 @@ class Runtime:
 
     async def _failed(self, message, job_id: str | None, error: JobError, decoded,
                       fail_jobs: bool, on_failure=None) -> None:
-        if on_failure is not None:
-            await on_failure(decoded, error)
-        elif fail_jobs and job_id:
-            await self.fail(job_id, error, getattr(decoded, "tenant", None))
-        else:
-            await self.dead_letter(message, error.code, error.message, job_id)
+        """Say the job failed (or dead-letter its message), acknowledged by the broker. If the
+        broker takes neither the work nor its failure, the worker stops: its message is not
+        committed, and a healthy worker takes it over."""
+        try:
+            async with acknowledged_sends():
+                if on_failure is not None:
+                    await on_failure(decoded, error)
+                elif fail_jobs and job_id:
+                    await self.fail(job_id, error, getattr(decoded, "tenant", None))
+                else:
+                    await self.dead_letter(message, error.code, error.message, job_id)
+        except StageFailure as unsent:
+            await self.stop_worker(f"job {job_id}: its failure could not be published "
+                                   f"({unsent.error.message})")
+
+    async def stop_worker(self, reason: str) -> None:
+        """Stop this worker for good (it exits; its supervisor starts it again): for a fault
+        no message caused and none can survive, such as a broker that takes no sends or a
+        broken GPU. What it had not committed is delivered again, to whichever worker holds
+        the partitions next."""
+        log.critical("stopping the worker: %s", reason)
+        self.broken = reason
+        await self.app.crash(RuntimeError(reason))
 
     async def image_uncached(self, uri: str, at_least: int | None = None):
         """The decoded image at uri, for images read once (catalog products): not cached.
@@ -286,6 +336,36 @@ class Runtime:
         while len(self._images) > 16:
             self._images.popitem(last=False)
         return image
+
+
+# The sends made while a stage handles one message, until the broker acknowledges them.
+_unacknowledged: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "restyle_unacknowledged_sends", default=None)
+
+
+@asynccontextmanager
+async def acknowledged_sends():
+    """Every Runtime.send made inside is acknowledged by the broker before this block ends
+    (StageFailure BROKER_UNAVAILABLE if one is not): a message is done only once what it
+    caused is on the broker. The producer retries a send within RESTYLE_RETRY_BUDGET_S."""
+    sends: list = []
+    token = _unacknowledged.set(sends)
+    try:
+        yield
+    finally:
+        _unacknowledged.reset(token)
+    await settle(sends)
+
+
+async def settle(sends: list) -> None:
+    for topic, pending in sends:
+        try:
+            await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise StageFailure(ErrorCode.BROKER_UNAVAILABLE,
+                               f"publishing to {topic} failed: {describe(exc)}") from exc
 
 
 def decode(raw: bytes | None, model: type[M]) -> M:

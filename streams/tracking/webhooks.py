@@ -1,5 +1,5 @@
 """Webhook delivery: POST the notification, signed with HMAC-SHA256, retried with exponential
-backoff; the outcome is recorded on the batch (`notification` in GET /batches/{id}).
+backoff and jitter (tenacity); the outcome is recorded on the batch (`notification` in GET /batches/{id}).
 
 Headers: `X-Restyle-Signature: sha256=<hex HMAC of "<timestamp>.<body>">`,
 `X-Restyle-Timestamp` (seconds; reject old ones to stop replays) and `X-Restyle-Delivery`
@@ -14,6 +14,8 @@ import logging
 import time
 
 import aiohttp
+from tenacity import (AsyncRetrying, RetryError, retry_if_exception_type,
+                      stop_after_attempt, wait_random_exponential)
 
 from schemas.background import BatchEvent, BatchEventKind, WebhookDelivery
 from streams.adapters.outbound import OutboundPolicy, UnsafeTarget, guarded_session, redact
@@ -69,46 +71,64 @@ async def deliver(settings, delivery: WebhookDelivery, sleep=asyncio.sleep) -> d
         return outcome
     # Unsigned only when no secret is configured at all (recorded as "signed": false).
     outcome["signed"] = bool(secret)
-    delay = settings.webhook_backoff_s
+
+    async def post(session) -> None:
+        """One attempt; raises Again when a later one may succeed."""
+        outcome["attempts"] += 1
+        timestamp = str(int(time.time()))
+        headers = {"Content-Type": "application/json", "X-Restyle-Delivery": delivery.batch_id,
+                   "X-Restyle-Timestamp": timestamp,
+                   "X-Restyle-Event": delivery.body.get("type", "")}
+        if secret:
+            headers["X-Restyle-Signature"] = sign(secret, timestamp, body)
+        try:
+            async with session.post(delivery.url, data=body, headers=headers,
+                                    allow_redirects=False) as response:
+                outcome["http_status"] = response.status
+                if 200 <= response.status < 300:
+                    outcome.update(status="delivered", error=None)
+                    return
+                outcome["error"] = f"HTTP {response.status}"
+                if 300 <= response.status < 400:
+                    outcome["error"] += ": redirects are not followed"
+                if retryable(response.status):
+                    raise Again()
+                return  # the receiver refuses it: retrying will not help
+        except UnsafeTarget as exc:
+            outcome["error"] = exc.args[0]
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, UnsafeTarget):
+                outcome["error"] = exc.os_error.args[0]
+                return
+            log.info("webhook %s: %s", shown, exc)  # the detail stays in the log
+            outcome["error"] = "could not connect to the webhook host"
+            raise Again() from exc
+        except asyncio.TimeoutError as exc:
+            outcome["error"] = f"no answer within {settings.webhook_timeout_s:g} s"
+            raise Again() from exc
+        except aiohttp.ClientError as exc:
+            log.info("webhook %s: %s", shown, exc)
+            outcome["error"] = "the webhook connection failed"
+            raise Again() from exc
+
+    # Waits drawn below webhook_backoff_s, then twice that, and so on (full jitter): receivers
+    # that come back are not hit by every worker's retries at once.
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(settings.webhook_attempts), sleep=sleep,
+        wait=wait_random_exponential(multiplier=settings.webhook_backoff_s,
+                                     max=settings.webhook_backoff_s
+                                     * 2 ** max(0, settings.webhook_attempts - 2)),
+        retry=retry_if_exception_type(Again))
     async with guarded_session(policy, settings.webhook_timeout_s) as session:
-        for attempt in range(1, settings.webhook_attempts + 1):
-            outcome["attempts"] = attempt
-            timestamp = str(int(time.time()))
-            headers = {"Content-Type": "application/json", "X-Restyle-Delivery":
-                       delivery.batch_id, "X-Restyle-Timestamp": timestamp,
-                       "X-Restyle-Event": delivery.body.get("type", "")}
-            if secret:
-                headers["X-Restyle-Signature"] = sign(secret, timestamp, body)
-            try:
-                async with session.post(delivery.url, data=body, headers=headers,
-                                        allow_redirects=False) as response:
-                    outcome["http_status"] = response.status
-                    if 200 <= response.status < 300:
-                        outcome.update(status="delivered", error=None)
-                        return outcome
-                    outcome["error"] = f"HTTP {response.status}"
-                    if 300 <= response.status < 400:
-                        outcome["error"] += ": redirects are not followed"
-                    if not retryable(response.status):
-                        return outcome  # the receiver refuses it: retrying will not help
-            except UnsafeTarget as exc:
-                outcome["error"] = exc.args[0]
-                return outcome
-            except aiohttp.ClientConnectorError as exc:
-                if isinstance(exc.os_error, UnsafeTarget):
-                    outcome["error"] = exc.os_error.args[0]
-                    return outcome
-                log.info("webhook %s: %s", shown, exc)  # the detail stays in the log
-                outcome["error"] = "could not connect to the webhook host"
-            except asyncio.TimeoutError:
-                outcome["error"] = f"no answer within {settings.webhook_timeout_s:g} s"
-            except aiohttp.ClientError as exc:
-                log.info("webhook %s: %s", shown, exc)
-                outcome["error"] = "the webhook connection failed"
-            if attempt < settings.webhook_attempts:
-                await sleep(delay)
-                delay *= 2
+        try:
+            await retrying(post, session)
+        except RetryError:
+            pass  # the attempts ran out: outcome holds the last one's error
     return outcome
+
+
+class Again(Exception):
+    """A delivery attempt that failed in a way a later attempt may not."""
 
 
 def register(rt: Runtime) -> None:

@@ -30,7 +30,8 @@ from tests.inprocess import InProcessRuntime
 def settings(tmp_path, tiny_models, room_photos) -> Settings:
     return Settings(state_dir=tmp_path, storage_base=(tmp_path / "store").as_uri(),
                     file_roots=[room_photos[0].parent], models_dir=tiny_models,
-                    default_steps=2, default_width=64, default_height=64)
+                    default_steps=2, default_width=64, default_height=64,
+                    retry_first_wait_s=0.01)
 
 
 @pytest.fixture
@@ -167,7 +168,58 @@ def test_a_stage_failure_fails_the_job_and_a_bug_fails_it_with_internal_error(ru
               for e in events(runtime, runtime.topics.job_events)]
     assert failed == [("j1", "failed", "invalid_params", "width must be a multiple of 8"),
                       ("j2", "failed", "internal_error",
-                       "embed stage error: RuntimeError: model exploded")]
+                       "embed stage error (attempt 3 of 3): RuntimeError: model exploded")]
+    assert [e["error"]["attempts"] for e in events(runtime, runtime.topics.job_events)] == \
+        [None, 3]
+
+
+def test_a_stage_that_raises_for_a_moment_is_run_again_and_the_job_goes_on(runtime):
+    tries = []
+
+    async def flaky(job):
+        tries.append(job.job_id)
+        if len(tries) < 3:
+            raise RuntimeError("CUDA driver busy")
+        await runtime.job_event(job.job_id, "completed")
+
+    topic = runtime.topics_of(MakeoverTopics).embed
+    runtime.stage_agent("embed", flaky, JobEvent, topic=topic)
+    asyncio.run(runtime.deliver(topic, JobEvent(job_id="j1", kind="status", at=1.0), "j1"))
+
+    assert tries == ["j1"] * 3
+    assert [(e["job_id"], e["kind"]) for e in events(runtime, runtime.topics.job_events)] == \
+        [("j1", "completed")]
+
+
+class RefusingTopic:
+    """A topic on a broker that takes nothing: each send's acknowledgement is an error."""
+
+    def __init__(self, name):
+        self.name = name
+
+    async def send(self, key=None, value=None, headers=None):
+        from aiokafka.errors import KafkaTimeoutError
+
+        refused = asyncio.get_running_loop().create_future()
+        refused.set_exception(KafkaTimeoutError("no acknowledgement within 60 s"))
+        return refused
+
+
+def test_a_send_the_broker_never_acknowledges_fails_the_job_with_broker_unavailable(runtime):
+    topics = runtime.topics_of(MakeoverTopics)
+    runtime.channels[topics.embed] = RefusingTopic(topics.embed)
+
+    async def analyze(job):
+        await runtime.send(topics.embed, job.job_id, job)
+
+    runtime.stage_agent("analyze", analyze, JobEvent, topic=topics.analyze)
+    asyncio.run(runtime.deliver(topics.analyze, JobEvent(job_id="j1", kind="status", at=1.0),
+                                "j1"))
+
+    [failed] = events(runtime, runtime.topics.job_events)
+    assert (failed["kind"], failed["error"]["code"]) == ("failed", "broker_unavailable")
+    assert failed["error"]["message"] == (f"publishing to {topics.embed} failed: "
+                                          f"KafkaTimeoutError: no acknowledgement within 60 s")
 
 
 def test_an_upload_without_an_id_gets_the_same_id_when_redelivered_and_a_new_one_after_a_reset():

@@ -13,8 +13,9 @@ import logging
 
 import numpy as np
 
-from schemas import Product, ProductHit
+from schemas import ErrorCode, Product, ProductHit
 from streams.adapters.index.base import normalise
+from streams.adapters.retries import retried
 
 log = logging.getLogger("restyle.opensearch")
 VECTOR_FIELD = "vector"
@@ -71,6 +72,21 @@ def knn_query(vector: list[float], k: int, category: str | None, min_score: floa
     return body
 
 
+def transient(exc: BaseException) -> bool:
+    """Worth retrying: OpenSearch did not answer (refused, timed out) or answered 429 (its
+    queues are full), 5xx, or a bulk write some of whose documents it rejected for a 429."""
+    from opensearchpy.exceptions import ConnectionError as Unreachable, TransportError
+
+    if isinstance(exc, (Unreachable, Throttled)):
+        return True
+    status = getattr(exc, "status_code", None) if isinstance(exc, TransportError) else None
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+class Throttled(Exception):
+    """A bulk write OpenSearch rejected documents of with 429: write them again later."""
+
+
 class OpenSearchIndex:
     def __init__(self, client, name: str, engine: str = "lucene", space: str = "cosinesimil",
                  m: int = 16, ef_construction: int = 128, shards: int = 1, replicas: int = 0,
@@ -97,7 +113,9 @@ class OpenSearchIndex:
                                  ca_certs=settings.opensearch_ca_certs,
                                  client_cert=settings.opensearch_client_cert,
                                  client_key=settings.opensearch_client_key,
-                                 timeout=30, max_retries=3, retry_on_timeout=True)
+                                 # One attempt per call: restyle retries (transient() below),
+                                 # within the stage's budget, and counts the attempts.
+                                 timeout=30, max_retries=0)
         return cls(client, settings.opensearch_index, settings.opensearch_engine,
                    settings.opensearch_space, settings.opensearch_m,
                    settings.opensearch_ef_construction, settings.opensearch_shards,
@@ -118,8 +136,17 @@ class OpenSearchIndex:
                              f"{dimension}-d (was the embedding model changed?)")
         self._exists, self._dimension = True, dimension
 
+    async def _retried(self, what: str, call):
+        return await retried(call, transient, f"{what} the OpenSearch index {self.name}",
+                             ErrorCode.INDEX_UNAVAILABLE)
+
     async def upsert(self, products: list[Product], vectors) -> dict[str, str]:
-        """Index products by id; returns {product_id: cause} for those OpenSearch refused."""
+        """Index products by id; returns {product_id: cause} for those OpenSearch refused.
+        Writing again is harmless (documents are keyed by product id): a bulk write is
+        retried whole while OpenSearch is unavailable or throttles it."""
+        return await self._retried("writing to", lambda: self._upsert(products, vectors))
+
+    async def _upsert(self, products: list[Product], vectors) -> dict[str, str]:
         from opensearchpy.helpers import async_bulk
 
         if len(products) != len(vectors):
@@ -135,13 +162,17 @@ class OpenSearchIndex:
         # what an `indexed` ingest outcome promises.
         _, errors = await async_bulk(self.client, actions, raise_on_error=False,
                                      refresh=self.refresh)
-        failures = {}
-        for error in errors:
-            detail = next(iter(error.values()))
-            failures[str(detail.get("_id"))] = f"OpenSearch refused it: {detail.get('error')}"
-        return failures
+        details = [next(iter(error.values())) for error in errors]
+        if any(detail.get("status") == 429 for detail in details):
+            raise Throttled(f"OpenSearch rejected {len(details)} of {len(actions)} documents "
+                            f"with 429 (its write queue is full)")
+        return {str(detail.get("_id")): f"OpenSearch refused it: {detail.get('error')}"
+                for detail in details}
 
     async def delete(self, product_ids: list[str]) -> None:
+        await self._retried("deleting from", lambda: self._delete(product_ids))
+
+    async def _delete(self, product_ids: list[str]) -> None:
         from opensearchpy.helpers import async_bulk
 
         if not product_ids or not await self.client.indices.exists(index=self.name):
@@ -155,6 +186,11 @@ class OpenSearchIndex:
 
     async def query(self, vector, k: int, category: str | None = None,
                     min_score: float = -1.0) -> list[ProductHit]:
+        return await self._retried("searching", lambda: self._query(vector, k, category,
+                                                                    min_score))
+
+    async def _query(self, vector, k: int, category: str | None,
+                     min_score: float) -> list[ProductHit]:
         if k <= 0 or not await self._ready():
             return []
         query = normalise(vector).reshape(-1).tolist()
@@ -168,6 +204,9 @@ class OpenSearchIndex:
         return hits
 
     async def get(self, product_id: str) -> Product | None:
+        return await self._retried("reading", lambda: self._get(product_id))
+
+    async def _get(self, product_id: str) -> Product | None:
         if not await self._ready():
             return None
         response = await self.client.get(index=self.name, id=product_id, ignore=404,
@@ -175,6 +214,9 @@ class OpenSearchIndex:
         return Product(**response["_source"]) if response.get("found") else None
 
     async def count(self) -> int:
+        return await self._retried("counting", self._count)
+
+    async def _count(self) -> int:
         if not await self._ready():
             return 0
         return int((await self.client.count(index=self.name))["count"])

@@ -23,6 +23,7 @@ from streams.core.settings.limits import LimitSettings
 from streams.core.settings.makeover import MakeoverSettings
 from streams.core.settings.models import ModelSettings
 from streams.core.settings.render import RenderSettings
+from streams.core.settings.resilience import ResilienceSettings
 from streams.core.settings.storage import StorageSettings
 from streams.core.settings.tracking import TrackingSettings
 from streams.core.settings.web import WebSettings
@@ -31,7 +32,8 @@ from streams.core.settings.webhooks import WebhookSettings
 # Index and condition settings read the storage ones (state_dir, s3_bucket): they come first.
 CONCERNS = (BrokerSettings, WebSettings, AuthSettings, LimitSettings, IndexSettings, ConditionSettings, StorageSettings,
             ModelSettings, GpuSettings, TrackingSettings, RenderSettings, MakeoverSettings,
-            BackgroundSettings, WebhookSettings, CatalogSettings, AvatarSettings)
+            BackgroundSettings, WebhookSettings, CatalogSettings, AvatarSettings,
+            ResilienceSettings)
 
 
 class Settings(*CONCERNS):

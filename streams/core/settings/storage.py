@@ -26,6 +26,9 @@ class StorageSettings(SettingsBase):
     # file:// inputs are accepted only below these directories.
     file_roots: list[Path] = Field(default_factory=list)
     presign_expiry_s: int = 3600
+    # One S3 request's limit (connecting takes at most 10 s of it); a request that runs out is
+    # retried within the stage's retry budget (RESTYLE_RETRY_BUDGET_S).
+    s3_timeout_s: float = Field(60.0, gt=0)
     max_image_pixels: int = 40_000_000
     # Image objects above this size are refused from their size alone, before any download.
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1)

@@ -1,0 +1,28 @@
+"""How hard restyle tries before a job fails: retry budgets for what fails for a moment, and
+how many times a stage may raise on one message."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from streams.adapters.retries import RetryPolicy
+from streams.core.settings.base import SettingsBase
+
+
+class ResilienceSettings(SettingsBase):
+    # How long a stage goes on retrying a call to storage, the vector index or the broker that
+    # failed for a moment (refused, timed out, 5xx, throttled) before the job fails with
+    # storage_unavailable, index_unavailable or broker_unavailable and the attempt count.
+    retry_budget_s: float = Field(60.0, ge=0)
+    # Per stage, another budget ({"render": 300, "webhooks": 600}).
+    retry_budgets: dict[str, float] = Field(default_factory=dict)
+    # The waits between attempts: exponential from the first, full jitter, capped.
+    retry_first_wait_s: float = Field(0.5, gt=0)
+    retry_max_wait_s: float = Field(10.0, gt=0)
+    # A stage that raises an unexpected error (a bug, a model error) on one message is run
+    # again up to this many times in all; then the job fails with the attempt count.
+    stage_attempts: int = Field(3, ge=1)
+
+    def retry_policy(self, stage: str) -> RetryPolicy:
+        return RetryPolicy(budget_s=self.retry_budgets.get(stage, self.retry_budget_s),
+                           first_wait_s=self.retry_first_wait_s,
+                           max_wait_s=self.retry_max_wait_s)
