@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.errors import JobError
+from schemas.ids import BATCH_ID_PATTERN  # noqa: F401 (part of this module's contract)
 from schemas.media import ImageRef
 from schemas.params import MAX_SEED, RenderParams
 
-BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}$"
 MAX_BATCH_IMAGES = 10_000
 
 
@@ -154,6 +154,8 @@ class BatchStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Stopped on request: its pending images were cancelled, the rest reported as they ended.
+    CANCELLED = "cancelled"
 
 
 class ImageEntry(BaseModel):
@@ -186,6 +188,7 @@ class BatchEventKind(StrEnum):
     REJECTED = "rejected"  # could not be expanded (bad prefix, nothing under it)
     IMAGE = "image"  # one image finished
     NOTIFIED = "notified"  # the webhook delivery outcome
+    CANCEL = "cancel"  # stop the batch (DELETE /batches/{id}, restyle cancel, an upstream system)
 
 
 class BatchEvent(BaseModel):
@@ -202,6 +205,7 @@ class BatchEvent(BaseModel):
     outcome: ImageOutcome | None = None
     error: JobError | None = None
     delivery: dict | None = None
+    by: str | None = None  # cancel: who asked
 
 
 class BatchState(BaseModel):
@@ -211,6 +215,9 @@ class BatchState(BaseModel):
     total: int | None = None
     succeeded: int = 0
     failed: int = 0
+    cancelled: int = 0
+    # Who stopped the batch (its pending images end cancelled; it ends cancelled).
+    cancelled_by: str | None = None
     tolerated_failure_pct: float = 0.0
     met_threshold: bool | None = None
     error: JobError | None = None

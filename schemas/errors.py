@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     TOO_FEW_FACES = "too_few_faces"
     MODEL_NOT_FOUND = "model_not_found"
     MODEL_MISMATCH = "model_mismatch"
+    # The GPU (or the host) could not hold what the job asked for; the message says the size.
+    GPU_OUT_OF_MEMORY = "gpu_out_of_memory"
     INTERNAL = "internal_error"
 
 

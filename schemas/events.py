@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import JobError
-from schemas.ids import JOB_ID_PATTERN
+from schemas.ids import BATCH_ID_PATTERN, JOB_ID_PATTERN
 from schemas.jobs import JobStatus, Progress
 from schemas.params import RenderParams
 from schemas.pipelines import AnyJob, AnyResult
@@ -102,14 +102,22 @@ class JobEvent(BaseModel):
 
 
 class CancelRequest(BaseModel):
-    """`restyle.uploads` with `"cancel"`: an upstream system stops one of its jobs."""
+    """`restyle.uploads` with `"cancel"` (a job id) or `"cancel_batch"` (a batch id): an
+    upstream system stops one of its jobs or batches."""
 
     model_config = ConfigDict(extra="forbid")
 
-    cancel: str = Field(pattern=JOB_ID_PATTERN)
+    cancel: str | None = Field(None, pattern=JOB_ID_PATTERN)
+    cancel_batch: str | None = Field(None, pattern=BATCH_ID_PATTERN)
     tenant: str | None = Field(None, max_length=128)
     # Who asks, for the job's record ("an upstream system" when left out).
     by: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.cancel is None) == (self.cancel_batch is None):
+            raise ValueError("name one job (cancel) or one batch (cancel_batch)")
+        return self
 
 
 class ResultEvent(BaseModel):

@@ -104,3 +104,75 @@ def test_the_cli_cancels_a_running_job_and_waits_for_it_to_end(e2e):
     again = subprocess.run([sys.executable, "-m", "streams.cli.main", "cancel", job_id],
                            capture_output=True, text=True, env=env, timeout=60)
     assert again.returncode == 1 and "already ended cancelled" in again.stderr
+
+
+def test_a_cancelled_batch_cancels_its_pending_images_and_reports_the_rest_truthfully(e2e):
+    """Five images, two at a time through the pipeline (RESTYLE_BATCH_WINDOW=2): cancelled
+    while the first two render, the three waiting never start, the two rendering stop, and the
+    batch ends `cancelled` with a report and a notification that say so, image by image."""
+    batch_id = f"cancel-batch-{uuid.uuid4().hex[:8]}"
+    images = []
+    for n in range(5):
+        uri = e2e.put_object(f"cancel/{batch_id}/{n}.png", _photo())
+        images.append({"uri": uri, "mask_image": e2e.put_object(
+            f"cancel/{batch_id}/masks/{n}.png", _mask())})
+    e2e.publish({"pipeline": "background_replace", "batch_id": batch_id, "images": images,
+                 "prompt": "a beach", "params": {"steps": 150, "width": 128, "height": 128}},
+                key=batch_id.encode())
+    e2e.collector.wait_for("restyle.job-events", lambda m: m.key().startswith(
+        f"{batch_id}-".encode()) and json.loads(m.value()).get("progress"), 180)
+
+    env = {**os.environ, "RESTYLE_STATE_DIR": str(e2e.stack.state_dir)}
+    env.pop("RESTYLE_KAFKA_BOOTSTRAP", None)
+    done = subprocess.run([sys.executable, "-m", "streams.cli.main", "cancel", batch_id,
+                           "--wait"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"cancelling batch {batch_id} (it was running)" in done.stdout
+
+    status, batch = e2e.get(f"/batches/{batch_id}")
+    assert status == 200 and batch["status"] == "cancelled"
+    counts = batch["counts"]
+    assert counts["total"] == 5 and counts["waiting"] == 0
+    assert counts["succeeded"] + counts["failed"] + counts["cancelled"] == 5
+    assert counts["cancelled"] >= 3  # the three that waited, at least
+    assert batch["cancelled_by"].startswith("tenant ")
+
+    report = json.loads(e2e.s3.get_object(Bucket=e2e.bucket, Key=f"batches/{batch_id}/"
+                                          "report.json")["Body"].read())
+    assert report["status"] == "cancelled"
+    assert report["summary"].startswith(f"Batch {batch_id} was cancelled by tenant ")
+    cancelled = [i for i in report["images"] if i["status"] == "cancelled"]
+    assert len(cancelled) == counts["cancelled"]
+    assert all(i["error"] == "cancelled" and i["cause"].startswith("cancelled by tenant ")
+               for i in cancelled)
+    note = json.loads(e2e.collector.wait_for("restyle.notifications",
+                                             lambda m: m.key() == batch_id.encode(), 60)[0]
+                      .value())
+    assert note["status"] == "cancelled" and note["counts"] == counts
+    # One result per image job, each ended once; nothing was rendered for a cancelled image.
+    for image in report["images"]:
+        assert len(e2e.results(image["job_id"])) == (1 if image["status"] != "cancelled"
+                                                     or image["job_id"] in started(e2e)
+                                                     else 0)
+    for image in cancelled:
+        assert stored(e2e, image["job_id"]) == []
+    status, body = e2e.request("DELETE", f"/batches/{batch_id}")
+    assert status == 409 and body["error"]["code"] == "already_finished"
+
+
+def started(e2e) -> set[str]:
+    """Job ids the tracker started (submitted to a pipeline)."""
+    return {m.key().decode() for m in e2e.collector.matching(
+        "restyle.job-events", lambda m: json.loads(m.value()).get("kind") == "submitted")}
+
+
+def _mask() -> bytes:
+    import io
+
+    from PIL import Image
+
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (64, 64, 192, 192))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 
 from faust import web
@@ -14,7 +15,8 @@ from agents.background.stages import job_id_for
 from agents.background.titan import titan_batch, titan_mask
 from agents.models.detect import rescale_detections
 from schemas import ErrorCode, StageFailure
-from schemas.background import BATCH_ID_PATTERN, BackgroundBatch, BackgroundResult
+from schemas.background import (BATCH_ID_PATTERN, BackgroundBatch, BackgroundResult, BatchEvent,
+                                BatchEventKind)
 from schemas.titan import TitanRequest
 from schemas.uris import as_input
 from streams.adapters.images import decode_image, encode_png, fit_within
@@ -135,7 +137,29 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
             if state.report:
                 body["report"] = {kind: await rt.storage.presign(uri) or uri
                                   for kind, uri in state.report.items()}
+            if state.cancelled_by:
+                body["cancelled_by"] = state.cancelled_by
             return self.json(body)
+
+        @routed(rt, tables.batches)
+        async def delete(self, request: web.Request, batch_id: str) -> web.Response:
+            """Cancel the batch: 202 with the batch as it is now. Its images still waiting end
+            cancelled at once, those in the pipeline have their jobs cancelled, those already
+            finished stay as they ended; the batch ends `cancelled` with its report and
+            notification. 409 if it already ended."""
+            state = batches.lookup(tables, batch_id)
+            if state is None or not sees(request, settings, state.tenant):
+                return error_response(self, 404, "not_found", f"no batch {batch_id!r}")
+            if state.finished:
+                return error_response(self, 409, "already_finished",
+                                      f"batch {batch_id!r} already ended {state.status.value}")
+            who = caller(request)
+            await rt.send(rt.topics.batch_events, batch_id, BatchEvent(
+                batch_id=batch_id, kind=BatchEventKind.CANCEL, at=time.time(),
+                by=f"tenant {who.tenant} ({who.credential})"), acknowledged=True)
+            response = await self.get(request, batch_id)
+            response.set_status(202)
+            return response
 
     @app.page("/labels")
     class LabelsView(web.View):

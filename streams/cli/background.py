@@ -95,16 +95,20 @@ def wait_for_batch(settings: Settings, batch_id: str, timeout_s: float, on_chang
 def describe_batch(batch: dict, report: dict | None) -> str:
     """The batch's outcome for a terminal: the summary, the report links, the failures."""
     counts = batch["counts"]
+    cancelled = f", {counts['cancelled']} cancelled" if counts.get("cancelled") else ""
     lines = [f"batch {batch['batch_id']}: {batch['status']} — {counts['succeeded']} of "
-             f"{counts['total']} images succeeded, {counts['failed']} failed "
+             f"{counts['total']} images succeeded, {counts['failed']} failed{cancelled} "
              f"(tolerated {batch['tolerated_failure_pct']:g}%)"]
+    if batch.get("cancelled_by"):
+        lines.append(f"  cancelled by {batch['cancelled_by']}")
     if batch.get("error"):
         lines.append(f"  {batch['error']['code']}: {batch['error']['message']}")
     for kind, link in (batch.get("report") or {}).items():
         lines.append(f"  report ({kind}): {link}")
     for image in (report or {}).get("images", []):
-        if image["status"] == "failed":
-            lines.append(f"  failed {image['name']}: {image['error']}: {image['cause']}")
+        if image["status"] in ("failed", "cancelled"):
+            lines.append(f"  {image['status']:<6} {image['name']}: {image['error']}: "
+                         f"{image['cause']}")
         else:
             lines.append(f"  done   {image['name']}: {', '.join(image['outputs'])}")
     return "\n".join(lines)

@@ -512,26 +512,36 @@ def avatar_models() -> None:
 
 
 @main.command()
-@click.argument("job_id")
-@click.option("--wait", is_flag=True, help="Wait until the job has ended.")
-def cancel(job_id, wait) -> None:
-    """Cancel a job: a queued job never starts, a render or a training stops at its next step.
-    Exit 0 once asked (or ended cancelled, with --wait), 1 if it had already ended, 2 if
-    there is no such job."""
+@click.argument("job_or_batch_id")
+@click.option("--wait", is_flag=True, help="Wait until the job or batch has ended.")
+def cancel(job_or_batch_id, wait) -> None:
+    """Cancel a job (a queued job never starts, a render or a training stops at its next step)
+    or a batch (its pending images are cancelled, the rest reported as they end). Exit 0 once
+    asked (or ended cancelled, with --wait), 1 if it had already ended, 2 if there is no such
+    job or batch."""
     settings = load_settings()
-    status, body = client.api_call(settings, "DELETE", f"/jobs/{job_id}")
+    kind, wanted = "job", job_or_batch_id
+    status, body = client.api_call(settings, "DELETE", f"/jobs/{wanted}")
     if status == 404:
-        click.echo(f"no job {job_id!r}", err=True)
+        kind = "batch"
+        status, body = client.api_call(settings, "DELETE", f"/batches/{wanted}")
+    if status == 404:
+        click.echo(f"no job or batch {wanted!r}", err=True)
         sys.exit(2)
     if status != 202:
         error = body.get("error", {})
         click.echo(f"not cancelled: {error.get('message', status)}", err=True)
         sys.exit(1)
-    click.echo(f"cancelling job {job_id} (it was {body['status']})")
-    if wait:
-        job = client.wait_for_job(settings, job_id, 120)
+    click.echo(f"cancelling {kind} {wanted} (it was {body['status']})")
+    if not wait:
+        return
+    if kind == "job":
+        job = client.wait_for_job(settings, wanted, 120)
         click.echo(client.describe(job))
         sys.exit(0 if job["status"] == "cancelled" else 1)
+    batch = batch_client.wait_for_batch(settings, wanted, 300)
+    click.echo(batch_client.describe_batch(batch, batch_client.read_report(batch)))
+    sys.exit(0 if batch["status"] == "cancelled" else 1)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from schemas.background import (
 )
 from schemas.uris import join_uri
 from streams.core.runtime import Runtime
-from streams.tracking.batchstate import apply_batch_event, summary, to_release
+from streams.tracking.batchstate import apply_batch_event, cancel_waiting, summary, to_release
 from streams.tracking.tables import Tables
 
 log = logging.getLogger("restyle.batches")
@@ -67,13 +67,18 @@ def register(rt: Runtime, tables: Tables) -> None:
         # The counts are stored before any job is handed on: whatever happens while releasing,
         # an outcome is never counted and then lost.
         batches[key] = new.model_dump_json().encode()
-        released = await release(new)
-        if released is not new:  # stored again only when images were handed on
-            new = released
+        finished = transition.finished
+        if new.cancelled_by is not None and not new.finished:
+            new, finished = await stop(new, cancelling=event.kind is BatchEventKind.CANCEL)
             batches[key] = new.model_dump_json().encode()
+        else:
+            released = await release(new)
+            if released is not new:  # stored again only when images were handed on
+                new = released
+                batches[key] = new.model_dump_json().encode()
         # Stored before the report goes out: a crash or a storage error in between leaves
         # `reporting` set, and the next event for the batch (a redelivery) reports it.
-        if transition.finished:
+        if finished:
             await report_and_notify(rt, tables, new)
             batches[key] = new.model_copy(update={"reporting": False}).model_dump_json().encode()
 
@@ -104,6 +109,30 @@ def register(rt: Runtime, tables: Tables) -> None:
                     break
             released = position + 1
         return state.model_copy(update={"released": released})
+
+    async def stop(state: BatchState, cancelling: bool) -> tuple[BatchState, bool]:
+        """A cancelled batch: its images in the pipeline have their jobs cancelled (when the
+        cancel arrives; each ends as its job does), the ones still waiting for their turn
+        (and any listed later) end cancelled now. Returns the new state and whether the batch
+        has ended."""
+        index = json.loads(images.get(f"{state.batch_id}/{INDEX}".encode()) or b"[]")
+
+        def entry(job_id: str) -> ImageOutcome | None:
+            stored = images.get(f"{state.batch_id}/{job_id}".encode())
+            return ImageOutcome.model_validate_json(stored) if stored else None
+
+        if cancelling:
+            for job_id in index[:state.released]:
+                running = entry(job_id)
+                if running is not None and running.status == "pending":
+                    await rt.job_event(job_id, JobEventKind.CANCELLED, tenant=state.tenant,
+                                       by=state.cancelled_by)
+        waiting = [found for found in map(entry, index[state.released:]) if found is not None]
+        transition = cancel_waiting(state, waiting, len(index), time.time())
+        for cancelled in transition.entries:
+            images[f"{state.batch_id}/{cancelled.job_id}".encode()] = \
+                cancelled.model_dump_json().encode()
+        return transition.state, transition.finished
 
     rt.stage_agent("batch-tracker", track, BatchEvent, topic=rt.topics.batch_events,
                    fail_jobs=False, follows_cancellations=False)
@@ -197,9 +226,9 @@ def counts(state: BatchState) -> dict[str, int]:
     """How many images the batch has, how many ended which way, and how many still wait in
     the batch for their turn in the pipeline (RESTYLE_BATCH_WINDOW)."""
     total = state.total or 0
-    waiting = 0 if state.finished else max(0, total - state.released)
+    waiting = 0 if state.finished or state.cancelled_by else max(0, total - state.released)
     return {"total": total, "succeeded": state.succeeded, "failed": state.failed,
-            "waiting": waiting}
+            "cancelled": state.cancelled, "waiting": waiting}
 
 
 async def write_report(rt: Runtime, state: BatchState,

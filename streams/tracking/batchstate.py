@@ -46,6 +46,14 @@ def apply_batch_event(state: BatchState | None, previous: ImageOutcome | None,
                          webhook=event.webhook, created_at=event.at, updated_at=event.at,
                          finished_at=event.at)
         return BatchTransition(new.model_copy(update={"reporting": True}), finished=True)
+    if kind is BatchEventKind.CANCEL:
+        foreign = None not in (event.tenant, state and state.tenant) and \
+            event.tenant != state.tenant
+        if state is None or state.finished or state.cancelled_by is not None or foreign:
+            return BatchTransition(None)  # nothing to stop, stopped already, or not theirs
+        return BatchTransition(state.model_copy(update={
+            "cancelled_by": event.by or "an upstream system",
+            "updated_at": max(state.updated_at, event.at)}))
     if kind is BatchEventKind.NOTIFIED:
         if state is None:
             return BatchTransition(None)
@@ -65,23 +73,47 @@ def apply_batch_event(state: BatchState | None, previous: ImageOutcome | None,
     new = state.model_copy(deep=True)
     if outcome.status == "done":
         new.succeeded += 1
+    elif outcome.status == "cancelled":
+        new.cancelled += 1
     else:
         new.failed += 1
     new.updated_at = max(new.updated_at, event.at)
-    finished = new.total is not None and new.succeeded + new.failed >= new.total
-    if finished:
-        new.met_threshold = failed_pct(new) <= new.tolerated_failure_pct
+    return BatchTransition(new, [outcome], finished=_finish_if_complete(new, event.at))
+
+
+def cancel_waiting(state: BatchState, waiting: list[ImageOutcome], listed: int,
+                   at: float) -> BatchTransition:
+    """A cancelled batch's images that never reached the pipeline (`waiting`, the pending
+    entries past `released` among the `listed` so far) end cancelled now; the ones in the
+    pipeline end as their jobs do (each job is cancelled)."""
+    cause = f"cancelled by {state.cancelled_by}"
+    entries = [entry.model_copy(update={"status": "cancelled", "error": "cancelled",
+                                        "cause": cause})
+               for entry in waiting if entry.status == "pending"]
+    new = state.model_copy(update={"cancelled": state.cancelled + len(entries),
+                                   "released": max(state.released, listed)})
+    return BatchTransition(new, entries, finished=_finish_if_complete(new, at))
+
+
+def _finish_if_complete(new: BatchState, at: float) -> bool:
+    """Every image accounted for: the batch ends (new is changed in place)."""
+    if new.total is None or new.succeeded + new.failed + new.cancelled < new.total:
+        return False
+    new.met_threshold = failed_pct(new) <= new.tolerated_failure_pct
+    if new.cancelled_by is not None:
+        new.status = BatchStatus.CANCELLED
+    else:
         new.status = BatchStatus.SUCCEEDED if new.met_threshold else BatchStatus.FAILED
-        new.finished_at = event.at
-        new.reporting = True
-    return BatchTransition(new, [outcome], finished=finished)
+    new.finished_at = at
+    new.reporting = True
+    return True
 
 
 def to_release(state: BatchState, known: int, window: int) -> range:
     """The index positions to hand to the pipeline now: enough that `window` images of the
     batch are in flight (all of them with window 0), among the `known` images it has listed
     so far."""
-    if state.finished:
+    if state.finished or state.cancelled_by is not None:
         return range(0)
     limit = known if window <= 0 else min(known, state.succeeded + state.failed + window)
     return range(state.released, max(state.released, limit))
@@ -97,6 +129,10 @@ def summary(state: BatchState) -> str:
     if state.error is not None:
         return f"Batch {state.batch_id} failed before any image ran: {state.error.message}"
     total, failed = state.total or 0, state.failed
+    if state.status is BatchStatus.CANCELLED:
+        return (f"Batch {state.batch_id} was cancelled by {state.cancelled_by}: "
+                f"{state.succeeded} of {total} images succeeded, {failed} failed and "
+                f"{state.cancelled} were cancelled.")
     if failed == 0:
         return f"Batch {state.batch_id} completed: all {total} images succeeded."
     share = f"{failed_pct(state):.1f}%"

@@ -88,11 +88,13 @@ def test_a_mixed_batch_ends_with_a_truthful_report_and_notification(e2e, mixed_b
     batch_id, photos, keeps = mixed_batch
     batch = wait_for_batch(e2e, batch_id)
     assert batch["status"] == "succeeded" and batch["met_threshold"] is True
-    assert batch["counts"] == {"total": 6, "succeeded": 3, "failed": 3, "waiting": 0}
+    assert batch["counts"] == {"total": 6, "succeeded": 3, "failed": 3, "cancelled": 0,
+                               "waiting": 0}
 
     note = notification(e2e, batch_id)
     assert note["type"] == "batch.completed" and note["status"] == "succeeded"
-    assert note["counts"] == {"total": 6, "succeeded": 3, "failed": 3, "waiting": 0}
+    assert note["counts"] == {"total": 6, "succeeded": 3, "failed": 3, "cancelled": 0,
+                               "waiting": 0}
     assert "completed with failures: 3 of 6 images failed" in note["summary"]
     # Links are presigned URLs, never bare storage paths.
     links = list(note["report"].values()) + [u for o in note["outputs"] for u in o["urls"]]
@@ -160,7 +162,8 @@ def test_a_prefix_batch_posted_to_the_api_runs_every_image_under_it(e2e):
     assert status == 202 and body == {"batch_id": batch_id}
     batch = wait_for_batch(e2e, batch_id)
     # The tiny random detector finds a "bus" in both photos; SAM's mask keeps part of it.
-    assert batch["counts"] == {"total": 2, "succeeded": 2, "failed": 0, "waiting": 0}
+    assert batch["counts"] == {"total": 2, "succeeded": 2, "failed": 0, "cancelled": 0,
+                               "waiting": 0}
     with urllib.request.urlopen(batch["report"]["json"]) as response:
         report = json.loads(response.read())
     assert sorted(i["name"] for i in report["images"]) == ["astronaut.png", "coffee.png"]

@@ -246,6 +246,46 @@ def test_a_batch_hands_its_images_to_the_pipeline_a_window_at_a_time():
     assert not to_release(state.model_copy(update={"status": "failed"}), 20, 4)
 
 
+def test_a_cancelled_batch_cancels_what_waits_and_reports_the_rest_as_it_ends():
+    from streams.tracking.batchstate import cancel_waiting, to_release
+
+    state, records, _ = run([opened(5), finished("j0", True)])
+    state = state.model_copy(update={"released": 3})  # j1 and j2 in the pipeline
+    cancel = BatchEvent(batch_id="b", kind=BatchEventKind.CANCEL, at=3.0,
+                        by="tenant acme (api-key ops)")
+    state = apply_batch_event(state, None, cancel, 0.0).state
+    assert state.cancelled_by == "tenant acme (api-key ops)" and not state.finished
+    assert not to_release(state, 5, 10)  # nothing more goes to the pipeline
+    assert apply_batch_event(state, None, cancel, 0.0).state is None  # once
+
+    waiting = cancel_waiting(state, [records["j3"], records["j4"]], listed=5, at=3.0)
+    assert [(e.job_id, e.status, e.cause) for e in waiting.entries] == [
+        ("j3", "cancelled", "cancelled by tenant acme (api-key ops)"),
+        ("j4", "cancelled", "cancelled by tenant acme (api-key ops)")]
+    assert not waiting.finished
+    for entry in waiting.entries:
+        records[entry.job_id] = entry
+    state = waiting.state
+    # The two in the pipeline end as their jobs do: one finished first, one was cancelled.
+    state = apply_batch_event(state, records["j1"], finished("j1", False), 0.0).state
+    ending = apply_batch_event(state, records["j2"], BatchEvent(
+        batch_id="b", kind=BatchEventKind.IMAGE, at=4.0, outcome=ImageOutcome(
+            job_id="j2", status="cancelled", error="cancelled", cause="cancelled by …")), 0.0)
+    assert ending.finished and ending.state.status is BatchStatus.CANCELLED
+    assert (ending.state.succeeded, ending.state.failed, ending.state.cancelled) == (1, 1, 3)
+    assert summary(ending.state) == ("Batch b was cancelled by tenant acme (api-key ops): 1 of "
+                                     "5 images succeeded, 1 failed and 3 were cancelled.")
+
+
+def test_a_batch_cancel_naming_another_tenant_or_a_finished_batch_changes_nothing():
+    state, _, _ = run([opened(1).model_copy(update={"tenant": "acme"})])
+    foreign = BatchEvent(batch_id="b", kind=BatchEventKind.CANCEL, at=3.0, tenant="globex")
+    assert apply_batch_event(state, None, foreign, 0.0).state is None
+    done, _, _ = run([opened(1), finished("j0", True)])
+    mine = BatchEvent(batch_id="b", kind=BatchEventKind.CANCEL, at=3.0)
+    assert apply_batch_event(done, None, mine, 0.0).state is None
+
+
 def test_batch_events_are_cut_into_chunks_below_a_size():
     from agents.background.agents import chunks
 
