@@ -25,6 +25,7 @@ from safetensors.torch import save as save_tensors
 
 from gpu_agent.adapters import ADAPTER_FILE
 from gpu_agent.trainer import Checkpoint, TrainingRun, generate_class_images, train
+from gpu_agent import faults
 from schemas import ErrorCode, JobEventKind, JobStatus, Progress, StageFailure
 from schemas.avatars import AvatarTrainJob, TrainOutcome, TrainRequest
 from schemas.uris import join_uri
@@ -91,7 +92,16 @@ async def run_training(rt: Runtime, job: AvatarTrainJob) -> TrainOutcome:
                       rt.settings.device)
     try:
         adapter = await asyncio.to_thread(train, run, on_step, on_checkpoint, resume)
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError, OSError, MemoryError) as exc:
+        if faults.out_of_memory(exc):
+            faults.free_memory()
+            raise StageFailure(ErrorCode.GPU_OUT_OF_MEMORY, (
+                f"out of memory training at {job.params.resolution} px, batch "
+                f"{job.params.batch_size}, rank {job.params.rank}: "
+                f"{faults.first_line(exc)}; "
+                f"try gradient_checkpointing, a smaller resolution or rank")) from exc
+        if faults.fatal_device_error(exc):  # its checkpoint is kept: a healthy trainer resumes
+            faults.exit_now(f"training {job.job_id}: {faults.first_line(exc)}")
         raise StageFailure(ErrorCode.MODEL_ERROR, f"training failed: {exc}") from exc
     with tempfile.TemporaryDirectory() as directory:
         await asyncio.to_thread(adapter.save, directory)

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 from PIL import Image
 from pydantic import ValidationError
 
+from gpu_agent import faults
 from gpu_agent.adapters import AdapterFiles
 from gpu_agent.duty import DutyMeter
 from gpu_agent.engine import ProgressCallback, RenderEngine
@@ -161,8 +162,8 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
         started = time.perf_counter()
         try:
             images = await asyncio.to_thread(call, engine, request.params, on_step)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise StageFailure(ErrorCode.MODEL_ERROR, f"rendering failed: {exc}") from exc
+        except (RuntimeError, ValueError, OSError, MemoryError) as exc:
+            raise render_failure(request, exc) from exc
         finally:
             meter.model_ran(time.perf_counter() - started)
     render_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -183,6 +184,23 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
                          rt.storage.put(join_uri(request.output_prefix, MANIFEST), manifest,
                                         "application/json"))
     return result
+
+
+def render_failure(request: RenderRequest, exc: BaseException) -> StageFailure:
+    """What a failed model call means: out of memory fails this job (with the size that did
+    not fit; the memory is given back and the worker carries on), a broken device ends the
+    worker (nothing is failed or committed: a healthy worker takes the job), anything else
+    fails the job as a model error."""
+    if faults.out_of_memory(exc):
+        faults.free_memory()
+        params = request.params
+        return StageFailure(ErrorCode.GPU_OUT_OF_MEMORY, (
+            f"out of memory rendering {params.num_images} image(s) of {params.width}x"
+            f"{params.height} ({request.task}, {params.steps} steps): {faults.first_line(exc)}; "
+            f"ask for fewer or smaller images"))
+    if faults.fatal_device_error(exc):
+        faults.exit_now(f"job {request.job_id}: {faults.first_line(exc)}")
+    return StageFailure(ErrorCode.MODEL_ERROR, f"rendering failed: {exc}")
 
 
 async def _rendered_before(rt: Runtime, manifest_uri: str,

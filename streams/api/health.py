@@ -1,4 +1,12 @@
-"""Health and Prometheus metrics pages, served by every worker (CPU and GPU)."""
+"""Health and Prometheus metrics pages, served by every worker (CPU, GPU, trainer).
+
+Two questions, two pages (as Kubernetes asks them):
+- `/livez`: is this process worth keeping? 200 while its event loop answers, 503 once it has
+  stopped for good (a broker that takes no sends, a broken GPU: Runtime.stop_worker). A
+  rebalance never makes a worker "dead".
+- `/readyz`: should it get work now? 200 only while it owns partitions and no rebalance or
+  shutdown is under way. `/healthz` is the same page, for older probes.
+"""
 from __future__ import annotations
 
 import time
@@ -9,19 +17,39 @@ from faust import web
 from streams.core.metrics import render_metrics
 from streams.core.runtime import Runtime
 
-
 def register(rt: Runtime) -> None:
     app = rt.app
     started = time.time()
 
-    @app.page("/healthz")
-    class Health(web.View):
+    def body(status: str) -> dict:
+        answer = {"status": status, "uptime_s": round(time.time() - started, 1)}
+        if rt.broken:
+            answer["reason"] = rt.broken
+        return answer
+
+    def readiness() -> str:
+        if rt.broken:
+            return "broken"
+        if rt.draining:
+            return "stopping"
+        if app.rebalancing:
+            return "rebalancing"
+        # Before it owns partitions a worker cannot process anything.
+        return "ok" if app.consumer.assignment() else "starting"
+
+    class Live(web.View):
         async def get(self, request: web.Request) -> web.Response:
-            # Ready once this worker owns partitions: before that it cannot process anything.
-            assigned = bool(app.consumer.assignment()) and not app.rebalancing
-            body = {"status": "ok" if assigned else "starting",
-                    "uptime_s": round(time.time() - started, 1)}
-            return self.json(body, status=200 if assigned else 503)
+            return self.json(body("broken" if rt.broken else "ok"),
+                             status=503 if rt.broken else 200)
+
+    class Ready(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            status = readiness()
+            return self.json(body(status), status=200 if status == "ok" else 503)
+
+    app.page("/livez")(Live)
+    app.page("/readyz")(Ready)
+    app.page("/healthz")(type("Health", (Ready,), {}))
 
     @app.page("/metrics")
     class Metrics(web.View):

@@ -55,6 +55,8 @@ class Runtime:
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
         # Why this worker stopped for good (stop_worker), shown by /livez and /readyz.
         self.broken: str | None = None
+        # Shutting down (SIGTERM): /readyz says so, and no new work is taken.
+        self.draining = False
         # The trained models (avatar adapters); read once the worker runs registry.run.
         self.registry = ModelRegistry(client_options(settings), settings.topics.models)
         # Cancelled jobs; read once the worker runs cancellations.run.

@@ -17,7 +17,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from streams.stack.embedded import Service, free_port, start_process, wait_for_port
+from streams.stack.embedded import (Service, free_port, start_process, started_on_free_ports,
+                                    wait_for_port)
 from streams.stack.kafka_security import SecureListener
 
 KAFKA_VERSION = "4.1.2"
@@ -194,7 +195,15 @@ def start_apache_kafka(work_dir: Path, log_dir: Path, port: int | None = None,
                        timeout_s: float = 90, secure: SecureListener | None = None
                        ) -> tuple[Service, str]:
     """Format fresh storage in work_dir and start the broker; returns (service, bootstrap).
-    secure: listen with SASL_SSL only (its certificates are issued, its users created)."""
+    secure: listen with SASL_SSL only (its certificates are issued, its users created).
+    Without a port, one is chosen, and chosen again if it is taken before Kafka binds it."""
+    return started_on_free_ports(
+        lambda chosen: _start_apache_kafka(work_dir, log_dir, chosen, timeout_s, secure),
+        "apache-kafka", port)
+
+
+def _start_apache_kafka(work_dir: Path, log_dir: Path, port: int | None, timeout_s: float,
+                        secure: SecureListener | None) -> tuple[Service, str]:
     java, lib = java_binary(), fetch_jars()
     port, controller_port = port or free_port(), free_port()
     work_dir = Path(work_dir)

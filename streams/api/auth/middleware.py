@@ -75,8 +75,12 @@ def required_scope(request: aioweb.Request) -> Scope:
     return Scope.READ if request.method in READ_METHODS else Scope.WRITE
 
 
+# Probes carry no credentials (streams/api/health.py).
+HEALTH_PAGES = ("/livez", "/readyz", "/healthz")
+
+
 def is_public(request: aioweb.Request, settings: AuthSettings) -> bool:
-    return request.path == "/healthz" or (request.path == "/metrics" and settings.metrics_public)
+    return request.path in HEALTH_PAGES or (request.path == "/metrics" and settings.metrics_public)
 
 
 def auth_middleware(authenticator: Authenticator):

@@ -12,6 +12,8 @@ def test_health_is_public_and_metrics_only_while_configured_so():
     open_metrics, closed = AuthSettings(), AuthSettings(metrics_public=False)
     health, metrics = make_mocked_request("GET", "/healthz"), make_mocked_request("GET", "/metrics")
     assert is_public(health, open_metrics) and is_public(health, closed)
+    for probe in ("/livez", "/readyz"):
+        assert is_public(make_mocked_request("GET", probe), closed)
     assert is_public(metrics, open_metrics) and not is_public(metrics, closed)
     assert required_scope(metrics) is Scope.METRICS
     # A path that merely starts like a public one is not public.

@@ -1,0 +1,72 @@
+"""What a device error means for the worker: an out-of-memory error fails the one job that
+caused it (memory is freed, the worker carries on); an error that leaves the CUDA context
+unusable (an illegal memory access, a device-side assert, a lost device) fails nothing: the
+worker exits at once, without committing, so its jobs go to a healthy worker.
+
+After such an error every later CUDA call in the process fails, so going on would fail the
+whole queue one job at a time; only a new process gets a new context."""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+
+import torch
+
+log = logging.getLogger("restyle.gpu")
+
+# Messages of errors after which the process's CUDA context cannot be used again (CUDA's
+# "sticky" errors, and the device going away).
+FATAL_MARKERS = (
+    "illegal memory access", "device-side assert", "unspecified launch failure",
+    "misaligned address", "illegal instruction", "uncorrectable ecc error",
+    "cuda error: unknown error", "device has fallen off the bus", "cudaerrorlaunchfailure",
+    "cublas_status_execution_failed", "cudnn_status_execution_failed",
+    "cuda error: an illegal", "context is destroyed", "device not ready",
+)
+
+# How the process ends after a fatal device error (EX_SOFTWARE): its supervisor starts a
+# new one, with a new CUDA context.
+DEVICE_FAILED_EXIT_CODE = 70
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """The device (or, on a CPU worker, the host) could not allocate what a job needed."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in text or "can't allocate memory" in text
+        or isinstance(exc, MemoryError))
+
+
+def fatal_device_error(exc: BaseException) -> bool:
+    """The error left the CUDA context unusable: nothing more can run in this process."""
+    if out_of_memory(exc):
+        return False
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(marker in text for marker in FATAL_MARKERS)
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line (CUDA's messages go on for a dozen lines of advice)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def free_memory() -> None:
+    """Give back what a failed job held, so the next one starts with the whole device."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def exit_now(reason: str) -> None:
+    """Leave at once, committing nothing: what this worker held is delivered again, to a
+    worker with a healthy device."""
+    log.critical("the device failed; this worker exits so its jobs go to a healthy one: %s",
+                 reason)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(DEVICE_FAILED_EXIT_CODE)

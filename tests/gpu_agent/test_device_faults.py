@@ -1,0 +1,124 @@
+"""What a device error does to the GPU worker: out of memory fails the one job that asked too
+much (with its size) and the worker renders the next; a broken CUDA context is told apart from
+it by the error alone. The worker runs in process (tests/inprocess.py) with the real engine
+and tiny models; the device's failure is injected where the GPU would raise it."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+from agents.pipelines import topic_sets
+from gpu_agent import faults
+from gpu_agent import worker as gpu_worker
+from gpu_agent.engine import RenderEngine
+from schemas import RenderParams, RenderRequest
+from streams.core.settings import Settings
+from tests.inprocess import InProcessRuntime
+
+# What PyTorch raises when a CUDA allocation fails, as it words it.
+CUDA_OOM = ("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+            "79.19 GiB of which 3.81 GiB is free.\nOf the allocated memory 70.12 GiB is "
+            "allocated by PyTorch")
+
+
+class OutOfMemoryOnce(RenderEngine):
+    """The real engine on a device that runs out of memory on the first render."""
+
+    def __init__(self):
+        super().__init__(cache_size=1)
+        self.failed = False
+
+    def render(self, *args, **kwargs):
+        if not self.failed:
+            self.failed = True
+            raise torch.cuda.OutOfMemoryError(CUDA_OOM)
+        return super().render(*args, **kwargs)
+
+
+@pytest.fixture
+def runtime(tmp_path, tiny_models, room_photos) -> InProcessRuntime:
+    settings = Settings(state_dir=tmp_path, storage_base=(tmp_path / "store").as_uri(),
+                        file_roots=[room_photos[0].parent], models_dir=tiny_models)
+    return InProcessRuntime(settings, topic_sets())
+
+
+def request(rt, job_id: str, room_photos, size: int = 64, num_images: int = 1) -> RenderRequest:
+    return RenderRequest(
+        job_id=job_id, prompt="a bright room", task="controlnet", control="depth",
+        control_image=room_photos[0].as_uri(),
+        params=RenderParams(steps=2, width=size, height=size, num_images=num_images, seed=3,
+                            guidance=7.5, controlnet_scale=1.0, negative_prompt=""),
+        output_prefix=f"{rt.settings.results_base}/results/{job_id}",
+        reply_topic="test.replies")
+
+
+def test_out_of_memory_fails_that_job_with_its_size_and_the_worker_renders_the_next(
+        runtime, room_photos):
+    gpu_worker.register(runtime, OutOfMemoryOnce())
+    big = request(runtime, "too-big", room_photos, size=64, num_images=2)
+    asyncio.run(runtime.deliver(runtime.topics.render, big, big.job_id))
+    after = request(runtime, "next", room_photos)
+    asyncio.run(runtime.deliver(runtime.topics.render, after, after.job_id))
+
+    events = [json.loads(m.value) for m in runtime.sent(runtime.topics.job_events)]
+    [failed] = [e for e in events if e["kind"] == "failed"]
+    assert failed["job_id"] == "too-big"
+    assert failed["error"]["code"] == "gpu_out_of_memory"
+    assert failed["error"]["message"] == (
+        "out of memory rendering 2 image(s) of 64x64 (controlnet, 2 steps): CUDA out of "
+        "memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+        "3.81 GiB is free.; ask for fewer or smaller images")
+    [reply] = [json.loads(m.value) for m in runtime.sent("test.replies")]
+    assert reply["job_id"] == "next" and len(reply["images"]) == 1
+    assert asyncio.run(runtime.storage.get(reply["images"][0])).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("message, fatal", [
+    ("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+     "asynchronously reported", True),
+    ("CUDA error: device-side assert triggered", True),
+    ("CUDA error: unspecified launch failure", True),
+    ("CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx`", True),
+    (CUDA_OOM, False),
+    ("Expected all tensors to be on the same device", False),
+    ("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)", False),
+])
+def test_errors_that_break_the_cuda_context_are_told_from_those_that_fail_one_job(message,
+                                                                                  fatal):
+    assert faults.fatal_device_error(RuntimeError(message)) is fatal
+    assert faults.out_of_memory(RuntimeError(message)) is (message == CUDA_OOM)
+
+
+def test_a_host_that_cannot_allocate_is_out_of_memory_too():
+    with pytest.raises(RuntimeError) as raised:
+        torch.empty(2 ** 62, dtype=torch.uint8)  # 4 EiB: no host has it
+    assert faults.out_of_memory(raised.value)
+    assert not faults.fatal_device_error(raised.value)
+
+
+def test_a_broken_cuda_context_ends_the_worker_process_at_once_without_failing_the_job(
+        tmp_path):
+    """The process exits (code 70) rather than fail the job: nothing is committed, so the job
+    is delivered again to a worker whose device works."""
+    import subprocess
+    import sys
+
+    script = (
+        "from gpu_agent.worker import render_failure\n"
+        "from schemas import RenderParams, RenderRequest\n"
+        "request = RenderRequest(job_id='j', prompt='p', params=RenderParams(steps=2, width=64,"
+        " height=64, num_images=1, seed=1, guidance=7.5, controlnet_scale=1.0,"
+        " negative_prompt=''), control_image='s3://restyle/c.png',"
+        " output_prefix='s3://restyle/results/j', reply_topic='r')\n"
+        "render_failure(request, RuntimeError('CUDA error: an illegal memory access was "
+        "encountered'))\n"
+        "print('carried on')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == faults.DEVICE_FAILED_EXIT_CODE == 70
+    assert "carried on" not in done.stdout
+    assert "the device failed; this worker exits so its jobs go to a healthy one: job j: " \
+           "CUDA error: an illegal memory access was encountered" in done.stderr
