@@ -76,8 +76,9 @@ async def run_training(rt: Runtime, job: AvatarTrainJob) -> TrainOutcome:
     every = max(1, job.params.steps // PROGRESS_EVENTS)
 
     def on_step(step: int, total: int, loss: float) -> None:  # from the training thread
-        # A cancelled training stops after this step; its last checkpoint stays in storage.
-        rt.check_cancelled(job.job_id)
+        # A cancelled training stops after this step, and so does one on a trainer shutting
+        # down (handed back: another trainer resumes it); its last checkpoint stays.
+        rt.check_cancelled(job.job_id, hand_back_at_once=True)
         if step % every == 0 or step == total:
             asyncio.run_coroutine_threadsafe(rt.job_event(
                 job.job_id, JobEventKind.PROGRESS,

@@ -134,7 +134,10 @@ class ResultEvent(BaseModel):
 
 
 class DeadLetter(BaseModel):
-    """A message no stage could process, kept whole (raw bytes as base64) with the reason."""
+    """What a record on the dead-letter topic says about itself. The record is the original
+    message as it was (its key, its value, its headers); what went wrong travels in headers
+    named `restyle-dlq-*` (from_record / headers). An original above the inline limit is kept
+    in object storage, its URI in `restyle-dlq-original`, and the record's value is empty."""
 
     source_topic: str
     partition: int | None = None
@@ -142,6 +145,43 @@ class DeadLetter(BaseModel):
     key: str | None = None
     code: str
     reason: str
-    raw_base64: str
     job_id: str | None = None
+    # How many times the stage tried the message before giving it up.
+    attempts: int = 1
     at: float
+    original_uri: str | None = None
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        fields = {"code": self.code, "reason": self.reason[:1000],
+                  "source-topic": self.source_topic, "source-partition": self.partition,
+                  "source-offset": self.offset, "attempts": self.attempts,
+                  "job-id": self.job_id, "at": repr(self.at), "original": self.original_uri}
+        return [(DLQ_HEADER + name, str(value).encode()) for name, value in fields.items()
+                if value is not None]
+
+    @classmethod
+    def from_record(cls, key: bytes | None, headers) -> "DeadLetter":
+        """The letter a DLQ record carries (headers: a list of (name, bytes) pairs)."""
+        found = {name[len(DLQ_HEADER):]: value.decode(errors="replace")
+                 for name, value in (headers or []) if name.startswith(DLQ_HEADER)}
+
+        def number(name: str) -> int | None:
+            return int(found[name]) if found.get(name, "").isdigit() else None
+
+        return cls(source_topic=found.get("source-topic", ""),
+                   partition=number("source-partition"), offset=number("source-offset"),
+                   key=key.decode(errors="replace") if key is not None else None,
+                   code=found.get("code", ""), reason=found.get("reason", ""),
+                   job_id=found.get("job-id"), attempts=number("attempts") or 1,
+                   at=float(found.get("at") or 0), original_uri=found.get("original"))
+
+
+# The headers restyle adds to a dead letter (the original's own headers are kept beside them).
+DLQ_HEADER = "restyle-dlq-"
+
+
+def original_headers(headers) -> list[tuple[str, bytes]]:
+    """A message's headers without what restyle added when dead-lettering it (so a replayed
+    message that fails again is not labelled twice)."""
+    return [(name, value) for name, value in (headers or [])
+            if not name.startswith(DLQ_HEADER)]

@@ -38,7 +38,8 @@ from streams.tracking import jobs as job_tracker
 from streams.tracking.tables import open_tables
 
 
-def build_worker(settings: Settings, role: str, web_port: int | None = None) -> faust.App:
+def build_worker(settings: Settings, role: str, web_port: int | None = None) -> Runtime:
+    """The worker of a role, as its runtime (rt.app is the faust app to run)."""
     sets = topic_sets()
     # Every worker reads the API keys: any of them may be asked to verify one.
     keyring = KeyRing(client_options(settings), settings.topics.api_keys)
@@ -59,7 +60,7 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     else:
         raise ValueError(f"unknown worker role {role!r}")
     health_api.register(rt)
-    return wiring.app
+    return rt
 
 
 def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantLimiter) -> None:
@@ -109,6 +110,20 @@ def run_worker(settings: Settings, role: str, web_port: int | None = None,
     logging.basicConfig(level=loglevel.upper())
     if settings.kafka_bootstrap:
         asyncio.run(ensure_topics(settings, topic_names(settings, topic_sets())))
-    app = build_worker(settings, role, web_port)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    rt = build_worker(settings, role, web_port)
+    worker = GracefulWorker(rt, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+class GracefulWorker(faust.Worker):
+    """faust's worker, stopping as a deployment expects on SIGTERM (and Ctrl-C): not ready at
+    once, no new work, what is in flight finished within RESTYLE_SHUTDOWN_GRACE_S (or handed
+    back), then offsets committed and the group left."""
+
+    def __init__(self, rt: Runtime, **options):
+        super().__init__(rt.app, **options)
+        self.rt = rt
+
+    async def _stop_on_signal(self, signal) -> None:
+        await self.rt.drain(self.rt.settings.shutdown_grace_s)
+        await super()._stop_on_signal(signal)

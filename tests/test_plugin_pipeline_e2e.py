@@ -20,7 +20,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from agents import pipelines as agent_pipelines
-from schemas import JobEventKind
+from schemas import DeadLetter, JobEventKind
 from schemas import pipelines as schema_pipelines
 from streams.core.admission import admit_job
 from streams.core.pipeline import Pipeline
@@ -72,11 +72,16 @@ async def admit(rt: Runtime, message, upload: dict) -> None:
 
 def register(rt: Runtime, models, index) -> None:
     async def stamp(job: StampJob) -> None:
-        path = write_stamp(job, Path(os.environ["STAMP_DIR"]))
+        directory = Path(os.environ["STAMP_DIR"])
+        if (directory / "bug").exists():  # the DLQ test's bug, until it is "fixed"
+            raise RuntimeError("a bug in the stamp stage")
+        path = write_stamp(job, directory)
         await rt.job_event(job.job_id, JobEventKind.COMPLETED, tenant=job.tenant,
                            result=StampResult(file=str(path)))
 
-    rt.stage_agent("stamp", stamp, StampJob, topic=rt.topics_of(StampTopics).stamp)
+    # What this stage cannot process goes to the DLQ (the job waits), to be replayed.
+    rt.stage_agent("stamp", stamp, StampJob, topic=rt.topics_of(StampTopics).stamp,
+                   fail_jobs=False)
 
 
 def install() -> None:
@@ -138,7 +143,7 @@ def stamp_worker(e2e, tmp_path):
         time.sleep(0.5)
     collector = TopicCollector(e2e.endpoints["kafka_bootstrap"],
                                [topics["results"], topics["dlq"]], e2e.settings.partitions)
-    yield topics, url, stamps, collector
+    yield topics, url, stamps, collector, env
     collector.close()
     process.terminate()
     process.wait(30)
@@ -146,7 +151,7 @@ def stamp_worker(e2e, tmp_path):
 
 
 def test_a_pipeline_added_through_the_tables_alone_runs_end_to_end(e2e, stamp_worker):
-    topics, url, stamps, collector = stamp_worker
+    topics, url, stamps, collector, _ = stamp_worker
     job_id = f"stamp-{uuid.uuid4().hex[:8]}"
 
     e2e.publish({"pipeline": "stamp", "job_id": job_id, "text": "made by a plug-in"},
@@ -171,4 +176,49 @@ def test_a_pipeline_added_through_the_tables_alone_runs_end_to_end(e2e, stamp_wo
     assert error["code"] == "unsupported_pipeline"
     assert "unknown pipeline 'sculpt'" in error["message"] and "stamp" in error["message"]
     letters = collector.wait_for(topics["dlq"], lambda m: m.key() == f"{job_id}-x".encode(), 60)
-    assert json.loads(letters[0].value())["code"] == "unsupported_pipeline"
+    assert DeadLetter.from_record(letters[0].key(), letters[0].headers()).code == \
+        "unsupported_pipeline"
+
+
+def test_a_dead_letter_is_listed_and_replayed_once_its_cause_is_fixed(e2e, stamp_worker):
+    """A stage with a bug dead-letters its message (after RESTYLE_STAGE_ATTEMPTS tries); once
+    the bug is fixed, `restyle dlq replay` publishes the original again and the job ends with
+    one result, however often it is replayed."""
+    topics, _, stamps, collector, env = stamp_worker
+    job_id = f"replay-{uuid.uuid4().hex[:8]}"
+    (stamps / "bug").write_text("")
+    e2e.publish({"pipeline": "stamp", "job_id": job_id, "text": "second time lucky"},
+                key=job_id.encode(), topic=topics["uploads"])
+    [record] = collector.wait_for(topics["dlq"], lambda m: m.key() == job_id.encode(), 120)
+    letter = DeadLetter.from_record(record.key(), record.headers())
+    assert (letter.code, letter.attempts, letter.job_id) == ("internal_error", 3, job_id)
+    assert letter.reason == ("stamp stage error (attempt 3 of 3): RuntimeError: a bug in the "
+                             "stamp stage")
+    assert letter.source_topic.endswith("restyle.stage.stamp")
+    assert json.loads(record.value())["text"] == "second time lucky"  # the message as it was
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "streams.cli.main", "dlq", *args],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+
+    listed = cli("list", "--code", "internal_error", "--since", "10m")
+    assert listed.returncode == 0, listed.stderr
+    assert f"job {job_id}" in listed.stdout and "attempts 3" in listed.stdout
+    assert cli("list", "--code", "no_such_code").stdout == ""
+
+    (stamps / "bug").unlink()  # the fix is deployed
+    dry = cli("replay", "--job-id", job_id, "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.startswith("would replay ")
+    time.sleep(3)
+    assert not collector.matching(topics["results"], lambda m: m.key() == job_id.encode())
+
+    for _ in range(2):  # replayed twice: still one result
+        replayed = cli("replay", "--job-id", job_id)
+        assert replayed.returncode == 0, replayed.stderr
+        assert replayed.stdout.startswith("replayed ") and letter.source_topic in replayed.stdout
+    [result] = collector.wait_for(topics["results"], lambda m: m.key() == job_id.encode(), 120)
+    assert json.loads(result.value())["status"] == "done"
+    assert (stamps / f"{job_id}.txt").read_text() == "second time lucky"
+    time.sleep(5)
+    assert len(collector.matching(topics["results"], lambda m: m.key() == job_id.encode())) == 1
+    assert cli("replay", "--code", "no_such_code").returncode == 2

@@ -31,3 +31,42 @@ def test_a_cpu_worker_killed_mid_stream_loses_no_job(e2e, room_photos):
         assert len(e2e.results(job_id)) == 1, f"{job_id} published more than one result"
         status, body = e2e.get(f"/jobs/{job_id}")
         assert status == 200 and body["status"] == "done"
+
+
+def test_a_gpu_worker_stopped_with_sigterm_finishes_or_hands_back_its_render(e2e):
+    """SIGTERM mid-render: the worker is not ready at once, takes nothing new, and exits
+    cleanly within its grace period (30 s); the render it held is finished or handed back to
+    the worker that replaces it. The job ends done, once."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.test_cancel_e2e import long_render, rendering
+
+    stack = e2e.stack
+    worker = next(s for s in stack.stack.services if s.name.startswith("gpu-worker"))
+    job_id = f"sigterm-{uuid.uuid4().hex[:8]}"
+    long_render(e2e, job_id, steps=60)
+    rendering(e2e, job_id)
+
+    stopped_at = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/readyz", timeout=5)
+        ready = 200
+    except urllib.error.HTTPError as answer:
+        ready, body = answer.code, json.loads(answer.read())
+    except OSError:
+        ready, body = None, {"status": "already gone"}
+    assert ready in (503, None) and body["status"] in ("stopping", "already gone")
+    assert worker.process.wait(90) == 0  # a clean exit, not a crash
+    assert time.monotonic() - stopped_at < 30 + 10 + 20  # grace, hand-back, leaving
+    log = worker.log_path.read_text()
+    assert "shutting down: no new work" in log and "committing and leaving the group" in log
+
+    stack.stack.services.remove(worker)
+    replacement = stack.start_worker("gpu", worker.port, worker.name)
+    stack.wait_healthy([replacement.port], 180)
+    outcome = e2e.result(job_id, 300)
+    assert outcome["status"] == "done"
+    assert len(e2e.results(job_id)) == 1

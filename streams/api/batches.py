@@ -21,7 +21,7 @@ from schemas.titan import TitanRequest
 from schemas.uris import as_input
 from streams.adapters.images import decode_image, encode_png, fit_within
 from streams.adapters.outbound import UnsafeTarget
-from streams.api.routing import error_response, json_body, routed, until_known
+from streams.api.routing import cancel_refused, error_response, json_body, routed, until_known
 from streams.api.tenants import TenantUsage
 from streams.api.tenancy import (
     ForeignTenant,
@@ -29,6 +29,7 @@ from streams.api.tenancy import (
     acting_tenant,
     caller,
     chosen_id,
+    requested_by,
     sees,
 )
 from streams.core.runtime import Runtime, describe_validation
@@ -148,16 +149,15 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
             finished stay as they ended; the batch ends `cancelled` with its report and
             notification. 409 if it already ended."""
             state = batches.lookup(tables, batch_id)
-            if state is None or not sees(request, settings, state.tenant):
-                return error_response(self, 404, "not_found", f"no batch {batch_id!r}")
-            if state.finished:
-                return error_response(self, 409, "already_finished",
-                                      f"batch {batch_id!r} already ended {state.status.value}")
-            who = caller(request)
+            known = state is not None and sees(request, settings, state.tenant)
+            refused = cancel_refused(self, "batch", batch_id, known, known and (
+                state.status.value if state.finished else None))
+            if refused:
+                return refused
             await rt.send(rt.topics.batch_events, batch_id, BatchEvent(
                 batch_id=batch_id, kind=BatchEventKind.CANCEL, at=time.time(),
-                by=f"tenant {who.tenant} ({who.credential})"), acknowledged=True)
-            response = await self.get(request, batch_id)
+                by=requested_by(request)), acknowledged=True)
+            response = await self.get(request, batch_id=batch_id)
             response.set_status(202)
             return response
 

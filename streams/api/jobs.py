@@ -15,13 +15,14 @@ from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
 from streams.api.limits import TenantLimiter, TooManyStreams
 from streams.api.tenants import TenantUsage
-from streams.api.routing import error_response, routed, until_known
+from streams.api.routing import cancel_refused, error_response, routed, until_known
 from streams.api.tenancy import (
     ForeignTenant,
     InvalidId,
     acting_tenant,
     caller,
     chosen_id,
+    requested_by,
     sees,
 )
 from streams.core.runtime import Runtime, json_object
@@ -73,15 +74,13 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             job never starts, a render or a training stops at its next step). 409 if it
             already ended."""
             state = lookup(request, job_id)
-            if state is None:
-                return error_response(self, 404, "not_found", f"no job {job_id!r}")
-            if state.status.terminal:
-                return error_response(self, 409, "already_finished",
-                                      f"job {job_id!r} already ended {state.status.value}")
-            who = caller(request)
+            refused = cancel_refused(self, "job", job_id, state is not None, state and (
+                state.status.value if state.status.terminal else None))
+            if refused:
+                return refused
             await rt.send(rt.topics.job_events, job_id, JobEvent(
                 job_id=job_id, kind=JobEventKind.CANCELLED, at=time.time(),
-                by=f"tenant {who.tenant} ({who.credential})"), acknowledged=True)
+                by=requested_by(request)), acknowledged=True)
             return self.json(await present(rt, state), status=202)
 
     async def stream_job(request, job_id: str) -> aioweb.StreamResponse:

@@ -75,6 +75,18 @@ def error_response(view, status: int, code: str, message: str, headers=None):
                      headers=headers)
 
 
+def cancel_refused(view, kind: str, given: str, known: bool, ended: str | None):
+    """The answer to a cancel that cannot be taken: 404 for what the caller cannot see
+    (unknown, or another tenant's: the same answer), 409 for what has ended (ended: how);
+    None when it can be cancelled."""
+    if not known:
+        return error_response(view, 404, "not_found", f"no {kind} {given!r}")
+    if ended is not None:
+        return error_response(view, 409, "already_finished",
+                              f"{kind} {given!r} already ended {ended}")
+    return None
+
+
 def routed(rt, table, key_of=None):
     """Decorate a faust web view method taking (view, request, key): it is served on the worker
     that owns key's partition of table, and relayed there from any other worker. The key is

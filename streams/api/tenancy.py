@@ -20,6 +20,12 @@ def caller(request) -> Principal:
     return request[PRINCIPAL]
 
 
+def requested_by(request) -> str:
+    """Who a cancellation names: the caller's tenant and credential."""
+    who = caller(request)
+    return f"tenant {who.tenant} ({who.credential})"
+
+
 def sees(request, settings: AuthSettings, owner: str | None) -> bool:
     """Whether the caller may see a row owned by owner."""
     return (owner or settings.default_tenant) == caller(request).tenant

@@ -27,7 +27,7 @@ from streams.cli.client import run
 from streams.cli.demo import ingest_source, run_demo
 from streams.core.settings import Settings, load_settings
 from streams.stack.apache_kafka import KAFKA_VERSION, KafkaUnavailable, start_apache_kafka
-from streams.stack.embedded import Stack
+from streams.stack.embedded import Stack, stop_everything_started
 
 # The commands that run workers or build models import them when they run (torch, diffusers and
 # transformers take ~6 s to import); client commands like `restyle status` stay fast.
@@ -111,11 +111,29 @@ def up(models, state_dir, cpu_workers, gpu_workers, trainer_workers, workers, br
     settings = Settings(**({"embedded_broker": broker} if broker else {}))
     stack = RestyleStack(settings, models, cpu_workers, gpu_workers, workers,
                          trainer_workers=trainer_workers)
-    endpoints = stack.start()
+    # A signal while it starts stops what has started (the broker, the S3 server, workers),
+    # rather than leaving them running with their ports; once started, it stops the stack.
+    stopping, starting = threading.Event(), threading.Event()
+    starting.set()
+
+    def on_signal(signum, _frame) -> None:
+        if starting.is_set():
+            raise StopRequested(signal.Signals(signum).name)
+        stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        endpoints = stack.start()
+        starting.clear()
+    except StopRequested as stop:
+        stop_everything_started()
+        click.echo(f"stopped during start-up ({stop})", err=True)
+        sys.exit(0)
     click.echo(f"models: {stack.models_note}")
     click.echo(json.dumps(endpoints, indent=2))
     click.echo(f"ready; endpoints in {stack.endpoints_path}. Ctrl-C stops everything.")
-    _serve_until_signal(stack)
+    _serve_until_signal(stack, stopping)
 
 
 @main.command()
@@ -138,12 +156,19 @@ def kafka(port, work_dir) -> None:
     _serve_until_signal(Stack([service]))
 
 
-def _serve_until_signal(stack) -> None:
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
+class StopRequested(Exception):
+    """SIGINT or SIGTERM while the stack starts."""
+
+
+def _serve_until_signal(stack, stopping: threading.Event | None = None) -> None:
+    """Supervise until a signal (or `stopping` is set): a worker that dies is restarted (with
+    backoff, logged), the death of a server (broker, S3) stops everything."""
+    if stopping is None:
+        stopping = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.set())
     while not stopping.wait(1.0):
-        problem = stack.check()
+        problem = stack.supervise()
         if problem:
             click.echo(f"stopping: {problem}", err=True)
             stack.stop()
@@ -236,6 +261,48 @@ def gpu_worker(web_port, loglevel) -> None:
     from streams.worker import run_worker
 
     run_worker(load_settings(), "gpu", web_port or load_settings().web_port + 1, loglevel)
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter topic: what no stage could process, and replaying it once fixed."""
+
+
+@dlq.command("list")
+@click.option("--code", default=None, help="Only letters with this error code.")
+@click.option("--since", default=None,
+              help="Only letters since: an ISO time (UTC) or an age such as 30m, 2h, 7d.")
+@click.option("--job-id", default=None, help="Only letters for this job (or with this key).")
+def dlq_list(code, since, job_id) -> None:
+    """Every dead letter (or those selected), oldest first per partition, with its cause."""
+    from streams.cli import dlq as letters
+
+    settings = load_settings()
+    chosen = letters.selected(run(letters.read_letters(settings)), code,
+                              letters.parse_since(since) if since else None, job_id)
+    for item in chosen:
+        click.echo(letters.describe(item))
+    click.echo(f"{len(chosen)} dead letter(s)", err=True)
+
+
+@dlq.command("replay")
+@click.option("--code", default=None, help="Only letters with this error code.")
+@click.option("--since", default=None, help="Only letters since (as for `dlq list`).")
+@click.option("--job-id", default=None, help="Only letters for this job (or with this key).")
+@click.option("--dry-run", is_flag=True, help="Say what would be replayed; send nothing.")
+def dlq_replay(code, since, job_id, dry_run) -> None:
+    """Publish the selected letters' original messages back to the topics they came from.
+    Exit 2 if nothing matched."""
+    from streams.cli import dlq as letters
+
+    settings = load_settings()
+    chosen = letters.selected(run(letters.read_letters(settings)), code,
+                              letters.parse_since(since) if since else None, job_id)
+    if not chosen:
+        click.echo("no dead letter matches", err=True)
+        sys.exit(2)
+    for line in run(letters.replay(settings, chosen, dry_run)):
+        click.echo(line)
 
 
 @main.group()

@@ -3,7 +3,6 @@ message (decode, call, emit; bad input to the DLQ or to a `failed` job, never a 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
 import json
 import logging
@@ -11,14 +10,14 @@ import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from typing import Awaitable, Callable, Iterable, TypeVar
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ValidationError
 
 from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
+from schemas.events import original_headers
 from schemas.jobs import Cancellation
-from urllib.parse import unquote
-
-from schemas.uris import is_under, tenant_base
+from schemas.uris import is_under, join_uri, tenant_base
 from streams.adapters.images import decode_image, fit_within
 from streams.adapters.retries import describe, retry_policy
 from streams.adapters.storage import Storage
@@ -40,6 +39,11 @@ class JobCancelled(Exception):
     for it (the tracker has already ended it and said so)."""
 
 
+class HandedBack(Exception):
+    """The worker is shutting down: the stage stops and its message is neither finished nor
+    failed nor committed, so another worker takes it."""
+
+
 class Runtime:
     def __init__(self, settings: Settings, wiring: Wiring, storage: Storage,
                  topic_sets: Iterable[TopicNames] = ()):
@@ -55,8 +59,11 @@ class Runtime:
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
         # Why this worker stopped for good (stop_worker), shown by /livez and /readyz.
         self.broken: str | None = None
-        # Shutting down (SIGTERM): /readyz says so, and no new work is taken.
+        # Shutting down (SIGTERM): /readyz says so, and no new work is taken; once the grace
+        # period is over, what still runs is handed back.
         self.draining = False
+        self.handing_back = False
+        self._in_flight = 0
         # The trained models (avatar adapters); read once the worker runs registry.run.
         self.registry = ModelRegistry(client_options(settings), settings.topics.models)
         # Cancelled jobs; read once the worker runs cancellations.run.
@@ -66,10 +73,37 @@ class Runtime:
     def cancelled(self, job_id: str | None) -> bool:
         return job_id is not None and job_id in self.cancellations.records
 
-    def check_cancelled(self, job_id: str | None) -> None:
-        """Raise JobCancelled if the job was cancelled (a stage calls it between steps)."""
+    def check_cancelled(self, job_id: str | None, hand_back_at_once: bool = False) -> None:
+        """Between two steps of a long stage (denoising, training): raise JobCancelled if the
+        job was cancelled, HandedBack if the worker is shutting down and the work cannot
+        wait (hand_back_at_once: a training, which would never finish in the grace period)."""
         if self.cancelled(job_id):
             raise JobCancelled(job_id)
+        if self.handing_back or (hand_back_at_once and self.draining):
+            raise HandedBack(job_id)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking work; give what is in flight grace_s to finish, then hand back what
+        still runs (it stops at its next step). The worker then commits and leaves."""
+        self.draining = True
+        log.info("shutting down: no new work; %d message(s) in flight get %g s to finish",
+                 self._in_flight, grace_s)
+        deadline = time.monotonic() + grace_s
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self._in_flight:
+            self.handing_back = True
+            log.warning("handing back %d message(s) still in flight: another worker takes "
+                        "them", self._in_flight)
+            until = time.monotonic() + 10  # each stops at its next step
+            while self._in_flight and time.monotonic() < until:
+                await asyncio.sleep(0.1)
+        log.info("shutting down: committing and leaving the group")
+
+    async def _held(self) -> None:
+        """Keep a message that must not be acknowledged until the worker stops (it is then
+        delivered again, to another worker)."""
+        await asyncio.get_running_loop().create_future()
 
     def topics_of(self, kind: type[T]) -> T:
         """A pipeline's topics, as the worker resolved their names."""
@@ -145,20 +179,29 @@ class Runtime:
         await self.job_event(job_id, kind, error=error, tenant=tenant, **fields)
 
     async def dead_letter(self, message, code: ErrorCode, reason: str,
-                          job_id: str | None = None) -> None:
+                          job_id: str | None = None, attempts: int = 1) -> None:
+        """Put the message on the DLQ as it was (key, value, headers), with what went wrong in
+        restyle-dlq-* headers; acknowledged by the broker before this returns. An original too
+        large to fit beside its headers is kept in object storage and named instead."""
         raw = message.value if isinstance(message.value, bytes) else bytes(message.value or b"")
-        key = message.key.decode(errors="replace") if isinstance(message.key, bytes) else None
+        key = message.key if isinstance(message.key, bytes) else None
         letter = DeadLetter(source_topic=message.topic, partition=message.partition,
-                            offset=message.offset, key=key, code=code.value, reason=reason,
-                            raw_base64=base64.b64encode(raw).decode(), job_id=job_id,
+                            offset=message.offset,
+                            key=key.decode(errors="replace") if key is not None else None,
+                            code=code.value, reason=reason, job_id=job_id, attempts=attempts,
                             at=time.time())
+        if len(raw) > self.settings.dlq_max_inline_bytes:
+            letter.original_uri = join_uri(self.settings.results_base, "dlq", message.topic,
+                                           f"{message.partition}-{message.offset}")
+            await self.storage.put(letter.original_uri, raw)
+            raw = b""
         DEAD_LETTERS.labels(message.topic, code.value).inc()
         log.warning("dead letter from %s@%s: %s", message.topic, message.offset, reason)
-        await self.send(self.topics.dlq, key or job_id or "", letter, acknowledged=True, headers=[
-            ("restyle-error-code", code.value.encode()),
-            ("restyle-error", reason.encode()[:1000]),
-            ("restyle-source-topic", message.topic.encode()),
-        ])
+        headers = original_headers(as_header_list(message.headers)) + letter.headers()
+        pending = await self.channel(self.topics.dlq).send(
+            key=key if key is not None else (job_id or "").encode(), value=raw,
+            headers=headers)
+        await settle([(self.topics.dlq, pending)])
 
     # --- the one way a stage handles a message ---
     async def handle(self, stage: str, event, model: type[M] | None,
@@ -174,6 +217,21 @@ class Runtime:
         DLQ). A message for a cancelled job is dropped (follows_cancellations; the trackers,
         which must still see such jobs' events, turn it off), and a JobCancelled raised by the
         handler stops it quietly."""
+        if self.draining:
+            await self._held()  # taken from the buffer after SIGTERM: never started
+        self._in_flight += 1
+        try:
+            await self._handle(stage, event, model, handler, fail_jobs, on_failure,
+                               on_undecodable, follows_cancellations)
+            return
+        except HandedBack:
+            log.info("%s: handed back (the worker is shutting down)", stage)
+        finally:
+            self._in_flight -= 1
+        await self._held()
+
+    async def _handle(self, stage, event, model, handler, fail_jobs, on_failure,
+                      on_undecodable, follows_cancellations) -> None:
         message = event.message
         started = time.perf_counter()
         try:
@@ -215,7 +273,7 @@ class Runtime:
                         STAGE_OUTCOMES.labels(stage, "cancelled").inc()
                         log.info("job %s was cancelled during %s: stopped", job_id, stage)
                         return
-                    except asyncio.CancelledError:
+                    except (asyncio.CancelledError, HandedBack):
                         raise
                     except Exception as exc:  # a bug or a model error: the worker lives
                         if attempt < attempts and not self.cancelled(job_id):
@@ -295,7 +353,8 @@ class Runtime:
                 elif fail_jobs and job_id:
                     await self.fail(job_id, error, getattr(decoded, "tenant", None))
                 else:
-                    await self.dead_letter(message, error.code, error.message, job_id)
+                    await self.dead_letter(message, error.code, error.message, job_id,
+                                           error.attempts or 1)
         except StageFailure as unsent:
             await self.stop_worker(f"job {job_id}: its failure could not be published "
                                    f"({unsent.error.message})")
@@ -368,6 +427,15 @@ async def settle(sends: list) -> None:
         except Exception as exc:
             raise StageFailure(ErrorCode.BROKER_UNAVAILABLE,
                                f"publishing to {topic} failed: {describe(exc)}") from exc
+
+
+def as_header_list(headers) -> list[tuple[str, bytes]]:
+    """A message's headers as (name, bytes) pairs (faust gives a list or a mapping)."""
+    if not headers:
+        return []
+    items = headers.items() if hasattr(headers, "items") else headers
+    return [(name, value if isinstance(value, bytes) else str(value).encode())
+            for name, value in items]
 
 
 def decode(raw: bytes | None, model: type[M]) -> M:

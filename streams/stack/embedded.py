@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -112,25 +113,77 @@ class Service:
     process: subprocess.Popen
     log_path: Path
     port: int | None = None
+    # How to start it again when it dies (None: it is not restarted; its death stops the
+    # stack), and how many times it has been restarted in a row.
+    argv: list[str] | None = None
+    env: dict | None = None
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    restart_due: float | None = None
+
+    @property
+    def restartable(self) -> bool:
+        return self.argv is not None
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        self.signal_stop()
+        self.wait_stopped(timeout_s)
+
+    def signal_stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+
+    def wait_stopped(self, timeout_s: float) -> None:
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s: killed", self.name, timeout_s)
+            self.process.kill()
+            self.process.wait()
+
+
+# Every process this interpreter started, so that a signal at any moment (start-up included)
+# stops them all, even one started a moment before it was added to a stack.
+STARTED: list[subprocess.Popen] = []
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def start_process(name: str, argv: list[str], log_dir: Path, env: dict | None = None,
-                  port: int | None = None) -> Service:
+                  port: int | None = None, restartable: bool = False) -> Service:
+    """restartable: the stack's supervisor starts it again (with backoff) when it dies."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    log = open(log_path, "ab")
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env={**os.environ, **(env or {})}, start_new_session=True)
-    return Service(name, process, log_path, port)
+    log_file = open(log_path, "ab")
+    # No stop signal between starting the process and recording it.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                   start_new_session=True, preexec_fn=_unblock_stop_signals)
+        STARTED.append(process)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return Service(name, process, log_path, port, argv=argv if restartable else None,
+                   env=env if restartable else None)
+
+
+def _unblock_stop_signals() -> None:
+    """In the child, before it runs its program: a blocked signal mask is inherited, and a
+    server that cannot receive SIGTERM cannot be stopped cleanly."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def stop_everything_started(timeout_s: float = 10.0) -> None:
+    """Stop every process this interpreter started that still runs."""
+    for process in STARTED:
+        if process.poll() is None:
+            process.terminate()
+    for process in STARTED:
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def start_tansu(log_dir: Path, port: int | None = None) -> tuple[Service, str]:
@@ -168,19 +221,66 @@ def start_seaweedfs(data_dir: Path, log_dir: Path, port: int | None = None) -> t
     return started_on_free_ports(start, "seaweedfs", port)
 
 
+# A restarted process waits 1 s, then 2, 4, … up to a minute; one that ran a minute before it
+# died starts the count again.
+FIRST_RESTART_WAIT_S = 1.0
+MAX_RESTART_WAIT_S = 60.0
+STABLE_AFTER_S = 60.0
+# Workers get this long to finish what they hold and leave their groups when the stack stops
+# (their RESTYLE_SHUTDOWN_GRACE_S, plus the hand-back).
+WORKER_STOP_TIMEOUT_S = 60.0
+
+
 @dataclass
 class Stack:
     services: list[Service] = field(default_factory=list)
 
     def stop(self) -> None:
+        """Workers first, all at once (they commit and leave their groups while the broker is
+        up), then the servers, in the reverse order they started."""
+        workers = [s for s in self.services if s.restartable]
+        for service in workers:
+            service.signal_stop()
+        for service in workers:
+            service.wait_stopped(WORKER_STOP_TIMEOUT_S)
         for service in reversed(self.services):
-            service.stop()
+            if not service.restartable:
+                service.stop()
 
     def check(self) -> str | None:
+        """The first service that has exited, in words (None: all run)."""
         for service in self.services:
             if service.process.poll() is not None:
                 return f"{service.name} exited with code {service.process.returncode} " \
                        f"(log: {service.log_path})"
+        return None
+
+    def supervise(self) -> str | None:
+        """Restart what died and may be restarted (a worker), with backoff, saying so in the
+        log; the death of a server (the broker, the S3 server) is returned as a problem."""
+        now = time.monotonic()
+        for n, service in enumerate(self.services):
+            if service.process.poll() is None:
+                continue
+            if not service.restartable:
+                return f"{service.name} exited with code {service.process.returncode} " \
+                       f"(log: {service.log_path})"
+            if service.restart_due is None:
+                ran = now - service.started_at
+                if ran >= STABLE_AFTER_S:
+                    service.restarts = 0
+                wait = min(MAX_RESTART_WAIT_S, FIRST_RESTART_WAIT_S * 2 ** service.restarts)
+                service.restart_due = now + wait
+                log.warning("%s exited with code %s after %.0f s; restarting it in %.0f s "
+                            "(restart %d in a row; log: %s)", service.name,
+                            service.process.returncode, ran, wait, service.restarts + 1,
+                            service.log_path)
+            elif now >= service.restart_due:
+                again = start_process(service.name, service.argv, service.log_path.parent,
+                                      env=service.env, port=service.port, restartable=True)
+                again.restarts = service.restarts + 1
+                self.services[n] = again
+                log.warning("restarted %s (pid %d)", service.name, again.process.pid)
         return None
 
 

@@ -80,6 +80,15 @@ class RestyleStack:
         return self.state_dir / "endpoints.json"
 
     def start(self, timeout_s: float = 300) -> dict:
+        """Start everything; on any failure or interruption (a signal, start-up included)
+        stop whatever was started before raising."""
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s: float) -> dict:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.endpoints_path.unlink(missing_ok=True)
         settings = self.settings
@@ -132,7 +141,8 @@ class RestyleStack:
             # SeaweedFS sends no bucket notifications: list the rules' prefixes instead, so
             # dropping a file into incoming/ is all a user does.
             self.stack.services.append(start_process(
-                "bucket-watch", python_command("watch"), self.log_dir, env=self.env))
+                "bucket-watch", python_command("watch"), self.log_dir, env=self.env,
+                restartable=True))
         self.wait_healthy(health, timeout_s)
         self.endpoints = {
             "kafka_bootstrap": bootstrap,
@@ -160,7 +170,8 @@ class RestyleStack:
 
     def start_worker(self, role: str, port: int, name: str) -> Service:
         argv = python_command("worker", role, "--web-port", str(port))
-        service = start_process(name, argv, self.log_dir, env=self.env, port=port)
+        service = start_process(name, argv, self.log_dir, env=self.env, port=port,
+                                restartable=True)
         self.stack.services.append(service)
         return service
 
@@ -207,6 +218,10 @@ class RestyleStack:
 
     def check(self) -> str | None:
         return self.stack.check()
+
+    def supervise(self) -> str | None:
+        """Restart a worker that died (with backoff, logged); a dead server is a problem."""
+        return self.stack.supervise()
 
     def stop(self) -> None:
         self.stack.stop()

@@ -20,7 +20,7 @@ from agents.models.stage_models import StageModels
 from agents.pipelines import topic_sets
 from gpu_agent import worker as gpu_worker
 from gpu_agent.engine import RenderEngine
-from schemas import CatalogEvent, CatalogItem, JobEvent, StageFailure
+from schemas import CatalogEvent, CatalogItem, DeadLetter, JobEvent, StageFailure
 from streams.adapters.index.local import LocalIndex
 from streams.core.settings import Settings
 from tests.inprocess import InProcessRuntime
@@ -43,6 +43,11 @@ def events(rt: InProcessRuntime, topic: str) -> list[dict]:
     return [json.loads(m.value) for m in rt.sent(topic)]
 
 
+def dead_letters(rt: InProcessRuntime) -> list[tuple[DeadLetter, bytes]]:
+    """Each DLQ record's letter, and the original message it carries."""
+    return [(DeadLetter.from_record(m.key, m.headers), m.value) for m in rt.sent(rt.topics.dlq)]
+
+
 def test_the_intake_submits_a_makeover_and_refuses_what_it_cannot_read(runtime, room_photos):
     intake.register(runtime)
     upload = {"pipeline": "room_makeover", "job_id": "room-1",
@@ -60,9 +65,10 @@ def test_the_intake_submits_a_makeover_and_refuses_what_it_cannot_read(runtime, 
     assert submitted.job.params.steps == 2  # the configured default, resolved at admission
     assert (rejected.job_id, rejected.kind, rejected.error.code) == \
         ("x1", "rejected", "unsupported_pipeline")
-    letters = events(runtime, runtime.topics.dlq)
-    assert [(d["job_id"], d["code"]) for d in letters] == [("x1", "unsupported_pipeline"),
-                                                           (None, "invalid_json")]
+    letters = dead_letters(runtime)
+    assert [(d.job_id, d.code) for d, _ in letters] == [("x1", "unsupported_pipeline"),
+                                                        (None, "invalid_json")]
+    assert json.loads(letters[0][1])["pipeline"] == "sculpt"  # the upload as it was sent
 
 
 def test_a_room_makeover_runs_from_analyze_to_completed_in_process(runtime, settings,
@@ -144,10 +150,13 @@ def test_a_bug_in_a_batch_handler_keeps_every_message_of_the_batch(runtime):
     asyncio.run(runtime.deliver(runtime.topics_of(CatalogTopics).index, item, "p1"))
     asyncio.run(runtime.deliver(runtime.topics_of(CatalogTopics).index, b"[1, 2]", "p2"))
 
-    letters = events(runtime, runtime.topics.dlq)
-    assert [(d["key"], d["code"]) for d in letters] == [("p1", "internal_error"),
-                                                        ("p2", "invalid_json")]
-    assert letters[0]["reason"] == "catalog-index stage error: KeyError: 'oops'"
+    letters = dead_letters(runtime)
+    assert [(d.key, d.code) for d, _ in letters] == [("p1", "internal_error"),
+                                                     ("p2", "invalid_json")]
+    assert letters[0][0].reason == "catalog-index stage error: KeyError: 'oops'"
+    assert letters[1][1] == b"[1, 2]"  # the original bytes, not an envelope
+    assert (letters[1][0].source_topic, letters[1][0].attempts) == \
+        (runtime.topics_of(CatalogTopics).index, 1)
 
 
 def test_a_stage_failure_fails_the_job_and_a_bug_fails_it_with_internal_error(runtime):
@@ -238,3 +247,16 @@ def test_an_upload_without_an_id_gets_the_same_id_when_redelivered_and_a_new_one
                     offset=7, timestamp=100.0)
     assert derived_id(first) == derived_id(again)
     assert len({derived_id(first), derived_id(after_reset), derived_id(other)}) == 3
+
+
+def test_an_original_too_large_for_the_dlq_is_kept_in_storage_and_named(settings, tmp_path):
+    rt = InProcessRuntime(settings.model_copy(update={"dlq_max_inline_bytes": 1000}),
+                          topic_sets())
+    intake.register(rt)
+    big = b'{"pipeline": "room_makeover", "job_id": "huge", "style": "' + b"x" * 5000 + b'"'
+    asyncio.run(rt.deliver(rt.topics.uploads, big, "huge"))
+
+    [(letter, value)] = dead_letters(rt)
+    assert value == b"" and letter.code == "invalid_json"
+    assert letter.original_uri == f"{settings.results_base}/dlq/{rt.topics.uploads}/0-0"
+    assert asyncio.run(rt.storage.get(letter.original_uri)) == big

@@ -21,6 +21,15 @@ class ResilienceSettings(SettingsBase):
     # A stage that raises an unexpected error (a bug, a model error) on one message is run
     # again up to this many times in all; then the job fails with the attempt count.
     stage_attempts: int = Field(3, ge=1)
+    # A dead letter carries its original message whole; one larger than this (with the
+    # headers it gains, it would pass the broker's 1 MB default) is kept in object storage
+    # under {storage base}/dlq/ and named in the record's restyle-dlq-original header.
+    dlq_max_inline_bytes: int = Field(900_000, ge=0)
+    # On SIGTERM a worker stops taking work and gives what it holds this long to finish;
+    # then a render or training still running is handed back (not committed: another worker
+    # takes it; a training resumes from its checkpoint). Keep Kubernetes'
+    # terminationGracePeriodSeconds above it.
+    shutdown_grace_s: float = Field(30.0, ge=0)
 
     def retry_policy(self, stage: str) -> RetryPolicy:
         return RetryPolicy(budget_s=self.retry_budgets.get(stage, self.retry_budget_s),

@@ -179,7 +179,7 @@ def test_a_bad_batch_goes_to_the_dlq_and_its_batch_fails_with_the_cause(e2e):
     assert batch["status"] == "failed" and batch["error"]["code"] == "schema_violation"
     assert "images" in batch["error"]["message"]
     letters = e2e.collector.wait_for("restyle.dlq", lambda m: m.key() == batch_id.encode(), 30)
-    assert dict(letters[0].headers())["restyle-error-code"] == b"schema_violation"
+    assert dict(letters[0].headers())["restyle-dlq-code"] == b"schema_violation"
     status, body = e2e.post_json("/batches", {"images": ["s3://x/a.png"]})
     assert status == 400 and "prompt" in body["error"]["message"]
 

@@ -110,9 +110,9 @@ def test_upstream_events_deletes_and_bad_messages(e2e, room_photos):
     assert state.failures[f"bad-{tag}"].code == "schema_violation"
     assert state.failures[f"gone-{tag}"].code == "object_not_found"
     letters = e2e.collector.wait_for(
-        "restyle.dlq", lambda m: dict(m.headers() or []).get("restyle-source-topic")
+        "restyle.dlq", lambda m: dict(m.headers() or []).get("restyle-dlq-source-topic")
         == b"restyle.catalog", count=2)
-    assert {dict(m.headers())["restyle-error-code"] for m in letters} >= {b"invalid_json",
+    assert {dict(m.headers())["restyle-dlq-code"] for m in letters} >= {b"invalid_json",
                                                                         b"schema_violation"}
     assert e2e.get(f"/products/mirror-{tag}")[0] == 200
 

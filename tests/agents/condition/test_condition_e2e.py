@@ -131,7 +131,7 @@ def test_bad_bucket_events_fail_clearly_or_go_to_the_dlq_and_loops_are_guarded(e
                 topic="restyle.bucket-events")
     letters = e2e.collector.wait_for("restyle.dlq", lambda m: m.key() in (
         f"bad-{marker}".encode(), f"shape-{marker}".encode()), 60, count=2)
-    codes = sorted(dict(m.headers())["restyle-error-code"] for m in letters)
+    codes = sorted(dict(m.headers())["restyle-dlq-code"] for m in letters)
     assert codes == [b"invalid_json", b"schema_violation"]
 
     # An object deleted before its event is processed: a failed job that says so.

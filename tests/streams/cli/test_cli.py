@@ -58,12 +58,68 @@ def test_up_publishes_its_endpoints_and_stops_cleanly_on_sigterm(tmp_path, tiny_
     shown = subprocess.run([*CLI, "status", "nothing-here"], capture_output=True, text=True,
                            timeout=60, env=cli_env(RESTYLE_STATE_DIR=str(tmp_path)))
     assert shown.returncode == 2 and "no job 'nothing-here'" in shown.stderr
+
+    # A worker that dies is restarted, and the stack stays up.
+    [gpu_worker] = [pid for pid, argv in children(process.pid) if "gpu" in argv]
+    os.kill(gpu_worker, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not [pid for pid, argv in children(process.pid) if "gpu" in argv and pid != gpu_worker]:
+        assert process.poll() is None and time.monotonic() < deadline, "no restart"
+        time.sleep(0.5)
+    started = [pid for pid, _ in children(process.pid)]
+
     process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0
+    assert process.wait(120) == 0
+    output = process.stdout.read()
+    assert "gpu-worker-0 exited with code -9" in output and "restarted gpu-worker-0" in output
     assert not endpoints_file.exists()
+    assert not [pid for pid in started if alive(pid)]  # every process it started has stopped
     logs = (tmp_path / "logs")
     for name in ("tansu.log", "seaweedfs.log", "cpu-worker-0.log", "gpu-worker-0.log"):
         assert (logs / name).exists()
+
+
+def test_a_signal_while_up_is_starting_stops_everything_it_started(tmp_path, tiny_models):
+    process = subprocess.Popen(
+        [*CLI, "up", "--models", str(tiny_models), "--state-dir", str(tmp_path)],
+        env=cli_env(RESTYLE_WEB_PORT=str(free_port())), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    # The broker and the S3 server are up, the workers are starting.
+    while len([argv for _, argv in children(process.pid) if "worker" in argv]) < 2:
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "restyle up started no workers"
+        time.sleep(0.2)
+    assert not (tmp_path / "endpoints.json").exists()  # not ready yet
+    started = [pid for pid, _ in children(process.pid)]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(120) == 0
+    assert "stopped during start-up (SIGTERM)" in process.stdout.read()
+    assert not [pid for pid in started if alive(pid)]
+
+
+def children(parent: int) -> list[tuple[int, str]]:
+    """The processes whose parent is `parent`, with their command lines."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat_fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            argv = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat_fields[1]) == parent and stat_fields[0] != "Z":
+            found.append((int(entry), argv))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def test_submit_wait_and_status_against_a_running_stack(e2e, room_photos):

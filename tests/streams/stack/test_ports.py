@@ -56,3 +56,15 @@ def test_tansu_starts_on_a_port_of_its_own(tmp_path):
         assert not port_is_free(int(bootstrap.rsplit(":", 1)[1]))
     finally:
         service.stop()
+
+
+def test_a_process_the_stack_starts_can_be_stopped_with_sigterm(tmp_path):
+    """Stop signals are held back while a process is started (so none is left unrecorded):
+    the process itself must not inherit that."""
+    service = start_process("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+                            tmp_path)
+    blocked = next(line for line in open(f"/proc/{service.process.pid}/status")
+                   if line.startswith("SigBlk:"))
+    assert int(blocked.split()[1], 16) == 0
+    service.stop(timeout_s=5)
+    assert service.process.returncode == -15  # it ended on SIGTERM, not on a kill
