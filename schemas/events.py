@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import JobError
 from schemas.ids import BATCH_ID_PATTERN, JOB_ID_PATTERN
-from schemas.jobs import JobStatus, Progress
+from schemas.jobs import JobStatus, Progress, QueueSpot
 from schemas.params import RenderParams
 from schemas.pipelines import AnyJob, AnyResult
 
@@ -99,6 +99,8 @@ class JobEvent(BaseModel):
     job: AnyJob | None = None
     # cancelled: who asked (a tenant and its key or token subject, or an upstream system).
     by: str | None = None
+    # queued_for_gpu: where the job's request waits.
+    queue: QueueSpot | None = None
 
 
 class CancelRequest(BaseModel):

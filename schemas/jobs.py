@@ -52,6 +52,15 @@ class Progress(BaseModel):
     loss: float | None = None
 
 
+class QueueSpot(BaseModel):
+    """Where a job's request waits for a GPU worker or a trainer: its record on the request
+    topic. The status API turns it into a queue position (requests ahead of it there)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
 class Cancellation(BaseModel):
     """A job cancelled, on the compacted `restyle.cancellations` (keyed by job id) that every
     worker reads: a stage does not start it, a render or a training stops at its next step."""
@@ -81,5 +90,7 @@ class JobState(BaseModel):
     # The batch a job belongs to (background replacement), so its outcome reaches the batch.
     batch_id: str | None = None
     progress: Progress | None = None
+    # queued_for_gpu: where its request waits (known once the broker has acknowledged it).
+    queue: QueueSpot | None = None
     created_at: float
     updated_at: float

@@ -16,12 +16,12 @@ def events(e2e, job_id: str) -> list[dict]:
         "restyle.job-events", lambda m: m.key() == job_id.encode())]
 
 
-def long_render(e2e, job_id: str, steps: int = 150) -> None:
+def long_render(e2e, job_id: str, steps: int = 150, size: int = 128) -> None:
     """A conditioned generation that renders for tens of seconds on the tiny models (about
     0.2 s a step at 128 px on this CPU)."""
     uri = e2e.put_object(f"cancel/{job_id}.png", _photo())
     e2e.publish({"job_id": job_id, "pipeline": "condition", "image": uri,
-                 "params": {"steps": steps, "width": 128, "height": 128}},
+                 "params": {"steps": steps, "width": size, "height": size}},
                 key=job_id.encode())
 
 
@@ -176,3 +176,36 @@ def _mask() -> bytes:
     buffer = io.BytesIO()
     mask.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_a_job_waiting_for_the_gpu_shows_how_many_requests_are_ahead_of_it(e2e):
+    """Three renders on one partition of the request topic: while the first renders, the
+    second and third wait `queued_for_gpu` with 1 and 2 requests ahead of them."""
+    from streams.api.routing import job_partition
+
+    partitions, tag = e2e.settings.partitions, uuid.uuid4().hex[:6]
+    candidates = (f"queue-{tag}-{n}" for n in range(1000))
+    first = next(candidates)
+    same = [c for c in candidates if job_partition(c, partitions) ==
+            job_partition(first, partitions)][:2]
+    long_render(e2e, first, size=192)  # a minute or more: the others wait behind it
+    rendering(e2e, first)
+    for job_id in same:
+        long_render(e2e, job_id, steps=20)
+
+    deadline = time.monotonic() + 45
+    while True:
+        shown = [e2e.get(f"/jobs/{job_id}")[1] for job_id in same]
+        if [s.get("queue_position") for s in shown] == [1, 2]:
+            break
+        assert time.monotonic() < deadline, (
+            [(s["status"], s.get("queue_position")) for s in shown],
+            [e.get("queue") for job_id in (first, *same) for e in events(e2e, job_id)
+             if e.get("status") == "queued_for_gpu"])
+        time.sleep(0.5)
+    assert all(s["status"] == "queued_for_gpu" and "queue" not in s for s in shown)
+    assert "queue_position" not in e2e.get(f"/jobs/{first}")[1]  # it is rendering
+    for job_id in (first, *same):
+        e2e.request("DELETE", f"/jobs/{job_id}")
+    for job_id in (first, *same):
+        assert e2e.result(job_id, 120)["status"] == "cancelled"

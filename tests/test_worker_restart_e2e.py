@@ -33,38 +33,45 @@ def test_a_cpu_worker_killed_mid_stream_loses_no_job(e2e, room_photos):
         assert status == 200 and body["status"] == "done"
 
 
-def test_a_gpu_worker_stopped_with_sigterm_finishes_or_hands_back_its_render(e2e):
-    """SIGTERM mid-render: the worker is not ready at once, takes nothing new, and exits
-    cleanly within its grace period (30 s); the render it held is finished or handed back to
-    the worker that replaces it. The job ends done, once."""
+def test_a_gpu_worker_stopped_with_sigterm_hands_back_the_render_it_cannot_finish(e2e):
+    """SIGTERM mid-render on a worker with a 2 s grace period: it is not ready at once, takes
+    nothing new, stops the render at its next step, hands it back uncommitted and exits
+    cleanly; the worker that replaces it renders the job, which ends done, once."""
     import time
     import urllib.error
     import urllib.request
 
+    from streams.stack.embedded import python_command, start_process
     from tests.test_cancel_e2e import long_render, rendering
 
     stack = e2e.stack
     worker = next(s for s in stack.stack.services if s.name.startswith("gpu-worker"))
+    worker.stop()
+    stack.stack.services.remove(worker)
+    hasty = start_process(worker.name, python_command("worker", "gpu", "--web-port",
+                                                      str(worker.port)), stack.log_dir,
+                          env={**stack.env, "RESTYLE_SHUTDOWN_GRACE_S": "2"}, port=worker.port)
+    stack.wait_healthy([hasty.port], 180)
     job_id = f"sigterm-{uuid.uuid4().hex[:8]}"
-    long_render(e2e, job_id, steps=60)
+    long_render(e2e, job_id)  # tens of seconds: more than the grace period
     rendering(e2e, job_id)
 
     stopped_at = time.monotonic()
-    worker.process.send_signal(signal.SIGTERM)
+    hasty.process.send_signal(signal.SIGTERM)
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/readyz", timeout=5)
-        ready = 200
+        urllib.request.urlopen(f"http://127.0.0.1:{hasty.port}/readyz", timeout=5)
+        ready, body = 200, {}
     except urllib.error.HTTPError as answer:
         ready, body = answer.code, json.loads(answer.read())
     except OSError:
         ready, body = None, {"status": "already gone"}
     assert ready in (503, None) and body["status"] in ("stopping", "already gone")
-    assert worker.process.wait(90) == 0  # a clean exit, not a crash
-    assert time.monotonic() - stopped_at < 30 + 10 + 20  # grace, hand-back, leaving
-    log = worker.log_path.read_text()
-    assert "shutting down: no new work" in log and "committing and leaving the group" in log
+    assert hasty.process.wait(90) == 0  # a clean exit, not a crash
+    assert time.monotonic() - stopped_at < 2 + 10 + 30  # grace, hand-back, leaving
+    log = hasty.log_path.read_text()
+    assert "handing back 1 message(s) still in flight" in log
+    assert "committing and leaving the group" in log
 
-    stack.stack.services.remove(worker)
     replacement = stack.start_worker("gpu", worker.port, worker.name)
     stack.wait_healthy([replacement.port], 180)
     outcome = e2e.result(job_id, 300)

@@ -109,10 +109,10 @@ async def prepare(rt: Runtime, models: StageModels, job: AvatarTrainJob) -> None
                        metadata={"job-id": job.job_id, "source": photo.image[:1024]})
         for uri, data, photo in zip(job.photos, encoded, kept)))
     job.timings_ms["photo_check"] = round((time.perf_counter() - started) * 1000, 2)
-    await rt.send(rt.topics.train, job.model_id, TrainRequest(
+    sent = await rt.send(rt.topics.train, job.model_id, TrainRequest(
         job_id=job.job_id, tenant=job.tenant, job=job,
         reply_topic=rt.topics_of(AvatarTopics).avatar_trained))
-    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.QUEUED_FOR_GPU)
+    await rt.queued_for_gpu(job.job_id, sent)
 
 
 async def trained(rt: Runtime, outcome: TrainOutcome) -> None:

@@ -10,7 +10,7 @@ import uuid
 from aiohttp import web as aioweb
 from faust import web
 
-from schemas import ErrorCode, JobEvent, JobEventKind, JobState, StageFailure
+from schemas import ErrorCode, JobEvent, JobEventKind, JobState, JobStatus, StageFailure
 from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
 from streams.api.limits import TenantLimiter, TooManyStreams
@@ -25,15 +25,20 @@ from streams.api.tenancy import (
     requested_by,
     sees,
 )
+from streams.api.queue import QueuePositions
 from streams.core.runtime import Runtime, json_object
 from streams.tracking.tables import Tables
 
 SSE_POLL_S = 0.2
 
 
-async def present(rt: Runtime, state: JobState) -> dict:
-    """A job as users see it: result images get fresh presigned URLs."""
-    body = state.model_dump(mode="json")
+async def present(rt: Runtime, state: JobState, positions: QueuePositions | None = None
+                  ) -> dict:
+    """A job as users see it: result images get fresh presigned URLs; a job waiting for a
+    GPU worker, how many requests are ahead of it (`queue_position`, when known)."""
+    body = state.model_dump(mode="json", exclude={"queue"})
+    if state.queue is not None and state.status is JobStatus.QUEUED_FOR_GPU and positions:
+        body["queue_position"] = await positions.ahead(state.queue)
     result = body.get("result")
     if result:
         for image in result.get("images", []):
@@ -53,6 +58,7 @@ def safe_file_name(given: str | None) -> str:
 
 def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantUsage) -> None:
     app, jobs, board = rt.app, tables.jobs, tables.board
+    positions = QueuePositions(rt.settings)
 
     def lookup(request, job_id: str) -> JobState | None:
         """The caller's job, or None (unknown, or another tenant's: the same answer)."""
@@ -66,7 +72,7 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             state = lookup(request, job_id)
             if state is None:
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
-            return self.json(await present(rt, state))
+            return self.json(await present(rt, state, positions))
 
         @routed(rt, jobs)
         async def delete(self, request: web.Request, job_id: str) -> web.Response:
@@ -81,7 +87,7 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             await rt.send(rt.topics.job_events, job_id, JobEvent(
                 job_id=job_id, kind=JobEventKind.CANCELLED, at=time.time(),
                 by=requested_by(request)), acknowledged=True)
-            return self.json(await present(rt, state), status=202)
+            return self.json(await present(rt, state, positions), status=202)
 
     async def stream_job(request, job_id: str) -> aioweb.StreamResponse:
         """Server-Sent Events: one per change of the job, until it is done or failed."""
@@ -94,7 +100,7 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             snapshot = (state.status, state.progress, state.updated_at)
             if snapshot != last:
                 last = snapshot
-                payload = json.dumps(await present(rt, state))
+                payload = json.dumps(await present(rt, state, positions))
                 await response.write(f"event: {state.status.value}\ndata: {payload}\n\n"
                                      .encode())
             if state.status.terminal:

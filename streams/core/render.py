@@ -6,7 +6,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from schemas import JobEventKind, JobStatus, RenderRequest, RenderResult
+from schemas import RenderRequest, RenderResult
 from streams.core.runtime import Runtime
 
 J = TypeVar("J", bound=BaseModel)
@@ -18,13 +18,13 @@ async def request_render(rt: Runtime, job: BaseModel, reply_to: str, key: str | 
     job as it is now in its context. request: the RenderRequest fields the job decides. key:
     what the request is partitioned by (the job id unless given): requests with one key go to
     one GPU worker."""
-    await rt.send(rt.topics.render, key or job.job_id, RenderRequest(
+    sent = await rt.send(rt.topics.render, key or job.job_id, RenderRequest(
         job_id=job.job_id, tenant=job.tenant, reply_topic=reply_to,
         context=job.model_dump(mode="json"), **request))
     # After the request (a producer has one request in flight per broker: the status would
-    # hold the render back a round trip). The GPU worker says `generating` when it takes it,
-    # so a slow queue is never mistaken for a stalled job.
-    await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.QUEUED_FOR_GPU)
+    # hold the render back a round trip), with where it waits. The GPU worker says
+    # `generating` when it takes it, so a slow queue is never mistaken for a stalled job.
+    await rt.queued_for_gpu(job.job_id, sent)
 
 
 def rendered(reply: RenderResult, model: type[J]) -> J:

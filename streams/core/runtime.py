@@ -7,6 +7,7 @@ import contextvars
 import json
 import logging
 import time
+import warnings
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from typing import Awaitable, Callable, Iterable, TypeVar
@@ -14,9 +15,10 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ValidationError
 
-from schemas import DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, StageFailure
+from schemas import (DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, JobStatus,
+                     StageFailure)
 from schemas.events import original_headers
-from schemas.jobs import Cancellation
+from schemas.jobs import Cancellation, QueueSpot
 from schemas.uris import is_under, join_uri, tenant_base
 from streams.adapters.images import decode_image, fit_within
 from streams.adapters.retries import describe, retry_policy
@@ -98,6 +100,12 @@ class Runtime:
             until = time.monotonic() + 10  # each stops at its next step
             while self._in_flight and time.monotonic() < until:
                 await asyncio.sleep(0.1)
+        # What is held now (handed back, or taken from the buffer after the signal) is never
+        # acknowledged: faust must commit what is done and stop, not wait for it (it is read
+        # when the consumer stops, so changing it now is safe).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.app.conf.stream_wait_empty = False
         log.info("shutting down: committing and leaving the group")
 
     async def _held(self) -> None:
@@ -152,12 +160,13 @@ class Runtime:
 
     # --- sending ---
     async def send(self, topic: str, key: str, model: BaseModel, headers=None,
-                   acknowledged: bool = False) -> None:
+                   acknowledged: bool = False):
         """Publish model keyed by key on the topic named topic (rt.topics.results,
         rt.topics_of(...).mask, a reply topic a request names). While a stage handles a
         message, handle() waits for the broker to acknowledge every send before the message
         counts as done; acknowledged=True waits here, for an event that must land before what
-        is sent next to another topic."""
+        is sent next to another topic. Returns what the send's acknowledgement resolves to
+        (the record's partition and offset) when awaited."""
         if "sent_at" in type(model).model_fields:  # lets the next stage measure its queue wait
             model.sent_at = time.time()
         pending = await self.channel(topic).send(key=key.encode(),
@@ -169,6 +178,19 @@ class Runtime:
                 await settle([(topic, pending)])
         else:
             waiting.append((topic, pending))
+        return pending
+
+    async def queued_for_gpu(self, job_id: str, request_sent) -> None:
+        """The job waits for a GPU worker (or a trainer): say so, with where its request
+        waits once the broker has it (request_sent: what send returned for it)."""
+        await settle([("the GPU request topic", request_sent)])
+        placed = request_sent.result()
+        spot = None
+        if getattr(placed, "offset", None) is not None:
+            spot = QueueSpot(topic=placed.topic, partition=placed.partition,
+                             offset=placed.offset)
+        await self.job_event(job_id, JobEventKind.STATUS, status=JobStatus.QUEUED_FOR_GPU,
+                             queue=spot)
 
     async def job_event(self, job_id: str, kind: JobEventKind, **fields) -> None:
         await self.send(self.topics.job_events, job_id,

@@ -56,13 +56,14 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
     if kind is JobEventKind.STATUS and event.status is not None:
         if event.status.rank <= state.status.rank:
             return Transition(None)
+        queue = event.queue if event.status is JobStatus.QUEUED_FOR_GPU else None
         return Transition(state.model_copy(update={"status": event.status, "progress": None,
-                                                   "updated_at": event.at}))
+                                                   "queue": queue, "updated_at": event.at}))
     if kind is JobEventKind.PROGRESS:
         status = state.status if state.status.rank >= JobStatus.GENERATING.rank else \
             JobStatus.GENERATING
         return Transition(state.model_copy(update={"status": status, "progress": event.progress,
-                                                   "updated_at": event.at}))
+                                                   "queue": None, "updated_at": event.at}))
     if kind is JobEventKind.COMPLETED:
         return _finish(state, event, JobStatus.DONE)
     if kind is JobEventKind.FAILED:

@@ -1,0 +1,373 @@
+"""The fault suite: restyle's promise (every job ends done or failed, once, with a cause) under
+faults, measured in one run on one stack.
+
+    python bench/faults.py [--broker tansu|kafka] [--kills 20] [--outage-s 40]
+                           [--rate 300] [--only kills,duplicate,outage,status]
+
+- kills: a steady stream of jobs (a conditioned generation every 0.5 s); kill -9 a CPU
+  worker at random moments, `--kills` times, then the GPU worker as often; each is started
+  again at once (as a supervisor would). Counts lost jobs (no result), stuck jobs (not ended),
+  duplicate result events (and whether the duplicates are identical) and images in storage
+  that no result names. Targets: 0 lost, 0 stuck, 0 duplicates.
+- duplicate: a render request delivered twice (published again as it was) -> one render, one
+  result.
+- outage: the S3 server stopped for `--outage-s` seconds in the middle of a batch, then
+  started again -> each image ends done or failed with a storage code, the batch report is
+  written afterwards and nothing stays `reporting`.
+- status: GET /jobs/{id} at `--rate` requests/s from a separate process while jobs run:
+  p50/p99 latency (target p99 <= 25 ms) and how many answered 200.
+
+Tiny random-weight models, 64 px, 2 steps: the figures are about the plumbing, not the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TERMINAL = ("done", "failed", "cancelled")
+
+
+class Bench:
+    """One stack, a producer, a collector of results and job events."""
+
+    def __init__(self, broker: str, gpu_workers: int = 1):
+        import boto3
+        from confluent_kafka import Producer
+
+        from streams.core.settings import Settings, load_settings
+        from streams.stack.embedded import free_port
+        from streams.stack.up import RestyleStack, ensure_tiny_models
+        from tests.conftest import TopicCollector
+
+        models = ensure_tiny_models(Path(tempfile.gettempdir()) / "restyle-bench-models")
+        self.state = Path(tempfile.mkdtemp(prefix="restyle-faults-"))
+        self.stack = RestyleStack(
+            Settings(state_dir=self.state, web_port=free_port(), embedded_broker=broker),
+            models=str(models), gpu_workers=gpu_workers, trainer_workers=0, extra_env={
+                "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
+                "RESTYLE_DEFAULT_HEIGHT": "64", "RESTYLE_CONDITION_MAX_SIDE": "64",
+                "RESTYLE_BACKGROUND_MAX_SIDE": "64", "HF_HUB_OFFLINE": "1",
+                # A worker killed mid-job leaves its group after this long (default 30 s):
+                # its partitions move to the replacement sooner.
+                "RESTYLE_SESSION_TIMEOUT_S": "10", "RESTYLE_HEARTBEAT_INTERVAL_S": "2"})
+        self.endpoints = self.stack.start()
+        self.settings = load_settings(state_dir=self.state)
+        self.s3 = boto3.client("s3", endpoint_url=self.endpoints["s3_endpoint"],
+                               aws_access_key_id=self.endpoints["s3_access_key"],
+                               aws_secret_access_key=self.endpoints["s3_secret_key"],
+                               region_name="us-east-1")
+        self.producer = Producer({"bootstrap.servers": self.endpoints["kafka_bootstrap"]})
+        self.collector = TopicCollector(self.endpoints["kafka_bootstrap"],
+                                        ["restyle.results", "restyle.job-events",
+                                         "restyle.render-requests"], self.settings.partitions)
+        photo = _png(64)
+        self.s3.put_object(Bucket="restyle", Key="faults/photo.png", Body=photo)
+        self.photo = "s3://restyle/faults/photo.png"
+
+    def publish(self, body: dict, key: str, topic: str = "restyle.uploads") -> None:
+        self.producer.produce(topic, json.dumps(body).encode(), key=key.encode())
+        self.producer.flush()
+
+    def submit(self, job_id: str) -> None:
+        self.publish({"job_id": job_id, "pipeline": "condition", "image": self.photo,
+                      "params": {"seed": 7}}, job_id)
+
+    def results(self, job_id: str) -> list[dict]:
+        return [json.loads(m.value()) for m in self.collector.matching(
+            "restyle.results", lambda m: m.key() == job_id.encode())]
+
+    def api(self, path: str) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.endpoints["status_url"] + path, headers={
+            "Authorization": f"Bearer {self.endpoints['api_key']}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as answer:
+            return answer.code, {}
+        except OSError:
+            return 0, {}
+
+    def worker(self, prefix: str):
+        return next(s for s in self.stack.stack.services if s.name.startswith(prefix))
+
+    def kill_and_restart(self, prefix: str) -> None:
+        service = self.worker(prefix)
+        service.process.send_signal(signal.SIGKILL)
+        service.process.wait(10)
+        self.stack.stack.services.remove(service)
+        role = "cpu" if prefix.startswith("cpu") else "gpu"
+        again = self.stack.start_worker(role, service.port, service.name)
+        self.stack.wait_healthy([again.port], 300)
+
+    def stored_images(self) -> set[str]:
+        found, token = set(), None
+        while True:
+            page = self.s3.list_objects_v2(Bucket="restyle", Prefix="results/",
+                                           **({"ContinuationToken": token} if token else {}))
+            found |= {f"s3://restyle/{o['Key']}" for o in page.get("Contents", [])
+                      if o["Key"].endswith(".png")}
+            if not page.get("IsTruncated"):
+                return found
+            token = page["NextContinuationToken"]
+
+    def close(self) -> None:
+        self.collector.close()
+        self.stack.stop()
+
+
+def _png(side: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((side, side)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def account(bench: Bench, job_ids: list[str], settle_s: float) -> dict:
+    """Wait up to settle_s for every job to end; then count what the promise forbids."""
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline and not all(bench.results(j) for j in job_ids):
+        time.sleep(1)
+    lost = [j for j in job_ids if not bench.results(j)]
+    stuck = [j for j in lost if bench.api(f"/jobs/{j}")[1].get("status") not in TERMINAL]
+    duplicated = {j: bench.results(j) for j in job_ids if len(bench.results(j)) > 1}
+    identical = all(all(_same(r, rs[0]) for r in rs) for rs in duplicated.values())
+    named = {image["uri"] for j in job_ids for r in bench.results(j)
+             for image in ((r.get("result") or {}).get("images") or [])}
+    prefixes = tuple(f"s3://restyle/results/{j}/" for j in job_ids)
+    # Images a job wrote under its prefix that its result does not name (a render repeated
+    # after a kill writes the same names: only a stray name counts).
+    orphans = [uri for uri in bench.stored_images()
+               if uri.startswith(prefixes) and uri not in named and "/raw/" not in uri]
+    statuses = [bench.results(j)[0]["status"] for j in job_ids if bench.results(j)]
+    return {"jobs": len(job_ids), "done": statuses.count("done"),
+            "failed": statuses.count("failed"), "lost": len(lost) - len(stuck),
+            "stuck": len(stuck), "duplicate_results": len(duplicated),
+            "duplicates_identical": identical, "orphan_images": len(orphans),
+            "failures": sorted({(r["error"] or {}).get("code") for j in job_ids
+                                for r in bench.results(j) if r["status"] == "failed"} - {None})}
+
+
+def _same(a: dict, b: dict) -> bool:
+    keep = ("status", "error")
+    return {k: a.get(k) for k in keep} == {k: b.get(k) for k in keep} and \
+        [i["uri"] for i in (a.get("result") or {}).get("images", [])] == \
+        [i["uri"] for i in (b.get("result") or {}).get("images", [])]
+
+
+def kills(bench: Bench, count: int, seed: int = 5) -> dict:
+    rng = random.Random(seed)
+    job_ids: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            job_id = f"kill-{uuid.uuid4().hex[:10]}"
+            bench.submit(job_id)
+            job_ids.append(job_id)
+            time.sleep(0.5)
+
+    feeder = threading.Thread(target=stream, daemon=True)
+    feeder.start()
+    rows = {}
+    try:
+        for prefix in ("cpu-worker", "gpu-worker"):
+            started = time.monotonic()
+            for _ in range(count):
+                time.sleep(rng.uniform(2.0, 8.0))
+                bench.kill_and_restart(prefix)
+            rows[prefix] = round(time.monotonic() - started, 1)
+    finally:
+        stop.set()
+        feeder.join()
+    summary = account(bench, list(job_ids), settle_s=600)
+    summary["kill_phase_s"] = rows
+    return summary
+
+
+def duplicate(bench: Bench) -> dict:
+    """A render request published twice, as it was: one render, one result."""
+    job_id = f"dup-{uuid.uuid4().hex[:10]}"
+    bench.submit(job_id)
+    [request] = bench.collector.wait_for(
+        "restyle.render-requests", lambda m: m.key() == job_id.encode(), 120)
+    bench.producer.produce("restyle.render-requests", request.value(), key=request.key(),
+                           headers=request.headers())
+    bench.producer.flush()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not bench.results(job_id):
+        time.sleep(0.5)
+    time.sleep(5)  # what the second delivery would cause, had it rendered again
+    ticks = [json.loads(m.value()) for m in bench.collector.matching(
+        "restyle.job-events", lambda m: m.key() == job_id.encode())]
+    steps = [t["progress"]["step"] for t in ticks if t.get("progress")]
+    return {"deliveries": 2, "renders": steps.count(1), "results": len(bench.results(job_id)),
+            "status": (bench.results(job_id) or [{}])[0].get("status")}
+
+
+def outage(bench: Bench, outage_s: float, images: int = 12) -> dict:
+    """The S3 server down for outage_s in the middle of a batch."""
+    from streams.stack.embedded import start_seaweedfs
+
+    batch_id = f"outage-{uuid.uuid4().hex[:8]}"
+    mask = _mask()
+    bench.s3.put_object(Bucket="restyle", Key=f"faults/{batch_id}/mask.png", Body=mask)
+    uris = []
+    for n in range(images):
+        bench.s3.put_object(Bucket="restyle", Key=f"faults/{batch_id}/{n}.png", Body=_png(64))
+        uris.append(f"s3://restyle/faults/{batch_id}/{n}.png")
+    bench.publish({"pipeline": "background_replace", "batch_id": batch_id, "prompt": "a lake",
+                   "images": [{"uri": u, "mask_image": f"s3://restyle/faults/{batch_id}/mask.png"}
+                              for u in uris]}, batch_id)
+    bench.collector.wait_for("restyle.results",
+                             lambda m: json.loads(m.value()).get("batch_id") == batch_id, 300)
+    s3 = bench.worker("seaweedfs")
+    port = int(bench.endpoints["s3_endpoint"].rsplit(":", 1)[1])
+    s3.stop()
+    down_at = time.monotonic()
+    time.sleep(outage_s)
+    again, _ = start_seaweedfs(bench.state / "s3", bench.stack.log_dir, port)
+    bench.stack.stack.services[bench.stack.stack.services.index(s3)] = again
+    down_for = round(time.monotonic() - down_at, 1)
+    deadline = time.monotonic() + 600
+    batch = {}
+    while time.monotonic() < deadline:
+        status, batch = bench.api(f"/batches/{batch_id}")
+        if status == 200 and batch["status"] != "running" and not batch["reporting"]:
+            break
+        time.sleep(1)
+    codes = sorted({(r.get("error") or {}).get("code") for r in
+                    (json.loads(m.value()) for m in bench.collector.matching(
+                        "restyle.results", lambda m: json.loads(m.value()).get("batch_id")
+                        == batch_id)) if r["status"] == "failed"})
+    report = None
+    if batch.get("report"):
+        key = f"batches/{batch_id}/report.json"
+        report = json.loads(bench.s3.get_object(Bucket="restyle", Key=key)["Body"].read())
+    return {"images": images, "s3_down_s": down_for, "batch_status": batch.get("status"),
+            "counts": batch.get("counts"), "reporting": batch.get("reporting"),
+            "report_written": report is not None, "failure_codes": codes}
+
+
+def _mask() -> bytes:
+    import io
+
+    from PIL import Image
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+LOAD_CLIENT = r"""
+import asyncio, json, sys, time
+import aiohttp
+
+async def main(url, key, job_ids, rate, seconds):
+    latencies, codes = [], {}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        async def one(job_id):
+            started = time.perf_counter()
+            try:
+                async with session.get(f"{url}/jobs/{job_id}") as response:
+                    await response.read()
+                    codes[response.status] = codes.get(response.status, 0) + 1
+            except Exception as exc:
+                codes[type(exc).__name__] = codes.get(type(exc).__name__, 0) + 1
+            latencies.append(time.perf_counter() - started)
+        tasks, start, n = [], time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            # Open loop: requests leave on schedule whether or not earlier ones answered.
+            due = start + n / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(job_ids[n % len(job_ids)])))
+            n += 1
+        await asyncio.gather(*tasks)
+    print(json.dumps({"latencies": latencies, "codes": codes, "sent": n}))
+
+url, key, ids, rate, seconds = sys.argv[1], sys.argv[2], sys.argv[3].split(","), \
+    float(sys.argv[4]), float(sys.argv[5])
+asyncio.run(main(url, key, ids, rate, seconds))
+"""
+
+
+def status_load(bench: Bench, rate: float, seconds: float = 20) -> dict:
+    """GET /jobs/{id} at `rate` per second from another process while jobs run."""
+    job_ids = [f"load-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+    for job_id in job_ids:
+        bench.submit(job_id)
+    stop = threading.Event()
+
+    def stream() -> None:  # jobs keep running while the API is under load
+        while not stop.is_set():
+            bench.submit(f"load-{uuid.uuid4().hex[:8]}")
+            time.sleep(0.5)
+
+    feeder = threading.Thread(target=stream, daemon=True)
+    feeder.start()
+    try:
+        done = subprocess.run([sys.executable, "-c", LOAD_CLIENT, bench.endpoints["status_url"],
+                               bench.endpoints["api_key"], ",".join(job_ids), str(rate),
+                               str(seconds)], capture_output=True, text=True,
+                              timeout=seconds + 120)
+    finally:
+        stop.set()
+        feeder.join()
+    measured = json.loads(done.stdout)
+    latencies = sorted(measured["latencies"])
+    return {"rate_per_s": rate, "sent": measured["sent"], "codes": measured["codes"],
+            "p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 1),
+            "max_ms": round(latencies[-1] * 1000, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--outage-s", type=float, default=40)
+    parser.add_argument("--rate", type=float, default=300)
+    parser.add_argument("--only", default="kills,duplicate,outage,status")
+    args = parser.parse_args()
+    chosen = set(args.only.split(","))
+
+    bench = Bench(args.broker)
+    try:
+        # Warm-up: models load, the first job's caches fill.
+        bench.submit("warm-up")
+        bench.collector.wait_for("restyle.results", lambda m: m.key() == b"warm-up", 300)
+        if "duplicate" in chosen:
+            print("duplicate", json.dumps(duplicate(bench)), flush=True)
+        if "status" in chosen:
+            print("status", json.dumps(status_load(bench, args.rate)), flush=True)
+        if "outage" in chosen:
+            print("outage", json.dumps(outage(bench, args.outage_s)), flush=True)
+        if "kills" in chosen:
+            print("kills", json.dumps(kills(bench, args.kills)), flush=True)
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Queue positions from a real broker (Tansu): a GPU worker group that has committed its
+render-request partition up to offset 2 has two requests ahead of the one at offset 4."""
+from __future__ import annotations
+
+import asyncio
+
+from schemas.jobs import QueueSpot
+from streams.api.queue import QueuePositions
+from streams.core.settings import Settings
+from streams.stack.embedded import start_tansu
+
+
+def test_a_queue_position_counts_the_requests_ahead_on_the_same_partition(tmp_path):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    service, bootstrap = start_tansu(tmp_path)
+    try:
+        topic = "restyle.render-requests"
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(topic, 2, 1)])[topic].result()
+        producer = Producer({"bootstrap.servers": bootstrap})
+        for _ in range(5):
+            producer.produce(topic, b"a render request", key=b"job", partition=0)
+        producer.flush()
+        # The GPU workers' group has answered everything before offset 2 of partition 0.
+        group = Consumer({"bootstrap.servers": bootstrap, "group.id": "restyle-gpu",
+                          "enable.auto.commit": False})
+        group.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
+        group.close()
+
+        positions = QueuePositions(Settings(kafka_bootstrap=bootstrap))
+
+        async def ask():
+            try:
+                return [await positions.ahead(QueueSpot(topic=topic, partition=0, offset=n))
+                        for n in (4, 2, 1)] + [
+                    await positions.ahead(QueueSpot(topic=topic, partition=1, offset=0)),
+                    await positions.ahead(QueueSpot(topic="elsewhere", partition=0, offset=0))]
+            finally:
+                await positions.close()
+
+        # Two ahead; next; already taken (0); first on a partition the group has not
+        # committed yet (it reads from the start); a topic no worker pool serves: unknown.
+        assert asyncio.run(ask()) == [2, 0, 0, 0, None]
+    finally:
+        service.stop()
