@@ -79,6 +79,9 @@ class JobEventKind(StrEnum):
     FAILED = "failed"
     # A request to stop the job (the tracker ends it `cancelled` unless it already ended).
     CANCELLED = "cancelled"
+    # A worker shutting down gave the job's request back mid-work: it waits for a worker
+    # again (queued_for_gpu), and its queue time is not a stall.
+    REQUEUED = "requeued"
 
 
 class JobEvent(BaseModel):

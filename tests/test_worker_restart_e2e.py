@@ -71,6 +71,11 @@ def test_a_gpu_worker_stopped_with_sigterm_hands_back_the_render_it_cannot_finis
     log = hasty.log_path.read_text()
     assert "handing back 1 message(s) still in flight" in log
     assert "committing and leaving the group" in log
+    # Handed back, it waits for a worker again: queue time, not a stalled render.
+    deadline = time.monotonic() + 30
+    while e2e.get(f"/jobs/{job_id}")[1]["status"] != "queued_for_gpu":
+        assert time.monotonic() < deadline, e2e.get(f"/jobs/{job_id}")[1]
+        time.sleep(0.5)
 
     replacement = stack.start_worker("gpu", worker.port, worker.name)
     stack.wait_healthy([replacement.port], 180)

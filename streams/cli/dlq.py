@@ -57,36 +57,38 @@ def selected(letters: list[Letter], code: str | None = None, since: float | None
 
 
 async def read_letters(settings: Settings, timeout_s: float = 60) -> list[Letter]:
-    """Every record on the DLQ, from its start to its end as it is now, oldest first per
+    """Every record on the DLQ, from its start to its end as it is when read, oldest first per
     partition."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     topic = settings.topics.dlq
-    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None,
+    # No group: every partition is assigned to this reader, nothing is committed.
+    consumer = AIOKafkaConsumer(topic, **client_options(settings), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        await consumer.topics()  # fetches the cluster's metadata
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            return []
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        ends = await consumer.end_offsets(assigned)
         letters: list[Letter] = []
-        deadline = time.monotonic() + timeout_s
-        while any(await consumer.position(tp) < ends[tp] for tp in assigned):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} took longer than {timeout_s:.0f} s")
-            batches = await consumer.getmany(timeout_ms=1000)
+        started = time.monotonic()
+        ends = None
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
                     headers = [(name, bytes(value)) for name, value in record.headers or []]
                     letters.append(Letter(DeadLetter.from_record(record.key, headers),
                                           record.value or b"", headers, record.partition,
                                           record.offset))
-        return letters
+            assigned = sorted(consumer.assignment())
+            if not assigned:
+                if time.monotonic() - started > 10:
+                    return letters  # the topic does not exist (yet): nothing dead-lettered
+                continue
+            if ends is None:
+                ends = await consumer.end_offsets(assigned)
+            if not [tp for tp in assigned if await consumer.position(tp) < ends[tp]]:
+                return sorted(letters, key=lambda item: (item.partition, item.offset))
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"reading {topic} took longer than {timeout_s:.0f} s")
     finally:
         await consumer.stop()
 

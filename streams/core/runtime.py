@@ -108,9 +108,11 @@ class Runtime:
             self.app.conf.stream_wait_empty = False
         log.info("shutting down: committing and leaving the group")
 
-    async def _held(self) -> None:
-        """Keep a message that must not be acknowledged until the worker stops (it is then
-        delivered again, to another worker)."""
+    async def _held(self, event) -> None:
+        """Keep a message this worker will not finish until it stops; it is then delivered
+        again, to another worker. faust would acknowledge it as its agent stops (and commit
+        it): marked acknowledged already, it never counts as done."""
+        event.message.acked = True
         await asyncio.get_running_loop().create_future()
 
     def topics_of(self, kind: type[T]) -> T:
@@ -192,9 +194,11 @@ class Runtime:
         await self.job_event(job_id, JobEventKind.STATUS, status=JobStatus.QUEUED_FOR_GPU,
                              queue=spot)
 
-    async def job_event(self, job_id: str, kind: JobEventKind, **fields) -> None:
+    async def job_event(self, job_id: str, kind: JobEventKind, acknowledged: bool = False,
+                        **fields) -> None:
         await self.send(self.topics.job_events, job_id,
-                        JobEvent(job_id=job_id, kind=kind, at=time.time(), **fields))
+                        JobEvent(job_id=job_id, kind=kind, at=time.time(), **fields),
+                        acknowledged=acknowledged)
 
     async def fail(self, job_id: str, error: JobError, tenant: str | None = None,
                    kind: JobEventKind = JobEventKind.FAILED, **fields) -> None:
@@ -240,17 +244,23 @@ class Runtime:
         which must still see such jobs' events, turn it off), and a JobCancelled raised by the
         handler stops it quietly."""
         if self.draining:
-            await self._held()  # taken from the buffer after SIGTERM: never started
+            await self._held(event)  # taken from the buffer after SIGTERM: never started
         self._in_flight += 1
         try:
             await self._handle(stage, event, model, handler, fail_jobs, on_failure,
                                on_undecodable, follows_cancellations)
             return
-        except HandedBack:
+        except HandedBack as back:
             log.info("%s: handed back (the worker is shutting down)", stage)
+            job_id = back.args[0] if back.args else None
+            if job_id:  # it waits for a worker again: queue time, not a stall
+                message = event.message
+                await self.job_event(job_id, JobEventKind.REQUEUED, queue=QueueSpot(
+                    topic=message.topic, partition=message.partition, offset=message.offset),
+                    acknowledged=True)
         finally:
             self._in_flight -= 1
-        await self._held()
+        await self._held(event)
 
     async def _handle(self, stage, event, model, handler, fail_jobs, on_failure,
                       on_undecodable, follows_cancellations) -> None:

@@ -59,6 +59,12 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
         queue = event.queue if event.status is JobStatus.QUEUED_FOR_GPU else None
         return Transition(state.model_copy(update={"status": event.status, "progress": None,
                                                    "queue": queue, "updated_at": event.at}))
+    if kind is JobEventKind.REQUEUED:
+        if state.status not in (JobStatus.GENERATING, JobStatus.TRAINING):
+            return Transition(None)
+        return Transition(state.model_copy(update={
+            "status": JobStatus.QUEUED_FOR_GPU, "progress": None, "queue": event.queue,
+            "updated_at": event.at}))
     if kind is JobEventKind.PROGRESS:
         status = state.status if state.status.rank >= JobStatus.GENERATING.rank else \
             JobStatus.GENERATING

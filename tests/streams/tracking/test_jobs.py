@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from agents.makeover.stages import admit
+from schemas.jobs import QueueSpot
 from schemas import (
     ErrorCode,
     JobError,
@@ -82,6 +83,26 @@ def test_status_never_moves_backwards_and_terminal_is_final():
     assert outputs[2].state is None
     assert outputs[3].result.status == "failed" and outputs[3].result.error == error
     assert all(o.state is None for o in outputs[4:])
+
+
+def test_a_job_handed_back_by_a_worker_waits_for_the_gpu_again_then_goes_on():
+    spot = QueueSpot(topic="restyle.render-requests", partition=1, offset=7)
+    state, outputs = run([
+        event(JobEventKind.SUBMITTED, job=_job()),
+        event(JobEventKind.STATUS, status=JobStatus.QUEUED_FOR_GPU, queue=spot),
+        event(JobEventKind.STATUS, status=JobStatus.GENERATING),
+        event(JobEventKind.PROGRESS, progress=Progress(step=3, total=30)),
+        event(JobEventKind.REQUEUED, queue=spot, at=9.0),  # its worker shut down
+    ])
+    assert (state.status, state.progress, state.queue, state.updated_at) == \
+        (JobStatus.QUEUED_FOR_GPU, None, spot, 9.0)
+    state, outputs = run([event(JobEventKind.STATUS, status=JobStatus.GENERATING),
+                          event(JobEventKind.COMPLETED, result=MakeoverResult())], state)
+    assert state.status is JobStatus.DONE and state.queue is None
+    # Only work in progress goes back to the queue.
+    analyzing = run([event(JobEventKind.SUBMITTED, job=_job()),
+                     event(JobEventKind.STATUS, status=JobStatus.ANALYZING)])[0]
+    assert apply_event(analyzing, event(JobEventKind.REQUEUED)).state is None
 
 
 def test_a_rejected_upload_fails_a_new_job_but_never_a_known_one():
