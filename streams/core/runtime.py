@@ -242,7 +242,10 @@ class Runtime:
         given, else the job fails (or, with fail_jobs=False or no job, the message goes to the
         DLQ). A message for a cancelled job is dropped (follows_cancellations; the trackers,
         which must still see such jobs' events, turn it off), and a JobCancelled raised by the
-        handler stops it quietly."""
+        handler stops it quietly. An unexpected error runs the handler again (up to
+        RESTYLE_STAGE_ATTEMPTS in all); what it sends is acknowledged by the broker before the
+        message counts as done. While the worker shuts down, a message is not started, and one
+        handed back (HandedBack) is held unacknowledged for the next worker."""
         if self.draining:
             await self._held(event)  # taken from the buffer after SIGTERM: never started
         self._in_flight += 1
