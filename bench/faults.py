@@ -151,8 +151,8 @@ def account(bench: Bench, job_ids: list[str], settle_s: float) -> dict:
     stuck = [j for j in lost if bench.api(f"/jobs/{j}")[1].get("status") not in TERMINAL]
     duplicated = {j: bench.results(j) for j in job_ids if len(bench.results(j)) > 1}
     identical = all(all(_same(r, rs[0]) for r in rs) for rs in duplicated.values())
-    named = {image["uri"] for j in job_ids for r in bench.results(j)
-             for image in ((r.get("result") or {}).get("images") or [])}
+    # Every URI a result names (its images, and the control map or masks it was made from).
+    named = {uri for j in job_ids for r in bench.results(j) for uri in _uris(r)}
     prefixes = tuple(f"s3://restyle/results/{j}/" for j in job_ids)
     # Images a job wrote under its prefix that its result does not name (a render repeated
     # after a kill writes the same names: only a stray name counts).
@@ -165,6 +165,14 @@ def account(bench: Bench, job_ids: list[str], settle_s: float) -> dict:
             "duplicates_identical": identical, "orphan_images": len(orphans),
             "failures": sorted({(r["error"] or {}).get("code") for j in job_ids
                                 for r in bench.results(j) if r["status"] == "failed"} - {None})}
+
+
+def _uris(value) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.startswith("s3://") else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [uri for item in value for uri in _uris(item)] if isinstance(value, list) else []
 
 
 def _same(a: dict, b: dict) -> bool:

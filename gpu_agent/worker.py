@@ -51,6 +51,11 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     meter = DutyMeter()
     model_turn = asyncio.Lock()  # FIFO: one model call at a time, in arrival order
 
+    # Requests this worker is answering, by job and output: the same request delivered again
+    # while the first delivery renders (both prefetched before either stored its manifest)
+    # waits for that render instead of making another.
+    answering: dict[tuple[str, str], asyncio.Future] = {}
+
     async def render(request: RenderRequest) -> None:
         meter.received()
         try:
@@ -60,6 +65,28 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
 
     async def answer(request: RenderRequest) -> None:
         waited_ms = round((time.time() - request.sent_at) * 1000, 2) if request.sent_at else None
+        key = (request.job_id, request.output_prefix)
+        if key in answering:
+            result = await asyncio.shield(answering[key])
+        else:
+            answering[key] = outcome = asyncio.get_running_loop().create_future()
+            outcome.add_done_callback(_retrieve_exception)
+            try:
+                result = await rendered_or_render(request)
+                outcome.set_result(result)
+            except asyncio.CancelledError:
+                outcome.cancel()
+                raise
+            except BaseException as exc:
+                outcome.set_exception(exc)
+                raise
+            finally:
+                del answering[key]
+        result = result.model_copy(update={"context": request.context})
+        await rt.send(request.reply_topic, request.job_id,
+                      result.model_copy(update={"wait_ms": waited_ms}))
+
+    async def rendered_or_render(request: RenderRequest) -> RenderResult:
         manifest_uri = join_uri(request.output_prefix, MANIFEST)
         # The inputs are read while the manifest is looked for: on a first delivery (nearly
         # always) the model's turn comes a storage round trip sooner. A redelivery answered
@@ -69,13 +96,10 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         try:
             done = await _rendered_before(rt, manifest_uri, request)
             if done is not None:
-                result = done.model_copy(update={"context": request.context})
-            else:
-                result = await _render(rt, engine, request, await inputs, model_turn, meter)
+                return done
+            return await _render(rt, engine, request, await inputs, model_turn, meter)
         finally:
             inputs.cancel()  # not needed (answered from the manifest, or failed); no-op if read
-        await rt.send(request.reply_topic, request.job_id,
-                      result.model_copy(update={"wait_ms": waited_ms}))
 
     rt.stage_agent("render", render, RenderRequest, topic=rt.topics.render,
                    concurrency=settings.gpu_prefetch)
