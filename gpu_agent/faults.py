@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from schemas import ErrorCode, StageFailure
+
 log = logging.getLogger("restyle.gpu")
 
 # Messages of errors after which the process's CUDA context cannot be used again (CUDA's
@@ -70,3 +72,18 @@ def exit_now(reason: str) -> None:
         handler.flush()
     sys.stderr.flush()
     os._exit(DEVICE_FAILED_EXIT_CODE)
+
+
+def job_failure(exc: BaseException, doing: str, advice: str, who: str,
+                failed: str) -> StageFailure:
+    """What a failed model call means for its job. Out of memory fails it (saying what did not
+    fit, `doing`, and what to ask instead, `advice`) and frees the memory: the worker carries
+    on. A broken device fails nothing: the worker exits (`who`: whose work it held), and a
+    healthy worker takes the job. Anything else fails it as a model error (`failed`: …)."""
+    if out_of_memory(exc):
+        free_memory()
+        return StageFailure(ErrorCode.GPU_OUT_OF_MEMORY,
+                            f"out of memory {doing}: {first_line(exc)}; {advice}")
+    if fatal_device_error(exc):
+        exit_now(f"{who}: {first_line(exc)}")
+    return StageFailure(ErrorCode.MODEL_ERROR, f"{failed}: {exc}")

@@ -26,7 +26,7 @@ from safetensors.torch import save as save_tensors
 from gpu_agent.adapters import ADAPTER_FILE
 from gpu_agent.trainer import Checkpoint, TrainingRun, generate_class_images, train
 from gpu_agent import faults
-from schemas import ErrorCode, JobEventKind, JobStatus, Progress, StageFailure
+from schemas import JobEventKind, JobStatus, Progress
 from schemas.avatars import AvatarTrainJob, TrainOutcome, TrainRequest
 from schemas.uris import join_uri
 from streams.adapters.images import encode_png
@@ -55,9 +55,7 @@ def register(rt: Runtime) -> None:
         outcome = await trained_before(rt, job)
         if outcome is None:
             outcome = await run_training(rt, job)
-        reply = outcome.model_copy(update={"sent_at": time.time()})
-        await rt.channel(request.reply_topic).send(key=job.job_id.encode(),
-                                                   value=reply.model_dump_json().encode())
+        await rt.send(request.reply_topic, job.job_id, outcome)
 
     rt.stage_agent("trainer", handle, TrainRequest, topic=rt.topics.train)
 
@@ -94,16 +92,12 @@ async def run_training(rt: Runtime, job: AvatarTrainJob) -> TrainOutcome:
     try:
         adapter = await asyncio.to_thread(train, run, on_step, on_checkpoint, resume)
     except (RuntimeError, ValueError, OSError, MemoryError) as exc:
-        if faults.out_of_memory(exc):
-            faults.free_memory()
-            raise StageFailure(ErrorCode.GPU_OUT_OF_MEMORY, (
-                f"out of memory training at {job.params.resolution} px, batch "
-                f"{job.params.batch_size}, rank {job.params.rank}: "
-                f"{faults.first_line(exc)}; "
-                f"try gradient_checkpointing, a smaller resolution or rank")) from exc
-        if faults.fatal_device_error(exc):  # its checkpoint is kept: a healthy trainer resumes
-            faults.exit_now(f"training {job.job_id}: {faults.first_line(exc)}")
-        raise StageFailure(ErrorCode.MODEL_ERROR, f"training failed: {exc}") from exc
+        # A broken device ends the trainer; the checkpoint is kept, a healthy one resumes.
+        params = job.params
+        raise faults.job_failure(
+            exc, f"training at {params.resolution} px, batch {params.batch_size}, rank "
+                 f"{params.rank}", "try gradient_checkpointing, a smaller resolution or rank",
+            f"training {job.job_id}", "training failed") from exc
     with tempfile.TemporaryDirectory() as directory:
         await asyncio.to_thread(adapter.save, directory)
         data = (Path(directory) / ADAPTER_FILE).read_bytes()

@@ -211,20 +211,13 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
 
 
 def render_failure(request: RenderRequest, exc: BaseException) -> StageFailure:
-    """What a failed model call means: out of memory fails this job (with the size that did
-    not fit; the memory is given back and the worker carries on), a broken device ends the
-    worker (nothing is failed or committed: a healthy worker takes the job), anything else
-    fails the job as a model error."""
-    if faults.out_of_memory(exc):
-        faults.free_memory()
-        params = request.params
-        return StageFailure(ErrorCode.GPU_OUT_OF_MEMORY, (
-            f"out of memory rendering {params.num_images} image(s) of {params.width}x"
-            f"{params.height} ({request.task}, {params.steps} steps): {faults.first_line(exc)}; "
-            f"ask for fewer or smaller images"))
-    if faults.fatal_device_error(exc):
-        faults.exit_now(f"job {request.job_id}: {faults.first_line(exc)}")
-    return StageFailure(ErrorCode.MODEL_ERROR, f"rendering failed: {exc}")
+    """What a failed render means for its job (faults.job_failure): out of memory names the
+    size that did not fit."""
+    params = request.params
+    return faults.job_failure(
+        exc, f"rendering {params.num_images} image(s) of {params.width}x{params.height} "
+             f"({request.task}, {params.steps} steps)", "ask for fewer or smaller images",
+        f"job {request.job_id}", "rendering failed")
 
 
 async def _rendered_before(rt: Runtime, manifest_uri: str,

@@ -56,6 +56,13 @@ def selected(letters: list[Letter], code: str | None = None, since: float | None
             and (job_id is None or job_id in (item.letter.job_id, item.letter.key))]
 
 
+async def chosen_letters(settings: Settings, code: str | None, since: str | None,
+                         job_id: str | None) -> list[Letter]:
+    """The dead letters `restyle dlq list` and `replay` select (since: as parse_since reads)."""
+    return selected(await read_letters(settings), code,
+                    parse_since(since) if since else None, job_id)
+
+
 async def read_letters(settings: Settings, timeout_s: float = 60) -> list[Letter]:
     """Every record on the DLQ, from its start to its end as it is when read, oldest first per
     partition."""

@@ -277,9 +277,7 @@ def dlq_list(code, since, job_id) -> None:
     """Every dead letter (or those selected), oldest first per partition, with its cause."""
     from streams.cli import dlq as letters
 
-    settings = load_settings()
-    chosen = letters.selected(run(letters.read_letters(settings)), code,
-                              letters.parse_since(since) if since else None, job_id)
+    chosen = run(letters.chosen_letters(load_settings(), code, since, job_id))
     for item in chosen:
         click.echo(letters.describe(item))
     click.echo(f"{len(chosen)} dead letter(s)", err=True)
@@ -296,8 +294,7 @@ def dlq_replay(code, since, job_id, dry_run) -> None:
     from streams.cli import dlq as letters
 
     settings = load_settings()
-    chosen = letters.selected(run(letters.read_letters(settings)), code,
-                              letters.parse_since(since) if since else None, job_id)
+    chosen = run(letters.chosen_letters(settings, code, since, job_id))
     if not chosen:
         click.echo("no dead letter matches", err=True)
         sys.exit(2)

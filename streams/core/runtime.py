@@ -175,10 +175,9 @@ class Runtime:
                                                  value=model.model_dump_json().encode(),
                                                  headers=headers)
         waiting = _unacknowledged.get()
-        if acknowledged or waiting is None:
-            if acknowledged:
-                await settle([(topic, pending)])
-        else:
+        if acknowledged:
+            await settle([(topic, pending)])
+        elif waiting is not None:
             waiting.append((topic, pending))
         return pending
 

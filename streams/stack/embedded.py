@@ -144,7 +144,7 @@ class Service:
 
 # Every process this interpreter started, so that a signal at any moment (start-up included)
 # stops them all, even one started a moment before it was added to a stack.
-STARTED: list[subprocess.Popen] = []
+STARTED: list[Service] = []
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -160,11 +160,12 @@ def start_process(name: str, argv: list[str], log_dir: Path, env: dict | None = 
         process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
                                    start_new_session=True, preexec_fn=_unblock_stop_signals)
-        STARTED.append(process)
+        service = Service(name, process, log_path, port, argv=argv if restartable else None,
+                          env=env if restartable else None)
+        STARTED.append(service)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    return Service(name, process, log_path, port, argv=argv if restartable else None,
-                   env=env if restartable else None)
+    return service
 
 
 def _unblock_stop_signals() -> None:
@@ -175,15 +176,10 @@ def _unblock_stop_signals() -> None:
 
 def stop_everything_started(timeout_s: float = 10.0) -> None:
     """Stop every process this interpreter started that still runs."""
-    for process in STARTED:
-        if process.poll() is None:
-            process.terminate()
-    for process in STARTED:
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    for service in STARTED:
+        service.signal_stop()
+    for service in STARTED:
+        service.wait_stopped(timeout_s)
 
 
 def start_tansu(log_dir: Path, port: int | None = None) -> tuple[Service, str]:
