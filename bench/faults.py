@@ -2,7 +2,8 @@
 faults, measured in one run on one stack.
 
     python bench/faults.py [--broker tansu|kafka] [--kills 20] [--outage-s 40]
-                           [--rate 300] [--only kills,duplicate,outage,status]
+                           [--rate 300] [--broker-restarts 3] [--broker-down-s 5]
+                           [--only kills,duplicate,outage,status,broker]
 
 - kills: a steady stream of jobs (a conditioned generation every 0.5 s); kill -9 a CPU
   worker at random moments, `--kills` times, then the GPU worker as often; each is started
@@ -14,6 +15,9 @@ faults, measured in one run on one stack.
 - outage: the S3 server stopped for `--outage-s` seconds in the middle of a batch, then
   started again -> each image ends done or failed with a storage code, the batch report is
   written afterwards and nothing stays `reporting`.
+- broker: kill -9 the broker mid-stream `--broker-restarts` times and start it again after
+  `--broker-down-s` on its own storage (Apache Kafka's log; Tansu with its S3 storage engine,
+  on a stack of its own) -> the jobs resume: 0 lost, 0 stuck, 0 duplicates.
 - status: GET /jobs/{id} at `--rate` requests/s from a separate process while jobs run:
   p50/p99 latency (target p99 <= 25 ms) and how many answered 200.
 
@@ -44,7 +48,7 @@ TERMINAL = ("done", "failed", "cancelled")
 class Bench:
     """One stack, a producer, a collector of results and job events."""
 
-    def __init__(self, broker: str, gpu_workers: int = 1):
+    def __init__(self, broker: str, gpu_workers: int = 1, broker_storage: str = "memory"):
         import boto3
         from confluent_kafka import Producer
 
@@ -56,7 +60,8 @@ class Bench:
         models = ensure_tiny_models(Path(tempfile.gettempdir()) / "restyle-bench-models")
         self.state = Path(tempfile.mkdtemp(prefix="restyle-faults-"))
         self.stack = RestyleStack(
-            Settings(state_dir=self.state, web_port=free_port(), embedded_broker=broker),
+            Settings(state_dir=self.state, web_port=free_port(), embedded_broker=broker,
+                     embedded_broker_storage=broker_storage),
             models=str(models), gpu_workers=gpu_workers, trainer_workers=0, extra_env={
                 "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
                 "RESTYLE_DEFAULT_HEIGHT": "64", "RESTYLE_CONDITION_MAX_SIDE": "64",
@@ -70,7 +75,8 @@ class Bench:
                                aws_access_key_id=self.endpoints["s3_access_key"],
                                aws_secret_access_key=self.endpoints["s3_secret_key"],
                                region_name="us-east-1")
-        self.producer = Producer({"bootstrap.servers": self.endpoints["kafka_bootstrap"]})
+        self.producer = Producer({"bootstrap.servers": self.endpoints["kafka_bootstrap"],
+                                  "message.timeout.ms": 20000, "log_level": 2})
         self.collector = TopicCollector(self.endpoints["kafka_bootstrap"],
                                         ["restyle.results", "restyle.job-events",
                                          "restyle.render-requests"], self.settings.partitions)
@@ -79,8 +85,14 @@ class Bench:
         self.photo = "s3://restyle/faults/photo.png"
 
     def publish(self, body: dict, key: str, topic: str = "restyle.uploads") -> None:
-        self.producer.produce(topic, json.dumps(body).encode(), key=key.encode())
-        self.producer.flush()
+        """Publish and wait for the broker's acknowledgement; raise when there is none (a job
+        the broker never took is not the pipeline's to lose)."""
+        outcome: list = []
+        self.producer.produce(topic, json.dumps(body).encode(), key=key.encode(),
+                              on_delivery=lambda error, _message: outcome.append(error))
+        self.producer.flush(30)
+        if outcome != [None]:
+            raise RuntimeError(f"publishing {key} failed: {outcome or 'no acknowledgement'}")
 
     def submit(self, job_id: str) -> None:
         self.publish({"job_id": job_id, "pipeline": "condition", "image": self.photo,
@@ -115,6 +127,14 @@ class Bench:
         role = "cpu" if prefix.startswith("cpu") else "gpu"
         again = self.stack.start_worker(role, service.port, service.name)
         self.stack.wait_healthy([again.port], 300)
+
+    def start_again(self, service) -> None:
+        """A server stopped or killed, started again the same way (same ports, same data)."""
+        from streams.stack.embedded import wait_for_port
+
+        again = service.start_again()
+        self.stack.stack.services[self.stack.stack.services.index(service)] = again
+        wait_for_port(again.port, 120, again.process, again.name)
 
     def stored_images(self) -> set[str]:
         found, token = set(), None
@@ -184,18 +204,7 @@ def _same(a: dict, b: dict) -> bool:
 
 def kills(bench: Bench, count: int, seed: int = 5) -> dict:
     rng = random.Random(seed)
-    job_ids: list[str] = []
-    stop = threading.Event()
-
-    def stream() -> None:
-        while not stop.is_set():
-            job_id = f"kill-{uuid.uuid4().hex[:10]}"
-            bench.submit(job_id)
-            job_ids.append(job_id)
-            time.sleep(0.5)
-
-    feeder = threading.Thread(target=stream, daemon=True)
-    feeder.start()
+    job_ids, stop, feeder = feed(bench, "kill")
     rows = {}
     try:
         for prefix in ("cpu-worker", "gpu-worker"):
@@ -209,6 +218,54 @@ def kills(bench: Bench, count: int, seed: int = 5) -> dict:
         feeder.join()
     summary = account(bench, list(job_ids), settle_s=600)
     summary["kill_phase_s"] = rows
+    return summary
+
+
+def feed(bench: Bench, prefix: str, every_s: float = 0.5):
+    """Submit a job every every_s seconds until the returned event is set; the job ids land in
+    the returned list (the thread is joined by stop_feeding)."""
+    job_ids: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            job_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+            try:
+                bench.submit(job_id)
+            except Exception:  # the broker is down: an upstream system would try again
+                time.sleep(every_s)
+                continue
+            job_ids.append(job_id)
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=stream, daemon=True)
+    thread.start()
+    return job_ids, stop, thread
+
+
+def broker_restart(bench: Bench, restarts: int, down_s: float, seed: int = 11) -> dict:
+    """kill -9 the broker mid-stream, `restarts` times, each time starting it again after
+    down_s on its own storage: the jobs resume, none is lost."""
+    rng = random.Random(seed)
+    job_ids, stop, feeder = feed(bench, "broker")
+    outages = []
+    try:
+        for _ in range(restarts):
+            time.sleep(rng.uniform(5.0, 15.0))
+            broker = bench.worker("apache-kafka" if "kafka" in bench.stack.broker else "tansu")
+            broker.process.send_signal(signal.SIGKILL)
+            broker.process.wait(10)
+            down_at = time.monotonic()
+            time.sleep(down_s)
+            bench.start_again(broker)
+            outages.append(round(time.monotonic() - down_at, 1))
+        time.sleep(10)
+    finally:
+        stop.set()
+        feeder.join()
+    summary = account(bench, list(job_ids), settle_s=600)
+    summary["broker"] = bench.stack.broker
+    summary["broker_down_s"] = outages
     return summary
 
 
@@ -234,8 +291,6 @@ def duplicate(bench: Bench) -> dict:
 
 def outage(bench: Bench, outage_s: float, images: int = 12) -> dict:
     """The S3 server down for outage_s in the middle of a batch."""
-    from streams.stack.embedded import start_seaweedfs
-
     batch_id = f"outage-{uuid.uuid4().hex[:8]}"
     mask = _mask()
     bench.s3.put_object(Bucket="restyle", Key=f"faults/{batch_id}/mask.png", Body=mask)
@@ -249,12 +304,10 @@ def outage(bench: Bench, outage_s: float, images: int = 12) -> dict:
     bench.collector.wait_for("restyle.results",
                              lambda m: json.loads(m.value()).get("batch_id") == batch_id, 300)
     s3 = bench.worker("seaweedfs")
-    port = int(bench.endpoints["s3_endpoint"].rsplit(":", 1)[1])
     s3.stop()
     down_at = time.monotonic()
     time.sleep(outage_s)
-    again, _ = start_seaweedfs(bench.state / "s3", bench.stack.log_dir, port)
-    bench.stack.stack.services[bench.stack.stack.services.index(s3)] = again
+    bench.start_again(s3)
     down_for = round(time.monotonic() - down_at, 1)
     deadline = time.monotonic() + 600
     batch = {}
@@ -356,25 +409,45 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--outage-s", type=float, default=40)
     parser.add_argument("--rate", type=float, default=300)
-    parser.add_argument("--only", default="kills,duplicate,outage,status")
+    parser.add_argument("--broker-restarts", type=int, default=3)
+    parser.add_argument("--broker-down-s", type=float, default=5)
+    parser.add_argument("--only", default="kills,duplicate,outage,status,broker")
     args = parser.parse_args()
     chosen = set(args.only.split(","))
 
-    bench = Bench(args.broker)
+    if chosen - {"broker"}:
+        bench = warmed(Bench(args.broker))
+        try:
+            if "duplicate" in chosen:
+                print("duplicate", json.dumps(duplicate(bench)), flush=True)
+            if "status" in chosen:
+                print("status", json.dumps(status_load(bench, args.rate)), flush=True)
+            if "outage" in chosen:
+                print("outage", json.dumps(outage(bench, args.outage_s)), flush=True)
+            if "kills" in chosen:
+                print("kills", json.dumps(kills(bench, args.kills)), flush=True)
+        finally:
+            bench.close()
+    if "broker" in chosen:
+        # A stack of its own: Tansu keeps its topics in S3 here, so that it has something to
+        # come back to (in memory they end with the process).
+        bench = warmed(Bench(args.broker, broker_storage="s3"))
+        try:
+            print("broker", json.dumps(broker_restart(bench, args.broker_restarts,
+                                                      args.broker_down_s)), flush=True)
+        finally:
+            bench.close()
+
+
+def warmed(bench: Bench) -> Bench:
+    """Models loaded, the first job's caches filled."""
     try:
-        # Warm-up: models load, the first job's caches fill.
         bench.submit("warm-up")
         bench.collector.wait_for("restyle.results", lambda m: m.key() == b"warm-up", 300)
-        if "duplicate" in chosen:
-            print("duplicate", json.dumps(duplicate(bench)), flush=True)
-        if "status" in chosen:
-            print("status", json.dumps(status_load(bench, args.rate)), flush=True)
-        if "outage" in chosen:
-            print("outage", json.dumps(outage(bench, args.outage_s)), flush=True)
-        if "kills" in chosen:
-            print("kills", json.dumps(kills(bench, args.kills)), flush=True)
-    finally:
+    except BaseException:
         bench.close()
+        raise
+    return bench
 
 
 if __name__ == "__main__":

@@ -162,7 +162,9 @@ class StopRequested(Exception):
 
 def _serve_until_signal(stack, stopping: threading.Event | None = None) -> None:
     """Supervise until a signal (or `stopping` is set): a worker that dies is restarted (with
-    backoff, logged), the death of a server (broker, S3) stops everything."""
+    backoff, logged), and so is a server that keeps its data (Apache Kafka, SeaweedFS, Tansu
+    with RESTYLE_EMBEDDED_BROKER_STORAGE=s3); the death of a broker that kept its topics in
+    memory stops everything."""
     if stopping is None:
         stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -195,6 +195,7 @@ def start_apache_kafka(work_dir: Path, log_dir: Path, port: int | None = None,
                        timeout_s: float = 90, secure: SecureListener | None = None
                        ) -> tuple[Service, str]:
     """Format fresh storage in work_dir and start the broker; returns (service, bootstrap).
+    The service's start_again() restarts it on the same ports and storage.
     secure: listen with SASL_SSL only (its certificates are issued, its users created).
     Without a port, one is chosen, and chosen again if it is taken before Kafka binds it."""
     return started_on_free_ports(
@@ -230,8 +231,10 @@ def _start_apache_kafka(work_dir: Path, log_dir: Path, port: int | None, timeout
     if formatted.returncode != 0:
         raise KafkaUnavailable(f"formatting Kafka storage failed: {formatted.stdout}"
                                f"{formatted.stderr}")
+    # Started again by the supervisor with the same command, the broker keeps its storage.
     service = start_process("apache-kafka", [java, *flags, "-cp", classpath, "kafka.Kafka",
-                                             str(properties)], log_dir, port=port)
+                                             str(properties)], log_dir, port=port,
+                            supervised=True)
     try:
         wait_for_port(port, timeout_s, service.process, "apache-kafka")
     except Exception:

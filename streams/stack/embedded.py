@@ -113,17 +113,26 @@ class Service:
     process: subprocess.Popen
     log_path: Path
     port: int | None = None
-    # How to start it again when it dies (None: it is not restarted; its death stops the
-    # stack), and how many times it has been restarted in a row.
-    argv: list[str] | None = None
+    # How it was started, so that it can be started again the same way (same ports, same
+    # storage).
+    argv: list[str] = field(default_factory=list)
     env: dict | None = None
+    # A worker (stopped first, so it commits and leaves its group while the broker is up) or
+    # a server.
+    kind: str = "server"
+    # Whether the stack's supervisor starts it again when it dies (a worker; a server whose
+    # data survives a restart), and how many times it has been restarted in a row.
+    supervised: bool = False
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
     restart_due: float | None = None
 
-    @property
-    def restartable(self) -> bool:
-        return self.argv is not None
+    def start_again(self) -> "Service":
+        """The same command, environment and port, as a new process (the old one has ended)."""
+        again = start_process(self.name, self.argv, self.log_path.parent, env=self.env,
+                              port=self.port, supervised=self.supervised, kind=self.kind)
+        again.restarts = self.restarts + 1
+        return again
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self.signal_stop()
@@ -149,8 +158,9 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def start_process(name: str, argv: list[str], log_dir: Path, env: dict | None = None,
-                  port: int | None = None, restartable: bool = False) -> Service:
-    """restartable: the stack's supervisor starts it again (with backoff) when it dies."""
+                  port: int | None = None, supervised: bool = False,
+                  kind: str = "server") -> Service:
+    """supervised: the stack's supervisor starts it again (with backoff) when it dies."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log_file = open(log_path, "ab")
@@ -160,8 +170,8 @@ def start_process(name: str, argv: list[str], log_dir: Path, env: dict | None = 
         process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
                                    start_new_session=True, preexec_fn=_unblock_stop_signals)
-        service = Service(name, process, log_path, port, argv=argv if restartable else None,
-                          env=env if restartable else None)
+        service = Service(name, process, log_path, port, argv=argv, env=env, kind=kind,
+                          supervised=supervised)
         STARTED.append(service)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -182,18 +192,32 @@ def stop_everything_started(timeout_s: float = 10.0) -> None:
         service.wait_stopped(timeout_s)
 
 
-def start_tansu(log_dir: Path, port: int | None = None) -> tuple[Service, str]:
+MEMORY_STORAGE = "memory://tansu/"
+
+
+def start_tansu(log_dir: Path, port: int | None = None, storage: str = MEMORY_STORAGE,
+                env: dict | None = None) -> tuple[Service, str]:
+    """Tansu on 127.0.0.1. storage: memory://tansu/ (topics end with the process) or
+    s3://BUCKET/ (topics kept in an S3 store that env names with AWS_ENDPOINT and its keys,
+    so a restarted broker carries on where it stopped; the stack's supervisor restarts it)."""
     def start(port: int | None) -> tuple[Service, str]:
         port = port or free_port()
         url = f"tcp://127.0.0.1:{port}"
         service = start_process("tansu", [str(tansu_binary()), "broker", "--listener-url", url,
                                           "--advertised-listener-url", url,
-                                          "--storage-engine", "memory://tansu/"], log_dir,
-                                port=port)
+                                          "--storage-engine", storage], log_dir, env=env,
+                                port=port, supervised=not storage.startswith("memory:"))
         wait_for_port(port, 30, service.process, "tansu")
         return service, f"127.0.0.1:{port}"
 
     return started_on_free_ports(start, "tansu", port)
+
+
+def tansu_s3_environment(endpoint: str, key: str, secret: str, region: str) -> dict[str, str]:
+    """What Tansu's S3 storage engine (the object_store crate) reads to reach an S3 store."""
+    return {"AWS_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": region, "AWS_REGION": region,
+            "AWS_ALLOW_HTTP": str(endpoint.startswith("http://")).lower()}
 
 
 def start_seaweedfs(data_dir: Path, log_dir: Path, port: int | None = None) -> tuple[Service, str]:
@@ -210,7 +234,8 @@ def start_seaweedfs(data_dir: Path, log_dir: Path, port: int | None = None) -> t
         for flag, chosen in zip(("-master.port", "-volume.port", "-filer.port",
                                  "-webdav.port"), ports[1:]):
             argv.append(f"{flag}={chosen}")
-        service = start_process("seaweedfs", argv, log_dir, port=port)
+        # Its data lives in data_dir: the supervisor may start it again.
+        service = start_process("seaweedfs", argv, log_dir, port=port, supervised=True)
         wait_for_port(port, 60, service.process, "seaweedfs")
         return service, f"http://127.0.0.1:{port}"
 
@@ -234,13 +259,13 @@ class Stack:
     def stop(self) -> None:
         """Workers first, all at once (they commit and leave their groups while the broker is
         up), then the servers, in the reverse order they started."""
-        workers = [s for s in self.services if s.restartable]
+        workers = [s for s in self.services if s.kind == "worker"]
         for service in workers:
             service.signal_stop()
         for service in workers:
             service.wait_stopped(WORKER_STOP_TIMEOUT_S)
         for service in reversed(self.services):
-            if not service.restartable:
+            if service.kind != "worker":
                 service.stop()
 
     def check(self) -> str | None:
@@ -252,13 +277,14 @@ class Stack:
         return None
 
     def supervise(self) -> str | None:
-        """Restart what died and may be restarted (a worker), with backoff, saying so in the
-        log; the death of a server (the broker, the S3 server) is returned as a problem."""
+        """Restart what died and may be restarted (a worker; a server that keeps its data),
+        with backoff, saying so in the log; the death of any other server (a broker that
+        keeps its topics in memory) is returned as a problem."""
         now = time.monotonic()
         for n, service in enumerate(self.services):
             if service.process.poll() is None:
                 continue
-            if not service.restartable:
+            if not service.supervised:
                 return f"{service.name} exited with code {service.process.returncode} " \
                        f"(log: {service.log_path})"
             if service.restart_due is None:
@@ -272,9 +298,7 @@ class Stack:
                             service.process.returncode, ran, wait, service.restarts + 1,
                             service.log_path)
             elif now >= service.restart_due:
-                again = start_process(service.name, service.argv, service.log_path.parent,
-                                      env=service.env, port=service.port, restartable=True)
-                again.restarts = service.restarts + 1
+                again = service.start_again()
                 self.services[n] = again
                 log.warning("restarted %s (pid %d)", service.name, again.process.pid)
         return None

