@@ -15,6 +15,7 @@ import sys
 import torch
 
 from schemas import ErrorCode, StageFailure
+from streams.adapters.journal import release_in_flight
 
 log = logging.getLogger("restyle.gpu")
 
@@ -68,6 +69,7 @@ def exit_now(reason: str) -> None:
     worker with a healthy device."""
     log.critical("the device failed; this worker exits so its jobs go to a healthy one: %s",
                  reason)
+    release_in_flight()  # the device failed, not the jobs: their count of deaths stays
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stderr.flush()

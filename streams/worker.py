@@ -27,6 +27,7 @@ from streams.api import jobs as jobs_api
 from streams.api import tenants as tenants_api
 from streams.api.auth.keyring import KeyRing
 from streams.api.auth.middleware import Authenticator, auth_middleware
+from streams.adapters.journal import InFlightJournal
 from streams.api.limits import TenantLimiter, limit_middleware
 from streams.core.app import create_app
 from streams.core.kafka import client_options
@@ -48,7 +49,10 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     wiring = create_app(settings, role, topic_names(settings, sets), web_port,
                         [gate, limit_middleware(limiter)])
     wiring.app.task(keyring.run)
-    rt = Runtime(settings, wiring, Storage.from_settings(settings), sets)
+    # Messages in flight, on local disk: one that kills the worker is recognised when it
+    # comes back (one directory per role, shared by a role's workers on this machine).
+    journal = InFlightJournal(settings.state_dir / "in-flight" / role)
+    rt = Runtime(settings, wiring, Storage.from_settings(settings), sets, journal)
     # Every worker reads the cancellations: any of them may be working on a cancelled job.
     wiring.app.task(rt.cancellations.run)
     if role == "cpu":

@@ -75,7 +75,7 @@ class Registered:
 
 
 class InProcessRuntime(Runtime):
-    def __init__(self, settings: Settings, topic_sets: list[TopicNames]):
+    def __init__(self, settings: Settings, topic_sets: list[TopicNames], journal=None):
         self.log: list[Message] = []
         self._delivered = 0  # how much of the log the agents have been given
         self.agents: dict[str, list[Registered]] = {}
@@ -83,7 +83,7 @@ class InProcessRuntime(Runtime):
         channels = {name: self.topic_named(name)
                     for name in topic_names(settings, topic_sets)}
         super().__init__(settings, Wiring(app=KeptApp(self), channels=channels),
-                         Storage.from_settings(settings), topic_sets)
+                         Storage.from_settings(settings), topic_sets, journal)
 
     def topic_named(self, name: str) -> KeptTopic:
         if name not in self._by_name:

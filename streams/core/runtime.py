@@ -21,6 +21,7 @@ from schemas.events import original_headers
 from schemas.jobs import Cancellation, QueueSpot
 from schemas.uris import is_under, join_uri, tenant_base
 from streams.adapters.images import decode_image, fit_within
+from streams.adapters.journal import InFlightJournal, release_in_flight
 from streams.adapters.retries import describe, retry_policy
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
@@ -48,9 +49,12 @@ class HandedBack(Exception):
 
 class Runtime:
     def __init__(self, settings: Settings, wiring: Wiring, storage: Storage,
-                 topic_sets: Iterable[TopicNames] = ()):
-        """topic_sets: each pipeline's topics (the shared ones are settings.topics)."""
+                 topic_sets: Iterable[TopicNames] = (), journal: InFlightJournal | None = None):
+        """topic_sets: each pipeline's topics (the shared ones are settings.topics); journal:
+        where the messages in flight are recorded, so that one that kills the worker again and
+        again is recognised (None: not recorded)."""
         self.settings = settings
+        self.journal = journal
         self.app = wiring.app
         self.storage = storage
         self.channels = wiring.channels
@@ -248,9 +252,12 @@ class Runtime:
         if self.draining:
             await self._held(event)  # taken from the buffer after SIGTERM: never started
         self._in_flight += 1
+        message = event.message
+        spot = (stage, message.topic, message.partition, message.offset)
+        deaths = self.journal.started(*spot) if self.journal else 0
         try:
             await self._handle(stage, event, model, handler, fail_jobs, on_failure,
-                               on_undecodable, follows_cancellations)
+                               on_undecodable, follows_cancellations, deaths)
             return
         except HandedBack as back:
             log.info("%s: handed back (the worker is shutting down)", stage)
@@ -262,10 +269,12 @@ class Runtime:
                     acknowledged=True)
         finally:
             self._in_flight -= 1
+            if self.journal:
+                self.journal.finished(*spot)
         await self._held(event)
 
     async def _handle(self, stage, event, model, handler, fail_jobs, on_failure,
-                      on_undecodable, follows_cancellations) -> None:
+                      on_undecodable, follows_cancellations, deaths: int) -> None:
         message = event.message
         started = time.perf_counter()
         try:
@@ -288,6 +297,16 @@ class Runtime:
             if isinstance(getattr(decoded, "waits_ms", None), dict):
                 decoded.waits_ms[stage] = round(waited * 1000, 2)
         attempts = self.settings.stage_attempts
+        if deaths >= attempts:  # it killed the worker each time: not run again
+            STAGE_OUTCOMES.labels(stage, "crashed").inc()
+            log.error("job %s: the worker died %d times running %s on this message (topic %s, "
+                      "partition %d, offset %d); it is not run again", job_id, deaths, stage,
+                      message.topic, message.partition, message.offset)
+            error = JobError(code=ErrorCode.WORKER_CRASHED, attempts=deaths, message=(
+                f"{stage}: the worker stopped {deaths} times while it ran this job (killed "
+                f"or crashed; out of memory is the usual cause); it is not run again"))
+            await self._failed(message, job_id, error, decoded, fail_jobs, on_failure)
+            return
         try:
             with retry_policy(self.settings.retry_policy(stage)):
                 for attempt in range(1, attempts + 1):
@@ -400,6 +419,7 @@ class Runtime:
         the partitions next."""
         log.critical("stopping the worker: %s", reason)
         self.broken = reason
+        release_in_flight()  # the messages in flight did not cause this
         await self.app.crash(RuntimeError(reason))
 
     async def image_uncached(self, uri: str, at_least: int | None = None):
