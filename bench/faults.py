@@ -2,8 +2,8 @@
 faults, measured in one run on one stack.
 
     python bench/faults.py [--broker tansu|kafka] [--kills 20] [--outage-s 40]
-                           [--rate 300] [--broker-restarts 3] [--broker-down-s 5]
-                           [--only kills,duplicate,outage,status,broker]
+                           [--rate 300] [--streams 500] [--broker-restarts 3]
+                           [--broker-down-s 5] [--only kills,duplicate,outage,status,sse,broker]
 
 - kills: a steady stream of jobs (a conditioned generation every 0.5 s); kill -9 a CPU
   worker at random moments, `--kills` times, then the GPU worker as often; each is started
@@ -20,6 +20,9 @@ faults, measured in one run on one stack.
   on a stack of its own) -> the jobs resume: 0 lost, 0 stuck, 0 duplicates.
 - status: GET /jobs/{id} at `--rate` requests/s from a separate process while jobs run:
   p50/p99 latency (target p99 <= 25 ms) and how many answered 200.
+- sse: `--streams` Server-Sent-Events streams open at once on ten jobs (one rendering, a
+  progress event a step; nine waiting for the GPU): the CPU worker's CPU use and event-loop lag (its
+  restyle_event_loop_lag_seconds) over 20 s without the streams and 20 s with them.
 
 Tiny random-weight models, 64 px, 2 steps: the figures are about the plumbing, not the GPU.
 """
@@ -66,6 +69,8 @@ class Bench:
                 "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
                 "RESTYLE_DEFAULT_HEIGHT": "64", "RESTYLE_CONDITION_MAX_SIDE": "64",
                 "RESTYLE_BACKGROUND_MAX_SIDE": "64", "HF_HUB_OFFLINE": "1",
+                # The SSE fan-out opens hundreds of streams as one tenant (default cap: 20).
+                "RESTYLE_TENANT_MAX_STREAMS": "1000",
                 # A worker killed mid-job leaves its group after this long (default 30 s):
                 # its partitions move to the replacement sooner.
                 "RESTYLE_SESSION_TIMEOUT_S": "10", "RESTYLE_HEARTBEAT_INTERVAL_S": "2"})
@@ -103,11 +108,15 @@ class Bench:
             "restyle.results", lambda m: m.key() == job_id.encode())]
 
     def api(self, path: str) -> tuple[int, dict]:
+        return self.api_call("GET", path)
+
+    def api_call(self, method: str, path: str) -> tuple[int, dict]:
         import urllib.error
         import urllib.request
 
-        request = urllib.request.Request(self.endpoints["status_url"] + path, headers={
-            "Authorization": f"Bearer {self.endpoints['api_key']}"})
+        request = urllib.request.Request(self.endpoints["status_url"] + path, method=method,
+                                         headers={"Authorization":
+                                                  f"Bearer {self.endpoints['api_key']}"})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())
@@ -373,6 +382,113 @@ asyncio.run(main(url, key, ids, rate, seconds))
 """
 
 
+SSE_CLIENT = r"""
+import asyncio, json, sys, time
+import aiohttp
+
+async def main(url, key, job_ids, count, seconds):
+    events, opened, refused = [0], [0], {}
+    ready = asyncio.Event()
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers={
+            "Authorization": f"Bearer {key}"}) as session:
+        async def one(job_id):
+            async with session.get(f"{url}/jobs/{job_id}/events") as response:
+                if response.status != 200:
+                    refused[response.status] = refused.get(response.status, 0) + 1
+                    return
+                opened[0] += 1
+                if opened[0] + sum(refused.values()) == count:
+                    ready.set()
+                async for line in response.content:
+                    if line.startswith(b"event:"):
+                        events[0] += 1
+        tasks = [asyncio.create_task(one(job_ids[n % len(job_ids)])) for n in range(count)]
+        await asyncio.wait_for(ready.wait(), 120)
+        print(json.dumps({"opened": opened[0], "refused": refused}), flush=True)
+        sys.stdin.readline()  # held open until the bench has measured
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps({"events": events[0]}), flush=True)
+
+url, key, ids, count, seconds = sys.argv[1], sys.argv[2], sys.argv[3].split(","), \
+    int(sys.argv[4]), float(sys.argv[5])
+asyncio.run(main(url, key, ids, count, seconds))
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loop_lag(bench: Bench) -> tuple[float, dict[float, float]]:
+    """The CPU worker's event-loop lag histogram: (sum, {upper bound: cumulative count})."""
+    import urllib.request
+
+    with urllib.request.urlopen(bench.endpoints["status_url"] + "/metrics", timeout=10) as page:
+        text = page.read().decode()
+    total, buckets = 0.0, {}
+    for line in text.splitlines():
+        if line.startswith("restyle_event_loop_lag_seconds_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("restyle_event_loop_lag_seconds_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.split()[-1])
+    return total, buckets
+
+
+def measured_window(bench: Bench, seconds: float) -> dict:
+    """The CPU worker's CPU use and event-loop lag over `seconds` of what runs now."""
+    pid = bench.worker("cpu-worker").process.pid
+    cpu_before, (lag_before, buckets_before) = cpu_seconds(pid), loop_lag(bench)
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    cpu_after, (lag_after, buckets_after) = cpu_seconds(pid), loop_lag(bench)
+    counts = {bound: buckets_after[bound] - buckets_before.get(bound, 0)
+              for bound in buckets_after}
+    probes = counts[float("inf")] or 1
+    p99 = next(bound for bound in sorted(counts) if counts[bound] >= 0.99 * probes)
+    return {"cpu_percent": round(100 * (cpu_after - cpu_before) / elapsed, 1),
+            "loop_lag_mean_ms": round(1000 * (lag_after - lag_before) / probes, 2),
+            "loop_lag_p99_ms_at_most": p99 * 1000, "probes": int(probes)}
+
+
+def sse_fanout(bench: Bench, streams: int, seconds: float = 20) -> dict:
+    """`streams` SSE streams open on ten jobs, as their users would watch them: one renders
+    (a progress event a step), nine wait for the GPU. The CPU worker's CPU and event-loop lag
+    without the streams and with them."""
+    held = [f"sse-{uuid.uuid4().hex[:8]}" for _ in range(10)]
+    for job_id in held:  # long renders: they queue behind each other, their streams stay open
+        bench.publish({"job_id": job_id, "pipeline": "condition", "image": bench.photo,
+                       "params": {"steps": 400, "width": 128, "height": 128}}, job_id)
+    deadline = time.monotonic() + 120
+    while not all(bench.api(f"/jobs/{j}")[0] == 200 for j in held):
+        assert time.monotonic() < deadline, "the held jobs never showed in the status API"
+        time.sleep(0.5)
+    try:
+        quiet = measured_window(bench, seconds)
+        client = subprocess.Popen([sys.executable, "-c", SSE_CLIENT,
+                                   bench.endpoints["status_url"], bench.endpoints["api_key"],
+                                   ",".join(held), str(streams), str(seconds)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        opened = json.loads(client.stdout.readline())
+        busy = measured_window(bench, seconds)
+        client.stdin.write("\n")
+        client.stdin.flush()
+        received = json.loads(client.stdout.readline())
+        client.wait(60)
+    finally:
+        for job_id in held:
+            bench.api_call("DELETE", f"/jobs/{job_id}")
+    return {"streams": streams, **opened, **received, "without_streams": quiet,
+            "with_streams": busy,
+            "cpu_ratio": round(busy["cpu_percent"] / max(quiet["cpu_percent"], 0.1), 2)}
+
+
 def status_load(bench: Bench, rate: float, seconds: float = 20) -> dict:
     """GET /jobs/{id} at `rate` per second from another process while jobs run."""
     job_ids = [f"load-{uuid.uuid4().hex[:8]}" for _ in range(20)]
@@ -411,7 +527,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300)
     parser.add_argument("--broker-restarts", type=int, default=3)
     parser.add_argument("--broker-down-s", type=float, default=5)
-    parser.add_argument("--only", default="kills,duplicate,outage,status,broker")
+    parser.add_argument("--streams", type=int, default=500)
+    parser.add_argument("--only", default="kills,duplicate,outage,status,sse,broker")
     args = parser.parse_args()
     chosen = set(args.only.split(","))
 
@@ -422,6 +539,8 @@ def main() -> None:
                 print("duplicate", json.dumps(duplicate(bench)), flush=True)
             if "status" in chosen:
                 print("status", json.dumps(status_load(bench, args.rate)), flush=True)
+            if "sse" in chosen:
+                print("sse", json.dumps(sse_fanout(bench, args.streams)), flush=True)
             if "outage" in chosen:
                 print("outage", json.dumps(outage(bench, args.outage_s)), flush=True)
             if "kills" in chosen:

@@ -14,7 +14,7 @@ import time
 from aiohttp import web as aioweb
 from faust import web
 
-from streams.core.metrics import render_metrics
+from streams.core.metrics import render_metrics, watch_event_loop_lag
 from streams.core.runtime import Runtime
 
 def register(rt: Runtime) -> None:
@@ -47,6 +47,7 @@ def register(rt: Runtime) -> None:
             status = readiness()
             return self.json(body(status), status=200 if status == "ok" else 503)
 
+    app.task(watch_event_loop_lag)
     app.page("/livez")(Live)
     app.page("/readyz")(Ready)
     app.page("/healthz")(type("Health", (Ready,), {}))

@@ -1,6 +1,8 @@
 """Prometheus metrics: per-stage latency and counts by outcome."""
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry()
@@ -41,6 +43,24 @@ GPU_HOLDING_SECONDS = Counter(
 GPU_IN_FLIGHT = Gauge(
     "restyle_gpu_requests_in_flight", "Render requests received and not yet answered",
     registry=REGISTRY)
+
+# How late the worker's event loop wakes a task that slept (a probe every
+# LOOP_LAG_PROBE_S): everything the loop serves (the status API, SSE streams, heartbeats,
+# consuming) waits at least this long.
+EVENT_LOOP_LAG_SECONDS = Histogram(
+    "restyle_event_loop_lag_seconds", "How late the event loop woke a sleeping probe",
+    registry=REGISTRY, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                2.5, 5))
+LOOP_LAG_PROBE_S = 0.25
+
+
+async def watch_event_loop_lag() -> None:
+    """Observe the event loop's lag for as long as the worker runs."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LOOP_LAG_PROBE_S
+        await asyncio.sleep(LOOP_LAG_PROBE_S)
+        EVENT_LOOP_LAG_SECONDS.observe(max(0.0, loop.time() - due))
 
 
 def render_metrics() -> bytes:
