@@ -29,7 +29,9 @@ from streams.api.queue import QueuePositions
 from streams.core.runtime import Runtime, json_object
 from streams.tracking.tables import Tables
 
-SSE_POLL_S = 0.2
+# An open SSE stream says something at least this often (a comment when nothing changed); a
+# waiting job's queue position is read again as often.
+SSE_KEEPALIVE_S = 5.0
 
 
 async def present(rt: Runtime, state: JobState, positions: QueuePositions | None = None
@@ -90,22 +92,29 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             return self.json(await present(rt, state, positions), status=202)
 
     async def stream_job(request, job_id: str) -> aioweb.StreamResponse:
-        """Server-Sent Events: one per change of the job, until it is done or failed."""
+        """Server-Sent Events: one per change of the job (its status, progress or queue
+        position), until it is done or failed. The stream sleeps until the tracker changes
+        the job here (no polling: an open stream costs nothing while its job is still), and
+        sends a comment every SSE_KEEPALIVE_S so that proxies keep it open and a client that
+        left is noticed."""
         response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                   "Cache-Control": "no-cache"})
         await response.prepare(request)
         last = None
         while True:
+            changed = board.changed(job_id)  # taken before reading: no change slips between
             state = board.get(job_id)
-            snapshot = (state.status, state.progress, state.updated_at)
-            if snapshot != last:
-                last = snapshot
-                payload = json.dumps(await present(rt, state, positions))
-                await response.write(f"event: {state.status.value}\ndata: {payload}\n\n"
-                                     .encode())
+            payload = await present(rt, state, positions)
+            if payload != last:
+                last = payload
+                await response.write(f"event: {state.status.value}\ndata: "
+                                     f"{json.dumps(payload)}\n\n".encode())
             if state.status.terminal:
                 break
-            await asyncio.sleep(SSE_POLL_S)
+            try:
+                await asyncio.wait_for(changed.wait(), SSE_KEEPALIVE_S)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
         await response.write_eof()
         return response
 

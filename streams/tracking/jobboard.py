@@ -7,9 +7,13 @@ use, for a value only the status API shows. So a tick that changes nothing but p
 stored at most every `progress_store_interval_s`; meanwhile the newest is held here, in the
 process that owns the job's partition (where status requests are routed). A held tick lost in
 a crash or a rebalance is back with the next tick, replayed or new.
+
+Every change (stored or held) wakes whoever waits on the job (changed(): the SSE streams), so
+an open stream costs nothing while its job is still.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -44,6 +48,8 @@ class JobBoard:
         self.clock = clock
         self._held: dict[str, _Held] = {}
         self._last_store: dict[str, float] = {}  # job_id -> clock() of its last store here
+        # job_id -> what its watchers (SSE streams) wait on; set and dropped at its next change
+        self._watchers: dict[str, asyncio.Event] = {}
 
     def stored(self, job_id: str) -> JobState | None:
         raw = self.table.get(job_id.encode())
@@ -69,11 +75,26 @@ class JobBoard:
         current = self.get(event.job_id, stored)
         return Step(event, apply_event(current, event), current, stored)
 
+    def changed(self, job_id: str) -> asyncio.Event:
+        """An event set at job_id's next change in this process (a new one after each)."""
+        if job_id not in self._watchers:
+            self._watchers[job_id] = asyncio.Event()
+        return self._watchers[job_id]
+
+    def _announce(self, job_id: str) -> None:
+        watchers = self._watchers.pop(job_id, None)
+        if watchers is not None:
+            watchers.set()
+
     def keep(self, step: Step) -> None:
         """Store step's new state; called once its result, if any, is published."""
         state = step.transition.state
         if state is None:
             return
+        self._keep(step, state)
+        self._announce(state.job_id)
+
+    def _keep(self, step: Step, state: JobState) -> None:
         only_progress = step.event.kind is JobEventKind.PROGRESS and \
             step.current is not None and state.status is step.current.status
         job_id, now = state.job_id, self.clock()
@@ -94,6 +115,8 @@ class JobBoard:
         the table (at most one interval behind)."""
         self._held.clear()
         self._last_store.clear()
+        for job_id in list(self._watchers):  # they read the table again
+            self._announce(job_id)
 
     def active_ids(self) -> list[str]:
         """Ids of every job in this process's table partitions (for a full sweep)."""

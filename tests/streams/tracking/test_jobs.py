@@ -250,3 +250,26 @@ def test_revoked_partitions_forget_what_was_held():
          event(JobEventKind.PROGRESS, progress=Progress(step=1, total=2), at=10.5))
     board.forget()
     assert board.get("j1") == stored_state(table)  # no step: the table's state
+
+
+def test_a_watcher_wakes_at_each_change_of_its_job_held_ticks_included():
+    """What an SSE stream sleeps on: every change wakes it, stored or only held; a change of
+    another job does not."""
+    from streams.tracking.jobboard import JobBoard
+
+    board = JobBoard({}, progress_store_interval_s=5.0, clock=Clock())
+    watching = board.changed("j1")
+    feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0))
+    assert watching.is_set()
+    watching = board.changed("j1")
+    assert not watching.is_set()  # a new one for the next change
+    feed(board, event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=10.1))
+    watching = board.changed("j1")
+    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=1, total=30), at=10.2))
+    assert watching.is_set()  # a held tick, not stored: still a change users see
+    other = board.changed("j2")
+    watching = board.changed("j1")
+    feed(board, event(JobEventKind.PROGRESS, progress=Progress(step=2, total=30), at=10.3))
+    assert watching.is_set() and not other.is_set()
+    board.forget()  # partitions revoked: watchers read the table again
+    assert other.is_set()
