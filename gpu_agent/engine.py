@@ -3,6 +3,14 @@ gpu_agent/prompts.py.
 
 Pipelines load once and stay (LRU by model ids). `render` is blocking: the worker calls it in a
 thread so the Kafka consumer keeps heartbeating during long jobs.
+
+One copy of the base model per worker (share_base): the ControlNet pipelines (depth, canny,
+seg) and the avatar pipeline are views of one base pipeline (diffusers' `from_pipe`): they
+share its UNet, VAE, text encoders and tokenizers, and each adds only its ControlNet (and its
+own scheduler, whose timesteps are per call). The avatar adapters live in the shared UNet and
+text encoder, so every other render switches them off first (ResidentAdapters.deactivate:
+a LoRA layer with its adapters off computes exactly the base layer). Inpainting keeps its own
+pipeline: its UNet is another checkpoint.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
 )
 from PIL import Image
 
@@ -33,7 +42,7 @@ ProgressCallback = Callable[[int, int], None]
 class RenderEngine:
     def __init__(self, device: str = "auto", dtype: str = "auto", cache_size: int = 2,
                  family: str = "sd15", prompt_cache_size: int = 64,
-                 resident_adapters: int = 8, hotswap_rank: int = 0):
+                 resident_adapters: int = 8, hotswap_rank: int = 0, share_base: bool = True):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.cache_size = cache_size
@@ -43,7 +52,11 @@ class RenderEngine:
         self._prompts = PromptEncoder(prompt_cache_size, sdxl=family == "sdxl")
         self.resident_adapters = resident_adapters
         self.hotswap_rank = hotswap_rank
-        # The avatar base: (its model id, the pipeline, the person adapters loaded into it).
+        self.share_base = share_base
+        # Base pipelines by model id (share_base), with the person adapters loaded into each.
+        self._bases: dict[str, tuple[object, ResidentAdapters]] = {}
+        self._avatar_id: str | None = None
+        # The avatar base when it is not shared: (its model id, the pipeline, its adapters).
         self._text2img: tuple[str, object, ResidentAdapters] | None = None
 
     def pipeline(self, diffusion_id: str, controlnet_id: str):
@@ -55,8 +68,9 @@ class RenderEngine:
 
     def text2img_pipeline(self, diffusion_id: str):
         """The base model for avatars: one per worker, outside the LRU of the other pipelines
-        (an avatar request never evicts a warm ControlNet pipeline, nor they it), with weights
-        of its own (adapters are loaded into its UNet and text encoder)."""
+        (an avatar request never evicts a warm ControlNet pipeline, nor they it). Adapters are
+        loaded into its UNet and text encoder, which the ControlNet pipelines share when
+        share_base is on (they switch the adapters off for their renders)."""
         return self._avatar_base(diffusion_id)[0]
 
     def adapters(self, diffusion_id: str) -> ResidentAdapters:
@@ -64,15 +78,61 @@ class RenderEngine:
 
     def _avatar_base(self, diffusion_id: str) -> tuple[object, ResidentAdapters]:
         with self._lock:
+            if self.share_base:
+                self._avatar_id = diffusion_id
+                return self._base(diffusion_id)
             if self._text2img is None or self._text2img[0] != diffusion_id:
                 self._text2img = (diffusion_id, self._load_text2img(diffusion_id),
                                   ResidentAdapters(self.resident_adapters, self.hotswap_rank))
             return self._text2img[1], self._text2img[2]
 
+    def _base(self, diffusion_id: str) -> tuple[object, ResidentAdapters]:
+        """The shared base pipeline of diffusion_id and its adapters (call under the lock)."""
+        if diffusion_id not in self._bases:
+            self._bases[diffusion_id] = (self._load_text2img(diffusion_id), ResidentAdapters(
+                self.resident_adapters, self.hotswap_rank))
+        return self._bases[diffusion_id]
+
+    def _drop_unused_bases(self) -> None:
+        """A base no cached pipeline uses any more goes (call under the lock), but for the
+        one avatars are served on."""
+        used = {key[1] for key in self._pipelines if key[0] == "controlnet"}
+        for diffusion_id in list(self._bases):
+            if diffusion_id not in used and diffusion_id != self._avatar_id:
+                del self._bases[diffusion_id]
+
+    def loaded_pipelines(self) -> list:
+        """Every pipeline this engine holds (the ControlNet and inpainting LRU, the bases)."""
+        with self._lock:
+            held = list(self._pipelines.values()) + [pipe for pipe, _ in self._bases.values()]
+            if self._text2img is not None:
+                held.append(self._text2img[1])
+            return held
+
+    def resident_bytes(self) -> int:
+        """Bytes of the weights (parameters and buffers) of every pipeline held, each tensor
+        counted once however many pipelines share it."""
+        sizes: dict[int, int] = {}
+        for pipe in self.loaded_pipelines():
+            for component in pipe.components.values():
+                if isinstance(component, torch.nn.Module):
+                    for tensor in (*component.parameters(), *component.buffers()):
+                        sizes[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+        return sum(sizes.values())
+
+    def _base_only(self, diffusion_id: str) -> None:
+        """Switch the person adapters off in the shared base, for a render that is not an
+        avatar's (a no-op when they are off already)."""
+        if self.share_base and diffusion_id in self._bases:
+            pipe, adapters = self._bases[diffusion_id]
+            adapters.deactivate(pipe)
+
     def _load_text2img(self, diffusion_id: str):
-        pipe = StableDiffusionPipeline.from_pretrained(diffusion_id, torch_dtype=self.dtype,
-                                                       safety_checker=None,
-                                                       requires_safety_checker=False)
+        pipeline_class = (StableDiffusionXLPipeline if self.family == "sdxl"
+                          else StableDiffusionPipeline)
+        extra = {} if self.family == "sdxl" else {"safety_checker": None,
+                                                   "requires_safety_checker": False}
+        pipe = pipeline_class.from_pretrained(diffusion_id, torch_dtype=self.dtype, **extra)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
 
@@ -85,6 +145,7 @@ class RenderEngine:
             self._pipelines[key] = pipe
             while len(self._pipelines) > self.cache_size:
                 self._pipelines.popitem(last=False)
+            self._drop_unused_bases()
             return pipe
 
     def _load_inpaint(self, inpainting_id: str):
@@ -102,6 +163,13 @@ class RenderEngine:
         controlnet = ControlNetModel.from_pretrained(controlnet_id, torch_dtype=self.dtype)
         pipeline_class = (StableDiffusionXLControlNetPipeline if self.family == "sdxl"
                           else StableDiffusionControlNetPipeline)
+        if self.share_base:
+            base, _ = self._base(diffusion_id)
+            scheduler = type(base.scheduler).from_config(base.scheduler.config)
+            pipe = pipeline_class.from_pipe(base, controlnet=controlnet.to(self.device),
+                                            scheduler=scheduler)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
         extra = {} if self.family == "sdxl" else {"safety_checker": None,
                                                    "requires_safety_checker": False}
         pipe = pipeline_class.from_pretrained(diffusion_id, controlnet=controlnet,
@@ -112,6 +180,7 @@ class RenderEngine:
     def render(self, diffusion_id: str, controlnet_id: str, prompt: str, control: Image.Image,
                params: RenderParams, on_step: ProgressCallback | None = None) -> list[Image.Image]:
         pipe = self.pipeline(diffusion_id, controlnet_id)
+        self._base_only(diffusion_id)
         control = control.convert("RGB").resize((params.width, params.height),
                                                 Image.Resampling.BICUBIC)
         embeddings = self._prompts.embed(diffusion_id, pipe, prompt, params.negative_prompt)

@@ -98,7 +98,8 @@ def build_gpu_worker(rt: Runtime) -> None:
                      len([t for t in settings.gpu_warm_tasks if t != "avatar"]))
     engine = RenderEngine(settings.device, settings.dtype, cache_size,
                           settings.diffusion_family, settings.prompt_cache_size,
-                          settings.avatar_resident_adapters, settings.avatar_hotswap_rank)
+                          settings.avatar_resident_adapters, settings.avatar_hotswap_rank,
+                          settings.share_base_model)
     for task in settings.gpu_warm_tasks:
         if task.startswith("controlnet_"):
             engine.pipeline(settings.model_id("diffusion"), settings.model_id(task))

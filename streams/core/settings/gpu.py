@@ -11,6 +11,9 @@ from streams.core.settings.base import SettingsBase
 class GpuSettings(SettingsBase):
     # Diffusion pipelines kept loaded (LRU); never fewer than the warmed tasks.
     pipeline_cache_size: int = 3
+    # One copy of the base model per worker: the ControlNet pipelines and the avatar pipeline
+    # share its UNet, VAE and text encoders (gpu_agent/engine.py). Off: each loads its own.
+    share_base_model: bool = True
     # Encoded prompts a GPU worker keeps (LRU): the default negative prompt and a batch's shared
     # prompt are then encoded once instead of on every image.
     prompt_cache_size: int = Field(64, ge=0)
