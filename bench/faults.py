@@ -387,7 +387,7 @@ import asyncio, json, sys, time
 import aiohttp
 
 async def main(url, key, job_ids, count, seconds):
-    events, opened, refused = [0], [0], {}
+    events, opened, ended, refused = [0], [0], [0], {}
     ready = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
@@ -404,14 +404,16 @@ async def main(url, key, job_ids, count, seconds):
                 async for line in response.content:
                     if line.startswith(b"event:"):
                         events[0] += 1
+                ended[0] += 1
         tasks = [asyncio.create_task(one(job_ids[n % len(job_ids)])) for n in range(count)]
         await asyncio.wait_for(ready.wait(), 120)
         print(json.dumps({"opened": opened[0], "refused": refused}), flush=True)
         sys.stdin.readline()  # held open until the bench has measured
+        still_open = opened[0] - ended[0]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    print(json.dumps({"events": events[0]}), flush=True)
+    print(json.dumps({"events": events[0], "open_when_measured": still_open}), flush=True)
 
 url, key, ids, count, seconds = sys.argv[1], sys.argv[2], sys.argv[3].split(","), \
     int(sys.argv[4]), float(sys.argv[5])
@@ -464,7 +466,7 @@ def sse_fanout(bench: Bench, streams: int, seconds: float = 20) -> dict:
     held = [f"sse-{uuid.uuid4().hex[:8]}" for _ in range(10)]
     for job_id in held:  # long renders: they queue behind each other, their streams stay open
         bench.publish({"job_id": job_id, "pipeline": "condition", "image": bench.photo,
-                       "params": {"steps": 400, "width": 128, "height": 128}}, job_id)
+                       "params": {"steps": 150, "width": 128, "height": 128}}, job_id)
     deadline = time.monotonic() + 120
     while not all(bench.api(f"/jobs/{j}")[0] == 200 for j in held):
         assert time.monotonic() < deadline, "the held jobs never showed in the status API"
