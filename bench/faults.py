@@ -387,7 +387,7 @@ import asyncio, json, sys, time
 import aiohttp
 
 async def main(url, key, job_ids, count, seconds):
-    events, opened, ended, refused = [0], [0], [0], {}
+    events, opened, ended, refused, per_job = [0], [0], [0], {}, {}
     ready = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
@@ -404,16 +404,18 @@ async def main(url, key, job_ids, count, seconds):
                 async for line in response.content:
                     if line.startswith(b"event:"):
                         events[0] += 1
+                        per_job[job_id] = per_job.get(job_id, 0) + 1
                 ended[0] += 1
         tasks = [asyncio.create_task(one(job_ids[n % len(job_ids)])) for n in range(count)]
         await asyncio.wait_for(ready.wait(), 120)
         print(json.dumps({"opened": opened[0], "refused": refused}), flush=True)
-        sys.stdin.readline()  # held open until the bench has measured
+        await asyncio.to_thread(sys.stdin.readline)  # open until the bench has measured
         still_open = opened[0] - ended[0]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    print(json.dumps({"events": events[0], "open_when_measured": still_open}), flush=True)
+    print(json.dumps({"events": events[0], "open_when_measured": still_open,
+                      "events_per_job": sorted(per_job.values(), reverse=True)}), flush=True)
 
 url, key, ids, count, seconds = sys.argv[1], sys.argv[2], sys.argv[3].split(","), \
     int(sys.argv[4]), float(sys.argv[5])

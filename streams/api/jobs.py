@@ -2,17 +2,16 @@
 as Server-Sent Events, and room-makeover uploads."""
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
 
-from aiohttp import web as aioweb
 from faust import web
 
 from schemas import ErrorCode, JobEvent, JobEventKind, JobState, JobStatus, StageFailure
 from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
+from streams.api.job_stream import FrameCache, stream_job
 from streams.api.limits import TenantLimiter, TooManyStreams
 from streams.api.tenants import TenantUsage
 from streams.api.routing import cancel_refused, error_response, routed, until_known
@@ -28,10 +27,6 @@ from streams.api.tenancy import (
 from streams.api.queue import QueuePositions
 from streams.core.runtime import Runtime, json_object
 from streams.tracking.tables import Tables
-
-# An open SSE stream says something at least this often (a comment when nothing changed); a
-# waiting job's queue position is read again as often.
-SSE_KEEPALIVE_S = 5.0
 
 
 async def present(rt: Runtime, state: JobState, positions: QueuePositions | None = None
@@ -61,6 +56,7 @@ def safe_file_name(given: str | None) -> str:
 def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantUsage) -> None:
     app, jobs, board = rt.app, tables.jobs, tables.board
     positions = QueuePositions(rt.settings)
+    frames = FrameCache(lambda state: present(rt, state, positions), positions)
 
     def lookup(request, job_id: str) -> JobState | None:
         """The caller's job, or None (unknown, or another tenant's: the same answer)."""
@@ -91,33 +87,6 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                 by=requested_by(request)), acknowledged=True)
             return self.json(await present(rt, state, positions), status=202)
 
-    async def stream_job(request, job_id: str) -> aioweb.StreamResponse:
-        """Server-Sent Events: one per change of the job (its status, progress or queue
-        position), until it is done or failed. The stream sleeps until the tracker changes
-        the job here (no polling: an open stream costs nothing while its job is still), and
-        sends a comment every SSE_KEEPALIVE_S so that proxies keep it open and a client that
-        left is noticed."""
-        response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                                  "Cache-Control": "no-cache"})
-        await response.prepare(request)
-        last = None
-        while True:
-            changed = board.changed(job_id)  # taken before reading: no change slips between
-            state = board.get(job_id)
-            payload = await present(rt, state, positions)
-            if payload != last:
-                last = payload
-                await response.write(f"event: {state.status.value}\ndata: "
-                                     f"{json.dumps(payload)}\n\n".encode())
-            if state.status.terminal:
-                break
-            try:
-                await asyncio.wait_for(changed.wait(), SSE_KEEPALIVE_S)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-        await response.write_eof()
-        return response
-
     @app.page("/jobs/{job_id}/events")
     class JobEventsView(web.View):
         @routed(rt, jobs)
@@ -126,7 +95,7 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
             try:
                 with limiter.stream(caller(request).tenant):
-                    return await stream_job(request, job_id)
+                    return await stream_job(request, job_id, board, frames)
             except TooManyStreams as exc:
                 return error_response(self, 429, "too_many_streams", str(exc),
                                       {"Retry-After": "5"})
