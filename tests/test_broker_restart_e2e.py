@@ -15,7 +15,7 @@ from PIL import Image
 
 from streams.stack.embedded import free_port
 from tests.conftest import TopicCollector
-from tests.streams.cli.test_cli import CLI, alive, children, cli_env
+from tests.streams.cli.test_cli import CLI, alive, children, cli_env, wait_until_up
 
 
 def test_a_killed_broker_that_keeps_its_topics_is_restarted_and_no_job_is_lost(
@@ -30,15 +30,9 @@ def test_a_killed_broker_that_keeps_its_topics_is_restarted_and_no_job_is_lost(
                     RESTYLE_DEFAULT_STEPS="2", RESTYLE_DEFAULT_WIDTH="64",
                     RESTYLE_DEFAULT_HEIGHT="64", RESTYLE_CONDITION_MAX_SIDE="64"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    endpoints_file = tmp_path / "endpoints.json"
     collector = None
     try:
-        deadline = time.monotonic() + 300
-        while not endpoints_file.exists():
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "restyle up did not become ready"
-            time.sleep(0.5)
-        endpoints = json.loads(endpoints_file.read_text())
+        endpoints = wait_until_up(process, tmp_path / "endpoints.json")
         assert endpoints["broker"] == "tansu (embedded, topics in s3://restyle-broker/)"
         s3 = boto3.client("s3", endpoint_url=endpoints["s3_endpoint"],
                           aws_access_key_id=endpoints["s3_access_key"],

@@ -40,12 +40,7 @@ def test_up_publishes_its_endpoints_and_stops_cleanly_on_sigterm(tmp_path, tiny_
         env=cli_env(RESTYLE_WEB_PORT=str(free_port())), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     endpoints_file = tmp_path / "endpoints.json"
-    deadline = time.monotonic() + 300
-    while not endpoints_file.exists():
-        assert process.poll() is None, process.stdout.read()
-        assert time.monotonic() < deadline, "restyle up did not become ready"
-        time.sleep(0.5)
-    endpoints = json.loads(endpoints_file.read_text())
+    endpoints = wait_until_up(process, endpoints_file)
     assert {"kafka_bootstrap", "s3_endpoint", "s3_bucket", "status_url", "s3_access_key",
             "s3_secret_key", "api_key"} <= set(endpoints)
     # It holds secrets: readable by its owner only.
@@ -96,6 +91,16 @@ def test_a_signal_while_up_is_starting_stops_everything_it_started(tmp_path, tin
     assert process.wait(120) == 0
     assert "stopped during start-up (SIGTERM)" in process.stdout.read()
     assert not [pid for pid in started if alive(pid)]
+
+
+def wait_until_up(process: subprocess.Popen, endpoints_file, timeout_s: float = 300) -> dict:
+    """The endpoints `restyle up` publishes once everything is ready."""
+    deadline = time.monotonic() + timeout_s
+    while not endpoints_file.exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "restyle up did not become ready"
+        time.sleep(0.5)
+    return json.loads(endpoints_file.read_text())
 
 
 def children(parent: int) -> list[tuple[int, str]]:
