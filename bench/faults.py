@@ -51,7 +51,8 @@ TERMINAL = ("done", "failed", "cancelled")
 class Bench:
     """One stack, a producer, a collector of results and job events."""
 
-    def __init__(self, broker: str, gpu_workers: int = 1, broker_storage: str = "memory"):
+    def __init__(self, broker: str, gpu_workers: int = 1, broker_storage: str = "memory",
+                 extra_env: dict[str, str] | None = None):
         import boto3
         from confluent_kafka import Producer
 
@@ -73,7 +74,8 @@ class Bench:
                 "RESTYLE_TENANT_MAX_STREAMS": "1000",
                 # A worker killed mid-job leaves its group after this long (default 30 s):
                 # its partitions move to the replacement sooner.
-                "RESTYLE_SESSION_TIMEOUT_S": "10", "RESTYLE_HEARTBEAT_INTERVAL_S": "2"})
+                "RESTYLE_SESSION_TIMEOUT_S": "10", "RESTYLE_HEARTBEAT_INTERVAL_S": "2",
+                **(extra_env or {})})
         self.endpoints = self.stack.start()
         self.settings = load_settings(state_dir=self.state)
         self.s3 = boto3.client("s3", endpoint_url=self.endpoints["s3_endpoint"],

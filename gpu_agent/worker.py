@@ -5,8 +5,9 @@ Inference runs in a thread so the consumer keeps heartbeating; progress goes out
 redelivered request for a job already rendered replies from the stored manifest instead of
 rendering again.
 
-The model never waits on I/O: the worker holds up to `gpu_prefetch` requests at once. While one
-runs in the model (one at a time, in arrival order), the next ones fetch and decode their
+The model never waits on I/O: the worker holds up to `gpu_prefetch` requests of each lane at
+once. While one runs in the model (one at a time: interactive requests first, see
+gpu_agent/turns.py), the next ones fetch and decode their
 inputs and the finished ones store their images and reply. Offsets are committed only up to the
 oldest unanswered request (faust tracks acks per offset), so a crash loses nothing.
 """
@@ -24,6 +25,7 @@ from gpu_agent import faults
 from gpu_agent.adapters import AdapterFiles
 from gpu_agent.duty import DutyMeter
 from gpu_agent.engine import ProgressCallback, RenderEngine
+from gpu_agent.turns import BATCH, INTERACTIVE, ModelTurns
 from schemas import (
     ErrorCode,
     JobEventKind,
@@ -49,21 +51,24 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     files = AdapterFiles(settings.state_dir / "adapters",
                          settings.avatar_adapter_cache_mb * 1024 * 1024)
     meter = DutyMeter()
-    model_turn = asyncio.Lock()  # FIFO: one model call at a time, in arrival order
+    # One model call at a time: interactive requests first, then batch ones (gpu_agent/turns)
+    turns = ModelTurns(settings.interactive_burst)
 
     # Requests this worker is answering, by job and output: the same request delivered again
     # while the first delivery renders (both prefetched before either stored its manifest)
     # waits for that render instead of making another.
     answering: dict[tuple[str, str], asyncio.Future] = {}
 
-    async def render(request: RenderRequest) -> None:
-        meter.received()
-        try:
-            await answer(request)
-        finally:
-            meter.answered()
+    def lane_handler(lane: str):
+        async def render(request: RenderRequest) -> None:
+            meter.received()
+            try:
+                await answer(request, lane)
+            finally:
+                meter.answered()
+        return render
 
-    async def answer(request: RenderRequest) -> None:
+    async def answer(request: RenderRequest, lane: str) -> None:
         waited_ms = round((time.time() - request.sent_at) * 1000, 2) if request.sent_at else None
         key = (request.job_id, request.output_prefix)
         if key in answering:
@@ -72,7 +77,7 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
             answering[key] = outcome = asyncio.get_running_loop().create_future()
             outcome.add_done_callback(_retrieve_exception)
             try:
-                result = await rendered_or_render(request)
+                result = await rendered_or_render(request, lane)
                 outcome.set_result(result)
             except asyncio.CancelledError:
                 outcome.cancel()
@@ -86,7 +91,7 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         await rt.send(request.reply_topic, request.job_id,
                       result.model_copy(update={"wait_ms": waited_ms}))
 
-    async def rendered_or_render(request: RenderRequest) -> RenderResult:
+    async def rendered_or_render(request: RenderRequest, lane: str) -> RenderResult:
         manifest_uri = join_uri(request.output_prefix, MANIFEST)
         # The inputs are read while the manifest is looked for: on a first delivery (nearly
         # always) the model's turn comes a storage round trip sooner. A redelivery answered
@@ -97,12 +102,14 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
             done = await _rendered_before(rt, manifest_uri, request)
             if done is not None:
                 return done
-            return await _render(rt, engine, request, await inputs, model_turn, meter)
+            return await _render(rt, engine, request, await inputs, turns, lane, meter)
         finally:
             inputs.cancel()  # not needed (answered from the manifest, or failed); no-op if read
 
-    rt.stage_agent("render", render, RenderRequest, topic=rt.topics.render,
+    rt.stage_agent("render", lane_handler(INTERACTIVE), RenderRequest, topic=rt.topics.render,
                    concurrency=settings.gpu_prefetch)
+    rt.stage_agent("render-batch", lane_handler(BATCH), RenderRequest,
+                   topic=rt.topics.render_batch, concurrency=settings.gpu_prefetch)
 
     return meter
 
@@ -169,7 +176,7 @@ async def _inputs(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> E
 
 
 async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, call: EngineCall,
-                  model_turn: asyncio.Lock, meter: DutyMeter) -> RenderResult:
+                  turns: ModelTurns, lane: str, meter: DutyMeter) -> RenderResult:
     loop = asyncio.get_running_loop()
 
     def on_step(step: int, total: int) -> None:  # called from the render thread
@@ -180,7 +187,7 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
             rt.job_event(request.job_id, JobEventKind.PROGRESS,
                          progress=Progress(step=step, total=total)), loop)
 
-    async with model_turn:
+    async with turns.turn(lane):
         # This worker holds the job now: from here, time without progress is a stall.
         await rt.job_event(request.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
         started = time.perf_counter()

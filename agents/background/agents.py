@@ -181,9 +181,10 @@ async def mask(rt: Runtime, models: StageModels, job: BackgroundJob) -> None:
     for uri, image in ((job.keep_mask, keep), (render_image, small), (render_mask, repaint)):
         await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
     job.timings_ms["mask"] = round((time.perf_counter() - started) * 1000, 2)
+    # A batch's image takes the batch lane; a Titan request is one image someone waits for.
     await request_render(rt, job, rt.topics_of(BackgroundTopics).finish, prompt=job.prompt,
                          task="inpaint", image=render_image, mask=render_mask, params=params,
-                         output_prefix=join_uri(prefix, "raw"))
+                         output_prefix=join_uri(prefix, "raw"), batch=not job.titan)
 
 
 async def finish(rt: Runtime, reply: RenderResult) -> None:

@@ -25,6 +25,7 @@ class QueuePositions:
         self.settings = settings
         # The consumer group that serves each request topic.
         self.groups = {settings.topics.render: f"{settings.app_id}-gpu",
+                       settings.topics.render_batch: f"{settings.app_id}-gpu",
                        settings.topics.train: f"{settings.app_id}-trainer"}
         # (group, topic, partition) -> (when read, the committed offset)
         self._committed: dict[tuple[str, str, int], tuple[float, int | None]] = {}

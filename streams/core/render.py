@@ -13,12 +13,14 @@ J = TypeVar("J", bound=BaseModel)
 
 
 async def request_render(rt: Runtime, job: BaseModel, reply_to: str, key: str | None = None,
-                         **request) -> None:
+                         batch: bool = False, **request) -> None:
     """Send job's render request; the answer comes back on the topic named reply_to, with the
     job as it is now in its context. request: the RenderRequest fields the job decides. key:
     what the request is partitioned by (the job id unless given): requests with one key go to
-    one GPU worker."""
-    sent = await rt.send(rt.topics.render, key or job.job_id, RenderRequest(
+    one GPU worker. batch: nobody waits on this one image (a batch's), so it takes the batch
+    lane when RESTYLE_RENDER_LANES is on (gpu_agent/turns.py)."""
+    topic = rt.topics.render_batch if batch and rt.settings.render_lanes else rt.topics.render
+    sent = await rt.send(topic, key or job.job_id, RenderRequest(
         job_id=job.job_id, tenant=job.tenant, reply_topic=reply_to,
         context=job.model_dump(mode="json"), **request))
     # After the request (a producer has one request in flight per broker: the status would

@@ -30,6 +30,9 @@ class Topics(TopicNames):
     job_events: str = "restyle.job-events"
     dlq: str = "restyle.dlq"
     render: str = "restyle.render-requests"
+    # The GPU worker's batch lane (background batches' images): served when no interactive
+    # request waits (RESTYLE_RENDER_LANES).
+    render_batch: str = "restyle.render-requests.batch"
     # Training work for the trainer workers (avatars), keyed by model id.
     train: str = "restyle.train-requests"
     catalog_events: str = "restyle.catalog-events"

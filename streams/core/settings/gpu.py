@@ -20,6 +20,12 @@ class GpuSettings(SettingsBase):
     # Render requests a GPU worker holds at once: while the model runs one, the others fetch
     # their inputs or store their outputs, so the model never waits on I/O.
     gpu_prefetch: int = 3
+    # Priority lanes: batch images go to their own render topic, and a GPU worker gives the
+    # model to an interactive request (a makeover, an avatar, a single image) before any batch
+    # one; a batch request waits behind at most interactive_burst interactive renders in a
+    # row. Off: one topic, first come first served.
+    render_lanes: bool = True
+    interactive_burst: int = Field(4, ge=1)
     # Pipelines the GPU worker loads at start (so the first job of each kind is not slow);
     # "avatar": the base model that person adapters are served on (kept apart from the LRU).
     gpu_warm_tasks: list[Literal["controlnet_depth", "controlnet_canny", "controlnet_seg",

@@ -169,6 +169,26 @@ def test_a_prefix_batch_posted_to_the_api_runs_every_image_under_it(e2e):
     assert sorted(i["name"] for i in report["images"]) == ["astronaut.png", "coffee.png"]
     for image in report["images"]:
         assert image["status"] == "done" and len(image["outputs"]) == 1
+    # Nobody waits on one image of a batch: its render took the batch lane.
+    assert render_lanes(e2e, batch_id, 2) == {"restyle.render-requests.batch"}
+
+
+def render_lanes(e2e, job_prefix: str, expected: int) -> set[str]:
+    """The render topics the requests of jobs whose ids start with job_prefix went to."""
+    from tests.conftest import TopicCollector
+
+    topics = ["restyle.render-requests", "restyle.render-requests.batch"]
+    collector = TopicCollector(e2e.endpoints["kafka_bootstrap"], topics, e2e.settings.partitions)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            found = [m for topic in topics for m in collector.matching(
+                topic, lambda m: json.loads(m.value())["job_id"].startswith(job_prefix))]
+            if len(found) >= expected or time.monotonic() > deadline:
+                return {m.topic() for m in found}
+            time.sleep(0.3)
+    finally:
+        collector.close()
 
 
 def test_a_bad_batch_goes_to_the_dlq_and_its_batch_fails_with_the_cause(e2e):
@@ -206,6 +226,8 @@ def test_a_titan_request_runs_and_answers_in_the_titan_response_shape(e2e):
         time.sleep(0.5)
     assert status == 200 and answer["error"] is None and len(answer["images"]) == 1
     assert "maskImage" not in answer  # only when the request set returnMask
+    # Someone waits on a Titan request: its render took the interactive lane.
+    assert render_lanes(e2e, job_id, 1) == {"restyle.render-requests"}
     out = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))))
     assert out.shape[:2] == (120, 160)
     assert np.array_equal(out[keep == 255], np.asarray(photo)[keep == 255])
