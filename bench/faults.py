@@ -2,10 +2,10 @@
 faults, measured in one run on one stack.
 
     python bench/faults.py [--broker tansu|kafka] [--kills 20] [--outage-s 40]
-                           [--rate 300] [--streams 500] [--broker-restarts 3]
+                           [--every-s 1] [--rate 300] [--streams 500] [--broker-restarts 3]
                            [--broker-down-s 5] [--only kills,duplicate,outage,status,sse,broker]
 
-- kills: a steady stream of jobs (a conditioned generation every 0.5 s); kill -9 a CPU
+- kills: a steady stream of jobs (a conditioned generation every `--every-s`); kill -9 a CPU
   worker at random moments, `--kills` times, then the GPU worker as often; each is started
   again at once (as a supervisor would). Counts lost jobs (no result), stuck jobs (not ended),
   duplicate result events (and whether the duplicates are identical) and images in storage
@@ -173,29 +173,49 @@ def _png(side: int) -> bytes:
     return buffer.getvalue()
 
 
-def account(bench: Bench, job_ids: list[str], settle_s: float) -> dict:
-    """Wait up to settle_s for every job to end; then count what the promise forbids."""
+def account(bench: Bench, job_ids: list[str], settle_s: float, quiet_s: float = 180) -> dict:
+    """Wait for every job to end (up to settle_s, and while results keep coming: a backlog
+    drains, a job that will never end does not hold the count up past quiet_s without
+    progress); then count what the promise forbids."""
     deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline and not all(bench.results(j) for j in job_ids):
-        time.sleep(1)
+    ended, last_progress = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_ended = sum(1 for j in job_ids if bench.results(j))
+        if now_ended == len(job_ids):
+            break
+        if now_ended != ended:
+            ended, last_progress = now_ended, time.monotonic()
+        elif time.monotonic() - last_progress > quiet_s:
+            break
+        time.sleep(2)
     lost = [j for j in job_ids if not bench.results(j)]
-    stuck = [j for j in lost if bench.api(f"/jobs/{j}")[1].get("status") not in TERMINAL]
+    answers = {j: bench.api(f"/jobs/{j}") for j in lost}
+    # Never became a job at all (the status API does not know it): lost before the table.
+    unknown = [j for j in lost if answers[j][0] == 404]
+    stuck = [j for j in lost if j not in unknown and answers[j][1].get("status") not in TERMINAL]
     duplicated = {j: bench.results(j) for j in job_ids if len(bench.results(j)) > 1}
     identical = all(all(_same(r, rs[0]) for r in rs) for rs in duplicated.values())
     # Every URI a result names (its images, and the control map or masks it was made from).
     named = {uri for j in job_ids for r in bench.results(j) for uri in _uris(r)}
-    prefixes = tuple(f"s3://restyle/results/{j}/" for j in job_ids)
-    # Images a job wrote under its prefix that its result does not name (a render repeated
-    # after a kill writes the same names: only a stray name counts).
+    prefixes = tuple(f"s3://restyle/results/{j}/" for j in job_ids if bench.results(j))
+    # Images an ended job wrote under its prefix that its result does not name (a render
+    # repeated after a kill writes the same names: only a stray name counts).
     orphans = [uri for uri in bench.stored_images()
                if uri.startswith(prefixes) and uri not in named and "/raw/" not in uri]
     statuses = [bench.results(j)[0]["status"] for j in job_ids if bench.results(j)]
+    failed = {j: (bench.results(j)[0]["error"] or {}).get("code") for j in job_ids
+              if bench.results(j) and bench.results(j)[0]["status"] == "failed"}
+    ended_without_result = [j for j in lost if j not in stuck and j not in unknown]
     return {"jobs": len(job_ids), "done": statuses.count("done"),
-            "failed": statuses.count("failed"), "lost": len(lost) - len(stuck),
-            "stuck": len(stuck), "duplicate_results": len(duplicated),
+            "failed": statuses.count("failed"), "lost": len(ended_without_result),
+            "never_admitted": len(unknown), "stuck": len(stuck), "duplicate_results": len(duplicated),
             "duplicates_identical": identical, "orphan_images": len(orphans),
-            "failures": sorted({(r["error"] or {}).get("code") for j in job_ids
-                                for r in bench.results(j) if r["status"] == "failed"} - {None})}
+            "failures": sorted(set(failed.values()) - {None}),
+            # A few ids of each, to look them up in the logs and the status API.
+            "examples": {"lost": ended_without_result[:5], "never_admitted": unknown[:5],
+                         "stuck": stuck[:5],
+                         "duplicated": list(duplicated)[:5], "failed": list(failed)[:5],
+                         "orphans": orphans[:3]}}
 
 
 def _uris(value) -> list[str]:
@@ -213,9 +233,9 @@ def _same(a: dict, b: dict) -> bool:
         [i["uri"] for i in (b.get("result") or {}).get("images", [])]
 
 
-def kills(bench: Bench, count: int, seed: int = 5) -> dict:
+def kills(bench: Bench, count: int, every_s: float, seed: int = 5) -> dict:
     rng = random.Random(seed)
-    job_ids, stop, feeder = feed(bench, "kill")
+    job_ids, stop, feeder = feed(bench, "kill", every_s)
     rows = {}
     try:
         for prefix in ("cpu-worker", "gpu-worker"):
@@ -227,7 +247,7 @@ def kills(bench: Bench, count: int, seed: int = 5) -> dict:
     finally:
         stop.set()
         feeder.join()
-    summary = account(bench, list(job_ids), settle_s=600)
+    summary = account(bench, list(job_ids), settle_s=2400)
     summary["kill_phase_s"] = rows
     return summary
 
@@ -529,6 +549,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
     parser.add_argument("--kills", type=int, default=20)
+    # One job a second: what one worker of each kind clears between kills on two cores (at
+    # two a second the backlog grew by 1273 jobs over the 40 kills).
+    parser.add_argument("--every-s", type=float, default=1.0)
     parser.add_argument("--outage-s", type=float, default=40)
     parser.add_argument("--rate", type=float, default=300)
     parser.add_argument("--broker-restarts", type=int, default=3)
@@ -550,7 +573,7 @@ def main() -> None:
             if "outage" in chosen:
                 print("outage", json.dumps(outage(bench, args.outage_s)), flush=True)
             if "kills" in chosen:
-                print("kills", json.dumps(kills(bench, args.kills)), flush=True)
+                print("kills", json.dumps(kills(bench, args.kills, args.every_s)), flush=True)
         finally:
             bench.close()
     if "broker" in chosen:

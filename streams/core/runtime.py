@@ -297,7 +297,7 @@ class Runtime:
             if isinstance(getattr(decoded, "waits_ms", None), dict):
                 decoded.waits_ms[stage] = round(waited * 1000, 2)
         attempts = self.settings.stage_attempts
-        if deaths >= attempts:  # it killed the worker each time: not run again
+        if deaths >= self.settings.crash_attempts:  # the worker died each time: not again
             STAGE_OUTCOMES.labels(stage, "crashed").inc()
             log.error("job %s: the worker died %d times running %s on this message (topic %s, "
                       "partition %d, offset %d); it is not run again", job_id, deaths, stage,

@@ -21,6 +21,13 @@ class ResilienceSettings(SettingsBase):
     # A stage that raises an unexpected error (a bug, a model error) on one message is run
     # again up to this many times in all; then the job fails with the attempt count.
     stage_attempts: int = Field(3, ge=1)
+    # A message in flight each time its worker died (the in-flight journal,
+    # streams/adapters/journal.py) fails its job `worker_crashed` once it has been in flight
+    # at this many deaths. Higher than stage_attempts: a worker also dies of causes that are
+    # not the message's (an eviction, a kill, a broken node), and every message it holds at
+    # that moment is counted; the fault bench kills workers 20 times in 15 minutes with three
+    # renders held each time, and 3 failed 7 of 3571 jobs there.
+    crash_attempts: int = Field(5, ge=1)
     # A dead letter carries its original message whole; one larger than this (with the
     # headers it gains, it would pass the broker's 1 MB default) is kept in object storage
     # under {storage base}/dlq/ and named in the record's restyle-dlq-original header.

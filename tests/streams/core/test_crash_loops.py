@@ -1,6 +1,6 @@
 """A message that kills its worker is not run forever: the in-flight journal outlives the
-process, the restarted worker counts the deaths, and at RESTYLE_STAGE_ATTEMPTS the job fails
-`worker_crashed`. Each run here is a real process that really dies (SIGKILL, as the kernel's
+process, the restarted worker counts the deaths, and at RESTYLE_CRASH_ATTEMPTS (3 here) the
+job fails `worker_crashed`. Each run here is a real process that really dies (SIGKILL, as the kernel's
 out-of-memory killer would send), started again the way a supervisor would."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ async def stage(work: Work) -> None:
     print("ran", work.job_id, flush=True)
 
 async def main() -> None:
-    rt = InProcessRuntime(Settings(state_dir=state), topic_sets(),
+    rt = InProcessRuntime(Settings(state_dir=state, crash_attempts=3), topic_sets(),
                           InFlightJournal(state / "in-flight" / "cpu"))
     rt.stage_agent("poisoned", stage, Work, "restyle.stage.poisoned")
     await rt.deliver("restyle.stage.poisoned", Work(job_id=job_id), key=job_id)
@@ -88,7 +88,7 @@ def test_one_death_is_forgiven_when_the_message_then_succeeds(tmp_path):
 
 
 def test_a_deliberate_exit_for_a_broken_device_does_not_count_against_the_job(tmp_path):
-    for _ in range(3):  # as many as RESTYLE_STAGE_ATTEMPTS: were they counted, a 4th is refused
+    for _ in range(3):  # as many as RESTYLE_CRASH_ATTEMPTS: were they counted, a 4th is refused
         exited = run_worker(tmp_path, "job-device", "broken-device")
         assert exited.returncode == 70, exited.stderr
         assert "this worker exits so its jobs go to a healthy one" in exited.stderr
