@@ -87,9 +87,12 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
                 raise
             finally:
                 del answering[key]
-        result = result.model_copy(update={"context": request.context})
-        await rt.send(request.reply_topic, request.job_id,
-                      result.model_copy(update={"wait_ms": waited_ms}))
+        # A render says how long it waited for the model; a delivery answered from an earlier
+        # render's manifest, how long it waited on the topic.
+        result = result.model_copy(update={"context": request.context,
+                                           "wait_ms": result.wait_ms if result.wait_ms
+                                           is not None else waited_ms})
+        await rt.send(request.reply_topic, request.job_id, result)
 
     async def rendered_or_render(request: RenderRequest, lane: str) -> RenderResult:
         manifest_uri = join_uri(request.output_prefix, MANIFEST)
@@ -188,6 +191,10 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
                          progress=Progress(step=step, total=total)), loop)
 
     async with turns.turn(lane):
+        # The wait for the GPU ends here, at the model's turn (a request held in the worker
+        # behind others still waits): what a user waiting on a makeover feels.
+        waited_ms = round((time.time() - request.sent_at) * 1000, 2) if request.sent_at \
+            else None
         # This worker holds the job now: from here, time without progress is a stall.
         await rt.job_event(request.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
         started = time.perf_counter()
@@ -201,7 +208,7 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
 
     uris = [join_uri(request.output_prefix, f"{n}.png") for n in range(len(images))]
     result = RenderResult(job_id=request.job_id, images=uris, seed=request.params.seed,
-                          render_ms=render_ms, context=request.context)
+                          render_ms=render_ms, wait_ms=waited_ms, context=request.context)
 
     async def store(n: int, image) -> None:
         await rt.storage.put(uris[n], await asyncio.to_thread(encode_png, image), "image/png",
@@ -210,7 +217,8 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
 
     # The manifest is written alongside the images, not after them (a storage round trip
     # off every job): a redelivery trusts it only once every image it names exists.
-    manifest = result.model_copy(update={"context": {}}).model_dump_json().encode()
+    manifest = result.model_copy(update={"context": {}, "wait_ms": None}
+                                 ).model_dump_json().encode()
     await asyncio.gather(*(store(n, image) for n, image in enumerate(images)),
                          rt.storage.put(join_uri(request.output_prefix, MANIFEST), manifest,
                                         "application/json"))

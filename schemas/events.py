@@ -63,7 +63,8 @@ class RenderResult(BaseModel):
     images: list[str] = Field(default_factory=list)
     seed: int
     render_ms: float
-    # Time the request waited on the render topic before the GPU worker took it.
+    # Time the request waited for the GPU: from its send until the model's turn came (on the
+    # topic, then held in the worker behind other requests).
     wait_ms: float | None = None
     error: JobError | None = None
     context: dict[str, Any] = Field(default_factory=dict)
