@@ -34,7 +34,7 @@ class ErrorCode(StrEnum):
     MODEL_MISMATCH = "model_mismatch"
     # The GPU (or the host) could not hold what the job asked for; the message says the size.
     GPU_OUT_OF_MEMORY = "gpu_out_of_memory"
-    # The worker died (killed, crashed) each time it ran the job, RESTYLE_STAGE_ATTEMPTS times.
+    # The worker died (killed, crashed) each time it ran the job, RESTYLE_CRASH_ATTEMPTS times.
     WORKER_CRASHED = "worker_crashed"
     INTERNAL = "internal_error"
 

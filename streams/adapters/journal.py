@@ -6,7 +6,7 @@ library) is delivered again to the restarted worker, which dies again: a crash l
 in-process retry can see. Before a stage runs a message it records the start here; when the
 stage returns, raises or is cancelled, the record goes. A record still there when the message
 comes back means an earlier worker died while running it, and the runtime counts those deaths
-(Runtime.handle fails the job once RESTYLE_STAGE_ATTEMPTS is reached).
+(Runtime.handle fails the job once RESTYLE_CRASH_ATTEMPTS is reached).
 
 The files live under the worker's state directory: a container restarted in its pod (an
 emptyDir volume) or a worker restarted by `restyle up` finds them. A message that moves to a
