@@ -134,18 +134,18 @@ class Bench:
         service = self.worker(prefix)
         service.process.send_signal(signal.SIGKILL)
         service.process.wait(10)
-        self.stack.stack.services.remove(service)
-        role = "cpu" if prefix.startswith("cpu") else "gpu"
-        again = self.stack.start_worker(role, service.port, service.name)
+        again = self.start_again(service)  # as a supervisor would
         self.stack.wait_healthy([again.port], 300)
 
-    def start_again(self, service) -> None:
-        """A server stopped or killed, started again the same way (same ports, same data)."""
+    def start_again(self, service):
+        """A process stopped or killed, started again the same way (same command, ports and
+        data), once it listens."""
         from streams.stack.embedded import wait_for_port
 
         again = service.start_again()
         self.stack.stack.services[self.stack.stack.services.index(service)] = again
         wait_for_port(again.port, 120, again.process, again.name)
+        return again
 
     def stored_images(self) -> set[str]:
         found, token = set(), None
