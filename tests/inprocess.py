@@ -94,7 +94,9 @@ class InProcessRuntime(Runtime):
         self.log.append(message)
 
     def stage_agent(self, name, handler, model, topic, concurrency=1, batch=None,
-                    **options) -> None:
+                    chained=False, **options) -> None:
+        if chained and batch is None:
+            self.declare_chained(name, handler, model, topic, options)
         self.agents.setdefault(topic, []).append(Registered(name, handler, model, batch, options))
 
     def sent(self, topic: str) -> list[Message]:

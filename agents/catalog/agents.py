@@ -93,7 +93,8 @@ def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
                    topic=topics.catalog, on_failure=partial(failed, rt),
                    on_undecodable=partial(undecodable, rt))
     rt.stage_agent("catalog-caption", partial(caption, rt, models), CatalogItem,
-                   topic=topics.caption, on_failure=partial(failed, rt))
+                   topic=topics.caption, on_failure=partial(failed, rt),
+                   chained=True)  # called in-process by catalog-embed (chaining)
     rt.stage_agent("catalog-index", partial(write_batch, rt, index), CatalogItem,
                    topic=topics.index,
                    batch=(settings.catalog_batch_size, settings.catalog_flush_s))

@@ -1,5 +1,9 @@
-"""The room makeover's faust agents: one per stage, each on its own topic so each scales alone.
-Each agent decodes, calls its stage function (in a thread: models block) and emits."""
+"""The room makeover's faust agents: one per stage, each on its own topic so each can scale
+alone. Each agent decodes, calls its stage function (in a thread: models block) and emits.
+analyze -> embed -> retrieve -> compose -> depth run in one worker role, so they are chained
+(Runtime.stage_agent): analyze calls the rest in-process unless RESTYLE_CHAIN_STAGES or
+RESTYLE_UNCHAINED_STAGES split the chain; analyze itself is fed by the job tracker, and the
+render goes to the GPU workers' topic."""
 from __future__ import annotations
 
 import asyncio
@@ -133,15 +137,16 @@ async def reanalyze(rt: Runtime, models: StageModels, index: VectorIndex,
 
 def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
     topics = rt.topics_of(MakeoverTopics)
-    stages = [("analyze", partial(analyze, rt, models), MakeoverJob, topics.analyze),
-              ("embed", partial(embed, rt, models), MakeoverJob, topics.embed),
-              ("retrieve", partial(retrieve, rt, index), MakeoverJob, topics.retrieve),
-              ("compose", partial(compose, rt), MakeoverJob, topics.compose),
-              ("depth", partial(depth, rt, models), MakeoverJob, topics.depth),
+    # (name, handler, input, topic, chained to the stage before it)
+    stages = [("analyze", partial(analyze, rt, models), MakeoverJob, topics.analyze, False),
+              ("embed", partial(embed, rt, models), MakeoverJob, topics.embed, True),
+              ("retrieve", partial(retrieve, rt, index), MakeoverJob, topics.retrieve, True),
+              ("compose", partial(compose, rt), MakeoverJob, topics.compose, True),
+              ("depth", partial(depth, rt, models), MakeoverJob, topics.depth, True),
               ("reanalyze", partial(reanalyze, rt, models, index), RenderResult,
-               topics.reanalyze)]
-    for name, handler, model, topic in stages:
-        rt.stage_agent(name, handler, model, topic)
+               topics.reanalyze, False)]
+    for name, handler, model, topic, chained in stages:
+        rt.stage_agent(name, handler, model, topic, chained=chained)
 
 
 PIPELINE = Pipeline(name="room_makeover", register=register, topics=MakeoverTopics,

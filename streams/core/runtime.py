@@ -10,6 +10,7 @@ import time
 import warnings
 from collections import OrderedDict
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, TypeVar
 from urllib.parse import unquote
 
@@ -63,6 +64,8 @@ class Runtime:
         self.topics: Topics = settings.topics
         self._topic_sets = {type(topics): topics for topics in (settings.topics, *topic_sets)}
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
+        # topic -> the stage of this worker a send to it calls in-process (chaining).
+        self._chained: dict[str, ChainedStage] = {}
         # Why this worker stopped for good (stop_worker), shown by /livez and /readyz.
         self.broken: str | None = None
         # Shutting down (SIGTERM): /readyz says so, and no new work is taken; once the grace
@@ -175,6 +178,13 @@ class Runtime:
         (the record's partition and offset) when awaited."""
         if "sent_at" in type(model).model_fields:  # lets the next stage measure its queue wait
             model.sent_at = time.time()
+        following = _chain.get()
+        if topic in self._chained and following is not None and headers is None \
+                and not acknowledged:
+            # Chained: the handling stage calls it once it has finished (handle()), on a copy
+            # (what it would have read from the topic), under the same input message.
+            following.append((self._chained[topic], model.model_copy(deep=True)))
+            return _settled_send()
         pending = await self.channel(topic).send(key=key.encode(),
                                                  value=model.model_dump_json().encode(),
                                                  headers=headers)
@@ -248,7 +258,9 @@ class Runtime:
         handler stops it quietly. An unexpected error runs the handler again (up to
         RESTYLE_STAGE_ATTEMPTS in all); what it sends is acknowledged by the broker before the
         message counts as done. While the worker shuts down, a message is not started, and one
-        handed back (HandedBack) is held unacknowledged for the next worker."""
+        handed back (HandedBack) is held unacknowledged for the next worker. The stages the
+        handler hands the job to in-process (chained: see stage_agent) run next, each under
+        this same policy and this same message."""
         if self.draining:
             await self._held(event)  # taken from the buffer after SIGTERM: never started
         self._in_flight += 1
@@ -276,7 +288,6 @@ class Runtime:
     async def _handle(self, stage, event, model, handler, fail_jobs, on_failure,
                       on_undecodable, follows_cancellations, deaths: int) -> None:
         message = event.message
-        started = time.perf_counter()
         try:
             decoded = message if model is None else decode(message.value, model)
         except StageFailure as failure:
@@ -285,11 +296,27 @@ class Runtime:
             if on_undecodable is not None:
                 await on_undecodable(message.value, failure.error)
             return
+        step = ChainedStage(stage, handler, dict(fail_jobs=fail_jobs, on_failure=on_failure,
+                                                 follows_cancellations=follows_cancellations))
+        chain = await self._run(step, message, decoded, deaths)
+        while chain:  # the stages this one handed the job to in-process, in order
+            step, decoded = chain.pop(0)
+            if self.handing_back:  # the grace period is over: the next worker reruns it all
+                raise HandedBack(getattr(decoded, "job_id", None))
+            chain[:0] = await self._run(step, message, decoded)
+
+    async def _run(self, step: ChainedStage, message, decoded, deaths: int = 0) -> list:
+        """Run one stage on a decoded message (read from its topic, or handed over by the
+        stage before it in a chain; message is the input that started it either way).
+        Returns the chained stages it handed work to, to run next."""
+        stage, handler = step.name, step.handler
+        fail_jobs, on_failure = step.options["fail_jobs"], step.options["on_failure"]
+        started = time.perf_counter()
         job_id = getattr(decoded, "job_id", None)
-        if follows_cancellations and self.cancelled(job_id):
+        if step.options["follows_cancellations"] and self.cancelled(job_id):
             STAGE_OUTCOMES.labels(stage, "cancelled").inc()
             log.info("job %s is cancelled: %s does not start it", job_id, stage)
-            return
+            return []
         sent_at = getattr(decoded, "sent_at", None)
         if sent_at:
             waited = max(0.0, time.time() - sent_at)
@@ -306,26 +333,28 @@ class Runtime:
                 f"{stage}: the worker stopped {deaths} times while it ran this job (killed "
                 f"or crashed; out of memory is the usual cause); it is not run again"))
             await self._failed(message, job_id, error, decoded, fail_jobs, on_failure)
-            return
+            return []
         try:
             with retry_policy(self.settings.retry_policy(stage)):
                 for attempt in range(1, attempts + 1):
+                    following: list = []  # what this attempt chains to; dropped if it fails
+                    token = _chain.set(following)
                     try:
                         async with acknowledged_sends():
                             await handler(decoded)
                         STAGE_OUTCOMES.labels(stage, "ok").inc()
-                        return
+                        return following
                     except StageFailure as failure:
                         STAGE_OUTCOMES.labels(stage, "failed").inc()
                         log.info("job %s failed in %s: %s", job_id, stage,
                                  failure.error.message)
                         await self._failed(message, job_id, failure.error, decoded, fail_jobs,
                                            on_failure)
-                        return
+                        return []
                     except JobCancelled:
                         STAGE_OUTCOMES.labels(stage, "cancelled").inc()
                         log.info("job %s was cancelled during %s: stopped", job_id, stage)
-                        return
+                        return []
                     except (asyncio.CancelledError, HandedBack):
                         raise
                     except Exception as exc:  # a bug or a model error: the worker lives
@@ -344,17 +373,26 @@ class Runtime:
                                                  f"{type(exc).__name__}: {exc}")
                         await self._failed(message, job_id, error, decoded, fail_jobs,
                                            on_failure)
+                    finally:
+                        _chain.reset(token)
+            return []
         finally:
             STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
 
     def stage_agent(self, name: str, handler, model: type[BaseModel] | None, topic: str,
                     concurrency: int = 1, batch: tuple[int, float] | None = None,
-                    **options) -> None:
+                    chained: bool = False, **options) -> None:
         """The one way an agent is made: a faust agent named `name` on the topic named `topic`
         that runs every message through handle(name, ..., handler).
         batch=(size, seconds): handler takes the decoded messages of up to `size` at a time (or
         what arrived within `seconds`); the undecodable ones go to the DLQ, and a batch whose
-        handler raises has each of its messages dead-lettered with the cause."""
+        handler raises has each of its messages dead-lettered with the cause.
+        chained: a stage of this worker that sends to `topic` calls this one in-process
+        instead (RESTYLE_CHAIN_STAGES, RESTYLE_UNCHAINED_STAGES); for a stage whose input
+        comes from the stage before it in the same pipeline and role, not for one that owns a
+        table or takes batches. The agent still consumes the topic."""
+        if chained and batch is None:
+            self.declare_chained(name, handler, model, topic, options)
         async def agent(stream):
             if batch is None:
                 async for event in stream.events():
@@ -365,6 +403,17 @@ class Runtime:
 
         agent.__name__ = agent.__qualname__ = name  # how faust names it in logs
         self.app.agent(self.channels[topic], name=name, concurrency=concurrency)(agent)
+
+    def declare_chained(self, name: str, handler, model: type[BaseModel] | None, topic: str,
+                        options: dict) -> None:
+        """Sends to `topic` call stage `name` in-process, unless chaining is off or split
+        there (RESTYLE_CHAIN_STAGES, RESTYLE_UNCHAINED_STAGES)."""
+        settings = self.settings
+        if model is None or not settings.chain_stages or name in settings.unchained_stages:
+            return
+        self._chained[topic] = ChainedStage(name, handler, dict(
+            fail_jobs=options.get("fail_jobs", True), on_failure=options.get("on_failure"),
+            follows_cancellations=options.get("follows_cancellations", True)))
 
     async def _handle_batch(self, stage: str, events, model: type[M],
                             handler: Callable[[list[M]], Awaitable[None]]) -> None:
@@ -451,6 +500,26 @@ class Runtime:
         while len(self._images) > 16:
             self._images.popitem(last=False)
         return image
+
+
+@dataclass(frozen=True)
+class ChainedStage:
+    """A stage as handle() runs it: its name, its handler and handle()'s options for it."""
+    name: str
+    handler: Callable[[BaseModel], Awaitable[None]]
+    options: dict
+
+
+# The chained stages a stage has handed a job to while it handles one message (in order).
+_chain: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "restyle_chained_stages", default=None)
+
+
+def _settled_send() -> asyncio.Future:
+    """What a chained send returns: a send already settled, that placed no record."""
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 # The sends made while a stage handles one message, until the broker acknowledges them.

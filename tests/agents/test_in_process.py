@@ -71,8 +71,13 @@ def test_the_intake_submits_a_makeover_and_refuses_what_it_cannot_read(runtime, 
     assert json.loads(letters[0][1])["pipeline"] == "sculpt"  # the upload as it was sent
 
 
-def test_a_room_makeover_runs_from_analyze_to_completed_in_process(runtime, settings,
+@pytest.mark.parametrize("chained", [True, False], ids=["chained", "split"])
+def test_a_room_makeover_runs_from_analyze_to_completed_in_process(chained, settings,
                                                                  room_photos, tmp_path):
+    # Chained (the default), analyze calls embed -> retrieve -> compose -> depth in-process;
+    # split, each reads its own topic. The same stage functions either way.
+    runtime = InProcessRuntime(settings.model_copy(update={"chain_stages": chained}),
+                               topic_sets())
     intake.register(runtime)
     models = StageModels(settings)
     makeover_agents.register(runtime, models, LocalIndex(tmp_path / "index"))
@@ -96,6 +101,12 @@ def test_a_room_makeover_runs_from_analyze_to_completed_in_process(runtime, sett
     image = asyncio.run(runtime.storage.get(result["images"][0]["uri"]))
     assert image.startswith(b"\x89PNG")
     assert len(runtime.sent(runtime.topics.render)) == 1  # one render request, answered once
+    # Each stage still says how long it took; only where the job travelled differs.
+    assert all(result["timings_ms"][stage] > 0 for stage in ("embed", "depth"))
+    topics = runtime.topics_of(MakeoverTopics)
+    handed_over = [len(runtime.sent(t)) for t in (topics.embed, topics.retrieve,
+                                                   topics.compose, topics.depth)]
+    assert handed_over == ([0, 0, 0, 0] if chained else [1, 1, 1, 1])
 
 
 def test_a_render_size_derived_too_large_fails_the_condition_job_before_any_resize(
@@ -119,6 +130,42 @@ def test_a_render_size_derived_too_large_fails_the_condition_job_before_any_resi
     assert (failed["kind"], failed["error"]["code"]) == ("failed", "invalid_params")
     assert "1408x1982464 px" in failed["error"]["message"]
     assert rt.sent(rt.topics.render) == []  # nothing rendered, nothing resized
+
+
+class BrokenDepth:
+    """A depth model with a bug: every estimate raises."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def estimate(self, image):
+        self.calls += 1
+        raise RuntimeError("the depth model lost its way")
+
+
+def test_a_chained_stage_is_retried_and_fails_on_its_own(runtime, settings, room_photos,
+                                                        tmp_path):
+    # depth, the last stage of the chain, raises every time: it alone is run again
+    # (RESTYLE_STAGE_ATTEMPTS), the stages before it are not, and the job fails naming it.
+    models = StageModels(settings)
+    models._loaded["depth"] = broken = BrokenDepth()
+    intake.register(runtime)
+    makeover_agents.register(runtime, models, LocalIndex(tmp_path / "index"))
+    upload = {"pipeline": "room_makeover", "job_id": "room-3",
+              "image": room_photos[1].as_uri(), "style": "modern"}
+    asyncio.run(runtime.deliver(runtime.topics.uploads, json.dumps(upload).encode(), "room-3"))
+    job = JobEvent.model_validate(events(runtime, runtime.topics.job_events)[0]).job
+
+    asyncio.run(runtime.deliver(runtime.topics_of(MakeoverTopics).analyze, job, job.job_id))
+
+    kinds = [(e["kind"], e.get("status")) for e in events(runtime, runtime.topics.job_events)]
+    assert kinds == [("submitted", None), ("status", "analyzing"), ("failed", None)]
+    failed = events(runtime, runtime.topics.job_events)[-1]
+    assert failed["error"]["code"] == "internal_error"
+    assert failed["error"]["message"] == ("depth stage error (attempt 3 of 3): "
+                                          "RuntimeError: the depth model lost its way")
+    assert broken.calls == 3
+    assert runtime.sent(runtime.topics.render) == []
 
 
 class RefusingIndex(LocalIndex):

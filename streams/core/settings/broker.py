@@ -96,6 +96,17 @@ class BrokerSettings(SettingsBase):
     # Right on Apache Kafka; the embedded Tansu broker under-reports end offsets, so `restyle up`
     # turns the check off when it starts Tansu (the local store is the source of truth there).
     recovery_consistency_check: bool = True
+    # Chaining (operator fusion): a stage that hands a job to the next stage of its pipeline
+    # in the same worker calls it in-process instead of producing to its topic and consuming
+    # it back (the makeover's embed, retrieve, compose and depth; the catalog's caption).
+    # Topics stay where the work changes machine (CPU -> GPU), a batch fans out or a table
+    # is owned. Each stage still consumes its own topic, so a split deployment and records
+    # already queued keep working.
+    chain_stages: bool = True
+    # Stages that always take their input from their topic, even when chaining is on: split
+    # the chain there to scale that stage alone (["depth"] puts depth maps on their own
+    # consumers).
+    unchained_stages: list[str] = Field(default_factory=list)
     topics: Topics = Field(default_factory=Topics)
 
     @model_validator(mode="after")

@@ -67,6 +67,12 @@ def test_a_room_photo_becomes_a_restyled_room_with_products(e2e, room_uri):
     steps = [e["progress"]["step"] for e in events if e["kind"] == "progress"]
     assert steps == [1, 2]
 
+    # On Tansu the stack chains analyze -> embed -> retrieve -> compose -> depth in-process
+    # (the default): the job never touched the depth stage's topic. Split (the other
+    # broker's stack, RESTYLE_CHAIN_STAGES=false), it went through it once.
+    through_depth = e2e.keyed_records("restyle.stage.depth", job_id)
+    assert len(through_depth) == (0 if e2e.broker == "tansu" else 1)
+
 
 def test_a_missing_job_id_is_generated(e2e, room_uri):
     marker = uuid.uuid4().hex
