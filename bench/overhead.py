@@ -112,6 +112,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="render width and height")
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
                         help="the broker the stack starts: Tansu or Apache Kafka (Maven jars)")
+    parser.add_argument("--split", action="store_true",
+                        help="one topic per stage (RESTYLE_CHAIN_STAGES=false), as before "
+                             "chaining")
     args = parser.parse_args()
     if args.size % 8:
         parser.error("--size must be a multiple of 8 (Stable Diffusion's latent grid)")
@@ -132,12 +135,13 @@ def main() -> None:
     # The render every job asks for, on both paths (the workers read it as their defaults).
     render = {"RESTYLE_DEFAULT_STEPS": str(args.steps), "RESTYLE_DEFAULT_WIDTH": str(args.size),
               "RESTYLE_DEFAULT_HEIGHT": str(args.size)}
+    workers_env = {**render, "RESTYLE_CHAIN_STAGES": "false" if args.split else "true"}
     work = Path(tempfile.mkdtemp(prefix="restyle-bench-"))
     models_dir = build_tiny_models(work / "models")
     os.environ.update(render)
     stack = RestyleStack(Settings(state_dir=work / "state", web_port=free_port(),
                                   embedded_broker=args.broker),
-                         models=str(models_dir), extra_env=render)
+                         models=str(models_dir), extra_env=workers_env)
     endpoints = stack.start()
     try:
         settings = load_settings(state_dir=work / "state")  # completed from endpoints.json
@@ -165,6 +169,19 @@ def main() -> None:
                              "fetch.wait.max.ms": 500 if args.broker == "kafka" else 10})
         consumer.assign([TopicPartition("restyle.results", p, OFFSET_BEGINNING)
                          for p in range(settings.partitions)])
+
+        def records_on_broker() -> int:
+            """Every record the broker holds, summed over its topics (end offsets; the
+            internal __consumer_offsets aside): the difference around a job is what it
+            wrote, changelogs and DLQ included."""
+            total = 0
+            for topic in consumer.list_topics(timeout=10).topics.values():
+                if topic.topic.startswith("__"):
+                    continue
+                for partition in topic.partitions:
+                    total += consumer.get_watermark_offsets(
+                        TopicPartition(topic.topic, partition), timeout=10)[1]
+            return total
 
         def kafka_job(n: int) -> tuple[float, dict]:
             job_id = f"bench-{uuid.uuid4().hex[:8]}"
@@ -198,14 +215,19 @@ def main() -> None:
         processes = {service.name: service.process.pid for service in stack.stack.services}
         processes["bench (client + in-process)"] = os.getpid()
         kafka_ms, stage_ms, kafka_stages, local_ms, local_stages, waits = [], [], [], [], [], []
+        records = []
         # CPU is sampled for every process around both paths' jobs, so each side carries the
         # stack's idle load and the S3 server's share alike.
         kafka_cpu = {name: 0.0 for name in processes}
         local_cpu = {name: 0.0 for name in processes}
         for n in range(args.warmup + args.jobs):
+            held = records_on_broker()
             before = {name: cpu_ms(pid) for name, pid in processes.items()}
             elapsed, result = kafka_job(n)
             after = {name: cpu_ms(pid) for name, pid in processes.items()}
+            # The tracker's last changelog writes may follow the result by a moment.
+            time.sleep(0.3)
+            written = records_on_broker() - held
             started = time.perf_counter()
             stages = in_process_job(settings, models, engine, index, storage,
                                     f"s3://restyle/bench/local/{n}.jpg", f"job-{n}")
@@ -214,6 +236,7 @@ def main() -> None:
             if n < args.warmup:
                 continue
             kafka_ms.append(elapsed)
+            records.append(written)
             stage_ms.append(sum(result["timings_ms"].values()))
             kafka_stages.append(result["timings_ms"])
             waits.append(result.get("waits_ms") or {})
@@ -227,7 +250,8 @@ def main() -> None:
         kafka, local = statistics.median(kafka_ms), statistics.median(local_ms)
         print(f"broker: {stack.broker}; jobs measured: {args.jobs} each way "
               f"(after {args.warmup} warm-up); renders {args.size}x{args.size}, "
-              f"{args.steps} steps")
+              f"{args.steps} steps; stages "
+              f"{'split, one topic each' if args.split else 'chained (the default)'}")
         print(f"in-process median: {local:8.1f} ms/job")
         print(f"through Kafka median: {kafka:8.1f} ms/job")
         print(f"ratio kafka/in-process: {kafka / local:6.3f}x   (target <= 1.15x)")
@@ -258,6 +282,13 @@ def main() -> None:
             if "worker" in service.name:
                 print(f"peak RSS {service.name}: {peak_rss_mb(service.process.pid):8.1f} MB")
         print(f"peak RSS in-process run: {peak_rss_mb(os.getpid()):8.1f} MB")
+        broker_cpu = sum(kafka_cpu[name] for name in processes if "broker" in name.lower()
+                         or "kafka" in name.lower() or "tansu" in name.lower())
+        print(f"Kafka records written per job: {statistics.median(records):.0f} (median; "
+              f"every topic, changelogs included); broker CPU per job: "
+              f"{broker_cpu / args.jobs:.1f} ms")
+        print(f"overhead: ratio={kafka / local:.3f}x per_job_ms={kafka - local:.1f} "
+              f"broker={args.broker}")
     finally:
         stack.stop()
 
