@@ -80,6 +80,8 @@ class LocalIndex:
             latest = {p.product_id: (p, v) for p, v in zip(products, vectors)}  # last one wins
             matrix = self._vectors if self._vectors.size else np.zeros((0, vectors.shape[1]),
                                                                        np.float32)
+            if not matrix.flags.writeable:  # mapped from disk (_load): update a copy
+                matrix = np.array(matrix)
             appended: list[np.ndarray] = []
             for product_id, (product, vector) in latest.items():
                 row = self._positions.get(product_id)
@@ -230,7 +232,11 @@ class LocalIndex:
         else:
             records = json.loads((self.directory / "products.json").read_text())
             self._rows = [None if r is None else Product(**r) for r in records]
-            self._vectors = np.load(self.directory / "vectors.npy")
+            # Mapped, not read: with a graph (which holds its own copy) only a filtered
+            # exact search touches these pages, so a reader keeps ~4 bytes x dims per product
+            # out of its resident memory (bench/index_scale.py), and every process on the
+            # machine shares the page cache.
+            self._vectors = np.load(self.directory / "vectors.npy", mmap_mode="r")
             self._positions = {p.product_id: row for row, p in enumerate(self._rows)
                                if p is not None}
             graph_file = self.directory / "graph.faiss"
