@@ -170,16 +170,21 @@ def main() -> None:
         consumer.assign([TopicPartition("restyle.results", p, OFFSET_BEGINNING)
                          for p in range(settings.partitions)])
 
+        # Its own client: asked of the consumer that polls for results, a watermark query
+        # waits out its whole timeout.
+        counter = Consumer({"bootstrap.servers": endpoints["kafka_bootstrap"],
+                            "group.id": "bench-counter", "enable.auto.commit": False})
+
         def records_on_broker() -> int:
             """Every record the broker holds, summed over its topics (end offsets; the
             internal __consumer_offsets aside): the difference around a job is what it
             wrote, changelogs and DLQ included."""
             total = 0
-            for topic in consumer.list_topics(timeout=10).topics.values():
+            for topic in counter.list_topics(timeout=10).topics.values():
                 if topic.topic.startswith("__"):
                     continue
                 for partition in topic.partitions:
-                    total += consumer.get_watermark_offsets(
+                    total += counter.get_watermark_offsets(
                         TopicPartition(topic.topic, partition), timeout=10)[1]
             return total
 
@@ -246,6 +251,7 @@ def main() -> None:
             local_ms.append(local_elapsed)
             local_stages.append(stages)
         consumer.close()
+        counter.close()
 
         kafka, local = statistics.median(kafka_ms), statistics.median(local_ms)
         print(f"broker: {stack.broker}; jobs measured: {args.jobs} each way "
