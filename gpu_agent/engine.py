@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -42,8 +43,12 @@ ProgressCallback = Callable[[int, int], None]
 class RenderEngine:
     def __init__(self, device: str = "auto", dtype: str = "auto", cache_size: int = 2,
                  family: str = "sd15", prompt_cache_size: int = 64,
-                 resident_adapters: int = 8, hotswap_rank: int = 0, share_base: bool = True):
+                 resident_adapters: int = 8, hotswap_rank: int = 0, share_base: bool = True,
+                 compile_unet: bool = False):
+        """compile_unet: torch.compile each UNet as it loads (the first render of each size
+        compiles it: warm it up at start; see RESTYLE_COMPILE_UNET)."""
         self.device = pick_device(device)
+        self.compile_unet = compile_unet
         self.dtype = pick_dtype(dtype, self.device)
         self.cache_size = cache_size
         self.family = family
@@ -134,7 +139,14 @@ class RenderEngine:
                                                    "requires_safety_checker": False}
         pipe = pipeline_class.from_pretrained(diffusion_id, torch_dtype=self.dtype, **extra)
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(self.device)
+        return self._compiled(pipe.to(self.device))
+
+    def _compiled(self, pipe):
+        """pipe, its UNet compiled in place when compile_unet is set (views of a shared base
+        share the compiled UNet)."""
+        if self.compile_unet:
+            pipe.unet.compile()
+        return pipe
 
     def _cached(self, key: tuple, load):
         with self._lock:
@@ -157,7 +169,7 @@ class RenderEngine:
                 inpainting_id, torch_dtype=self.dtype, safety_checker=None,
                 requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(self.device)
+        return self._compiled(pipe.to(self.device))
 
     def _load(self, diffusion_id: str, controlnet_id: str):
         controlnet = ControlNetModel.from_pretrained(controlnet_id, torch_dtype=self.dtype)
@@ -175,53 +187,58 @@ class RenderEngine:
         pipe = pipeline_class.from_pretrained(diffusion_id, controlnet=controlnet,
                                               torch_dtype=self.dtype, **extra)
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(self.device)
+        return self._compiled(pipe.to(self.device))
 
+    def warm_up(self, diffusion_id: str, controlnet_id: str, defaults) -> None:
+        """One render at the default size and steps (compiles a compiled UNet for it)."""
+        params = RenderParams(**{**defaults.model_dump(), "num_images": 1}, seed=0)
+        control = Image.new("RGB", (params.width, params.height))
+        self.render_shots(diffusion_id, controlnet_id, [Shot("a room", params, control=control)])
+
+    # --- one request ---
     def render(self, diffusion_id: str, controlnet_id: str, prompt: str, control: Image.Image,
                params: RenderParams, on_step: ProgressCallback | None = None) -> list[Image.Image]:
-        pipe = self.pipeline(diffusion_id, controlnet_id)
-        self._base_only(diffusion_id)
-        control = control.convert("RGB").resize((params.width, params.height),
-                                                Image.Resampling.BICUBIC)
-        embeddings = self._prompts.embed(diffusion_id, pipe, prompt, params.negative_prompt)
-        # One generator per image (seed, seed+1, ...) so image n is reproducible on its own.
-        generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
-                      for n in range(params.num_images)]
-
-        output = pipe(
-            image=control, num_inference_steps=params.steps, guidance_scale=params.guidance,
-            controlnet_conditioning_scale=params.controlnet_scale, width=params.width,
-            height=params.height, num_images_per_prompt=params.num_images, generator=generators,
-            callback_on_step_end=_progress(on_step, params.steps), **embeddings,
-        )
-        return list(output.images)
+        return self.render_shots(diffusion_id, controlnet_id,
+                                 [Shot(prompt, params, control=control, on_step=on_step)])[0]
 
     def inpaint(self, inpainting_id: str, prompt: str, image: Image.Image, mask: Image.Image,
                 params: RenderParams, on_step: ProgressCallback | None = None
                 ) -> list[Image.Image]:
         """Repaint image where mask is white (outpainting a background: the mask is everything
         but the kept object), at params.width x params.height."""
-        pipe = self.inpaint_pipeline(inpainting_id)
-        size = (params.width, params.height)
-        image = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-        mask = mask.convert("L").resize(size, Image.Resampling.NEAREST)
-        embeddings = self._prompts.embed(inpainting_id, pipe, prompt, params.negative_prompt)
-        generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
-                      for n in range(params.num_images)]
-        output = pipe(
-            image=image, mask_image=mask, strength=1.0, num_inference_steps=params.steps,
-            guidance_scale=params.guidance, width=params.width, height=params.height,
-            num_images_per_prompt=params.num_images, generator=generators,
-            callback_on_step_end=_progress(on_step, params.steps), **embeddings,
-        )
-        return list(output.images)
-
+        return self.inpaint_shots(inpainting_id, [Shot(prompt, params, image=image, mask=mask,
+                                                       on_step=on_step)])[0]
 
     def avatar(self, diffusion_id: str, adapter_id: str | None, adapter_path: Path | None,
                prompt: str, params: RenderParams, lora_scale: float = 1.0,
                on_step: ProgressCallback | None = None) -> list[Image.Image]:
         """Text to image on the base model with one person's adapter active (adapter_id None:
         the base model alone). The adapter is loaded once and stays resident (LRU)."""
+        return self.avatar_shots(diffusion_id, adapter_id, adapter_path, lora_scale,
+                                 [Shot(prompt, params, on_step=on_step)])[0]
+
+    # --- several requests in one pipeline call (batched renders) ---
+    def render_shots(self, diffusion_id: str, controlnet_id: str,
+                     shots: list[Shot]) -> list[list[Image.Image]]:
+        """Each shot's images, rendered together (shots share shared_params)."""
+        pipe = self.pipeline(diffusion_id, controlnet_id)
+        self._base_only(diffusion_id)
+        size = (shots[0].params.width, shots[0].params.height)
+        return self._call(pipe, diffusion_id, shots, lambda shot: {
+            "image": shot.control.convert("RGB").resize(size, Image.Resampling.BICUBIC)},
+            controlnet_conditioning_scale=shots[0].params.controlnet_scale)
+
+    def inpaint_shots(self, inpainting_id: str, shots: list[Shot]) -> list[list[Image.Image]]:
+        pipe = self.inpaint_pipeline(inpainting_id)
+        size = (shots[0].params.width, shots[0].params.height)
+        return self._call(pipe, inpainting_id, shots, lambda shot: {
+            "image": shot.image.convert("RGB").resize(size, Image.Resampling.LANCZOS),
+            "mask_image": shot.mask.convert("L").resize(size, Image.Resampling.NEAREST)},
+            strength=1.0)
+
+    def avatar_shots(self, diffusion_id: str, adapter_id: str | None,
+                     adapter_path: Path | None, lora_scale: float,
+                     shots: list[Shot]) -> list[list[Image.Image]]:
         pipe, adapters = self._avatar_base(diffusion_id)
         if adapter_id is None:
             adapters.deactivate(pipe)
@@ -230,21 +247,69 @@ class RenderEngine:
             adapters.activate(pipe, adapter_id, adapter_path, lora_scale)
             # The text encoder may carry the adapter too: its encodings are the adapter's.
             model_key = f"{diffusion_id}#{adapter_id}@{lora_scale}"
-        embeddings = self._prompts.embed(model_key, pipe, prompt, params.negative_prompt)
-        generators = [torch.Generator(device="cpu").manual_seed(params.seed + n)
-                      for n in range(params.num_images)]
-        output = pipe(num_inference_steps=params.steps, guidance_scale=params.guidance,
-                      width=params.width, height=params.height,
-                      num_images_per_prompt=params.num_images, generator=generators,
-                      callback_on_step_end=_progress(on_step, params.steps), **embeddings)
-        return list(output.images)
+        return self._call(pipe, model_key, shots, lambda shot: {})
+
+    def _call(self, pipe, model_key: str, shots: list[Shot],
+              inputs: Callable[[Shot], dict], **shared) -> list[list[Image.Image]]:
+        """One pipeline call per prompt length (texts over 77 tokens encode longer; padding a
+        shorter one to match would change its image), each image of each shot a row of the
+        batch: its own prompt, negative prompt, inputs and generator (seed + n, so image n of
+        a request is the same whether it was rendered alone or in company)."""
+        params = shots[0].params
+        if any(shared_params(s.params) != shared_params(params) for s in shots):
+            raise ValueError("shots rendered together must share size, steps, guidance and "
+                             "ControlNet scale")
+        embeddings = [self._prompts.embed(model_key, pipe, s.prompt, s.params.negative_prompt)
+                      for s in shots]
+        by_length: dict[int, list[int]] = {}
+        for n, embedding in enumerate(embeddings):
+            by_length.setdefault(embedding["prompt_embeds"].shape[1], []).append(n)
+        images: list[list[Image.Image]] = [[] for _ in shots]
+        for members in by_length.values():
+            rows = [(n, k) for n in members for k in range(shots[n].params.num_images)]
+            batch = {name: torch.cat([embeddings[n][name] for n, _ in rows])
+                     for name in embeddings[members[0]]}
+            per_shot = {n: inputs(shots[n]) for n in members}
+            for name in per_shot[members[0]]:
+                batch[name] = [per_shot[n][name] for n, _ in rows]
+            generators = [torch.Generator(device="cpu").manual_seed(shots[n].params.seed + k)
+                          for n, k in rows]
+            output = pipe(
+                num_inference_steps=params.steps, guidance_scale=params.guidance,
+                width=params.width, height=params.height, num_images_per_prompt=1,
+                generator=generators, callback_on_step_end=_progress(
+                    [shots[n].on_step for n in members], params.steps),
+                **batch, **shared)
+            for (n, _), image in zip(rows, output.images):
+                images[n].append(image)
+        return images
 
 
-def _progress(on_step: ProgressCallback | None, total: int):
-    """diffusers' step-end callback, reporting step k of n."""
+@dataclass
+class Shot:
+    """One request's part of a pipeline call: its prompt and parameters (its own seed, image
+    count and negative prompt; size, steps, guidance and ControlNet scale are the call's:
+    shared_params) and its input images (a control image; an image and mask to repaint)."""
+    prompt: str
+    params: RenderParams
+    control: Image.Image | None = None
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+    on_step: ProgressCallback | None = None
+
+
+def shared_params(params: RenderParams) -> tuple:
+    """What requests rendered in one call must have in common."""
+    return (params.width, params.height, params.steps, params.guidance,
+            params.controlnet_scale)
+
+
+def _progress(callbacks: list[ProgressCallback | None], total: int):
+    """diffusers' step-end callback, reporting step k of n to every request in the call."""
     def report(_pipe, step, _timestep, kwargs):
-        if on_step:
-            on_step(step + 1, total)
+        for on_step in callbacks:
+            if on_step:
+                on_step(step + 1, total)
         return kwargs
 
     return report

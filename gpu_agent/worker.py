@@ -16,22 +16,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Awaitable, Callable, Hashable
 
 from PIL import Image
 from pydantic import ValidationError
 
 from gpu_agent import faults
 from gpu_agent.adapters import AdapterFiles
+from gpu_agent.batching import RenderBatches
 from gpu_agent.duty import DutyMeter
-from gpu_agent.engine import ProgressCallback, RenderEngine
+from gpu_agent.engine import RenderEngine, Shot, shared_params
 from gpu_agent.turns import BATCH, INTERACTIVE, ModelTurns
 from schemas import (
     ErrorCode,
     JobEventKind,
     JobStatus,
     Progress,
-    RenderParams,
     RenderRequest,
     RenderResult,
     StageFailure,
@@ -40,7 +42,7 @@ from schemas.events import RenderTask
 from schemas.params import bounded_size
 from schemas.uris import join_uri
 from streams.adapters.images import encode_png
-from streams.core.runtime import Runtime
+from streams.core.runtime import HandedBack, JobCancelled, Runtime
 
 MANIFEST = "render.json"
 log = logging.getLogger("restyle")
@@ -53,6 +55,9 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     meter = DutyMeter()
     # One model call at a time: interactive requests first, then batch ones (gpu_agent/turns)
     turns = ModelTurns(settings.interactive_burst)
+    # Compatible requests waiting for the model together share one call (gpu_agent/batching)
+    batches = RenderBatches(turns, settings.render_max_batch,
+                            settings.render_max_wait_ms / 1000)
 
     # Requests this worker is answering, by job and output: the same request delivered again
     # while the first delivery renders (both prefetched before either stored its manifest)
@@ -105,14 +110,16 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
             done = await _rendered_before(rt, manifest_uri, request)
             if done is not None:
                 return done
-            return await _render(rt, engine, request, await inputs, turns, lane, meter)
+            return await _render(rt, engine, request, await inputs, batches, lane, meter)
         finally:
             inputs.cancel()  # not needed (answered from the manifest, or failed); no-op if read
 
+    # Held at once per lane: a batch being gathered, and the next ones reading their inputs.
+    held = settings.gpu_prefetch + settings.render_max_batch - 1
     rt.stage_agent("render", lane_handler(INTERACTIVE), RenderRequest, topic=rt.topics.render,
-                   concurrency=settings.gpu_prefetch)
+                   concurrency=held)
     rt.stage_agent("render-batch", lane_handler(BATCH), RenderRequest,
-                   topic=rt.topics.render_batch, concurrency=settings.gpu_prefetch)
+                   topic=rt.topics.render_batch, concurrency=held)
 
     return meter
 
@@ -122,31 +129,38 @@ def _retrieve_exception(task: asyncio.Task) -> None:
         task.exception()
 
 
-# The engine call a request makes once its inputs are read: (engine, params, on_step) -> images.
-EngineCall = Callable[[RenderEngine, RenderParams, ProgressCallback], list[Image.Image]]
+@dataclass
+class Prepared:
+    """A request with its inputs read: its part of a pipeline call (shot), the key of the
+    requests it may share a call with, and how the engine runs such a call."""
+    shot: Shot
+    key: Hashable
+    run: Callable[[RenderEngine, list[Shot]], list[list[Image.Image]]]
 
 
-async def _inpaint_call(rt: Runtime, request: RenderRequest, _files: AdapterFiles) -> EngineCall:
+async def _inpaint_call(rt: Runtime, request: RenderRequest, _files: AdapterFiles) -> Prepared:
     image, mask = await asyncio.gather(rt.image_uncached(request.image),
                                        rt.mask_image(request.mask))
     model = request.model or rt.settings.model_id("inpainting")
-    return lambda engine, params, on_step: engine.inpaint(model, request.prompt, image, mask,
-                                                          params, on_step)
+    return Prepared(Shot(request.prompt, request.params, image=image, mask=mask),
+                    ("inpaint", model, shared_params(request.params)),
+                    lambda engine, shots: engine.inpaint_shots(model, shots))
 
 
 async def _controlnet_call(rt: Runtime, request: RenderRequest,
-                           _files: AdapterFiles) -> EngineCall:
+                           _files: AdapterFiles) -> Prepared:
     control = await rt.image(request.control_image)
     try:
         controlnet = rt.settings.model_id(f"controlnet_{request.control}")
     except ValueError as exc:
         raise StageFailure(ErrorCode.MODEL_ERROR, str(exc)) from None
     model = request.model or rt.settings.model_id("diffusion")
-    return lambda engine, params, on_step: engine.render(model, controlnet, request.prompt,
-                                                         control, params, on_step)
+    return Prepared(Shot(request.prompt, request.params, control=control),
+                    ("controlnet", model, controlnet, shared_params(request.params)),
+                    lambda engine, shots: engine.render_shots(model, controlnet, shots))
 
 
-async def _avatar_call(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> EngineCall:
+async def _avatar_call(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> Prepared:
     """A person's adapter on the base model this worker serves. The adapter file comes from
     the local disk cache (storage on a miss); an adapter trained on another base model is
     refused, never applied to the wrong weights."""
@@ -156,13 +170,16 @@ async def _avatar_call(rt: Runtime, request: RenderRequest, files: AdapterFiles)
                            f"the adapter was trained on {request.model!r}; this GPU worker "
                            f"serves {served!r}")
     path = await files.local(request.adapter, rt.storage.get)
-    return lambda engine, params, on_step: engine.avatar(
-        served, request.adapter_id, path, request.prompt, params, request.lora_scale, on_step)
+    scale = request.lora_scale
+    return Prepared(Shot(request.prompt, request.params),
+                    ("avatar", served, request.adapter_id, scale, shared_params(request.params)),
+                    lambda engine, shots: engine.avatar_shots(served, request.adapter_id, path,
+                                                              scale, shots))
 
 
 # Each render task: how its inputs are read and which engine call it makes.
 TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest, AdapterFiles],
-                                 Awaitable[EngineCall]]] = {
+                                 Awaitable[Prepared]]] = {
     "avatar": _avatar_call,
     "inpaint": _inpaint_call,
     "controlnet": _controlnet_call,
@@ -170,41 +187,32 @@ TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest, AdapterFiles],
 }
 
 
-async def _inputs(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> EngineCall:
-    """Read request's inputs; return the engine call to make. A request too large to render
+async def _inputs(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> Prepared:
+    """Read request's inputs; return its part of an engine call. A request too large to render
     (any producer can send one) fails its job before anything is read."""
     bounded_size(request.params.width, request.params.height, rt.settings.render_limits,
                  request.params.num_images)
     return await TASKS[request.task](rt, request, files)
 
 
-async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, call: EngineCall,
-                  turns: ModelTurns, lane: str, meter: DutyMeter) -> RenderResult:
-    loop = asyncio.get_running_loop()
+@dataclass
+class Member:
+    """A request in a batched call, and what the call found out about it."""
+    request: RenderRequest
+    prepared: Prepared
+    waited_ms: float | None = None
+    render_ms: float = 0.0
+    # Why this member stopped while the call went on for the others (its job was cancelled).
+    stopped: BaseException | None = field(default=None, repr=False)
 
-    def on_step(step: int, total: int) -> None:  # called from the render thread
-        # A cancelled job stops here, at the next denoising step (JobCancelled leaves the
-        # pipeline's loop; nothing is stored or answered).
-        rt.check_cancelled(request.job_id)
-        asyncio.run_coroutine_threadsafe(
-            rt.job_event(request.job_id, JobEventKind.PROGRESS,
-                         progress=Progress(step=step, total=total)), loop)
 
-    async with turns.turn(lane):
-        # The wait for the GPU ends here, at the model's turn (a request held in the worker
-        # behind others still waits): what a user waiting on a makeover feels.
-        waited_ms = round((time.time() - request.sent_at) * 1000, 2) if request.sent_at \
-            else None
-        # This worker holds the job now: from here, time without progress is a stall.
-        await rt.job_event(request.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-        started = time.perf_counter()
-        try:
-            images = await asyncio.to_thread(call, engine, request.params, on_step)
-        except (RuntimeError, ValueError, OSError, MemoryError) as exc:
-            raise render_failure(request, exc) from exc
-        finally:
-            meter.model_ran(time.perf_counter() - started)
-    render_ms = round((time.perf_counter() - started) * 1000, 2)
+async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
+                  prepared: Prepared, batches: RenderBatches, lane: str,
+                  meter: DutyMeter) -> RenderResult:
+    member = Member(request, prepared)
+    images = await batches.run(lane, prepared.key, member,
+                               partial(_call_together, rt, engine, meter))
+    render_ms, waited_ms = member.render_ms, member.waited_ms
 
     uris = [join_uri(request.output_prefix, f"{n}.png") for n in range(len(images))]
     result = RenderResult(job_id=request.job_id, images=uris, seed=request.params.seed,
@@ -223,6 +231,80 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest, cal
                          rt.storage.put(join_uri(request.output_prefix, MANIFEST), manifest,
                                         "application/json"))
     return result
+
+
+async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
+                         members: list[Member]) -> list:
+    """One engine call for members (on the model's turn): each member's images, or what
+    failed it."""
+    loop = asyncio.get_running_loop()
+    for member in members:
+        request = member.request
+        # The wait for the GPU ends here, at the model's turn (a request held in the worker
+        # behind others still waits): what a user waiting on a makeover feels.
+        member.waited_ms = round((time.time() - request.sent_at) * 1000, 2) \
+            if request.sent_at else None
+        # This worker holds the job now: from here, time without progress is a stall.
+        await rt.job_event(request.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
+        member.prepared.shot.on_step = _step_reporter(rt, member, members, loop)
+    started = time.perf_counter()
+    try:
+        outcomes = await asyncio.to_thread(_engine_call, engine, members)
+    finally:
+        meter.model_ran(time.perf_counter() - started)
+    render_ms = round((time.perf_counter() - started) * 1000, 2)
+    for member in members:
+        member.render_ms = render_ms
+    return [render_failure(m.request, o) if _render_error(o) else o
+            for m, o in zip(members, outcomes)]
+
+
+def _step_reporter(rt: Runtime, member: Member, members: list[Member], loop):
+    """member's progress callback (called from the render thread). A cancelled job stops at
+    the next denoising step: alone, the call stops (JobCancelled leaves the pipeline's loop);
+    in company, it is dropped from the call's outcome and the others go on."""
+    job_id = member.request.job_id
+
+    def on_step(step: int, total: int) -> None:
+        if member.stopped is not None:
+            return
+        try:
+            rt.check_cancelled(job_id)
+        except JobCancelled as cancelled:
+            member.stopped = cancelled
+            if all(m.stopped is not None for m in members):
+                raise
+            return
+        asyncio.run_coroutine_threadsafe(
+            rt.job_event(job_id, JobEventKind.PROGRESS, progress=Progress(step=step,
+                                                                          total=total)), loop)
+    return on_step
+
+
+def _engine_call(engine: RenderEngine, members: list[Member]) -> list:
+    """In the render thread: the members' images, or per member what failed it. A call of
+    several that fails is made again one member at a time, so neither the batch's size nor
+    one member's input fails the others."""
+    try:
+        images = members[0].prepared.run(engine, [m.prepared.shot for m in members])
+    except HandedBack:  # the worker is shutting down: every member goes back
+        return [HandedBack(m.request.job_id) for m in members]
+    except JobCancelled:
+        return [m.stopped or JobCancelled(m.request.job_id) for m in members]
+    except Exception as exc:
+        if len(members) == 1:
+            return [exc]
+        log.warning("a batched render of %d requests failed (%s: %s); rendering them one by "
+                    "one", len(members), type(exc).__name__, exc)
+        return [m.stopped or _engine_call(engine, [m])[0] for m in members]
+    return [m.stopped or found for m, found in zip(members, images)]
+
+
+def _render_error(outcome) -> bool:
+    """A failure of the render itself (what render_failure explains to the job), as opposed
+    to a cancellation, a hand-back or a bug (which the stage's error policy handles)."""
+    return isinstance(outcome, (RuntimeError, ValueError, OSError, MemoryError)) and \
+        not isinstance(outcome, (JobCancelled, HandedBack, StageFailure))
 
 
 def render_failure(request: RenderRequest, exc: BaseException) -> StageFailure:

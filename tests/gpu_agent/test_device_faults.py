@@ -31,11 +31,11 @@ class OutOfMemoryOnce(RenderEngine):
         super().__init__(cache_size=1)
         self.failed = False
 
-    def render(self, *args, **kwargs):
+    def render_shots(self, *args, **kwargs):
         if not self.failed:
             self.failed = True
             raise torch.cuda.OutOfMemoryError(CUDA_OOM)
-        return super().render(*args, **kwargs)
+        return super().render_shots(*args, **kwargs)
 
 
 @pytest.fixture

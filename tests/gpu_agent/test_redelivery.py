@@ -20,9 +20,9 @@ class CountingEngine(RenderEngine):
         super().__init__(cache_size=1)
         self.renders = 0
 
-    def render(self, *args, **kwargs):
-        self.renders += 1
-        return super().render(*args, **kwargs)
+    def render_shots(self, model, controlnet, shots):
+        self.renders += len(shots)
+        return super().render_shots(model, controlnet, shots)
 
 
 def test_a_request_delivered_twice_at_once_is_rendered_once(tmp_path, tiny_models, room_photos):

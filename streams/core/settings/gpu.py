@@ -26,6 +26,18 @@ class GpuSettings(SettingsBase):
     # row. Off: one topic, first come first served.
     render_lanes: bool = True
     interactive_burst: int = Field(4, ge=1)
+    # Batched renders: requests that wait for the model at the same moment and can share a
+    # pipeline call (same model and adapter, task, size, steps, guidance, ControlNet scale)
+    # are rendered in one call, up to this many (1: one request per call). A GPU renders a
+    # batch in little more than the time of one image; on a CPU it gains nothing.
+    render_max_batch: int = Field(4, ge=1)
+    # How long a request that got the model's turn waits for company before it renders
+    # anyway (0: never waits; batches then form only from requests already queued).
+    render_max_wait_ms: float = Field(0.0, ge=0)
+    # torch.compile the UNets (and warm each warmed pipeline up with one render at the
+    # default size, which compiles it): faster denoising on a GPU after a slow first render;
+    # a new image size compiles again. Off by default; worth it on long-running GPU workers.
+    compile_unet: bool = False
     # Pipelines the GPU worker loads at start (so the first job of each kind is not slow);
     # "avatar": the base model that person adapters are served on (kept apart from the LRU).
     gpu_warm_tasks: list[Literal["controlnet_depth", "controlnet_canny", "controlnet_seg",
