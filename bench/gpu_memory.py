@@ -77,9 +77,10 @@ def main() -> None:
     if args.models:
         models = Path(args.models)
     else:
-        from streams.stack.up import ensure_tiny_models
+        from agents.models.tiny import DIFFUSION_ROLES, build_tiny_models
 
-        models = ensure_tiny_models(Path(tempfile.gettempdir()) / "restyle-bench-models")
+        models = build_tiny_models(Path(tempfile.mkdtemp(prefix="restyle-gpu-memory-")),
+                                   roles=DIFFUSION_ROLES)
 
     figures = {}
     renders = {}

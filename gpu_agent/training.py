@@ -88,7 +88,7 @@ async def run_training(rt: Runtime, job: AvatarTrainJob) -> TrainOutcome:
 
     run = TrainingRun(job.base_model, photos, f"a photo of {job.trigger}",
                       f"a photo of {job.class_word}", job.params, class_images,
-                      rt.settings.device)
+                      rt.settings.device_for("diffusion"))
     try:
         adapter = await asyncio.to_thread(train, run, on_step, on_checkpoint, resume)
     except (RuntimeError, ValueError, OSError, MemoryError) as exc:
@@ -187,7 +187,8 @@ async def prior_images(rt: Runtime, job: AvatarTrainJob) -> tuple[str, list]:
                            stage=f"drawing {count} class images of a {job.class_word}")
         images = await asyncio.to_thread(
             generate_class_images, job.base_model, f"a photo of {job.class_word}", count,
-            job.params.resolution, rt.settings.avatar_class_image_steps, 0, rt.settings.device)
+            job.params.resolution, rt.settings.avatar_class_image_steps, 0,
+            rt.settings.device_for("diffusion"))
         for uri, image in zip(names, images):
             await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
         await rt.storage.put(done, json.dumps({"count": count}).encode(), "application/json")

@@ -96,13 +96,16 @@ def build_gpu_worker(rt: Runtime) -> None:
     # every job of that kind reloads its pipeline.
     cache_size = max(settings.pipeline_cache_size,
                      len([t for t in settings.gpu_warm_tasks if t != "avatar"]))
-    engine = RenderEngine(settings.device, settings.dtype, cache_size,
+    engine = RenderEngine(settings.device_for("diffusion"), settings.dtype, cache_size,
                           settings.diffusion_family, settings.prompt_cache_size,
                           settings.avatar_resident_adapters, settings.avatar_hotswap_rank,
-                          settings.share_base_model)
+                          settings.share_base_model, settings.compile_unet)
     for task in settings.gpu_warm_tasks:
         if task.startswith("controlnet_"):
             engine.pipeline(settings.model_id("diffusion"), settings.model_id(task))
+            if settings.compile_unet:  # compile now, not in a user's first render
+                engine.warm_up(settings.model_id("diffusion"), settings.model_id(task),
+                               settings.render_defaults)
     if "inpaint" in settings.gpu_warm_tasks:
         engine.inpaint_pipeline(settings.model_id("inpainting"))
     if "avatar" in settings.gpu_warm_tasks:

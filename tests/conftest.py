@@ -17,6 +17,10 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Where the model tests run: the CPU here; bench/gpu_check.sh sets cuda on a GPU machine.
+TEST_DEVICE = os.environ.get("RESTYLE_TEST_DEVICE", "cpu")
+
+
 def interior_photos() -> list[Path]:
     import interior_photos as photos
 
@@ -25,9 +29,12 @@ def interior_photos() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    from agents.models.tiny import build_tiny_models
+    from agents.models.tiny import ROLES, build_tiny_models
 
-    return build_tiny_models(tmp_path_factory.mktemp("models") / "tiny")
+    # bench/gpu_check.sh names the roles its machine can build (no ONNX wheels there).
+    roles = os.environ.get("RESTYLE_TEST_MODEL_ROLES")
+    return build_tiny_models(tmp_path_factory.mktemp("models") / "tiny",
+                             roles=roles.split(",") if roles else ROLES)
 
 
 @pytest.fixture(scope="session")
@@ -234,8 +241,10 @@ def production_broker() -> str:
     """The production-grade broker for this run, in order: RESTYLE_KAFKA_BOOTSTRAP; Apache Kafka
     from Maven where Java and Maven exist; testcontainers' Kafka where a Docker engine answers;
     else none (the embedded Tansu run still happens)."""
-    from streams.stack import apache_kafka
-
+    try:
+        from streams.stack import apache_kafka
+    except ImportError:  # a machine without the stack's packages (bench/gpu_check.sh)
+        return "tansu"
     if os.environ.get("RESTYLE_KAFKA_BOOTSTRAP"):
         return "external"
     if apache_kafka.available() is None:

@@ -23,7 +23,7 @@ class Captioner(PretrainedRole):
         if getattr(self.processor, "chat_template", None):
             return self._chat_captions(images, prompt, max_tokens)
         texts = [prompt] * len(images) if prompt else None
-        inputs = self.processor(images=images, text=texts, return_tensors="pt").to(self.device)
+        inputs = self.placed(self.processor(images=images, text=texts, return_tensors="pt"))
         outputs = self.model.generate(**inputs, max_new_tokens=max_tokens)
         decoded = self.processor.batch_decode(outputs, skip_special_tokens=True)
         return [_without_prefix(text.strip(), prompt) for text in decoded]
@@ -32,8 +32,9 @@ class Captioner(PretrainedRole):
         messages = [{"role": "user", "content": [{"type": "image"},
                                                  {"type": "text", "text": prompt}]}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(images=[[image] for image in images], text=[text] * len(images),
-                                return_tensors="pt", padding=True).to(self.device)
+        inputs = self.placed(self.processor(images=[[image] for image in images],
+                                            text=[text] * len(images), return_tensors="pt",
+                                            padding=True))
         outputs = self.model.generate(**inputs, max_new_tokens=max_tokens)
         new_tokens = outputs[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in self.processor.batch_decode(new_tokens,

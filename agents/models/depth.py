@@ -16,7 +16,7 @@ class DepthEstimator(PretrainedRole):
     def estimate(self, image: Image.Image) -> Image.Image:
         """A one-channel 8-bit depth map the size of `image`, near = bright (ControlNet's
         convention)."""
-        inputs = self.processor(images=image, return_tensors="pt").to(self.device)
+        inputs = self.placed(self.processor(images=image, return_tensors="pt"))
         predicted = self.model(**inputs).predicted_depth
         resized = torch.nn.functional.interpolate(
             predicted.unsqueeze(1).float(), size=image.size[::-1], mode="bicubic",

@@ -26,7 +26,7 @@ class Detector(PretrainedRole):
         # crash the model with a tensor size mismatch.
         inputs = self.processor(text=[labels], images=prepared, return_tensors="pt",
                                 padding=True, truncation=True)
-        outputs = self.model(**inputs.to(self.device))
+        outputs = self.model(**self.placed(inputs))
         # OWLv2 pads the image to a square before resizing: the boxes then refer to the padded
         # square, so post-process against the square side and clip to the real image.
         side = max(prepared.size)

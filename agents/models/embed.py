@@ -20,13 +20,13 @@ class ImageEmbedder(PretrainedRole):
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        inputs = self.processor(images=images, return_tensors="pt").to(self.device)
+        inputs = self.placed(self.processor(images=images, return_tensors="pt"))
         return _normalise(self.model.get_image_features(**inputs))
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         inputs = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
-        return _normalise(self.model.get_text_features(**inputs.to(self.device)))
+        return _normalise(self.model.get_text_features(**self.placed(inputs)))
 
 
 def _normalise(features) -> np.ndarray:

@@ -25,9 +25,9 @@ class BoxSegmenter(PretrainedRole):
             return []
         prompts = [[[b.x0, b.y0, b.x1, b.y1] for b in boxes]]
         inputs = self.processor(images=image, input_boxes=prompts, return_tensors="pt")
-        outputs = self.model(**inputs.to(self.device), multimask_output=False)
+        outputs = self.model(**self.placed(inputs), multimask_output=False)
         masks = self.processor.image_processor.post_process_masks(
-            outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(),
+            outputs.pred_masks.float().cpu(), inputs["original_sizes"].cpu(),
             inputs["reshaped_input_sizes"].cpu())[0]
         return [mask[0].numpy().astype(bool) for mask in masks]
 

@@ -16,7 +16,7 @@ class SemanticSegmenter(PretrainedRole):
     @torch.inference_mode()
     def classes(self, image: Image.Image) -> np.ndarray:
         """Height x width class indices for the image."""
-        inputs = self.processor(images=image, return_tensors="pt").to(self.device)
+        inputs = self.placed(self.processor(images=image, return_tensors="pt"))
         outputs = self.model(**inputs)
         found = self.processor.post_process_semantic_segmentation(
             outputs, target_sizes=[(image.height, image.width)])[0]

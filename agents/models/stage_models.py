@@ -6,9 +6,10 @@ import threading
 from agents.models.caption import Captioner
 from agents.models.depth import DepthEstimator
 from agents.models.detect import Detector
-from agents.models.device import pick_device
+from agents.models.device import pick_device, pick_dtype
 from agents.models.embed import ImageEmbedder
 from agents.models.faces import FaceDetector
+from agents.models.pretrained import PretrainedRole
 from agents.models.segment import BoxSegmenter, SalientSegmenter
 from agents.models.semantic import SemanticSegmenter
 
@@ -16,15 +17,20 @@ from agents.models.semantic import SemanticSegmenter
 class StageModels:
     def __init__(self, settings):
         self.settings = settings
-        self.device = pick_device(settings.device)
         self._loaded: dict[str, object] = {}
         self._lock = threading.Lock()
 
     def _get(self, role: str, loader):
         with self._lock:
             if role not in self._loaded:
-                self._loaded[role] = loader.from_pretrained(self.settings.model_id(role),
-                                                            device=self.device)
+                settings = self.settings
+                device = pick_device(settings.device_for(role))
+                options = {}
+                if issubclass(loader, PretrainedRole):  # transformers models
+                    options = {"dtype": pick_dtype(settings.stage_dtype, device),
+                               "attention": settings.attention}
+                self._loaded[role] = loader.from_pretrained(settings.model_id(role),
+                                                            device=device, **options)
             return self._loaded[role]
 
     @property

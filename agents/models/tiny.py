@@ -321,21 +321,33 @@ def build_tiny_sdxl(out_dir: Path | str, seed: int = 0) -> Path:
     return out
 
 
-def build_tiny_models(out_dir: Path | str, seed: int = 0) -> Path:
-    """Write every role under out_dir; returns out_dir. Deterministic for a given seed."""
+# The roles a diffusion-only machine needs (bench/gpu_check.sh): no ONNX wheels there.
+DIFFUSION_ROLES = ("diffusion", "controlnet_depth", "controlnet_canny", "controlnet_seg",
+                   "inpainting")
+
+
+def build_tiny_models(out_dir: Path | str, seed: int = 0, roles=ROLES) -> Path:
+    """Write every role (or those named) under out_dir; returns out_dir. Deterministic for a
+    given seed and roles."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    build_detector(out / "detector")
-    build_embedder(out / "embedder")
-    build_depth(out / "depth")
-    build_diffusion(out / "diffusion", out / "controlnet_depth", out / "controlnet_canny",
-                    out / "controlnet_seg")
-    build_semantic(out / "semantic")
-    build_captioner(out / "captioner")
-    build_segmenter(out / "segmenter")
-    build_inpainting(out / "inpainting")
-    link_salient(out / "salient")
-    link_face_detector(out / "face_detector")
-    (out / MANIFEST).write_text(json.dumps({"kind": "tiny-random", "roles": list(ROLES)}, indent=2))
+    wanted = set(roles)
+    def diffusion(_):  # the base model and its ControlNets, built together
+        build_diffusion(out / "diffusion", out / "controlnet_depth", out / "controlnet_canny",
+                        out / "controlnet_seg")
+
+    # In this order: each builder draws from the seeded generator.
+    builders = [({"detector"}, build_detector), ({"embedder"}, build_embedder),
+                ({"depth"}, build_depth),
+                ({"diffusion", "controlnet_depth", "controlnet_canny", "controlnet_seg"},
+                 diffusion),
+                ({"semantic"}, build_semantic), ({"captioner"}, build_captioner),
+                ({"segmenter"}, build_segmenter), ({"inpainting"}, build_inpainting),
+                ({"salient"}, link_salient), ({"face_detector"}, link_face_detector)]
+    for names, build in builders:
+        if names & wanted:
+            build(out / sorted(names)[0])
+    (out / MANIFEST).write_text(json.dumps(
+        {"kind": "tiny-random", "roles": [r for r in ROLES if r in wanted]}, indent=2))
     return out

@@ -9,6 +9,7 @@ from PIL import Image
 
 from gpu_agent.engine import RenderEngine
 from schemas.params import RenderParams
+from tests.conftest import TEST_DEVICE
 from tests.gpu_agent.test_adapters import PROMPT, trained_adapter
 
 PARAMS = RenderParams(steps=2, guidance=7.5, controlnet_scale=1.0, seed=21, width=64, height=64,
@@ -21,7 +22,7 @@ def engines(tiny_models):
     """The same warm pipelines, shared and loaded separately."""
     built = {}
     for shared in (True, False):
-        engine = RenderEngine("cpu", "float32", cache_size=3, share_base=shared)
+        engine = RenderEngine(TEST_DEVICE, "float32", cache_size=3, share_base=shared)
         for task in CONTROLNETS:
             engine.pipeline(str(tiny_models / "diffusion"), str(tiny_models / task))
         engine.text2img_pipeline(str(tiny_models / "diffusion"))

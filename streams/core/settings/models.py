@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from streams.core.settings.base import SettingsBase
 
 # Public weights used when no local directory is configured (see README, "Models").
@@ -55,8 +57,25 @@ class ModelSettings(SettingsBase):
     salient_model: str | None = None
     face_detector_model: str | None = None
     diffusion_family: Literal["sd15", "sdxl"] = "sd15"
+    # Where models run: "auto" (CUDA when present, else MPS, else the CPU), "cpu", "cuda",
+    # "cuda:1"... devices overrides it per role ({"detector": "cuda:1", "diffusion":
+    # "cuda:0"}): detection on its own GPU, the CPU stages on the CPU of a GPU node.
     device: str = "auto"
+    devices: dict[str, str] = Field(default_factory=dict)
+    # The diffusion models' precision ("auto": float16 on a GPU, float32 on the CPU).
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # The stage models' precision (detection, embedding, depth, segmentation, captioning):
+    # "auto" is float16 on a GPU, where these models keep their results (boxes, cosine
+    # scores, depth order) at half the memory and bandwidth, and float32 on the CPU.
+    stage_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # The attention kernel of the stage models: "sdpa" (PyTorch's fused scaled dot-product
+    # attention; a model without it falls back to its own) or "eager". diffusers uses SDPA
+    # on its own.
+    attention: Literal["sdpa", "eager"] = "sdpa"
+
+    def device_for(self, role: str) -> str:
+        """The device a role's model runs on (a setting: "auto" is resolved where loaded)."""
+        return self.devices.get(role, self.device)
 
     def model_id(self, role: str) -> str:
         explicit = getattr(self, f"{role}_model")
