@@ -21,6 +21,10 @@ import time
 import uuid
 from pathlib import Path
 
+# Before torch loads, as the workers do (streams/cli/main.py): the in-process path runs its
+# stages in threads too.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

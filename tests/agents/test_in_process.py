@@ -71,6 +71,16 @@ def test_the_intake_submits_a_makeover_and_refuses_what_it_cannot_read(runtime, 
     assert json.loads(letters[0][1])["pipeline"] == "sculpt"  # the upload as it was sent
 
 
+def run_makeover(runtime: InProcessRuntime, job_id: str, photo, style: str) -> None:
+    """Upload a room photo for a makeover, then start the admitted job on its first stage,
+    as the job tracker does."""
+    upload = {"pipeline": "room_makeover", "job_id": job_id, "image": photo.as_uri(),
+              "style": style}
+    asyncio.run(runtime.deliver(runtime.topics.uploads, json.dumps(upload).encode(), job_id))
+    job = JobEvent.model_validate(events(runtime, runtime.topics.job_events)[0]).job
+    asyncio.run(runtime.deliver(runtime.topics_of(MakeoverTopics).analyze, job, job.job_id))
+
+
 @pytest.mark.parametrize("chained", [True, False], ids=["chained", "split"])
 def test_a_room_makeover_runs_from_analyze_to_completed_in_process(chained, settings,
                                                                  room_photos, tmp_path):
@@ -83,13 +93,7 @@ def test_a_room_makeover_runs_from_analyze_to_completed_in_process(chained, sett
     makeover_agents.register(runtime, models, LocalIndex(tmp_path / "index"))
     engine = RenderEngine(cache_size=1)
     gpu_worker.register(runtime, engine)
-    upload = {"pipeline": "room_makeover", "job_id": "room-2",
-              "image": room_photos[1].as_uri(), "style": "scandinavian"}
-    asyncio.run(runtime.deliver(runtime.topics.uploads, json.dumps(upload).encode(), "room-2"))
-    job = JobEvent.model_validate(events(runtime, runtime.topics.job_events)[0]).job
-
-    # What the tracker does with an admitted job:
-    asyncio.run(runtime.deliver(runtime.topics_of(MakeoverTopics).analyze, job, job.job_id))
+    run_makeover(runtime, "room-2", room_photos[1], "scandinavian")
 
     kinds = [(e["kind"], e.get("status")) for e in events(runtime, runtime.topics.job_events)]
     assert ("status", "analyzing") in kinds and ("status", "generating") in kinds
@@ -151,12 +155,7 @@ def test_a_chained_stage_is_retried_and_fails_on_its_own(runtime, settings, room
     models._loaded["depth"] = broken = BrokenDepth()
     intake.register(runtime)
     makeover_agents.register(runtime, models, LocalIndex(tmp_path / "index"))
-    upload = {"pipeline": "room_makeover", "job_id": "room-3",
-              "image": room_photos[1].as_uri(), "style": "modern"}
-    asyncio.run(runtime.deliver(runtime.topics.uploads, json.dumps(upload).encode(), "room-3"))
-    job = JobEvent.model_validate(events(runtime, runtime.topics.job_events)[0]).job
-
-    asyncio.run(runtime.deliver(runtime.topics_of(MakeoverTopics).analyze, job, job.job_id))
+    run_makeover(runtime, "room-3", room_photos[1], "modern")
 
     kinds = [(e["kind"], e.get("status")) for e in events(runtime, runtime.topics.job_events)]
     assert kinds == [("submitted", None), ("status", "analyzing"), ("failed", None)]
