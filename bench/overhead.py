@@ -21,8 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-# Before torch loads, as the workers do (streams/cli/main.py): the in-process path runs its
-# stages in threads too.
+# Before torch loads, as the workers do (streams/cli/main.py), so both paths run the same
+# OpenMP settings (the in-process path calls its models on the main thread).
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
