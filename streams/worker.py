@@ -33,6 +33,7 @@ from streams.core.app import create_app
 from streams.core.kafka import client_options
 from streams.core.runtime import Runtime
 from streams.core.settings import Settings
+from streams.core.shutdown import exit_if_still_running
 from streams.core.topics import ensure_topics
 from streams.tracking import activity, batches, ingests, webhooks
 from streams.tracking import jobs as job_tracker
@@ -133,5 +134,8 @@ class GracefulWorker(faust.Worker):
         self.rt = rt
 
     async def _stop_on_signal(self, signal) -> None:
-        await self.rt.drain(self.rt.settings.shutdown_grace_s)
+        settings = self.rt.settings
+        exit_if_still_running(settings.shutdown_grace_s + settings.shutdown_leave_s,
+                              f"signal {signal.name}")
+        await self.rt.drain(settings.shutdown_grace_s)
         await super()._stop_on_signal(signal)

@@ -37,6 +37,11 @@ class ResilienceSettings(SettingsBase):
     # takes it; a training resumes from its checkpoint). Keep Kubernetes'
     # terminationGracePeriodSeconds above it.
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # Then committing and leaving the group may take this long; past it the worker exits
+    # anyway (status 75), without committing: an unreachable broker would hold the commit for
+    # ever, and what was not committed is delivered again. terminationGracePeriodSeconds
+    # above the two together lets the worker end on its own.
+    shutdown_leave_s: float = Field(30.0, gt=0)
 
     def retry_policy(self, stage: str) -> RetryPolicy:
         return RetryPolicy(budget_s=self.retry_budgets.get(stage, self.retry_budget_s),
