@@ -204,6 +204,8 @@ class Member:
     render_ms: float = 0.0
     # Why this member stopped while the call went on for the others (its job was cancelled).
     stopped: BaseException | None = field(default=None, repr=False)
+    # The members of the engine call it is in now (the batch, or itself alone on a retry).
+    company: list = field(default_factory=list, repr=False)
 
 
 async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
@@ -246,7 +248,7 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
             if request.sent_at else None
         # This worker holds the job now: from here, time without progress is a stall.
         await rt.job_event(request.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-        member.prepared.shot.on_step = _step_reporter(rt, member, members, loop)
+        member.prepared.shot.on_step = _step_reporter(rt, member, loop)
     started = time.perf_counter()
     try:
         outcomes = await asyncio.to_thread(_engine_call, engine, members)
@@ -259,21 +261,21 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
             for m, o in zip(members, outcomes)]
 
 
-def _step_reporter(rt: Runtime, member: Member, members: list[Member], loop):
+def _step_reporter(rt: Runtime, member: Member, loop):
     """member's progress callback (called from the render thread). A cancelled job stops at
     the next denoising step: alone, the call stops (JobCancelled leaves the pipeline's loop);
     in company, it is dropped from the call's outcome and the others go on."""
     job_id = member.request.job_id
 
     def on_step(step: int, total: int) -> None:
+        if member.stopped is None:
+            try:
+                rt.check_cancelled(job_id)
+            except JobCancelled as cancelled:
+                member.stopped = cancelled
         if member.stopped is not None:
-            return
-        try:
-            rt.check_cancelled(job_id)
-        except JobCancelled as cancelled:
-            member.stopped = cancelled
-            if all(m.stopped is not None for m in members):
-                raise
+            if all(m.stopped is not None for m in member.company):
+                raise member.stopped
             return
         asyncio.run_coroutine_threadsafe(
             rt.job_event(job_id, JobEventKind.PROGRESS, progress=Progress(step=step,
@@ -285,10 +287,12 @@ def _engine_call(engine: RenderEngine, members: list[Member]) -> list:
     """In the render thread: the members' images, or per member what failed it. A call of
     several that fails is made again one member at a time, so neither the batch's size nor
     one member's input fails the others."""
+    for member in members:
+        member.company = members
     try:
         images = members[0].prepared.run(engine, [m.prepared.shot for m in members])
-    except HandedBack:  # the worker is shutting down: every member goes back
-        return [HandedBack(m.request.job_id) for m in members]
+    except HandedBack:  # the worker is shutting down: every member still wanted goes back
+        return [m.stopped or HandedBack(m.request.job_id) for m in members]
     except JobCancelled:
         return [m.stopped or JobCancelled(m.request.job_id) for m in members]
     except Exception as exc:

@@ -183,7 +183,10 @@ class Runtime:
                 and not acknowledged:
             # Chained: the handling stage calls it once it has finished (handle()), on a copy
             # (what it would have read from the topic), under the same input message.
-            following.append((self._chained[topic], model.model_copy(deep=True)))
+            stage = self._chained[topic]
+            handed = model.model_copy(deep=True) if isinstance(model, stage.model) \
+                else validate(model.model_dump(mode="json"), stage.model)
+            following.append((stage, handed))
             return _settled_send()
         pending = await self.channel(topic).send(key=key.encode(),
                                                  value=model.model_dump_json().encode(),
@@ -296,8 +299,9 @@ class Runtime:
             if on_undecodable is not None:
                 await on_undecodable(message.value, failure.error)
             return
-        step = ChainedStage(stage, handler, dict(fail_jobs=fail_jobs, on_failure=on_failure,
-                                                 follows_cancellations=follows_cancellations))
+        step = ChainedStage(stage, handler, model, dict(
+            fail_jobs=fail_jobs, on_failure=on_failure,
+            follows_cancellations=follows_cancellations))
         chain = await self._run(step, message, decoded, deaths)
         while chain:  # the stages this one handed the job to in-process, in order
             step, decoded = chain.pop(0)
@@ -411,7 +415,7 @@ class Runtime:
         settings = self.settings
         if model is None or not settings.chain_stages or name in settings.unchained_stages:
             return
-        self._chained[topic] = ChainedStage(name, handler, dict(
+        self._chained[topic] = ChainedStage(name, handler, model, dict(
             fail_jobs=options.get("fail_jobs", True), on_failure=options.get("on_failure"),
             follows_cancellations=options.get("follows_cancellations", True)))
 
@@ -448,6 +452,7 @@ class Runtime:
         """Say the job failed (or dead-letter its message), acknowledged by the broker. If the
         broker takes neither the work nor its failure, the worker stops: its message is not
         committed, and a healthy worker takes it over."""
+        token = _chain.set(None)  # what a failure sends goes to its topics, never chained
         try:
             async with acknowledged_sends():
                 if on_failure is not None:
@@ -460,6 +465,8 @@ class Runtime:
         except StageFailure as unsent:
             await self.stop_worker(f"job {job_id}: its failure could not be published "
                                    f"({unsent.error.message})")
+        finally:
+            _chain.reset(token)
 
     async def stop_worker(self, reason: str) -> None:
         """Stop this worker for good (it exits; its supervisor starts it again): for a fault
@@ -504,9 +511,11 @@ class Runtime:
 
 @dataclass(frozen=True)
 class ChainedStage:
-    """A stage as handle() runs it: its name, its handler and handle()'s options for it."""
+    """A stage as handle() runs it: its name, its handler, the model it takes (None: the raw
+    message) and handle()'s options for it."""
     name: str
     handler: Callable[[BaseModel], Awaitable[None]]
+    model: type[BaseModel] | None
     options: dict
 
 

@@ -237,12 +237,15 @@ class CancellingEngine(CallCountingEngine):
 
     def render_shots(self, model, controlnet, shots):
         if len(shots) > 1 and self.cancelled is None:
-            from schemas.jobs import Cancellation
-
-            self.cancelled = shots[1].prompt  # the job id (deliver_at_once)
-            self.runtime.cancellations.records[self.cancelled] = Cancellation(
-                job_id=self.cancelled, by="tests", at=0.0)
+            self.cancel(shots[1].prompt)  # the job id (deliver_at_once)
         return super().render_shots(model, controlnet, shots)
+
+    def cancel(self, job_id: str) -> None:
+        from schemas.jobs import Cancellation
+
+        self.cancelled = job_id
+        self.runtime.cancellations.records[job_id] = Cancellation(job_id=job_id, by="tests",
+                                                                  at=0.0)
 
 
 def test_a_job_cancelled_during_a_batched_render_drops_out_and_the_others_finish(
@@ -257,3 +260,30 @@ def test_a_job_cancelled_during_a_batched_render_drops_out_and_the_others_finish
     assert engine.cancelled not in progress  # stopped at its first step
     assert not asyncio.run(rt.storage.exists(
         f"{rt.settings.results_base}/results/{engine.cancelled}/0.png"))
+
+
+class BatchFailingEngine(CancellingEngine):
+    """A shared call fails (as one too large for the device would), and its second request is
+    cancelled meanwhile."""
+
+    def render_shots(self, model, controlnet, shots):
+        if len(shots) > 1:
+            self.calls.append(len(shots))
+            if self.cancelled is None:
+                self.cancel(shots[1].prompt)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return super().render_shots(model, controlnet, shots)
+
+
+def test_a_batch_that_fails_is_rendered_one_by_one_without_the_cancelled_job(
+        tmp_path, tiny_models, control_photos):
+    engines = []
+    rt, wanted = deliver_at_once(tmp_path, tiny_models, control_photos,
+                                 lambda rt: engines.append(BatchFailingEngine(rt)) or engines[0],
+                                 4)
+    [engine] = engines
+    assert max(engine.calls) > 1  # a shared call was tried, and failed
+    replies, _ = replies_and_progress(rt)
+    # Every other request was rendered alone and answered; the cancelled one was not.
+    assert set(replies) == {o.job_id for o in wanted} - {engine.cancelled}
+    assert all(len(r["images"]) == 1 for r in replies.values())
