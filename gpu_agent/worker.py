@@ -56,8 +56,8 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     # One model call at a time: interactive requests first, then batch ones (gpu_agent/turns)
     turns = ModelTurns(settings.interactive_burst)
     # Compatible requests waiting for the model together share one call (gpu_agent/batching)
-    batches = RenderBatches(turns, settings.render_max_batch,
-                            settings.render_max_wait_ms / 1000)
+    max_batch = settings.render_max_batch or (4 if engine.device.startswith("cuda") else 1)
+    batches = RenderBatches(turns, max_batch, settings.render_max_wait_ms / 1000)
 
     # Requests this worker is answering, by job and output: the same request delivered again
     # while the first delivery renders (both prefetched before either stored its manifest)
@@ -115,7 +115,7 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
             inputs.cancel()  # not needed (answered from the manifest, or failed); no-op if read
 
     # Held at once per lane: a batch being gathered, and the next ones reading their inputs.
-    held = settings.gpu_prefetch + settings.render_max_batch - 1
+    held = settings.gpu_prefetch + max_batch - 1
     rt.stage_agent("render", lane_handler(INTERACTIVE), RenderRequest, topic=rt.topics.render,
                    concurrency=held)
     rt.stage_agent("render-batch", lane_handler(BATCH), RenderRequest,

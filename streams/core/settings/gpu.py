@@ -28,9 +28,11 @@ class GpuSettings(SettingsBase):
     interactive_burst: int = Field(4, ge=1)
     # Batched renders: requests that wait for the model at the same moment and can share a
     # pipeline call (same model and adapter, task, size, steps, guidance, ControlNet scale)
-    # are rendered in one call, up to this many (1: one request per call). A GPU renders a
-    # batch in little more than the time of one image; on a CPU it gains nothing.
-    render_max_batch: int = Field(4, ge=1)
+    # are rendered in one call, up to this many (1: one request per call). Unset: 4 on a GPU,
+    # which draws a batch in little more than the time of one image; 1 on a CPU, where a call
+    # of 4 takes nearly 4 renders' time and an interactive request waiting behind a batch
+    # call would wait that long.
+    render_max_batch: int | None = Field(None, ge=1)
     # How long a request that got the model's turn waits for company before it renders
     # anyway (0: never waits; batches then form only from requests already queued).
     render_max_wait_ms: float = Field(0.0, ge=0)
