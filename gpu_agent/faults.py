@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import sys
 
 import torch
 
 from schemas import ErrorCode, StageFailure
-from streams.adapters.journal import release_in_flight
+from streams.core.shutdown import exit_at_once
 
 log = logging.getLogger("restyle.gpu")
 
@@ -67,13 +65,9 @@ def free_memory() -> None:
 def exit_now(reason: str) -> None:
     """Leave at once, committing nothing: what this worker held is delivered again, to a
     worker with a healthy device."""
-    log.critical("the device failed; this worker exits so its jobs go to a healthy one: %s",
-                 reason)
-    release_in_flight()  # the device failed, not the jobs: their count of deaths stays
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stderr.flush()
-    os._exit(DEVICE_FAILED_EXIT_CODE)
+    # The device failed, not the jobs: their count of deaths stays.
+    exit_at_once(DEVICE_FAILED_EXIT_CODE, "the device failed; this worker exits so its jobs "
+                                          f"go to a healthy one: {reason}")
 
 
 def job_failure(exc: BaseException, doing: str, advice: str, who: str,

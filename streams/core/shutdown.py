@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 
 from streams.adapters.journal import release_in_flight
@@ -21,16 +22,23 @@ log = logging.getLogger("restyle")
 STOP_TIMED_OUT = 75
 
 
+def exit_at_once(status: int, message: str) -> None:
+    """Leave now, committing nothing, after saying why (message, logged critical): what this
+    worker held is delivered again. The messages in flight are not blamed for it (their
+    in-flight records go)."""
+    log.critical(message)
+    release_in_flight()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def exit_if_still_running(after_s: float, why: str) -> threading.Timer:
     """Exit the process after after_s unless it has exited by then."""
-    def give_up() -> None:
-        log.critical("still stopping %g s after %s: exiting without a clean stop (what was "
-                     "not committed is delivered again)", after_s, why)
-        release_in_flight()  # the messages in flight did not cause this
-        logging.shutdown()
-        os._exit(STOP_TIMED_OUT)
-
-    timer = threading.Timer(after_s, give_up)
+    timer = threading.Timer(after_s, exit_at_once, args=(STOP_TIMED_OUT, (
+        f"still stopping {after_s:g} s after {why}: exiting without a clean stop (what was "
+        f"not committed is delivered again)")))
     timer.daemon = True
     timer.start()
     return timer
