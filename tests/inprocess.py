@@ -95,8 +95,8 @@ class InProcessRuntime(Runtime):
 
     def stage_agent(self, name, handler, model, topic, concurrency=1, batch=None,
                     chained=False, **options) -> None:
-        if chained and batch is None:
-            self.declare_chained(name, handler, model, topic, options)
+        if chained:
+            self.declare_chained(name, handler, model, topic, batch, options)
         self.agents.setdefault(topic, []).append(Registered(name, handler, model, batch, options))
 
     def sent(self, topic: str) -> list[Message]:

@@ -299,9 +299,7 @@ class Runtime:
             if on_undecodable is not None:
                 await on_undecodable(message.value, failure.error)
             return
-        step = ChainedStage(stage, handler, model, dict(
-            fail_jobs=fail_jobs, on_failure=on_failure,
-            follows_cancellations=follows_cancellations))
+        step = ChainedStage(stage, handler, model, fail_jobs, on_failure, follows_cancellations)
         chain = await self._run(step, message, decoded, deaths)
         while chain:  # the stages this one handed the job to in-process, in order
             step, decoded = chain.pop(0)
@@ -314,10 +312,10 @@ class Runtime:
         stage before it in a chain; message is the input that started it either way).
         Returns the chained stages it handed work to, to run next."""
         stage, handler = step.name, step.handler
-        fail_jobs, on_failure = step.options["fail_jobs"], step.options["on_failure"]
+        fail_jobs, on_failure = step.fail_jobs, step.on_failure
         started = time.perf_counter()
         job_id = getattr(decoded, "job_id", None)
-        if step.options["follows_cancellations"] and self.cancelled(job_id):
+        if step.follows_cancellations and self.cancelled(job_id):
             STAGE_OUTCOMES.labels(stage, "cancelled").inc()
             log.info("job %s is cancelled: %s does not start it", job_id, stage)
             return []
@@ -395,8 +393,8 @@ class Runtime:
         instead (RESTYLE_CHAIN_STAGES, RESTYLE_UNCHAINED_STAGES); for a stage whose input
         comes from the stage before it in the same pipeline and role, not for one that owns a
         table or takes batches. The agent still consumes the topic."""
-        if chained and batch is None:
-            self.declare_chained(name, handler, model, topic, options)
+        if chained:
+            self.declare_chained(name, handler, model, topic, batch, options)
         async def agent(stream):
             if batch is None:
                 async for event in stream.events():
@@ -409,15 +407,16 @@ class Runtime:
         self.app.agent(self.channels[topic], name=name, concurrency=concurrency)(agent)
 
     def declare_chained(self, name: str, handler, model: type[BaseModel] | None, topic: str,
-                        options: dict) -> None:
-        """Sends to `topic` call stage `name` in-process, unless chaining is off or split
-        there (RESTYLE_CHAIN_STAGES, RESTYLE_UNCHAINED_STAGES)."""
+                        batch: tuple[int, float] | None, options: dict) -> None:
+        """Sends to `topic` call stage `name` in-process, unless it takes raw messages or
+        batches, or chaining is off or split there (RESTYLE_CHAIN_STAGES,
+        RESTYLE_UNCHAINED_STAGES). options: handle()'s, as stage_agent got them."""
         settings = self.settings
-        if model is None or not settings.chain_stages or name in settings.unchained_stages:
+        if model is None or batch is not None or not settings.chain_stages \
+                or name in settings.unchained_stages:
             return
-        self._chained[topic] = ChainedStage(name, handler, model, dict(
-            fail_jobs=options.get("fail_jobs", True), on_failure=options.get("on_failure"),
-            follows_cancellations=options.get("follows_cancellations", True)))
+        policy = {k: v for k, v in options.items() if k in ChainedStage.__dataclass_fields__}
+        self._chained[topic] = ChainedStage(name, handler, model, **policy)
 
     async def _handle_batch(self, stage: str, events, model: type[M],
                             handler: Callable[[list[M]], Awaitable[None]]) -> None:
@@ -512,11 +511,13 @@ class Runtime:
 @dataclass(frozen=True)
 class ChainedStage:
     """A stage as handle() runs it: its name, its handler, the model it takes (None: the raw
-    message) and handle()'s options for it."""
+    message) and handle()'s options for it (same defaults)."""
     name: str
     handler: Callable[[BaseModel], Awaitable[None]]
     model: type[BaseModel] | None
-    options: dict
+    fail_jobs: bool = True
+    on_failure: Callable | None = None
+    follows_cancellations: bool = True
 
 
 # The chained stages a stage has handed a job to while it handles one message (in order).
