@@ -19,7 +19,6 @@ import argparse
 import gc
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -74,13 +73,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
-    if args.models:
-        models = Path(args.models)
-    else:
-        from agents.models.tiny import DIFFUSION_ROLES, build_tiny_models
+    from agents.models.tiny import diffusion_models
 
-        models = build_tiny_models(Path(tempfile.mkdtemp(prefix="restyle-gpu-memory-")),
-                                   roles=DIFFUSION_ROLES)
+    models = diffusion_models(args.models)
 
     figures = {}
     renders = {}

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -62,13 +61,9 @@ def main() -> None:
     parser.add_argument("--models", help="a directory of models (default: tiny ones built now)")
     args = parser.parse_args()
 
-    if args.models:
-        models = Path(args.models)
-    else:
-        from agents.models.tiny import DIFFUSION_ROLES, build_tiny_models
+    from agents.models.tiny import diffusion_models
 
-        models = build_tiny_models(Path(tempfile.mkdtemp(prefix="restyle-batching-")),
-                                   roles=DIFFUSION_ROLES)
+    models = diffusion_models(args.models)
     model, controlnet = str(models / "diffusion"), str(models / "controlnet_depth")
     engine = RenderEngine(args.device, args.dtype, cache_size=1)
     control = Image.radial_gradient("L").convert("RGB")

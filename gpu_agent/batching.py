@@ -41,8 +41,6 @@ class RenderBatches(Generic[M, R]):
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._open: dict[tuple[str, Hashable], _Group] = {}
-        self.calls = 0  # pipeline calls made, and members served by them (for the bench)
-        self.served = 0
 
     async def run(self, lane: str, key: Hashable, member: M,
                   call: Callable[[list[M]], Awaitable[list[R | BaseException]]]) -> R:
@@ -76,8 +74,6 @@ class RenderBatches(Generic[M, R]):
                     except asyncio.TimeoutError:
                         pass
                 self._close(lane, key, group)
-                self.calls += 1
-                self.served += len(group.members)
                 outcomes = await call(group.members)
         except BaseException:
             self._close(lane, key, group)

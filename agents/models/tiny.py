@@ -8,6 +8,7 @@ offline demo use them. Each role is saved with `save_pretrained` into DIR/<role>
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -326,6 +327,14 @@ DIFFUSION_ROLES = ("diffusion", "controlnet_depth", "controlnet_canny", "control
                    "inpainting")
 
 
+def diffusion_models(given: str | Path | None) -> Path:
+    """The benches' models: the directory given, else tiny diffusion roles built now."""
+    if given:
+        return Path(given)
+    return build_tiny_models(Path(tempfile.mkdtemp(prefix="restyle-tiny-")),
+                             roles=DIFFUSION_ROLES)
+
+
 def build_tiny_models(out_dir: Path | str, seed: int = 0, roles=ROLES) -> Path:
     """Write every role (or those named) under out_dir; returns out_dir. Deterministic for a
     given seed and roles."""
@@ -333,21 +342,18 @@ def build_tiny_models(out_dir: Path | str, seed: int = 0, roles=ROLES) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     wanted = set(roles)
-    def diffusion(_):  # the base model and its ControlNets, built together
-        build_diffusion(out / "diffusion", out / "controlnet_depth", out / "controlnet_canny",
-                        out / "controlnet_seg")
-
-    # In this order: each builder draws from the seeded generator.
-    builders = [({"detector"}, build_detector), ({"embedder"}, build_embedder),
-                ({"depth"}, build_depth),
-                ({"diffusion", "controlnet_depth", "controlnet_canny", "controlnet_seg"},
-                 diffusion),
-                ({"semantic"}, build_semantic), ({"captioner"}, build_captioner),
-                ({"segmenter"}, build_segmenter), ({"inpainting"}, build_inpainting),
-                ({"salient"}, link_salient), ({"face_detector"}, link_face_detector)]
+    # In this order (each draws from the seeded generator): the roles a builder writes, each
+    # to its own directory, in the order of its arguments.
+    builders = [(("detector",), build_detector), (("embedder",), build_embedder),
+                (("depth",), build_depth),
+                (("diffusion", "controlnet_depth", "controlnet_canny", "controlnet_seg"),
+                 build_diffusion),
+                (("semantic",), build_semantic), (("captioner",), build_captioner),
+                (("segmenter",), build_segmenter), (("inpainting",), build_inpainting),
+                (("salient",), link_salient), (("face_detector",), link_face_detector)]
     for names, build in builders:
-        if names & wanted:
-            build(out / sorted(names)[0])
+        if wanted.intersection(names):
+            build(*(out / name for name in names))
     (out / MANIFEST).write_text(json.dumps(
         {"kind": "tiny-random", "roles": [r for r in ROLES if r in wanted]}, indent=2))
     return out
