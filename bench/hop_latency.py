@@ -76,13 +76,15 @@ def main() -> None:
     futures = admin.create_topics([NewTopic(f"hop.{n}", 4, 1) for n in range(CHAIN + 1)])
     for future in futures.values():
         future.result()
+    # As `restyle up` runs them: Tansu answers a long-poll only when its wait expires.
+    tansu_env = {} if args.broker == "kafka" else {"RESTYLE_FETCH_MAX_WAIT_MS": "20"}
     port = free_port()
     script = work / "hop_worker.py"
     script.write_text(WORKER)
     worker = subprocess.Popen([sys.executable, str(script), bootstrap, str(work / "state"),
                                str(port), args.role], cwd=Path(__file__).resolve().parents[1],
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve()
-                                                                   .parents[1])},
+                              env={**tansu_env, **os.environ,
+                                   "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
                               stdout=subprocess.DEVNULL, stderr=open(work / "worker.log", "wb"))
     try:
         wait_for_port(port, 60, worker, "hop worker")

@@ -34,7 +34,7 @@ from streams.core.kafka import client_options
 from streams.core.runtime import Runtime
 from streams.core.settings import Settings
 from streams.core.shutdown import exit_if_still_running
-from streams.core.topics import ensure_topics
+from streams.core.topics import TopicLayoutError, ensure_topics
 from streams.tracking import activity, batches, ingests, webhooks
 from streams.tracking import jobs as job_tracker
 from streams.tracking.tables import open_tables
@@ -118,7 +118,10 @@ def run_worker(settings: Settings, role: str, web_port: int | None = None,
                loglevel: str = "info") -> None:
     logging.basicConfig(level=loglevel.upper())
     if settings.kafka_bootstrap:
-        asyncio.run(ensure_topics(settings, topic_names(settings, topic_sets())))
+        try:
+            asyncio.run(ensure_topics(settings, topic_names(settings, topic_sets())))
+        except TopicLayoutError as refused:  # a misconfiguration: the cause, not a traceback
+            raise SystemExit(f"restyle worker refused to start: {refused}") from None
     rt = build_worker(settings, role, web_port)
     worker = GracefulWorker(rt, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

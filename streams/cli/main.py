@@ -25,6 +25,7 @@ from streams.cli import client
 from streams.cli.catalog import DuplicateProductIds
 from streams.cli.client import run
 from streams.cli.demo import ingest_source, run_demo
+from streams.cli.model_threads import openmp_for_model_threads
 from streams.core.settings import Settings, load_settings
 from streams.stack.apache_kafka import KAFKA_VERSION, KafkaUnavailable, start_apache_kafka
 from streams.stack.embedded import Stack, stop_everything_started
@@ -86,6 +87,7 @@ def describe_settings_error(exc: ValidationError) -> str:
 
 
 @click.group(cls=RestyleCommands)
+@click.version_option(package_name="restyle", prog_name="restyle")
 def main() -> None:
     """restyle: generative image pipelines on Kafka, S3 and open models."""
 
@@ -242,16 +244,6 @@ def status(job_id) -> None:
         click.echo(f"no job {job_id!r}", err=True)
         sys.exit(2)
     click.echo(json.dumps(job, indent=2))
-
-
-def openmp_for_model_threads() -> None:
-    """Before torch loads: a worker runs its models in threads (its event loop holds the
-    main thread), and libgomp, whose threads PyTorch's CPU kernels use, then lets its idle
-    threads fall asleep almost at once, so every parallel region waits for them to wake. A
-    tiny render took 174 ms from a thread against 99 ms from the main thread; a bounded spin
-    made it 88 ms (OMP_WAIT_POLICY=ACTIVE, as fast, spins for ever while idle; PASSIVE: 212
-    ms). A value set in the environment wins."""
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
 @main.command()

@@ -1,7 +1,12 @@
 """Every topic restyle uses exists, with the configured partition count, before any worker
 subscribes or any client publishes: a consumer that subscribes to a missing topic is not
 rebalanced when it appears later (Apache Kafka), and a topic auto-created by a first producer
-gets the broker's default partition count instead of ours."""
+gets the broker's default partition count instead of ours.
+
+An existing topic with another partition count is refused: a job's key picks its partition, the
+partition picks the worker that owns the job's state, and the status API routes a request by the
+same arithmetic with RESTYLE_PARTITIONS. A mismatch would send jobs and status requests to
+workers that know nothing of them."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +16,10 @@ from streams.core.kafka import client_options
 from streams.core.settings import Settings
 
 log = logging.getLogger("restyle.topics")
+
+
+class TopicLayoutError(RuntimeError):
+    """Existing topics whose partition count is not RESTYLE_PARTITIONS."""
 
 
 async def ensure_topics(settings: Settings, names: list[str], timeout_s: float = 60) -> list[str]:
@@ -36,6 +45,7 @@ async def ensure_topics(settings: Settings, names: list[str], timeout_s: float =
                 pass  # another worker won the race
             log.info("created topics: %s", ", ".join(missing))
         await _until_visible(admin, wanted, timeout_s)
+        check_layout(settings, await partition_counts(admin, wanted))
         return missing
     finally:
         await admin.close()
@@ -50,6 +60,29 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
     if name == settings.topics.cancellations:
         return {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
     return {}
+
+
+async def partition_counts(admin, names: list[str]) -> dict[str, int]:
+    return {described["topic"]: len(described["partitions"])
+            for described in await admin.describe_topics(names)}
+
+
+def check_layout(settings: Settings, counts: dict[str, int]) -> None:
+    """Refuse topics whose partition count differs from RESTYLE_PARTITIONS (see the module's
+    docstring), saying which and what to do."""
+    # The compacted state topics are read whole by every worker: no key is routed by them.
+    read_whole = {settings.topics.api_keys, settings.topics.models, settings.topics.cancellations}
+    wrong = {name: count for name, count in counts.items()
+             if count != settings.partitions and name not in read_whole}
+    if not wrong:
+        return
+    listed = ", ".join(f"{name} has {count}" for name, count in sorted(wrong.items()))
+    raise TopicLayoutError(
+        f"topics exist with another partition count than RESTYLE_PARTITIONS="
+        f"{settings.partitions}: {listed}. Jobs and status requests are routed by partition, so "
+        f"every worker must agree with the topics: set RESTYLE_PARTITIONS to the topics' count, "
+        f"or, to change it, start on new topics (RESTYLE_TOPIC_* names; see Scaling in the "
+        f"README) once the old ones are drained.")
 
 
 async def _until_visible(admin, names: list[str], timeout_s: float) -> None:

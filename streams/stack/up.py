@@ -105,14 +105,13 @@ class RestyleStack:
             service, bootstrap = start_apache_kafka(self.state_dir / "kafka", self.log_dir)
             self.stack.services.append(service)
             self.broker = f"apache-kafka {KAFKA_VERSION}"
-            # Apache Kafka answers a long-poll as soon as data arrives: a long wait costs no
-            # latency and saves the CPU that 20 ms polling burns (Tansu needs the short wait).
-            if "RESTYLE_FETCH_MAX_WAIT_MS" not in os.environ:
-                broker_env["RESTYLE_FETCH_MAX_WAIT_MS"] = "500"
         elif not bootstrap:
             service, bootstrap = self._start_tansu(s3_endpoint, key, secret)
             self.stack.services.append(service)
             broker_env["RESTYLE_RECOVERY_CONSISTENCY_CHECK"] = "false"
+            # Tansu answers a long-poll only when its wait expires: every hop would wait it.
+            if "RESTYLE_FETCH_MAX_WAIT_MS" not in os.environ:
+                broker_env["RESTYLE_FETCH_MAX_WAIT_MS"] = "20"
         model_env, self.models_note = resolve_models(self.models, self.state_dir)
         # The broker's defaults first: what the caller passes explicitly wins over them.
         self.env = {**broker_env, **self.extra_env, "RESTYLE_KAFKA_BOOTSTRAP": bootstrap,

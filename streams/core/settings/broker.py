@@ -89,9 +89,12 @@ class BrokerSettings(SettingsBase):
     commit_interval_s: float = 2.8
     # How long a producer waits to batch sends into one request (faust's default: 0).
     producer_linger_ms: int = Field(0, ge=0)
-    # How long a fetch may wait at the broker for data: the latency floor of each stage hop on
-    # brokers that answer long-polls late (see streams/core/consumer.py).
-    fetch_max_wait_ms: int = 20
+    # How long a fetch may wait at the broker for data. Apache Kafka answers a long-poll as
+    # soon as data arrives, so a long wait costs no latency and spares the broker ~50 idle
+    # fetches a second per consumer. Brokers that answer only when the wait expires (Tansu:
+    # `restyle up` sets 20 when it starts one) pay it on every stage hop (see
+    # streams/core/consumer.py).
+    fetch_max_wait_ms: int = Field(500, ge=0)
     # faust refuses to start when a local table store is ahead of the changelog's end offset.
     # Right on Apache Kafka; the embedded Tansu broker under-reports end offsets, so `restyle up`
     # turns the check off when it starts Tansu (the local store is the source of truth there).

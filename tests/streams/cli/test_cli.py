@@ -20,6 +20,14 @@ def cli_env(**extra) -> dict:
     return {**env, **extra}
 
 
+def test_version_names_the_installed_release():
+    from importlib.metadata import version
+
+    said = subprocess.run(CLI + ["--version"], capture_output=True, text=True, env=cli_env())
+    assert said.returncode == 0
+    assert said.stdout.strip() == f"restyle, version {version('restyle')}"
+
+
 def test_demo_runs_the_makeover_end_to_end_and_exits_zero(tmp_path, tiny_models):
     done = subprocess.run(
         [*CLI, "demo", "--models", str(tiny_models), "--rooms", "2",

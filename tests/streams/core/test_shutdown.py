@@ -48,6 +48,7 @@ def test_a_worker_whose_broker_is_gone_still_stops_on_sigterm(tmp_path, tiny_mod
     env = {**os.environ, "RESTYLE_KAFKA_BOOTSTRAP": bootstrap,
            "RESTYLE_STATE_DIR": str(tmp_path / "state"), "RESTYLE_SHUTDOWN_GRACE_S": "1",
            "RESTYLE_SHUTDOWN_LEAVE_S": "5", "RESTYLE_RECOVERY_CONSISTENCY_CHECK": "false",
+           "RESTYLE_FETCH_MAX_WAIT_MS": "20",
            "RESTYLE_MODELS_DIR": str(tiny_models), "HF_HUB_OFFLINE": "1"}
     worker = start_process(f"{role}-0", python_command("worker", role, "--web-port", str(port)),
                            logs, env=env, port=port)
