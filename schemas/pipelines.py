@@ -9,7 +9,7 @@ side: how a pipeline is admitted, started and wired).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Union
 
 from pydantic import BaseModel, PlainValidator, SerializeAsAny
 
@@ -65,6 +65,10 @@ def _validator(role: str):
     return validate
 
 
-# Serialized as whatever model the value is (SerializeAsAny), validated through the table.
-AnyJob = Annotated[SerializeAsAny[BaseModel], PlainValidator(_validator("job"))]
-AnyResult = Annotated[SerializeAsAny[BaseModel], PlainValidator(_validator("result"))]
+# Serialized as whatever model the value is (SerializeAsAny), validated through the table; its
+# JSON Schema (the published contract) is one of the table's models.
+AnyJob = Annotated[SerializeAsAny[BaseModel], PlainValidator(
+    _validator("job"), json_schema_input_type=Union[tuple(c.job for c in PIPELINES.values())])]
+AnyResult = Annotated[SerializeAsAny[BaseModel], PlainValidator(
+    _validator("result"),
+    json_schema_input_type=Union[tuple(c.result for c in PIPELINES.values())])]

@@ -189,6 +189,7 @@ def register_generation(rt: Runtime, models: StageModels, index) -> None:
 
 
 TRAIN = Pipeline(name="avatar_train", register=register_training, topics=AvatarTopics,
-                 admit=admit_training, first_stage="avatar_prepare")
+                 admit=admit_training, first_stage="avatar_prepare", uploads=(AvatarTrainUpload,))
 GENERATE = Pipeline(name="avatar_generate", register=register_generation, topics=AvatarTopics,
-                    admit=admit_generation, first_stage="avatar_generate")
+                    admit=admit_generation, first_stage="avatar_generate",
+                    uploads=(AvatarGenerateUpload,))

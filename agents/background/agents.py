@@ -264,4 +264,5 @@ async def refuse_batch(rt: Runtime, batch_id: str, error: JobError, tenant: str 
 
 PIPELINE = Pipeline(name="background_replace", register=register, topics=BackgroundTopics,
                     admit=admit, first_stage="mask",
-                    claims=lambda upload: "taskType" in upload)
+                    claims=lambda upload: "taskType" in upload,
+                    uploads=(BackgroundBatch, TitanRequest))

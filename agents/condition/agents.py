@@ -174,4 +174,4 @@ def result_metadata(job: ConditionJob, settings) -> dict[str, str]:
 
 
 PIPELINE = Pipeline(name="condition", register=register, topics=ConditionTopics, admit=admit,
-                    first_stage="prepare")
+                    first_stage="prepare", uploads=(ConditionUpload,))

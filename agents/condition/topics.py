@@ -2,9 +2,13 @@
 topics' RESTYLE_TOPIC_COND_* names predate the package's vocabulary and are kept)."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
-from streams.core.settings.broker import TopicNames
+from schemas import RenderResult
+from schemas.conditioning import ConditionJob
+from streams.core.settings.broker import Carries, TopicNames
 
 
 class ConditionTopics(TopicNames):
@@ -13,3 +17,14 @@ class ConditionTopics(TopicNames):
     prepare: str = Field("restyle.stage.cond-prepare",
                          validation_alias="RESTYLE_TOPIC_COND_PREPARE")
     finish: str = Field("restyle.stage.cond-finish", validation_alias="RESTYLE_TOPIC_COND_FINISH")
+
+    carries: ClassVar[dict[str, Carries]] = {
+        "bucket_events": Carries(None, "the object's bucket/key",
+                                 "S3 event notifications, as S3 writes them (`{\"Records\": "
+                                 "[{\"eventName\": \"ObjectCreated:Put\", \"s3\": "
+                                 "{\"bucket\": {\"name\"}, \"object\": {\"key\"}}}]}`): "
+                                 "from `restyle bridge-sqs`, `restyle watch` or the store.",
+                                 "in"),
+        "prepare": Carries(ConditionJob, "the job id", "Jobs whose conditioning map to draw."),
+        "finish": Carries(RenderResult, "the job id", "The GPU worker's answer."),
+    }

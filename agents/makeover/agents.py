@@ -150,4 +150,4 @@ def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:
 
 
 PIPELINE = Pipeline(name="room_makeover", register=register, topics=MakeoverTopics,
-                    admit=admit, first_stage="analyze")
+                    admit=admit, first_stage="analyze", uploads=(MakeoverUpload,))

@@ -269,6 +269,30 @@ def gpu_worker(web_port, loglevel) -> None:
     run_worker(load_settings(), "gpu", web_port or load_settings().web_port + 1, loglevel)
 
 
+@main.command()
+@click.option("--check", is_flag=True,
+              help="Write nothing; exit 1 when the files differ from the code.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Where to write them (default: the package's schemas/contracts/).")
+def contracts(check, out) -> None:
+    """The published contracts, from the code: a JSON Schema per topic payload and an AsyncAPI
+    3 document of the topics (with RESTYLE_TOPIC_* renames applied)."""
+    from streams.cli import contracts as published
+
+    settings = load_settings()
+    directory = Path(out) if out else published.CONTRACTS_DIR
+    if check:
+        changed = published.stale(published.documents(settings), directory)
+        if changed:
+            raise click.ClickException(f"{len(changed)} contract file(s) differ from the code "
+                                       f"in {directory}: {', '.join(changed)}; run `restyle "
+                                       f"contracts` to write them")
+        click.echo(f"the contracts in {directory} match the code")
+        return
+    changed = published.write(settings, directory)
+    click.echo(f"wrote the contracts to {directory} ({len(changed)} changed)")
+
+
 @main.group()
 def dlq() -> None:
     """The dead-letter topic: what no stage could process, and replaying it once fixed."""

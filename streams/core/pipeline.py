@@ -26,3 +26,5 @@ class Pipeline:
     first_stage: str | None = None
     # Uploads that name no pipeline but have this pipeline's own shape (a Titan body).
     claims: Callable[[dict], bool] | None = None
+    # The models its uploads validate against (the published contract of restyle.uploads).
+    uploads: tuple[type, ...] = ()

@@ -1,19 +1,43 @@
 """The broker, the faust app and the topics."""
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas import JobEvent, RenderRequest, ResultEvent
+from schemas.avatars import ModelRecord, TrainRequest
+from schemas.background import BatchEvent, BatchNotification, WebhookDelivery
+from schemas.catalog import CatalogOutcome
+from schemas.credentials import ApiKeyRecord
+from schemas.jobs import Cancellation, TenantActivity
 from streams.core.settings.base import SettingsBase
+
+
+@dataclass(frozen=True)
+class Carries:
+    """What a topic carries, for the published contracts (`restyle contracts` writes them from
+    these into schemas/contracts/)."""
+
+    # The value's model, or None for bytes restyle does not shape (the summary says what).
+    payload: Any
+    # What the record key is.
+    key: str
+    summary: str
+    # "in": other systems publish it for restyle; "out": restyle publishes it for them;
+    # "internal": between restyle's own workers (its shape may change in any release).
+    direction: Literal["in", "out", "internal"] = "internal"
 
 
 class TopicNames(BaseSettings):
     """Topic names, each renamed by RESTYLE_TOPIC_<NAME>. A pipeline declares its own stage
-    topics in a subclass (agents/<pipeline>/topics.py)."""
+    topics in a subclass (agents/<pipeline>/topics.py), with what each carries."""
 
     model_config = SettingsConfigDict(env_prefix="RESTYLE_TOPIC_", populate_by_name=True)
+    # Per topic attribute: what it carries (every attribute has one; a test checks).
+    carries: ClassVar[dict[str, Carries]] = {}
 
     def env_names(self) -> dict[str, str]:
         """Each topic attribute's variable: RESTYLE_TOPIC_<NAME>, or the alias it keeps."""
@@ -47,6 +71,51 @@ class Topics(TopicNames):
     models: str = "restyle.models"
     # Cancelled jobs, compacted (kept a week); every worker reads all of it.
     cancellations: str = "restyle.cancellations"
+
+    carries: ClassVar[dict[str, Carries]] = {
+        # The pipelines' upload models are added by the contracts' writer (agents/pipelines.py
+        # knows them; this layer does not).
+        "uploads": Carries(None, "the job id, or the batch id (any key, or none, is accepted)",
+                           "An upload for one pipeline (its `pipeline` field names it; a Titan "
+                           "body names none), or a cancel request.", "in"),
+        "results": Carries(ResultEvent, "the job id",
+                           "One per finished job: done, failed (with the error's code and "
+                           "sentence) or cancelled.", "out"),
+        "job_events": Carries(JobEvent, "the job id",
+                              "Everything that happens to a job: accepted, each status change, "
+                              "render and training progress, completion, failure. The tracker "
+                              "folds them into the jobs table.", "out"),
+        "dlq": Carries(None, "the original message's key",
+                       "What no stage could process: the original value, key and headers as "
+                       "they were, the cause in `restyle-dlq-*` headers (an original above the "
+                       "inline limit is kept in object storage, its URI in "
+                       "`restyle-dlq-original`, the value empty). `restyle dlq replay` "
+                       "re-publishes them.", "out"),
+        "render": Carries(RenderRequest, "the job id", "Interactive work for the GPU workers."),
+        "render_batch": Carries(RenderRequest, "the job id",
+                                "Batch work for the GPU workers, served when no interactive "
+                                "request waits."),
+        "train": Carries(TrainRequest, "the model id", "Training work for the trainers."),
+        "catalog_events": Carries(CatalogOutcome, "the ingest id",
+                                  "Each product's outcome in an ingest run."),
+        "batch_events": Carries(BatchEvent, "the batch id",
+                                "A background batch's life: accepted, each image's outcome, "
+                                "cancel requests."),
+        "notifications": Carries(BatchNotification, "the batch id",
+                                 "One per finished background batch, with its counts and "
+                                 "report.", "out"),
+        "webhooks": Carries(WebhookDelivery, "the batch id", "Webhook deliveries to make."),
+        "tenant_activity": Carries(TenantActivity, "the tenant",
+                                   "A tenant's job started or ended (its cap on jobs in "
+                                   "flight)."),
+        "api_keys": Carries(ApiKeyRecord, "the key id",
+                            "API key records (hashes, never keys), compacted."),
+        "models": Carries(ModelRecord, "tenant/model id",
+                          "The registry of trained avatar models, compacted."),
+        "cancellations": Carries(Cancellation, "the job id",
+                                 "Jobs ended for good, compacted: no worker starts or goes on "
+                                 "with them."),
+    }
 
 
 class BrokerSettings(SettingsBase):
