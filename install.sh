@@ -11,5 +11,14 @@ extras=""
 python -m pip install --quiet "uv==0.13.9"
 python -m uv pip install --python "$(python -c 'import sys; print(sys.executable)')" \
     --override overrides.txt -e ".${extras}"
+# kustomize, for the Kubernetes manifests' tests (tests/test_kubernetes.py): built from the Go
+# module proxy into .tools/bin (about a minute, once).
+if [ "${1:-}" = "test" ] && [ ! -x .tools/bin/kustomize ]; then
+    if command -v go >/dev/null 2>&1; then
+        GOBIN="$PWD/.tools/bin" go install sigs.k8s.io/kustomize/kustomize/v5@v5.7.1
+    else
+        echo "install.sh: no Go toolchain, so no kustomize: the Kubernetes tests will skip" >&2
+    fi
+fi
 # pyenv only sees new console scripts after a rehash.
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true

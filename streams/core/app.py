@@ -20,6 +20,12 @@ class Wiring:
     channels: dict[str, faust.TopicT]
 
 
+def consumer_group(settings: Settings, role: str) -> str:
+    """Each role its own consumer group (its faust app id): the GPU and trainer workers share
+    no partitions with the CPU stages. What autoscalers measure the lag of (k8s/)."""
+    return settings.app_id if role == "cpu" else f"{settings.app_id}-{role}"
+
+
 def create_app(settings: Settings, role: str, topic_names: Iterable[str],
                web_port: int | None = None, middlewares: Iterable = ()) -> Wiring:
     """role: "cpu" (stages, tables, status API), "gpu" (the diffusion worker) or "trainer"
@@ -33,9 +39,7 @@ def create_app(settings: Settings, role: str, topic_names: Iterable[str],
     datadir = settings.state_dir / "faust" / f"{role}-{port}"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        # Each role its own consumer group: the GPU and trainer workers share no partitions
-        # with the CPU stages.
-        settings.app_id if role == "cpu" else f"{settings.app_id}-{role}",
+        consumer_group(settings, role),
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         **faust_credentials(settings),
         # Job state lives in a local store: recovery must not depend on the broker's end offsets.
