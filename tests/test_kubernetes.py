@@ -1,7 +1,7 @@
 """The Kubernetes manifests (k8s/), checked without a cluster: each overlay is built with the
 real kustomize, every object is validated against the Kubernetes API's schemas
 (kubernetes-validate) or, for KEDA and the Prometheus Operator, against their CRDs' schemas
-(vendored in tests/crds/ from kedacore/keda v2.21.0 and prometheus-operator v0.85.0), and what a
+(vendored in tests/specs/crds/ from kedacore/keda v2.21.0 and prometheus-operator v0.85.0), and what a
 platform team relies on is asserted: probes kept apart, restricted pods, rollouts that need no
 spare GPU, grace periods longer than the workers' own stop, autoscaling on the workers' real
 consumer groups within the partition count."""
@@ -23,7 +23,7 @@ from streams.core.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = ["dev", "prod"]
 KUBERNETES_VERSION = "1.33.0"
-CRDS = Path(__file__).parent / "crds"
+CRDS = Path(__file__).parent / "specs" / "crds"
 WORKERS = {"restyle-cpu": "cpu", "restyle-gpu": "gpu", "restyle-trainer": "trainer"}
 
 

@@ -3,7 +3,7 @@ document, written from the code by `restyle contracts`. They fail here when the 
 the files do not, when a file is not valid JSON Schema or AsyncAPI 3, and when a topic's declared
 payload is not what its consumer reads.
 
-asyncapi-3.0.0.schema.json is the official AsyncAPI 3.0.0 schema, vendored from the npm package
+tests/specs/asyncapi-3.0.0.schema.json is the official AsyncAPI 3.0.0 schema, vendored from the npm package
 @asyncapi/specs 6.11.1 (schemas/3.0.0-without-$id.json, Apache-2.0)."""
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from streams.core.settings import Settings
 from streams.core.settings.broker import Topics
 from tests.inprocess import InProcessRuntime
 
-ASYNCAPI_3 = json.loads((Path(__file__).parent / "asyncapi-3.0.0.schema.json").read_text())
+ASYNCAPI_3 = json.loads((Path(__file__).parents[1] / "specs" / "asyncapi-3.0.0.schema.json")
+                        .read_text())
 
 
 @pytest.fixture(scope="module")
