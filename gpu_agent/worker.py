@@ -28,6 +28,7 @@ from gpu_agent.adapters import AdapterFiles
 from gpu_agent.batching import RenderBatches
 from gpu_agent.duty import DutyMeter
 from gpu_agent.engine import RenderEngine, Shot, shared_params
+from gpu_agent.memory import report_gpu_memory
 from gpu_agent.turns import BATCH, INTERACTIVE, ModelTurns
 from schemas import (
     ErrorCode,
@@ -42,9 +43,11 @@ from schemas.events import RenderTask
 from schemas.params import bounded_size
 from schemas.uris import join_uri
 from streams.adapters.images import encode_png
+from streams.core import tracing
 from streams.core.runtime import HandedBack, JobCancelled, Runtime
 
 MANIFEST = "render.json"
+GPU_MEMORY_REPORT_S = 15.0
 log = logging.getLogger("restyle")
 
 
@@ -58,6 +61,8 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
     # Compatible requests waiting for the model together share one call (gpu_agent/batching)
     max_batch = settings.render_max_batch or (4 if engine.device.startswith("cuda") else 1)
     batches = RenderBatches(turns, max_batch, settings.render_max_wait_ms / 1000)
+    if engine.device.startswith("cuda"):
+        rt.app.timer(interval=GPU_MEMORY_REPORT_S)(report_gpu_memory)
 
     # Requests this worker is answering, by job and output: the same request delivered again
     # while the first delivery renders (both prefetched before either stored its manifest)
@@ -278,8 +283,10 @@ def _step_reporter(rt: Runtime, member: Member, loop):
                 raise member.stopped
             return
         asyncio.run_coroutine_threadsafe(
-            rt.job_event(job_id, JobEventKind.PROGRESS, progress=Progress(step=step,
-                                                                          total=total)), loop)
+            report(job_id, JobEventKind.PROGRESS, progress=Progress(step=step, total=total)),
+            loop)
+
+    report = tracing.bound_to_current(rt.job_event)  # progress belongs to the render's trace
     return on_step
 
 

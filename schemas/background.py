@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.errors import JobError
-from schemas.ids import BATCH_ID_PATTERN  # noqa: F401 (part of this module's contract)
+from schemas.ids import BATCH_ID_PATTERN, SCHEMA_VERSION  # noqa: F401 (BATCH_ID_PATTERN: part of this module's contract)
 from schemas.media import ImageRef
 from schemas.params import MAX_SEED, RenderParams
 
@@ -242,6 +242,7 @@ class BatchNotification(BaseModel):
     presigned links (never bare storage paths) to the report and the outputs."""
 
     type: Literal["batch.completed"] = "batch.completed"
+    schema_version: Literal[1] = SCHEMA_VERSION
     batch_id: str
     tenant: str | None = None
     status: BatchStatus

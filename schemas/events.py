@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import JobError
-from schemas.ids import BATCH_ID_PATTERN, JOB_ID_PATTERN
+from schemas.ids import BATCH_ID_PATTERN, JOB_ID_PATTERN, SCHEMA_VERSION
 from schemas.jobs import JobStatus, Progress, QueueSpot
 from schemas.params import RenderParams
 from schemas.pipelines import AnyJob, AnyResult
@@ -92,6 +92,8 @@ class JobEvent(BaseModel):
     kind: JobEventKind
     at: float
     tenant: str | None = None
+    # The contract's version (also in each message's restyle-schema-version header).
+    schema_version: Literal[1] = SCHEMA_VERSION
     # The pipeline of a rejected upload (a submitted job names its own).
     pipeline: str | None = None
     batch_id: str | None = None
@@ -137,6 +139,7 @@ class ResultEvent(BaseModel):
     error: JobError | None = None
     result: AnyResult | None = None
     finished_at: float
+    schema_version: Literal[1] = SCHEMA_VERSION
 
 
 class DeadLetter(BaseModel):

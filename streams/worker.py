@@ -7,7 +7,6 @@ runs the diffusion agent; `restyle worker trainer` trains avatar adapters.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import faust
 
@@ -30,6 +29,7 @@ from streams.api.auth.middleware import Authenticator, auth_middleware
 from streams.adapters.journal import InFlightJournal
 from streams.api.limits import TenantLimiter, limit_middleware
 from streams.core.app import create_app
+from streams.core import lag, logs, tracing
 from streams.core.kafka import client_options
 from streams.core.runtime import Runtime
 from streams.core.settings import Settings
@@ -74,6 +74,12 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantL
     models = StageModels(settings)
     models.warm_up()  # fail fast on a bad model id, and keep the first job fast
     rt.app.task(rt.registry.run)
+    if settings.lag_interval_s > 0:
+        report_lag = lag.LagReport(settings)
+
+        async def lag_report() -> None:
+            await report_lag()
+        rt.app.timer(interval=settings.lag_interval_s)(lag_report)
     index = open_index(settings)
     tables = open_tables(rt.app, settings)
     intake.register(rt)
@@ -116,14 +122,16 @@ def build_gpu_worker(rt: Runtime) -> None:
 
 def run_worker(settings: Settings, role: str, web_port: int | None = None,
                loglevel: str = "info") -> None:
-    logging.basicConfig(level=loglevel.upper())
+    logged = logs.configure(settings.log_format, loglevel)
+    tracing.export_spans(f"restyle-{role}-worker")
     if settings.kafka_bootstrap:
         try:
             asyncio.run(ensure_topics(settings, topic_names(settings, topic_sets())))
         except TopicLayoutError as refused:  # a misconfiguration: the cause, not a traceback
             raise SystemExit(f"restyle worker refused to start: {refused}") from None
     rt = build_worker(settings, role, web_port)
-    worker = GracefulWorker(rt, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = GracefulWorker(rt, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                            logging_config=logged)
     worker.execute_from_commandline()
 
 

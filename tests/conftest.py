@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.otlp import OtlpReceiver
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -134,9 +136,10 @@ class E2E:
         self.status_url = self.endpoints["status_url"]
         self._keys: dict[str, str] = {}
 
-    def publish(self, value, key: bytes | None = None, topic: str = "restyle.uploads") -> None:
+    def publish(self, value, key: bytes | None = None, topic: str = "restyle.uploads",
+                headers: list | None = None) -> None:
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-        self.producer.produce(topic, raw, key=key)
+        self.producer.produce(topic, raw, key=key, headers=headers)
         self.producer.flush(10)
 
     def put_object(self, key: str, data: bytes) -> str:
@@ -347,7 +350,11 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
     bootstrap, stop_broker, described = start_broker(request.param, state)
     announce(request, f"[e2e] broker for this run: {described}")
     uploads = tmp_path_factory.mktemp("local-uploads")
+    # The workers export their spans to a local OTLP receiver (a collector stands outside
+    # restyle), every 0.2 s.
+    traces = OtlpReceiver()
     extra_env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200",
         "RESTYLE_FILE_ROOTS": json.dumps([str(room_photos[0].parent), str(uploads)]),
         "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
         "RESTYLE_DEFAULT_HEIGHT": "64", "HF_HUB_OFFLINE": "1",
@@ -367,6 +374,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_JWT_ISSUER": JWT_ISSUER, "RESTYLE_JWT_AUDIENCE": JWT_AUDIENCE,
         # Batches go through the pipeline two images at a time (the window is exercised).
         "RESTYLE_BATCH_WINDOW": "2",
+        # The pools' consumer lag on /metrics, read every 5 s (15 by default).
+        "RESTYLE_LAG_INTERVAL_S": "5",
         # Two full-size images per request at most (a test asks for three).
         "RESTYLE_MAX_REQUEST_PIXELS": str(2 * 2048 * 2048),
         # Small enough for a test to upload an object above it.
@@ -407,7 +416,9 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
     handles = E2E(stack, settings, collector)
     handles.local_uploads = uploads
     handles.broker = request.param
+    handles.traces = traces
     yield handles
     collector.close()
+    traces.close()
     stack.stop()
     stop_broker()

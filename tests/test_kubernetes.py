@@ -201,3 +201,23 @@ def test_the_sqs_bucket_bridge_component_builds(tmp_path):
     bridge = of_kind(objects, "Deployment")["restyle-bucket-bridge"]
     kubernetes_validate.validate(bridge, KUBERNETES_VERSION, strict=True)
     assert bridge["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["bridge", "sqs"]
+
+
+def test_the_dashboard_asks_only_for_metrics_the_workers_export():
+    """Every series the Grafana dashboard queries exists in the workers' registry (a renamed
+    metric would leave a panel empty)."""
+    import json
+    import re
+
+    from streams.core.metrics import REGISTRY
+
+    exported = set()
+    for family in REGISTRY.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
+                    "gauge": [""]}[family.type]
+        exported |= {family.name + suffix for suffix in suffixes}
+    dashboard = json.loads((ROOT / "k8s" / "overlays" / "prod" / "dashboard.json").read_text())
+    asked = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"restyle_[a-z_]+", target["expr"])}
+    assert len(asked) >= 10
+    assert asked <= exported, asked - exported

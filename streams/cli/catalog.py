@@ -20,8 +20,7 @@ from schemas import CatalogEvent, IngestState, StageFailure
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import IMAGE_SUFFIXES
 from streams.adapters.storage import Storage
-from streams.cli.client import api_get
-from streams.core.kafka import client_options
+from streams.cli.client import api_get, kafka_producer
 from streams.core.settings import Settings
 
 CSV_NAME = "catalog.csv"
@@ -125,17 +124,11 @@ async def stage_local_images(storage: Storage, settings: Settings,
 
 
 async def publish(settings: Settings, events: list[CatalogEvent]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(**client_options(settings), linger_ms=5)
-    await producer.start()
-    try:
+    async with kafka_producer(settings, linger_ms=5) as producer:
         sends = [await producer.send(CatalogTopics().catalog,
                                      event.model_dump_json(exclude_none=True).encode(),
                                      key=event.product_id.encode()) for event in events]
         await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
 
 
 async def start_ingest(settings: Settings, source: str, category_from_folder: bool = False,

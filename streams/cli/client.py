@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.error
@@ -41,17 +42,25 @@ async def submit(settings: Settings, image: str, style: str, params: dict | None
     return job_id
 
 
-async def publish_one(settings: Settings, topic: str, key: str, value: bytes,
-                      **producer_options) -> None:
-    """Publish one message and wait until the broker has it."""
+@contextlib.asynccontextmanager
+async def kafka_producer(settings: Settings, **producer_options):
+    """A started producer, stopped afterwards, also when it could not start (an unreachable
+    broker: the command says so, without a warning about an unclosed producer)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**client_options(settings), **producer_options)
-    await producer.start()
     try:
-        await producer.send_and_wait(topic, value, key=key.encode())
+        await producer.start()
+        yield producer
     finally:
         await producer.stop()
+
+
+async def publish_one(settings: Settings, topic: str, key: str, value: bytes,
+                      **producer_options) -> None:
+    """Publish one message and wait until the broker has it."""
+    async with kafka_producer(settings, **producer_options) as producer:
+        await producer.send_and_wait(topic, value, key=key.encode())
 
 
 def get_json(url: str, absent: tuple[int, ...] = (404,), api_key: str | None = None

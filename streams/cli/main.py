@@ -13,12 +13,14 @@ import urllib.error
 from pathlib import Path
 
 import click
+from aiokafka.errors import KafkaConnectionError
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from agents.condition.sources import bridge_sqs as run_bridge
 from agents.condition.sources import watch as run_watch
 from schemas.credentials import TENANT_PATTERN, Scope
+from schemas.errors import StageFailure
 from streams.cli import avatars as avatar_client
 from streams.cli import background as batch_client
 from streams.cli import client
@@ -40,12 +42,32 @@ def _settings(state_dir: str | None) -> Settings:
     return load_settings()
 
 
+# Exit statuses (README: Commands): 0 done, 1 failed (or an error), 2 usage or unknown id
+# (click's own usage errors too), 3 a wait that timed out.
+EXIT_TIMED_OUT = 3
+
+
+class TimedOut(click.ClickException):
+    exit_code = EXIT_TIMED_OUT
+
+
 class RestyleCommands(click.Group):
-    """Every command: a bad setting is a one-line configuration error, not a traceback."""
+    """Every command: an expected failure (a bad setting, a missing file, an unreachable
+    service, a wait that timed out) is one line saying what to do, not a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                PermissionError) as exc:
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+        except StageFailure as failure:  # e.g. storage that refused a staged upload
+            raise click.ClickException(f"[{failure.error.code.value}] "
+                                       f"{failure.error.message}") from None
+        except TimeoutError as exc:
+            raise TimedOut(f"{exc or 'timed out'} (the work goes on: `restyle status` "
+                           f"follows it)") from None
         except ValidationError as exc:
             if exc.title != "Settings":
                 raise
@@ -61,6 +83,10 @@ class RestyleCommands(click.Group):
             raise click.ClickException(
                 f"cannot reach the status API ({exc.reason}): is `restyle up` running (its "
                 f"state dir is RESTYLE_STATE_DIR), or is RESTYLE_STATUS_URL set?") from None
+        except KafkaConnectionError as exc:
+            raise click.ClickException(
+                f"cannot reach Kafka ({exc}): is `restyle up` running, or is "
+                f"RESTYLE_KAFKA_BOOTSTRAP set to a broker this machine reaches?") from None
 
 
 def _error_of(exc: urllib.error.HTTPError) -> str:

@@ -44,6 +44,23 @@ GPU_IN_FLIGHT = Gauge(
     "restyle_gpu_requests_in_flight", "Render requests received and not yet answered",
     registry=REGISTRY)
 
+# What each worker pool has not processed yet (streams/core/lag.py), from the CPU workers.
+CONSUMER_LAG = Gauge(
+    "restyle_consumer_lag", "Records published and not yet processed (end offset minus the "
+    "group's committed offset)", ["group", "topic", "partition"], registry=REGISTRY)
+GPU_QUEUE_DEPTH = Gauge(
+    "restyle_gpu_queue_depth", "Render requests waiting for the GPU pool, per request topic",
+    ["topic"], registry=REGISTRY)
+# How long a job took from accepted to done, failed or cancelled (the tracker).
+JOB_SECONDS = Histogram(
+    "restyle_job_seconds", "Time from a job's acceptance to its end", ["pipeline", "status"],
+    registry=REGISTRY, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800,
+                                3600, 14400))
+# GPU memory per device, when the worker has a CUDA device (gpu_agent).
+GPU_MEMORY_BYTES = Gauge(
+    "restyle_gpu_memory_bytes", "CUDA memory held by PyTorch: allocated to tensors, or "
+    "reserved by its caching allocator", ["device", "kind"], registry=REGISTRY)
+
 # How late the worker's event loop wakes a task that slept (a probe every
 # LOOP_LAG_PROBE_S): everything the loop serves (the status API, SSE streams, heartbeats,
 # consuming) waits at least this long.

@@ -28,6 +28,7 @@ from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.kafka import client_options
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
+from streams.core import tracing
 from streams.core.compacted import CompactedView
 from streams.core.registry import ModelRegistry
 from streams.core.settings import Settings
@@ -190,7 +191,8 @@ class Runtime:
             return _settled_send()
         pending = await self.channel(topic).send(key=key.encode(),
                                                  value=model.model_dump_json().encode(),
-                                                 headers=headers)
+                                                 headers=tracing.outgoing_headers()
+                                                 if headers is None else headers)
         waiting = _unacknowledged.get()
         if acknowledged:
             await settle([(topic, pending)])
@@ -300,12 +302,20 @@ class Runtime:
                 await on_undecodable(message.value, failure.error)
             return
         step = ChainedStage(stage, handler, model, fail_jobs, on_failure, follows_cancellations)
-        chain = await self._run(step, message, decoded, deaths)
+        chain = await self._traced(step, message, decoded, deaths)
         while chain:  # the stages this one handed the job to in-process, in order
             step, decoded = chain.pop(0)
             if self.handing_back:  # the grace period is over: the next worker reruns it all
                 raise HandedBack(getattr(decoded, "job_id", None))
-            chain[:0] = await self._run(step, message, decoded)
+            chain[:0] = await self._traced(step, message, decoded)
+
+    async def _traced(self, step: ChainedStage, message, decoded, deaths: int = 0) -> list:
+        """_run in the stage's span, child of the span that sent the message (its headers)."""
+        key = message.key.decode(errors="replace") if isinstance(message.key, bytes) else None
+        with tracing.stage_span(step.name, message.topic, message.partition, message.offset,
+                                as_header_list(message.headers),
+                                getattr(decoded, "job_id", None) or key):
+            return await self._run(step, message, decoded, deaths)
 
     async def _run(self, step: ChainedStage, message, decoded, deaths: int = 0) -> list:
         """Run one stage on a decoded message (read from its topic, or handed over by the

@@ -7,7 +7,7 @@ import time
 from schemas import ErrorCode, JobError, JobEvent, JobStatus, ResultEvent
 from schemas.jobs import Cancellation, TenantActivity
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
-from streams.core.metrics import JOBS_FINISHED
+from streams.core.metrics import JOB_SECONDS, JOBS_FINISHED
 from streams.core.runtime import Runtime
 from streams.tracking.jobstate import stalled
 from streams.tracking.tables import Tables
@@ -41,6 +41,11 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             # between replays the event and publishes again, rather than never.
             code = transition.result.error.code.value if transition.result.error else ""
             JOBS_FINISHED.labels(transition.result.status, code).inc()
+            accepted = (transition.state or step.current)
+            if accepted is not None:
+                JOB_SECONDS.labels(transition.result.pipeline or "unknown",
+                                   transition.result.status).observe(
+                    max(0.0, transition.result.finished_at - accepted.created_at))
             await rt.send(rt.topics.results, event.job_id, transition.result, acknowledged=True)
             if transition.result.batch_id:
                 await rt.send(rt.topics.batch_events, transition.result.batch_id, BatchEvent(

@@ -156,6 +156,8 @@ class BrokerSettings(SettingsBase):
     # How often processed offsets are committed. A crash redelivers at most this much work,
     # which every stage absorbs (idempotent); each commit is a request the broker serves.
     commit_interval_s: float = 2.8
+    # How often the CPU workers read every pool's consumer lag for /metrics (0: never).
+    lag_interval_s: float = Field(15.0, ge=0)
     # How long a producer waits to batch sends into one request (faust's default: 0).
     producer_linger_ms: int = Field(0, ge=0)
     # How long a fetch may wait at the broker for data. Apache Kafka answers a long-poll as

@@ -151,6 +151,39 @@ def test_submit_wait_and_status_against_a_running_stack(e2e, room_photos):
     assert missing.returncode == 2 and "no job 'nope'" in missing.stderr
 
 
+def test_a_wait_that_times_out_exits_3_and_says_the_job_goes_on(e2e, room_photos):
+    env = cli_env(RESTYLE_STATE_DIR=str(e2e.stack.state_dir))
+    waited = subprocess.run([*CLI, "submit", str(room_photos[21]), "--style", "rustic",
+                             "--wait", "--timeout", "0.2"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert waited.returncode == 3, waited.stdout + waited.stderr
+    job_id = waited.stdout.splitlines()[0]
+    assert f"job {job_id} did not finish within 0s" in waited.stderr
+    assert "restyle status" in waited.stderr and "Traceback" not in waited.stderr
+    assert e2e.result(job_id)["status"] == "done"  # the job itself went on
+
+
+def test_expected_failures_are_one_line_without_a_traceback(tmp_path):
+    env = cli_env(RESTYLE_STATE_DIR=str(tmp_path), RESTYLE_KAFKA_BOOTSTRAP="127.0.0.1:1",
+                  RESTYLE_STORAGE_BASE=(tmp_path / "store").as_uri(),
+                  RESTYLE_FILE_ROOTS=json.dumps([str(tmp_path)]))
+    photo = tmp_path / "room.jpg"
+    photo.write_bytes(b"a photo")
+    cases = {
+        "missing file": ([*CLI, "submit", str(tmp_path / "absent.jpg"), "--style", "modern"],
+                         f"No such file or directory: {tmp_path / 'absent.jpg'}"),
+        "missing source": ([*CLI, "background", str(tmp_path / "absent"), "--prompt", "a beach"],
+                           "is neither a file, a directory nor an s3:// URI"),
+        "unreachable broker": ([*CLI, "submit", str(photo), "--style", "modern"],
+                               "cannot reach Kafka"),
+    }
+    for case, (command, said) in cases.items():
+        failed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert failed.returncode == 1, case
+        assert said in failed.stderr, (case, failed.stderr)
+        assert "Traceback" not in failed.stderr, case
+
+
 def test_keys_are_created_listed_and_revoked_from_the_command_line(e2e):
     env = cli_env(RESTYLE_STATE_DIR=str(e2e.stack.state_dir))
     created = subprocess.run([*CLI, "keys", "create", "--tenant", "cli-co", "--name", "ci bot"],

@@ -1,0 +1,87 @@
+"""A job's trace across every hop: each stage runs in an OpenTelemetry span whose parent is the
+span that sent its input, carried in the Kafka message's headers as W3C trace context
+(`traceparent`, `tracestate`). An upload whose headers carry a trace continues it; otherwise the
+intake's span starts one. So upload -> intake -> tracker -> stages -> GPU worker -> tracker ->
+result is one trace, across processes.
+
+Spans are exported over OTLP/HTTP when OpenTelemetry's own variables name a collector
+(OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; OTEL_* options apply).
+Without one, nothing is recorded, and the trace context still passes through untouched.
+
+Every message restyle sends also says what it is: `content-type: application/json` and
+`restyle-schema-version`."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from schemas.ids import SCHEMA_VERSION
+
+TRACER = trace.get_tracer("restyle")
+CONTENT_HEADERS = [("content-type", b"application/json"),
+                   ("restyle-schema-version", str(SCHEMA_VERSION).encode())]
+
+
+def export_spans(service_name: str) -> bool:
+    """Export this process's spans over OTLP if a collector is configured; returns whether."""
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return False
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return True
+
+
+def outgoing_headers() -> list[tuple[str, bytes]]:
+    """The headers of a message sent now: what it is, and the current trace context."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return CONTENT_HEADERS + [(name, value.encode()) for name, value in carrier.items()]
+
+
+def context_of(headers: list[tuple[str, bytes]]) -> context.Context:
+    """The trace context a message's headers carry (an empty one when none)."""
+    carrier = {name: value.decode(errors="replace") for name, value in headers
+               if name in ("traceparent", "tracestate")}
+    return propagate.extract(carrier)
+
+
+@contextlib.contextmanager
+def stage_span(stage: str, topic: str, partition: int, offset: int,
+               headers: list[tuple[str, bytes]], job_id: str | None):
+    """The span of one stage handling one message, child of the span that sent it."""
+    attributes = {"messaging.system": "kafka", "messaging.destination.name": topic,
+                  "messaging.kafka.destination.partition": partition,
+                  "messaging.kafka.message.offset": offset}
+    if job_id:
+        attributes["restyle.job_id"] = job_id
+    with TRACER.start_as_current_span(stage, context=context_of(headers), kind=SpanKind.CONSUMER,
+                                      attributes=attributes) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+
+
+def bound_to_current(coroutine_function):
+    """coroutine_function, run under the trace context current now (for a send scheduled
+    from another thread, such as a render's progress)."""
+    captured = context.get_current()
+
+    async def run(*args, **kwargs):
+        token = context.attach(captured)
+        try:
+            return await coroutine_function(*args, **kwargs)
+        finally:
+            context.detach(token)
+    return run
