@@ -10,12 +10,19 @@ Two questions, two pages (as Kubernetes asks them):
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from aiohttp import web as aioweb
 from faust import web
 
+import schemas
+
 from streams.core.metrics import render_metrics, watch_event_loop_lag
 from streams.core.runtime import Runtime
+
+# The API's description, written by `restyle contracts` (streams/api/openapi.py) and installed
+# with the package.
+OPENAPI_FILE = Path(schemas.__file__).parent / "contracts" / "openapi.json"
 
 def register(rt: Runtime) -> None:
     app = rt.app
@@ -51,6 +58,12 @@ def register(rt: Runtime) -> None:
     app.page("/livez")(Live)
     app.page("/readyz")(Ready)
     app.page("/healthz")(type("Health", (Ready,), {}))
+
+    @app.page("/openapi.json")
+    class OpenApi(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            return aioweb.Response(body=OPENAPI_FILE.read_bytes(),
+                                   content_type="application/json")
 
     @app.page("/metrics")
     class Metrics(web.View):

@@ -1,5 +1,6 @@
-"""The published contracts of restyle's topics, written from the code: a JSON Schema for every
-topic's payload and an AsyncAPI 3 document of the topics (channels, keys, headers, payloads).
+"""The published contracts, written from the code: a JSON Schema for every topic's payload, an
+AsyncAPI 3 document of the topics (channels, keys, headers, payloads), and the status API's
+OpenAPI 3.1 document (streams/api/openapi.py).
 `restyle contracts` writes them into schemas/contracts/ (checked in and installed with the
 package); a test fails when the code and the files differ.
 
@@ -18,12 +19,14 @@ from pydantic.json_schema import models_json_schema
 
 import schemas
 from agents.pipelines import PIPELINES, topic_sets
+from streams.api import openapi
 from schemas.events import DLQ_HEADER, CancelRequest, DeadLetter
 from streams.core.settings import Settings
 from streams.core.settings.broker import Carries
 
 CONTRACTS_DIR = Path(schemas.__file__).parent / "contracts"
 ASYNCAPI = "asyncapi.json"
+OPENAPI = "openapi.json"
 TOPICS_DIR = "topics"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # A message for a topic whose value restyle does not shape, by topic attribute.
@@ -164,7 +167,7 @@ def direction(carries: Carries) -> str:
 
 def documents(settings: Settings) -> dict[str, str]:
     """Every contract file, by its path under schemas/contracts/, as written."""
-    files = {ASYNCAPI: asyncapi(settings)}
+    files = {ASYNCAPI: asyncapi(settings), OPENAPI: openapi.document()}
     for channel in channels(settings):
         files[f"{TOPICS_DIR}/{channel.address}.json"] = topic_schema(channel)
     return {path: json.dumps(document, indent=2, sort_keys=False) + "\n"

@@ -77,10 +77,13 @@ def required_scope(request: aioweb.Request) -> Scope:
 
 # Probes carry no credentials (streams/api/health.py).
 HEALTH_PAGES = ("/livez", "/readyz", "/healthz")
+# What anyone may read: the API's own description.
+DOCUMENTS = ("/openapi.json",)
 
 
 def is_public(request: aioweb.Request, settings: AuthSettings) -> bool:
-    return request.path in HEALTH_PAGES or (request.path == "/metrics" and settings.metrics_public)
+    return request.path in HEALTH_PAGES or request.path in DOCUMENTS or \
+        (request.path == "/metrics" and settings.metrics_public)
 
 
 def auth_middleware(authenticator: Authenticator):
