@@ -12,6 +12,7 @@ import time
 import urllib.error
 from pathlib import Path
 
+import aiohttp
 import click
 from aiokafka.errors import KafkaConnectionError
 from pydantic import ValidationError
@@ -23,7 +24,8 @@ from schemas.credentials import TENANT_PATTERN, Scope
 from schemas.errors import StageFailure
 from streams.cli import avatars as avatar_client
 from streams.cli import background as batch_client
-from streams.cli import client
+from streams.cli import client, remote
+from streams.cli.background import local_images
 from streams.cli.catalog import DuplicateProductIds
 from streams.cli.client import run
 from streams.cli.demo import ingest_source, run_demo
@@ -62,6 +64,11 @@ class RestyleCommands(click.Group):
                 PermissionError) as exc:
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+        except remote.ApiRefused as refused:
+            raise click.ClickException(str(refused)) from None
+        except aiohttp.ClientConnectionError as exc:
+            raise click.ClickException(
+                f"cannot reach the status API ({exc}): is RESTYLE_STATUS_URL right?") from None
         except StageFailure as failure:  # e.g. storage that refused a staged upload
             raise click.ClickException(f"[{failure.error.code.value}] "
                                        f"{failure.error.message}") from None
@@ -233,8 +240,12 @@ def submit(image, style, params, job_id, tenant, wait, timeout) -> None:
     """Submit a room photo (a local file, s3:// or file:// URI) for a makeover."""
 
     settings = load_settings()
-    job_id = client.run(client.submit(settings, image, style, _parse_params(params), job_id,
-                                      tenant))
+    if remote.is_remote(settings):  # only the API: the photo travels in the request
+        job_id = run(remote.submit_makeover(settings, image, style, _parse_params(params),
+                                            job_id, tenant))
+    else:
+        job_id = run(client.submit(settings, image, style, _parse_params(params), job_id,
+                                   tenant))
     click.echo(job_id)
     if wait:
         job = client.wait_for_job(settings, job_id, timeout, on_change=_print_progress)
@@ -559,11 +570,13 @@ def avatar_train(sources, subject, class_word, params, job_id, wait, timeout) ->
     """Train a model of the person in SOURCES (10-15 photos: files, directories, s3:// URIs
     or one s3:// prefix ending in /); prints the model id."""
     settings = load_settings()
-    try:
+    if remote.is_remote(settings):  # only the API: the photos travel in the request
+        photos = [path for source in sources for path, _ in local_images(source)]
+        job_id = run(remote.submit_training(settings, photos, subject, class_word,
+                                            _parse_params(params), job_id))
+    else:
         job_id = run(avatar_client.submit_training(settings, list(sources), subject,
                                                    class_word, _parse_params(params), job_id))
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(job_id)
     if wait:
         job = _follow_training(settings, job_id, timeout)
@@ -613,8 +626,10 @@ def _follow_training(settings, job_id: str, timeout: float) -> dict:
 def avatar_generate(model_id, prompt, negative_prompt, params, job_id, wait, timeout) -> None:
     """Generate images of a trained model's person; prints the job id."""
     settings = load_settings()
-    job_id = run(avatar_client.submit_generation(settings, model_id, prompt, negative_prompt,
-                                                 _parse_params(params), job_id))
+    submit = remote.submit_generation if remote.is_remote(settings) else \
+        avatar_client.submit_generation
+    job_id = run(submit(settings, model_id, prompt, negative_prompt, _parse_params(params),
+                        job_id))
     click.echo(job_id)
     if wait:
         job = client.wait_for_job(settings, job_id, timeout, on_change=_print_progress)

@@ -184,6 +184,41 @@ def test_expected_failures_are_one_line_without_a_traceback(tmp_path):
         assert "Traceback" not in failed.stderr, case
 
 
+def test_submit_works_against_a_remote_install_with_only_its_api_and_a_key(e2e, room_photos,
+                                                                          tmp_path):
+    """No broker, no storage: the status API's URL and an API key (an ingress or a
+    port-forward); the photo travels in the request."""
+    env = cli_env(RESTYLE_STATE_DIR=str(tmp_path),  # no endpoints.json: nothing local
+                  RESTYLE_STATUS_URL=e2e.stack.endpoints["status_url"],
+                  RESTYLE_API_KEY=e2e.key_for("remote-co"))
+    for variable in ("RESTYLE_KAFKA_BOOTSTRAP", "RESTYLE_S3_ENDPOINT"):
+        env.pop(variable, None)
+    done = subprocess.run([*CLI, "submit", str(room_photos[22]), "--style", "modern",
+                           "--param", "seed=7", "--wait"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = done.stdout.splitlines()[0]
+    assert f"job {job_id}: done" in done.stdout and "seed: 7" in done.stdout
+    assert e2e.get(f"/jobs/{job_id}", tenant="remote-co")[1]["tenant"] == "remote-co"
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n in range(10):
+        (photos / f"{n}.jpg").write_bytes(room_photos[n].read_bytes())
+    trained = subprocess.run([*CLI, "avatar", "train", str(photos)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    model_job = trained.stdout.strip()
+    status, job = e2e.get(f"/jobs/{model_job}", tenant="remote-co")
+    assert status == 200 and job["pipeline"] == "avatar_train"
+
+    refused = subprocess.run([*CLI, "submit", str(room_photos[22]), "--style", "modern"],
+                             env={**env, "RESTYLE_API_KEY": "rs_wrong_key"},
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "401" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_keys_are_created_listed_and_revoked_from_the_command_line(e2e):
     env = cli_env(RESTYLE_STATE_DIR=str(e2e.stack.state_dir))
     created = subprocess.run([*CLI, "keys", "create", "--tenant", "cli-co", "--name", "ci bot"],

@@ -1,0 +1,109 @@
+"""The CLI against a remote install: only its status API (an ingress or a port-forward) and an
+API key, no Kafka or S3 access. Local files travel in the request (multipart); what the API
+answers is what the user sees. aiohttp (already a dependency) writes the multipart bodies."""
+from __future__ import annotations
+
+import json
+import mimetypes
+from pathlib import Path
+
+import aiohttp
+
+from streams.cli.client import status_url
+from streams.core.settings import Settings
+
+TIMEOUT = aiohttp.ClientTimeout(total=300)
+
+
+def is_remote(settings: Settings) -> bool:
+    """A remote install: the status API is configured and no broker is (a `restyle up` on this
+    machine, or RESTYLE_KAFKA_BOOTSTRAP, makes the CLI publish directly instead)."""
+    return settings.kafka_bootstrap is None and settings.status_url is not None
+
+
+class ApiRefused(Exception):
+    """The status API refused the request: its status and its sentence."""
+
+
+async def post_form(settings: Settings, path: str, fields: dict[str, str],
+                    files: list[tuple[str, Path]]) -> dict:
+    """POST a multipart form (fields, then files under their field names); the JSON answer."""
+    form = aiohttp.FormData()
+    for name, value in fields.items():
+        form.add_field(name, value)
+    opened = []
+    try:
+        for name, file in files:
+            handle = file.open("rb")
+            opened.append(handle)
+            form.add_field(name, handle, filename=file.name,
+                           content_type=mimetypes.guess_type(file.name)[0] or
+                           "application/octet-stream")
+        return await _post(settings, path, data=form)
+    finally:
+        for handle in opened:
+            handle.close()
+
+
+async def post_json(settings: Settings, path: str, body: dict) -> dict:
+    return await _post(settings, path, json=body)
+
+
+async def _post(settings: Settings, path: str, **body) -> dict:
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        async with session.post(f"{status_url(settings)}{path}", headers=headers,
+                                **body) as response:
+            text = await response.text()
+            try:
+                answer = json.loads(text)
+            except json.JSONDecodeError:
+                answer = None
+            if response.status >= 400 or not isinstance(answer, dict):
+                error = (answer or {}).get("error", {}) if isinstance(answer, dict) else {}
+                said = f"[{error.get('code', '?')}] {error.get('message', '')}" if error \
+                    else text.strip()[:200]
+                raise ApiRefused(f"the status API at {response.url} answered "
+                                 f"{response.status}: {said}")
+            return answer
+
+
+async def submit_makeover(settings: Settings, image: str, style: str, params: dict | None,
+                          job_id: str | None, tenant: str | None) -> str:
+    """POST /jobs with the photo; returns the job id."""
+    if "://" in image:
+        raise ApiRefused("a remote install takes a local photo (its storage is not this "
+                         "machine's to name): give a file path")
+    fields = {"style": style}
+    if params:
+        fields["params"] = json.dumps(params)
+    if job_id:
+        fields["job_id"] = job_id
+    if tenant:
+        fields["tenant"] = tenant
+    answer = await post_form(settings, "/jobs", fields, [("image", Path(image).resolve())])
+    return answer["job_id"]
+
+
+async def submit_training(settings: Settings, photos: list[Path], subject: str | None,
+                          class_word: str | None, params: dict, job_id: str | None) -> str:
+    """POST /avatars with the photos; returns the job id (the model's id)."""
+    fields = {"params": json.dumps(params)}
+    for name, value in (("subject", subject), ("class_word", class_word), ("job_id", job_id)):
+        if value:
+            fields[name] = value
+    answer = await post_form(settings, "/avatars", fields, [("photos", p) for p in photos])
+    return answer["job_id"]
+
+
+async def submit_generation(settings: Settings, model_id: str, prompt: str,
+                            negative_prompt: str | None, params: dict,
+                            job_id: str | None) -> str:
+    body = {"prompt": prompt, "params": params}
+    if negative_prompt is not None:
+        body["negative_prompt"] = negative_prompt
+    if job_id:
+        body["job_id"] = job_id
+    answer = await post_json(settings, f"/models/{model_id}/generate", body)
+    return answer["job_id"]
