@@ -271,6 +271,7 @@ def _step_reporter(rt: Runtime, member: Member, loop):
     the next denoising step: alone, the call stops (JobCancelled leaves the pipeline's loop);
     in company, it is dropped from the call's outcome and the others go on."""
     job_id = member.request.job_id
+    report = tracing.bound_to_current(rt.job_event)  # progress belongs to the render's trace
 
     def on_step(step: int, total: int) -> None:
         if member.stopped is None:
@@ -285,8 +286,6 @@ def _step_reporter(rt: Runtime, member: Member, loop):
         asyncio.run_coroutine_threadsafe(
             report(job_id, JobEventKind.PROGRESS, progress=Progress(step=step, total=total)),
             loop)
-
-    report = tracing.bound_to_current(rt.job_event)  # progress belongs to the render's trace
     return on_step
 
 

@@ -75,11 +75,7 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantL
     models.warm_up()  # fail fast on a bad model id, and keep the first job fast
     rt.app.task(rt.registry.run)
     if settings.lag_interval_s > 0:
-        report_lag = lag.LagReport(settings)
-
-        async def lag_report() -> None:
-            await report_lag()
-        rt.app.timer(interval=settings.lag_interval_s)(lag_report)
+        rt.app.timer(interval=settings.lag_interval_s)(lag.LagReport(settings).report)
     index = open_index(settings)
     tables = open_tables(rt.app, settings)
     intake.register(rt)

@@ -10,19 +10,17 @@ Two questions, two pages (as Kubernetes asks them):
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from aiohttp import web as aioweb
 from faust import web
 
-import schemas
-
+from schemas import CONTRACTS_DIR
 from streams.core.metrics import render_metrics, watch_event_loop_lag
 from streams.core.runtime import Runtime
 
 # The API's description, written by `restyle contracts` (streams/api/openapi.py) and installed
 # with the package.
-OPENAPI_FILE = Path(schemas.__file__).parent / "contracts" / "openapi.json"
+OPENAPI_FILE = CONTRACTS_DIR / "openapi.json"
 
 def register(rt: Runtime) -> None:
     app = rt.app

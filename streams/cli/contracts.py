@@ -17,14 +17,13 @@ from typing import Any, Union
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-import schemas
 from agents.pipelines import PIPELINES, topic_sets
 from streams.api import openapi
+from schemas import CONTRACTS_DIR
 from schemas.events import DLQ_HEADER, CancelRequest, DeadLetter
 from streams.core.settings import Settings
 from streams.core.settings.broker import Carries
 
-CONTRACTS_DIR = Path(schemas.__file__).parent / "contracts"
 ASYNCAPI = "asyncapi.json"
 OPENAPI = "openapi.json"
 TOPICS_DIR = "topics"

@@ -312,8 +312,9 @@ def gpu_worker(web_port, loglevel) -> None:
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Where to write them (default: the package's schemas/contracts/).")
 def contracts(check, out) -> None:
-    """The published contracts, from the code: a JSON Schema per topic payload and an AsyncAPI
-    3 document of the topics (with RESTYLE_TOPIC_* renames applied)."""
+    """The published contracts, from the code: a JSON Schema per topic payload, an AsyncAPI 3
+    document of the topics (with RESTYLE_TOPIC_* renames applied) and the status API's OpenAPI
+    3.1 document."""
     from streams.cli import contracts as published
 
     settings = load_settings()

@@ -78,26 +78,26 @@ def pools(settings: Settings) -> dict[str, list[str]]:
 
 
 class LagReport:
-    """Reads every pool's lag and sets the gauges, each time it is called (a worker timer). A
-    broker that does not answer leaves the last figures rather than stopping the worker; the
-    first failure in a row is a warning, the rest are debug lines."""
+    """Reads every pool's lag and sets the gauges, each time report() is called (a worker
+    timer). A broker that does not answer leaves the last figures rather than stopping the
+    worker; the first failure in a row is a warning, the rest are debug lines."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.pools = pools(settings)
+        self.gpu_group = consumer_group(settings, "gpu")
         self.failing = False
 
-    async def __call__(self) -> None:
-        settings = self.settings
+    async def report(self) -> None:
         try:
-            lags = await group_lags(settings, pools(settings))
+            lags = await group_lags(self.settings, self.pools)
         except Exception as exc:  # the next report tries again
             log.log(logging.DEBUG if self.failing else logging.WARNING,
                     "could not read the consumer lag: %s: %s", type(exc).__name__, exc)
             self.failing = True
             return
         self.failing = False
-        topics = settings.topics
-        export(lags, consumer_group(settings, "gpu"), [topics.render, topics.render_batch])
+        export(lags, self.gpu_group, self.pools[self.gpu_group])
 
 
 def export(lags: list[Lag], gpu_group: str, render_topics: list[str]) -> None:
