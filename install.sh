@@ -20,5 +20,14 @@ if [ "${1:-}" = "test" ] && [ ! -x .tools/bin/kustomize ]; then
         echo "install.sh: no Go toolchain, so no kustomize: the Kubernetes tests will skip" >&2
     fi
 fi
+# Chromium from Debian's packages, for the web app's browser tests (tests/test_web_app_e2e.py).
+if [ "${1:-}" = "test" ] && [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends chromium >/dev/null
+    else
+        echo "install.sh: cannot install chromium (needs apt-get as root): the browser tests will fail" >&2
+    fi
+fi
 # pyenv only sees new console scripts after a rehash.
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true

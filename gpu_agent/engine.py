@@ -34,19 +34,24 @@ from PIL import Image
 
 from agents.models.device import pick_device, pick_dtype
 from gpu_agent.adapters import ResidentAdapters
+from gpu_agent.previews import Previews
 from gpu_agent.prompts import PromptEncoder
 from schemas import RenderParams
 
-ProgressCallback = Callable[[int, int], None]
+# (step, of steps, the step's latents for this request's first image: a function, so that
+# nothing is copied unless a preview is due).
+ProgressCallback = Callable[[int, int, Callable[[], torch.Tensor]], None]
 
 
 class RenderEngine:
     def __init__(self, device: str = "auto", dtype: str = "auto", cache_size: int = 2,
                  family: str = "sd15", prompt_cache_size: int = 64,
                  resident_adapters: int = 8, hotswap_rank: int = 0, share_base: bool = True,
-                 compile_unet: bool = False):
+                 compile_unet: bool = False, previews: Previews | None = None):
         """compile_unet: torch.compile each UNet as it loads (the first render of each size
-        compiles it: warm it up at start; see RESTYLE_COMPILE_UNET)."""
+        compiles it: warm it up at start; see RESTYLE_COMPILE_UNET). previews: what turns a
+        step's latents into a preview (gpu_agent/previews.py), None for none."""
+        self.previews = previews
         self.device = pick_device(device)
         self.compile_unet = compile_unet
         self.dtype = pick_dtype(dtype, self.device)
@@ -278,7 +283,7 @@ class RenderEngine:
                 num_inference_steps=params.steps, guidance_scale=params.guidance,
                 width=params.width, height=params.height, num_images_per_prompt=1,
                 generator=generators, callback_on_step_end=_progress(
-                    [shots[n].on_step for n in members], params.steps),
+                    [(shots[n].on_step, rows.index((n, 0))) for n in members], params.steps),
                 **batch, **shared)
             for (n, _), image in zip(rows, output.images):
                 images[n].append(image)
@@ -304,12 +309,14 @@ def shared_params(params: RenderParams) -> tuple:
             params.controlnet_scale)
 
 
-def _progress(callbacks: list[ProgressCallback | None], total: int):
-    """diffusers' step-end callback, reporting step k of n to every request in the call."""
+def _progress(callbacks: list[tuple[ProgressCallback | None, int]], total: int):
+    """diffusers' step-end callback, reporting step k of n to every request in the call, each
+    with its first image's row of the latents."""
     def report(_pipe, step, _timestep, kwargs):
-        for on_step in callbacks:
+        latents = kwargs.get("latents")
+        for on_step, row in callbacks:
             if on_step:
-                on_step(step + 1, total)
+                on_step(step + 1, total, lambda row=row: latents[row])
         return kwargs
 
     return report

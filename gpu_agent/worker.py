@@ -29,6 +29,7 @@ from gpu_agent.batching import RenderBatches
 from gpu_agent.duty import DutyMeter
 from gpu_agent.engine import RenderEngine, Shot, shared_params
 from gpu_agent.memory import report_gpu_memory
+from gpu_agent.previews import Previews
 from gpu_agent.turns import BATCH, INTERACTIVE, ModelTurns
 from schemas import (
     ErrorCode,
@@ -253,7 +254,7 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
             if request.sent_at else None
         # This worker holds the job now: from here, time without progress is a stall.
         await rt.job_event(request.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-        member.prepared.shot.on_step = _step_reporter(rt, member, loop)
+        member.prepared.shot.on_step = _step_reporter(rt, member, loop, engine.previews)
     started = time.perf_counter()
     try:
         outcomes = await asyncio.to_thread(_engine_call, engine, members)
@@ -266,14 +267,15 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
             for m, o in zip(members, outcomes)]
 
 
-def _step_reporter(rt: Runtime, member: Member, loop):
-    """member's progress callback (called from the render thread). A cancelled job stops at
-    the next denoising step: alone, the call stops (JobCancelled leaves the pipeline's loop);
-    in company, it is dropped from the call's outcome and the others go on."""
+def _step_reporter(rt: Runtime, member: Member, loop, previews: Previews | None = None):
+    """member's progress callback (called from the render thread), with a preview of the
+    image so far when one is due. A cancelled job stops at the next denoising step: alone, the
+    call stops (JobCancelled leaves the pipeline's loop); in company, it is dropped from the
+    call's outcome and the others go on."""
     job_id = member.request.job_id
     report = tracing.bound_to_current(rt.job_event)  # progress belongs to the render's trace
 
-    def on_step(step: int, total: int) -> None:
+    def on_step(step: int, total: int, latents=None) -> None:
         if member.stopped is None:
             try:
                 rt.check_cancelled(job_id)
@@ -283,8 +285,15 @@ def _step_reporter(rt: Runtime, member: Member, loop):
             if all(m.stopped is not None for m in member.company):
                 raise member.stopped
             return
+        preview = None
+        if previews is not None and latents is not None and previews.due(step, total):
+            try:
+                preview = previews.data_uri(latents())
+            except Exception:  # a preview is a nicety: never the reason a render fails
+                log.warning("no preview for job %s at step %d", job_id, step, exc_info=True)
         asyncio.run_coroutine_threadsafe(
-            report(job_id, JobEventKind.PROGRESS, progress=Progress(step=step, total=total)),
+            report(job_id, JobEventKind.PROGRESS, progress=Progress(step=step, total=total,
+                                                                   preview=preview)),
             loop)
     return on_step
 

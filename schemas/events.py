@@ -103,6 +103,8 @@ class JobEvent(BaseModel):
     error: JobError | None = None
     result: AnyResult | None = None
     job: AnyJob | None = None
+    # submitted: the upload as admitted (kept on the job's state for a retry).
+    upload: dict | None = None
     # cancelled: who asked (a tenant and its key or token subject, or an upstream system).
     by: str | None = None
     # queued_for_gpu: where the job's request waits.

@@ -50,6 +50,9 @@ class Progress(BaseModel):
     total: int
     # Training reports its loss at each step it announces.
     loss: float | None = None
+    # A render's small preview of the image so far (a data: URI, JPEG), every
+    # RESTYLE_PREVIEW_EVERY_STEPS steps: what a page shows sharpening as the render proceeds.
+    preview: str | None = None
 
 
 class QueueSpot(BaseModel):
@@ -77,6 +80,25 @@ class TenantActivity(BaseModel):
     job_id: str
     active: bool
     at: float
+    # What a tenant's job list shows: its pipeline and batch; how it ended, and why if it
+    # failed (active False).
+    pipeline: str | None = None
+    batch_id: str | None = None
+    status: JobStatus | None = None
+    error: JobError | None = None
+
+
+class RecentJob(BaseModel):
+    """A line of a tenant's job list (`GET /jobs`): one of its newest jobs."""
+
+    job_id: str
+    pipeline: str | None = None
+    batch_id: str | None = None
+    # "active" while it runs, then how it ended.
+    status: str
+    error: JobError | None = None
+    started_at: float
+    ended_at: float | None = None
 
 
 class JobState(BaseModel):
@@ -94,3 +116,6 @@ class JobState(BaseModel):
     queue: QueueSpot | None = None
     created_at: float
     updated_at: float
+    # The upload that started a job submitted on its own (not a batch's image), as admitted:
+    # what `POST /jobs/{job_id}/retry` submits again under a new id.
+    upload: dict | None = None

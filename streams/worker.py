@@ -11,16 +11,20 @@ import asyncio
 import faust
 
 from agents import intake
+from agents.models.device import pick_device, pick_dtype
 from agents.models.stage_models import StageModels
 from agents.pipelines import PIPELINES, first_stages, topic_names, topic_sets
 from gpu_agent import training as trainer
 from gpu_agent import worker as gpu_worker
 from gpu_agent.engine import RenderEngine
+from gpu_agent.previews import Previews
 from streams.adapters.index import open_index
 from streams.adapters.storage import Storage
 from streams.api import avatars as avatars_api
 from streams.api import batches as batches_api
 from streams.api import catalog as catalog_api
+from streams.api import files as files_api
+from streams.api import site
 from streams.api import health as health_api
 from streams.api import jobs as jobs_api
 from streams.api import tenants as tenants_api
@@ -91,6 +95,8 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantL
     catalog_api.register(rt, tables, models, index)
     batches_api.register(rt, tables, models, usage)
     avatars_api.register(rt, usage)
+    files_api.register(rt)
+    site.register(rt)
 
 
 def build_gpu_worker(rt: Runtime) -> None:
@@ -99,10 +105,14 @@ def build_gpu_worker(rt: Runtime) -> None:
     # every job of that kind reloads its pipeline.
     cache_size = max(settings.pipeline_cache_size,
                      len([t for t in settings.gpu_warm_tasks if t != "avatar"]))
-    engine = RenderEngine(settings.device_for("diffusion"), settings.dtype, cache_size,
+    device = pick_device(settings.device_for("diffusion"))
+    previews = Previews.load(settings.preview_every_steps, settings.preview_size,
+                             settings.diffusion_family, settings.preview_decoder, device,
+                             pick_dtype(settings.dtype, device))
+    engine = RenderEngine(device, settings.dtype, cache_size,
                           settings.diffusion_family, settings.prompt_cache_size,
                           settings.avatar_resident_adapters, settings.avatar_hotswap_rank,
-                          settings.share_base_model, settings.compile_unet)
+                          settings.share_base_model, settings.compile_unet, previews)
     for task in settings.gpu_warm_tasks:
         if task.startswith("controlnet_"):
             engine.pipeline(settings.model_id("diffusion"), settings.model_id(task))

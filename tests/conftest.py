@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -193,7 +194,11 @@ class E2E:
             from streams.api.auth.keystore import create_key
             from streams.cli.client import run
 
-            self._keys[tenant] = run(create_key(self.client_settings, tenant, "tests"))[0]
+            # In a thread of its own: a test driving a browser has Playwright's event loop
+            # running in this one.
+            with ThreadPoolExecutor(1) as thread:
+                self._keys[tenant] = thread.submit(
+                    lambda: run(create_key(self.client_settings, tenant, "tests"))).result()[0]
         return self._keys[tenant]
 
     def auth(self, tenant: str | None = None) -> dict:
@@ -358,6 +363,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_FILE_ROOTS": json.dumps([str(room_photos[0].parent), str(uploads)]),
         "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
         "RESTYLE_DEFAULT_HEIGHT": "64", "HF_HUB_OFFLINE": "1",
+        # A preview with every step but the last (renders here take 2 or 3 steps).
+        "RESTYLE_PREVIEW_EVERY_STEPS": "1",
         "RESTYLE_BACKGROUND_MAX_SIDE": "64", "RESTYLE_CONDITION_MAX_SIDE": "64",
         # Stalled jobs are given up after 90 s here (an hour by default), swept every 2 s.
         "RESTYLE_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S), "RESTYLE_JOB_SWEEP_INTERVAL_S": "2",

@@ -40,6 +40,9 @@ MAX_LABEL_IMAGE_BYTES = 20 * 1024 * 1024
 # The detector runs one text query per label: bound the count (and the length: longer labels
 # are cut to the text encoder's 16 tokens anyway) so one request cannot hold a worker.
 MAX_LABELS, MAX_LABEL_CHARS = 64, 100
+# GET /batches/{id}?images=true lists this many of a batch's images at most (the report has
+# them all).
+MAX_LISTED_IMAGES = 1000
 
 
 def check_labels(labels: list[str]) -> None:
@@ -140,6 +143,10 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
                                   for kind, uri in state.report.items()}
             if state.cancelled_by:
                 body["cancelled_by"] = state.cancelled_by
+            if request.query.get("images") == "true":
+                # Each image's line as the report will have it (pending until it ends).
+                body["images"] = [outcome.model_dump(mode="json") for outcome in
+                                  batches.outcomes_of(tables, batch_id)[:MAX_LISTED_IMAGES]]
             return self.json(body)
 
         @routed(rt, tables.batches)

@@ -14,7 +14,7 @@ from schemas.uris import join_uri
 from streams.api.job_stream import FrameCache, stream_job
 from streams.api.limits import TenantLimiter, TooManyStreams
 from streams.api.tenants import TenantUsage
-from streams.api.routing import cancel_refused, error_response, routed, until_known
+from streams.api.routing import cancel_refused, error_response, json_body, routed, until_known
 from streams.api.tenancy import (
     ForeignTenant,
     InvalidId,
@@ -26,7 +26,11 @@ from streams.api.tenancy import (
 )
 from streams.api.queue import QueuePositions
 from streams.core.runtime import Runtime, json_object
+from streams.tracking import activity
 from streams.tracking.tables import Tables
+
+# The one-job pipelines POST /jobs takes as a JSON upload.
+SUBMITTED_AS_JSON = ("room_makeover", "condition")
 
 
 async def present(rt: Runtime, state: JobState, positions: QueuePositions | None = None
@@ -36,11 +40,19 @@ async def present(rt: Runtime, state: JobState, positions: QueuePositions | None
     body = state.model_dump(mode="json", exclude={"queue"})
     if state.queue is not None and state.status is JobStatus.QUEUED_FOR_GPU and positions:
         body["queue_position"] = await positions.ahead(state.queue)
+    body.pop("upload", None)  # what a retry resubmits; not part of what a job shows
+    body["retryable"] = retryable(state)
     result = body.get("result")
     if result:
         for image in result.get("images", []):
             image["url"] = await rt.storage.presign(image["uri"])
     return body
+
+
+def retryable(state: JobState) -> bool:
+    """Whether POST /jobs/{id}/retry can submit the job again: it failed or was cancelled, and
+    its upload was kept (a job submitted on its own, not a batch's image)."""
+    return state.status in (JobStatus.FAILED, JobStatus.CANCELLED) and state.upload is not None
 
 
 def safe_file_name(given: str | None) -> str:
@@ -100,32 +112,104 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                 return error_response(self, 429, "too_many_streams", str(exc),
                                       {"Retry-After": "5"})
 
+    async def submit(view, request, event: dict) -> web.Response:
+        """Publish a one-job upload for the caller's tenant on restyle.uploads, as an upstream
+        system would; the intake validates it (a bad one ends `failed` with its cause)."""
+        try:
+            tenant = acting_tenant(request, event.get("tenant"))
+            job_id = chosen_id(request, rt.settings, str(event.get("job_id") or
+                                                         uuid.uuid4().hex),
+                               "job_id", JOB_ID_PATTERN)
+        except ForeignTenant as exc:
+            return error_response(view, 403, "forbidden", str(exc))
+        except InvalidId as exc:
+            return error_response(view, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
+        busy = await usage.refusal(request)
+        if busy:
+            return error_response(view, 429, "too_many_jobs", busy, {"Retry-After": "5"})
+        event = {**event, "job_id": job_id, "tenant": tenant}
+        try:  # what the caller's tenant may not read is refused before anything runs
+            if isinstance(event.get("image"), str):
+                rt.check_input(event["image"], tenant)
+        except StageFailure as failure:
+            return error_response(view, 400, failure.error.code.value, failure.error.message)
+        await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
+                                                  value=json.dumps(event).encode())
+        await until_known(app, request, f"/jobs/{job_id}")
+        return view.json({"job_id": job_id, **({"image": event["image"]} if "image" in event
+                                                 else {})}, status=202)
+
+    @app.page("/jobs/{job_id}/retry")
+    class RetryView(web.View):
+        @routed(rt, jobs)
+        async def post(self, request: web.Request, job_id: str) -> web.Response:
+            """Submit a failed or cancelled job again, as it was uploaded, under a new id
+            (answered with `retry_of`). 409 for a job that did not fail, or whose upload was
+            not kept (a batch's image: resubmit the batch)."""
+            state = lookup(request, job_id)
+            if state is None:
+                return error_response(self, 404, "not_found", f"no job {job_id!r}")
+            if not retryable(state):
+                why = "it is a batch's image or its upload was not kept" \
+                    if state.status.terminal and state.status is not JobStatus.DONE \
+                    else f"it is {state.status.value}"
+                return error_response(self, 409, "not_retryable",
+                                      f"job {job_id!r} cannot be retried: {why}")
+            answer = await submit(self, request, {**state.upload, "job_id": None})
+            if answer.status == 202:
+                body = json.loads(answer.body)
+                return self.json({**body, "retry_of": job_id}, status=202)
+            return answer
+
+    @app.page("/styles")
+    class StylesView(web.View):
+        async def get(self, request: web.Request) -> web.Response:
+            """The decor styles a makeover may name, with what each adds to the prompt."""
+            styles = {**rt.settings.styles, **rt.settings.extra_styles}
+            return self.json({"styles": [{"name": name, "description": text}
+                                         for name, text in styles.items()]})
+
     @app.page("/jobs")
     class SubmitView(web.View):
+        @routed(rt, tables.recent_jobs, key_of=lambda request: caller(request).tenant)
+        async def get(self, request: web.Request) -> web.Response:
+            """The caller's newest jobs, newest first (?limit=, default 50; ?active=true for
+            those still running)."""
+            try:
+                limit = max(1, min(int(request.query.get("limit", "50")),
+                                   rt.settings.tenant_recent_jobs))
+            except ValueError:
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                      "limit must be a whole number")
+            listed = activity.recent_jobs(tables, caller(request).tenant)
+            if request.query.get("active") == "true":
+                listed = [job for job in listed if job.status == "active"]
+            return self.json({"jobs": [job.model_dump(mode="json") for job in listed[:limit]]})
+
         async def post(self, request: web.Request) -> web.Response:
+            """Multipart: a room makeover (`image` a file, `style`, optional `params` JSON and
+            `job_id`). JSON: any one-job upload as restyle.uploads takes it (a conditioned
+            generation: {"pipeline": "condition", "image": URI, "params": {...}})."""
+            if request.content_type == "application/json":
+                body, problem = await json_body(self, request)
+                if problem:
+                    return problem
+                if body.get("pipeline") not in SUBMITTED_AS_JSON:
+                    return error_response(self, 400, ErrorCode.UNSUPPORTED_PIPELINE.value,
+                                          f"name \"pipeline\": one of "
+                                          f"{', '.join(SUBMITTED_AS_JSON)} (batches: POST "
+                                          f"/batches; avatars: POST /avatars)")
+                return await submit(self, request, body)
             form = await request.post()
             upload = form.get("image")
             style = form.get("style")
             if upload is None or not hasattr(upload, "file") or not style:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                       "send multipart fields 'image' (a file) and 'style'")
-            try:
-                tenant = acting_tenant(request, form.get("tenant"))
-            except ForeignTenant as exc:
-                return error_response(self, 403, "forbidden", str(exc))
-            busy = await usage.refusal(request)
-            if busy:
-                return error_response(self, 429, "too_many_jobs", busy, {"Retry-After": "5"})
-            try:
-                job_id = chosen_id(request, rt.settings, str(form.get("job_id") or
-                                                             uuid.uuid4().hex),
-                                   "job_id", JOB_ID_PATTERN)
-            except ForeignTenant as exc:
-                return error_response(self, 403, "forbidden", str(exc))
-            except InvalidId as exc:
-                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
-            event = {"job_id": job_id, "pipeline": "room_makeover", "style": str(style),
-                     "tenant": tenant}
+            event = {"pipeline": "room_makeover", "style": str(style)}
+            for field in ("tenant", "job_id"):
+                if form.get(field):
+                    event[field] = str(form[field])
             if form.get("params"):
                 given = form["params"]
                 try:
@@ -136,12 +220,17 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                     return error_response(self, 400, ErrorCode.INVALID_JSON.value,
                                           f"params must be a JSON object: "
                                           f"{failure.error.message}")
+            try:
+                tenant = acting_tenant(request, event.get("tenant"))
+                job_id = chosen_id(request, rt.settings, event.get("job_id") or
+                                   uuid.uuid4().hex, "job_id", JOB_ID_PATTERN)
+            except ForeignTenant as exc:
+                return error_response(self, 403, "forbidden", str(exc))
+            except InvalidId as exc:
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
             event["image"] = join_uri(rt.base_for(tenant), "uploads", job_id,
                                       safe_file_name(upload.filename))
             await rt.storage.put(event["image"], upload.file.read(),
                                  upload.content_type or "application/octet-stream")
-            await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
-                                                      value=json.dumps(event).encode())
-            await until_known(app, request, f"/jobs/{job_id}")
-            return self.json({"job_id": job_id, "image": event["image"]}, status=202)
+            return await submit(self, request, {**event, "job_id": job_id})
 

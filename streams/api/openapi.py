@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from schemas import JobState
+from schemas.jobs import RecentJob
 from schemas.avatars import ModelRecord
 from schemas.background import BackgroundBatch
 from schemas.catalog import IngestState, ProductHit
@@ -31,6 +32,7 @@ class Operation:
     query: dict = field(default_factory=dict)  # name -> (description, required)
     public: bool = False  # no credential needed
     media: str = "application/json"
+    json_body: object = None  # a multipart operation's other form: a JSON body
 
 
 ERROR = {"$ref": REF.format(model="Error")}
@@ -50,12 +52,36 @@ def refused(*statuses: int) -> dict:
 
 
 OPERATIONS = [
-    Operation("post", "/jobs", "Submit a room makeover: a photo and a style", "jobs",
+    Operation("post", "/jobs", "Submit a room makeover (multipart: a photo and a style), or "
+              "any one-job upload as JSON (a conditioned generation: {\"pipeline\": "
+              "\"condition\", \"image\": URI, \"params\": {...}})", "jobs",
               {202: ("accepted: the job id and the stored photo's URI; follow it at "
                      "/jobs/{job_id}", ANY), **refused(400, 401, 403, 413, 429)},
               body=("multipart", {"image": "the room photo (a file)", "style": "a decor style",
                                   "params": "optional JSON object of render parameters",
-                                  "job_id": "optional id", "tenant": "optional tenant"})),
+                                  "job_id": "optional id", "tenant": "optional tenant"}),
+              json_body={"type": "object", "required": ["pipeline"], "properties": {
+                  "pipeline": {"enum": ["room_makeover", "condition"]},
+                  "image": {"type": "string"}, "params": {"type": "object"},
+                  "job_id": {"type": "string"}}}),
+    Operation("get", "/jobs", "The caller's newest jobs, newest first", "jobs",
+              {200: ("{\"jobs\": [...]}: each job's id, pipeline, batch and status (`active`"
+                     " while it runs)", {"type": "object", "properties": {"jobs": {
+                         "type": "array", "items": {"$ref": REF.format(model="RecentJob")}}}}),
+               **refused(400, 401, 503)},
+              query={"limit": ("how many (default 50)", False),
+                     "active": ("true: only those still running", False)}),
+    Operation("post", "/jobs/{job_id}/retry", "Submit a failed or cancelled job again under a "
+              "new id", "jobs", {202: ("accepted: the new job id and `retry_of`", ANY),
+                                 **refused(401, 404, 409, 429)}),
+    Operation("get", "/styles", "The decor styles a makeover may name, with their prompts",
+              "jobs", {200: ("the styles", ANY), **refused(401)}),
+    Operation("post", "/uploads", "Store files in the tenant's folder; answers their URIs",
+              "files", {201: ("the stored files' URIs", ANY), **refused(400, 401, 413)},
+              body=("multipart", {"file": "a file (repeated)"})),
+    Operation("get", "/files", "One of the tenant's own stored files (an input or a result)",
+              "files", {200: ("the file's bytes", None), **refused(401, 404)},
+              query={"uri": ("the file's URI", True)}, media="application/octet-stream"),
     Operation("get", "/jobs/{job_id}", "A job's status, progress and result", "jobs",
               {200: ("the job", JOB), **refused(401, 404, 503)}),
     Operation("delete", "/jobs/{job_id}", "Cancel a job (it ends `cancelled`)", "jobs",
@@ -67,7 +93,8 @@ OPERATIONS = [
               {202: ("accepted; follow it at /batches/{batch_id}", ANY),
                **refused(400, 401, 403, 413, 429)}, body=BackgroundBatch),
     Operation("get", "/batches/{batch_id}", "A batch's status, counts and report", "background",
-              {200: ("the batch", ANY), **refused(401, 404, 503)}),
+              {200: ("the batch", ANY), **refused(401, 404, 503)},
+              query={"images": ("true: each image's line too (its status and cause)", False)}),
     Operation("delete", "/batches/{batch_id}", "Cancel a batch's pending images", "background",
               {202: ("cancelling: the batch as it is now", ANY), **refused(401, 404, 409)}),
     Operation("post", "/labels", "The objects a detector finds in an image (mask labels)",
@@ -124,6 +151,11 @@ OPERATIONS = [
               media="text/plain"),
     Operation("get", "/openapi.json", "This document", "operations",
               {200: ("the OpenAPI 3.1 document", ANY)}, public=True),
+    Operation("get", "/", "The web app", "web app", {200: ("its page", None)}, public=True,
+              media="text/html"),
+    Operation("get", "/app/{name}", "One of the web app's files (scripts, styles)", "web app",
+              {200: ("the file", None), 404: ("no such file", ERROR)}, public=True,
+              media="text/javascript"),
 ]
 
 
@@ -132,7 +164,7 @@ def models(operations: list[Operation]) -> list[type[BaseModel]]:
     for op in operations:
         candidates = [op.body] + [schema for _, schema in op.answers.values()]
         found += [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-    return list(dict.fromkeys(found + [ModelRecord, ProductHit]))
+    return list(dict.fromkeys(found + [ModelRecord, ProductHit, RecentJob]))
 
 
 def schema_of(given) -> dict:
@@ -152,10 +184,12 @@ def document(operations: list[Operation] = OPERATIONS) -> dict:
                                                 "message": {"type": "string"}}}}}
     schemas["JobView"] = {
         "description": "A job as GET /jobs/{job_id} shows it: its state (result images with "
-                       "fresh presigned `url`s) and, while it waits for a GPU worker, "
-                       "`queue_position`.",
+                       "fresh presigned `url`s, without `upload`), whether POST "
+                       "/jobs/{job_id}/retry can submit it again, and, while it waits for a "
+                       "GPU worker, `queue_position`.",
         "allOf": [{"$ref": REF.format(model="JobState")}],
-        "properties": {"queue_position": {"type": ["integer", "null"]}}}
+        "properties": {"queue_position": {"type": ["integer", "null"]},
+                       "retryable": {"type": "boolean"}}}
     paths: dict = {}
     for op in operations:
         entry = {"summary": op.summary, "tags": [op.tag], "operationId": operation_id(op),
@@ -177,6 +211,9 @@ def document(operations: list[Operation] = OPERATIONS) -> dict:
                 "schema": {"type": "object", "properties": {
                     name: {"type": "string", "description": description}
                     for name, description in fields.items()}}}}}
+            if op.json_body is not None:
+                entry["requestBody"]["content"]["application/json"] = {
+                    "schema": schema_of(op.json_body)}
         elif op.body is not None:
             entry["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": schema_of(op.body)}}}

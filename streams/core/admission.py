@@ -4,6 +4,7 @@ job to the tracker, which starts it once."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Callable
 
@@ -12,6 +13,9 @@ from pydantic import BaseModel, ValidationError
 from schemas import ErrorCode, JobEventKind, StageFailure
 from schemas.ids import JOB_ID_PATTERN
 from streams.core.runtime import Runtime, describe_validation, validate
+
+# An upload's JSON above this is not kept on its job's state (no retry from the API for it).
+MAX_KEPT_UPLOAD_BYTES = 16 * 1024
 
 
 async def admit_job(rt: Runtime, message, data: dict, pipeline: str, model: type[BaseModel],
@@ -34,7 +38,15 @@ async def admit_job(rt: Runtime, message, data: dict, pipeline: str, model: type
         await rt.fail(job_id, failure.error, upload.tenant, kind=JobEventKind.REJECTED,
                       pipeline=pipeline)
         return
-    await rt.job_event(job_id, JobEventKind.SUBMITTED, tenant=upload.tenant, job=job)
+    await rt.job_event(job_id, JobEventKind.SUBMITTED, tenant=upload.tenant, job=job,
+                       upload=kept_upload(upload))
+
+
+def kept_upload(upload: BaseModel) -> dict | None:
+    """The upload as the job's state keeps it for a retry (without its id, which a retry
+    replaces), or None when it is too large to keep on every state of the job."""
+    kept = upload.model_dump(mode="json", exclude_none=True, exclude={"job_id"})
+    return kept if len(json.dumps(kept)) <= MAX_KEPT_UPLOAD_BYTES else None
 
 
 async def refuse_upload(rt: Runtime, message, upload: dict | None, pipeline: str | None,

@@ -59,9 +59,14 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         if transition.start is not None:
             await rt.send(first_stages[transition.start.pipeline], event.job_id,
                           transition.start)
-            await announce(event.job_id, getattr(transition.start, "tenant", None), active=True)
+            start = transition.start
+            await announce(event.job_id, getattr(start, "tenant", None), active=True,
+                           pipeline=start.pipeline, batch_id=getattr(start, "batch_id", None))
         if transition.result is not None:
-            await announce(event.job_id, transition.result.tenant, active=False)
+            result = transition.result
+            await announce(event.job_id, result.tenant, active=False, pipeline=result.pipeline,
+                           batch_id=result.batch_id, status=result.status,
+                           error=result.error)
 
     async def stop_work(job_id: str, by: str, at: float) -> None:
         """Every worker hears that the job ended for good: a stage does not start it, a
@@ -69,11 +74,12 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         await rt.send(rt.topics.cancellations, job_id, Cancellation(job_id=job_id, by=by, at=at),
                       acknowledged=True)
 
-    async def announce(job_id: str, tenant: str | None, active: bool) -> None:
-        """A job of the tenant started or ended (the activity tracker counts its jobs)."""
+    async def announce(job_id: str, tenant: str | None, active: bool, **shown) -> None:
+        """A job of the tenant started or ended (the activity tracker counts its jobs and
+        lists its newest; shown: its pipeline, batch and how it ended)."""
         tenant = tenant or settings.default_tenant
         await rt.send(rt.topics.tenant_activity, tenant, TenantActivity(
-            tenant=tenant, job_id=job_id, active=active, at=time.time()))
+            tenant=tenant, job_id=job_id, active=active, at=time.time(), **shown))
 
     # Jobs this worker's tracker saw start and not finish: what the sweeper checks. The table's
     # local partitions are scanned in full now and then, for jobs this process has not seen

@@ -34,7 +34,8 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
         if state is None:
             new = JobState(job_id=event.job_id, tenant=event.tenant, status=JobStatus.QUEUED,
                            pipeline=event.job.pipeline if event.job else None,
-                           batch_id=event.batch_id, created_at=event.at, updated_at=event.at)
+                           batch_id=event.batch_id, created_at=event.at, updated_at=event.at,
+                           upload=event.upload)
             return Transition(new, start=event.job)
         if state.status is JobStatus.QUEUED:
             # Seen before but never started: a replay after a crash between storing the state

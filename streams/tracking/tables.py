@@ -26,6 +26,8 @@ class Tables:
     batch_images: faust.Table
     # tenant -> {job_id: started_at} of its jobs in flight (streams/tracking/activity.py).
     activity: faust.Table
+    # tenant -> its newest jobs, newest first (RecentJob JSON list; streams/tracking/activity.py).
+    recent_jobs: faust.Table
     # The jobs table plus render progress not yet stored in it: read job state through this.
     board: JobBoard
 
@@ -38,5 +40,5 @@ def open_tables(app: faust.App, settings: Settings) -> Tables:
     jobs = table("jobs")
     return Tables(jobs=jobs, ingests=table("ingests"), ingest_outcomes=table("ingest-outcomes"),
                   batches=table("batches"), batch_images=table("batch-images"),
-                  activity=table("tenant-activity"),
+                  activity=table("tenant-activity"), recent_jobs=table("tenant-recent-jobs"),
                   board=JobBoard(jobs, settings.progress_store_interval_s))

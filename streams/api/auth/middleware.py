@@ -77,12 +77,15 @@ def required_scope(request: aioweb.Request) -> Scope:
 
 # Probes carry no credentials (streams/api/health.py).
 HEALTH_PAGES = ("/livez", "/readyz", "/healthz")
-# What anyone may read: the API's own description.
-DOCUMENTS = ("/openapi.json",)
+# What anyone may read: the API's own description, and the web app (its page and files hold
+# no data; the calls it makes carry the user's key).
+DOCUMENTS = ("/openapi.json", "/")
+WEB_APP_FILES = "/app/"
 
 
 def is_public(request: aioweb.Request, settings: AuthSettings) -> bool:
     return request.path in HEALTH_PAGES or request.path in DOCUMENTS or \
+        (request.method in READ_METHODS and request.path.startswith(WEB_APP_FILES)) or \
         (request.path == "/metrics" and settings.metrics_public)
 
 

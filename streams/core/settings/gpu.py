@@ -40,6 +40,13 @@ class GpuSettings(SettingsBase):
     # default size, which compiles it): faster denoising on a GPU after a slow first render;
     # a new image size compiles again. Off by default; worth it on long-running GPU workers.
     compile_unet: bool = False
+    # Live previews: every this many denoising steps a render sends a small JPEG of the image
+    # so far with its progress (0: none), its longer side preview_size pixels; decoded by a
+    # linear projection of the latents, or by the tiny VAE preview_decoder names (an
+    # AutoencoderTiny id or directory, e.g. madebyollin/taesd) when set.
+    preview_every_steps: int = Field(5, ge=0)
+    preview_size: int = Field(96, ge=16, le=512)
+    preview_decoder: str = ""
     # Pipelines the GPU worker loads at start (so the first job of each kind is not slow);
     # "avatar": the base model that person adapters are served on (kept apart from the LRU).
     gpu_warm_tasks: list[Literal["controlnet_depth", "controlnet_canny", "controlnet_seg",

@@ -39,6 +39,8 @@ class LimitSettings(SettingsBase):
     tenant_max_streams: int = Field(20, ge=1)
     tenant_max_batch_images: int = Field(1000, ge=1)
     tenant_max_jobs: int = Field(100, ge=1)
+    # How many of a tenant's newest jobs its job list (`GET /jobs`, the web app's queue) keeps.
+    tenant_recent_jobs: int = Field(200, ge=1, le=5000)
     # Images of one batch in the pipeline at once (0: all at once). The rest wait in the batch,
     # so another tenant's job queues behind at most this many of them at each stage.
     batch_window: int = Field(8, ge=0)

@@ -1,0 +1,165 @@
+// Background replacement: several photos; for each, the labels the detector finds offered as
+// chips to keep or drop (what the mask keeps); a prompt for the new background; then the
+// batch followed image by image, each with its status, its cause when it failed and its
+// result, and the batch's report.
+
+import { call, fileUrl, upload } from "./api.js";
+import { errorLine, field, filled, h, image, numberOrNothing, say, statusWord } from "./ui.js";
+
+const POLL_MS = 1500;
+
+export async function backgroundPage(container) {
+  const photos = h("input", { type: "file", accept: "image/*", multiple: true, name: "photos" });
+  const picked = h("div", { class: "picked", "aria-live": "polite" });
+  let rows = [];
+  photos.addEventListener("change", () => {
+    rows = [...photos.files].map(photoRow);
+    picked.replaceChildren(...rows.map((row) => row.element));
+  });
+  const prompt = h("input", { type: "text", name: "prompt", required: true,
+                              placeholder: "a sunlit beach at golden hour" });
+  const negative = h("input", { type: "text", name: "negative_prompt" });
+  const mode = h("select", { name: "mode" },
+                 h("option", { value: "DEFAULT", text: "DEFAULT: edges blend in" }),
+                 h("option", { value: "PRECISE", text: "PRECISE: kept pixels untouched" }));
+  const steps = h("input", { type: "number", min: 1, max: 150, name: "steps" });
+  const seed = h("input", { type: "number", min: 0, name: "seed" });
+  const problem = errorLine();
+  const submit = h("button", { type: "submit", text: "Replace the backgrounds" });
+  const batchView = h("div", { class: "live" });
+  const form = h("form", { class: "card", "aria-label": "Background replacement" },
+    field("Photos", photos, "One or more photos; for each, choose what to keep."), picked,
+    field("New background", prompt), field("Avoid (negative prompt)", negative),
+    field("Mode", mode),
+    h("details", {}, h("summary", { text: "More settings" }), field("Steps", steps),
+      field("Seed", seed)),
+    submit, problem);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    say(problem);
+    if (!rows.length) return say(problem, { message: "Choose at least one photo." });
+    submit.disabled = true;
+    try {
+      const stored = await upload(rows.map((row) => row.file));
+      const images = stored.map((file, n) => filled({
+        uri: file.uri, name: rows[n].file.name, mask_prompt: rows[n].kept().join(", ") }));
+      const body = filled({ images, prompt: prompt.value, negative_prompt: negative.value,
+                            mode: mode.value,
+                            params: filled({ steps: numberOrNothing(steps.value),
+                                             seed: numberOrNothing(seed.value) }) });
+      const { batch_id: batchId } = await call("batches", { method: "POST", json: body });
+      await followBatch(batchId, batchView, rows);
+    } catch (error) {
+      say(problem, error);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  container.append(form, batchView);
+}
+
+// One chosen photo: its thumbnail and its label chips (all kept until dropped).
+function photoRow(file) {
+  const chips = h("div", { class: "chips", role: "group", "aria-label": `Keep in ${file.name}` },
+                  h("span", { class: "hint", text: "Finding objects…" }));
+  const element = h("div", { class: "photo-row", "data-name": file.name },
+    h("img", { src: URL.createObjectURL(file), alt: file.name, class: "thumb" }),
+    h("div", {}, h("strong", { text: file.name }), chips));
+  const form = new FormData();
+  form.append("image", file, file.name);
+  call("labels", { method: "POST", form }).then(({ labels }) => {
+    const names = [...new Set(labels.map((found) => found.label))];
+    if (!names.length) {
+      chips.replaceChildren(h("span", { class: "hint",
+        text: "No objects found: the main subject will be kept." }));
+      return;
+    }
+    chips.replaceChildren(...names.map((name) => {
+      const best = Math.max(...labels.filter((l) => l.label === name).map((l) => l.confidence));
+      const chip = h("button", { type: "button", class: "chip", "aria-pressed": "true",
+                                 "data-label": name, text: `${name} ${(best * 100).toFixed(0)}%`,
+        onclick: () => chip.setAttribute("aria-pressed",
+                                         chip.getAttribute("aria-pressed") === "true" ? "false" : "true") });
+      return chip;
+    }));
+  }, (error) => {
+    chips.replaceChildren(h("span", { class: "error", text: `Cannot read this photo: ${error.message}` }));
+  });
+  const kept = () => [...chips.querySelectorAll(".chip[aria-pressed=true]")]
+    .map((chip) => chip.dataset.label);
+  return { file, element, kept };
+}
+
+async function followBatch(batchId, view, rows) {
+  const heading = h("h3", { text: `Batch ${batchId}` });
+  const summary = h("p", { role: "status", "aria-live": "polite" });
+  const table = h("table", { class: "batch" },
+    h("thead", {}, h("tr", {}, ["Photo", "Status", "Result"].map((t) => h("th", { text: t })))),
+    h("tbody"));
+  const cancel = h("button", { type: "button", class: "quiet", text: "Cancel the batch",
+    onclick: () => call(`batches/${encodeURIComponent(batchId)}`, { method: "DELETE" })
+      .catch((error) => say(problem, error)) });
+  const problem = errorLine();
+  const report = h("p", { class: "report" });
+  view.replaceChildren(h("section", { class: "card", "data-batch": batchId, "aria-label": "Batch" },
+    heading, summary, cancel, table, report, problem));
+  const shown = new Map();
+  for (;;) {
+    let batch;
+    try {
+      batch = await call(`batches/${encodeURIComponent(batchId)}?images=true`);
+    } catch (error) {
+      say(problem, error);
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      continue;
+    }
+    const counts = Object.entries(batch.counts).map(([k, v]) => `${v} ${k}`).join(", ");
+    summary.textContent = `${statusWord(batch.status)} — ${counts}`;
+    view.querySelector("section").dataset.status = batch.status;
+    for (const line of batch.images || []) await showImage(line, table.tBodies[0], shown, rows);
+    if (batch.status !== "running" && !batch.reporting) {
+      cancel.remove();
+      if (batch.error) say(problem, { message: batch.error.message });
+      report.replaceChildren("Report: ", ...Object.entries(batch.report || {}).flatMap(
+        ([kind, link], n) => [n ? " · " : "", h("a", {
+          href: link.startsWith("http") ? link : "#", "data-uri": link,
+          download: `${batchId}.${kind}`, text: kind.toUpperCase(), onclick: reportClick })]));
+      return batch;
+    }
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+async function reportClick(event) {
+  const link = event.currentTarget;
+  if (link.href.endsWith("#")) {
+    event.preventDefault();
+    link.href = await fileUrl(link.dataset.uri);
+    link.click();
+  }
+}
+
+async function showImage(line, body, shown, rows) {
+  const key = `${line.job_id}:${line.status}`;
+  if (shown.get(line.job_id) === key) return;
+  shown.set(line.job_id, key);
+  let row = body.querySelector(`tr[data-job="${CSS.escape(line.job_id)}"]`);
+  if (!row) {
+    const original = rows.find((r) => r.file.name === line.name);
+    row = h("tr", { "data-job": line.job_id },
+      h("td", {}, original ? h("img", { class: "thumb", alt: line.name,
+                                        src: URL.createObjectURL(original.file) }) : null,
+        h("div", { text: line.name || line.job_id })),
+      h("td", { class: "state" }), h("td", { class: "made" }));
+    body.append(row);
+  }
+  row.dataset.status = line.status;
+  const state = row.querySelector(".state");
+  state.replaceChildren(h("strong", { text: statusWord(line.status) }),
+    ...(line.cause ? [h("p", { class: "error", text: `${line.cause} (${line.error})` })] : []));
+  const made = row.querySelector(".made");
+  if (line.outputs?.length && !made.childElementCount) {
+    made.append(...await Promise.all(line.outputs.map((uri, n) =>
+      image(uri, `${line.name} with its new background ${n + 1}`, { class: "thumb" }))));
+  }
+}

@@ -1,0 +1,66 @@
+// A job's Server-Sent Events, read with fetch() rather than EventSource: EventSource cannot send
+// the Authorization header. The parser follows the WHATWG event-stream format (event:, data:,
+// comment lines, a blank line ends an event); a dropped stream is opened again, since every
+// event carries the job's whole state, nothing is lost by missing one in between.
+
+import { session, url } from "./api.js";
+
+const RETRY_MS = 1500;
+
+export function followJob(jobId, onState, { signal } = {}) {
+  let ended = false;
+  const run = async () => {
+    while (!ended && !signal?.aborted) {
+      try {
+        const response = await fetch(url(`jobs/${encodeURIComponent(jobId)}/events`), {
+          headers: { Authorization: `Bearer ${session.key}`, Accept: "text/event-stream" },
+          signal,
+        });
+        if (response.status === 404 || response.status === 401) {
+          const body = await response.json().catch(() => ({}));
+          onState(null, body.error?.message || `job ${jobId} is not visible to this key`);
+          return;
+        }
+        if (!response.ok || !response.body) throw new Error(`status ${response.status}`);
+        for await (const event of parse(response.body)) {
+          const state = JSON.parse(event.data);
+          onState(state);
+          if (["done", "failed", "cancelled"].includes(state.status)) {
+            ended = true;
+            return;
+          }
+        }
+      } catch (error) {
+        if (signal?.aborted) return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+    }
+  };
+  return run();
+}
+
+async function* parse(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "", type = "message", data = [];
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let newline;
+    while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
+      const line = buffer.slice(0, newline);
+      buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
+      if (line === "") {
+        if (data.length) yield { type, data: data.join("\n") };
+        type = "message";
+        data = [];
+      } else if (!line.startsWith(":")) {
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") type = text;
+        else if (field === "data") data.push(text);
+      }
+    }
+  }
+}

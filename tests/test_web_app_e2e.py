@@ -1,0 +1,268 @@
+"""The web app in a real browser (Debian's Chromium driven by Playwright) against the embedded
+stack with tiny models: a user signs in with an API key and goes through each page's main
+journey to its end, as they would by hand. A screenshot of each finished page is written to
+test-artifacts/web/ (README, "Web app").
+
+Run on the embedded broker's stack only: the page talks to the HTTP API, which is the same
+on either broker."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests import faces
+from tests.test_avatars_e2e import jpeg, multipart
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(os.environ.get("RESTYLE_TEST_ARTIFACTS",
+                                Path(__file__).parent.parent / "test-artifacts")) / "web"
+TENANT, OTHER_TENANT = "web-ui", "web-other"
+# Long enough for a tiny render or training on two busy cores.
+JOB_S = 240
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (./install.sh test does)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def web(e2e, browser):
+    """A fresh browser tab on the app (nothing signed in), on the embedded broker's stack."""
+    if e2e.broker != "tansu":
+        pytest.skip("the web app runs once, on the embedded stack")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    # What the page itself reported, printed with a failing test's output.
+    page.on("console", lambda message: print(f"[browser {message.type}] {message.text}"))
+    page.on("pageerror", lambda error: print(f"[browser error] {error}"))
+    page.goto(e2e.status_url + "/")
+    yield page
+    context.close()
+
+
+def sign_in(page, key: str) -> None:
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("navigation", name="Pipelines").wait_for()
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def jpeg_file(folder: Path, name: str, image: Image.Image) -> Path:
+    path = folder / name
+    image.convert("RGB").save(path, format="JPEG", quality=92)
+    return path
+
+
+def finished(page, selector: str, timeout_s: float = JOB_S) -> str:
+    """Wait for the element's data-status to be an end, and return it."""
+    page.wait_for_function(
+        """selector => ["done", "failed", "cancelled", "succeeded"].includes(
+               document.querySelector(selector)?.dataset.status)""",
+        arg=selector, timeout=timeout_s * 1000)
+    return page.locator(selector).get_attribute("data-status")
+
+
+def test_a_wrong_key_is_refused_and_the_right_one_opens_the_app(e2e, web):
+    web.get_by_label("API key").fill("rsk_000000000000_" + "x" * 43)
+    web.get_by_role("button", name="Sign in").click()
+    assert "refused" in web.get_by_role("alert").first.inner_text()
+    assert web.get_by_role("navigation", name="Pipelines").is_hidden()
+
+    sign_in(web, e2e.key_for(TENANT))
+    assert web.locator("#tenant-name").inner_text() == f"Tenant {TENANT}"
+    # The key is kept for the tab: a reload stays signed in.
+    web.reload()
+    web.get_by_role("navigation", name="Pipelines").wait_for()
+    web.get_by_role("button", name="Sign out").click()
+    web.get_by_label("API key").wait_for()
+
+
+def test_a_room_makeover_is_followed_live_to_a_result_with_its_products(e2e, web,
+                                                                         room_photos):
+    sign_in(web, e2e.key_for(TENANT))
+    web.get_by_role("link", name="Room makeover").click()
+    web.get_by_label("Room photo").set_input_files(str(room_photos[1]))
+    web.get_by_label("Style").select_option("scandinavian")
+    assert "scandinavian interior" in web.locator(".style-description").inner_text()
+    web.get_by_role("button", name="Restyle the room").click()
+
+    assert finished(web, ".job") == "done"
+    job_id = web.locator(".job").get_attribute("data-job")
+    # A preview arrived while it rendered (every step but the last here).
+    assert web.locator(".job img.preview").get_attribute("src").startswith(
+        "data:image/jpeg;base64,")
+    result = web.get_by_role("region", name="Result")
+    result.wait_for()
+    restyled = result.get_by_role("img", name="The restyled room")
+    web.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                          arg=restyled.element_handle())
+    status, job = e2e.get(f"/jobs/{job_id}", tenant=TENANT)
+    products = job["result"]["products"]
+    # Each product the result was matched with is drawn over it and listed with its match.
+    assert result.locator(".box").count() == len(products)
+    listed = result.get_by_role("list", name="Products in the result").locator("li")
+    assert listed.count() == len(products)
+    for n, product in enumerate(products):
+        assert product["caption"] in listed.nth(n).inner_text()
+    # The before/after slider moves the divide, from the keyboard too.
+    slider = result.get_by_role("slider")
+    slider.focus()
+    web.keyboard.press("End")
+    assert "inset(0px 0px 0px 100%)" in result.locator(".after").get_attribute("style")
+    slider.fill("50")  # half before, half after, for the screenshot
+    assert result.get_by_role("link", name=re.compile("Download")).get_attribute(
+        "href").startswith("blob:")
+    screenshot(web, "makeover")
+
+
+def test_a_background_batch_shows_each_image_and_the_bad_one_failed_with_its_cause(
+        e2e, web, room_photos, tmp_path):
+    sign_in(web, e2e.key_for(TENANT))
+    web.get_by_role("link", name="Background").click()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"this is not a picture")
+    web.get_by_label("Photos").set_input_files([str(room_photos[1]), str(broken)])
+    # Labels are detected per photo; the unreadable one says so at once.
+    bad_row = web.locator(".photo-row[data-name='broken.jpg']")
+    assert "Cannot read this photo" in bad_row.locator(".error").inner_text()
+    good_row = web.locator(f".photo-row[data-name='{room_photos[1].name}']")
+    good_row.locator(".chip, .hint:not(:has-text('Finding'))").first.wait_for()
+    chips = good_row.locator(".chip")
+    if chips.count() > 1:  # dropping one takes it out of what the mask keeps
+        chips.first.click()
+        assert chips.first.get_attribute("aria-pressed") == "false"
+    web.get_by_label("New background").fill("a sunlit beach")
+    web.get_by_label("Mode").select_option("PRECISE")
+    web.get_by_role("button", name="Replace the backgrounds").click()
+
+    status = finished(web, "section[data-batch]")
+    assert status in ("succeeded", "failed")
+    batch = web.locator("section[data-batch]")
+    bad = batch.locator("tr", has_text="broken.jpg")
+    assert bad.get_attribute("data-status") == "failed"
+    assert "is not an image format restyle reads" in bad.locator(".error").inner_text()
+    assert "null" not in batch.inner_text()
+    good = batch.locator("tr", has_text=room_photos[1].name)
+    assert good.get_attribute("data-status") == "done"
+    good.locator(".made img").wait_for()
+    assert batch.get_by_role("link", name="JSON").count() == 1
+    screenshot(web, "background")
+
+
+def test_a_conditioned_generation_shows_its_map_beside_the_result(e2e, web, room_photos):
+    sign_in(web, e2e.key_for(TENANT))
+    web.get_by_role("link", name="Conditioned").click()
+    web.get_by_label("Image").set_input_files(str(room_photos[2]))
+    web.get_by_label("Conditioning", exact=True).select_option("canny")
+    web.get_by_label("Low").fill("50")
+    web.get_by_label("High").fill("150")
+    web.get_by_label("Prompt").fill("a pencil sketch of the room")
+    web.get_by_role("button", name="Generate").click()
+
+    assert finished(web, ".job") == "done"
+    result = web.get_by_role("region", name="Result")
+    for name in ("The canny map", "Generated image 1"):
+        picture = result.get_by_role("img", name=name)
+        web.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                              arg=picture.element_handle())
+    screenshot(web, "condition")
+
+
+def test_an_avatar_is_trained_with_its_loss_curve_then_generates(e2e, web, tmp_path):
+    photos = [jpeg_file(tmp_path, f"{name}.jpg", photo)
+              for name, photo in faces.portrait_set().items()]
+    photos.append(jpeg_file(tmp_path, "cat.jpg", faces.not_faces()["chelsea"]))
+    sign_in(web, e2e.key_for(TENANT))
+    web.get_by_role("link", name="Avatars").click()
+    web.get_by_label("Photos of one person").set_input_files([str(p) for p in photos])
+    web.get_by_label("Class word").fill("woman")
+    web.get_by_text("Training settings").click()
+    web.get_by_label("Steps").fill("12")
+    web.get_by_label("Resolution").fill("64")
+    web.get_by_label("LoRA rank").fill("4")
+    web.get_by_label("Class images").fill("2")
+    web.get_by_label("Other settings (JSON)").fill(json.dumps(
+        {"learning_rate": 5e-3, "batch_size": 1, "checkpoint_every": 5}))
+    web.get_by_role("button", name="Start training").click()
+
+    assert finished(web, ".job") == "done"
+    assert int(web.locator("figure:has(svg.loss)").get_attribute("data-points")) >= 2
+    check = web.get_by_role("region", name="Face check")
+    rejected = check.get_by_role("list", name="Rejected photos").inner_text()
+    assert "cat.jpg" in rejected and "face" in rejected.lower()
+    assert check.get_by_role("list", name="Accepted photos").locator("li").count() >= 10
+    model_id = web.locator(".job").get_attribute("data-job")
+    model = web.locator(f"article[data-model='{model_id}']")
+    model.wait_for()
+    screenshot(web, "avatar-trained")
+
+    model.get_by_role("button", name="Generate with this model").click()
+    form = web.get_by_role("form", name=f"Generate with {model_id}")
+    form.get_by_text("More settings").click()
+    form.get_by_label("Steps").fill("2")
+    form.get_by_label("Seed").fill("1")
+    form.get_by_label("Size (pixels, square)").fill("64")
+    form.get_by_role("button", name="Generate").click()
+    assert finished(web, f"form[aria-label='Generate with {model_id}'] .job") == "done"
+    portrait = form.get_by_role("img", name="Generated portrait 1")
+    web.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                          arg=portrait.element_handle())
+    screenshot(web, "avatar-generated")
+
+
+def test_the_queue_lists_only_the_tenants_jobs_and_cancels_then_retries_one(e2e, web):
+    # Another tenant's job, and a long training of this tenant's, submitted by the API.
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    status, _ = e2e.post_json("/jobs", {"pipeline": "condition", "job_id": other,
+                                        "image": "s3://nowhere/x.jpg"}, tenant=OTHER_TENANT)
+    assert status in (202, 400)
+    body, headers = multipart({f"{name}.jpg": jpeg(photo)
+                               for name, photo in faces.portrait_set().items()},
+                              {"params": json.dumps({"steps": 20000, "resolution": 64,
+                                                     "rank": 4, "class_images": 1})})
+    status, answer = e2e.request("POST", "/avatars", body, headers, tenant=TENANT)
+    assert status == 202, answer
+    long_job = answer["job_id"]
+
+    sign_in(web, e2e.key_for(TENANT))
+    web.get_by_role("link", name="Queue").click()
+    row = web.locator(f"tr[data-job='{long_job}']")
+    row.wait_for()
+    assert web.locator(f"tr[data-job$='{other}']").count() == 0
+    row.get_by_role("button", name="Cancel").click()
+    web.wait_for_function(
+        "id => document.querySelector(`tr[data-job='${id}']`)?.dataset.status === 'cancelled'",
+        arg=long_job, timeout=JOB_S * 1000)
+    # The cause is shown in words: who cancelled it.
+    assert f"cancelled by tenant {TENANT}" in web.locator(
+        f"tr[data-job='{long_job}'] .error").inner_text()
+    screenshot(web, "queue")
+
+    web.locator(f"tr[data-job='{long_job}']").get_by_role("button", name="Retry").click()
+    status, jobs = e2e.get("/jobs?limit=5", tenant=TENANT)
+    retried = next(job for job in jobs["jobs"] if job["job_id"] != long_job and
+                   job["pipeline"] == "avatar_train")
+    web.locator(f"tr[data-job='{retried['job_id']}']").wait_for()
+    status, _ = e2e.request("DELETE", f"/jobs/{retried['job_id']}", tenant=TENANT)
+    assert status in (202, 409)
