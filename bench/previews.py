@@ -8,7 +8,7 @@ the GPU worker makes it (gpu_agent/previews.py: the linear projection, or --deco
 and encoded as the data: URI the progress event carries. Also prints what one preview costs
 alone, against the measured time of one denoising step.
 
-    python bench/previews.py [--size 256] [--steps 20] [--every 5] [--rounds 3]
+    python bench/previews.py [--size 128] [--steps 20] [--every 5] [--rounds 3]
                              [--device auto] [--models DIR] [--decoder DIR]
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from schemas.params import RenderParams  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--preview-size", type=int, default=96)

@@ -93,6 +93,14 @@ class PhotoRejection(BaseModel):
     reason: str
 
 
+class PhotoCheck(BaseModel):
+    """The face check's verdict on a training job's photos, on its state from the moment it is
+    known (before the training starts): the photos kept and those rejected, with why."""
+
+    accepted: list[str] = Field(default_factory=list)
+    rejected: list[PhotoRejection] = Field(default_factory=list)
+
+
 class AvatarTrainJob(BaseModel):
     pipeline: Literal["avatar_train"] = "avatar_train"
     job_id: str

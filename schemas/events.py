@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.avatars import PhotoCheck
 from schemas.errors import JobError
 from schemas.ids import BATCH_ID_PATTERN, JOB_ID_PATTERN, SCHEMA_VERSION
 from schemas.jobs import JobStatus, Progress, QueueSpot
@@ -109,6 +110,8 @@ class JobEvent(BaseModel):
     by: str | None = None
     # queued_for_gpu: where the job's request waits.
     queue: QueueSpot | None = None
+    # status, avatar training: the face check's verdict on the photos.
+    photo_check: PhotoCheck | None = None
 
 
 class CancelRequest(BaseModel):

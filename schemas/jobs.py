@@ -5,6 +5,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
+from schemas.avatars import PhotoCheck
 from schemas.errors import JobError
 from schemas.pipelines import AnyResult
 
@@ -116,6 +117,8 @@ class JobState(BaseModel):
     queue: QueueSpot | None = None
     created_at: float
     updated_at: float
+    # Avatar training: the face check's verdict, once known (before the training starts).
+    photo_check: PhotoCheck | None = None
     # The upload that started a job submitted on its own (not a batch's image), as admitted:
     # what `POST /jobs/{job_id}/retry` submits again under a new id.
     upload: dict | None = None

@@ -7,9 +7,11 @@ Run on the embedded broker's stack only: the page talks to the HTTP API, which i
 on either broker."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import threading
 import uuid
 from pathlib import Path
 
@@ -30,10 +32,14 @@ TENANT, OTHER_TENANT = "web-ui", "web-other"
 JOB_S = 240
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture()
+def browser(e2e):
+    """Chromium, for one test: Playwright's synchronous API runs an event loop in this thread
+    while it is open, which nothing else in the session (asyncio.run) may then do."""
     from playwright.sync_api import sync_playwright
 
+    if e2e.broker != "tansu":
+        pytest.skip("the web app runs once, on the embedded stack")
     assert Path(CHROMIUM).exists(), "install Debian's chromium (./install.sh test does)"
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
@@ -43,9 +49,7 @@ def browser():
 
 @pytest.fixture()
 def web(e2e, browser):
-    """A fresh browser tab on the app (nothing signed in), on the embedded broker's stack."""
-    if e2e.broker != "tansu":
-        pytest.skip("the web app runs once, on the embedded stack")
+    """A fresh browser tab on the app, nothing signed in."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -213,6 +217,9 @@ def test_an_avatar_is_trained_with_its_loss_curve_then_generates(e2e, web, tmp_p
     assert "cat.jpg" in rejected and "face" in rejected.lower()
     assert check.get_by_role("list", name="Accepted photos").locator("li").count() >= 10
     model_id = web.locator(".job").get_attribute("data-job")
+    # The verdict is on the job's state from the photo check on, before training starts.
+    status, job = e2e.get(f"/jobs/{model_id}", tenant=TENANT)
+    assert [photo["code"] for photo in job["photo_check"]["rejected"]] == ["no_face"]
     model = web.locator(f"article[data-model='{model_id}']")
     model.wait_for()
     screenshot(web, "avatar-trained")
@@ -266,3 +273,98 @@ def test_the_queue_lists_only_the_tenants_jobs_and_cancels_then_retries_one(e2e,
     web.locator(f"tr[data-job='{retried['job_id']}']").wait_for()
     status, _ = e2e.request("DELETE", f"/jobs/{retried['job_id']}", tenant=TENANT)
     assert status in (202, 409)
+
+
+def test_the_catalog_is_searched_by_text_and_a_product_opened(e2e, web):
+    sign_in(web, e2e.key_for(TENANT))
+    web.get_by_role("link", name="Catalog").click()
+    web.get_by_label("Search products").fill("a grey fabric sofa")
+    web.get_by_label("Search products").press("Enter")
+    hits = web.get_by_role("list", name="Products found").get_by_role("button")
+    hits.first.wait_for()
+    status, found = e2e.get("/products/search?q=a%20grey%20fabric%20sofa", tenant=TENANT)
+    assert hits.count() == len(found["products"])
+    assert hits.first.inner_text() == found["products"][0]["caption"]
+    hits.first.click()
+    product = web.locator("article.product")
+    assert product.get_by_role("heading").inner_text() == found["products"][0]["caption"]
+    screenshot(web, "catalog")
+
+
+def test_on_a_phone_behind_a_proxy_under_a_prefix_it_works_from_the_keyboard(e2e, browser):
+    with ReverseProxy(e2e.status_url, "/restyle/") as proxy:
+        context = browser.new_context(viewport={"width": 390, "height": 844},
+                                      is_mobile=True, has_touch=True)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(proxy.url)
+        # Signed in from the keyboard alone: the key field takes the focus, Enter submits.
+        page.keyboard.type(e2e.key_for(TENANT))
+        page.keyboard.press("Enter")
+        page.get_by_role("navigation", name="Pipelines").wait_for()
+        page.get_by_role("link", name="Queue").focus()
+        page.keyboard.press("Enter")
+        page.get_by_role("heading", name="Queue").wait_for()
+        page.locator(".batches li").first.wait_for()  # the page's lists are in
+        assert page.url == proxy.url + "#/queue"
+        # Every call went through the proxy's prefix; nothing spills sideways on a phone.
+        assert proxy.paths and all(path.startswith("/restyle/") for path in proxy.paths)
+        assert any(path.startswith("/restyle/jobs") for path in proxy.paths)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(page, "phone-queue")
+        context.close()
+
+
+class ReverseProxy:
+    """A reverse proxy in front of the status API that serves it under a path prefix (as an
+    ingress would), on an event loop in a thread of its own (Playwright's runs in this one):
+    the part of a deployment outside restyle."""
+
+    def __init__(self, upstream: str, prefix: str):
+        self.upstream, self.prefix, self.paths = upstream, prefix, []
+        self.ready, self.url = threading.Event(), None
+
+    async def relay(self, request):
+        from aiohttp import ClientSession, web as aioweb
+
+        self.paths.append(request.path)
+        tail = request.path[len(self.prefix):]
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length")}
+        async with ClientSession() as session:
+            async with session.request(request.method, f"{self.upstream}/{tail}",
+                                       params=request.query, data=await request.read(),
+                                       headers=headers) as upstream:
+                response = aioweb.StreamResponse(status=upstream.status, headers={
+                    k: v for k, v in upstream.headers.items() if k.lower() in (
+                        "content-type", "cache-control", "content-security-policy")})
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                return response
+
+    async def serve(self):
+        from aiohttp import web as aioweb
+
+        app = aioweb.Application()
+        app.router.add_route("*", self.prefix + "{tail:.*}", self.relay)
+        runner = aioweb.AppRunner(app)
+        await runner.setup()
+        site = aioweb.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}{self.prefix}"
+        self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
+        self.ready.set()
+        await self.stop.wait()
+        await runner.cleanup()
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.serve()), daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10), "the proxy did not start"
+        return self
+
+    def __exit__(self, *_exc):
+        self.loop.call_soon_threadsafe(self.stop.set)  # set on the proxy's own loop
+        self.thread.join(10)

@@ -27,6 +27,7 @@ from schemas.avatars import (
     AvatarTrainResult,
     AvatarTrainUpload,
     ModelRecord,
+    PhotoCheck,
     PhotoRejection,
     TrainOutcome,
     TrainRequest,
@@ -112,7 +113,8 @@ async def prepare(rt: Runtime, models: StageModels, job: AvatarTrainJob) -> None
     sent = await rt.send(rt.topics.train, job.model_id, TrainRequest(
         job_id=job.job_id, tenant=job.tenant, job=job,
         reply_topic=rt.topics_of(AvatarTopics).avatar_trained))
-    await rt.queued_for_gpu(job.job_id, sent)
+    await rt.queued_for_gpu(job.job_id, sent, photo_check=PhotoCheck(
+        accepted=[photo.image for photo in kept], rejected=rejected))
 
 
 async def trained(rt: Runtime, outcome: TrainOutcome) -> None:

@@ -200,9 +200,10 @@ class Runtime:
             waiting.append((topic, pending))
         return pending
 
-    async def queued_for_gpu(self, job_id: str, request_sent) -> None:
+    async def queued_for_gpu(self, job_id: str, request_sent, **shown) -> None:
         """The job waits for a GPU worker (or a trainer): say so, with where its request
-        waits once the broker has it (request_sent: what send returned for it)."""
+        waits once the broker has it (request_sent: what send returned for it) and what the
+        job's stages found that its state shows from now on (shown: JobEvent fields)."""
         await settle([("the GPU request topic", request_sent)])
         placed = request_sent.result()
         spot = None
@@ -210,7 +211,7 @@ class Runtime:
             spot = QueueSpot(topic=placed.topic, partition=placed.partition,
                              offset=placed.offset)
         await self.job_event(job_id, JobEventKind.STATUS, status=JobStatus.QUEUED_FOR_GPU,
-                             queue=spot)
+                             queue=spot, **shown)
 
     async def job_event(self, job_id: str, kind: JobEventKind, acknowledged: bool = False,
                         **fields) -> None:

@@ -58,8 +58,9 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
         if event.status.rank <= state.status.rank:
             return Transition(None)
         queue = event.queue if event.status is JobStatus.QUEUED_FOR_GPU else None
-        return Transition(state.model_copy(update={"status": event.status, "progress": None,
-                                                   "queue": queue, "updated_at": event.at}))
+        return Transition(state.model_copy(update={
+            "status": event.status, "progress": None, "queue": queue, "updated_at": event.at,
+            "photo_check": event.photo_check or state.photo_check}))
     if kind is JobEventKind.REQUEUED:
         if state.status not in (JobStatus.GENERATING, JobStatus.TRAINING):
             return Transition(None)

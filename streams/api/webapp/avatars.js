@@ -72,11 +72,22 @@ function trainForm(refresh) {
     try {
       const { job_id: jobId } = await call("avatars", { method: "POST", form: body });
       const curve = lossCurve();
-      const view = jobView(jobId, "avatar_train", { onProgress: curve.add });
-      progress.replaceChildren(view.element, curve.element);
+      const check = h("div", { class: "check" });
+      let checked = false;
+      const view = jobView(jobId, "avatar_train", { onProgress: (state) => {
+        curve.add(state);
+        // The face check's verdict is on the job once the photos are checked: shown before
+        // the training starts.
+        if (state.photo_check && !checked) {
+          checked = true;
+          check.replaceChildren(verdicts(state.photo_check));
+        }
+      } });
+      progress.replaceChildren(view.element, check, curve.element);
       const state = await view.finished;
       if (state?.status === "done") {
-        progress.append(await verdicts(state.result));
+        check.prepend(h("h4", { text: `Model ${state.result.model_id} is ready (final loss ` +
+                                      `${state.result.final_loss.toFixed(4)})` }));
         await refresh();
       }
     } catch (error) {
@@ -116,16 +127,16 @@ function lossCurve() {
   return { element, add };
 }
 
-async function verdicts(result) {
-  const accepted = h("ul", { class: "accepted", "aria-label": "Accepted photos" },
-    result.photos.map((uri) => h("li", { text: uri.split("/").pop() })));
-  const rejected = h("ul", { class: "rejected", "aria-label": "Rejected photos" },
-    result.rejected.map((photo) => h("li", {},
-      h("strong", { text: photo.image.split("/").pop() }), `: ${photo.reason} (${photo.code})`)));
+function verdicts(check) {
+  const name = (uri) => uri.split("/").pop();
   return h("section", { class: "card", "aria-label": "Face check" },
-    h("h4", { text: `Model ${result.model_id} is ready (final loss ${result.final_loss.toFixed(4)})` }),
-    h("p", { text: `${result.photos.length} photos accepted` }), accepted,
-    h("p", { text: `${result.rejected.length} photos rejected` }), rejected);
+    h("p", { text: `${check.accepted.length} photos accepted` }),
+    h("ul", { class: "accepted", "aria-label": "Accepted photos" },
+      check.accepted.map((uri) => h("li", { text: name(uri) }))),
+    h("p", { text: `${check.rejected.length} photos rejected` }),
+    h("ul", { class: "rejected", "aria-label": "Rejected photos" },
+      check.rejected.map((photo) => h("li", {},
+        h("strong", { text: name(photo.image) }), `: ${photo.reason} (${photo.code})`))));
 }
 
 function generateForm(model) {
