@@ -67,6 +67,7 @@ PY
 # worker's own tests (faust); the CPU suite runs them.
 step "tests on $DEVICE" 300 python -m pytest -q -p no:cacheprovider \
   tests/gpu_agent/test_batched_renders.py tests/gpu_agent/test_shared_base.py \
+  tests/gpu_agent/test_previews.py \
   tests/agents/test_devices.py -k "not adapter_never_leaks and not gpu_worker \
   and not cancelled_during"
 
@@ -77,6 +78,9 @@ step "bench: one copy of the base model (gpu_memory.py)" 120 \
 step "bench: batched renders (render_batching.py)" 180 \
   python bench/render_batching.py --device "$DEVICE" \
   ${RESTYLE_BATCH_BENCH_ARGS:---requests 32 --max-batch 8 --size 256 --steps 8 --rounds 2}
+
+step "bench: what live previews cost a render (previews.py)" 120 \
+  python bench/previews.py --device "$DEVICE" --size 512 --steps 20 --rounds 2
 
 section "done"
 if [ ${#failed[@]} -gt 0 ]; then
