@@ -141,6 +141,8 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
             if state.report:
                 body["report"] = {kind: await rt.storage.presign(uri) or uri
                                   for kind, uri in state.report.items()}
+                # The same files by URI, for reading through GET /files (no storage access).
+                body["report_uris"] = dict(state.report)
             if state.cancelled_by:
                 body["cancelled_by"] = state.cancelled_by
             if request.query.get("images") == "true":

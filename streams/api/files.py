@@ -31,6 +31,17 @@ def owns(rt: Runtime, tenant: str, uri: str) -> bool:
     return mine
 
 
+async def read_at_most(part, limit: int) -> bytes | None:
+    """A multipart part's bytes, or None as soon as it is larger than limit (never held
+    whole in memory beyond it)."""
+    data = bytearray()
+    while chunk := await part.read_chunk():
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
+
+
 def register(rt: Runtime) -> None:
     app, settings = rt.app, rt.settings
 
@@ -52,8 +63,8 @@ def register(rt: Runtime) -> None:
                 if len(stored) == MAX_FILES_PER_UPLOAD:
                     return error_response(self, 413, "too_many_files",
                                           f"send at most {MAX_FILES_PER_UPLOAD} files at once")
-                data = await part.read(decode=False)
-                if len(data) > settings.max_image_bytes:
+                data = await read_at_most(part, settings.max_image_bytes)
+                if data is None:
                     return error_response(self, 413, ErrorCode.IMAGE_TOO_LARGE.value,
                                           f"{part.filename!r} is larger than "
                                           f"{settings.max_image_bytes} bytes "
@@ -61,7 +72,7 @@ def register(rt: Runtime) -> None:
                 name = safe_file_name(part.filename)
                 content_type = part.headers.get("Content-Type", "application/octet-stream")
                 uri = join_uri(folder, f"{len(stored):02d}-{name}")
-                await rt.storage.put(uri, bytes(data), content_type)
+                await rt.storage.put(uri, data, content_type)
                 stored.append({"uri": uri, "name": part.filename, "bytes": len(data),
                                "content_type": content_type})
             if not stored:

@@ -284,6 +284,42 @@ def status(job_id) -> None:
 
 
 @main.command()
+@click.option("--limit", default=20, show_default=True, help="How many of the newest.")
+@click.option("--active", is_flag=True, help="Only the jobs still running.")
+def jobs(limit, active) -> None:
+    """List your tenant's newest jobs, newest first: id, pipeline, status (and cause)."""
+    query = f"/jobs?limit={limit}" + ("&active=true" if active else "")
+    for job in client.api_get(load_settings(), query)["jobs"]:
+        cause = f"  {job['error']['code']}: {job['error']['message']}" if job.get("error") \
+            else ""
+        batch = f" (batch {job['batch_id']})" if job.get("batch_id") else ""
+        click.echo(f"{job['job_id']}  {job['pipeline'] or '?'}{batch}  {job['status']}{cause}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Follow the new job until it is done or failed.")
+@click.option("--timeout", default=900.0, show_default=True)
+def retry(job_id, wait, timeout) -> None:
+    """Submit a failed or cancelled job again, as it was uploaded, under a new id (printed).
+    Exit 1 if it cannot be retried (it did not fail, or was a batch's image), 2 if there is
+    no such job."""
+    settings = load_settings()
+    status, body = client.api_call(settings, "POST", f"/jobs/{job_id}/retry")
+    if status == 404:
+        click.echo(f"no job {job_id!r}", err=True)
+        sys.exit(2)
+    if status != 202:
+        click.echo(f"not retried: {body.get('error', {}).get('message', status)}", err=True)
+        sys.exit(1)
+    click.echo(body["job_id"])
+    if wait:
+        job = client.wait_for_job(settings, body["job_id"], timeout, on_change=_print_progress)
+        click.echo(client.describe(job))
+        sys.exit(0 if job["status"] == "done" else 1)
+
+
+@main.command()
 @click.argument("role", type=click.Choice(["cpu", "gpu", "trainer"]))
 @click.option("--web-port", type=int, default=None)
 @click.option("--loglevel", default="info")
@@ -494,12 +530,17 @@ def background(sources, prompt, negative_prompt, mode, mask_prompt, params,
     fields.update({k: v for k, v in optional.items() if v is not None})
     if params:
         fields["params"] = _parse_params(params)
-    batch_id = run(batch_client.submit_batch(settings, list(sources), fields, batch_id))
+    far = remote.is_remote(settings)  # only the API: the photos travel in requests
+    submit = remote.submit_batch if far else batch_client.submit_batch
+    batch_id = run(submit(settings, list(sources), fields, batch_id))
     click.echo(f"batch {batch_id} submitted")
     batch = batch_client.wait_for_batch(settings, batch_id, timeout, lambda b: click.echo(
         f"  {b['counts']['succeeded'] + b['counts']['failed']}/{b['counts']['total'] or '?'} "
         f"images finished"))
-    click.echo(batch_client.describe_batch(batch, batch_client.read_report(batch)))
+    report_uri = (batch.get("report_uris") or {}).get("json")
+    report = run(remote.read_file_json(settings, report_uri)) if far and report_uri else \
+        batch_client.read_report(batch)
+    click.echo(batch_client.describe_batch(batch, report))
     sys.exit(0 if batch["status"] == "succeeded" else 1)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
+from streams.cli.background import local_images
 from streams.cli.client import status_url
 from streams.core.settings import Settings
 
@@ -95,6 +96,44 @@ async def submit_training(settings: Settings, photos: list[Path], subject: str |
             fields[name] = value
     answer = await post_form(settings, "/avatars", fields, [("photos", p) for p in photos])
     return answer["job_id"]
+
+
+# POST /uploads takes at most this many files at once (streams/api/files.py).
+UPLOAD_FILES_PER_REQUEST = 32
+
+
+async def submit_batch(settings: Settings, sources: list[str], fields: dict,
+                       batch_id: str | None) -> str:
+    """Upload the local photos (POST /uploads, a few requests of up to 32), then POST /batches
+    naming them and any s3:// sources as given; returns the batch id."""
+    images: list[dict] = []
+    for source in sources:
+        if "://" in source:
+            images.append({"uri": source})
+            continue
+        found = local_images(source)
+        for start in range(0, len(found), UPLOAD_FILES_PER_REQUEST):
+            chunk = found[start:start + UPLOAD_FILES_PER_REQUEST]
+            answer = await post_form(settings, "/uploads", {},
+                                     [("file", path) for path, _ in chunk])
+            images += [{"uri": stored["uri"], "name": name}
+                       for stored, (_, name) in zip(answer["files"], chunk)]
+    if not images:
+        raise FileNotFoundError(f"no images in {', '.join(sources)}")
+    body = {**fields, "images": images}
+    if batch_id:
+        body["batch_id"] = batch_id
+    return (await post_json(settings, "/batches", body))["batch_id"]
+
+
+async def read_file_json(settings: Settings, uri: str) -> dict | None:
+    """A JSON file of the tenant's (a batch report) read through GET /files."""
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        async with session.get(f"{status_url(settings)}/files", params={"uri": uri},
+                               headers=headers) as response:
+            return json.loads(await response.read()) if response.status == 200 else None
 
 
 async def submit_generation(settings: Settings, model_id: str, prompt: str,

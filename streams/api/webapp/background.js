@@ -120,10 +120,11 @@ async function followBatch(batchId, view, rows) {
     if (batch.status !== "running" && !batch.reporting) {
       cancel.remove();
       if (batch.error) say(problem, { message: batch.error.message });
-      report.replaceChildren("Report: ", ...Object.entries(batch.report || {}).flatMap(
-        ([kind, link], n) => [n ? " · " : "", h("a", {
-          href: link.startsWith("http") ? link : "#", "data-uri": link,
-          download: `${batchId}.${kind}`, text: kind.toUpperCase(), onclick: reportClick })]));
+      // Read through the API (GET /files), like every image here.
+      report.replaceChildren("Report: ", ...Object.entries(batch.report_uris || {}).flatMap(
+        ([kind, uri], n) => [n ? " · " : "", h("a", {
+          href: "#", "data-uri": uri, download: `${batchId}.${kind}`,
+          text: kind.toUpperCase(), onclick: reportClick })]));
       return batch;
     }
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
@@ -132,7 +133,7 @@ async function followBatch(batchId, view, rows) {
 
 async function reportClick(event) {
   const link = event.currentTarget;
-  if (link.href.endsWith("#")) {
+  if (!link.href.startsWith("blob:")) {
     event.preventDefault();
     link.href = await fileUrl(link.dataset.uri);
     link.click();

@@ -75,6 +75,14 @@ def test_uploaded_files_are_read_back_by_their_tenant_and_by_no_one_else(e2e, ro
     assert raw(e2e, f"/files?uri={urllib.request.quote(uri)}")[0] == 404
     climbing = uri.rsplit("/", 3)[0] + "/../../../" + "secret.json"
     assert raw(e2e, f"/files?uri={urllib.request.quote(climbing)}", TENANT)[0] == 404
+    # A file above RESTYLE_MAX_IMAGE_BYTES (8 MB in these stacks) is refused, not stored.
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="huge.jpg"\r\n\r\n').encode() + b"\0" * (8 * 1024 * 1024 + 1) + \
+        f"\r\n--{boundary}--\r\n".encode()
+    status, refused = e2e.request("POST", "/uploads", body, {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"}, tenant=TENANT)
+    assert status == 413 and refused["error"]["code"] == "image_too_large"
 
 
 def test_a_failed_job_is_listed_and_retried_under_a_new_id(e2e, room_photos):

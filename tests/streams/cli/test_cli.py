@@ -280,6 +280,50 @@ def test_background_replaces_a_folder_of_photos_as_one_batch(e2e, tmp_path):
     assert "report (json): http" in done.stdout
 
 
+def test_background_jobs_and_retry_against_a_remote_install(
+        e2e, tmp_path):
+    """No broker, no storage: the photos go up through POST /uploads, the batch through POST
+    /batches, and its report comes back through GET /files."""
+    from tests.agents.background.test_stages import skimage_photo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    skimage_photo("astronaut").save(folder / "astronaut.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    env = cli_env(RESTYLE_STATE_DIR=str(tmp_path / "state"),
+                  RESTYLE_STATUS_URL=e2e.stack.endpoints["status_url"],
+                  RESTYLE_API_KEY=e2e.key_for("remote-co"))
+    for variable in ("RESTYLE_KAFKA_BOOTSTRAP", "RESTYLE_S3_ENDPOINT"):
+        env.pop(variable, None)
+    done = subprocess.run([*CLI, "background", str(folder), "--prompt", "a snowy forest",
+                           "--param", "seed=5"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 of 2 images succeeded" in done.stdout
+    assert "failed broken.jpg: not_an_image:" in done.stdout
+    assert "done   astronaut.png: s3://restyle/tenants/remote-co/" in done.stdout
+
+    # The tenant's jobs, newest first, with their batch and cause; a batch's image is not
+    # retried on its own, a job submitted alone is, under a new id.
+    listed = subprocess.run([*CLI, "jobs", "--limit", "2"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    failed_line = next(line for line in listed.stdout.splitlines() if "not_an_image" in line)
+    assert "background_replace (batch " in failed_line and " failed " in failed_line
+    refused = subprocess.run([*CLI, "retry", failed_line.split()[0]], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "batch's image" in refused.stderr
+    submitted = subprocess.run([*CLI, "submit", str(folder / "broken.jpg"), "--style", "modern",
+                                "--wait"], env=env, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 1
+    first = submitted.stdout.splitlines()[0]
+    again = subprocess.run([*CLI, "retry", first, "--wait"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1, again.stderr  # the same photo fails the same way
+    retried = again.stdout.splitlines()[0]
+    assert retried != first and "not_an_image" in again.stdout
+
+
 def test_a_bad_setting_is_a_one_line_error_naming_its_variable(tmp_path):
     for variable, value, expected in [
             ("RESTYLE_PARTITIONS", "four", "RESTYLE_PARTITIONS: Input should be a valid integer"),
