@@ -22,8 +22,19 @@ export async function queuePage(container) {
         try { states.set(job.job_id, await call(`jobs/${encodeURIComponent(job.job_id)}`)); }
         catch { /* gone between the list and now: the next refresh shows how it ended */ }
       }));
-      jobs.tBodies[0].replaceChildren(...listed.filter((job) => !job.batch_id)
-        .map((job) => jobRow(job, states.get(job.job_id), problem, refresh)));
+      const body = jobs.tBodies[0];
+      const kept = new Map([...body.rows].map((row) => [row.dataset.job, row]));
+      // A row that shows the same as before is kept as it is (a keyboard user's focus with
+      // it); only rows that changed are drawn again.
+      const wanted = listed.filter((job) => !job.batch_id).map((job) => {
+        const row = jobRow(job, states.get(job.job_id), problem, refresh);
+        const before = kept.get(job.job_id);
+        return before && before.dataset.shows === row.dataset.shows ? before : row;
+      });
+      for (const row of [...body.rows]) if (!wanted.includes(row)) row.remove();
+      wanted.forEach((row, n) => {
+        if (body.rows[n] !== row) body.insertBefore(row, body.rows[n] || null);
+      });
       const batchIds = [...new Set(listed.map((job) => job.batch_id).filter(Boolean))];
       batches.replaceChildren(...await Promise.all(batchIds.map((id) => batchLine(id, problem))));
       if (!batchIds.length) batches.append(h("li", { class: "hint", text: "No batches yet." }));
@@ -53,7 +64,8 @@ function jobRow(job, state, problem, refresh) {
     actions.push(action("Retry", () => call(`${path}/retry`, { method: "POST" })));
   }
   const progress = state?.progress ? ` (step ${state.progress.step} of ${state.progress.total})` : "";
-  return h("tr", { "data-job": job.job_id, "data-status": status },
+  return h("tr", { "data-job": job.job_id, "data-status": status,
+                  "data-shows": `${status}${progress}${cause || ""}` },
     h("td", { text: job.job_id }), h("td", { text: job.pipeline || "" }),
     h("td", {}, h("strong", { text: statusWord(status) + progress }),
       cause ? h("p", { class: "error", text: cause }) : null),
