@@ -2,7 +2,9 @@
 starts and every job that ends on restyle.tenant-activity (keyed by tenant); this tracker folds
 them into the activity table, which the status API reads to hold a tenant to
 RESTYLE_TENANT_MAX_JOBS, and into the recent-jobs table, the tenant's job list (`GET /jobs`,
-the web app's queue view), newest first and RESTYLE_TENANT_RECENT_JOBS long.
+the web app's queue view), newest first and RESTYLE_TENANT_RECENT_JOBS long: one record per
+job ("tenant/job_id") and an index of the tenant's ids ("tenant/#index"), so that a change
+writes a few hundred bytes, never the whole list.
 
 A set of job ids, not a counter: a redelivered announcement changes nothing. A job whose end
 was never heard of (lost outside restyle) stops counting once it is older than the job
@@ -38,29 +40,47 @@ def lookup(tables: Tables, tenant: str) -> dict[str, float]:
     return json.loads(stored) if stored else {}
 
 
-def listed(recent: list[RecentJob], event: TenantActivity, keep: int) -> list[RecentJob]:
-    """The tenant's newest jobs (newest first, at most keep) after event. A job's start and
-    end may arrive in either order across a replay: an end is never undone by a start."""
-    jobs = {job.job_id: job for job in recent}
-    known = jobs.get(event.job_id)
+INDEX = "#index"
+
+
+def line_after(known: RecentJob | None, event: TenantActivity) -> RecentJob:
+    """A job's line in its tenant's list after event. A job's start and end may arrive in
+    either order across a replay: an end is never undone by a start."""
     if event.active:
-        if known is not None:
-            return recent
-        line = RecentJob(job_id=event.job_id, pipeline=event.pipeline, batch_id=event.batch_id,
-                         status="active", started_at=event.at)
-    else:
-        status = event.status.value if event.status else "ended"
-        line = (known or RecentJob(job_id=event.job_id, pipeline=event.pipeline,
-                                   batch_id=event.batch_id, status=status,
-                                   started_at=event.at)).model_copy(
-            update={"status": status, "ended_at": event.at, "error": event.error})
-    jobs[event.job_id] = line
-    return sorted(jobs.values(), key=lambda job: job.started_at, reverse=True)[:keep]
+        return known or RecentJob(job_id=event.job_id, pipeline=event.pipeline,
+                                  batch_id=event.batch_id, status="active", started_at=event.at)
+    status = event.status.value if event.status else "ended"
+    return (known or RecentJob(job_id=event.job_id, pipeline=event.pipeline,
+                               batch_id=event.batch_id, status=status,
+                               started_at=event.at)).model_copy(
+        update={"status": status, "ended_at": event.at, "error": event.error})
+
+
+def index_after(ids: list[str], job_id: str, keep: int) -> tuple[list[str], list[str]]:
+    """(the tenant's job ids, newest first, with a newly heard-of job; the ids it pushed out
+    beyond keep)."""
+    ids = [job_id, *ids]
+    return ids[:keep], ids[keep:]
+
+
+def _line_key(tenant: str, job_id: str) -> bytes:
+    return f"{tenant}/{job_id}".encode()
+
+
+def _index(tables: Tables, tenant: str) -> list[str]:
+    stored = tables.recent_jobs.get(_line_key(tenant, INDEX))
+    return json.loads(stored) if stored else []
+
+
+def _line(tables: Tables, tenant: str, job_id: str) -> RecentJob | None:
+    stored = tables.recent_jobs.get(_line_key(tenant, job_id))
+    return RecentJob.model_validate_json(stored) if stored else None
 
 
 def recent_jobs(tables: Tables, tenant: str) -> list[RecentJob]:
-    stored = tables.recent_jobs.get(tenant.encode())
-    return [RecentJob.model_validate(line) for line in json.loads(stored)] if stored else []
+    """The tenant's newest jobs, newest first (on the worker that owns the tenant)."""
+    lines = (_line(tables, tenant, job_id) for job_id in _index(tables, tenant))
+    return [line for line in lines if line is not None]
 
 
 def register(rt: Runtime, tables: Tables) -> None:
@@ -69,11 +89,19 @@ def register(rt: Runtime, tables: Tables) -> None:
         after = fold(before, event)
         if after != before:
             tables.activity[event.tenant.encode()] = json.dumps(after).encode()
-        recent = recent_jobs(tables, event.tenant)
-        updated = listed(recent, event, rt.settings.tenant_recent_jobs)
-        if updated != recent:
-            tables.recent_jobs[event.tenant.encode()] = json.dumps(
-                [job.model_dump(mode="json") for job in updated]).encode()
+        # One small record per job and change, and the tenant's index of ids only when a job
+        # is first heard of: the list is never written whole.
+        known = _line(tables, event.tenant, event.job_id)
+        line = line_after(known, event)
+        if line != known:
+            tables.recent_jobs[_line_key(event.tenant, event.job_id)] = \
+                line.model_dump_json().encode()
+        if known is None:
+            ids, dropped = index_after(_index(tables, event.tenant), event.job_id,
+                                       rt.settings.tenant_recent_jobs)
+            tables.recent_jobs[_line_key(event.tenant, INDEX)] = json.dumps(ids).encode()
+            for job_id in dropped:
+                tables.recent_jobs.pop(_line_key(event.tenant, job_id), None)
 
     rt.stage_agent("activity-tracker", track, TenantActivity,
                    topic=rt.topics.tenant_activity, fail_jobs=False,

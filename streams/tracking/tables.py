@@ -26,7 +26,8 @@ class Tables:
     batch_images: faust.Table
     # tenant -> {job_id: started_at} of its jobs in flight (streams/tracking/activity.py).
     activity: faust.Table
-    # tenant -> its newest jobs, newest first (RecentJob JSON list; streams/tracking/activity.py).
+    # "tenant/job_id" -> RecentJob JSON; "tenant/#index" -> the tenant's newest job ids
+    # (streams/tracking/activity.py).
     recent_jobs: faust.Table
     # The jobs table plus render progress not yet stored in it: read job state through this.
     board: JobBoard

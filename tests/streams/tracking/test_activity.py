@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas import ErrorCode, JobError
 from schemas.jobs import TenantActivity
-from streams.tracking.activity import fold, in_flight, listed
+from streams.tracking.activity import fold, in_flight, index_after, line_after
 
 
 def event(job_id: str, active: bool, at: float = 10.0) -> TenantActivity:
@@ -31,23 +31,23 @@ def ended(job_id: str, status: str, at: float) -> TenantActivity:
                           pipeline="condition", status=status, error=error)
 
 
-def test_the_job_list_is_newest_first_shows_how_each_ended_and_keeps_the_newest():
-    recent = []
-    for announcement in (
-            TenantActivity(tenant="acme", job_id="j1", active=True, at=1.0,
-                           pipeline="room_makeover"),
-            TenantActivity(tenant="acme", job_id="j2", active=True, at=2.0,
-                           pipeline="background_replace", batch_id="b1"),
-            ended("j1", "done", 3.0),
-            # A refused upload ends without having started.
-            ended("j3", "failed", 4.0),
-            # A start replayed after the end does not bring the job back to life.
-            TenantActivity(tenant="acme", job_id="j1", active=True, at=1.0)):
-        recent = listed(recent, announcement, keep=10)
-    assert [(job.job_id, job.status) for job in recent] == [
-        ("j3", "failed"), ("j2", "active"), ("j1", "done")]
-    assert recent[1].batch_id == "b1" and recent[2].pipeline == "room_makeover"
-    assert (recent[2].started_at, recent[2].ended_at) == (1.0, 3.0)
-    assert recent[0].error.message == "too slow" and recent[2].error is None
-    assert [job.job_id for job in listed(recent, ended("j4", "cancelled", 9.0), keep=2)] == \
-        ["j4", "j3"]
+def test_a_jobs_line_shows_how_it_ended_whatever_order_its_announcements_arrive_in():
+    started = TenantActivity(tenant="acme", job_id="j1", active=True, at=1.0,
+                             pipeline="room_makeover", batch_id="b1")
+    line = line_after(None, started)
+    assert (line.status, line.pipeline, line.batch_id, line.started_at) == \
+        ("active", "room_makeover", "b1", 1.0)
+    done = line_after(line, ended("j1", "done", 3.0))
+    assert (done.status, done.started_at, done.ended_at, done.error) == ("done", 1.0, 3.0, None)
+    # A start replayed after the end does not bring the job back to life.
+    assert line_after(done, started) == done
+    # A refused upload ends without having started; its cause is on its line.
+    refused = line_after(None, ended("j3", "failed", 4.0))
+    assert refused.status == "failed" and refused.error.message == "too slow"
+
+
+def test_the_index_keeps_the_newest_ids_and_says_which_fell_out():
+    ids, dropped = index_after([], "j1", keep=2)
+    ids, dropped = index_after(ids, "j2", keep=2)
+    assert (ids, dropped) == (["j2", "j1"], [])
+    assert index_after(ids, "j3", keep=2) == (["j3", "j2"], ["j1"])
