@@ -171,7 +171,7 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
 
     @app.page("/jobs")
     class SubmitView(web.View):
-        @routed(rt, tables.recent_jobs, key_of=lambda request: caller(request).tenant)
+        @routed(rt, tables.activity, key_of=lambda request: caller(request).tenant)
         async def get(self, request: web.Request) -> web.Response:
             """The caller's newest jobs, newest first (?limit=, default 50; ?active=true for
             those still running)."""

@@ -1,10 +1,10 @@
 """Each tenant's jobs in flight and its newest jobs: the job tracker announces every job it
 starts and every job that ends on restyle.tenant-activity (keyed by tenant); this tracker folds
 them into the activity table, which the status API reads to hold a tenant to
-RESTYLE_TENANT_MAX_JOBS, and into the recent-jobs table, the tenant's job list (`GET /jobs`,
-the web app's queue view), newest first and RESTYLE_TENANT_RECENT_JOBS long: one record per
-job ("tenant/job_id") and an index of the tenant's ids ("tenant/#index"), so that a change
-writes a few hundred bytes, never the whole list.
+RESTYLE_TENANT_MAX_JOBS and to list the tenant's jobs (`GET /jobs`, the web app's queue view),
+newest first and RESTYLE_TENANT_RECENT_JOBS long: one record per job ("tenant/job_id") and an
+index of the tenant's ids ("tenant/#index"), so that a change writes a few hundred bytes,
+never the whole list. (Tenant names hold no "/" and job ids no "#": the keys cannot meet.)
 
 A set of job ids, not a counter: a redelivered announcement changes nothing. A job whose end
 was never heard of (lost outside restyle) stops counting once it is older than the job
@@ -68,12 +68,12 @@ def _line_key(tenant: str, job_id: str) -> bytes:
 
 
 def _index(tables: Tables, tenant: str) -> list[str]:
-    stored = tables.recent_jobs.get(_line_key(tenant, INDEX))
+    stored = tables.activity.get(_line_key(tenant, INDEX))
     return json.loads(stored) if stored else []
 
 
 def _line(tables: Tables, tenant: str, job_id: str) -> RecentJob | None:
-    stored = tables.recent_jobs.get(_line_key(tenant, job_id))
+    stored = tables.activity.get(_line_key(tenant, job_id))
     return RecentJob.model_validate_json(stored) if stored else None
 
 
@@ -94,14 +94,14 @@ def register(rt: Runtime, tables: Tables) -> None:
         known = _line(tables, event.tenant, event.job_id)
         line = line_after(known, event)
         if line != known:
-            tables.recent_jobs[_line_key(event.tenant, event.job_id)] = \
+            tables.activity[_line_key(event.tenant, event.job_id)] = \
                 line.model_dump_json().encode()
         if known is None:
             ids, dropped = index_after(_index(tables, event.tenant), event.job_id,
                                        rt.settings.tenant_recent_jobs)
-            tables.recent_jobs[_line_key(event.tenant, INDEX)] = json.dumps(ids).encode()
+            tables.activity[_line_key(event.tenant, INDEX)] = json.dumps(ids).encode()
             for job_id in dropped:
-                tables.recent_jobs.pop(_line_key(event.tenant, job_id), None)
+                tables.activity.pop(_line_key(event.tenant, job_id), None)
 
     rt.stage_agent("activity-tracker", track, TenantActivity,
                    topic=rt.topics.tenant_activity, fail_jobs=False,

@@ -24,11 +24,10 @@ class Tables:
     # job ids in order under "batch_id/#index").
     batches: faust.Table
     batch_images: faust.Table
-    # tenant -> {job_id: started_at} of its jobs in flight (streams/tracking/activity.py).
+    # tenant -> {job_id: started_at} of its jobs in flight; "tenant/job_id" -> RecentJob JSON
+    # and "tenant/#index" -> the tenant's newest job ids (streams/tracking/activity.py). One
+    # table for both: every table adds its partitions' stores to open at each rebalance.
     activity: faust.Table
-    # "tenant/job_id" -> RecentJob JSON; "tenant/#index" -> the tenant's newest job ids
-    # (streams/tracking/activity.py).
-    recent_jobs: faust.Table
     # The jobs table plus render progress not yet stored in it: read job state through this.
     board: JobBoard
 
@@ -41,5 +40,5 @@ def open_tables(app: faust.App, settings: Settings) -> Tables:
     jobs = table("jobs")
     return Tables(jobs=jobs, ingests=table("ingests"), ingest_outcomes=table("ingest-outcomes"),
                   batches=table("batches"), batch_images=table("batch-images"),
-                  activity=table("tenant-activity"), recent_jobs=table("tenant-recent-jobs"),
+                  activity=table("tenant-activity"),
                   board=JobBoard(jobs, settings.progress_store_interval_s))
