@@ -112,9 +112,10 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                 return error_response(self, 429, "too_many_streams", str(exc),
                                       {"Retry-After": "5"})
 
-    async def submit(view, request, event: dict) -> web.Response:
+    async def submit(view, request, event: dict, **answered) -> web.Response:
         """Publish a one-job upload for the caller's tenant on restyle.uploads, as an upstream
-        system would; the intake validates it (a bad one ends `failed` with its cause)."""
+        system would; the intake validates it (a bad one ends `failed` with its cause).
+        answered: more fields for the 202's body."""
         try:
             tenant = acting_tenant(request, event.get("tenant"))
             job_id = chosen_id(request, rt.settings, str(event.get("job_id") or
@@ -137,7 +138,7 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                                                   value=json.dumps(event).encode())
         await until_known(app, request, f"/jobs/{job_id}")
         return view.json({"job_id": job_id, **({"image": event["image"]} if "image" in event
-                                                 else {})}, status=202)
+                                                 else {}), **answered}, status=202)
 
     @app.page("/jobs/{job_id}/retry")
     class RetryView(web.View):
@@ -155,11 +156,8 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                     else f"it is {state.status.value}"
                 return error_response(self, 409, "not_retryable",
                                       f"job {job_id!r} cannot be retried: {why}")
-            answer = await submit(self, request, {**state.upload, "job_id": None})
-            if answer.status == 202:
-                body = json.loads(answer.body)
-                return self.json({**body, "retry_of": job_id}, status=202)
-            return answer
+            return await submit(self, request, {**state.upload, "job_id": None},
+                                retry_of=job_id)
 
     @app.page("/styles")
     class StylesView(web.View):

@@ -85,10 +85,15 @@ def api_get(settings: Settings, path: str, absent: tuple[int, ...] = (404,)) -> 
     return get_json(f"{status_url(settings)}{path}", absent, key)
 
 
+def auth_headers(settings: Settings) -> dict:
+    """This client's API key as the status API takes it (none configured: no header)."""
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def api_call(settings: Settings, method: str, path: str) -> tuple[int, dict]:
     """Any status API call with this client's API key: (status code, JSON body)."""
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = auth_headers(settings)
     request = urllib.request.Request(f"{status_url(settings)}{path}", method=method,
                                      headers=headers)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from streams.cli.background import local_images
-from streams.cli.client import status_url
+from streams.cli.client import auth_headers, status_url
 from streams.core.settings import Settings
 
 TIMEOUT = aiohttp.ClientTimeout(total=300)
@@ -51,8 +51,7 @@ async def post_json(settings: Settings, path: str, body: dict) -> dict:
 
 
 async def _post(settings: Settings, path: str, **body) -> dict:
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = auth_headers(settings)
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         async with session.post(f"{status_url(settings)}{path}", headers=headers,
                                 **body) as response:
@@ -128,8 +127,7 @@ async def submit_batch(settings: Settings, sources: list[str], fields: dict,
 
 async def read_file_json(settings: Settings, uri: str) -> dict | None:
     """A JSON file of the tenant's (a batch report) read through GET /files."""
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = auth_headers(settings)
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         async with session.get(f"{status_url(settings)}/files", params={"uri": uri},
                                headers=headers) as response:
