@@ -115,8 +115,10 @@ async function followBatch(batchId, view, rows) {
     }
     const counts = Object.entries(batch.counts).map(([k, v]) => `${v} ${k}`).join(", ");
     summary.textContent = `${statusWord(batch.status)} — ${counts}`;
-    view.querySelector("section").dataset.status = batch.status;
     for (const line of batch.images || []) await showImage(line, table.tBodies[0], shown, rows);
+    // Set after the rows: a reader that waits for the batch's end then sees every image's
+    // line as it ended (showing a result waits for its thumbnails).
+    view.querySelector("section").dataset.status = batch.status;
     if (batch.status !== "running" && !batch.reporting) {
       cancel.remove();
       if (batch.error) say(problem, { message: batch.error.message });

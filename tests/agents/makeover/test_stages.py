@@ -103,7 +103,7 @@ def test_rendering_is_reproducible_from_the_seed_and_reports_every_step(tiny_mod
     steps = []
     prompt = "(a cozy room)1.0, (green velvet sofa)0.8"
     ids = (str(tiny_models / "diffusion"), str(tiny_models / "controlnet_depth"))
-    first = engine.render(*ids, prompt, control, params, lambda k, n: steps.append((k, n)))
+    first = engine.render(*ids, prompt, control, params, lambda k, n, _latents: steps.append((k, n)))
     again = engine.render(*ids, prompt, control, params)
     assert steps == [(1, 3), (2, 3), (3, 3)]
     assert [i.size for i in first] == [(64, 48), (64, 48)]
