@@ -6,7 +6,6 @@ import signal
 import urllib.request
 import uuid
 
-import pytest
 
 from streams.api.routing import job_partition
 from streams.stack.embedded import free_port
@@ -21,12 +20,6 @@ def get_json(url: str, headers: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
-# A known defect, issue 15: in 2 of 3 full clean-clone runs of session 13 (Apache Kafka, split
-# stages), the jobs of one partition taken by the joining worker sat unprocessed until the next
-# rebalance (their results came 5 minutes late, when the worker left); alone the test passes.
-# Kept running (an XPASS says it held this time) until the consumer is fixed.
-@pytest.mark.xfail(reason="issue 15: a partition handed to a joining CPU worker can stall "
-                          "until the next rebalance", strict=False)
 def test_a_second_cpu_worker_takes_partitions_and_status_is_routed_to_owners(e2e, room_photos):
     stack = e2e.stack
     extra = stack.start_worker("cpu", free_port(), "cpu-worker-extra")
