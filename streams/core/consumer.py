@@ -37,12 +37,15 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 _fetch_max_wait_ms = 1500
 
 
-async def seek_to_committed(consumer) -> dict:
+async def seek_to_committed(consumer, changelog_topics: frozenset[str] = frozenset()) -> dict:
     """Seek every assigned partition of an aiokafka consumer to its committed offset, those
     with none (or 0) included, which aiokafka leaves where they are: to their beginning.
-    Returns the committed offsets, as aiokafka's does."""
+    Partitions of changelog_topics are left as aiokafka leaves them: the table recovery reads
+    those and positions them itself (a standby would otherwise read its changelog again from
+    the start at every seek). Returns the committed offsets, as aiokafka's does."""
     committed = await consumer.seek_to_committed()
-    never_committed = [tp for tp, offset in committed.items() if not offset]
+    never_committed = [tp for tp, offset in committed.items()
+                       if not offset and tp.topic not in changelog_topics]
     if never_committed:
         await consumer.seek_to_beginning(*never_committed)
     return committed
@@ -55,7 +58,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
     async def seek_to_committed(self):
-        return await self.call_thread(seek_to_committed, self._ensure_consumer())
+        changelogs = frozenset(self.consumer.app.tables.changelog_topics)
+        return await self.call_thread(seek_to_committed, self._ensure_consumer(), changelogs)
 
 
 class _Consumer(faust_aiokafka.Consumer):

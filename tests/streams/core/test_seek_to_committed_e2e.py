@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -65,6 +66,13 @@ def test_a_partition_never_committed_is_fetched_again_from_its_beginning(e2e, co
     # restyle's seek: from the beginning, where another worker taking it over would start.
     assert asyncio.run(position_after_reseek(
         bootstrap, fresh_topic(bootstrap, 3), commit, seek_to_committed)) == 0
+
+
+def test_a_table_changelog_is_left_where_the_recovery_put_it(e2e):
+    bootstrap = e2e.endpoints["kafka_bootstrap"]
+    topic = fresh_topic(bootstrap, 3)
+    assert asyncio.run(position_after_reseek(
+        bootstrap, topic, None, partial(seek_to_committed, changelog_topics=frozenset({topic})))) == 3
 
 
 def test_a_committed_partition_is_fetched_again_from_its_commit(e2e):
