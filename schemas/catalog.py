@@ -52,6 +52,22 @@ class CatalogEvent(BaseModel):
         return self
 
 
+# POST /catalog/ingests takes at most this many products in one request (the CLI sends a
+# larger run in parts with the run's `total`).
+MAX_INGEST_PRODUCTS = 1000
+
+
+class IngestRequest(BaseModel):
+    """POST /catalog/ingests: products to add, change or delete as one ingest run, or a part of
+    one sent in several requests (the same ingest_id, and `total` the run's whole count)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ingest_id: str | None = Field(None, pattern=INGEST_ID_PATTERN)
+    total: int | None = Field(None, ge=1)
+    products: list[CatalogEvent] = Field(min_length=1, max_length=MAX_INGEST_PRODUCTS)
+
+
 class CatalogItem(BaseModel):
     """A product between the catalog stages (the vector travels; the image does not)."""
 

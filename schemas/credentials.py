@@ -16,6 +16,9 @@ class Scope(str, Enum):
     READ = "read"  # GET jobs, batches, ingests, products
     WRITE = "write"  # submit jobs and batches, detect labels
     METRICS = "metrics"  # /metrics, when RESTYLE_METRICS_PUBLIC is false
+    # Add, change and delete products of the catalog every tenant's makeovers match against
+    # (POST /catalog/ingests): an operator's, never given by default.
+    CATALOG = "catalog"
 
 
 DEFAULT_SCOPES = (Scope.READ, Scope.WRITE)

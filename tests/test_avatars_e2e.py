@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from tests import faces
+from tests.forms import multipart
 
 TRAIN = {"steps": 12, "resolution": 64, "rank": 4, "class_images": 2, "checkpoint_every": 5,
          "learning_rate": 5e-3,
@@ -139,18 +140,6 @@ def test_a_trainer_killed_mid_run_resumes_from_its_last_checkpoint(e2e):
     assert resumed_from >= 40 and resumed_from % 20 == 0
     assert outcome["result"]["steps"] == 300
     assert len(e2e.results(job_id)) == 1
-
-
-def multipart(files: dict[str, bytes], fields: dict[str, str]) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-              f'{value}\r\n').encode() for name, value in fields.items()]
-    for name, data in files.items():
-        parts.append((f'--{boundary}\r\nContent-Disposition: form-data; name="photos"; '
-                      f'filename="{name}"\r\nContent-Type: image/jpeg\r\n\r\n').encode()
-                     + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def jpeg(photo: Image.Image) -> bytes:

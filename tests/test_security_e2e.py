@@ -17,6 +17,7 @@ from schemas.credentials import Scope
 from streams.api.auth.keystore import create_key, revoke_key
 from streams.cli.client import run
 from tests.conftest import E2E_BROKERS, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET
+from tests.forms import multipart
 
 # The whole point of these cases is the HTTP gate, not the broker: run them on one.
 pytestmark = pytest.mark.usefixtures("first_broker_only")
@@ -287,6 +288,14 @@ def test_a_tenant_at_its_cap_of_jobs_in_flight_gets_429_until_they_finish(e2e, r
                                  tenant="capped")
     assert_refused((status, body), 429, "too_many_jobs")
     assert "RESTYLE_TENANT_MAX_JOBS 1" in body["error"]["message"]
+    # A photo sent with a refused job is not kept.
+    refused_id = f"capped-{uuid.uuid4().hex[:8]}"
+    form, headers = multipart({"room.jpg": photo}, {"style": "cozy", "job_id": refused_id},
+                              file_field="image")
+    assert_refused(e2e.request("POST", "/jobs", form, headers, tenant="capped"), 429,
+                   "too_many_jobs")
+    stored_under = f"tenants/capped/uploads/capped:{refused_id}/"  # the job's id, namespaced
+    assert e2e.s3.list_objects_v2(Bucket=e2e.bucket, Prefix=stored_under)["KeyCount"] == 0
     # Another tenant is not held back; and once the batch is done, the tenant may go on.
     assert e2e.get("/tenant", tenant="tenant-b")[1]["limits"]["max_jobs"] == 100
     finished_batch(e2e, created["batch_id"], "capped", 240)
@@ -294,9 +303,11 @@ def test_a_tenant_at_its_cap_of_jobs_in_flight_gets_429_until_they_finish(e2e, r
     while e2e.get("/tenant", tenant="capped")[1]["jobs_in_flight"] > 0:
         assert time.monotonic() < deadline, "the finished jobs still count"
         time.sleep(0.2)
-    status, again = e2e.post_json("/batches", {"images": uris[:1], "prompt": "more"},
-                                  tenant="capped")
+    # The same photo, sent now, is admitted and kept where the refused one was not.
+    status, again = e2e.request("POST", "/jobs", form, headers, tenant="capped")
     assert status == 202, again
+    assert again["image"].endswith(f"{stored_under}room.jpg")
+    assert e2e.s3.list_objects_v2(Bucket=e2e.bucket, Prefix=stored_under)["KeyCount"] == 1
 
 
 def test_a_tenant_holds_at_most_its_number_of_progress_streams(e2e, room_photos):

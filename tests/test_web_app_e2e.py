@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from tests import faces
-from tests.test_avatars_e2e import jpeg, multipart
+from tests.forms import multipart
+from tests.test_avatars_e2e import jpeg
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

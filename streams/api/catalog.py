@@ -1,13 +1,20 @@
-"""Catalog pages of the status API: ingest progress (routed to the ingests table's owner) and
-product lookup and text search (CLIP text embedding, k-NN in the configured index)."""
+"""Catalog pages of the status API: ingests (products published on restyle.catalog, as
+`restyle catalog ingest` or an upstream system does; progress routed to the ingests table's
+owner), product lookup and text search (CLIP text embedding, k-NN in the configured index)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from faust import web
+from pydantic import ValidationError
 
-from streams.api.routing import error_response, routed
-from streams.core.runtime import Runtime
+from agents.catalog.topics import CatalogTopics
+from schemas import ErrorCode, StageFailure
+from schemas.catalog import IngestRequest
+from streams.api.routing import error_response, json_body, routed
+from streams.api.tenancy import caller
+from streams.core.runtime import Runtime, describe_validation, settle
 from streams.tracking import ingests
 from streams.tracking.tables import Tables
 
@@ -16,6 +23,44 @@ MAX_K = 100
 
 def register(rt: Runtime, tables: Tables, models, index) -> None:
     app = rt.app
+
+    @app.page("/catalog/ingests")
+    class IngestSubmitView(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            """Publish the products on restyle.catalog (scope `catalog`): 202 once the broker
+            has every one, with the ingest id to follow at /catalog/ingests/{ingest_id}."""
+            body, problem = await json_body(self, request)
+            if problem:
+                return problem
+            try:
+                run = IngestRequest.model_validate(body)
+            except ValidationError as exc:
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                      describe_validation(exc))
+            ingest_id = run.ingest_id or f"ingest-{uuid.uuid4().hex[:12]}"
+            total = run.total or len(run.products)
+            if total < len(run.products):
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                      f"total ({total}) is less than the {len(run.products)} "
+                                      f"products sent")
+            try:  # images the caller's tenant may not read are refused before any is sent
+                for product in run.products:
+                    if product.image:
+                        rt.check_input(product.image, caller(request).tenant)
+            except StageFailure as failure:
+                return error_response(self, 400, failure.error.code.value,
+                                      failure.error.message)
+            topic = CatalogTopics().catalog
+            try:
+                sent = [(topic, await rt.send(topic, product.product_id, product.model_copy(
+                    update={"ingest_id": ingest_id, "ingest_total": total})))
+                    for product in run.products]
+                await settle(sent)
+            except StageFailure as failure:  # the broker did not take them: say so, retry all
+                return error_response(self, 503, failure.error.code.value,
+                                      failure.error.message, {"Retry-After": "5"})
+            return self.json({"ingest_id": ingest_id, "published": len(sent), "total": total},
+                             status=202)
 
     @app.page("/catalog/ingests/{ingest_id}")
     class IngestView(web.View):

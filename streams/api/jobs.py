@@ -3,6 +3,7 @@ as Server-Sent Events, and room-makeover uploads."""
 from __future__ import annotations
 
 import json
+from functools import partial
 import time
 import uuid
 
@@ -112,10 +113,11 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                 return error_response(self, 429, "too_many_streams", str(exc),
                                       {"Retry-After": "5"})
 
-    async def submit(view, request, event: dict, **answered) -> web.Response:
+    async def submit(view, request, event: dict, store=None, **answered) -> web.Response:
         """Publish a one-job upload for the caller's tenant on restyle.uploads, as an upstream
         system would; the intake validates it (a bad one ends `failed` with its cause).
-        answered: more fields for the 202's body."""
+        store: what writes the job's photo, awaited once the job is admitted (a refused one
+        leaves nothing in storage). answered: more fields for the 202's body."""
         try:
             tenant = acting_tenant(request, event.get("tenant"))
             job_id = chosen_id(request, rt.settings, str(event.get("job_id") or
@@ -134,6 +136,8 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                 rt.check_input(event["image"], tenant)
         except StageFailure as failure:
             return error_response(view, 400, failure.error.code.value, failure.error.message)
+        if store is not None:
+            await store()
         await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
                                                   value=json.dumps(event).encode())
         await until_known(app, request, f"/jobs/{job_id}")
@@ -226,9 +230,9 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
                 return error_response(self, 403, "forbidden", str(exc))
             except InvalidId as exc:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
-            event["image"] = join_uri(rt.base_for(tenant), "uploads", job_id,
-                                      safe_file_name(upload.filename))
-            await rt.storage.put(event["image"], upload.file.read(),
-                                 upload.content_type or "application/octet-stream")
-            return await submit(self, request, {**event, "job_id": job_id})
+            image = event["image"] = join_uri(rt.base_for(tenant), "uploads", job_id,
+                                              safe_file_name(upload.filename))
+            return await submit(self, request, {**event, "job_id": job_id}, store=partial(
+                rt.storage.put, image, upload.file.read(),
+                upload.content_type or "application/octet-stream"))
 

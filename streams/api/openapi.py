@@ -14,7 +14,7 @@ from schemas import JobState
 from schemas.jobs import RecentJob
 from schemas.avatars import ModelRecord
 from schemas.background import BackgroundBatch
-from schemas.catalog import IngestState, ProductHit
+from schemas.catalog import IngestRequest, IngestState, ProductHit
 from schemas.titan import TitanRequest
 
 REF = "#/components/schemas/{model}"
@@ -47,7 +47,8 @@ def refused(*statuses: int) -> dict:
                404: "unknown, or another tenant's (the same answer)",
                409: "it has already ended", 413: "the request is too large",
                429: "too many requests or jobs in flight (Retry-After says when to retry)",
-               503: "the worker is starting or rebalancing; retry"}
+               503: "the worker is starting or rebalancing, or the broker is unreachable; "
+                    "retry"}
     return {status: (meaning[status], ERROR) for status in statuses}
 
 
@@ -128,6 +129,10 @@ OPERATIONS = [
               body={"type": "object", "required": ["prompt"], "properties": {
                   "prompt": {"type": "string"}, "negative_prompt": {"type": "string"},
                   "params": {"type": "object"}, "job_id": {"type": "string"}}}),
+    Operation("post", "/catalog/ingests", "Add, change or delete catalog products (a key "
+              "with the `catalog` scope)", "catalog",
+              {202: ("published: the ingest id to follow at /catalog/ingests/{ingest_id}",
+                     ANY), **refused(400, 401, 403, 503)}, body=IngestRequest),
     Operation("get", "/catalog/ingests/{ingest_id}", "A catalog ingest's progress", "catalog",
               {200: ("the ingest", IngestState), **refused(401, 404, 503)}),
     Operation("get", "/products/search", "Catalog products nearest a text", "catalog",

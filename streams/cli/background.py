@@ -11,8 +11,7 @@ from pathlib import Path
 from schemas.uris import join_uri
 from streams.adapters.images import IMAGE_SUFFIXES
 from streams.adapters.storage import Storage
-from streams.cli.catalog import UPLOAD_CONCURRENCY
-from streams.cli.client import api_get, get_json, publish_one
+from streams.cli.client import UPLOAD_CONCURRENCY, api_get, get_json, publish_one
 from streams.core.settings import Settings
 
 

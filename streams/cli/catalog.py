@@ -1,6 +1,7 @@
 """`restyle catalog ingest` as a client of the running stack: list the products in a directory or
-under an S3 prefix, publish one event per product on restyle.catalog, then follow the ingest run
-on the status API until the index has acknowledged every product.
+under an S3 prefix, publish one event per product on restyle.catalog (against a remote install,
+through POST /catalog/ingests, the images through POST /uploads), then follow the ingest run on
+the status API until the index has acknowledged every product.
 
 A directory may hold `catalog.csv` (columns image, id, category, caption). Local images outside
 the workers' file roots are first copied to storage (claim check), so any worker can read them.
@@ -20,11 +21,11 @@ from schemas import CatalogEvent, IngestState, StageFailure
 from schemas.uris import join_uri, parse_uri
 from streams.adapters.images import IMAGE_SUFFIXES
 from streams.adapters.storage import Storage
-from streams.cli.client import api_get, kafka_producer
+from streams.cli import remote
+from streams.cli.client import UPLOAD_CONCURRENCY, api_get, kafka_producer
 from streams.core.settings import Settings
 
 CSV_NAME = "catalog.csv"
-UPLOAD_CONCURRENCY = 16
 
 
 class DuplicateProductIds(ValueError):
@@ -131,20 +132,34 @@ async def publish(settings: Settings, events: list[CatalogEvent]) -> None:
         await asyncio.gather(*sends)
 
 
+async def upload_local_images(settings: Settings, products: list[SourceProduct]) -> None:
+    """A remote install: local images travel through its API (POST /uploads)."""
+    local = [product for product in products if product.local_path is not None]
+    uris = await remote.upload_files(settings, [product.local_path for product in local])
+    for product, uri in zip(local, uris):
+        product.event = product.event.model_copy(update={"image": uri})
+
+
 async def start_ingest(settings: Settings, source: str, category_from_folder: bool = False,
                        ingest_id: str | None = None) -> tuple[str, int]:
-    """Publish every product of source; returns (ingest_id, how many were published)."""
+    """Publish every product of source, on the catalog topic or, against a remote install,
+    through its API; returns (ingest_id, how many were published)."""
     ingest_id = ingest_id or f"ingest-{uuid.uuid4().hex[:12]}"
+    far = remote.is_remote(settings)
     storage = Storage.from_settings(settings)
     try:
         products = await list_source(storage, source, category_from_folder, ingest_id)
-        await stage_local_images(storage, settings, products)
+        if not far:
+            await stage_local_images(storage, settings, products)
     finally:
         await storage.close()
+    if far:
+        await upload_local_images(settings, products)
     total = len(products)
     events = [p.event.model_copy(update={"ingest_total": total}) for p in products]
     if events:
-        await publish(settings, events)
+        await (remote.publish_products(settings, ingest_id, events) if far
+               else publish(settings, events))
     return ingest_id, total
 
 

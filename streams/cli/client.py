@@ -15,6 +15,9 @@ from streams.adapters.storage import Storage
 from streams.core.kafka import client_options
 from streams.core.settings import Settings
 
+# How many local files a command copies into storage at once (catalog images, batch photos).
+UPLOAD_CONCURRENCY = 16
+
 
 def status_url(settings: Settings) -> str:
     return (settings.status_url or f"http://127.0.0.1:{settings.web_port}").rstrip("/")

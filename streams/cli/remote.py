@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
+from schemas.catalog import MAX_INGEST_PRODUCTS, CatalogEvent
 from streams.cli.background import local_images
 from streams.cli.client import auth_headers, status_url
 from streams.core.settings import Settings
@@ -101,28 +102,48 @@ async def submit_training(settings: Settings, photos: list[Path], subject: str |
 UPLOAD_FILES_PER_REQUEST = 32
 
 
+async def upload_files(settings: Settings, paths: list[Path]) -> list[str]:
+    """Store local files in the tenant's folder (POST /uploads, a few requests of up to 32);
+    their URIs, in the same order."""
+    uris: list[str] = []
+    for start in range(0, len(paths), UPLOAD_FILES_PER_REQUEST):
+        answer = await post_form(settings, "/uploads", {}, [
+            ("file", path) for path in paths[start:start + UPLOAD_FILES_PER_REQUEST]])
+        uris += [stored["uri"] for stored in answer["files"]]
+    return uris
+
+
 async def submit_batch(settings: Settings, sources: list[str], fields: dict,
                        batch_id: str | None) -> str:
-    """Upload the local photos (POST /uploads, a few requests of up to 32), then POST /batches
-    naming them and any s3:// sources as given; returns the batch id."""
+    """Upload the local photos, then POST /batches naming them and any s3:// sources as
+    given; returns the batch id."""
     images: list[dict] = []
     for source in sources:
         if "://" in source:
             images.append({"uri": source})
             continue
         found = local_images(source)
-        for start in range(0, len(found), UPLOAD_FILES_PER_REQUEST):
-            chunk = found[start:start + UPLOAD_FILES_PER_REQUEST]
-            answer = await post_form(settings, "/uploads", {},
-                                     [("file", path) for path, _ in chunk])
-            images += [{"uri": stored["uri"], "name": name}
-                       for stored, (_, name) in zip(answer["files"], chunk)]
+        uris = await upload_files(settings, [path for path, _ in found])
+        images += [{"uri": uri, "name": name} for uri, (_, name) in zip(uris, found)]
     if not images:
         raise FileNotFoundError(f"no images in {', '.join(sources)}")
     body = {**fields, "images": images}
     if batch_id:
         body["batch_id"] = batch_id
     return (await post_json(settings, "/batches", body))["batch_id"]
+
+
+async def publish_products(settings: Settings, ingest_id: str,
+                           events: list[CatalogEvent]) -> None:
+    """POST /catalog/ingests, in parts of up to MAX_INGEST_PRODUCTS, all under ingest_id and
+    the run's whole count (the key needs the `catalog` scope)."""
+    for start in range(0, len(events), MAX_INGEST_PRODUCTS):
+        part = events[start:start + MAX_INGEST_PRODUCTS]
+        await post_json(settings, "/catalog/ingests", {
+            "ingest_id": ingest_id, "total": len(events),
+            "products": [event.model_dump(mode="json", exclude_none=True,
+                                          exclude={"ingest_id", "ingest_total"})
+                         for event in part]})
 
 
 async def read_file_json(settings: Settings, uri: str) -> dict | None:

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from agents.models.tiny import MANIFEST, ROLES, build_tiny_models
+from schemas.credentials import DEFAULT_SCOPES, Scope
 from streams.api.auth.keystore import create_key
 from streams.core.settings import Settings
 from streams.stack.apache_kafka import KAFKA_VERSION, start_apache_kafka
@@ -178,10 +179,12 @@ class RestyleStack:
             s3_endpoint, key or "", secret or "", settings.s3_region))
 
     def create_default_key(self, bootstrap: str) -> str:
-        """An API key for the default tenant, so `restyle submit/status` just work against
-        this stack (published before any worker starts, so every worker has it)."""
+        """An API key for the default tenant, so `restyle submit/status` (and `catalog ingest`
+        against the API) just work against this stack, whose operator the user is (published
+        before any worker starts, so every worker has it)."""
         settings = self.settings.model_copy(update={"kafka_bootstrap": bootstrap})
-        key, _ = asyncio.run(create_key(settings, settings.default_tenant, "restyle up"))
+        key, _ = asyncio.run(create_key(settings, settings.default_tenant, "restyle up",
+                                        (*DEFAULT_SCOPES, Scope.CATALOG)))
         return key
 
     def start_worker(self, role: str, port: int, name: str) -> Service:

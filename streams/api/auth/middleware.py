@@ -72,6 +72,8 @@ class Authenticator:
 def required_scope(request: aioweb.Request) -> Scope:
     if request.path == "/metrics":
         return Scope.METRICS
+    if request.path == "/catalog/ingests" and request.method == "POST":
+        return Scope.CATALOG
     return Scope.READ if request.method in READ_METHODS else Scope.WRITE
 
 

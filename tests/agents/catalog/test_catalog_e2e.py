@@ -14,6 +14,7 @@ import pytest
 
 from streams.cli import catalog
 from streams.core.settings import load_settings
+from tests.conftest import E2E_BROKERS
 
 
 @pytest.fixture
@@ -182,3 +183,57 @@ def test_two_images_that_would_be_one_product_are_refused_by_name_and_then_inges
     for product_id in (f"sofa-room1-{tag}", f"chair-room1-{tag}", f"lamp-{tag}",
                        f"lamp-png-{tag}"):
         assert e2e.get(f"/products/{product_id}")[0] == 200
+
+
+def test_a_remote_install_ingests_through_its_api_with_a_catalog_key(e2e, products_dir,
+                                                                      tmp_path):
+    """No broker, no storage: the images go up through POST /uploads and the products through
+    POST /catalog/ingests, which takes a key with the `catalog` scope (the operator's, as
+    `restyle up` writes it); a tenant's read/write key is refused."""
+    if e2e.broker != E2E_BROKERS[0]:
+        pytest.skip("the API's ingest does not depend on the broker: run on the first one")
+    tag = products_dir.tag
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RESTYLE_STATE_DIR": str(tmp_path / "state"),
+           "RESTYLE_STATUS_URL": e2e.stack.endpoints["status_url"],
+           "RESTYLE_API_KEY": e2e.key_for("remote-co")}
+    for variable in ("RESTYLE_KAFKA_BOOTSTRAP", "RESTYLE_S3_ENDPOINT"):
+        env.pop(variable, None)
+    command = [sys.executable, "-m", "streams.cli.main", "catalog", "ingest",
+               str(products_dir.path), "--category-from-folder", "--ingest-id", f"remote-{tag}"]
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "lacks the 'catalog' scope" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert e2e.get(f"/products/sofa-{tag}")[0] == 404
+
+    done = subprocess.run(command, env={**env, "RESTYLE_API_KEY": e2e.endpoints["api_key"]},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr  # one product failed
+    assert f"ingest remote-{tag}: 3 indexed, 0 deleted, 1 failed" in done.stdout
+    assert f"failed broken-{tag}: [not_an_image]" in done.stdout
+    status, sofa = e2e.get(f"/products/sofa-{tag}")
+    assert status == 200 and sofa["caption"] == "Linen sofa, light grey"
+    assert "/uploads/web/" in sofa["image"]  # uploaded through the API
+    assert e2e.get(f"/products/lamp-{tag}")[1]["category"] == "lamps"
+
+
+def test_an_ingest_request_that_cannot_be_published_is_refused_whole(e2e, room_photos):
+    if e2e.broker != E2E_BROKERS[0]:
+        pytest.skip("the API's checks do not depend on the broker: run on the first one")
+    tag = uuid.uuid4().hex[:8]
+    uri = e2e.put_object(f"catalog/{tag}.jpg", room_photos[5].read_bytes())
+    for body, code, said in (
+            ({"products": [{"product_id": "x"}]}, "schema_violation", "needs the product's image"),
+            ({"products": []}, "schema_violation", "products"),
+            ({"products": [{"product_id": "x", "image": uri}], "tenant": "a"},
+             "schema_violation", "tenant"),
+            ({"total": 1, "products": [{"product_id": "a", "image": uri},
+                                       {"product_id": "b", "image": uri}]},
+             "schema_violation", "total (1) is less than the 2 products sent"),
+            ({"products": [{"product_id": f"ok-{tag}", "image": uri},
+                           {"product_id": "x", "image": "file:///etc/passwd"}]},
+             "uri_refused", "/etc/passwd")):
+        status, answer = e2e.post_json("/catalog/ingests", body)
+        assert (status, answer["error"]["code"]) == (400, code), answer
+        assert said in answer["error"]["message"]
+    # Nothing of a refused request was published: not even its valid first product.
+    assert e2e.get(f"/products/ok-{tag}")[0] == 404

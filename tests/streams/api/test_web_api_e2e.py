@@ -8,8 +8,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-import uuid
 
+from tests.forms import multipart
 
 TENANT, OTHER = "web-api", "web-api-other"
 
@@ -26,13 +26,8 @@ def raw(e2e, path: str, tenant: str | None = None, authorized: bool = True):
 
 
 def upload(e2e, tenant: str, files: dict[str, bytes]) -> list[dict]:
-    boundary = uuid.uuid4().hex
-    parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-              f'filename="{name}"\r\nContent-Type: image/jpeg\r\n\r\n').encode() + data + b"\r\n"
-             for name, data in files.items()]
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    status, answer = e2e.request("POST", "/uploads", body, {
-        "Content-Type": f"multipart/form-data; boundary={boundary}"}, tenant=tenant)
+    body, headers = multipart(files, file_field="file")
+    status, answer = e2e.request("POST", "/uploads", body, headers, tenant=tenant)
     assert status == 201, answer
     return answer["files"]
 
@@ -76,12 +71,8 @@ def test_uploaded_files_are_read_back_by_their_tenant_and_by_no_one_else(e2e, ro
     climbing = uri.rsplit("/", 3)[0] + "/../../../" + "secret.json"
     assert raw(e2e, f"/files?uri={urllib.request.quote(climbing)}", TENANT)[0] == 404
     # A file above RESTYLE_MAX_IMAGE_BYTES (8 MB in these stacks) is refused, not stored.
-    boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-            f'filename="huge.jpg"\r\n\r\n').encode() + b"\0" * (8 * 1024 * 1024 + 1) + \
-        f"\r\n--{boundary}--\r\n".encode()
-    status, refused = e2e.request("POST", "/uploads", body, {
-        "Content-Type": f"multipart/form-data; boundary={boundary}"}, tenant=TENANT)
+    body, headers = multipart({"huge.jpg": b"\0" * (8 * 1024 * 1024 + 1)}, file_field="file")
+    status, refused = e2e.request("POST", "/uploads", body, headers, tenant=TENANT)
     assert status == 413 and refused["error"]["code"] == "image_too_large"
 
 
