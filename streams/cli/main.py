@@ -24,7 +24,7 @@ from schemas.credentials import TENANT_PATTERN, Scope
 from schemas.errors import StageFailure
 from streams.cli import avatars as avatar_client
 from streams.cli import background as batch_client
-from streams.cli import client, remote
+from streams.cli import client, remote, weights
 from streams.cli.background import local_images
 from streams.cli.catalog import DuplicateProductIds
 from streams.cli.client import run
@@ -477,6 +477,58 @@ def models_tiny(directory, family) -> None:
         build_tiny_sdxl(out)
         hint += " RESTYLE_DIFFUSION_FAMILY=sdxl"
     click.echo(f"tiny models written to {out}; use {hint}")
+
+
+@models.command("download")
+@click.option("--family", type=click.Choice(["sd15", "sdxl"]), default=None,
+              help="The diffusion family's weights (default: RESTYLE_DIFFUSION_FAMILY).")
+@click.option("--role", "roles", multiple=True,
+              help="Only this model role (repeat for several; default: every role).")
+@click.option("--dir", "directory", default=None,
+              help="Write one folder per role here, for RESTYLE_MODELS_DIR, instead of the "
+                   "Hugging Face cache.")
+def models_download(family, roles, directory) -> None:
+    """Fetch the public weights each model role loads by default (the files from_pretrained
+    reads, nothing else), so the demo and the workers run on real models. Offline
+    (HF_HUB_OFFLINE=1, or no way to the Hub) it lists what is missing and exits 1."""
+    from huggingface_hub import constants
+
+    settings = load_settings()
+    # The public ids (a role set on its own is kept), not the folders of RESTYLE_MODELS_DIR.
+    settings = settings.model_copy(update={
+        "models_dir": None, "diffusion_family": family or settings.diffusion_family})
+    target = Path(directory).resolve() if directory else None
+    try:
+        items = weights.wanted(settings, list(roles) or None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    missing = []
+    for item in items:
+        if not item.model_id:
+            click.echo(f"{item.role}: skipped, {item.why_none}")
+        elif target is None and weights.is_local(item.model_id):
+            click.echo(f"{item.role}: {item.model_id} (local, nothing to fetch)")
+        elif weights.present(item, target):
+            click.echo(f"{item.role}: {item.model_id} (already here)")
+        elif constants.HF_HUB_OFFLINE and item.model_id != weights.BUNDLED:
+            missing.append(f"{item.role}: {item.model_id}")
+        else:
+            click.echo(f"{item.role}: fetching {item.model_id}")
+            try:
+                click.echo(f"{item.role}: {item.model_id} -> {weights.download(item, target)}")
+            except Exception as exc:  # the Hub's many refusals, each said in one line
+                missing.append(f"{item.role}: {item.model_id} ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})")
+    if missing:
+        why = "offline (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "not fetched"
+        click.echo(f"{len(missing)} model(s) {why}:\n  " + "\n  ".join(missing) +
+                   "\nRun `restyle models download` where the Hugging Face Hub can be reached "
+                   "and copy its cache (HF_HOME) here, or a --dir for RESTYLE_MODELS_DIR; "
+                   "`restyle models tiny DIR` builds small random-weight models offline.",
+                   err=True)
+        sys.exit(1)
+    if target is not None:
+        click.echo(f"use RESTYLE_MODELS_DIR={target}")
 
 
 @main.group()
