@@ -79,6 +79,12 @@ def jpeg_file(folder: Path, name: str, image: Image.Image) -> Path:
     return path
 
 
+def loaded(page, image) -> None:
+    """Wait until the <img> has been drawn from a real picture."""
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                           arg=image.element_handle())
+
+
 def finished(page, selector: str, timeout_s: float = JOB_S) -> str:
     """Wait for the element's data-status to be an end, and return it."""
     page.wait_for_function(
@@ -120,8 +126,7 @@ def test_a_room_makeover_is_followed_live_to_a_result_with_its_products(e2e, web
     result = web.get_by_role("region", name="Result")
     result.wait_for()
     restyled = result.get_by_role("img", name="The restyled room")
-    web.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                          arg=restyled.element_handle())
+    loaded(web, restyled)
     status, job = e2e.get(f"/jobs/{job_id}", tenant=TENANT)
     products = job["result"]["products"]
     # Each product the result was matched with is drawn over it and listed with its match.
@@ -130,6 +135,7 @@ def test_a_room_makeover_is_followed_live_to_a_result_with_its_products(e2e, web
     assert listed.count() == len(products)
     for n, product in enumerate(products):
         assert product["caption"] in listed.nth(n).inner_text()
+        loaded(web, listed.nth(n).get_by_role("img"))  # its catalog picture, to shop it
     # The before/after slider moves the divide, from the keyboard too.
     slider = result.get_by_role("slider")
     slider.focus()
@@ -189,8 +195,7 @@ def test_a_conditioned_generation_shows_its_map_beside_the_result(e2e, web, room
     result = web.get_by_role("region", name="Result")
     for name in ("The canny map", "Generated image 1"):
         picture = result.get_by_role("img", name=name)
-        web.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                              arg=picture.element_handle())
+        loaded(web, picture)
     screenshot(web, "condition")
 
 
@@ -234,8 +239,7 @@ def test_an_avatar_is_trained_with_its_loss_curve_then_generates(e2e, web, tmp_p
     form.get_by_role("button", name="Generate").click()
     assert finished(web, f"form[aria-label='Generate with {model_id}'] .job") == "done"
     portrait = form.get_by_role("img", name="Generated portrait 1")
-    web.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                          arg=portrait.element_handle())
+    loaded(web, portrait)
     screenshot(web, "avatar-generated")
 
 
@@ -293,6 +297,7 @@ def test_the_catalog_is_searched_by_text_and_a_product_opened(e2e, web):
     hits.first.click()
     product = web.locator("article.product")
     assert product.get_by_role("heading").inner_text() == found["products"][0]["caption"]
+    loaded(web, product.get_by_role("img"))  # the product's picture, read through the API
     screenshot(web, "catalog")
 
 

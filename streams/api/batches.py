@@ -21,7 +21,8 @@ from schemas.titan import TitanRequest
 from schemas.uris import as_input
 from streams.adapters.images import decode_image, encode_png, fit_within
 from streams.adapters.outbound import UnsafeTarget
-from streams.api.routing import cancel_refused, error_response, json_body, routed, until_known
+from streams.api.routing import (cancel_refused, error_response, json_body, json_model, routed,
+                                 until_known)
 from streams.api.tenants import TenantUsage
 from streams.api.tenancy import (
     ForeignTenant,
@@ -224,14 +225,10 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
     @app.page("/v1/titan")
     class TitanView(web.View):
         async def post(self, request: web.Request) -> web.Response:
-            body, problem = await json_body(self, request)
+            titan, problem = await json_model(self, request, TitanRequest,
+                                              "ValidationException")
             if problem:
                 return problem
-            try:
-                titan = TitanRequest.model_validate(body)
-            except ValidationError as exc:
-                return error_response(self, 400, "ValidationException",
-                                      describe_validation(exc))
             batch_id = uuid.uuid4().hex
             try:
                 tenant = acting_tenant(request, request.headers.get("X-Restyle-Tenant"))

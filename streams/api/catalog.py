@@ -7,18 +7,19 @@ import asyncio
 import uuid
 
 from faust import web
-from pydantic import ValidationError
 
 from agents.catalog.topics import CatalogTopics
 from schemas import ErrorCode, StageFailure
 from schemas.catalog import IngestRequest
-from streams.api.routing import error_response, json_body, routed
+from streams.api.files import stored_file
+from streams.api.routing import error_response, json_model, routed
 from streams.api.tenancy import caller
-from streams.core.runtime import Runtime, describe_validation, settle
+from streams.core.runtime import Runtime, settle
 from streams.tracking import ingests
 from streams.tracking.tables import Tables
 
 MAX_K = 100
+
 
 
 def register(rt: Runtime, tables: Tables, models, index) -> None:
@@ -29,14 +30,9 @@ def register(rt: Runtime, tables: Tables, models, index) -> None:
         async def post(self, request: web.Request) -> web.Response:
             """Publish the products on restyle.catalog (scope `catalog`): 202 once the broker
             has every one, with the ingest id to follow at /catalog/ingests/{ingest_id}."""
-            body, problem = await json_body(self, request)
+            run, problem = await json_model(self, request, IngestRequest)
             if problem:
                 return problem
-            try:
-                run = IngestRequest.model_validate(body)
-            except ValidationError as exc:
-                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
-                                      describe_validation(exc))
             ingest_id = run.ingest_id or f"ingest-{uuid.uuid4().hex[:12]}"
             total = run.total or len(run.products)
             if total < len(run.products):
@@ -100,3 +96,15 @@ def register(rt: Runtime, tables: Tables, models, index) -> None:
             if product.image:
                 body["image_url"] = await rt.storage.presign(product.image)
             return self.json(body)
+
+    @app.page("/products/{product_id}/image")
+    class ProductImageView(web.View):
+        async def get(self, request: web.Request, product_id: str) -> web.Response:
+            """The product's image, read through the API: the catalog is every tenant's, and
+            a browser may not reach the storage a presigned link points at."""
+            product = await index.get(product_id)
+            if product is None or not product.image:
+                return error_response(self, 404, "not_found",
+                                      f"no product {product_id!r} with an image")
+            return await stored_file(self, rt, product.image,
+                                     f"product {product_id!r}'s image is not in storage")

@@ -42,6 +42,21 @@ async def read_at_most(part, limit: int) -> bytes | None:
     return bytes(data)
 
 
+async def stored_file(view, rt: Runtime, uri: str, missing: str) -> web.Response:
+    """The stored object at uri as the answer, typed by its name; 404 saying `missing` when it
+    is not there."""
+    try:
+        data = await rt.storage.get(uri, rt.settings.max_image_bytes)
+    except StageFailure as failure:
+        if failure.error.code is ErrorCode.OBJECT_NOT_FOUND:
+            return error_response(view, 404, "not_found", missing)
+        return error_response(view, 400, failure.error.code.value, failure.error.message)
+    content_type = mimetypes.guess_type(uri.split("?")[0])[0] or "application/octet-stream"
+    return view.bytes(data, content_type=content_type, headers={
+        # Private to the caller: a shared cache must not keep one tenant's image.
+        "Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
+
+
 def register(rt: Runtime) -> None:
     app, settings = rt.app, rt.settings
 
@@ -88,15 +103,4 @@ def register(rt: Runtime) -> None:
             uri = request.query.get("uri", "")
             if not owns(rt, caller(request).tenant, uri):
                 return error_response(self, 404, "not_found", f"no file {uri!r} here")
-            try:
-                data = await rt.storage.get(uri, settings.max_image_bytes)
-            except StageFailure as failure:
-                if failure.error.code is ErrorCode.OBJECT_NOT_FOUND:
-                    return error_response(self, 404, "not_found", f"no file {uri!r} here")
-                return error_response(self, 400, failure.error.code.value,
-                                      failure.error.message)
-            content_type = mimetypes.guess_type(uri.split("?")[0])[0] or \
-                "application/octet-stream"
-            return self.bytes(data, content_type=content_type, headers={
-                # Private to the caller: a shared cache must not keep one tenant's image.
-                "Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})
+            return await stored_file(self, rt, uri, f"no file {uri!r} here")

@@ -142,6 +142,9 @@ OPERATIONS = [
                      "category": ("only this category", False)}),
     Operation("get", "/products/{product_id}", "One catalog product", "catalog",
               {200: ("the product", ProductHit), **refused(401, 404)}),
+    Operation("get", "/products/{product_id}/image", "A catalog product's image, read through "
+              "the API", "catalog", {200: ("the image", None), **refused(401, 404)},
+              media="image/*"),
     Operation("get", "/tenant", "The caller's tenant: its jobs in flight and limits", "tenancy",
               {200: ("usage", ANY), **refused(401)}),
     Operation("get", "/livez", "Liveness: the process is worth keeping", "operations",

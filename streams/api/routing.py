@@ -12,10 +12,11 @@ import time
 import aiohttp
 from aiohttp import web as aioweb
 from aiokafka.partitioner import murmur2
+from pydantic import ValidationError
 from yarl import URL
 
 from schemas import ErrorCode, StageFailure
-from streams.core.runtime import json_object
+from streams.core.runtime import describe_validation, json_object
 
 
 def job_partition(key: str, partitions: int) -> int:
@@ -67,6 +68,18 @@ async def json_body(view, request):
     except StageFailure as failure:
         return None, error_response(view, 400, ErrorCode.INVALID_JSON.value,
                                     f"the body must be a JSON object: {failure.error.message}")
+
+
+async def json_model(view, request, model, code: str = ErrorCode.SCHEMA_VIOLATION.value):
+    """(the body as `model`, None), or (None, the 400 that says why it is not one; code: the
+    error code a validation failure answers with)."""
+    body, problem = await json_body(view, request)
+    if problem:
+        return None, problem
+    try:
+        return model.model_validate(body), None
+    except ValidationError as exc:
+        return None, error_response(view, 400, code, describe_validation(exc))
 
 
 def error_response(view, status: int, code: str, message: str, headers=None):

@@ -56,23 +56,32 @@ export async function call(path, { method = "GET", json, form, signal } = {}) {
   return response.status === 204 ? null : response.json();
 }
 
-// A stored file (an upload, a result) as a blob: URL, read through the API with the key.
+// What the API serves as a file, as a blob: URL (an <img> cannot send the key itself).
 const blobs = new Map();
-export async function fileUrl(uri) {
-  if (!blobs.has(uri)) {
-    blobs.set(uri, (async () => {
-      const response = await fetch(url(`files?uri=${encodeURIComponent(uri)}`),
-                                   { headers: headers() });
+async function blobUrl(path) {
+  if (!blobs.has(path)) {
+    blobs.set(path, (async () => {
+      const response = await fetch(url(path), { headers: headers() });
       if (!response.ok) throw await refusal(response);
       return URL.createObjectURL(await response.blob());
     })());
   }
   try {
-    return await blobs.get(uri);
+    return await blobs.get(path);
   } catch (error) {
-    blobs.delete(uri);
+    blobs.delete(path);
     throw error;
   }
+}
+
+// A stored file of the tenant's (an upload, a result).
+export function fileUrl(uri) {
+  return blobUrl(`files?uri=${encodeURIComponent(uri)}`);
+}
+
+// A catalog product's image.
+export function productImageUrl(productId) {
+  return blobUrl(`products/${encodeURIComponent(productId)}/image`);
 }
 
 export async function upload(files) {

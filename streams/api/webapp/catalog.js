@@ -1,7 +1,7 @@
 // The product catalog: search by text (k-NN over the products' embeddings), open a product.
 
 import { call } from "./api.js";
-import { errorLine, field, h, say } from "./ui.js";
+import { errorLine, field, h, productImage, say } from "./ui.js";
 
 export async function catalogPage(container) {
   const query = h("input", { type: "search", name: "q", required: true,
@@ -31,9 +31,11 @@ export async function catalogPage(container) {
 async function show(productId, detail, problem) {
   try {
     const product = await call(`products/${encodeURIComponent(productId)}`);
+    const picture = product.image ? await productImage(productId, product.caption,
+                                                       { class: "product-image" }) : null;
     detail.replaceChildren(h("article", { class: "card product", "data-product": productId },
-      h("h3", { text: product.caption }),
-      h("dl", {}, Object.entries(product).filter(([name]) => !["caption", "url", "embedding"].includes(name))
+      h("h3", { text: product.caption }), picture,
+      h("dl", {}, Object.entries(product).filter(([name]) => !["caption", "url", "image_url", "embedding"].includes(name))
         .flatMap(([name, value]) => [h("dt", { text: name }),
                                      h("dd", { text: typeof value === "object" ? JSON.stringify(value) : String(value) })]))));
   } catch (error) {

@@ -4,7 +4,7 @@
 
 import { call } from "./api.js";
 import {
-  downloadLink, errorLine, field, filled, h, image, jobView, numberOrNothing, say,
+  downloadLink, errorLine, field, filled, h, image, jobView, numberOrNothing, productImage, say,
 } from "./ui.js";
 
 export async function makeoverPage(container) {
@@ -100,8 +100,11 @@ async function result(state, original) {
     }));
   };
   if (after.complete) drawBoxes(); else after.addEventListener("load", drawBoxes);
+  // Each match with its catalog picture, to shop it.
+  const pictures = await Promise.all(found.products.map((product) => productImage(
+    product.product_id, `Catalog product ${product.product_id}`, { class: "thumb" })));
   const products = h("ol", { class: "products", "aria-label": "Products in the result" },
-    found.products.map((product) => h("li", {},
+    found.products.map((product, n) => h("li", {}, pictures[n],
       h("strong", { text: product.label }), " — ", product.caption,
       h("span", { class: "score", text: ` (match ${(product.score * 100).toFixed(0)}%)` }),
       h("small", { text: ` catalog product ${product.product_id}` }))));

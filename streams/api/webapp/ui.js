@@ -2,7 +2,7 @@
 // and the live view of one job (its stages, its render steps with a sharpening preview, and
 // its cause when it fails).
 
-import { call, fileUrl } from "./api.js";
+import { call, fileUrl, productImageUrl } from "./api.js";
 import { followJob } from "./events.js";
 
 export function h(tag, attributes = {}, ...children) {
@@ -39,9 +39,17 @@ export function say(line, error) {
 }
 
 export async function image(uri, alt, attributes = {}) {
+  return loadedImage(fileUrl(uri), alt, attributes);
+}
+
+export async function productImage(productId, alt, attributes = {}) {
+  return loadedImage(productImageUrl(productId), alt, attributes);
+}
+
+async function loadedImage(source, alt, attributes) {
   const element = h("img", { alt, ...attributes });
   try {
-    element.src = await fileUrl(uri);
+    element.src = await source;
   } catch (error) {
     element.alt = `${alt} (not available: ${error.message})`;
   }

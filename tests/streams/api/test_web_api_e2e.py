@@ -4,10 +4,13 @@ caller's own folder only, the caller's job list, a failed job retried under a ne
 conditioned generation submitted as JSON, the styles, and a batch's per-image lines."""
 from __future__ import annotations
 
+import io
 import json
 import time
 import urllib.error
 import urllib.request
+
+from PIL import Image
 
 from tests.forms import multipart
 
@@ -145,3 +148,15 @@ def test_a_batch_lists_each_image_with_its_status_and_cause(e2e, room_photos):
     assert lines["broken.jpg"]["status"] == "failed" and lines["broken.jpg"]["cause"]
     assert "images" not in e2e.get(f"/batches/{answer['batch_id']}", tenant=TENANT)[1]
     json.dumps(batch)  # all of it is JSON a page can read
+
+
+def test_a_products_picture_is_read_through_the_api(e2e):
+    """The catalog is every tenant's: any signed-in caller sees its pictures (a browser may
+    not reach the storage a presigned link points at)."""
+    status, found = e2e.get("/products/search?q=a%20sofa&k=1", tenant=TENANT)
+    product_id = found["products"][0]["product_id"]
+    status, headers, body = raw(e2e, f"/products/{product_id}/image", OTHER)
+    assert status == 200 and headers["Content-Type"].startswith("image/")
+    assert Image.open(io.BytesIO(body)).width > 0
+    assert raw(e2e, "/products/no-such-product/image", TENANT)[0] == 404
+    assert raw(e2e, f"/products/{product_id}/image", authorized=False)[0] == 401
