@@ -586,14 +586,26 @@ def background(sources, prompt, negative_prompt, mode, mask_prompt, params,
     submit = remote.submit_batch if far else batch_client.submit_batch
     batch_id = run(submit(settings, list(sources), fields, batch_id))
     click.echo(f"batch {batch_id} submitted")
-    batch = batch_client.wait_for_batch(settings, batch_id, timeout, lambda b: click.echo(
-        f"  {b['counts']['succeeded'] + b['counts']['failed']}/{b['counts']['total'] or '?'} "
-        f"images finished"))
+    batch = _follow_batch(settings, batch_id, timeout)
     report_uri = (batch.get("report_uris") or {}).get("json")
     report = run(remote.read_file_json(settings, report_uri)) if far and report_uri else \
         batch_client.read_report(batch)
     click.echo(batch_client.describe_batch(batch, report))
     sys.exit(0 if batch["status"] == "succeeded" else 1)
+
+
+def _follow_batch(settings: Settings, batch_id: str, timeout: float) -> dict:
+    """Wait for the batch's end with a progress bar over its images (on stderr)."""
+    from tqdm import tqdm
+
+    with tqdm(unit="image", desc="images finished") as bar:
+        def advance(batch: dict) -> None:
+            counts = batch["counts"]
+            bar.total = counts["total"] or None
+            bar.update(counts["succeeded"] + counts["failed"] + counts.get("cancelled", 0)
+                       - bar.n)
+
+        return batch_client.wait_for_batch(settings, batch_id, timeout, advance)
 
 
 @main.group()
