@@ -308,6 +308,7 @@ def test_a_tenant_at_its_cap_of_jobs_in_flight_gets_429_until_they_finish(e2e, r
     assert status == 202, again
     assert again["image"].endswith(f"{stored_under}room.jpg")
     assert e2e.s3.list_objects_v2(Bucket=e2e.bucket, Prefix=stored_under)["KeyCount"] == 1
+    e2e.request("DELETE", f"/jobs/{again['job_id']}", tenant="capped")  # not left running
 
 
 def test_a_tenant_holds_at_most_its_number_of_progress_streams(e2e, room_photos):

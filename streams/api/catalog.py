@@ -14,6 +14,7 @@ from schemas.catalog import IngestRequest
 from streams.api.files import stored_file
 from streams.api.routing import error_response, json_model, routed
 from streams.api.tenancy import caller
+from streams.adapters.retries import describe
 from streams.core.runtime import Runtime, settle
 from streams.tracking import ingests
 from streams.tracking.tables import Tables
@@ -46,15 +47,22 @@ def register(rt: Runtime, tables: Tables, models, index) -> None:
             except StageFailure as failure:
                 return error_response(self, 400, failure.error.code.value,
                                       failure.error.message)
-            topic = CatalogTopics().catalog
+            topic, sent = CatalogTopics().catalog, []
             try:
-                sent = [(topic, await rt.send(topic, product.product_id, product.model_copy(
-                    update={"ingest_id": ingest_id, "ingest_total": total})))
-                    for product in run.products]
+                for product in run.products:
+                    sent.append((topic, await rt.send(topic, product.product_id,
+                                                      product.model_copy(update={
+                                                          "ingest_id": ingest_id,
+                                                          "ingest_total": total}))))
                 await settle(sent)
-            except StageFailure as failure:  # the broker did not take them: say so, retry all
-                return error_response(self, 503, failure.error.code.value,
-                                      failure.error.message, {"Retry-After": "5"})
+            except Exception as exc:  # the broker did not take them all
+                # Some may be published: the same request again, under this ingest id,
+                # completes the run (a product sent twice is indexed and counted once).
+                return self.json({"error": {
+                    "code": ErrorCode.BROKER_UNAVAILABLE.value,
+                    "message": f"publishing to {topic} failed: {describe(exc)}; send the same "
+                               f"products again with ingest_id {ingest_id!r}"},
+                    "ingest_id": ingest_id}, status=503, headers={"Retry-After": "5"})
             return self.json({"ingest_id": ingest_id, "published": len(sent), "total": total},
                              status=202)
 

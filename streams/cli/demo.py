@@ -2,15 +2,15 @@
 from the command line."""
 from __future__ import annotations
 
+import html
 import shutil
 import time
 from pathlib import Path
 
 import click
 
-from streams.cli import catalog, client
+from streams.cli import catalog, client, weights
 from streams.core.settings import Settings, load_settings
-from streams.core.settings.models import DEFAULT_MODEL_IDS
 
 SAMPLE_ROOMS = ["pexels-2416933.jpg", "pexels-36030587.jpg", "pexels-36358763.jpg",
                 "pexels-1317558.jpg", "pexels-2560067.jpg"]
@@ -18,18 +18,8 @@ SAMPLE_ROOMS = ["pexels-2416933.jpg", "pexels-36030587.jpg", "pexels-36358763.jp
 
 def missing_real_weights(settings: Settings) -> list[str]:
     """Model ids of the default public weights that are not available offline."""
-    from huggingface_hub import snapshot_download
-
-    missing = []
-    for role in DEFAULT_MODEL_IDS:
-        model_id = settings.model_id(role)
-        if Path(model_id).exists():
-            continue
-        try:
-            snapshot_download(model_id, local_files_only=True)
-        except Exception:
-            missing.append(model_id)
-    return missing
+    return [item.model_id for item in weights.wanted(settings)
+            if item.model_id and not weights.present(item, None)]
 
 
 def ingest_source(settings: Settings, source: str, category_from_folder: bool = False,
@@ -65,7 +55,39 @@ def sample_catalog_dir(target: Path) -> Path:
     return target
 
 
-def run_demo(models: str | None, rooms: int, style: str, serve: bool, serve_until_signal) -> int:
+async def save_results(settings: Settings, photos: list[Path], outcomes: list[dict],
+                       out: Path) -> Path:
+    """Each room's photo and its restyled images into out, with an index.html showing them
+    side by side: the stack (and its storage) stops with the demo, these stay."""
+    from streams.adapters.storage import Storage
+
+    out.mkdir(parents=True, exist_ok=True)
+    storage = Storage.from_settings(settings)
+    rows = []
+    try:
+        for n, (photo, job) in enumerate(zip(photos, outcomes), start=1):
+            before = f"room-{n}-before{photo.suffix.lower()}"
+            shutil.copyfile(photo, out / before)
+            afters = []
+            for k, image in enumerate((job.get("result") or {}).get("images", []), start=1):
+                after = f"room-{n}-after-{k}.png"
+                (out / after).write_bytes(await storage.get(image["uri"]))
+                afters.append(after)
+            cause = (job.get("error") or {}).get("message", "")
+            rows.append(f"<tr><td><img src=\"{before}\" alt=\"room {n}\"></td><td>" +
+                        ("".join(f"<img src=\"{a}\" alt=\"room {n} restyled\">" for a in afters)
+                         or html.escape(f"{job['status']}: {cause}")) + "</td></tr>")
+    finally:
+        await storage.close()
+    (out / "index.html").write_text(
+        "<!doctype html><meta charset=utf-8><title>restyle demo</title>"
+        "<style>img{max-width:45vw}td{vertical-align:top}</style>"
+        "<table><tr><th>Before</th><th>After</th></tr>" + "".join(rows) + "</table>\n")
+    return out
+
+
+def run_demo(models: str | None, rooms: int, style: str, serve: bool, serve_until_signal,
+             out: Path | None = None) -> int:
     from streams.stack.up import RestyleStack  # imports the model code: only when needed
 
     settings = Settings()
@@ -99,6 +121,9 @@ def run_demo(models: str | None, rooms: int, style: str, serve: bool, serve_unti
             click.echo(client.describe(job))
         failed = [job for job in outcomes if job["status"] != "done"]
         click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} jobs done")
+        if out is not None:
+            saved = client.run(save_results(running, photos, outcomes, out.resolve()))
+            click.echo(f"before and after: {saved / 'index.html'}")
         if serve:
             click.echo("serving; Ctrl-C stops everything.")
             serve_until_signal(stack)

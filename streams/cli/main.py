@@ -220,12 +220,15 @@ def _serve_until_signal(stack, stopping: threading.Event | None = None) -> None:
 @click.option("--rooms", default=3, show_default=True, help="How many sample rooms to submit.")
 @click.option("--style", default="scandinavian", show_default=True)
 @click.option("--serve", is_flag=True, help="Keep the stack running after the demo.")
-def demo(models, state_dir, rooms, style, serve) -> None:
-    """Start everything, ingest a sample catalog, restyle sample rooms, report, stop."""
+@click.option("--out", default="restyle-demo", show_default=True,
+              help="Where each room's photo and result are saved, with an index.html.")
+def demo(models, state_dir, rooms, style, serve, out) -> None:
+    """Start everything, ingest a sample catalog, restyle sample rooms, save them before and
+    after into OUT, report, stop."""
 
     if state_dir:
         os.environ["RESTYLE_STATE_DIR"] = str(Path(state_dir).resolve())
-    sys.exit(run_demo(models, rooms, style, serve, _serve_until_signal))
+    sys.exit(run_demo(models, rooms, style, serve, _serve_until_signal, Path(out)))
 
 
 @main.command()

@@ -74,23 +74,30 @@ def is_local(model_id: str) -> bool:
     return model_id == BUNDLED or Path(model_id).exists()
 
 
-def in_cache(model_id: str) -> bool:
-    """Whether the Hugging Face cache holds the model (as from_pretrained would find it)."""
-    from huggingface_hub import snapshot_download
+def fetched(model_id: str, target: Path | None = None) -> bool:
+    """Whether every file from_pretrained reads is here (in the Hugging Face cache, or in
+    target), as the listing kept from its download names them: a fetch cut short is not. A
+    cache filled file by file (from_pretrained) keeps no listing: there, any snapshot counts."""
+    from huggingface_hub import get_cached_repo_tree, snapshot_download
 
     try:
-        snapshot_download(model_id, local_files_only=True)
+        listing = [file.path for file in get_cached_repo_tree(model_id, local_dir=target)]
+    except Exception:  # no listing kept (or no such model here at all)
+        listing = None
+    try:
+        snapshot_download(model_id, local_files_only=True, local_dir=target,
+                          allow_patterns=None if listing is None else files_to_fetch(listing))
         return True
-    except Exception:  # huggingface_hub says "not cached" with several exception types
+    except Exception:  # huggingface_hub says "not (all) here" with several exception types
         return False
 
 
 def present(item: Wanted, directory: Path | None) -> bool:
-    if directory is not None:
-        return (directory / item.role / "config.json").exists() or \
-            (directory / item.role / "model_index.json").exists() or \
-            (item.model_id == BUNDLED and (directory / item.role).exists())
-    return is_local(item.model_id) or in_cache(item.model_id)
+    if item.model_id == BUNDLED:
+        return directory is None or (directory / item.role).exists()
+    if directory is None:
+        return is_local(item.model_id) or fetched(item.model_id)
+    return fetched(item.model_id, directory / item.role)
 
 
 def download(item: Wanted, directory: Path | None) -> Path:
@@ -107,5 +114,6 @@ def download(item: Wanted, directory: Path | None) -> Path:
         return directory / item.role
     files = files_to_fetch(HfApi().list_repo_files(item.model_id))
     target = None if directory is None else directory / item.role
+    # Files already here are not fetched again: a cut-short fetch resumes.
     return Path(snapshot_download(item.model_id, allow_patterns=files,
                                   local_dir=None if target is None else str(target)))

@@ -58,7 +58,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
     async def seek_to_committed(self):
-        changelogs = frozenset(self.consumer.app.tables.changelog_topics)
+        changelogs = frozenset(self.app.tables.changelog_topics)
         return await self.call_thread(seek_to_committed, self._ensure_consumer(), changelogs)
 
 

@@ -28,11 +28,15 @@ export async function catalogPage(container) {
   container.append(form, hits, detail);
 }
 
+let latest = 0;  // the product asked for last: a slower earlier answer does not replace it
+
 async function show(productId, detail, problem) {
+  const asked = ++latest;
   try {
     const product = await call(`products/${encodeURIComponent(productId)}`);
     const picture = product.image ? await productImage(productId, product.caption,
                                                        { class: "product-image" }) : null;
+    if (asked !== latest) return;
     detail.replaceChildren(h("article", { class: "card product", "data-product": productId },
       h("h3", { text: product.caption }), picture,
       h("dl", {}, Object.entries(product).filter(([name]) => !["caption", "url", "image_url", "embedding"].includes(name))

@@ -203,7 +203,7 @@ def test_a_remote_install_ingests_through_its_api_with_a_catalog_key(e2e, produc
     refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "lacks the 'catalog' scope" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert e2e.get(f"/products/sofa-{tag}")[0] == 404
+    assert e2e.keyed_records("restyle.catalog", f"sofa-{tag}") == []  # nothing published
 
     done = subprocess.run(command, env={**env, "RESTYLE_API_KEY": e2e.endpoints["api_key"]},
                           capture_output=True, text=True, timeout=300)
@@ -236,4 +236,4 @@ def test_an_ingest_request_that_cannot_be_published_is_refused_whole(e2e, room_p
         assert (status, answer["error"]["code"]) == (400, code), answer
         assert said in answer["error"]["message"]
     # Nothing of a refused request was published: not even its valid first product.
-    assert e2e.get(f"/products/ok-{tag}")[0] == 404
+    assert e2e.keyed_records("restyle.catalog", f"ok-{tag}") == []

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from PIL import Image
+
 from streams.stack.embedded import free_port
 
 CLI = [sys.executable, "-m", "streams.cli.main"]
@@ -31,7 +33,7 @@ def test_version_names_the_installed_release():
 def test_demo_runs_the_makeover_end_to_end_and_exits_zero(tmp_path, tiny_models):
     done = subprocess.run(
         [*CLI, "demo", "--models", str(tiny_models), "--rooms", "2",
-         "--state-dir", str(tmp_path)],
+         "--state-dir", str(tmp_path), "--out", str(tmp_path / "demo")],
         env=cli_env(RESTYLE_WEB_PORT=str(free_port()), RESTYLE_DEFAULT_STEPS="2",
                     RESTYLE_DEFAULT_WIDTH="64", RESTYLE_DEFAULT_HEIGHT="64"),
         capture_output=True, text=True, timeout=600)
@@ -40,6 +42,12 @@ def test_demo_runs_the_makeover_end_to_end_and_exits_zero(tmp_path, tiny_models)
     assert "2 of 2 jobs done" in done.stdout
     assert "image: s3://restyle/results/" in done.stdout
     assert not (tmp_path / "endpoints.json").exists()  # everything was stopped
+    # What the demo made stays where it says, to open once the stack is gone.
+    assert f"before and after: {tmp_path / 'demo' / 'index.html'}" in done.stdout
+    page = (tmp_path / "demo" / "index.html").read_text()
+    for n in (1, 2):
+        assert f'src="room-{n}-after-1.png"' in page
+        assert Image.open(tmp_path / "demo" / f"room-{n}-after-1.png").width > 0
 
 
 def test_up_publishes_its_endpoints_and_stops_cleanly_on_sigterm(tmp_path, tiny_models):
