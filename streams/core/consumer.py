@@ -32,6 +32,7 @@ back to its beginning, where a new owner would start (`auto_offset_reset=earlies
 """
 from __future__ import annotations
 
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 _fetch_max_wait_ms = 1500
@@ -39,15 +40,23 @@ _fetch_max_wait_ms = 1500
 
 async def seek_to_committed(consumer, changelog_topics: frozenset[str] = frozenset()) -> dict:
     """Seek every assigned partition of an aiokafka consumer to its committed offset, those
-    with none (or 0) included, which aiokafka leaves where they are: to their beginning.
+    with none (or 0) included, which aiokafka leaves where they are: to offset 0 (a log whose
+    start has been deleted resets to its earliest offset, as auto_offset_reset=earliest says).
     Partitions of changelog_topics are left as aiokafka leaves them: the table recovery reads
     those and positions them itself (a standby would otherwise read its changelog again from
     the start at every seek). Returns the committed offsets, as aiokafka's does."""
     committed = await consumer.seek_to_committed()
-    never_committed = [tp for tp, offset in committed.items()
-                       if not offset and tp.topic not in changelog_topics]
-    if never_committed:
-        await consumer.seek_to_beginning(*never_committed)
+    for tp, offset in committed.items():
+        if offset or tp.topic in changelog_topics:
+            continue
+        try:
+            # consumer.seek: no request and no check of the group's state. seek_to_beginning
+            # re-raises whatever ended the group coordinator's task (a worker past its poll
+            # interval): in this seek, which faust makes from its fetcher, that stopped the
+            # worker.
+            consumer.seek(tp, 0)
+        except IllegalStateError:
+            pass  # revoked meanwhile: its next owner starts from the commit
     return committed
 
 
