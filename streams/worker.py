@@ -35,6 +35,7 @@ from streams.api.limits import TenantLimiter, limit_middleware
 from streams.core.app import create_app
 from streams.core import lag, logs, tracing
 from streams.core.kafka import client_options
+from streams.core.rebalance_watch import watch_rebalances
 from streams.core.runtime import Runtime
 from streams.core.settings import Settings
 from streams.core.shutdown import exit_if_still_running
@@ -69,6 +70,7 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     else:
         raise ValueError(f"unknown worker role {role!r}")
     health_api.register(rt)
+    watch_rebalances(rt)
     return rt
 
 

@@ -374,6 +374,9 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         # A worker that stops polling for 8 s leaves its group: training longer than that
         # (the trainer's kill test) shows the trainer keeps polling while it trains.
         "RESTYLE_MAX_POLL_INTERVAL_S": "8",
+        # A CPU worker's rebalance can outlast those 8 s on two busy cores (a second worker
+        # starting beside it): out of its group, it is restarted after 60 s, not left there.
+        "RESTYLE_REBALANCE_STUCK_S": "60",
         "RESTYLE_WEBHOOK_SECRETS": json.dumps({"tests": WEBHOOK_SECRET}),
         # The tests' webhook receivers listen on plain http on loopback.
         "RESTYLE_WEBHOOK_ALLOW_HTTP": "true", "RESTYLE_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',

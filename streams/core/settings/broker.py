@@ -151,6 +151,10 @@ class BrokerSettings(SettingsBase):
     # while their stages run (a render, an hour of training: both run in threads), so this
     # only catches a stuck event loop.
     max_poll_interval_s: float = Field(300.0, gt=0)
+    # A rebalance still not over after this long (a worker that went past the poll interval
+    # during one is out of its group and faust never polls it back in) stops the worker, and
+    # its supervisor starts it again. Longer than the slowest table recovery you expect.
+    rebalance_stuck_s: float = Field(600.0, gt=0)
     # at_least_once with idempotent stages. faust's exactly_once is refused: see the validator.
     processing_guarantee: Literal["at_least_once"] = "at_least_once"
     # How often processed offsets are committed. A crash redelivers at most this much work,

@@ -1,0 +1,41 @@
+"""A worker whose rebalance never ends is restarted, so it rejoins its group.
+
+aiokafka makes a consumer that has not polled for the max poll interval leave its group, and
+rejoins at its next poll. faust does not poll while a rebalance is under way: its flow control
+waits for the next assignment, which needs that poll. So a worker whose rebalance outlasted the
+poll interval (a table recovery on a busy machine: a second CPU worker starting beside it) was
+seen out of its group for good, owning nothing, its partitions' jobs waiting (issue 15). Here a
+rebalance that has not ended after RESTYLE_REBALANCE_STUCK_S stops the worker
+(Runtime.stop_worker: what it had not committed is delivered again), and its supervisor
+(`restyle up`, Kubernetes) starts it again, in the group.
+"""
+from __future__ import annotations
+
+import time
+
+from streams.core.runtime import Runtime
+
+
+def stuck_for(rebalancing: bool, since: float | None, now: float) -> tuple[float | None, float]:
+    """(when the current rebalance began, how long it has lasted): since is when it began as
+    far as the last look knew (None: not rebalancing then)."""
+    if not rebalancing:
+        return None, 0.0
+    began = now if since is None else since
+    return began, now - began
+
+
+def watch_rebalances(rt: Runtime) -> None:
+    app, limit = rt.app, rt.settings.rebalance_stuck_s
+    began: float | None = None
+
+    @app.timer(interval=max(0.5, min(5.0, limit / 4)))
+    async def restart_when_stuck() -> None:
+        nonlocal began
+        if rt.draining or rt.broken:
+            return
+        began, lasted = stuck_for(bool(app.rebalancing), began, time.monotonic())
+        if lasted > limit:
+            await rt.stop_worker(
+                f"its rebalance has not ended in {lasted:.0f} s (RESTYLE_REBALANCE_STUCK_S "
+                f"{limit:g}): out of its consumer group; restarting to rejoin it")
