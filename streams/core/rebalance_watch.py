@@ -7,7 +7,9 @@ poll interval (a table recovery on a busy machine: a second CPU worker starting 
 seen out of its group for good, owning nothing, its partitions' jobs waiting (issue 15). Here a
 rebalance that has not ended after RESTYLE_REBALANCE_STUCK_S stops the worker
 (Runtime.stop_worker: what it had not committed is delivered again), and its supervisor
-(`restyle up`, Kubernetes) starts it again, in the group.
+(`restyle up`, Kubernetes) starts it again, in the group. The first rebalance, at start, is
+not watched: faust starts its timers once that one is over (a start that hangs is for the
+startupProbe to catch).
 """
 from __future__ import annotations
 
