@@ -75,8 +75,10 @@ class TopicCollector:
     def __init__(self, bootstrap: str, topics: list[str], partitions: int):
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+        # log_level 2: a collector outliving its broker (a test that stops one) would log
+        # every failed reconnect, burying the suite's own output.
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "restyle-tests",
-                                  "enable.auto.commit": False})
+                                  "enable.auto.commit": False, "log_level": 2})
         self.consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
                               for t in topics for p in range(partitions)])
         self.records: dict[str, list] = {t: [] for t in topics}
@@ -267,6 +269,13 @@ def production_broker() -> str:
 E2E_BROKERS = list(dict.fromkeys([production_broker(), "tansu"]))
 
 
+def on_one_broker(e2e, broker: str, why: str) -> None:
+    """Skip unless this end-to-end stack runs on broker: for cases the broker makes no
+    difference to (each run on both adds minutes to a suite with a time budget)."""
+    if e2e.broker != broker:
+        pytest.skip(why)
+
+
 BACKENDS_USED: list[str] = []  # what each end-to-end run actually ran on, for the summary
 WEBHOOK_SECRET = "e2e-webhook-secret"  # the workers know it as RESTYLE_WEBHOOK_SECRETS["tests"]
 # The end-to-end stacks also accept HS256 JWTs from this (test-only) identity provider.
@@ -314,6 +323,14 @@ def start_broker(kind: str, state: Path):
         bootstrap = container.get_bootstrap_server()
         return bootstrap, container.stop, f"testcontainers Kafka at {bootstrap}"
     return None, lambda: None, "Tansu (embedded by restyle up)"
+
+
+@pytest.fixture(scope="module")
+def exits_before(e2e) -> int:
+    """How many process exits the e2e stack's supervisor had seen (and restarted) when a
+    module's first test began: a module asserting that none of its input killed a worker
+    requests this for all its tests (pytestmark) and compares at its end."""
+    return len(e2e.stack.stack.exits)
 
 
 @pytest.fixture(scope="session")
@@ -409,6 +426,9 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
     except BaseException:
         stop_broker()
         raise
+    # As `restyle up` does: a worker that dies, or stops itself to rejoin its group, is
+    # started again (a test that stops one for good takes it out of the stack first).
+    stack.supervise_in_background()
     from streams.cli.demo import ingest_source, sample_catalog_dir
     from streams.core.settings import load_settings
 

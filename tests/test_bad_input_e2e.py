@@ -13,6 +13,9 @@ from PIL import Image
 from schemas import DeadLetter
 from tests.conftest import jpeg_bytes, png_declaring
 
+# What the stack's supervisor has seen exit is counted from this module's first test on.
+pytestmark = pytest.mark.usefixtures("exits_before")
+
 
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
@@ -206,9 +209,10 @@ def test_a_truncated_image_fails_as_corrupt(e2e):
     assert e2e.result(job_id)["error"]["code"] == "not_an_image"
 
 
-def test_workers_keep_working_after_bad_input(e2e, room_photos):
+def test_workers_keep_working_after_bad_input(e2e, room_photos, exits_before):
     # Every process of the stack is the one that started: none died on the input above.
     assert e2e.stack.check() is None
+    assert e2e.stack.stack.exits[exits_before:] == []  # none died and came back
     uri = e2e.put_object("incoming/after-bad.jpg", room_photos[7].read_bytes())
     job_id = new_id("after")
     e2e.publish(upload(job_id, uri))

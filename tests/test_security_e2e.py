@@ -20,7 +20,7 @@ from tests.conftest import E2E_BROKERS, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET
 from tests.forms import multipart
 
 # The whole point of these cases is the HTTP gate, not the broker: run them on one.
-pytestmark = pytest.mark.usefixtures("first_broker_only")
+pytestmark = pytest.mark.usefixtures("first_broker_only", "exits_before")
 
 
 @pytest.fixture
@@ -346,9 +346,11 @@ def test_a_tenant_holds_at_most_its_number_of_progress_streams(e2e, room_photos)
         assert stream.read().decode().startswith("event: ")
 
 
-def test_after_every_attack_the_workers_live_and_a_valid_batch_is_done(e2e, room_photos):
+def test_after_every_attack_the_workers_live_and_a_valid_batch_is_done(e2e, room_photos,
+                                                                        exits_before):
     # (Runs last in this file.) No process of the stack exited...
     assert e2e.stack.check() is None
+    assert e2e.stack.stack.exits[exits_before:] == []  # none died and came back
     # ...and a well-formed batch from a well-behaved tenant still completes.
     status, created = submit_batch(e2e, "tenant-c", room_photos[12].read_bytes())
     assert status == 202, created

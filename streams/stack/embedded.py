@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,10 +256,31 @@ WORKER_STOP_TIMEOUT_S = 60.0
 @dataclass
 class Stack:
     services: list[Service] = field(default_factory=list)
+    exits: list[str] = field(default_factory=list)  # each exit supervise() saw, in words
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    _supervisor: threading.Thread | None = field(default=None, repr=False)
+
+    def supervise_in_background(self, interval_s: float = 1.0) -> None:
+        """Supervise from a thread of its own, what `restyle up` does in its main loop: for a
+        program that runs a stack while it does something else (the end-to-end tests). A
+        worker that stops itself (RESTYLE_REBALANCE_STUCK_S) counts on being started again."""
+        def supervise_until_stopped() -> None:
+            reported = None
+            while not self._stopping.wait(interval_s):
+                problem = self.supervise()
+                if problem and problem != reported:
+                    log.error("stack: %s", problem)
+                reported = problem
+        self._supervisor = threading.Thread(target=supervise_until_stopped, daemon=True,
+                                            name="stack-supervisor")
+        self._supervisor.start()
 
     def stop(self) -> None:
         """Workers first, all at once (they commit and leave their groups while the broker is
         up), then the servers, in the reverse order they started."""
+        self._stopping.set()  # a worker stopping now is not started again
+        if self._supervisor is not None:
+            self._supervisor.join()
         workers = [s for s in self.services if s.kind == "worker"]
         for service in workers:
             service.signal_stop()
@@ -281,7 +303,9 @@ class Stack:
         with backoff, saying so in the log; the death of any other server (a broker that
         keeps its topics in memory) is returned as a problem."""
         now = time.monotonic()
-        for n, service in enumerate(self.services):
+        # A snapshot, each replaced where it is then: the list may change meanwhile (a test
+        # removes a worker it is about to stop for good).
+        for service in list(self.services):
             if service.process.poll() is None:
                 continue
             if not service.supervised:
@@ -293,13 +317,19 @@ class Stack:
                     service.restarts = 0
                 wait = min(MAX_RESTART_WAIT_S, FIRST_RESTART_WAIT_S * 2 ** service.restarts)
                 service.restart_due = now + wait
+                self.exits.append(f"{service.name} exited with code "
+                                  f"{service.process.returncode} after {ran:.0f} s")
                 log.warning("%s exited with code %s after %.0f s; restarting it in %.0f s "
                             "(restart %d in a row; log: %s)", service.name,
                             service.process.returncode, ran, wait, service.restarts + 1,
                             service.log_path)
             elif now >= service.restart_due:
                 again = service.start_again()
-                self.services[n] = again
+                try:
+                    self.services[self.services.index(service)] = again
+                except ValueError:  # taken out of the stack meanwhile: not ours to keep
+                    again.stop()
+                    continue
                 log.warning("restarted %s (pid %d)", service.name, again.process.pid)
         return None
 

@@ -243,6 +243,9 @@ class RestyleStack:
         """Restart a worker that died (with backoff, logged); a dead server is a problem."""
         return self.stack.supervise()
 
+    def supervise_in_background(self) -> None:
+        self.stack.supervise_in_background()
+
     def stop(self) -> None:
         self.stack.stop()
         if self.endpoints_path.exists():
