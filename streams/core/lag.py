@@ -5,10 +5,13 @@ KEDA scales on the same figure (k8s/base/autoscaling.yaml).
 
 On the embedded Tansu broker there are no figures: its answer to the admin client's request for
 a group's committed offsets cannot be read (aiokafka 0.14 drops the connection), so the report
-says so once and exports nothing."""
+says so once and exports nothing. A broker that does not answer is asked less and less often
+(twice the wait after each failure in a row, up to MAX_RETRY_WAIT_S): each try opens two clients,
+and on Tansu each failure is a connection aiokafka drops with a traceback in the log."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from streams.core.app import consumer_group
@@ -18,6 +21,8 @@ from streams.core.settings import Settings
 from streams.core.topics import partition_counts
 
 log = logging.getLogger("restyle.lag")
+
+MAX_RETRY_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -86,17 +91,23 @@ class LagReport:
         self.settings = settings
         self.pools = pools(settings)
         self.gpu_group = consumer_group(settings, "gpu")
-        self.failing = False
+        self.failures = 0  # in a row
+        self.next_try = 0.0
 
     async def report(self) -> None:
+        now = time.monotonic()
+        if now < self.next_try:
+            return
         try:
             lags = await group_lags(self.settings, self.pools)
-        except Exception as exc:  # the next report tries again
-            log.log(logging.DEBUG if self.failing else logging.WARNING,
+        except Exception as exc:  # a later report tries again
+            log.log(logging.DEBUG if self.failures else logging.WARNING,
                     "could not read the consumer lag: %s: %s", type(exc).__name__, exc)
-            self.failing = True
+            self.failures += 1
+            self.next_try = now + min(MAX_RETRY_WAIT_S,
+                                      self.settings.lag_interval_s * 2 ** self.failures)
             return
-        self.failing = False
+        self.failures = 0
         export(lags, self.gpu_group, self.pools[self.gpu_group])
 
 
