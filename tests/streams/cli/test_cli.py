@@ -9,11 +9,19 @@ import subprocess
 import sys
 import time
 
+import pytest
 from PIL import Image
 
 from streams.stack.embedded import free_port
+from tests.conftest import on_one_broker
 
 CLI = [sys.executable, "-m", "streams.cli.main"]
+
+
+@pytest.fixture
+def embedded_stack_only(e2e):
+    on_one_broker(e2e, "tansu", "the commands talk to the API and the stack `restyle up` "
+                                "starts, whatever the broker: run on that one (Tansu)")
 
 
 def cli_env(**extra) -> dict:
@@ -143,6 +151,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.usefixtures("embedded_stack_only")
 def test_submit_wait_and_status_against_a_running_stack(e2e, room_photos):
     env = cli_env(RESTYLE_STATE_DIR=str(e2e.stack.state_dir))
     done = subprocess.run([*CLI, "submit", str(room_photos[20]), "--style", "bohemian",
@@ -159,6 +168,7 @@ def test_submit_wait_and_status_against_a_running_stack(e2e, room_photos):
     assert missing.returncode == 2 and "no job 'nope'" in missing.stderr
 
 
+@pytest.mark.usefixtures("embedded_stack_only")
 def test_a_wait_that_times_out_exits_3_and_says_the_job_goes_on(e2e, room_photos):
     env = cli_env(RESTYLE_STATE_DIR=str(e2e.stack.state_dir))
     waited = subprocess.run([*CLI, "submit", str(room_photos[21]), "--style", "rustic",
@@ -192,6 +202,7 @@ def test_expected_failures_are_one_line_without_a_traceback(tmp_path):
         assert "Traceback" not in failed.stderr, case
 
 
+@pytest.mark.usefixtures("embedded_stack_only")
 def test_submit_works_against_a_remote_install_with_only_its_api_and_a_key(e2e, room_photos,
                                                                           tmp_path):
     """No broker, no storage: the status API's URL and an API key (an ingress or a
@@ -227,6 +238,7 @@ def test_submit_works_against_a_remote_install_with_only_its_api_and_a_key(e2e, 
     assert "Traceback" not in refused.stderr
 
 
+@pytest.mark.usefixtures("embedded_stack_only")
 def test_keys_are_created_listed_and_revoked_from_the_command_line(e2e):
     env = cli_env(RESTYLE_STATE_DIR=str(e2e.stack.state_dir))
     created = subprocess.run([*CLI, "keys", "create", "--tenant", "cli-co", "--name", "ci bot"],
@@ -268,6 +280,7 @@ def test_keys_are_created_listed_and_revoked_from_the_command_line(e2e):
     assert bad.returncode == 2 and "a tenant is 1-64 letters" in bad.stderr
 
 
+@pytest.mark.usefixtures("embedded_stack_only")
 def test_background_replaces_a_folder_of_photos_as_one_batch(e2e, tmp_path):
     """Local photos are staged in storage, published as a batch and followed to the report;
     a corrupt photo makes the batch fail (nothing tolerated) and the exit code says so."""
@@ -288,6 +301,7 @@ def test_background_replaces_a_folder_of_photos_as_one_batch(e2e, tmp_path):
     assert "report (json): http" in done.stdout
 
 
+@pytest.mark.usefixtures("embedded_stack_only")
 def test_background_jobs_and_retry_against_a_remote_install(
         e2e, tmp_path):
     """No broker, no storage: the photos go up through POST /uploads, the batch through POST
