@@ -34,10 +34,12 @@ A held-back message fetched again must also reach its stream, and faust's fetch 
 message below the last offset it read on the partition: a message from the fetch before the
 seek, processed after it, raised that offset above the rewound one (the full suite's Kafka stack
 lost a catalog product so: offset 0 skipped during the recovery, offset 1 processed just after
-faust's seek, offset 0 fetched again and dropped, the ingest waiting for ever). Here a held-back
-message fetched again goes through, what this generation has processed already does not come a
-second time, and a message held back for REDELIVER_AFTER_S without coming again (no seek brought
-it back) is fetched again from the partition.
+faust's seek, offset 0 fetched again and dropped, the ingest waiting for ever). So restyle
+decides what its streams get from each fetch: a message not handed to them since the last
+rebalance's seek goes through (its read offset lowered where faust would drop it), one handed
+already does not come twice (processed or still in flight) unless its stream skipped it. A
+held-back message the fetch has passed without it coming again (the skip came after the seek
+that would have brought it back) is fetched again from its partition after REDELIVER_AFTER_S.
 """
 from __future__ import annotations
 
@@ -100,31 +102,36 @@ class _Consumer(faust_aiokafka.Consumer):
             self._hold_back(message.tp, message.offset)  # but not committed: it comes again
             return False
         self._held_back(message.tp).discard(message.offset)
-        self._redelivering(message.tp).discard(message.offset)
+        self._state("redelivering", message.tp).discard(message.offset)
         return super().ack(message)
 
-    def _restyle_state(self, name: str) -> dict:
-        """Per-partition bookkeeping of restyle's own (faust builds its consumer without us)."""
+    def _state(self, name: str, tp=None):
+        """restyle's own bookkeeping, per partition (faust builds its consumer without us):
+        held_back: offsets skipped unprocessed, the commit stays below them;
+        redelivering: held-back offsets fetched again, on their way through the stream;
+        handed: offsets handed to the streams since the last seek after a rebalance;
+        fetched_to: the highest offset fetched since the last seek (None: none yet);
+        eligible_since: when a held-back offset was first seen passed by the fetch;
+        refetch_from: a fetch from this offset is due, made between two fetches."""
         if not hasattr(self, "_restyle"):
-            self._restyle = {"held_back": {}, "redelivering": {}, "held_since": {},
-                             "in_flight_at_refetch": {}}
-        return self._restyle[name]
+            self._restyle = {name: {} for name in (
+                "held_back", "redelivering", "handed", "fetched_to", "eligible_since",
+                "refetch_from")}
+        table = self._restyle[name]
+        if tp is None:
+            return table
+        return table.setdefault(tp, set()) if name in ("held_back", "redelivering",
+                                                         "handed") else table.get(tp)
 
     def _held_back(self, tp) -> set[int]:
-        """Offsets of tp skipped without being processed: the commit stays below them."""
-        return self._restyle_state("held_back").setdefault(tp, set())
-
-    def _redelivering(self, tp) -> set[int]:
-        """Held-back offsets of tp fetched again and on their way through the stream."""
-        return self._restyle_state("redelivering").setdefault(tp, set())
+        return self._state("held_back", tp)
 
     def _hold_back(self, tp, offset: int) -> None:
         committed = self._committed_offset.get(tp)
         if offset in self._acked_index[tp] or (committed is not None and offset < committed):
             return  # its copy from this generation was processed already
         self._held_back(tp).add(offset)
-        self._redelivering(tp).discard(offset)  # skipped again: it has to come once more
-        self._restyle_state("held_since").setdefault(tp, time.monotonic())
+        self._state("redelivering", tp).discard(offset)  # skipped again: it must come again
 
     def _new_offset(self, tp):
         """faust's next commit for tp, counting only the acknowledgements below the lowest
@@ -133,7 +140,7 @@ class _Consumer(faust_aiokafka.Consumer):
         if not held:
             return super()._new_offset(tp)
         floor = min(held)
-        for offset in held:  # never a gap in the log faust may skip over
+        for offset in held:  # never in a gap of the log faust counts as acknowledged
             self._gap[tp].chop(offset, offset + 1)
         acked = self._acked[tp]
         above = [offset for offset in acked if offset >= floor]
@@ -144,60 +151,94 @@ class _Consumer(faust_aiokafka.Consumer):
             acked.extend(above)
             acked.sort()
 
+    async def perform_seek(self) -> None:
+        """faust's seek to the committed offsets (after a rebalance): from here everything
+        fetched is new to the streams."""
+        await super().perform_seek()
+        for name in ("handed", "fetched_to", "refetch_from"):
+            self._state(name).clear()
+
     async def getmany(self, timeout: float):
-        """faust's fetch, less what this generation has processed already, with a held-back
-        message let past the read offset faust's fetch loop would drop it below."""
+        """faust's fetch, less what the streams were handed since the last rebalance and did
+        not skip, each message handed lowering the read offset faust's fetch loop would drop
+        it below (and each one left out raising it, so faust sees no gap in the log)."""
+        await self._fetch_again_where_due()
+        acks_enabled_for = self.app.topics.acks_enabled_for
         async for tp, message in super().getmany(timeout):
-            offset = message.offset
+            if not acks_enabled_for(message.topic):
+                # A table's changelog: its recovery seeks and reads it again itself.
+                yield tp, message
+                continue
+            offset, read = message.offset, self._read_offset[tp]
+            fetched_to = self._state("fetched_to", tp)
+            self._state("fetched_to")[tp] = offset if fetched_to is None else max(fetched_to,
+                                                                                  offset)
+            handed = self._state("handed", tp)
             if offset in self._held_back(tp):
-                read = self._read_offset[tp]
-                if read is not None and offset < read:
+                self._state("redelivering", tp).add(offset)
+            elif offset in handed:
+                if read is None or read < offset:
                     self._read_offset[tp] = offset
-                self._redelivering(tp).add(offset)
-            elif offset in self._acked_index[tp] or \
-                    offset in self._restyle_state("in_flight_at_refetch").get(tp, ()):
-                continue  # processed (or being processed) in this generation
+                continue  # processed, or on its way: not twice
+            if read is not None and offset < read:
+                self._read_offset[tp] = offset
+            handed.add(offset)
             yield tp, message
 
     async def commit(self, *args, **kwargs) -> bool:
-        await self._refetch_held_back()
-        return await super().commit(*args, **kwargs)
+        self._plan_fetches_again()
+        committed = await super().commit(*args, **kwargs)
+        for tp, handed in self._state("handed").items():  # below the commit: never again
+            floor = self._committed_offset.get(tp)
+            if floor is not None:
+                handed.difference_update([o for o in handed if o < floor])
+        return committed
 
-    async def _refetch_held_back(self) -> None:
-        """Fetch a partition again from a held-back message that has not come again within
-        REDELIVER_AFTER_S while faust's fetch loop read past it (the skip came after the seek
-        that would have brought it back)."""
+    def _plan_fetches_again(self) -> None:
+        """A held-back offset the fetch has passed without it coming again, for
+        REDELIVER_AFTER_S: fetch its partition again from it (made by getmany, between two
+        fetches, so no message of an earlier fetch follows the seek)."""
         if self.should_stop or self.app.rebalancing or not self.app.flow_control.is_active():
             return  # the seek that ends the rebalance brings it back
-        now, since = time.monotonic(), self._restyle_state("held_since")
-        for tp, held in self._restyle_state("held_back").items():
-            waiting = held - self._redelivering(tp)
-            if not waiting:
-                since.pop(tp, None)
+        now, since = time.monotonic(), self._state("eligible_since")
+        for tp, held in self._state("held_back").items():
+            waiting = held - self._state("redelivering", tp)
+            fetched_to = self._state("fetched_to", tp)
+            if not waiting or fetched_to is None or fetched_to < min(waiting):
+                since.pop(tp, None)  # nothing skipped, or the fetch has yet to reach it
                 continue
-            floor, read = min(waiting), self._read_offset[tp]
-            if now - since.setdefault(tp, now) < REDELIVER_AFTER_S or read is None or \
-                    read <= floor:
-                continue  # not read past yet: the fetch brings it (a busy stream reads late)
-            since[tp] = now  # the next try, if this one does not bring it, after as long
-            # What is in flight now must not start a second time when it is fetched again.
-            self._restyle_state("in_flight_at_refetch")[tp] = {
-                message.offset for message in list(self._unacked_messages)
-                if message.tp == tp and message.offset > floor}
+            if now - since.setdefault(tp, now) >= REDELIVER_AFTER_S:
+                since.pop(tp)
+                self._state("refetch_from")[tp] = min(waiting)
+
+    async def _fetch_again_where_due(self) -> None:
+        due = self._state("refetch_from")
+        while due:
+            tp, offset = due.popitem()
             log.warning("%s offset %d was skipped and has not come again in %.0f s: fetching "
-                        "the partition again from it", tp, floor, REDELIVER_AFTER_S)
-            try:
-                await self.seek(tp, floor)  # faust's seek: the fetch position and read offset
-            except IllegalStateError:
-                pass  # revoked meanwhile: its next owner starts from the commit
+                        "the partition again from it", tp, offset, REDELIVER_AFTER_S)
+            consumer = self._thread._ensure_consumer()
+            if await self._thread.call_thread(seek_in_consumer_thread, consumer, tp, offset):
+                self._read_offset[tp] = offset if offset else None
+                self._state("fetched_to")[tp] = offset - 1
 
     async def on_partitions_revoked(self, revoked) -> None:
         for tp in revoked:  # the next owner starts from the commit
-            for state in self._restyle_state("held_back"), self._restyle_state("redelivering"), \
-                    self._restyle_state("held_since"), \
-                    self._restyle_state("in_flight_at_refetch"):
-                state.pop(tp, None)
+            for table in self._state("held_back"), self._state("redelivering"), \
+                    self._state("handed"), self._state("fetched_to"), \
+                    self._state("eligible_since"), self._state("refetch_from"):
+                table.pop(tp, None)
         await super().on_partitions_revoked(revoked)
+
+
+async def seek_in_consumer_thread(consumer, tp, offset: int) -> bool:
+    """aiokafka's seek, run in the thread and loop of faust's consumer (its fetcher's records
+    and futures belong there). False: the partition was revoked meanwhile."""
+    try:
+        consumer.seek(tp, offset)
+        return True
+    except IllegalStateError:
+        return False
 
 
 def use_fetch_max_wait(milliseconds: int) -> None:

@@ -145,13 +145,15 @@ async def handed_to_streams(consumer) -> list[int]:
 
 
 async def fetch_again_after_reading_past_a_skipped_message(consumer_class) -> list[int]:
-    """Offset 0 skipped during the recovery; offset 1 (fetched before the seek) processed after
-    it; the fetch from the seek brings 0 and 1 again."""
+    """Offset 0 skipped during the recovery; offset 1, left from the fetch before faust's seek,
+    handed to the stream and processed after it; the fetch from the seek brings 0 and 1 again.
+    Returns what that fetch hands the streams."""
     app, consumer = rebalanced_consumer(consumer_class)
     fetched(0, generation=2).ack(consumer)  # skipped: flow control suspended
     app.flow_control.resume()
+    answering_fetches_with(consumer, [1])
+    await handed_to_streams(consumer)
     fetched(1, generation=2).ack(consumer)
-    consumer._read_offset[PARTITION] = 1
     answering_fetches_with(consumer, [0, 1])
     return await handed_to_streams(consumer)
 
@@ -167,52 +169,60 @@ def test_restyle_delivers_the_skipped_message_once_and_not_what_it_processed():
         faust_aiokafka.Transport.Consumer)) == [0]
 
 
-def test_a_skipped_message_that_does_not_come_again_is_fetched_again(monkeypatch):
-    """Skipped after the seek that would have brought it back: after REDELIVER_AFTER_S the
-    partition is fetched again from it, and a message in flight then does not start twice."""
-    async def scenario():
-        restyle_consumer.use_fetch_max_wait(20)
-        app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
-        app.flow_control.resume()
-        fetched(2, generation=1).ack(consumer)  # a stale copy, skipped: 2 held back
-        processed, in_flight = fetched(3, generation=2), fetched(4, generation=2)
-        processed.ack(consumer)
-        consumer.track_message(in_flight)
-        seeks = []
+class ConsumerThreadSeeks:
+    """Where faust's consumer thread would run aiokafka's seek: here it is written down."""
 
-        async def seek_in_fetcher_thread(tp, offset):  # aiokafka's seek, in faust's thread
-            seeks.append((tp, offset))
-        consumer._seek = seek_in_fetcher_thread
-        consumer._read_offset[PARTITION] = 4  # faust's fetch loop has read past 2
-        await consumer._refetch_held_back()
-        waited = list(seeks)
-        monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", 0.0)
-        await consumer._refetch_held_back()
-        answering_fetches_with(consumer, [2, 3, 4, 5])
-        return waited, seeks, await handed_to_streams(consumer), consumer._new_offset(PARTITION)
+    def __init__(self):
+        self.seeks = []
 
-    waited, seeks, handed, commit = asyncio.run(scenario())
-    assert waited == []  # not at once: the seek after a rebalance brings it back sooner
+    def _ensure_consumer(self):
+        return self
+
+    def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
+    async def call_thread(self, function, *args):
+        return await function(*args)
+
+
+async def skipped_after_the_seek(monkeypatch, wait_s: float, fetch_passed_it: bool):
+    """Offsets 2..4 handed to the streams; 2 skipped after (a stale copy), 3 processed, 4 still
+    in flight. Returns (the seeks made, what the next fetch of 2..5 hands the streams, the
+    commit then)."""
+    restyle_consumer.use_fetch_max_wait(20)
+    app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
+    app.flow_control.resume()
+    consumer._thread = ConsumerThreadSeeks()
+    if fetch_passed_it:
+        answering_fetches_with(consumer, [2, 3, 4])
+        await handed_to_streams(consumer)
+    fetched(2, generation=1).ack(consumer)  # the stale copy, skipped: 2 held back
+    fetched(3, generation=2).ack(consumer)
+    monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", wait_s)
+    consumer._plan_fetches_again()  # the commit timer's look
+    consumer._plan_fetches_again()
+    answering_fetches_with(consumer, [2, 3, 4, 5])
+    handed = await handed_to_streams(consumer)
+    return consumer._thread.seeks, handed, consumer._new_offset(PARTITION)
+
+
+def test_a_skipped_message_the_fetch_has_passed_is_fetched_again():
+    """Skipped after the seek that would have brought it back: after REDELIVER_AFTER_S its
+    partition is fetched again from it, and what was handed already does not come twice."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        seeks, handed, commit = asyncio.run(skipped_after_the_seek(monkeypatch, 0.0, True))
     assert seeks == [(PARTITION, 2)]
     assert handed == [2, 5]  # 3 was processed, 4 is still on its way
     assert commit is None  # still below 2 until it is processed
 
 
-def test_a_skipped_message_the_fetch_loop_has_not_reached_is_left_to_come():
-    async def scenario(monkeypatch):
-        restyle_consumer.use_fetch_max_wait(20)
-        app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
-        app.flow_control.resume()
-        fetched(2, generation=1).ack(consumer)  # held back
-        consumer._read_offset[PARTITION] = 2  # a busy stream: the fetch has not passed 2
-        seeks = []
-
-        async def seek_in_fetcher_thread(tp, offset):
-            seeks.append((tp, offset))
-        consumer._seek = seek_in_fetcher_thread
-        monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", 0.0)
-        await consumer._refetch_held_back()
-        return seeks
-
+def test_a_skipped_message_is_given_time_to_come_again_first():
     with pytest.MonkeyPatch.context() as monkeypatch:
-        assert asyncio.run(scenario(monkeypatch)) == []
+        seeks, handed, _ = asyncio.run(skipped_after_the_seek(monkeypatch, 60.0, True))
+    assert seeks == [] and handed == [2, 5]  # it came: the fetch went on from 5
+
+
+def test_a_skipped_message_the_fetch_has_not_reached_is_left_to_come():
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        seeks, handed, _ = asyncio.run(skipped_after_the_seek(monkeypatch, 0.0, False))
+    assert seeks == [] and handed == [2, 3, 4, 5]  # (nothing was handed before this fetch)
