@@ -8,7 +8,6 @@ import re
 import signal
 import sys
 import threading
-import time
 import urllib.error
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from schemas.credentials import TENANT_PATTERN, Scope
 from schemas.errors import StageFailure
 from streams.cli import avatars as avatar_client
 from streams.cli import background as batch_client
-from streams.cli import client, remote, weights
+from streams.cli import client, remote, tables, weights
 from streams.cli.background import local_images
 from streams.cli.catalog import DuplicateProductIds
 from streams.cli.client import run
@@ -292,11 +291,11 @@ def status(job_id) -> None:
 def jobs(limit, active) -> None:
     """List your tenant's newest jobs, newest first: id, pipeline, status (and cause)."""
     query = f"/jobs?limit={limit}" + ("&active=true" if active else "")
-    for job in client.api_get(load_settings(), query)["jobs"]:
-        cause = f"  {job['error']['code']}: {job['error']['message']}" if job.get("error") \
-            else ""
-        batch = f" (batch {job['batch_id']})" if job.get("batch_id") else ""
-        click.echo(f"{job['job_id']}  {job['pipeline'] or '?'}{batch}  {job['status']}{cause}")
+    listed = client.api_get(load_settings(), query)["jobs"]
+    if listed:
+        click.echo(tables.jobs_table(listed))
+    else:
+        click.echo("no jobs" + (" running" if active else " yet"), err=True)
 
 
 @main.command()
@@ -438,10 +437,11 @@ def keys_list() -> None:
     """Every key: id, tenant, name, scopes, created, revoked."""
     from streams.api.auth.keystore import list_keys
 
-    for record in client.run(list_keys(load_settings())):
-        revoked = f"revoked {_when(record.revoked_at)}" if record.revoked_at else "active"
-        click.echo(f"{record.key_id}  {record.tenant:<20} {' '.join(s.value for s in record.scopes):<18}"
-                   f" created {_when(record.created_at)}  {revoked}  {record.name or ''}")
+    records = client.run(list_keys(load_settings()))
+    if records:
+        click.echo(tables.keys_table(records))
+    else:
+        click.echo("no keys yet", err=True)
 
 
 @keys.command("revoke")
@@ -455,10 +455,6 @@ def keys_revoke(key_id) -> None:
         click.echo(f"no key {key_id!r}", err=True)
         sys.exit(2)
     click.echo(f"revoked {record.key_id} (tenant {record.tenant})")
-
-
-def _when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
 
 
 @main.group()
@@ -749,9 +745,11 @@ def avatar_generate(model_id, prompt, negative_prompt, params, job_id, wait, tim
 @avatar.command("models")
 def avatar_models() -> None:
     """List this tenant's trained models."""
-    for model in avatar_client.list_models(load_settings()):
-        click.echo(f"{model['model_id']}  {model['trigger']!r}  {model['steps']} steps  "
-                   f"base {model['base_model']}")
+    trained = avatar_client.list_models(load_settings())
+    if trained:
+        click.echo(tables.models_table(trained))
+    else:
+        click.echo("no trained models yet", err=True)
 
 
 

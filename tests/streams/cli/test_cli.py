@@ -330,8 +330,10 @@ def test_background_jobs_and_retry_against_a_remote_install(
     listed = subprocess.run([*CLI, "jobs", "--limit", "2"], env=env, capture_output=True,
                             text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
-    failed_line = next(line for line in listed.stdout.splitlines() if "not_an_image" in line)
-    assert "background_replace (batch " in failed_line and " failed " in failed_line
+    header, _, *rows = listed.stdout.splitlines()  # a table: header, rule, one row a job
+    assert header.split() == ["job", "pipeline", "status", "batch", "cause"]
+    failed_line = next(row for row in rows if "not_an_image" in row)
+    assert failed_line.split()[1:3] == ["background_replace", "failed"]
     refused = subprocess.run([*CLI, "retry", failed_line.split()[0]], env=env,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "batch's image" in refused.stderr
