@@ -53,7 +53,7 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     gate = auth_middleware(Authenticator(settings, keyring))
     limiter = TenantLimiter(settings)
     wiring = create_app(settings, role, topic_names(settings, sets), web_port,
-                        [gate, limit_middleware(limiter)])
+                        [tracing.http_middleware(), gate, limit_middleware(limiter)])
     wiring.app.task(keyring.run)
     # Messages in flight, on local disk: one that kills the worker is recognised when it
     # comes back (one directory per role, shared by a role's workers on this machine).

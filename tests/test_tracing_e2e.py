@@ -38,3 +38,33 @@ def test_a_makeover_is_one_trace_from_the_upload_to_its_result(e2e, room_photos)
                ("analyze", "render", "reanalyze"))
     # Nothing of this job escaped into another trace.
     assert {s.trace_id for s in e2e.traces.of_job(job_id)} == {trace_id}
+
+
+def test_a_job_submitted_over_http_is_traced_from_the_request(e2e, room_photos):
+    """POST /jobs is a span of the status API (continuing the caller's traceparent header),
+    and the upload it publishes carries it on: the intake is the request's child."""
+    from tests.conftest import E2E_BROKERS, on_one_broker
+    from tests.forms import multipart
+
+    on_one_broker(e2e, E2E_BROKERS[0], "the HTTP span does not depend on the broker")
+    trace_id, caller = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    form, headers = multipart({"room.jpg": room_photos[6].read_bytes()}, {"style": "modern"},
+                              file_field="image")
+    status, answer = e2e.request("POST", "/jobs", form, {
+        **headers, "traceparent": f"00-{trace_id}-{caller}-01"}, tenant="traced")
+    assert status == 202, answer
+
+    deadline = time.monotonic() + 60  # the intake runs, then spans go out in batches
+    while True:
+        by_name = {span.name: span for span in e2e.traces.of_trace(trace_id)}
+        if {"POST /jobs", "intake"} <= set(by_name) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {"POST /jobs", "intake"} <= set(by_name), f"spans: {sorted(by_name)}"
+    request = by_name["POST /jobs"]
+    assert request.parent_id == caller and request.service == "restyle-cpu-worker"
+    assert request.attributes.get("http.status_code",
+                                  request.attributes.get("http.response.status_code")) == 202
+    assert by_name["intake"].parent_id == request.span_id
+    assert by_name["intake"].attributes.get("restyle.job_id") == answer["job_id"]
+    assert e2e.result(answer["job_id"])["status"] == "done"

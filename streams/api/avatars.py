@@ -32,6 +32,7 @@ from streams.api.tenancy import (
 )
 from streams.api.tenants import TenantUsage
 from streams.core.registry import RegistryUnavailable
+from streams.core import tracing
 from streams.core.runtime import Runtime, describe_validation, json_object
 
 
@@ -56,7 +57,8 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
                                   describe_validation(exc))
         job_id = event["job_id"]
         await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
-                                                  value=json.dumps(event).encode())
+                                                  value=json.dumps(event).encode(),
+                                                  headers=tracing.outgoing_headers())
         await until_known(app, request, f"/jobs/{job_id}")
         return view.json(answer, status=202)
 

@@ -26,6 +26,7 @@ from streams.api.tenancy import (
     sees,
 )
 from streams.api.queue import QueuePositions
+from streams.core import tracing
 from streams.core.runtime import Runtime, json_object
 from streams.tracking import activity
 from streams.tracking.tables import Tables
@@ -139,7 +140,8 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
         if store is not None:
             await store()
         await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
-                                                  value=json.dumps(event).encode())
+                                                  value=json.dumps(event).encode(),
+                                                  headers=tracing.outgoing_headers())
         await until_known(app, request, f"/jobs/{job_id}")
         return view.json({"job_id": job_id, **({"image": event["image"]} if "image" in event
                                                  else {}), **answered}, status=202)

@@ -4,6 +4,10 @@ span that sent its input, carried in the Kafka message's headers as W3C trace co
 intake's span starts one. So upload -> intake -> tracker -> stages -> GPU worker -> tracker ->
 result is one trace, across processes.
 
+A request to the status API is a span of its own (OpenTelemetry's aiohttp-server
+instrumentation, `POST /jobs` and so on), continuing the caller's `traceparent` header: a job
+submitted over HTTP starts its trace there, and the upload the request publishes is its child.
+
 Spans are exported over OTLP/HTTP when OpenTelemetry's own variables name a collector
 (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; OTEL_* options apply).
 Without one, nothing is recorded, and the trace context still passes through untouched.
@@ -39,6 +43,13 @@ def export_spans(service_name: str) -> bool:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return True
+
+
+def http_middleware():
+    """The aiohttp middleware that puts each request to the status API in a SERVER span."""
+    from opentelemetry.instrumentation.aiohttp_server import create_aiohttp_middleware
+
+    return create_aiohttp_middleware()
 
 
 def outgoing_headers() -> list[tuple[str, bytes]]:
