@@ -137,6 +137,9 @@ class _Consumer(faust_aiokafka.Consumer):
         """faust's next commit for tp, counting only the acknowledgements below the lowest
         offset held back (faust would commit a run above it)."""
         held = self._held_back(tp)
+        committed = self._committed_offset.get(tp)
+        if committed is not None:  # committed already (an earlier owner processed it)
+            held.difference_update([offset for offset in held if offset < committed])
         if not held:
             return super()._new_offset(tp)
         floor = min(held)
@@ -152,11 +155,20 @@ class _Consumer(faust_aiokafka.Consumer):
             acked.sort()
 
     async def perform_seek(self) -> None:
-        """faust's seek to the committed offsets (after a rebalance): from here everything
-        fetched is new to the streams."""
+        """faust's seek to the committed offsets (after a rebalance): the fetch starts again
+        there. What was handed stays known (a batch fetched before the seek may still be
+        handing its messages out); the assignment before it started this generation afresh."""
         await super().perform_seek()
-        for name in ("handed", "fetched_to", "refetch_from"):
+        for name in ("fetched_to", "refetch_from"):
             self._state(name).clear()
+
+    async def on_partitions_assigned(self, assigned, *args, **kwargs) -> None:
+        """A new generation starts from the committed offsets, everything after them fetched
+        again: nothing of restyle's bookkeeping from before counts (a message finishing
+        while the revocation waited for it was held back for nothing)."""
+        for table in getattr(self, "_restyle", {}).values():
+            table.clear()
+        await super().on_partitions_assigned(assigned, *args, **kwargs)
 
     async def getmany(self, timeout: float):
         """faust's fetch, less what the streams were handed since the last rebalance and did
@@ -173,9 +185,9 @@ class _Consumer(faust_aiokafka.Consumer):
             fetched_to = self._state("fetched_to", tp)
             self._state("fetched_to")[tp] = offset if fetched_to is None else max(fetched_to,
                                                                                   offset)
-            handed = self._state("handed", tp)
-            if offset in self._held_back(tp):
-                self._state("redelivering", tp).add(offset)
+            handed, redelivering = self._state("handed", tp), self._state("redelivering", tp)
+            if offset in self._held_back(tp) and offset not in redelivering:
+                redelivering.add(offset)  # skipped before: once more (not twice at once)
             elif offset in handed:
                 if read is None or read < offset:
                     self._read_offset[tp] = offset
@@ -213,12 +225,15 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def _fetch_again_where_due(self) -> None:
         due = self._state("refetch_from")
-        while due:
+        while due and not self.should_stop and not self.app.rebalancing:
             tp, offset = due.popitem()
+            generation = self.app.consumer_generation_id
             log.warning("%s offset %d was skipped and has not come again in %.0f s: fetching "
                         "the partition again from it", tp, offset, REDELIVER_AFTER_S)
             consumer = self._thread._ensure_consumer()
-            if await self._thread.call_thread(seek_in_consumer_thread, consumer, tp, offset):
+            sought = await self._thread.call_thread(seek_in_consumer_thread, consumer, tp,
+                                                    offset, generation)
+            if sought and self.app.consumer_generation_id == generation:
                 self._read_offset[tp] = offset if offset else None
                 self._state("fetched_to")[tp] = offset - 1
 
@@ -231,13 +246,17 @@ class _Consumer(faust_aiokafka.Consumer):
         await super().on_partitions_revoked(revoked)
 
 
-async def seek_in_consumer_thread(consumer, tp, offset: int) -> bool:
+async def seek_in_consumer_thread(consumer, tp, offset: int, generation: int) -> bool:
     """aiokafka's seek, run in the thread and loop of faust's consumer (its fetcher's records
-    and futures belong there). False: the partition was revoked meanwhile."""
+    and futures belong there), unless the group has moved on from generation (its own seek to
+    the committed offsets stands). False: not made."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if getattr(coordinator, "generation", generation) != generation:
+        return False
     try:
         consumer.seek(tp, offset)
         return True
-    except IllegalStateError:
+    except IllegalStateError:  # revoked meanwhile
         return False
 
 

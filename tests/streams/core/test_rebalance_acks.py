@@ -226,3 +226,28 @@ def test_a_skipped_message_the_fetch_has_not_reached_is_left_to_come():
     with pytest.MonkeyPatch.context() as monkeypatch:
         seeks, handed, _ = asyncio.run(skipped_after_the_seek(monkeypatch, 0.0, False))
     assert seeks == [] and handed == [2, 3, 4, 5]  # (nothing was handed before this fetch)
+
+
+def test_a_skipped_message_on_its_way_again_is_not_handed_out_twice():
+    async def scenario():
+        restyle_consumer.use_fetch_max_wait(20)
+        app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
+        fetched(0, generation=2).ack(consumer)  # skipped during the recovery
+        app.flow_control.resume()
+        answering_fetches_with(consumer, [0])
+        first = await handed_to_streams(consumer)  # the fetch left from before the seek
+        second = await handed_to_streams(consumer)  # the fetch from the seek, 0 in flight
+        return first, second
+    assert asyncio.run(scenario()) == ([0], [])
+
+
+def test_an_offset_held_back_below_the_commit_no_longer_holds_it():
+    """Held back in an earlier ownership, the partition since committed past it elsewhere."""
+    restyle_consumer.use_fetch_max_wait(20)
+    app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
+    fetched(2, generation=1).ack(consumer)  # held back
+    consumer._committed_offset[PARTITION] = 5
+    app.flow_control.resume()
+    for offset in (5, 6):
+        fetched(offset, generation=2).ack(consumer)
+    assert consumer._new_offset(PARTITION) == 7
