@@ -4,8 +4,7 @@ span that sent its input, carried in the Kafka message's headers as W3C trace co
 intake's span starts one. So upload -> intake -> tracker -> stages -> GPU worker -> tracker ->
 result is one trace, across processes.
 
-A request to the status API is a span of its own (OpenTelemetry's aiohttp-server
-instrumentation, `POST /jobs` and so on), continuing the caller's `traceparent` header: a job
+A request to the status API is a span of its own (`POST /jobs` and so on), continuing the caller's `traceparent` header: a job
 submitted over HTTP starts its trace there, and the upload the request publishes is its child.
 
 Spans are exported over OTLP/HTTP when OpenTelemetry's own variables name a collector
@@ -46,10 +45,42 @@ def export_spans(service_name: str) -> bool:
 
 
 def http_middleware():
-    """The aiohttp middleware that puts each request to the status API in a SERVER span."""
-    from opentelemetry.instrumentation.aiohttp_server import create_aiohttp_middleware
+    """The aiohttp middleware that puts each request to the status API in a SERVER span named
+    after its route (`POST /jobs`), with OpenTelemetry's HTTP attribute names. (OpenTelemetry's
+    aiohttp-server instrumentation works by replacing aiohttp's Application class, which faust
+    has imported by then; this is the same span on OpenTelemetry's own API.)"""
+    from aiohttp import web
 
-    return create_aiohttp_middleware()
+    @web.middleware
+    async def traced(request, handler):
+        resource = getattr(request.match_info.route, "resource", None)
+        route = resource.canonical if resource is not None else None
+        attributes = {"http.request.method": request.method, "url.path": request.path}
+        if route:
+            attributes["http.route"] = route
+        with TRACER.start_as_current_span(
+                f"{request.method} {route}" if route else request.method, kind=SpanKind.SERVER,
+                context=propagate.extract(dict(request.headers)), attributes=attributes,
+                record_exception=False, set_status_on_exception=False) as span:
+            try:
+                response = await handler(request)
+            except web.HTTPException as answer:  # aiohttp's own answers (404, 413, ...)
+                _answered(span, answer.status)
+                raise
+            except Exception as error:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                raise
+            _answered(span, response.status)
+            return response
+
+    return traced
+
+
+def _answered(span, status: int) -> None:
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
 
 
 def outgoing_headers() -> list[tuple[str, bytes]]:
