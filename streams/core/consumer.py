@@ -237,6 +237,11 @@ class _Consumer(faust_aiokafka.Consumer):
                 self._read_offset[tp] = offset if offset else None
                 self._state("fetched_to")[tp] = offset - 1
 
+    async def mark_polled(self) -> None:
+        """Count as a fetch for aiokafka's idle check (streams/core/rebalance_watch.py)."""
+        consumer = self._thread._ensure_consumer()
+        await self._thread.call_thread(mark_fetch_activity, consumer)
+
     async def on_partitions_revoked(self, revoked) -> None:
         for tp in revoked:  # the next owner starts from the commit
             for table in self._state("held_back"), self._state("redelivering"), \
@@ -244,6 +249,13 @@ class _Consumer(faust_aiokafka.Consumer):
                     self._state("eligible_since"), self._state("refetch_from"):
                 table.pop(tp, None)
         await super().on_partitions_revoked(revoked)
+
+
+async def mark_fetch_activity(consumer) -> None:
+    """What aiokafka's getmany does for its idle check (max_poll_interval_ms), in faust's
+    consumer thread: a fetch that begins and ends now."""
+    with consumer._subscription.fetch_context():
+        pass
 
 
 async def seek_in_consumer_thread(consumer, tp, offset: int, generation: int) -> bool:

@@ -10,6 +10,14 @@ rebalance that has not ended after RESTYLE_REBALANCE_STUCK_S stops the worker
 (`restyle up`, Kubernetes) starts it again, in the group. The first rebalance, at start, is
 not watched: faust starts its timers once that one is over (a start that hangs is for the
 startupProbe to catch).
+
+What makes a worker leave is aiokafka's idle check: no fetch for the max poll interval, and it
+leaves the group, and rejoins only once fetched from again. faust fetches nothing while a
+rebalance's table recovery runs, so a recovery longer than the interval (two CPU workers
+recovering at once on two cores) made the worker leave and wait for the watch above. While a
+rebalance is under way, the worker now tells aiokafka it is being polled, every quarter of the
+interval (Consumer.mark_polled): a worker whose event loop runs is alive, and it rejoins
+promptly; one whose loop is stuck runs no timer and still leaves.
 """
 from __future__ import annotations
 
@@ -41,3 +49,8 @@ def watch_rebalances(rt: Runtime) -> None:
             await rt.stop_worker(
                 f"its rebalance has not ended in {lasted:.0f} s (RESTYLE_REBALANCE_STUCK_S "
                 f"{limit:g}): out of its consumer group; restarting to rejoin it")
+
+    @app.timer(interval=max(0.5, rt.settings.max_poll_interval_s / 4))
+    async def polled_while_rebalancing() -> None:
+        if app.rebalancing and not (rt.draining or rt.broken):
+            await app.consumer.mark_polled()
