@@ -148,8 +148,9 @@ class BrokerSettings(SettingsBase):
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 0.8
     # The longest a consumer may go without polling before the group drops it. Workers poll
-    # while their stages run (a render, an hour of training: both run in threads), so this
-    # only catches a stuck event loop.
+    # while their stages run (a render, an hour of training: both run in threads), and count
+    # as polled during a rebalance's table recovery (rebalance_watch), so this only catches a
+    # stuck event loop.
     max_poll_interval_s: float = Field(300.0, gt=0)
     # A rebalance still not over after this long (a worker that went past the poll interval
     # during one is out of its group and faust never polls it back in) stops the worker, and
