@@ -10,10 +10,24 @@ import signal
 import uuid
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests import faces
+from tests.conftest import E2E_BROKERS, on_one_broker
 from tests.forms import multipart
+
+
+# Cases the broker makes no difference to run on one (the suite has a time budget); each
+# broker still runs the whole path once.
+@pytest.fixture
+def first_broker_only(e2e):
+    on_one_broker(e2e, E2E_BROKERS[0], "does not depend on the broker: run on the first")
+
+
+@pytest.fixture
+def embedded_stack_only(e2e):
+    on_one_broker(e2e, "tansu", "does not depend on the broker: run on Tansu (restyle up's)")
 
 TRAIN = {"steps": 12, "resolution": 64, "rank": 4, "class_images": 2, "checkpoint_every": 5,
          "learning_rate": 5e-3,
@@ -86,6 +100,7 @@ def test_photos_in_an_adapter_out_then_images_of_that_person(e2e):
     assert np.abs(person - base).mean() > 1.0
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_too_few_usable_photos_fail_the_job_naming_each_rejected_one(e2e):
     photos = {**faces.not_faces(), "me": faces.astronaut()}
     prefix = upload(e2e, "few", photos)
@@ -103,6 +118,7 @@ def test_too_few_usable_photos_fail_the_job_naming_each_rejected_one(e2e):
     assert "broken.png is not an image" in error["message"]
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_an_unknown_model_fails_generation_with_model_not_found(e2e):
     outcome = generate(e2e, "nobody-trained-this")
     assert outcome["status"] == "failed"
@@ -148,6 +164,7 @@ def jpeg(photo: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_over_http_a_tenant_trains_generates_lists_and_deletes_its_own_model(e2e):
     tenant, other = "portraits", "someone-else"
     body, headers = multipart({f"{name}.jpg": jpeg(photo)
@@ -200,6 +217,7 @@ def test_over_http_a_tenant_trains_generates_lists_and_deletes_its_own_model(e2e
     assert "deleted" in failed["error"]["message"]
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_training_requests_the_api_cannot_accept_are_refused_with_the_cause(e2e):
     status, answer = e2e.post_json("/avatars", {"images": ["s3://elsewhere/me.jpg"]},
                                    tenant="portraits")
@@ -214,6 +232,7 @@ def test_training_requests_the_api_cannot_accept_are_refused_with_the_cause(e2e)
     assert status == 400 and "photos" in answer["error"]["message"]
 
 
+@pytest.mark.usefixtures("embedded_stack_only")
 def test_the_cli_trains_with_a_progress_bar_then_generates(e2e, tmp_path):
     import os
     import subprocess
@@ -262,6 +281,7 @@ def test_training_far_longer_than_the_poll_interval_keeps_the_trainer_in_its_gro
     assert len(starts) == 1  # one delivery of the request, one run
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_a_model_trained_on_another_base_model_fails_generation_with_model_mismatch(e2e):
     tenant = e2e.client_settings.default_tenant
     model_id = f"elsewhere-{uuid.uuid4().hex[:6]}"

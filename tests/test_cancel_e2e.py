@@ -10,6 +10,22 @@ import sys
 import time
 import uuid
 
+import pytest
+
+from tests.conftest import E2E_BROKERS, on_one_broker
+
+
+# Cases the broker makes no difference to run on one (the suite has a time budget); each
+# broker still runs the whole path once.
+@pytest.fixture
+def first_broker_only(e2e):
+    on_one_broker(e2e, E2E_BROKERS[0], "does not depend on the broker: run on the first")
+
+
+@pytest.fixture
+def embedded_stack_only(e2e):
+    on_one_broker(e2e, "tansu", "does not depend on the broker: run on Tansu (restyle up's)")
+
 
 def events(e2e, job_id: str) -> list[dict]:
     return [json.loads(m.value()) for m in e2e.collector.matching(
@@ -65,6 +81,7 @@ def test_a_render_stops_at_its_next_step_and_stores_nothing(e2e):
     assert e2e.get(f"/jobs/{job_id}")[1]["status"] == "cancelled"
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_a_job_cancelled_before_it_is_submitted_never_starts(e2e):
     job_id = f"cancel-first-{uuid.uuid4().hex[:8]}"
     e2e.publish({"cancel": job_id, "by": "the order service"}, key=job_id.encode())
@@ -77,6 +94,7 @@ def test_a_job_cancelled_before_it_is_submitted_never_starts(e2e):
     assert stored(e2e, job_id) == [] and len(e2e.results(job_id)) == 1
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_only_the_owner_cancels_and_only_while_the_job_runs(e2e):
     assert e2e.request("DELETE", "/jobs/never-submitted")[0] == 404
     job_id = f"cancel-theirs-{uuid.uuid4().hex[:8]}"
@@ -90,6 +108,7 @@ def test_only_the_owner_cancels_and_only_while_the_job_runs(e2e):
     assert status == 409 and body["error"]["code"] == "already_finished"
 
 
+@pytest.mark.usefixtures("embedded_stack_only")
 def test_the_cli_cancels_a_running_job_and_waits_for_it_to_end(e2e):
     job_id = f"cancel-cli-{uuid.uuid4().hex[:8]}"
     long_render(e2e, job_id)

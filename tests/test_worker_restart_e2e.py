@@ -5,7 +5,24 @@ import json
 import signal
 import uuid
 
+import pytest
 
+from tests.conftest import E2E_BROKERS, on_one_broker
+
+
+# Each kind of stop on one broker (each takes minutes, and the suite has a time budget):
+# a CPU worker killed on Tansu, a GPU worker's hand-back on the production broker.
+@pytest.fixture
+def first_broker_only(e2e):
+    on_one_broker(e2e, E2E_BROKERS[0], "the GPU hand-back runs on the production broker")
+
+
+@pytest.fixture
+def embedded_stack_only(e2e):
+    on_one_broker(e2e, "tansu", "the CPU worker kill runs on Tansu (restyle up's broker)")
+
+
+@pytest.mark.usefixtures("embedded_stack_only")
 def test_a_cpu_worker_killed_mid_stream_loses_no_job(e2e, room_photos):
     stack = e2e.stack
     worker = next(s for s in stack.stack.services if s.name.startswith("cpu-worker"))
@@ -33,6 +50,7 @@ def test_a_cpu_worker_killed_mid_stream_loses_no_job(e2e, room_photos):
         assert status == 200 and body["status"] == "done"
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_a_gpu_worker_stopped_with_sigterm_hands_back_the_render_it_cannot_finish(e2e):
     """SIGTERM mid-render on a worker with a 2 s grace period: it is not ready at once, takes
     nothing new, stops the render at its next step, hands it back uncommitted and exits
