@@ -140,6 +140,7 @@ def long_training(e2e, folder: str, steps: int, until_checkpoint: int) -> str:
     return job_id
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_a_trainer_killed_mid_run_resumes_from_its_last_checkpoint(e2e):
     job_id = long_training(e2e, "resume", steps=300, until_checkpoint=40)
     stack = e2e.stack
@@ -263,6 +264,7 @@ def test_the_cli_trains_with_a_progress_bar_then_generates(e2e, tmp_path):
     assert "zqkv person" in row  # the model's row in the table names its trigger
 
 
+@pytest.mark.usefixtures("first_broker_only")
 def test_training_far_longer_than_the_poll_interval_keeps_the_trainer_in_its_group(e2e):
     """The stack's workers leave their group after 8 s without polling (conftest); a trainer
     busy for longer keeps polling (training runs in a thread), so its request is never
