@@ -276,6 +276,18 @@ def on_one_broker(e2e, broker: str, why: str) -> None:
         pytest.skip(why)
 
 
+@pytest.fixture
+def first_broker_only(e2e):
+    """For a case the broker makes no difference to: run on the production broker only."""
+    on_one_broker(e2e, E2E_BROKERS[0], "does not depend on the broker: run on the first one")
+
+
+@pytest.fixture
+def embedded_stack_only(e2e):
+    """For a case the broker makes no difference to: run on Tansu only (restyle up's)."""
+    on_one_broker(e2e, "tansu", "does not depend on the broker: run on Tansu (restyle up's)")
+
+
 BACKENDS_USED: list[str] = []  # what each end-to-end run actually ran on, for the summary
 WEBHOOK_SECRET = "e2e-webhook-secret"  # the workers know it as RESTYLE_WEBHOOK_SECRETS["tests"]
 # The end-to-end stacks also accept HS256 JWTs from this (test-only) identity provider.

@@ -14,20 +14,8 @@ import pytest
 from PIL import Image
 
 from tests import faces
-from tests.conftest import E2E_BROKERS, on_one_broker
 from tests.forms import multipart
 
-
-# Cases the broker makes no difference to run on one (the suite has a time budget); each
-# broker still runs the whole path once.
-@pytest.fixture
-def first_broker_only(e2e):
-    on_one_broker(e2e, E2E_BROKERS[0], "does not depend on the broker: run on the first")
-
-
-@pytest.fixture
-def embedded_stack_only(e2e):
-    on_one_broker(e2e, "tansu", "does not depend on the broker: run on Tansu (restyle up's)")
 
 TRAIN = {"steps": 12, "resolution": 64, "rank": 4, "class_images": 2, "checkpoint_every": 5,
          "learning_rate": 5e-3,

@@ -12,20 +12,6 @@ import uuid
 
 import pytest
 
-from tests.conftest import E2E_BROKERS, on_one_broker
-
-
-# Cases the broker makes no difference to run on one (the suite has a time budget); each
-# broker still runs the whole path once.
-@pytest.fixture
-def first_broker_only(e2e):
-    on_one_broker(e2e, E2E_BROKERS[0], "does not depend on the broker: run on the first")
-
-
-@pytest.fixture
-def embedded_stack_only(e2e):
-    on_one_broker(e2e, "tansu", "does not depend on the broker: run on Tansu (restyle up's)")
-
 
 def events(e2e, job_id: str) -> list[dict]:
     return [json.loads(m.value()) for m in e2e.collector.matching(

@@ -7,19 +7,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import E2E_BROKERS, on_one_broker
-
-
-# Each kind of stop on one broker (each takes minutes, and the suite has a time budget):
+# Each kind of stop runs on one broker (each takes minutes; the suite has a time budget):
 # a CPU worker killed on Tansu, a GPU worker's hand-back on the production broker.
-@pytest.fixture
-def first_broker_only(e2e):
-    on_one_broker(e2e, E2E_BROKERS[0], "the GPU hand-back runs on the production broker")
-
-
-@pytest.fixture
-def embedded_stack_only(e2e):
-    on_one_broker(e2e, "tansu", "the CPU worker kill runs on Tansu (restyle up's broker)")
 
 
 @pytest.mark.usefixtures("embedded_stack_only")

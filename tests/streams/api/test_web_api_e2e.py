@@ -13,16 +13,10 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from tests.conftest import E2E_BROKERS, on_one_broker
 from tests.forms import multipart
 
 TENANT, OTHER = "web-api", "web-api-other"
 pytestmark = pytest.mark.usefixtures("first_broker_only")
-
-
-@pytest.fixture
-def first_broker_only(e2e):
-    on_one_broker(e2e, E2E_BROKERS[0], "the web app's API does not depend on the broker")
 
 
 def raw(e2e, path: str, tenant: str | None = None, authorized: bool = True):

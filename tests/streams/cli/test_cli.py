@@ -13,15 +13,8 @@ import pytest
 from PIL import Image
 
 from streams.stack.embedded import free_port
-from tests.conftest import on_one_broker
 
 CLI = [sys.executable, "-m", "streams.cli.main"]
-
-
-@pytest.fixture
-def embedded_stack_only(e2e):
-    on_one_broker(e2e, "tansu", "the commands talk to the API and the stack `restyle up` "
-                                "starts, whatever the broker: run on that one (Tansu)")
 
 
 def cli_env(**extra) -> dict:
