@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -90,6 +91,17 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return await self.call_thread(seek_to_committed, self._ensure_consumer(), changelogs)
 
 
+@dataclass
+class _Partition:
+    """restyle's own bookkeeping of one assigned partition."""
+    held_back: set[int] = field(default_factory=set)  # skipped unprocessed: the commit stays below
+    redelivering: set[int] = field(default_factory=set)  # held back, fetched again, on their way
+    handed: set[int] = field(default_factory=set)  # handed to the streams in this generation
+    fetched_to: int | None = None  # the highest offset fetched since the last seek
+    eligible_since: float | None = None  # when the fetch was first seen past a held-back one
+    refetch_from: int | None = None  # a fetch from here is due, made between two fetches
+
+
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -101,42 +113,32 @@ class _Consumer(faust_aiokafka.Consumer):
             message.acked = True  # done with, as far as its stream is concerned
             self._hold_back(message.tp, message.offset)  # but not committed: it comes again
             return False
-        self._held_back(message.tp).discard(message.offset)
-        self._state("redelivering", message.tp).discard(message.offset)
+        book = self._book(message.tp)
+        book.held_back.discard(message.offset)
+        book.redelivering.discard(message.offset)
         return super().ack(message)
 
-    def _state(self, name: str, tp=None):
-        """restyle's own bookkeeping, per partition (faust builds its consumer without us):
-        held_back: offsets skipped unprocessed, the commit stays below them;
-        redelivering: held-back offsets fetched again, on their way through the stream;
-        handed: offsets handed to the streams since the last seek after a rebalance;
-        fetched_to: the highest offset fetched since the last seek (None: none yet);
-        eligible_since: when a held-back offset was first seen passed by the fetch;
-        refetch_from: a fetch from this offset is due, made between two fetches."""
-        if not hasattr(self, "_restyle"):
-            self._restyle = {name: {} for name in (
-                "held_back", "redelivering", "handed", "fetched_to", "eligible_since",
-                "refetch_from")}
-        table = self._restyle[name]
-        if tp is None:
-            return table
-        return table.setdefault(tp, set()) if name in ("held_back", "redelivering",
-                                                         "handed") else table.get(tp)
+    def _books(self) -> dict:
+        """Each assigned partition's _Partition (faust builds its consumer without us)."""
+        if not hasattr(self, "_restyle_books"):
+            self._restyle_books = {}
+        return self._restyle_books
 
-    def _held_back(self, tp) -> set[int]:
-        return self._state("held_back", tp)
+    def _book(self, tp) -> _Partition:
+        return self._books().setdefault(tp, _Partition())
 
     def _hold_back(self, tp, offset: int) -> None:
         committed = self._committed_offset.get(tp)
         if offset in self._acked_index[tp] or (committed is not None and offset < committed):
             return  # its copy from this generation was processed already
-        self._held_back(tp).add(offset)
-        self._state("redelivering", tp).discard(offset)  # skipped again: it must come again
+        book = self._book(tp)
+        book.held_back.add(offset)
+        book.redelivering.discard(offset)  # skipped again: it must come again
 
     def _new_offset(self, tp):
         """faust's next commit for tp, counting only the acknowledgements below the lowest
         offset held back (faust would commit a run above it)."""
-        held = self._held_back(tp)
+        held = self._book(tp).held_back
         committed = self._committed_offset.get(tp)
         if committed is not None:  # committed already (an earlier owner processed it)
             held.difference_update([offset for offset in held if offset < committed])
@@ -159,15 +161,14 @@ class _Consumer(faust_aiokafka.Consumer):
         there. What was handed stays known (a batch fetched before the seek may still be
         handing its messages out); the assignment before it started this generation afresh."""
         await super().perform_seek()
-        for name in ("fetched_to", "refetch_from"):
-            self._state(name).clear()
+        for book in self._books().values():
+            book.fetched_to = book.refetch_from = None
 
     async def on_partitions_assigned(self, assigned, *args, **kwargs) -> None:
         """A new generation starts from the committed offsets, everything after them fetched
         again: nothing of restyle's bookkeeping from before counts (a message finishing
         while the revocation waited for it was held back for nothing)."""
-        for table in getattr(self, "_restyle", {}).values():
-            table.clear()
+        self._books().clear()
         await super().on_partitions_assigned(assigned, *args, **kwargs)
 
     async def getmany(self, timeout: float):
@@ -181,29 +182,26 @@ class _Consumer(faust_aiokafka.Consumer):
                 # A table's changelog: its recovery seeks and reads it again itself.
                 yield tp, message
                 continue
-            offset, read = message.offset, self._read_offset[tp]
-            fetched_to = self._state("fetched_to", tp)
-            self._state("fetched_to")[tp] = offset if fetched_to is None else max(fetched_to,
-                                                                                  offset)
-            handed, redelivering = self._state("handed", tp), self._state("redelivering", tp)
-            if offset in self._held_back(tp) and offset not in redelivering:
-                redelivering.add(offset)  # skipped before: once more (not twice at once)
-            elif offset in handed:
+            offset, read, book = message.offset, self._read_offset[tp], self._book(tp)
+            book.fetched_to = offset if book.fetched_to is None else max(book.fetched_to, offset)
+            if offset in book.held_back and offset not in book.redelivering:
+                book.redelivering.add(offset)  # skipped before: once more (not twice at once)
+            elif offset in book.handed:
                 if read is None or read < offset:
                     self._read_offset[tp] = offset
                 continue  # processed, or on its way: not twice
             if read is not None and offset < read:
                 self._read_offset[tp] = offset
-            handed.add(offset)
+            book.handed.add(offset)
             yield tp, message
 
     async def commit(self, *args, **kwargs) -> bool:
         self._plan_fetches_again()
         committed = await super().commit(*args, **kwargs)
-        for tp, handed in self._state("handed").items():  # below the commit: never again
+        for tp, book in self._books().items():  # below the commit: never again
             floor = self._committed_offset.get(tp)
             if floor is not None:
-                handed.difference_update([o for o in handed if o < floor])
+                book.handed.difference_update([o for o in book.handed if o < floor])
         return committed
 
     def _plan_fetches_again(self) -> None:
@@ -212,21 +210,24 @@ class _Consumer(faust_aiokafka.Consumer):
         fetches, so no message of an earlier fetch follows the seek)."""
         if self.should_stop or self.app.rebalancing or not self.app.flow_control.is_active():
             return  # the seek that ends the rebalance brings it back
-        now, since = time.monotonic(), self._state("eligible_since")
-        for tp, held in self._state("held_back").items():
-            waiting = held - self._state("redelivering", tp)
-            fetched_to = self._state("fetched_to", tp)
-            if not waiting or fetched_to is None or fetched_to < min(waiting):
-                since.pop(tp, None)  # nothing skipped, or the fetch has yet to reach it
+        now = time.monotonic()
+        for book in self._books().values():
+            waiting = book.held_back - book.redelivering
+            if not waiting or book.fetched_to is None or book.fetched_to < min(waiting):
+                book.eligible_since = None  # nothing skipped, or the fetch has yet to reach it
                 continue
-            if now - since.setdefault(tp, now) >= REDELIVER_AFTER_S:
-                since.pop(tp)
-                self._state("refetch_from")[tp] = min(waiting)
+            if book.eligible_since is None:
+                book.eligible_since = now
+            if now - book.eligible_since >= REDELIVER_AFTER_S:
+                book.eligible_since = None
+                book.refetch_from = min(waiting)
 
     async def _fetch_again_where_due(self) -> None:
-        due = self._state("refetch_from")
-        while due and not self.should_stop and not self.app.rebalancing:
-            tp, offset = due.popitem()
+        due = [(tp, book) for tp, book in self._books().items() if book.refetch_from is not None]
+        for tp, book in due:
+            if self.should_stop or self.app.rebalancing:
+                return
+            offset, book.refetch_from = book.refetch_from, None
             generation = self.app.consumer_generation_id
             log.warning("%s offset %d was skipped and has not come again in %.0f s: fetching "
                         "the partition again from it", tp, offset, REDELIVER_AFTER_S)
@@ -235,7 +236,7 @@ class _Consumer(faust_aiokafka.Consumer):
                                                     offset, generation)
             if sought and self.app.consumer_generation_id == generation:
                 self._read_offset[tp] = offset if offset else None
-                self._state("fetched_to")[tp] = offset - 1
+                book.fetched_to = offset - 1
 
     async def mark_polled(self) -> None:
         """Count as a fetch for aiokafka's idle check (streams/core/rebalance_watch.py)."""
@@ -244,10 +245,7 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def on_partitions_revoked(self, revoked) -> None:
         for tp in revoked:  # the next owner starts from the commit
-            for table in self._state("held_back"), self._state("redelivering"), \
-                    self._state("handed"), self._state("fetched_to"), \
-                    self._state("eligible_since"), self._state("refetch_from"):
-                table.pop(tp, None)
+            self._books().pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
 
