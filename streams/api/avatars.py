@@ -32,7 +32,6 @@ from streams.api.tenancy import (
 )
 from streams.api.tenants import TenantUsage
 from streams.core.registry import RegistryUnavailable
-from streams.core import tracing
 from streams.core.runtime import Runtime, describe_validation, json_object
 
 
@@ -56,9 +55,7 @@ def register(rt: Runtime, usage: TenantUsage) -> None:
             return error_response(view, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                   describe_validation(exc))
         job_id = event["job_id"]
-        await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
-                                                  value=json.dumps(event).encode(),
-                                                  headers=tracing.outgoing_headers())
+        await rt.publish_upload(job_id, json.dumps(event).encode())
         await until_known(app, request, f"/jobs/{job_id}")
         return view.json(answer, status=202)
 

@@ -33,7 +33,6 @@ from streams.api.tenancy import (
     requested_by,
     sees,
 )
-from streams.core import tracing
 from streams.core.runtime import Runtime, describe_validation
 from streams.tracking import batches, webhooks
 from streams.tracking.tables import Tables
@@ -117,9 +116,8 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
             except InvalidId as exc:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value, str(exc))
             # Through the uploads topic, like any upstream system's batch.
-            await rt.channels[rt.topics.uploads].send(key=batch_id.encode(), value=batch.model_copy(
-                update={"batch_id": batch_id}).model_dump_json(exclude_none=True).encode(),
-                headers=tracing.outgoing_headers())
+            await rt.publish_upload(batch_id, batch.model_copy(
+                update={"batch_id": batch_id}).model_dump_json(exclude_none=True).encode())
             await until_known(app, request, f"/batches/{batch_id}")
             return self.json({"batch_id": batch_id}, status=202)
 

@@ -26,7 +26,6 @@ from streams.api.tenancy import (
     sees,
 )
 from streams.api.queue import QueuePositions
-from streams.core import tracing
 from streams.core.runtime import Runtime, json_object
 from streams.tracking import activity
 from streams.tracking.tables import Tables
@@ -139,9 +138,7 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             return error_response(view, 400, failure.error.code.value, failure.error.message)
         if store is not None:
             await store()
-        await rt.channels[rt.topics.uploads].send(key=job_id.encode(),
-                                                  value=json.dumps(event).encode(),
-                                                  headers=tracing.outgoing_headers())
+        await rt.publish_upload(job_id, json.dumps(event).encode())
         await until_known(app, request, f"/jobs/{job_id}")
         return view.json({"job_id": job_id, **({"image": event["image"]} if "image" in event
                                                  else {}), **answered}, status=202)

@@ -200,6 +200,12 @@ class Runtime:
             waiting.append((topic, pending))
         return pending
 
+    async def publish_upload(self, key: str, event: bytes) -> None:
+        """An upload event as an upstream system publishes it (JSON the intake validates), from
+        the status API: with the request's trace context, so the job continues its trace."""
+        await self.channel(self.topics.uploads).send(key=key.encode(), value=event,
+                                                     headers=tracing.outgoing_headers())
+
     async def queued_for_gpu(self, job_id: str, request_sent, **shown) -> None:
         """The job waits for a GPU worker (or a trainer): say so, with where its request
         waits once the broker has it (request_sent: what send returned for it) and what the

@@ -4,8 +4,9 @@ span that sent its input, carried in the Kafka message's headers as W3C trace co
 intake's span starts one. So upload -> intake -> tracker -> stages -> GPU worker -> tracker ->
 result is one trace, across processes.
 
-A request to the status API is a span of its own (`POST /jobs` and so on), continuing the caller's `traceparent` header: a job
-submitted over HTTP starts its trace there, and the upload the request publishes is its child.
+A request to the status API is a span of its own (`POST /jobs` and so on), continuing the
+caller's `traceparent` header: a job submitted over HTTP starts its trace there, and the upload
+the request publishes is its child.
 
 Spans are exported over OTLP/HTTP when OpenTelemetry's own variables name a collector
 (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; OTEL_* options apply).
