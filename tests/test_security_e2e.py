@@ -16,17 +16,11 @@ import pytest
 from schemas.credentials import Scope
 from streams.api.auth.keystore import create_key, revoke_key
 from streams.cli.client import run
-from tests.conftest import E2E_BROKERS, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET
+from tests.conftest import JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET
 from tests.forms import multipart
 
 # The whole point of these cases is the HTTP gate, not the broker: run them on one.
 pytestmark = pytest.mark.usefixtures("first_broker_only", "exits_before")
-
-
-@pytest.fixture
-def first_broker_only(e2e):
-    if e2e.broker != E2E_BROKERS[0]:
-        pytest.skip("the status API's gate does not depend on the broker: run on the first one")
 
 
 def bearer(token: str) -> dict:

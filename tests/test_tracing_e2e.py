@@ -6,6 +6,10 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
+from tests.forms import multipart
+
 MAKEOVER_STAGES = {"intake", "tracker", "analyze", "embed", "retrieve", "compose", "depth",
                    "render", "reanalyze"}
 
@@ -40,13 +44,10 @@ def test_a_makeover_is_one_trace_from_the_upload_to_its_result(e2e, room_photos)
     assert {s.trace_id for s in e2e.traces.of_job(job_id)} == {trace_id}
 
 
+@pytest.mark.usefixtures("first_broker_only")  # the HTTP span does not depend on the broker
 def test_a_job_submitted_over_http_is_traced_from_the_request(e2e, room_photos):
     """POST /jobs is a span of the status API (continuing the caller's traceparent header),
     and the upload it publishes carries it on: the intake is the request's child."""
-    from tests.conftest import E2E_BROKERS, on_one_broker
-    from tests.forms import multipart
-
-    on_one_broker(e2e, E2E_BROKERS[0], "the HTTP span does not depend on the broker")
     trace_id, caller = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     form, headers = multipart({"room.jpg": room_photos[6].read_bytes()}, {"style": "modern"},
                               file_field="image")
