@@ -14,10 +14,6 @@ from agents import intake
 from agents.models.device import pick_device, pick_dtype
 from agents.models.stage_models import StageModels
 from agents.pipelines import PIPELINES, first_stages, topic_names, topic_sets
-from gpu_agent import training as trainer
-from gpu_agent import worker as gpu_worker
-from gpu_agent.engine import RenderEngine
-from gpu_agent.previews import Previews
 from streams.adapters.index import open_index
 from streams.adapters.storage import Storage
 from streams.api import avatars as avatars_api
@@ -66,6 +62,8 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     elif role == "gpu":
         build_gpu_worker(rt)
     elif role == "trainer":
+        from gpu_agent import training as trainer  # diffusers: see build_gpu_worker
+
         trainer.register(rt)
     else:
         raise ValueError(f"unknown worker role {role!r}")
@@ -102,6 +100,12 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantL
 
 
 def build_gpu_worker(rt: Runtime) -> None:
+    # Imported by the roles that render or train: importing diffusers takes ~15 s of CPU (a
+    # CPU worker's start, and each restart of it, would wait for a library it never calls).
+    from gpu_agent import worker as gpu_worker
+    from gpu_agent.engine import RenderEngine
+    from gpu_agent.previews import Previews
+
     settings = rt.settings
     # The warmed pipelines must all fit the LRU, or warming the last evicts the first and
     # every job of that kind reloads its pipeline.

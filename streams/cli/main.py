@@ -327,10 +327,11 @@ def retry(job_id, wait, timeout) -> None:
 @click.option("--loglevel", default="info")
 def worker(role, web_port, loglevel) -> None:
     """Run one worker process (what `restyle up` starts; what Kubernetes runs)."""
+    settings = load_settings()  # a bad setting is said before the model libraries load (~30 s)
     openmp_for_model_threads()
     from streams.worker import run_worker
 
-    run_worker(load_settings(), role, web_port, loglevel)
+    run_worker(settings, role, web_port, loglevel)
 
 
 @main.command("gpu-worker")
@@ -338,10 +339,11 @@ def worker(role, web_port, loglevel) -> None:
 @click.option("--loglevel", default="info")
 def gpu_worker(web_port, loglevel) -> None:
     """Run the GPU diffusion worker (its own consumer group)."""
+    settings = load_settings()
     openmp_for_model_threads()
     from streams.worker import run_worker
 
-    run_worker(load_settings(), "gpu", web_port or load_settings().web_port + 1, loglevel)
+    run_worker(settings, "gpu", web_port or settings.web_port + 1, loglevel)
 
 
 @main.command()
