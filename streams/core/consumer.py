@@ -39,15 +39,17 @@ decides what its streams get from each fetch: a message not handed to them since
 rebalance's seek goes through (its read offset lowered where faust would drop it), one handed
 already does not come twice (processed or still in flight) unless its stream skipped it. A
 held-back message the fetch has passed without it coming again (the skip came after the seek
-that would have brought it back) is fetched again from its partition after REDELIVER_AFTER_S.
+that would have brought it back) is fetched again from its partition after REDELIVER_AFTER_S. If the broker's retention has
+deleted it meanwhile, it will never come: the commit moves past it, and the log says so.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 log = logging.getLogger("restyle")
@@ -56,6 +58,8 @@ _fetch_max_wait_ms = 1500
 # How long a skipped message may wait to be fetched again before its partition is fetched
 # again from it: the seek after a rebalance brings it back within a fetch, far sooner.
 REDELIVER_AFTER_S = 10.0
+# How long to wait for the broker's answer to where a partition's log starts before seeking.
+LOG_START_WAIT_S = 10.0
 
 
 async def seek_to_committed(consumer, changelog_topics: frozenset[str] = frozenset()) -> dict:
@@ -234,9 +238,32 @@ class _Consumer(faust_aiokafka.Consumer):
             consumer = self._thread._ensure_consumer()
             sought = await self._thread.call_thread(seek_in_consumer_thread, consumer, tp,
                                                     offset, generation)
-            if sought and self.app.consumer_generation_id == generation:
-                self._read_offset[tp] = offset if offset else None
-                book.fetched_to = offset - 1
+            if sought is None or self.app.consumer_generation_id != generation:
+                continue
+            if sought > offset:
+                await self._deleted_before_processed(tp, book, offset, sought)
+            self._read_offset[tp] = sought if sought else None
+            book.fetched_to = sought - 1
+
+    async def _deleted_before_processed(self, tp, book: _Partition, held: int,
+                                        log_start: int) -> None:
+        """The broker's retention deleted held-back messages before they came again: they
+        never will, and holding the commit below them would hold it for ever. The range
+        counts as done (a job that lost its message ends by the sweeper's timeout)."""
+        gone = sorted(offset for offset in book.held_back if offset < log_start)
+        book.held_back.difference_update(gone)
+        book.redelivering.difference_update(gone)
+        log.error("%s offsets %s were deleted by the broker's retention before they were "
+                  "processed (the log now starts at %d): the commit moves past them",
+                  tp, ", ".join(map(str, gone)), log_start)
+        # faust counts a gap of the log as acknowledged: the deleted range, less what was
+        # acknowledged in it already (counted twice, it would break faust's run of offsets).
+        run_from = min(gone, default=held)
+        acked = sorted(o for o in self._acked_index[tp] if run_from <= o < log_start)
+        for offset in [*acked, log_start]:
+            if offset > run_from:
+                await self._add_gap(tp, run_from, offset - 1)
+            run_from = offset + 1
 
     async def mark_polled(self) -> None:
         """Count as a fetch for aiokafka's idle check (streams/core/rebalance_watch.py)."""
@@ -256,18 +283,29 @@ async def mark_fetch_activity(consumer) -> None:
         pass
 
 
-async def seek_in_consumer_thread(consumer, tp, offset: int, generation: int) -> bool:
+async def seek_in_consumer_thread(consumer, tp, offset: int, generation: int) -> int | None:
     """aiokafka's seek, run in the thread and loop of faust's consumer (its fetcher's records
     and futures belong there), unless the group has moved on from generation (its own seek to
-    the committed offsets stands). False: not made."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    if getattr(coordinator, "generation", generation) != generation:
-        return False
+    the committed offsets stands): to offset, or to where the partition's log now starts if
+    retention deleted offset. Returns the offset sought; None: not made."""
+    def moved_on() -> bool:
+        coordinator = getattr(consumer, "_coordinator", None)
+        return getattr(coordinator, "generation", generation) != generation
+
+    if moved_on():
+        return None
     try:
-        consumer.seek(tp, offset)
-        return True
+        starts = await asyncio.wait_for(consumer.beginning_offsets([tp]), LOG_START_WAIT_S)
+        target = max(offset, starts[tp])
+    except (KafkaError, asyncio.TimeoutError, KeyError):
+        target = offset  # unknown: aiokafka resets a deleted offset to the log's start itself
+    if moved_on():
+        return None
+    try:
+        consumer.seek(tp, target)
+        return target
     except IllegalStateError:  # revoked meanwhile
-        return False
+        return None
 
 
 def use_fetch_max_wait(milliseconds: int) -> None:

@@ -172,11 +172,15 @@ def test_restyle_delivers_the_skipped_message_once_and_not_what_it_processed():
 class ConsumerThreadSeeks:
     """Where faust's consumer thread would run aiokafka's seek: here it is written down."""
 
-    def __init__(self):
+    def __init__(self, log_start: int = 0):
         self.seeks = []
+        self.log_start = log_start  # where the broker says the partition's log starts
 
     def _ensure_consumer(self):
         return self
+
+    async def beginning_offsets(self, partitions):
+        return {tp: self.log_start for tp in partitions}
 
     def seek(self, tp, offset):
         self.seeks.append((tp, offset))
@@ -251,3 +255,32 @@ def test_an_offset_held_back_below_the_commit_no_longer_holds_it():
     for offset in (5, 6):
         fetched(offset, generation=2).ack(consumer)
     assert consumer._new_offset(PARTITION) == 7
+
+
+def test_a_skipped_message_deleted_by_retention_no_longer_holds_the_commit(caplog):
+    """Offset 2 skipped and held back; before it is fetched again the broker's retention
+    deletes the log below 4. It will never come: the partition is fetched from 4, and once 4
+    and 5 are processed the commit moves past the deleted range, which the log names."""
+    async def scenario():
+        restyle_consumer.use_fetch_max_wait(20)
+        app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
+        app.flow_control.resume()
+        consumer._thread = ConsumerThreadSeeks(log_start=4)
+        answering_fetches_with(consumer, [2, 3])
+        await handed_to_streams(consumer)
+        fetched(2, generation=1).ack(consumer)  # the stale copy, skipped: 2 held back
+        fetched(3, generation=2).ack(consumer)
+        consumer._plan_fetches_again()
+        consumer._plan_fetches_again()
+        answering_fetches_with(consumer, [4, 5])
+        handed = await handed_to_streams(consumer)
+        for offset in handed:
+            fetched(offset, generation=2).ack(consumer)
+        return consumer._thread.seeks, handed, consumer._new_offset(PARTITION)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", 0.0)
+        seeks, handed, commit = asyncio.run(scenario())
+    assert seeks == [(PARTITION, 4)] and handed == [4, 5]
+    assert commit == 6
+    assert "offsets 2 were deleted by the broker's retention" in caplog.text
