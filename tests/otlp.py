@@ -21,6 +21,7 @@ class ReceivedSpan:
     name: str
     service: str
     attributes: dict
+    links: tuple[tuple[str, str], ...] = ()  # (trace id, span id) of each span it links to
 
 
 class OtlpReceiver:
@@ -63,13 +64,18 @@ class OtlpReceiver:
                         span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
                         span.name, resource.get("service.name", ""),
                         {a.key: a.value.string_value or a.value.int_value
-                         for a in span.attributes}))
+                         for a in span.attributes},
+                        tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links)))
         with self.lock:
             self.spans.extend(found)
 
     def of_trace(self, trace_id: str) -> list[ReceivedSpan]:
         with self.lock:
             return [span for span in self.spans if span.trace_id == trace_id]
+
+    def named(self, name: str) -> list[ReceivedSpan]:
+        with self.lock:
+            return [span for span in self.spans if span.name == name]
 
     def of_job(self, job_id: str) -> list[ReceivedSpan]:
         with self.lock:

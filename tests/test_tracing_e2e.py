@@ -69,3 +69,38 @@ def test_a_job_submitted_over_http_is_traced_from_the_request(e2e, room_photos):
     assert by_name["intake"].parent_id == request.span_id
     assert by_name["intake"].attributes.get("restyle.job_id") == answer["job_id"]
     assert e2e.result(answer["job_id"])["status"] == "done"
+
+
+@pytest.mark.usefixtures("first_broker_only")  # spans do not depend on the broker
+def test_a_catalog_batch_write_is_a_span_linked_to_each_products_trace(e2e, room_photos):
+    """The index writes take products in batches, each from a trace of its own: the batch is a
+    span of its own, linked to the span that sent each product's message."""
+    from streams.cli import catalog
+
+    tag = uuid.uuid4().hex[:6]
+    image = e2e.put_object(f"traced/{tag}.jpg", room_photos[9].read_bytes())
+    traces = {}
+    for n in range(2):
+        trace_id = uuid.uuid4().hex
+        traces[trace_id] = f"lamp-{tag}-{n}"
+        e2e.publish({"product_id": traces[trace_id], "image": image, "caption": "a lamp",
+                     "ingest_id": f"traced-{tag}", "ingest_total": 2}, topic="restyle.catalog",
+                    headers=[("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+                              .encode())])
+    state = catalog.wait_for_ingest(e2e.client_settings, f"traced-{tag}", 2, timeout_s=120)
+    assert state.indexed == 2
+
+    def batches_linking(trace_id: str) -> list:
+        """The catalog-index spans linked to a span of trace_id, those spans received too."""
+        received = {span.span_id for span in e2e.traces.of_trace(trace_id)}
+        return [span for span in e2e.traces.named("catalog-index") if any(
+            t == trace_id and linked in received for t, linked in span.links)]
+
+    deadline = time.monotonic() + 30  # spans are exported in batches
+    while not all(batches_linking(t) for t in traces) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for trace_id in traces:
+        [batch] = batches_linking(trace_id)  # its product was written in one batch
+        assert batch.trace_id not in traces  # a trace of its own
+        assert batch.attributes["messaging.batch.message_count"] >= 1
+        assert batch.service == "restyle-cpu-worker"

@@ -448,7 +448,10 @@ class Runtime:
         if not decoded:
             return
         try:
-            with retry_policy(self.settings.retry_policy(stage)):
+            with tracing.batch_span(stage, decoded[0][0].message.topic,
+                                    [as_header_list(event.message.headers)
+                                     for event, _ in decoded]), \
+                    retry_policy(self.settings.retry_policy(stage)):
                 async with acknowledged_sends():
                     await handler([item for _, item in decoded])
             STAGE_OUTCOMES.labels(stage, "ok").inc(len(decoded))

@@ -4,6 +4,10 @@ span that sent its input, carried in the Kafka message's headers as W3C trace co
 intake's span starts one. So upload -> intake -> tracker -> stages -> GPU worker -> tracker ->
 result is one trace, across processes.
 
+A stage that takes messages in batches (the catalog's index writes) gathers messages of many
+traces: each batch is a span of its own, linked to the span that sent each of its messages
+(OpenTelemetry's way for a batch consumer).
+
 A request to the status API is a span of its own (`POST /jobs` and so on), continuing the
 caller's `traceparent` header: a job submitted over HTTP starts its trace there, and the upload
 the request publishes is its child.
@@ -107,8 +111,27 @@ def stage_span(stage: str, topic: str, partition: int, offset: int,
                   "messaging.kafka.message.offset": offset}
     if job_id:
         attributes["restyle.job_id"] = job_id
-    with TRACER.start_as_current_span(stage, context=context_of(headers), kind=SpanKind.CONSUMER,
-                                      attributes=attributes) as span:
+    with _consumer_span(stage, context_of(headers), attributes) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def batch_span(stage: str, topic: str, headers_of_each: list[list[tuple[str, bytes]]]):
+    """The span of one stage handling a batch of messages: a trace of its own, linked to the
+    span that sent each message (a batch belongs to no single one of their traces)."""
+    senders = (trace.get_current_span(context_of(headers)).get_span_context()
+               for headers in headers_of_each)
+    links = [trace.Link(sender) for sender in senders if sender.is_valid]
+    attributes = {"messaging.system": "kafka", "messaging.destination.name": topic,
+                  "messaging.batch.message_count": len(headers_of_each)}
+    with _consumer_span(stage, context.Context(), attributes, links) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def _consumer_span(name: str, parent: context.Context, attributes: dict, links=()):
+    with TRACER.start_as_current_span(name, context=parent, kind=SpanKind.CONSUMER,
+                                      attributes=attributes, links=links) as span:
         try:
             yield span
         except BaseException as exc:
