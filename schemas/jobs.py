@@ -87,6 +87,7 @@ class TenantActivity(BaseModel):
     batch_id: str | None = None
     status: JobStatus | None = None
     error: JobError | None = None
+    retryable: bool = False  # POST /jobs/{id}/retry would take it (JobState.retryable)
 
 
 class RecentJob(BaseModel):
@@ -100,6 +101,7 @@ class RecentJob(BaseModel):
     error: JobError | None = None
     started_at: float
     ended_at: float | None = None
+    retryable: bool = False  # POST /jobs/{id}/retry would take it
 
 
 class JobState(BaseModel):
@@ -122,3 +124,9 @@ class JobState(BaseModel):
     # The upload that started a job submitted on its own (not a batch's image), as admitted:
     # what `POST /jobs/{job_id}/retry` submits again under a new id.
     upload: dict | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """Whether POST /jobs/{id}/retry can submit it again: it failed or was cancelled, and
+        its upload was kept (a job submitted on its own, not a batch's image)."""
+        return self.status in (JobStatus.FAILED, JobStatus.CANCELLED) and self.upload is not None

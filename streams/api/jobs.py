@@ -42,18 +42,12 @@ async def present(rt: Runtime, state: JobState, positions: QueuePositions | None
     if state.queue is not None and state.status is JobStatus.QUEUED_FOR_GPU and positions:
         body["queue_position"] = await positions.ahead(state.queue)
     body.pop("upload", None)  # what a retry resubmits; not part of what a job shows
-    body["retryable"] = retryable(state)
+    body["retryable"] = state.retryable
     result = body.get("result")
     if result:
         for image in result.get("images", []):
             image["url"] = await rt.storage.presign(image["uri"])
     return body
-
-
-def retryable(state: JobState) -> bool:
-    """Whether POST /jobs/{id}/retry can submit the job again: it failed or was cancelled, and
-    its upload was kept (a job submitted on its own, not a batch's image)."""
-    return state.status in (JobStatus.FAILED, JobStatus.CANCELLED) and state.upload is not None
 
 
 def safe_file_name(given: str | None) -> str:
@@ -153,7 +147,7 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             state = lookup(request, job_id)
             if state is None:
                 return error_response(self, 404, "not_found", f"no job {job_id!r}")
-            if not retryable(state):
+            if not state.retryable:
                 why = "it is a batch's image or its upload was not kept" \
                     if state.status.terminal and state.status is not JobStatus.DONE \
                     else f"it is {state.status.value}"

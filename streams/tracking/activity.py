@@ -53,7 +53,8 @@ def line_after(known: RecentJob | None, event: TenantActivity) -> RecentJob:
     return (known or RecentJob(job_id=event.job_id, pipeline=event.pipeline,
                                batch_id=event.batch_id, status=status,
                                started_at=event.at)).model_copy(
-        update={"status": status, "ended_at": event.at, "error": event.error})
+        update={"status": status, "ended_at": event.at, "error": event.error,
+                "retryable": event.retryable})
 
 
 def index_after(ids: list[str], job_id: str, keep: int) -> tuple[list[str], list[str]]:

@@ -63,10 +63,10 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             await announce(event.job_id, getattr(start, "tenant", None), active=True,
                            pipeline=start.pipeline, batch_id=getattr(start, "batch_id", None))
         if transition.result is not None:
-            result = transition.result
+            result, ended = transition.result, transition.state or step.current
             await announce(event.job_id, result.tenant, active=False, pipeline=result.pipeline,
                            batch_id=result.batch_id, status=result.status,
-                           error=result.error)
+                           error=result.error, retryable=bool(ended and ended.retryable))
 
     async def stop_work(job_id: str, by: str, at: float) -> None:
         """Every worker hears that the job ended for good: a stage does not start it, a

@@ -101,6 +101,7 @@ def test_a_failed_job_is_listed_and_retried_under_a_new_id(e2e, room_photos):
     by_id = {job["job_id"]: job for job in listed["jobs"]}
     assert by_id[failed["job_id"]]["status"] == "failed"
     assert by_id[failed["job_id"]]["pipeline"] == "condition"
+    assert by_id[failed["job_id"]]["retryable"] is True
     assert failed["job_id"] not in {job["job_id"] for job in
                                     e2e.get("/jobs", tenant=OTHER)[1]["jobs"]}
     # Another tenant cannot retry it (404, as for any id it cannot see).

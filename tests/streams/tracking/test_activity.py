@@ -44,6 +44,10 @@ def test_a_jobs_line_shows_how_it_ended_whatever_order_its_announcements_arrive_
     # A refused upload ends without having started; its cause is on its line.
     refused = line_after(None, ended("j3", "failed", 4.0))
     assert refused.status == "failed" and refused.error.message == "too slow"
+    # Whether it can be retried is on its line (the web app offers Retry only then).
+    assert not refused.retryable
+    retryable = ended("j4", "failed", 5.0).model_copy(update={"retryable": True})
+    assert line_after(None, retryable).retryable
 
 
 def test_the_index_keeps_the_newest_ids_and_says_which_fell_out():
