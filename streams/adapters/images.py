@@ -38,7 +38,7 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image",
     except (UnidentifiedImageError, OSError, ValueError):
         raise StageFailure(ErrorCode.NOT_AN_IMAGE,
                            f"{name} is not an image format restyle reads "
-                           f"({', '.join(DECODABLE_FORMATS)}; first bytes {data[:8]!r})") from None
+                           f"({', '.join(DECODABLE_FORMATS)}); {_opening(data)}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise StageFailure(ErrorCode.IMAGE_TOO_LARGE,
@@ -73,3 +73,16 @@ def fit_within(image: Image.Image, max_side: int) -> Image.Image:
     copy = image.copy()
     copy.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return copy
+
+
+def _opening(data: bytes) -> str:
+    """How the data begins, in words a user can act on: a text saved as a photo shows its
+    text (an HTML error page, a note), anything else its first bytes in hex."""
+    head = data[:12]
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        text = ""
+    if text and text.isprintable():
+        return f'it begins with the text "{text}"'
+    return f"it begins with the bytes {head.hex(' ')}"
