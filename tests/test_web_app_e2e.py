@@ -8,11 +8,11 @@ on either broker."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from PIL import Image
 
 from tests import faces
 from tests.forms import multipart
+from tests.streams.api.test_web_api_e2e import upload, wait_for_end
 from tests.test_avatars_e2e import jpeg
 
 CHROMIUM = "/usr/bin/chromium"
@@ -29,6 +30,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 ARTIFACTS = Path(os.environ.get("RESTYLE_TEST_ARTIFACTS",
                                 Path(__file__).parent.parent / "test-artifacts")) / "web"
 TENANT, OTHER_TENANT = "web-ui", "web-other"
+PHOTO_WITH_LABELS = 4  # of tests/data's room photos: the tiny detector finds labels in it
 # Long enough for a tiny render or training on two busy cores.
 JOB_S = 240
 
@@ -85,6 +87,19 @@ def loaded(page, image) -> None:
                            arg=image.element_handle())
 
 
+def drop_image(page, target, photo: Path) -> None:
+    """Drag a photo from the desktop and drop it on target, as a browser delivers it."""
+    dropped = page.evaluate_handle(
+        """([data, name]) => {
+             const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+             const files = new DataTransfer();
+             files.items.add(new File([bytes], name, { type: "image/jpeg" }));
+             return files;
+           }""", [base64.b64encode(photo.read_bytes()).decode(), photo.name])
+    target.dispatch_event("dragover", {"dataTransfer": dropped})
+    target.dispatch_event("drop", {"dataTransfer": dropped})
+
+
 def finished(page, selector: str, timeout_s: float = JOB_S) -> str:
     """Wait for the element's data-status to be an end, and return it."""
     page.wait_for_function(
@@ -131,6 +146,17 @@ def test_a_room_makeover_is_followed_live_to_a_result_with_its_products(e2e, web
     products = job["result"]["products"]
     # Each product the result was matched with is drawn over it and listed with its match.
     assert result.locator(".box").count() == len(products)
+    # The photo is shown in the render's frame (stretched as the render's depth map was), so
+    # the slider compares the same room, and each box sits where its product is in the render.
+    before = result.get_by_role("img", name="The room before").bounding_box()
+    after = restyled.bounding_box()
+    assert (before["width"], before["height"]) == (after["width"], after["height"])
+    natural = restyled.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    scale = after["width"] / natural[0], after["height"] / natural[1]
+    for n, product in enumerate(products):
+        drawn = result.locator(".box").nth(n).bounding_box()
+        assert abs(drawn["x"] - (after["x"] + product["box"]["x0"] * scale[0])) < 2
+        assert abs(drawn["y"] - (after["y"] + product["box"]["y0"] * scale[1])) < 2
     listed = result.get_by_role("list", name="Products in the result").locator("li")
     assert listed.count() == len(products)
     for n, product in enumerate(products):
@@ -149,20 +175,25 @@ def test_a_room_makeover_is_followed_live_to_a_result_with_its_products(e2e, web
 
 def test_a_background_batch_shows_each_image_and_the_bad_one_failed_with_its_cause(
         e2e, web, room_photos, tmp_path):
+    # In this photo the tiny detector finds a person and a shoe (its weights are seeded).
+    photo = room_photos[PHOTO_WITH_LABELS]
     sign_in(web, e2e.key_for(TENANT))
     web.get_by_role("link", name="Background").click()
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"this is not a picture")
-    web.get_by_label("Photos").set_input_files([str(room_photos[1]), str(broken)])
+    web.get_by_label("Photos").set_input_files([str(photo), str(broken)])
     # Labels are detected per photo; the unreadable one says so at once.
     bad_row = web.locator(".photo-row[data-name='broken.jpg']")
     assert "Cannot read this photo" in bad_row.locator(".error").inner_text()
-    good_row = web.locator(f".photo-row[data-name='{room_photos[1].name}']")
-    good_row.locator(".chip, .hint:not(:has-text('Finding'))").first.wait_for()
-    chips = good_row.locator(".chip")
-    if chips.count() > 1:  # dropping one takes it out of what the mask keeps
-        chips.first.click()
-        assert chips.first.get_attribute("aria-pressed") == "false"
+    good_row = web.locator(f".photo-row[data-name='{photo.name}']")
+    chips = good_row.get_by_role("group", name=f"Keep in {photo.name}").locator(".chip")
+    chips.first.wait_for()
+    assert sorted(chips.evaluate_all("all => all.map(c => c.dataset.label)")) == [
+        "person", "shoe"]
+    # Dropping a chip takes its label out of what the mask keeps.
+    person = good_row.locator(".chip[data-label='person']")
+    person.click()
+    assert person.get_attribute("aria-pressed") == "false"
     web.get_by_label("New background").fill("a sunlit beach")
     web.get_by_label("Mode").select_option("PRECISE")
     web.get_by_role("button", name="Replace the backgrounds").click()
@@ -174,9 +205,11 @@ def test_a_background_batch_shows_each_image_and_the_bad_one_failed_with_its_cau
     assert bad.get_attribute("data-status") == "failed"
     assert "is not an image format restyle reads" in bad.locator(".error").inner_text()
     assert "null" not in batch.inner_text()
-    good = batch.locator("tr", has_text=room_photos[1].name)
+    good = batch.locator("tr", has_text=photo.name)
     assert good.get_attribute("data-status") == "done"
     good.locator(".made img").wait_for()
+    status, job = e2e.get(f"/jobs/{good.get_attribute('data-job')}", tenant=TENANT)
+    assert job["result"]["mask_labels"] == ["shoe"]
     assert batch.get_by_role("link", name="JSON").count() == 1
     screenshot(web, "background")
 
@@ -184,7 +217,9 @@ def test_a_background_batch_shows_each_image_and_the_bad_one_failed_with_its_cau
 def test_a_conditioned_generation_shows_its_map_beside_the_result(e2e, web, room_photos):
     sign_in(web, e2e.key_for(TENANT))
     web.get_by_role("link", name="Conditioned").click()
-    web.get_by_label("Image").set_input_files(str(room_photos[2]))
+    drop_image(web, web.locator(".field", has=web.get_by_label("Image")), room_photos[2])
+    assert web.get_by_label("Image").evaluate("input => input.files[0].name") == \
+        room_photos[2].name
     web.get_by_label("Conditioning", exact=True).select_option("canny")
     web.get_by_label("Low").fill("50")
     web.get_by_label("High").fill("150")
@@ -243,12 +278,23 @@ def test_an_avatar_is_trained_with_its_loss_curve_then_generates(e2e, web, tmp_p
     screenshot(web, "avatar-generated")
 
 
-def test_the_queue_lists_only_the_tenants_jobs_and_cancels_then_retries_one(e2e, web):
-    # Another tenant's job, and a long training of this tenant's, submitted by the API.
-    other = f"other-{uuid.uuid4().hex[:8]}"
-    status, _ = e2e.post_json("/jobs", {"pipeline": "condition", "job_id": other,
-                                        "image": "s3://nowhere/x.jpg"}, tenant=OTHER_TENANT)
-    assert status in (202, 400)
+def failed_job(e2e, tenant: str, room_photos) -> str:
+    """A job of the tenant's that fails at once: its photo is not where the job says."""
+    [stored] = upload(e2e, tenant, {"room.jpg": room_photos[3].read_bytes()})
+    status, answer = e2e.post_json(
+        "/jobs", {"pipeline": "condition", "image": stored["uri"].replace("room", "gone"),
+                  "params": {"conditioning": "canny"}}, tenant=tenant)
+    assert status == 202, answer
+    assert wait_for_end(e2e, answer["job_id"], tenant)["status"] == "failed"
+    return answer["job_id"]
+
+
+def test_the_queue_lists_only_the_tenants_jobs_cancels_one_and_retries_a_failed_one(
+        e2e, web, room_photos):
+    # Another tenant's job, listed for that tenant; this tenant's failed job and long training.
+    other = failed_job(e2e, OTHER_TENANT, room_photos)
+    assert other in {job["job_id"] for job in e2e.get("/jobs", tenant=OTHER_TENANT)[1]["jobs"]}
+    failed = failed_job(e2e, TENANT, room_photos)
     body, headers = multipart({f"{name}.jpg": jpeg(photo)
                                for name, photo in faces.portrait_set().items()},
                               {"params": json.dumps({"steps": 20000, "resolution": 64,
@@ -261,7 +307,8 @@ def test_the_queue_lists_only_the_tenants_jobs_and_cancels_then_retries_one(e2e,
     web.get_by_role("link", name="Queue").click()
     row = web.locator(f"tr[data-job='{long_job}']")
     row.wait_for()
-    assert web.locator(f"tr[data-job$='{other}']").count() == 0
+    assert web.locator(f"tr[data-job='{failed}']").count() == 1
+    assert web.locator(f"tr[data-job='{other}']").count() == 0
     row.get_by_role("button", name="Cancel").click()
     web.wait_for_function(
         "id => document.querySelector(`tr[data-job='${id}']`)?.dataset.status === 'cancelled'",
@@ -271,17 +318,23 @@ def test_the_queue_lists_only_the_tenants_jobs_and_cancels_then_retries_one(e2e,
         f"tr[data-job='{long_job}'] .error").inner_text()
     screenshot(web, "queue")
 
+    # The failed job, retried: a new job of the same pipeline appears, and fails the same way
+    # (its photo is still missing), its cause shown.
+    failed_row = web.locator(f"tr[data-job='{failed}']")
+    cause = failed_row.locator(".error").inner_text()
+    assert cause
     known = set(web.locator("tr[data-job]").evaluate_all("rows => rows.map(r => r.dataset.job)"))
-    web.locator(f"tr[data-job='{long_job}']").get_by_role("button", name="Retry").click()
-    # The retry appears in the queue as a new training job, running.
+    failed_row.get_by_role("button", name="Retry").click()
     retried = web.wait_for_function(
         """known => [...document.querySelectorAll("tr[data-job]")].map(r => r.dataset.job)
                .find(id => !known.includes(id))""", arg=sorted(known),
         timeout=JOB_S * 1000).json_value()
     row = web.locator(f"tr[data-job='{retried}']")
-    assert row.locator("td").nth(1).inner_text() == "avatar_train"
-    status, _ = e2e.request("DELETE", f"/jobs/{retried}", tenant=TENANT)
-    assert status in (202, 409)
+    assert row.locator("td").nth(1).inner_text() == "condition"
+    web.wait_for_function(
+        "id => document.querySelector(`tr[data-job='${id}']`)?.dataset.status === 'failed'",
+        arg=retried, timeout=JOB_S * 1000)
+    assert row.locator(".error").inner_text() == cause
 
 
 def test_the_catalog_is_searched_by_text_and_a_product_opened(e2e, web):
@@ -301,7 +354,8 @@ def test_the_catalog_is_searched_by_text_and_a_product_opened(e2e, web):
     screenshot(web, "catalog")
 
 
-def test_on_a_phone_behind_a_proxy_under_a_prefix_it_works_from_the_keyboard(e2e, browser):
+def test_on_a_phone_behind_a_proxy_under_a_prefix_it_works_from_the_keyboard(e2e, browser,
+                                                                          room_photos):
     with ReverseProxy(e2e.status_url, "/restyle/") as proxy:
         context = browser.new_context(viewport={"width": 390, "height": 844},
                                       is_mobile=True, has_touch=True)
@@ -322,6 +376,24 @@ def test_on_a_phone_behind_a_proxy_under_a_prefix_it_works_from_the_keyboard(e2e
         assert any(path.startswith("/restyle/jobs") for path in proxy.paths)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         screenshot(page, "phone-queue")
+
+        # A whole job through the prefix: the upload, the job's event stream, its images.
+        page.get_by_role("link", name="Conditioned").focus()
+        page.keyboard.press("Enter")
+        page.get_by_label("Image").set_input_files(str(room_photos[2]))
+        page.get_by_label("Conditioning", exact=True).select_option("depth")
+        page.get_by_role("button", name="Generate").focus()
+        page.keyboard.press("Enter")
+        assert finished(page, ".job") == "done"
+        result = page.get_by_role("region", name="Result")
+        for name in ("The depth map", "Generated image 1"):
+            loaded(page, result.get_by_role("img", name=name))
+        assert any(path.startswith("/restyle/uploads") for path in proxy.paths)
+        assert any(path.startswith("/restyle/jobs/") and path.endswith("/events")
+                   for path in proxy.paths)
+        assert all(path.startswith("/restyle/") for path in proxy.paths)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        screenshot(page, "phone-condition")
         context.close()
 
 

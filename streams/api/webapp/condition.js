@@ -28,7 +28,7 @@ export async function conditionPage(container) {
   const progress = h("div", { class: "live" });
   const outcome = h("div", { class: "outcome" });
   const form = h("form", { class: "card", "aria-label": "Conditioned generation" },
-    field("Image", photo, "Its edges, regions or depth guide the new image."),
+    field("Image", photo, "Choose or drop one: its edges, regions or depth guide the new image."),
     field("Conditioning", kind), thresholds, field("Prompt", prompt),
     h("details", {}, h("summary", { text: "More settings" }), field("Steps", steps),
       field("Seed", seed), field("Conditioning scale", scale,

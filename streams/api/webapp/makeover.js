@@ -99,7 +99,13 @@ async function result(state, original) {
       return box;
     }));
   };
-  if (after.complete) drawBoxes(); else after.addEventListener("load", drawBoxes);
+  // The render's shape is the frame: the photo was stretched to it for the depth map the
+  // render kept, so stretched the same way it lines up with the result under the slider.
+  const frame = () => {
+    compare.style.aspectRatio = `${after.naturalWidth || 1} / ${after.naturalHeight || 1}`;
+    drawBoxes();
+  };
+  if (after.complete) frame(); else after.addEventListener("load", frame);
   // Each match with its catalog picture, to shop it.
   const pictures = await Promise.all(found.products.map((product) => productImage(
     product.product_id, `Catalog product ${product.product_id}`, { class: "thumb" })));

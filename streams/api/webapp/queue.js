@@ -60,7 +60,7 @@ function jobRow(job, state, problem, refresh) {
   const path = `jobs/${encodeURIComponent(job.job_id)}`;
   const actions = [];
   if (job.status === "active") actions.push(action("Cancel", () => call(path, { method: "DELETE" })));
-  if (["failed", "cancelled"].includes(job.status)) {
+  if (job.retryable) {
     actions.push(action("Retry", () => call(`${path}/retry`, { method: "POST" })));
   }
   const progress = state?.progress ? ` (step ${state.progress.step} of ${state.progress.total})` : "";

@@ -26,8 +26,31 @@ export function field(label, control, hint) {
   control.id ||= `field-${++fieldCount}`;
   const hintId = hint ? `${control.id}-hint` : null;
   if (hintId) control.setAttribute("aria-describedby", hintId);
-  return h("div", { class: "field" }, h("label", { for: control.id, text: label }), control,
-           hint ? h("p", { class: "hint", id: hintId, text: hint }) : null);
+  const element = h("div", { class: "field" }, h("label", { for: control.id, text: label }),
+                    control, hint ? h("p", { class: "hint", id: hintId, text: hint }) : null);
+  if (control.type === "file") acceptDrops(element, control);
+  return element;
+}
+
+// A file field also takes images dropped anywhere on it, as if chosen (its change event
+// fires, so the page reacts as it does to the chooser).
+function acceptDrops(element, input) {
+  element.classList.add("drop");
+  element.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    element.classList.add("over");
+  });
+  element.addEventListener("dragleave", () => element.classList.remove("over"));
+  element.addEventListener("drop", (event) => {
+    event.preventDefault();
+    element.classList.remove("over");
+    const images = [...event.dataTransfer.files].filter((file) => file.type.startsWith("image/"));
+    if (!images.length) return;
+    const chosen = new DataTransfer();
+    (input.multiple ? images : images.slice(0, 1)).forEach((file) => chosen.items.add(file));
+    input.files = chosen.files;
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+  });
 }
 
 export function errorLine(message = "") {
