@@ -45,7 +45,7 @@ def secured(tmp_path_factory, tiny_models):
            "RESTYLE_KAFKA_SSL_KEYFILE": str(listener.client_keyfile)}
     settings = Settings(state_dir=root / "state", web_port=free_port(), **{
         name.removeprefix("RESTYLE_").lower(): value for name, value in env.items()})
-    stack = RestyleStack(settings, models=str(tiny_models), extra_env={
+    stack = RestyleStack(settings, models=str(tiny_models), trainer_workers=0, extra_env={
         **env, "HF_HUB_OFFLINE": "1", "RESTYLE_DEFAULT_STEPS": "2",
         "RESTYLE_DEFAULT_WIDTH": "64", "RESTYLE_DEFAULT_HEIGHT": "64",
         "RESTYLE_CONDITION_MAX_SIDE": "64", "RESTYLE_BUCKET_WATCH_INTERVAL_S": "0.5"})

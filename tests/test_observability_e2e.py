@@ -76,8 +76,9 @@ def test_metrics_show_each_pools_lag_the_gpu_queue_and_job_latency(e2e, room_pho
     while True:                       # pools commit every RESTYLE_COMMIT_INTERVAL_S
         text = metrics(e2e)
         lag = samples(text, "restyle_consumer_lag")
-        if any('group="restyle",topic="restyle.uploads"' in labels for labels in lag) \
-                or time.monotonic() > deadline:
+        # (labels are written in name order: group, partition, topic)
+        if any('group="restyle",' in labels and 'topic="restyle.uploads"' in labels
+               for labels in lag) or time.monotonic() > deadline:
             break
         time.sleep(1)
     groups = {labels.split('group="')[1].split('"')[0] for labels in lag}

@@ -60,7 +60,7 @@ def test_a_gpu_worker_stopped_with_sigterm_hands_back_the_render_it_cannot_finis
                           env={**stack.env, "RESTYLE_SHUTDOWN_GRACE_S": "2"}, port=worker.port)
     stack.wait_healthy([hasty.port], 180)
     job_id = f"sigterm-{uuid.uuid4().hex[:8]}"
-    long_render(e2e, job_id)  # tens of seconds: more than the grace period
+    long_render(e2e, job_id, steps=80)  # 15 s or so here: well past the grace period
     rendering(e2e, job_id)
 
     stopped_at = time.monotonic()

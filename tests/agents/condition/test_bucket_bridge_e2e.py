@@ -50,7 +50,7 @@ def moto_stack(moto_url, tiny_models, tmp_path_factory, request):
     settings = Settings(state_dir=tmp_path_factory.mktemp("moto-stack"), web_port=free_port(),
                         s3_endpoint=moto_url, s3_access_key="testing", s3_secret_key="testing",
                         s3_bucket="photos")
-    stack = RestyleStack(settings, models=str(tiny_models), extra_env={
+    stack = RestyleStack(settings, models=str(tiny_models), trainer_workers=0, extra_env={
         "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_CONDITION_MAX_SIDE": "64",
         "RESTYLE_S3_BUCKET": "photos", "HF_HUB_OFFLINE": "1"})
     endpoints = stack.start()

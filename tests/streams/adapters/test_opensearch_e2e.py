@@ -21,7 +21,7 @@ def test_the_catalog_lands_in_opensearch_and_search_is_served_from_it(
     index_name = f"restyle-e2e-{uuid.uuid4().hex[:8]}"
     stack = RestyleStack(
         Settings(state_dir=tmp_path / "state", web_port=free_port()), models=str(tiny_models),
-        gpu_workers=0, extra_env={"RESTYLE_OPENSEARCH_URL": opensearch_url,
+        gpu_workers=0, trainer_workers=0, extra_env={"RESTYLE_OPENSEARCH_URL": opensearch_url,
                                   "RESTYLE_OPENSEARCH_INDEX": index_name, "HF_HUB_OFFLINE": "1"})
     stack.start()
     try:
