@@ -59,7 +59,9 @@ function jobRow(job, state, problem, refresh) {
     } });
   const path = `jobs/${encodeURIComponent(job.job_id)}`;
   const actions = [];
-  if (job.status === "active") actions.push(action("Cancel", () => call(path, { method: "DELETE" })));
+  // The list may still say active for a moment after the job's own state has ended.
+  const running = job.status === "active" && !["done", "failed", "cancelled"].includes(status);
+  if (running) actions.push(action("Cancel", () => call(path, { method: "DELETE" })));
   if (job.retryable) {
     actions.push(action("Retry", () => call(`${path}/retry`, { method: "POST" })));
   }
