@@ -7,14 +7,19 @@ of the VAE's four latent channels contributes a fixed amount of red, green and b
 product on a 64x64 grid, no model call, so a preview costs well under a millisecond besides
 its JPEG. With RESTYLE_PREVIEW_DECODER set to a tiny VAE (an AutoencoderTiny such as
 `madebyollin/taesd`, or `madebyollin/taesdxl` for SDXL) the latents are decoded by it instead:
-sharper, at the cost of a small model call.
+sharper, at the cost of a small model call. The latents are first shrunk to what the preview's
+size needs (its side over the decoder's upscaling), so that call costs the same whatever the
+render's size: a 1024 px render's 128x128 latents would take a tiny VAE 16 times the work of a
+preview's 12x12 for nothing the preview shows.
 """
 from __future__ import annotations
 
 import base64
 import io
+import math
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 # Latent channel -> (red, green, blue), fitted for each family's VAE; plus a bias for SDXL's.
@@ -61,7 +66,8 @@ class Previews:
         """One image's latents (channels, height, width) as a small RGB image."""
         with torch.no_grad():
             if self.decoder is not None:
-                decoded = self.decoder.decode(latents[None].to(self.decoder.dtype)).sample[0]
+                grid = self._shrunk_for_decoder(latents[None].float())
+                decoded = self.decoder.decode(grid.to(self.decoder.dtype)).sample[0]
                 rgb = decoded.float().permute(1, 2, 0)
             else:
                 grid = latents.float().permute(1, 2, 0)[..., :4]  # height, width, channels
@@ -74,6 +80,21 @@ class Previews:
                                   max(1, round(image.height * scale))),
                                  Image.Resampling.BILINEAR)
         return image
+
+    def _shrunk_for_decoder(self, grid: torch.Tensor) -> torch.Tensor:
+        """grid (1, channels, height, width), no larger than the decoder needs to draw a
+        preview of self.size pixels."""
+        config = self.decoder.config
+        upscaling = config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels)
+                                                         - 1)
+        longest = max(1, math.ceil(self.size / upscaling))
+        height, width = grid.shape[-2:]
+        if max(height, width) <= longest:
+            return grid
+        scale = longest / max(height, width)
+        return F.interpolate(grid, size=(max(1, round(height * scale)),
+                                         max(1, round(width * scale))),
+                             mode="bilinear", align_corners=False)
 
     def data_uri(self, latents: torch.Tensor) -> str:
         buffer = io.BytesIO()

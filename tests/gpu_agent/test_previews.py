@@ -43,15 +43,33 @@ def test_the_linear_projection_colours_latents_at_the_preview_size():
     assert (dark < 100).all()
 
 
-def test_a_tiny_vae_decodes_previews_when_one_is_configured(tmp_path):
+def tiny_vae(folder) -> None:
+    """An AutoencoderTiny of taesd's shape (upscaling 8 times) with 8 channels a block."""
     AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8),
                     decoder_block_out_channels=(8, 8, 8, 8),
                     num_encoder_blocks=(1, 1, 1, 1),
-                    num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(tmp_path / "taesd")
+                    num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(folder)
+
+
+def test_a_tiny_vae_decodes_previews_when_one_is_configured(tmp_path):
+    tiny_vae(tmp_path / "taesd")
     previews = Previews.load(1, 64, "sd15", str(tmp_path / "taesd"), "cpu", torch.float32)
     assert previews.decoder is not None
     image = previews.image(torch.randn(4, 8, 8))
     assert image.size == (64, 64)
+
+
+def test_a_tiny_vae_decodes_only_what_the_preview_shows(tmp_path):
+    """A large render's latents are shrunk before the decoder: a 64 px preview of a 1024x768
+    render decodes 8x6 latents (the decoder upscales 8 times), not 128x96."""
+    tiny_vae(tmp_path / "taesd")
+    previews = Previews.load(1, 64, "sd15", str(tmp_path / "taesd"), "cpu", torch.float32)
+    decoded = []
+    previews.decoder.decoder.register_forward_hook(
+        lambda module, inputs, output: decoded.append(tuple(inputs[0].shape[-2:])))
+    image = previews.image(torch.randn(4, 96, 128))
+    assert decoded == [(6, 8)]
+    assert image.size == (64, 48)
 
 
 def test_a_render_reports_each_steps_latents_and_draws_the_same_image(tiny_models):
