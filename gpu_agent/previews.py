@@ -9,8 +9,8 @@ its JPEG. With RESTYLE_PREVIEW_DECODER set to a tiny VAE (an AutoencoderTiny suc
 `madebyollin/taesd`, or `madebyollin/taesdxl` for SDXL) the latents are decoded by it instead:
 sharper, at the cost of a small model call. The latents are first shrunk to what the preview's
 size needs (its side over the decoder's upscaling), so that call costs the same whatever the
-render's size: a 1024 px render's 128x128 latents would take a tiny VAE 16 times the work of a
-preview's 12x12 for nothing the preview shows.
+render's size: a 1024 px render's 128x128 latents would take a tiny VAE about 100 times the
+work of a preview's 12x12, for nothing the preview shows.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class Previews:
         scale = longest / max(height, width)
         return F.interpolate(grid, size=(max(1, round(height * scale)),
                                          max(1, round(width * scale))),
-                             mode="bilinear", align_corners=False)
+                             mode="area")  # an average over each cell: no aliasing
 
     def data_uri(self, latents: torch.Tensor) -> str:
         buffer = io.BytesIO()

@@ -343,6 +343,9 @@ def test_the_queue_lists_only_the_tenants_jobs_cancels_one_and_retries_a_failed_
         "id => document.querySelector(`tr[data-job='${id}']`)?.dataset.status === 'failed'",
         arg=retried, timeout=JOB_S * 1000)
     assert row.locator(".error").inner_text() == cause
+    # It failed while the page was open: once the list has caught up, it offers Retry too.
+    row.get_by_role("button", name="Retry").wait_for()
+    assert row.get_by_role("button", name="Cancel").count() == 0
 
 
 def test_the_catalog_is_searched_by_text_and_a_product_opened(e2e, web):

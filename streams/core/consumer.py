@@ -257,7 +257,8 @@ class _Consumer(faust_aiokafka.Consumer):
                   "processed (the log now starts at %d): the commit moves past them",
                   tp, ", ".join(map(str, gone)), log_start)
         # faust counts a gap of the log as acknowledged: the deleted range, less what was
-        # acknowledged in it already (counted twice, it would break faust's run of offsets).
+        # acknowledged in it already (an offset counted twice splits faust's run of offsets,
+        # and the commit would move past the range in two steps rather than one).
         run_from = min(gone, default=held)
         acked = sorted(o for o in self._acked_index[tp] if run_from <= o < log_start)
         for offset in [*acked, log_start]:

@@ -18,6 +18,9 @@ export async function queuePage(container) {
     if (!container.isConnected) return false;
     try {
       const listed = (await call("jobs?limit=50")).jobs;
+      // A job the list says has ended is drawn from the list (its cause, whether to retry).
+      const active = new Set(listed.filter((job) => job.status === "active").map((j) => j.job_id));
+      for (const id of [...states.keys()]) if (!active.has(id)) states.delete(id);
       await Promise.all(listed.filter((job) => job.status === "active").map(async (job) => {
         try { states.set(job.job_id, await call(`jobs/${encodeURIComponent(job.job_id)}`)); }
         catch { /* gone between the list and now: the next refresh shows how it ended */ }
@@ -66,8 +69,9 @@ function jobRow(job, state, problem, refresh) {
     actions.push(action("Retry", () => call(`${path}/retry`, { method: "POST" })));
   }
   const progress = state?.progress ? ` (step ${state.progress.step} of ${state.progress.total})` : "";
-  return h("tr", { "data-job": job.job_id, "data-status": status,
-                  "data-shows": `${status}${progress}${cause || ""}` },
+  // What the row shows, its buttons included: a row showing the same is kept as it is.
+  const shows = `${status}|${running}|${job.retryable}|${progress}|${cause || ""}`;
+  return h("tr", { "data-job": job.job_id, "data-status": status, "data-shows": shows },
     h("td", { text: job.job_id }), h("td", { text: job.pipeline || "" }),
     h("td", {}, h("strong", { text: statusWord(status) + progress }),
       cause ? h("p", { class: "error", text: cause }) : null),

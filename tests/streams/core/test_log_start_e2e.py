@@ -13,6 +13,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.errors import KafkaConnectionError, UnsupportedVersionError
 
 from streams.core.consumer import seek_in_consumer_thread
 
@@ -33,7 +34,7 @@ async def seek_past_deleted_records(bootstrap: str) -> tuple[int | None, int]:
             await producer.send_and_wait(topic, f"record {n}".encode(), partition=0)
         try:
             await admin.delete_records({tp: RecordsToDelete(before_offset=3)})
-        except Exception as refused:  # a broker without DeleteRecords
+        except (KafkaConnectionError, UnsupportedVersionError) as refused:  # Tansu hangs up
             pytest.skip(f"this broker does not delete records on request: {refused!r}")
         await consumer.start()
         consumer.assign([tp])
