@@ -39,8 +39,9 @@ decides what its streams get from each fetch: a message not handed to them since
 rebalance's seek goes through (its read offset lowered where faust would drop it), one handed
 already does not come twice (processed or still in flight) unless its stream skipped it. A
 held-back message the fetch has passed without it coming again (the skip came after the seek
-that would have brought it back) is fetched again from its partition after REDELIVER_AFTER_S. If the broker's retention has
-deleted it meanwhile, it will never come: the commit moves past it, and the log says so.
+that would have brought it back) is fetched again from its partition after REDELIVER_AFTER_S.
+If the broker's retention has deleted it meanwhile, it will never come: the commit moves past
+it, and the log says so.
 """
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     async def track(event: JobEvent) -> None:
         step = board.step(event)
         transition = step.transition
+        latest = transition.state or step.current  # the job's state after this event
         if transition.result is not None and transition.result.status == "cancelled":
             await stop_work(event.job_id, event.by or "an upstream system", event.at)
         if transition.result is not None:
@@ -41,11 +42,10 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             # between replays the event and publishes again, rather than never.
             code = transition.result.error.code.value if transition.result.error else ""
             JOBS_FINISHED.labels(transition.result.status, code).inc()
-            accepted = (transition.state or step.current)
-            if accepted is not None:
+            if latest is not None:
                 JOB_SECONDS.labels(transition.result.pipeline or "unknown",
                                    transition.result.status).observe(
-                    max(0.0, transition.result.finished_at - accepted.created_at))
+                    max(0.0, transition.result.finished_at - latest.created_at))
             await rt.send(rt.topics.results, event.job_id, transition.result, acknowledged=True)
             if transition.result.batch_id:
                 await rt.send(rt.topics.batch_events, transition.result.batch_id, BatchEvent(
@@ -63,10 +63,10 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             await announce(event.job_id, getattr(start, "tenant", None), active=True,
                            pipeline=start.pipeline, batch_id=getattr(start, "batch_id", None))
         if transition.result is not None:
-            result, ended = transition.result, transition.state or step.current
+            result = transition.result
             await announce(event.job_id, result.tenant, active=False, pipeline=result.pipeline,
                            batch_id=result.batch_id, status=result.status,
-                           error=result.error, retryable=bool(ended and ended.retryable))
+                           error=result.error, retryable=bool(latest and latest.retryable))
 
     async def stop_work(job_id: str, by: str, at: float) -> None:
         """Every worker hears that the job ended for good: a stage does not start it, a

@@ -18,10 +18,11 @@ export async function queuePage(container) {
     if (!container.isConnected) return false;
     try {
       const listed = (await call("jobs?limit=50")).jobs;
+      const active = listed.filter((job) => job.status === "active");
       // A job the list says has ended is drawn from the list (its cause, whether to retry).
-      const active = new Set(listed.filter((job) => job.status === "active").map((j) => j.job_id));
-      for (const id of [...states.keys()]) if (!active.has(id)) states.delete(id);
-      await Promise.all(listed.filter((job) => job.status === "active").map(async (job) => {
+      const activeIds = new Set(active.map((job) => job.job_id));
+      for (const id of [...states.keys()]) if (!activeIds.has(id)) states.delete(id);
+      await Promise.all(active.map(async (job) => {
         try { states.set(job.job_id, await call(`jobs/${encodeURIComponent(job.job_id)}`)); }
         catch { /* gone between the list and now: the next refresh shows how it ended */ }
       }));
