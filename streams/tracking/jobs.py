@@ -2,15 +2,22 @@
 each finished job's result once, and reports a batch's images to the batch tracker."""
 from __future__ import annotations
 
+import logging
 import time
+
+import faust
 
 from schemas import ErrorCode, JobError, JobEvent, JobStatus, ResultEvent
 from schemas.jobs import Cancellation, TenantActivity
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
+from streams.core.kafka import client_options
 from streams.core.metrics import JOB_SECONDS, JOBS_FINISHED
 from streams.core.runtime import Runtime
 from streams.tracking.jobstate import stalled
+from streams.tracking.published import PublishedResults
 from streams.tracking.tables import Tables
+
+log = logging.getLogger("restyle")
 
 FULL_SCAN_EVERY = 10  # sweeps
 
@@ -30,6 +37,30 @@ def image_outcome(result: ResultEvent) -> ImageOutcome:
 def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     """first_stages: pipeline name -> the topic its admitted jobs start on."""
     app, board, settings = rt.app, tables.board, rt.settings
+    published = PublishedResults(client_options(settings), rt.topics.results,
+                                 settings.partitions, settings.clock_skew_s)
+
+    async def published_before(result: ResultEvent) -> bool:
+        """Whether the event being handled was handled before, by a tracker that published
+        this result and stopped before it stored the job's end."""
+        event = faust.current_event()
+        if event is None:
+            return False
+        message = event.message
+        try:
+            if not await published.may_be_replayed(app.consumer, message.tp, message.offset) \
+                    or not await published.contains(result.job_id, result.finished_at,
+                                                    message.timestamp):
+                return False
+        except Exception:  # noqa: BLE001 - a result published twice beats one never published
+            log.warning("job %s: could not read the results topic to check whether its "
+                        "result was already published; it is published", result.job_id,
+                        exc_info=True)
+            return False
+        log.warning("job %s: its result was already published (the tracker that handled "
+                    "this event before stopped before it stored the job's end); it is not "
+                    "published again", result.job_id)
+        return True
 
     async def track(event: JobEvent) -> None:
         step = board.step(event)
@@ -39,15 +70,17 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             await stop_work(event.job_id, event.by or "an upstream system", event.at)
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
-            # between replays the event and publishes again, rather than never.
+            # between replays the event, and the replay finds the result published.
             code = transition.result.error.code.value if transition.result.error else ""
             JOBS_FINISHED.labels(transition.result.status, code).inc()
             if latest is not None:
                 JOB_SECONDS.labels(transition.result.pipeline or "unknown",
                                    transition.result.status).observe(
                     max(0.0, transition.result.finished_at - latest.created_at))
-            await rt.send(rt.topics.results, event.job_id, transition.result, acknowledged=True)
-            if transition.result.batch_id:
+            if not await published_before(transition.result):
+                await rt.send(rt.topics.results, event.job_id, transition.result,
+                              acknowledged=True)
+            if transition.result.batch_id:  # (the batch tracker ignores a repeated outcome)
                 await rt.send(rt.topics.batch_events, transition.result.batch_id, BatchEvent(
                     batch_id=transition.result.batch_id, kind=BatchEventKind.IMAGE,
                     at=time.time(), outcome=image_outcome(transition.result)),
@@ -118,6 +151,11 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     @app.on_partitions_revoked.connect
     async def forget_held_progress(*_args, **_kwargs) -> None:
         board.forget()
+        published.forget()
+
+    @app.on_partitions_assigned.connect
+    async def forget_published(*_args, **_kwargs) -> None:
+        published.forget()
 
     # A tracker failure must not feed a `failed` event back into its own topic: the event
     # goes to the DLQ instead.

@@ -1,0 +1,69 @@
+"""A tracker that replays an event finds the result a stopped tracker already published.
+
+The results topic here is real (each broker of the run) and written as the tracker writes it:
+keyed by job id, each record stamped with the time it was written.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.tracking.published import PublishedResults, results_written_since
+
+
+def result(job_id: str, finished_at: float) -> bytes:
+    return json.dumps({"job_id": job_id, "status": "done", "finished_at": finished_at,
+                       "schema_version": 1}).encode()
+
+
+async def results_topic(bootstrap: str, records: list[tuple[str, float, float]]) -> str:
+    """A new three-partition topic holding (job id, finished_at, written at) results."""
+    topic = f"results-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 3, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for job_id, finished_at, written_at in records:
+            await producer.send_and_wait(topic, result(job_id, finished_at),
+                                         key=job_id.encode(),
+                                         timestamp_ms=int(written_at * 1000))
+        await producer.send_and_wait(topic, b"not a result", key=b"stray")
+    finally:
+        await producer.stop()
+    return topic
+
+
+def test_results_written_since_a_time_are_found_and_older_ones_are_not(e2e):
+    bootstrap = e2e.stack.endpoints["kafka_bootstrap"]
+    now = time.time()
+
+    async def scenario():
+        topic = await results_topic(bootstrap, [
+            ("job-an-hour-ago", now - 3600, now - 3600),
+            ("job-a-minute-ago", now - 61, now - 60),
+            ("job-just-now", now - 1, now)])
+        connection = {"bootstrap_servers": bootstrap}
+        recent = await results_written_since(connection, topic, 3, now - 120)
+        tracker = PublishedResults(connection, topic, 3, clock_skew_s=90)
+        # The event that ended a job was written 30 s ago: results from 2 minutes ago on.
+        found = [await tracker.contains(job, finished, written_at=now - 30)
+                 for job, finished in [("job-just-now", now - 1),
+                                       ("job-a-minute-ago", now - 61),
+                                       ("job-an-hour-ago", now - 3600),
+                                       ("job-just-now", now - 2),  # not that job's ending
+                                       ("job-never-published", now - 5)]]
+        return recent, found
+
+    recent, found = asyncio.run(scenario())
+    assert recent == {("job-a-minute-ago", now - 61), ("job-just-now", now - 1)}
+    assert found == [True, True, False, False, False]
