@@ -191,6 +191,8 @@ class ModelRecord(BaseModel):
     # the photos themselves under `uploads` when they were uploaded to restyle for it.
     files: str
     uploads: str | None = None
+    # The first accepted face crop (under files): the model's picture in a gallery.
+    cover: str | None = None
     rank: int
     alpha: float
     subject: str

@@ -125,7 +125,7 @@ async def trained(rt: Runtime, outcome: TrainOutcome) -> None:
     record = ModelRecord(
         model_id=job.model_id, tenant=job.tenant or rt.settings.default_tenant,
         base_model=job.base_model, family=job.family, adapter=outcome.adapter,
-        files=job.model_prefix,
+        files=job.model_prefix, cover=job.photos[0] if job.photos else None,
         uploads=uploads if all(uri.startswith(uploads) for uri in job.images) else None,
         rank=job.params.rank, alpha=job.params.alpha, subject=job.subject,
         class_word=job.class_word, photo_hashes=job.photo_hashes, steps=outcome.steps,

@@ -192,8 +192,10 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
                     if form.get("labels"):
                         labels = [t.strip() for t in str(form["labels"]).split(",") if t.strip()]
                     check_labels(labels)
+                    # Named as the caller named it, so the cause reads "room.jpg is not …".
+                    name = getattr(upload, "filename", None) or "the uploaded file"
                     photo = await asyncio.to_thread(decode_image, data,
-                                                    settings.max_image_pixels, "image")
+                                                    settings.max_image_pixels, name)
                 else:
                     body, problem = await json_body(self, request)
                     if problem:

@@ -14,6 +14,7 @@ from schemas.ids import JOB_ID_PATTERN
 from schemas.uris import join_uri
 from streams.api.job_stream import FrameCache, stream_job
 from streams.api.limits import TenantLimiter, TooManyStreams
+from streams.api.tenant_stream import newest_jobs, stream_jobs
 from streams.api.tenants import TenantUsage
 from streams.api.routing import cancel_refused, error_response, json_body, routed, until_known
 from streams.api.tenancy import (
@@ -27,7 +28,6 @@ from streams.api.tenancy import (
 )
 from streams.api.queue import QueuePositions
 from streams.core.runtime import Runtime, json_object
-from streams.tracking import activity
 from streams.tracking.tables import Tables
 
 # The one-job pipelines POST /jobs takes as a JSON upload.
@@ -164,22 +164,44 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             return self.json({"styles": [{"name": name, "description": text}
                                          for name, text in styles.items()]})
 
+    def list_limit(request) -> int | None:
+        """?limit= of a list of jobs (default 50, at most RESTYLE_TENANT_RECENT_JOBS)."""
+        try:
+            return max(1, min(int(request.query.get("limit", "50")),
+                              rt.settings.tenant_recent_jobs))
+        except ValueError:
+            return None
+
+    @app.page("/tenant/events")
+    class TenantEventsView(web.View):
+        @routed(rt, tables.activity, key_of=lambda request: caller(request).tenant)
+        async def get(self, request: web.Request):
+            """The caller's newest jobs (as `GET /jobs` lists them, ?limit= and ?active=
+            too) as Server-Sent Events: the list, then again each time one starts or ends."""
+            limit, tenant = list_limit(request), caller(request).tenant
+            if limit is None:
+                return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
+                                      "limit must be a whole number")
+            try:
+                with limiter.stream(tenant):
+                    return await stream_jobs(request, tenant, tables, limit,
+                                             request.query.get("active") == "true")
+            except TooManyStreams as exc:
+                return error_response(self, 429, "too_many_streams", str(exc),
+                                      {"Retry-After": "5"})
+
     @app.page("/jobs")
     class SubmitView(web.View):
         @routed(rt, tables.activity, key_of=lambda request: caller(request).tenant)
         async def get(self, request: web.Request) -> web.Response:
             """The caller's newest jobs, newest first (?limit=, default 50; ?active=true for
             those still running)."""
-            try:
-                limit = max(1, min(int(request.query.get("limit", "50")),
-                                   rt.settings.tenant_recent_jobs))
-            except ValueError:
+            limit = list_limit(request)
+            if limit is None:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                       "limit must be a whole number")
-            listed = activity.recent_jobs(tables, caller(request).tenant)
-            if request.query.get("active") == "true":
-                listed = [job for job in listed if job.status == "active"]
-            return self.json({"jobs": [job.model_dump(mode="json") for job in listed[:limit]]})
+            return self.json(newest_jobs(tables, caller(request).tenant, limit,
+                                         request.query.get("active") == "true"))
 
         async def post(self, request: web.Request) -> web.Response:
             """Multipart: a room makeover (`image` a file, `style`, optional `params` JSON and

@@ -147,6 +147,12 @@ OPERATIONS = [
               media="image/*"),
     Operation("get", "/tenant", "The caller's tenant: its jobs in flight and limits", "tenancy",
               {200: ("usage", ANY), **refused(401)}),
+    Operation("get", "/tenant/events", "The caller's newest jobs as Server-Sent Events: the "
+              "list, then again each time one of them starts or ends", "jobs",
+              {200: ("one `event: jobs` frame per change, its data the list as at /jobs", None),
+               **refused(400, 401, 429, 503)}, media="text/event-stream",
+              query={"limit": ("how many (default 50)", False),
+                     "active": ("true: only those still running", False)}),
     Operation("get", "/livez", "Liveness: the process is worth keeping", "operations",
               {200: ("alive", ANY), 503: ("broken", ANY)}, public=True),
     Operation("get", "/readyz", "Readiness: owns partitions, no rebalance or shutdown",

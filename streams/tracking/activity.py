@@ -97,12 +97,19 @@ def register(rt: Runtime, tables: Tables) -> None:
         if line != known:
             tables.activity[_line_key(event.tenant, event.job_id)] = \
                 line.model_dump_json().encode()
+            tables.tenant_changes.announce(event.tenant)
         if known is None:
             ids, dropped = index_after(_index(tables, event.tenant), event.job_id,
                                        rt.settings.tenant_recent_jobs)
             tables.activity[_line_key(event.tenant, INDEX)] = json.dumps(ids).encode()
             for job_id in dropped:
                 tables.activity.pop(_line_key(event.tenant, job_id), None)
+
+    @rt.app.on_partitions_revoked.connect
+    async def end_streams(*_args, **_kwargs) -> None:
+        """A tenant's list may now belong to another worker: its streams here end (a client
+        opens its stream again, and is routed to the list's owner)."""
+        tables.tenant_changes.announce_all()
 
     rt.stage_agent("activity-tracker", track, TenantActivity,
                    topic=rt.topics.tenant_activity, fail_jobs=False,

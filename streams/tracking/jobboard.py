@@ -20,6 +20,7 @@ from typing import Callable
 
 from schemas import JobEvent, JobEventKind, JobState
 from streams.tracking.jobstate import Transition, apply_event
+from streams.tracking.watchers import Watchers
 
 _UNREAD = object()
 
@@ -48,8 +49,7 @@ class JobBoard:
         self.clock = clock
         self._held: dict[str, _Held] = {}
         self._last_store: dict[str, float] = {}  # job_id -> clock() of its last store here
-        # job_id -> what its watchers (SSE streams) wait on; set and dropped at its next change
-        self._watchers: dict[str, asyncio.Event] = {}
+        self._watchers = Watchers()  # the SSE streams of jobs that change here
 
     def stored(self, job_id: str) -> JobState | None:
         raw = self.table.get(job_id.encode())
@@ -77,14 +77,7 @@ class JobBoard:
 
     def changed(self, job_id: str) -> asyncio.Event:
         """An event set at job_id's next change in this process (a new one after each)."""
-        if job_id not in self._watchers:
-            self._watchers[job_id] = asyncio.Event()
-        return self._watchers[job_id]
-
-    def _announce(self, job_id: str) -> None:
-        watchers = self._watchers.pop(job_id, None)
-        if watchers is not None:
-            watchers.set()
+        return self._watchers.changed(job_id)
 
     def keep(self, step: Step) -> None:
         """Store step's new state; called once its result, if any, is published."""
@@ -92,7 +85,7 @@ class JobBoard:
         if state is None:
             return
         self._keep(step, state)
-        self._announce(state.job_id)
+        self._watchers.announce(state.job_id)
 
     def _keep(self, step: Step, state: JobState) -> None:
         only_progress = step.event.kind is JobEventKind.PROGRESS and \
@@ -115,8 +108,7 @@ class JobBoard:
         the table (at most one interval behind)."""
         self._held.clear()
         self._last_store.clear()
-        for job_id in list(self._watchers):  # they read the table again
-            self._announce(job_id)
+        self._watchers.announce_all()  # they read the table again
 
     def active_ids(self) -> list[str]:
         """Ids of every job in this process's table partitions (for a full sweep)."""

@@ -5,12 +5,13 @@ hashes an id to the worker that owns it), values are the pydantic models as JSON
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faust
 
 from streams.core.settings import Settings
 from streams.tracking.jobboard import JobBoard
+from streams.tracking.watchers import Watchers
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Tables:
     activity: faust.Table
     # The jobs table plus render progress not yet stored in it: read job state through this.
     board: JobBoard
+    # Who waits for a tenant's list of jobs to change here (its SSE streams).
+    tenant_changes: Watchers = field(default_factory=Watchers)
 
 
 def open_tables(app: faust.App, settings: Settings) -> Tables:

@@ -7,18 +7,27 @@ import {
   errorLine, field, filled, h, image, jobView, numberOrNothing, say,
 } from "./ui.js";
 
+// A model's picture: the first face it was trained on (a model trained before models kept
+// one shows its subject's initial instead).
+async function cover(model) {
+  if (model.cover) return image(model.cover, `${model.subject}, as trained`, { class: "cover" });
+  return h("span", { class: "cover none", role: "img", "aria-label": `${model.subject}: no picture`,
+                     text: (model.subject || "?")[0].toUpperCase() });
+}
+
 export async function avatarsPage(container) {
   const gallery = h("div", { class: "gallery", "aria-live": "polite" });
   const generator = h("div", { class: "live" });
   const refresh = async () => {
     const { models } = await call("models");
-    gallery.replaceChildren(...(models.length ? models.map((model) => h("article", {
+    gallery.replaceChildren(...(models.length ? await Promise.all(models.map(async (model) => h("article", {
       class: "model card", "data-model": model.model_id },
+      await cover(model),
       h("h4", { text: model.model_id }),
       h("p", { text: `${model.subject} (${model.class_word}), trigger “${model.trigger}”, ` +
                      `${model.photos} photos, ${model.status}` }),
       h("button", { type: "button", text: "Generate with this model",
-                    onclick: () => generator.replaceChildren(generateForm(model)) })))
+                    onclick: () => generator.replaceChildren(generateForm(model)) }))))
       : [h("p", { class: "hint", text: "No models yet: train one above." })]));
   };
   container.append(trainForm(refresh), h("h3", { text: "Your models" }), gallery, generator);

@@ -4,11 +4,16 @@
 // result, and the batch's report.
 
 import { call, fileUrl, upload } from "./api.js";
-import { errorLine, field, filled, h, image, numberOrNothing, say, statusWord } from "./ui.js";
+import { followJobList } from "./events.js";
+import { errorLine, field, filled, h, image, localThumb, numberOrNothing, say, statusWord }
+  from "./ui.js";
 
-const POLL_MS = 1500;
+// Once none of its images is being worked on, a batch is read again after these waits, until
+// it has finished; and every SAFETY_NET_MS whatever the stream says.
+const FINISHING_MS = [300, 700, 1500, 3000, 6000];
+const SAFETY_NET_MS = 15000;
 
-export async function backgroundPage(container) {
+export async function backgroundPage(container, { signal } = {}) {
   const photos = h("input", { type: "file", accept: "image/*", multiple: true, name: "photos" });
   const picked = h("div", { class: "picked", "aria-live": "polite" });
   let rows = [];
@@ -48,7 +53,7 @@ export async function backgroundPage(container) {
                             params: filled({ steps: numberOrNothing(steps.value),
                                              seed: numberOrNothing(seed.value) }) });
       const { batch_id: batchId } = await call("batches", { method: "POST", json: body });
-      await followBatch(batchId, batchView, rows);
+      await followBatch(batchId, batchView, rows, signal);
     } catch (error) {
       say(problem, error);
     } finally {
@@ -63,7 +68,7 @@ function photoRow(file) {
   const chips = h("div", { class: "chips", role: "group", "aria-label": `Keep in ${file.name}` },
                   h("span", { class: "hint", text: "Finding objects…" }));
   const element = h("div", { class: "photo-row", "data-name": file.name },
-    h("img", { src: URL.createObjectURL(file), alt: file.name, class: "thumb" }),
+    localThumb(file),
     h("div", {}, h("strong", { text: file.name }), chips));
   const form = new FormData();
   form.append("image", file, file.name);
@@ -90,7 +95,11 @@ function photoRow(file) {
   return { file, element, kept };
 }
 
-async function followBatch(batchId, view, rows) {
+// The batch is read again whenever the set of its images being worked on changes (the
+// tenant's stream of running jobs says when: an image started or ended), then, once none is,
+// until it has finished (its report is being written). A slow re-read is the safety net for a
+// stream that cannot be opened (the tenant's streams all in use).
+async function followBatch(batchId, view, rows, signal) {
   const heading = h("h3", { text: `Batch ${batchId}` });
   const summary = h("p", { role: "status", "aria-live": "polite" });
   const table = h("table", { class: "batch" },
@@ -104,14 +113,13 @@ async function followBatch(batchId, view, rows) {
   view.replaceChildren(h("section", { class: "card", "data-batch": batchId, "aria-label": "Batch" },
     heading, summary, cancel, table, report, problem));
   const shown = new Map();
-  for (;;) {
+  const read = async () => { // true once the batch has finished
     let batch;
     try {
       batch = await call(`batches/${encodeURIComponent(batchId)}?images=true`);
     } catch (error) {
       say(problem, error);
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      continue;
+      return false;
     }
     const counts = Object.entries(batch.counts).map(([k, v]) => `${v} ${k}`).join(", ");
     summary.textContent = `${statusWord(batch.status)} — ${counts}`;
@@ -119,17 +127,43 @@ async function followBatch(batchId, view, rows) {
     // Set after the rows: a reader that waits for the batch's end then sees every image's
     // line as it ended (showing a result waits for its thumbnails).
     view.querySelector("section").dataset.status = batch.status;
-    if (batch.status !== "running" && !batch.reporting) {
-      cancel.remove();
-      if (batch.error) say(problem, { message: batch.error.message });
-      // Read through the API (GET /files), like every image here.
-      report.replaceChildren("Report: ", ...Object.entries(batch.report_uris || {}).flatMap(
-        ([kind, uri], n) => [n ? " · " : "", h("a", {
-          href: "#", "data-uri": uri, download: `${batchId}.${kind}`,
-          text: kind.toUpperCase(), onclick: reportClick })]));
-      return batch;
-    }
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    if (batch.status === "running" || batch.reporting) return false;
+    cancel.remove();
+    if (batch.error) say(problem, { message: batch.error.message });
+    // Read through the API (GET /files), like every image here.
+    report.replaceChildren("Report: ", ...Object.entries(batch.report_uris || {}).flatMap(
+      ([kind, uri], n) => [n ? " · " : "", h("a", {
+        href: "#", "data-uri": uri, download: `${batchId}.${kind}`,
+        text: kind.toUpperCase(), onclick: reportClick })]));
+    return true;
+  };
+  if (await read()) return;
+  const stop = new AbortController();
+  signal?.addEventListener("abort", () => stop.abort());
+  let working = null, reading = Promise.resolve();
+  const reread = (settling) => {
+    reading = reading.then(async () => {
+      let finished = !stop.signal.aborted && await read();
+      for (const wait of settling ? FINISHING_MS : []) {
+        if (finished || stop.signal.aborted) break;
+        await new Promise((resolve) => setTimeout(resolve, wait));
+        finished = await read();
+      }
+      if (finished) stop.abort();
+    });
+  };
+  followJobList((running) => {
+    const mine = running.filter((job) => job.batch_id === batchId).map((job) => job.job_id);
+    if (mine.sort().join() === working) return;
+    working = mine.join();
+    reread(!mine.length);
+  }, { signal: stop.signal, active: true, limit: 200 });
+  while (!stop.signal.aborted) {
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, SAFETY_NET_MS);
+      stop.signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); });
+    });
+    if (!stop.signal.aborted) reread(false);
   }
 }
 
@@ -142,6 +176,12 @@ async function reportClick(event) {
   }
 }
 
+// An image's cause names it by its storage URI (what the API's callers know it by); here it
+// is the photo the user chose, so it is named by its file name.
+function inWords(line) {
+  return line.image ? line.cause.replaceAll(line.image, line.name || "this photo") : line.cause;
+}
+
 async function showImage(line, body, shown, rows) {
   const key = `${line.job_id}:${line.status}`;
   if (shown.get(line.job_id) === key) return;
@@ -150,8 +190,7 @@ async function showImage(line, body, shown, rows) {
   if (!row) {
     const original = rows.find((r) => r.file.name === line.name);
     row = h("tr", { "data-job": line.job_id },
-      h("td", {}, original ? h("img", { class: "thumb", alt: line.name,
-                                        src: URL.createObjectURL(original.file) }) : null,
+      h("td", {}, original ? localThumb(original.file) : null,
         h("div", { text: line.name || line.job_id })),
       h("td", { class: "state" }), h("td", { class: "made" }));
     body.append(row);
@@ -159,7 +198,7 @@ async function showImage(line, body, shown, rows) {
   row.dataset.status = line.status;
   const state = row.querySelector(".state");
   state.replaceChildren(h("strong", { text: statusWord(line.status) }),
-    ...(line.cause ? [h("p", { class: "error", text: `${line.cause} (${line.error})` })] : []));
+    ...(line.cause ? [h("p", { class: "error", text: `${inWords(line)} (${line.error})` })] : []));
   const made = row.querySelector(".made");
   if (line.outputs?.length && !made.childElementCount) {
     made.append(...await Promise.all(line.outputs.map((uri, n) =>

@@ -1,31 +1,50 @@
-// A job's Server-Sent Events, read with fetch() rather than EventSource: EventSource cannot send
-// the Authorization header. The parser follows the WHATWG event-stream format (event:, data:,
-// comment lines, a blank line ends an event); a dropped stream is opened again, since every
-// event carries the job's whole state, nothing is lost by missing one in between.
+// Server-Sent Events (a job's, the tenant's list of jobs), read with fetch() rather than
+// EventSource: EventSource cannot send the Authorization header. The parser follows the WHATWG
+// event-stream format (event:, data:, comment lines, a blank line ends an event); a dropped
+// stream is opened again: every event carries the whole state (the job's, the list), so
+// nothing is lost by missing one.
 
 import { session, url } from "./api.js";
 
 const RETRY_MS = 1500;
 
 export function followJob(jobId, onState, { signal } = {}) {
+  return follow(`jobs/${encodeURIComponent(jobId)}/events`, (event) => {
+    const state = JSON.parse(event.data);
+    onState(state);
+    return ["done", "failed", "cancelled"].includes(state.status);
+  }, (message) => onState(null, message || `job ${jobId} is not visible to this key`),
+  { signal });
+}
+
+// The tenant's newest jobs, again each time one starts or ends, until signal aborts.
+// active: only those still running.
+export function followJobList(onJobs, { signal, limit = 50, active = false } = {}) {
+  return follow(`tenant/events?limit=${limit}${active ? "&active=true" : ""}`, (event) => {
+    onJobs(JSON.parse(event.data).jobs);
+    return false;
+  }, null, { signal });
+}
+
+// Read the stream at path, handing each event to onEvent until it returns true; a stream that
+// drops is opened again. A refusal (401, 404) goes to onRefused and ends it.
+function follow(path, onEvent, onRefused, { signal } = {}) {
   let ended = false;
   const run = async () => {
     while (!ended && !signal?.aborted) {
       try {
-        const response = await fetch(url(`jobs/${encodeURIComponent(jobId)}/events`), {
+        const response = await fetch(url(path), {
           headers: { Authorization: `Bearer ${session.key}`, Accept: "text/event-stream" },
           signal,
         });
         if (response.status === 404 || response.status === 401) {
           const body = await response.json().catch(() => ({}));
-          onState(null, body.error?.message || `job ${jobId} is not visible to this key`);
+          onRefused?.(body.error?.message);
           return;
         }
         if (!response.ok || !response.body) throw new Error(`status ${response.status}`);
         for await (const event of parse(response.body)) {
-          const state = JSON.parse(event.data);
-          onState(state);
-          if (["done", "failed", "cancelled"].includes(state.status)) {
+          if (onEvent(event)) {
             ended = true;
             return;
           }

@@ -40,7 +40,12 @@ function showSignIn(message = "") {
   $("api-key").focus();
 }
 
+// Aborted when the page is left (another page, signing out): its event streams close.
+let pageLeft = new AbortController();
+
 async function route() {
+  pageLeft.abort();
+  pageLeft = new AbortController();
   if (!tenant) return;
   const name = location.hash.replace(/^#\/?/, "").split("/")[0] || "makeover";
   const [title, page] = PAGES[name] || PAGES.makeover;
@@ -55,7 +60,7 @@ async function route() {
   heading.textContent = title;
   container.append(heading);
   try {
-    await page(container, { tenant });
+    await page(container, { tenant, signal: pageLeft.signal });
   } catch (error) {
     if (error.status === 401) return showSignIn(error.message);
     const line = document.createElement("p");
@@ -90,6 +95,7 @@ $("sign-in-form").addEventListener("submit", async (event) => {
 $("sign-out").addEventListener("click", () => {
   session.key = null;
   tenant = null;
+  pageLeft.abort();
   showSignIn();
 });
 

@@ -1,66 +1,91 @@
-// The queue: the tenant's newest jobs and batches with their live status; cancel what runs,
-// retry what failed.
+// The queue: the tenant's newest jobs and batches, live. The list comes over the tenant's event
+// stream (again each time one of its jobs starts or ends), and the running jobs' own streams
+// bring their stages and render steps; nothing is polled. Cancel what runs, retry what failed.
 
 import { call } from "./api.js";
+import { followJob, followJobList } from "./events.js";
 import { errorLine, h, say, statusWord } from "./ui.js";
 
-const REFRESH_MS = 2000;
+// Running jobs followed step by step at once: each is one of the tenant's event streams, which
+// RESTYLE_TENANT_MAX_STREAMS bounds. The others show their state as the list last changed.
+const FOLLOWED = 4;
+// A batch whose images have all ended is finishing (its report): read again after these waits.
+const FINISHING_MS = [500, 1000, 2000, 4000, 8000];
 
-export async function queuePage(container) {
+export async function queuePage(container, { signal } = {}) {
   const problem = errorLine();
   const jobs = h("table", { class: "queue", "aria-label": "Your jobs" },
     h("thead", {}, h("tr", {}, ["Job", "Pipeline", "Status", "Started", ""].map(
       (title) => h("th", { text: title })))), h("tbody"));
   const batches = h("ul", { class: "batches", "aria-label": "Your batches" });
   container.append(problem, h("h3", { text: "Jobs" }), jobs, h("h3", { text: "Batches" }), batches);
+  let listed = [];
   const states = new Map(); // job id -> its latest state, for jobs still running
-  const refresh = async () => {
-    if (!container.isConnected) return false;
-    try {
-      const listed = (await call("jobs?limit=50")).jobs;
-      const active = listed.filter((job) => job.status === "active");
-      // A job the list says has ended is drawn from the list (its cause, whether to retry).
-      const activeIds = new Set(active.map((job) => job.job_id));
-      for (const id of [...states.keys()]) if (!activeIds.has(id)) states.delete(id);
-      await Promise.all(active.map(async (job) => {
-        try { states.set(job.job_id, await call(`jobs/${encodeURIComponent(job.job_id)}`)); }
-        catch { /* gone between the list and now: the next refresh shows how it ended */ }
-      }));
-      const body = jobs.tBodies[0];
-      const kept = new Map([...body.rows].map((row) => [row.dataset.job, row]));
-      // A row that shows the same as before is kept as it is (a keyboard user's focus with
-      // it); only rows that changed are drawn again.
-      const wanted = listed.filter((job) => !job.batch_id).map((job) => {
-        const row = jobRow(job, states.get(job.job_id), problem, refresh);
-        const before = kept.get(job.job_id);
-        return before && before.dataset.shows === row.dataset.shows ? before : row;
-      });
-      for (const row of [...body.rows]) if (!wanted.includes(row)) row.remove();
-      wanted.forEach((row, n) => {
-        if (body.rows[n] !== row) body.insertBefore(row, body.rows[n] || null);
-      });
-      const batchIds = [...new Set(listed.map((job) => job.batch_id).filter(Boolean))];
-      batches.replaceChildren(...await Promise.all(batchIds.map((id) => batchLine(id, problem))));
-      if (!batchIds.length) batches.append(h("li", { class: "hint", text: "No batches yet." }));
-    } catch (error) {
-      say(problem, error);
+  const followed = new Map(); // job id -> what stops its stream
+
+  const drawJobs = () => {
+    const body = jobs.tBodies[0];
+    const kept = new Map([...body.rows].map((row) => [row.dataset.job, row]));
+    // A row that shows the same as before is kept as it is (a keyboard user's focus with it);
+    // only rows that changed are drawn again.
+    const wanted = listed.filter((job) => !job.batch_id).map((job) => {
+      const row = jobRow(job, states.get(job.job_id), problem);
+      const before = kept.get(job.job_id);
+      return before && before.dataset.shows === row.dataset.shows ? before : row;
+    });
+    for (const row of [...body.rows]) if (!wanted.includes(row)) row.remove();
+    wanted.forEach((row, n) => {
+      if (body.rows[n] !== row) body.insertBefore(row, body.rows[n] || null);
+    });
+  };
+
+  const follow = (jobId) => {
+    const stop = new AbortController();
+    signal?.addEventListener("abort", () => stop.abort());
+    followed.set(jobId, stop);
+    followJob(jobId, (state) => {
+      if (!state) return;
+      states.set(jobId, state);
+      drawJobs();
+    }, { signal: stop.signal });
+  };
+
+  const onJobs = async (jobsNow) => {
+    listed = jobsNow;
+    const active = listed.filter((job) => job.status === "active");
+    // A job the list says has ended is drawn from the list (its cause, whether to retry).
+    const activeIds = new Set(active.map((job) => job.job_id));
+    for (const id of [...states.keys()]) if (!activeIds.has(id)) states.delete(id);
+    for (const [id, stop] of followed) {
+      if (!activeIds.has(id)) {
+        stop.abort();
+        followed.delete(id);
+      }
     }
-    return true;
+    const unfollowed = active.filter((job) => !followed.has(job.job_id));
+    for (const job of unfollowed.splice(0, FOLLOWED - followed.size)) follow(job.job_id);
+    await Promise.all(unfollowed.map(async (job) => {
+      try { states.set(job.job_id, await call(`jobs/${encodeURIComponent(job.job_id)}`)); }
+      catch { /* gone between the list and now: the list's next change shows how it ended */ }
+    }));
+    drawJobs();
+    await drawBatches(batches, listed, problem, signal);
   };
-  const loop = async () => {
-    if (await refresh()) setTimeout(loop, REFRESH_MS);
-  };
-  await loop();
+
+  // One list at a time, in the order they came: a slow draw never overwrites a newer list.
+  let drawing = Promise.resolve();
+  followJobList((jobsNow) => {
+    drawing = drawing.then(() => onJobs(jobsNow)).catch((error) => say(problem, error));
+  }, { signal });
 }
 
-function jobRow(job, state, problem, refresh) {
+function jobRow(job, state, problem) {
   const status = job.status === "active" ? (state?.status || "queued") : job.status;
   const error = state?.error || job.error;
   const cause = error && `${error.message} (${error.code})`;
+  // What follows an action comes over the streams (the job ends, or a retry starts).
   const action = (label, run) => h("button", { type: "button", class: "quiet", text: label,
-    onclick: async () => {
-      try { await run(); await refresh(); } catch (error) { say(problem, error); }
-    } });
+    onclick: () => run().catch((error) => say(problem, error)) });
   const path = `jobs/${encodeURIComponent(job.job_id)}`;
   const actions = [];
   // The list may still say active for a moment after the job's own state has ended.
@@ -78,6 +103,30 @@ function jobRow(job, state, problem, refresh) {
       cause ? h("p", { class: "error", text: cause }) : null),
     h("td", { text: new Date(job.started_at * 1000).toLocaleString() }),
     h("td", {}, actions));
+}
+
+// The batches of the listed jobs, read when the list changes (their counts move as their
+// images end); a batch whose images have all ended is read again until it has finished.
+async function drawBatches(list, listed, problem, signal) {
+  const batchIds = [...new Set(listed.map((job) => job.batch_id).filter(Boolean))];
+  list.replaceChildren(...await Promise.all(batchIds.map((id) => batchLine(id, problem))));
+  if (!batchIds.length) list.append(h("li", { class: "hint", text: "No batches yet." }));
+  for (const id of batchIds) {
+    const line = list.querySelector(`li[data-batch="${CSS.escape(id)}"]`);
+    const imagesRunning = listed.some((job) => job.batch_id === id && job.status === "active");
+    if (line?.dataset.status === "running" && !imagesRunning) finishing(id, line, problem, signal);
+  }
+}
+
+async function finishing(batchId, line, problem, signal) {
+  for (const wait of FINISHING_MS) {
+    await new Promise((resolve) => setTimeout(resolve, wait));
+    if (signal?.aborted || !line.isConnected) return;
+    const now = await batchLine(batchId, problem);
+    line.replaceWith(now);
+    line = now;
+    if (now.dataset.status !== "running") return;
+  }
 }
 
 async function batchLine(batchId, problem) {

@@ -61,6 +61,16 @@ export function say(line, error) {
   line.textContent = error ? (error.message || String(error)) : "";
 }
 
+// The thumbnail of a file chosen on this computer; one the browser cannot show (not an image,
+// or a format it does not draw) is a "no preview" box with the file's name, not a broken icon.
+export function localThumb(file) {
+  const thumb = h("img", { src: URL.createObjectURL(file), alt: file.name, class: "thumb" });
+  thumb.addEventListener("error", () => thumb.replaceWith(
+    h("span", { class: "thumb none", role: "img", "aria-label": `${file.name}: no preview`,
+                text: "no preview" })));
+  return thumb;
+}
+
 export async function image(uri, alt, attributes = {}) {
   return loadedImage(fileUrl(uri), alt, attributes);
 }

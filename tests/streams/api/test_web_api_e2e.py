@@ -1,11 +1,13 @@
 """What the web app stands on, over HTTP against the running stack: the page and its files served
 without a credential (and nothing else through them), files uploaded to and read back from the
-caller's own folder only, the caller's job list, a failed job retried under a new id, a
-conditioned generation submitted as JSON, the styles, and a batch's per-image lines."""
+caller's own folder only, the caller's job list (read, and followed as a stream), a failed job
+retried under a new id, a conditioned generation submitted as JSON, the styles, and a batch's
+per-image lines."""
 from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -115,6 +117,71 @@ def test_a_failed_job_is_listed_and_retried_under_a_new_id(e2e, room_photos):
     assert done["status"] == "done" and done["retryable"] is False
     status, refused = e2e.request("POST", f"/jobs/{done['job_id']}/retry", tenant=TENANT)
     assert status == 409 and refused["error"]["code"] == "not_retryable"
+
+
+class ListStream:
+    """GET /tenant/events read in the background: each `jobs` event's list, as it came."""
+
+    def __init__(self, e2e, tenant: str, query: str = ""):
+        request = urllib.request.Request(f"{e2e.status_url}/tenant/events{query}",
+                                         headers=e2e.auth(tenant))
+        self.response = urllib.request.urlopen(request, timeout=120)
+        self.lists: list[list[dict]] = []
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.response:
+                if line.startswith(b"data: "):
+                    with self.changed:
+                        self.lists.append(json.loads(line[6:])["jobs"])
+                        self.changed.notify_all()
+        except (OSError, ValueError, AttributeError):  # closed by the test (mid-read)
+            pass
+
+    def wait_for(self, predicate, timeout_s: float = 120, since: int = 0) -> list[dict]:
+        """The first list (from event number since on) that predicate accepts."""
+        with self.changed:
+            assert self.changed.wait_for(
+                lambda: any(predicate(jobs) for jobs in self.lists[since:]), timeout_s), \
+                self.lists
+            return next(jobs for jobs in self.lists[since:] if predicate(jobs))
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def test_a_tenants_job_list_streams_each_start_and_end(e2e, room_photos):
+    [stored] = upload(e2e, TENANT, {"streamed.jpg": room_photos[3].read_bytes()})
+    running = ListStream(e2e, TENANT, "?active=true")
+    everything = ListStream(e2e, TENANT, "?limit=5")
+    others = ListStream(e2e, OTHER)
+    try:
+        first = running.wait_for(lambda jobs: True)  # the list as it is, at once
+        status, answer = e2e.post_json("/jobs", {"pipeline": "condition", "image": stored["uri"],
+                                                 "params": {"conditioning": "canny", "steps": 2}},
+                                       tenant=TENANT)
+        assert status == 202, answer
+        job_id = answer["job_id"]
+        assert job_id not in {job["job_id"] for job in first}
+        # It is listed running as it starts, then no longer among the running once it ends;
+        # the full list says how it ended.
+        running.wait_for(lambda jobs: job_id in {job["job_id"] for job in jobs})
+        index = len(running.lists)
+        ended = everything.wait_for(lambda jobs: any(
+            job["job_id"] == job_id and job["status"] == "done" for job in jobs), 240)
+        assert ended[0]["job_id"] == job_id and ended[0]["pipeline"] == "condition"
+        running.wait_for(lambda jobs: job_id not in {job["job_id"] for job in jobs},
+                         since=index)
+        assert len(everything.lists[-1]) <= 5
+        # Another tenant's stream never lists it.
+        assert all(job_id not in {job["job_id"] for job in jobs} for jobs in others.lists)
+    finally:
+        for stream in (running, everything, others):
+            stream.close()
+    assert raw(e2e, "/tenant/events?limit=ten", TENANT)[0] == 400
+    assert raw(e2e, "/tenant/events", TENANT, authorized=False)[0] == 401
 
 
 def test_json_submissions_name_a_one_job_pipeline_and_a_readable_image(e2e):

@@ -1,0 +1,44 @@
+"""A tenant's list of jobs as Server-Sent Events (the web app's queue view): the list at once,
+then again each time one of the tenant's jobs starts or ends (the activity tracker announces
+it: no polling), until the client leaves or the list's partition moves to another worker, when
+the stream ends and the client opens it again (routed to the list's new owner)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+from aiohttp import web as aioweb
+
+from streams.api.job_stream import SSE_KEEPALIVE_S
+from streams.tracking import activity
+from streams.tracking.tables import Tables
+
+
+def newest_jobs(tables: Tables, tenant: str, limit: int, active_only: bool = False) -> dict:
+    """The tenant's newest jobs, newest first: `GET /jobs` and each event of the stream."""
+    listed = activity.recent_jobs(tables, tenant)
+    if active_only:
+        listed = [job for job in listed if job.status == "active"]
+    return {"jobs": [job.model_dump(mode="json") for job in listed[:limit]]}
+
+
+async def stream_jobs(request, tenant: str, tables: Tables, limit: int,
+                      active_only: bool = False) -> aioweb.StreamResponse:
+    response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                              "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    watchers = tables.tenant_changes
+    generation, sent = watchers.generation, None
+    while watchers.generation == generation:
+        changed = watchers.changed(tenant)  # taken before reading: no change slips between
+        listed = json.dumps(newest_jobs(tables, tenant, limit, active_only))
+        if listed != sent:
+            sent = listed
+            await response.write(f"event: jobs\ndata: {listed}\n\n".encode())
+        try:
+            await asyncio.wait_for(changed.wait(), SSE_KEEPALIVE_S * random.uniform(0.8, 1.2))
+        except TimeoutError:
+            await response.write(b": keep-alive\n\n")
+    await response.write_eof()
+    return response
