@@ -16,7 +16,15 @@ from streams.api.job_stream import FrameCache, stream_job
 from streams.api.limits import TenantLimiter, TooManyStreams
 from streams.api.tenant_stream import newest_jobs, stream_jobs
 from streams.api.tenants import TenantUsage
-from streams.api.routing import cancel_refused, error_response, json_body, routed, until_known
+from streams.api.routing import (
+    cancel_refused,
+    error_response,
+    is_local,
+    json_body,
+    owner_url,
+    routed,
+    until_known,
+)
 from streams.api.tenancy import (
     ForeignTenant,
     InvalidId,
@@ -182,10 +190,14 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             if limit is None:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                       "limit must be a whole number")
+            def owned() -> bool:
+                url = owner_url(app, tables.activity, tenant, rt.settings.partitions)
+                return url is not None and is_local(app, url)
+
             try:
                 with limiter.stream(tenant):
                     return await stream_jobs(request, tenant, tables, limit,
-                                             request.query.get("active") == "true")
+                                             request.query.get("active") == "true", owned)
             except TooManyStreams as exc:
                 return error_response(self, 429, "too_many_streams", str(exc),
                                       {"Retry-After": "5"})

@@ -39,6 +39,12 @@ def is_local(app, url: URL) -> bool:
     return (url.host, url.port) == (mine.host, mine.port)
 
 
+# What a relayed answer keeps of the owner's headers: its type and what tells a client when
+# to come back (a 429's or 503's Retry-After, the rate limit's state).
+RELAYED_HEADERS = ("Content-Type", "Content-Disposition", "Cache-Control", "Retry-After",
+                   "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+
+
 async def proxy(request, url: URL) -> aioweb.StreamResponse:
     """Relay the request to the owning worker, streaming its answer (SSE included)."""
     target = url.with_path(request.path).with_query(request.query)
@@ -50,8 +56,10 @@ async def proxy(request, url: URL) -> aioweb.StreamResponse:
             headers["Authorization"] = request.headers["Authorization"]
         async with session.request(request.method, target, headers=headers,
                                    data=await request.read()) as upstream:
+            relayed = {name: upstream.headers[name] for name in RELAYED_HEADERS
+                       if name in upstream.headers}
             response = aioweb.StreamResponse(status=upstream.status, headers={
-                "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+                "Content-Type": "application/json", **relayed})
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)

@@ -1,12 +1,14 @@
 """A tenant's list of jobs as Server-Sent Events (the web app's queue view): the list at once,
 then again each time one of the tenant's jobs starts or ends (the activity tracker announces
-it: no polling), until the client leaves or the list's partition moves to another worker, when
-the stream ends and the client opens it again (routed to the list's new owner)."""
+it: no polling; the list is read only then), until the client leaves or the list's partition
+moves to another worker, when the stream ends and the client opens it again (routed to the
+list's new owner)."""
 from __future__ import annotations
 
 import asyncio
 import json
 import random
+from typing import Callable
 
 from aiohttp import web as aioweb
 
@@ -23,8 +25,10 @@ def newest_jobs(tables: Tables, tenant: str, limit: int, active_only: bool = Fal
     return {"jobs": [job.model_dump(mode="json") for job in listed[:limit]]}
 
 
-async def stream_jobs(request, tenant: str, tables: Tables, limit: int,
-                      active_only: bool = False) -> aioweb.StreamResponse:
+async def stream_jobs(request, tenant: str, tables: Tables, limit: int, active_only: bool,
+                      owned: Callable[[], bool]) -> aioweb.StreamResponse:
+    """owned(): whether this worker still owns the tenant's list (asked at each keep-alive: a
+    stream opened as a rebalance began would otherwise watch a list no longer written here)."""
     response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
                                               "Cache-Control": "no-cache"})
     await response.prepare(request)
@@ -36,9 +40,14 @@ async def stream_jobs(request, tenant: str, tables: Tables, limit: int,
         if listed != sent:
             sent = listed
             await response.write(f"event: jobs\ndata: {listed}\n\n".encode())
-        try:
-            await asyncio.wait_for(changed.wait(), SSE_KEEPALIVE_S * random.uniform(0.8, 1.2))
-        except TimeoutError:
-            await response.write(b": keep-alive\n\n")
+        while not changed.is_set():
+            try:
+                await asyncio.wait_for(changed.wait(),
+                                       SSE_KEEPALIVE_S * random.uniform(0.8, 1.2))
+            except TimeoutError:
+                if not owned():
+                    await response.write_eof()
+                    return response
+                await response.write(b": keep-alive\n\n")
     await response.write_eof()
     return response

@@ -97,13 +97,14 @@ def register(rt: Runtime, tables: Tables) -> None:
         if line != known:
             tables.activity[_line_key(event.tenant, event.job_id)] = \
                 line.model_dump_json().encode()
-            tables.tenant_changes.announce(event.tenant)
         if known is None:
             ids, dropped = index_after(_index(tables, event.tenant), event.job_id,
                                        rt.settings.tenant_recent_jobs)
             tables.activity[_line_key(event.tenant, INDEX)] = json.dumps(ids).encode()
             for job_id in dropped:
                 tables.activity.pop(_line_key(event.tenant, job_id), None)
+        if line != known:  # once the list is whole again
+            tables.tenant_changes.announce(event.tenant)
 
     @rt.app.on_partitions_revoked.connect
     async def end_streams(*_args, **_kwargs) -> None:

@@ -38,29 +38,24 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     """first_stages: pipeline name -> the topic its admitted jobs start on."""
     app, board, settings = rt.app, tables.board, rt.settings
     published = PublishedResults(client_options(settings), rt.topics.results,
-                                 settings.partitions, settings.clock_skew_s)
+                                 settings.clock_skew_s)
 
     async def published_before(result: ResultEvent) -> bool:
         """Whether the event being handled was handled before, by a tracker that published
         this result and stopped before it stored the job's end."""
         event = faust.current_event()
-        if event is None:
+        if event is None or event.message.topic != rt.topics.job_events:
             return False
         message = event.message
-        try:
-            if not await published.may_be_replayed(app.consumer, message.tp, message.offset) \
-                    or not await published.contains(result.job_id, result.finished_at,
-                                                    message.timestamp):
-                return False
-        except Exception:  # noqa: BLE001 - a result published twice beats one never published
-            log.warning("job %s: could not read the results topic to check whether its "
-                        "result was already published; it is published", result.job_id,
-                        exc_info=True)
+        if not published.may_be_replayed(message.timestamp):
             return False
-        log.warning("job %s: its result was already published (the tracker that handled "
-                    "this event before stopped before it stored the job's end); it is not "
-                    "published again", result.job_id)
-        return True
+        found = await published.contains(message.partition, result.job_id, result.finished_at,
+                                         message.timestamp)
+        if found:
+            log.warning("job %s: its result was already published (the tracker that handled "
+                        "this event before stopped before it stored the job's end); it is not "
+                        "published again", result.job_id)
+        return bool(found)
 
     async def track(event: JobEvent) -> None:
         step = board.step(event)
@@ -71,15 +66,16 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event, and the replay finds the result published.
-            code = transition.result.error.code.value if transition.result.error else ""
-            JOBS_FINISHED.labels(transition.result.status, code).inc()
-            if latest is not None:
-                JOB_SECONDS.labels(transition.result.pipeline or "unknown",
-                                   transition.result.status).observe(
-                    max(0.0, transition.result.finished_at - latest.created_at))
             if not await published_before(transition.result):
                 await rt.send(rt.topics.results, event.job_id, transition.result,
                               acknowledged=True)
+                # Counted once per job, with its result (not again for a replay).
+                code = transition.result.error.code.value if transition.result.error else ""
+                JOBS_FINISHED.labels(transition.result.status, code).inc()
+                if latest is not None:
+                    JOB_SECONDS.labels(transition.result.pipeline or "unknown",
+                                       transition.result.status).observe(
+                        max(0.0, transition.result.finished_at - latest.created_at))
             if transition.result.batch_id:  # (the batch tracker ignores a repeated outcome)
                 await rt.send(rt.topics.batch_events, transition.result.batch_id, BatchEvent(
                     batch_id=transition.result.batch_id, kind=BatchEventKind.IMAGE,

@@ -5,104 +5,130 @@ The tracker publishes a finished job's result (acknowledged), then stores the jo
 jobs table. A tracker killed between the two leaves the event that ended the job uncommitted:
 the partition's next owner replays it, finds the job not ended, and would publish the result a
 second time. Kafka transactions would tie the two writes together, but not every Kafka-protocol
-broker has them (Tansu has none), so the next owner reads instead of trusting: an event it
-may not be the first to process (one below the partition's end offset when it took the
-partition) has its result looked up on the results topic first, among the results published
-since shortly before the event was written. One read of the results topic per partition
-assignment, and none at all for the events that arrive after it.
+broker has them (Tansu has none), so the next owner reads instead of trusting.
+
+An event written before this process took its partition (give or take the hosts' clock skew)
+may have been handled by the partition's previous owner: its result is looked up first. A job's
+result goes to the results partition of the same number as its job-events partition (both are
+keyed by job id, with the same partition count), and only that partition's tracker writes it,
+so one partition is read: from shortly before the event was written to its end. Each partition
+is read once per assignment (again only for an event older than what was read), and only while
+events from before the assignment are replayed. What is read is bounded, and a read that fails
+is not tried again until the next assignment: the result is then published, since a result
+published twice beats one never published.
+
+Time is the test, not offsets: Tansu's answers to "where does the log end" and "which offset
+was written at this time" are not exact, so the read goes on past the end it was given until a
+fetch comes back empty, and each record's own timestamp decides.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 log = logging.getLogger("restyle")
 
-READ_TIMEOUT_S = 30.0
+# A replay after a crash concerns the results of the last few seconds; a partition's last
+# records this many at most are read (a broker whose time index is not exact would otherwise
+# have the whole partition read).
+MAX_RECORDS_READ = 5_000
+# Under the consumer group's rebalance timeout: a rebalance waits for the event in hand.
+READ_TIMEOUT_S = 5.0
+# A fetch waits this long for records at most; one that finds none past the end the broker
+# gave ends the read (the end may be said short: what came after it is read too).
+FETCH_WAIT_MS = 500
 
 
 class PublishedResults:
-    def __init__(self, connection: dict, results_topic: str, partitions: int,
-                 clock_skew_s: float):
+    def __init__(self, connection: dict, results_topic: str, clock_skew_s: float,
+                 clock=time.time):
         """connection: aiokafka client options (streams.core.kafka.client_options);
-        partitions: the results topic's partition count; clock_skew_s: how far apart the clocks of the hosts that write job events and
-        results may be (a result is looked for from that long before its event)."""
+        clock_skew_s: how far apart the clocks of the hosts that write job events and
+        results may be."""
         self.connection, self.topic, self.clock_skew_s = connection, results_topic, clock_skew_s
-        self.partitions = partitions
-        # Each job-events partition's end offset when this process first handled an event
-        # from it in this assignment: below it, an event may have been handled before.
-        self._horizons: dict = {}
-        self._since: float | None = None  # the results read so far were written after this
-        self._published: set[tuple[str, float]] = set()  # (job id, finished_at) of each
+        self.clock = clock
+        self.forget()
 
     def forget(self) -> None:
-        """Partitions were revoked or assigned: another process may have published since."""
-        self._horizons.clear()
-        self._since = None
-        self._published.clear()
+        """Partitions were assigned or revoked: events from before now may be replays."""
+        self.assigned_at = self.clock()
+        self._since: dict[int, float] = {}  # partition -> results read from this time on
+        self._published: dict[int, set[tuple[str, float]]] = {}
+        self._unreadable = False
 
-    async def may_be_replayed(self, consumer, tp, offset: int) -> bool:
-        """Whether the event at offset of tp may have been handled by a previous owner.
-        consumer: faust's (asked once per partition and assignment for its end offset)."""
-        if tp not in self._horizons:
-            self._horizons[tp] = (await consumer.highwaters(tp))[tp]
-        return offset < self._horizons[tp]
+    def may_be_replayed(self, written_at: float) -> bool:
+        """Whether an event written at written_at may have been handled by a previous owner
+        of its partition."""
+        return written_at < self.assigned_at + self.clock_skew_s
 
-    async def contains(self, job_id: str, finished_at: float, written_at: float) -> bool:
-        """Whether a result of job_id that finished at finished_at is on the results topic
-        (written_at: when the event that ended the job was written, in seconds)."""
+    async def contains(self, partition: int, job_id: str, finished_at: float,
+                       written_at: float) -> bool | None:
+        """Whether a result of job_id that finished at finished_at is on the results topic's
+        partition (written_at: when the event that ended the job was written, in seconds);
+        None when it could not be read (not tried again until the next assignment)."""
+        if self._unreadable:
+            return None
         since = written_at - self.clock_skew_s
-        if self._since is None or since < self._since:
-            self._published |= await asyncio.wait_for(
-                results_written_since(self.connection, self.topic, self.partitions, since),
-                READ_TIMEOUT_S)
-            self._since = since
-        return (job_id, finished_at) in self._published
+        if partition not in self._since or since < self._since[partition]:
+            try:
+                self._published[partition] = await asyncio.wait_for(
+                    results_written_since(self.connection, self.topic, partition, since),
+                    READ_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - the caller publishes; said in the log
+                self._unreadable = True
+                log.warning("could not read %s (partition %d) to check for results published "
+                            "before a replay; results are published without that check until "
+                            "the next rebalance", self.topic, partition, exc_info=True)
+                return None
+            self._since[partition] = since
+        return (job_id, finished_at) in self._published[partition]
 
 
-async def results_written_since(connection: dict, topic: str, partitions: int, since: float
+async def results_written_since(connection: dict, topic: str, partition: int, since: float
                                 ) -> set[tuple[str, float]]:
-    """(job id, finished_at) of every result on topic (of that many partitions) written at
-    or after since (seconds), read up to the topic's end as it is now."""
-    consumer = AIOKafkaConsumer(**connection, group_id=None, enable_auto_commit=False)
-    await consumer.start()
+    """(job id, finished_at) of each result on the topic's partition written at or after since
+    (seconds), read up to its end and until a fetch finds nothing more."""
+    consumer = AIOKafkaConsumer(**connection, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=FETCH_WAIT_MS // 5)
     try:
-        every = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(every)
+        await consumer.start()
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
         since_ms = int(since * 1000)
-        starts = await consumer.offsets_for_times({tp: since_ms for tp in every})
-        ends = await consumer.end_offsets(every)
-        reading = {}
-        for tp in every:
-            found = starts.get(tp)
-            if found is not None and found.offset < ends[tp]:
-                consumer.seek(tp, found.offset)
-                reading[tp] = ends[tp]
+        found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
+        if found is None:  # nothing written since then
+            return set()
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, max(found.offset, end - MAX_RECORDS_READ))
         published: set[tuple[str, float]] = set()
-        while reading:
-            batches = await consumer.getmany(*reading, timeout_ms=500)
-            for tp, messages in batches.items():
-                for message in messages:
-                    # A broker's time index may point earlier than asked: Tansu's points at
-                    # the partition's first record (read from there, it costs more there).
-                    if message.offset < reading.get(tp, 0) and message.timestamp >= since_ms:
-                        published |= _identity(message.key, message.value)
-            for tp in list(reading):
-                if await consumer.position(tp) >= reading[tp]:
-                    del reading[tp]
+        skipped = 0
+        while True:
+            records = (await consumer.getmany(tp, timeout_ms=FETCH_WAIT_MS)).get(tp)
+            if not records:
+                if await consumer.position(tp) >= end:
+                    break
+                continue
+            for record in records:
+                if record.timestamp >= since_ms:
+                    identity = _identity(record.key, record.value)
+                    skipped += identity is None
+                    if identity is not None:
+                        published.add(identity)
+        if skipped:
+            log.warning("%d record(s) on %s (partition %d) are not results; skipped", skipped,
+                        topic, partition)
         return published
     finally:
         await consumer.stop()
 
 
-def _identity(key: bytes | None, value: bytes | None) -> set[tuple[str, float]]:
-    """{(job id, finished_at)} of a result record; empty for one that is not a result."""
+def _identity(key: bytes | None, value: bytes | None) -> tuple[str, float] | None:
+    """(job id, finished_at) of a result record; None for one that is not a result."""
     try:
-        finished_at = json.loads(value)["finished_at"]
-        return {(key.decode(), float(finished_at))}
+        return key.decode(), float(json.loads(value)["finished_at"])
     except (AttributeError, KeyError, TypeError, ValueError):
-        log.warning("a record on the results topic that is not a result was skipped")
-        return set()
+        return None

@@ -5,8 +5,10 @@
 
 import { call, fileUrl, upload } from "./api.js";
 import { followJobList } from "./events.js";
-import { errorLine, field, filled, h, image, localThumb, numberOrNothing, say, statusWord }
-  from "./ui.js";
+import {
+  errorLine, field, filled, h, image, latestOnly, localThumb, numberOrNothing, say, sleep,
+  statusWord,
+} from "./ui.js";
 
 // Once none of its images is being worked on, a batch is read again after these waits, until
 // it has finished; and every SAFETY_NET_MS whatever the stream says.
@@ -137,32 +139,32 @@ async function followBatch(batchId, view, rows, signal) {
         text: kind.toUpperCase(), onclick: reportClick })]));
     return true;
   };
-  if (await read()) return;
+  if (await read() || signal?.aborted) return;
   const stop = new AbortController();
-  signal?.addEventListener("abort", () => stop.abort());
-  let working = null, reading = Promise.resolve();
-  const reread = (settling) => {
-    reading = reading.then(async () => {
-      let finished = !stop.signal.aborted && await read();
-      for (const wait of settling ? FINISHING_MS : []) {
-        if (finished || stop.signal.aborted) break;
-        await new Promise((resolve) => setTimeout(resolve, wait));
-        finished = await read();
-      }
-      if (finished) stop.abort();
-    });
-  };
+  signal?.addEventListener("abort", () => stop.abort(), { once: true, signal: stop.signal });
+  const stopped = new Promise((resolve) => stop.signal.addEventListener("abort", resolve,
+                                                                         { once: true }));
+  // The newest reason to read only (a burst of list changes is one read); settling: none of
+  // its images is being worked on, so it is read until it has finished.
+  const reread = latestOnly(async (settling) => {
+    let finished = !stop.signal.aborted && await read();
+    for (const wait of settling ? FINISHING_MS : []) {
+      if (finished || stop.signal.aborted) break;
+      await Promise.race([sleep(wait), stopped]);
+      finished = !stop.signal.aborted && await read();
+    }
+    if (finished) stop.abort();
+  }, (error) => say(problem, error));
+  let working = null;
   followJobList((running) => {
     const mine = running.filter((job) => job.batch_id === batchId).map((job) => job.job_id);
     if (mine.sort().join() === working) return;
     working = mine.join();
     reread(!mine.length);
-  }, { signal: stop.signal, active: true, limit: 200 });
+  }, { signal: stop.signal, active: true, limit: 200,
+       onRefused: (message) => say(problem, { message: message || "The job list was refused." }) });
   while (!stop.signal.aborted) {
-    await new Promise((resolve) => {
-      const timer = setTimeout(resolve, SAFETY_NET_MS);
-      stop.signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); });
-    });
+    await Promise.race([sleep(SAFETY_NET_MS), stopped]);
     if (!stop.signal.aborted) reread(false);
   }
 }

@@ -8,39 +8,48 @@ import { session, url } from "./api.js";
 
 const RETRY_MS = 1500;
 
-export function followJob(jobId, onState, { signal } = {}) {
+export function followJob(jobId, onState, { signal, onBusy } = {}) {
   return follow(`jobs/${encodeURIComponent(jobId)}/events`, (event) => {
     const state = JSON.parse(event.data);
     onState(state);
     return ["done", "failed", "cancelled"].includes(state.status);
   }, (message) => onState(null, message || `job ${jobId} is not visible to this key`),
-  { signal });
+  { signal, onBusy });
 }
 
-// The tenant's newest jobs, again each time one starts or ends, until signal aborts.
-// active: only those still running.
-export function followJobList(onJobs, { signal, limit = 50, active = false } = {}) {
+// The tenant's newest jobs, again each time one starts or ends, until signal aborts (active:
+// only those still running).
+export function followJobList(onJobs, { signal, limit = 50, active = false, onRefused,
+                                        onBusy } = {}) {
   return follow(`tenant/events?limit=${limit}${active ? "&active=true" : ""}`, (event) => {
     onJobs(JSON.parse(event.data).jobs);
     return false;
-  }, null, { signal });
+  }, onRefused, { signal, onBusy });
 }
 
 // Read the stream at path, handing each event to onEvent until it returns true; a stream that
-// drops is opened again. A refusal (401, 404) goes to onRefused and ends it.
-function follow(path, onEvent, onRefused, { signal } = {}) {
+// drops is opened again. A refusal (400, 401, 403, 404) goes to onRefused and ends it. When the
+// tenant has all its streams open (429), onBusy() is asked whether to give up; if not, the
+// stream is tried again once the answer's Retry-After has passed.
+function follow(path, onEvent, onRefused, { signal, onBusy } = {}) {
   let ended = false;
   const run = async () => {
     while (!ended && !signal?.aborted) {
+      let wait = RETRY_MS;
       try {
         const response = await fetch(url(path), {
           headers: { Authorization: `Bearer ${session.key}`, Accept: "text/event-stream" },
           signal,
         });
-        if (response.status === 404 || response.status === 401) {
+        if ([400, 401, 403, 404].includes(response.status)) {
           const body = await response.json().catch(() => ({}));
           onRefused?.(body.error?.message);
           return;
+        }
+        if (response.status === 429) {
+          if (onBusy?.()) return;
+          wait = 1000 * (Number(response.headers.get("Retry-After")) || RETRY_MS / 1000);
+          throw new Error("too many streams");
         }
         if (!response.ok || !response.body) throw new Error(`status ${response.status}`);
         for await (const event of parse(response.body)) {
@@ -52,7 +61,7 @@ function follow(path, onEvent, onRefused, { signal } = {}) {
       } catch (error) {
         if (signal?.aborted) return;
       }
-      await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+      await new Promise((resolve) => setTimeout(resolve, wait));
     }
   };
   return run();

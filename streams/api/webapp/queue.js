@@ -4,12 +4,15 @@
 
 import { call } from "./api.js";
 import { followJob, followJobList } from "./events.js";
-import { errorLine, h, say, statusWord } from "./ui.js";
+import { errorLine, h, latestOnly, say, sleep, statusWord } from "./ui.js";
 
-// Running jobs followed step by step at once: each is one of the tenant's event streams, which
-// RESTYLE_TENANT_MAX_STREAMS bounds. The others show their state as the list last changed.
-const FOLLOWED = 4;
-// A batch whose images have all ended is finishing (its report): read again after these waits.
+// Running jobs followed step by step at once. Each is one of the tenant's event streams, which
+// RESTYLE_TENANT_MAX_STREAMS bounds, and one of the few connections a browser opens to a host
+// (with the list's own stream, three here). The others show their state as the list last
+// changed.
+const FOLLOWED = 2;
+// A batch whose images have all ended is finishing (its report): read again after these waits
+// (the last one over and over, while the batch is shown).
 const FINISHING_MS = [500, 1000, 2000, 4000, 8000];
 
 export async function queuePage(container, { signal } = {}) {
@@ -39,20 +42,30 @@ export async function queuePage(container, { signal } = {}) {
     });
   };
 
+  const readOnce = async (jobId) => {
+    try { states.set(jobId, await call(`jobs/${encodeURIComponent(jobId)}`)); }
+    catch { /* gone between the list and now: the list's next change shows how it ended */ }
+  };
   const follow = (jobId) => {
     const stop = new AbortController();
-    signal?.addEventListener("abort", () => stop.abort());
+    signal?.addEventListener("abort", () => stop.abort(), { once: true, signal: stop.signal });
     followed.set(jobId, stop);
     followJob(jobId, (state) => {
       if (!state) return;
       states.set(jobId, state);
       drawJobs();
-    }, { signal: stop.signal });
+    }, { signal: stop.signal, onBusy: () => { // the tenant's streams are all open elsewhere
+      followed.delete(jobId);
+      readOnce(jobId).then(drawJobs);
+      return true;
+    } });
   };
 
   const onJobs = async (jobsNow) => {
+    if (signal?.aborted) return;
     listed = jobsNow;
-    const active = listed.filter((job) => job.status === "active");
+    // (A batch's images are shown as their batch's counts, not as rows.)
+    const active = listed.filter((job) => job.status === "active" && !job.batch_id);
     // A job the list says has ended is drawn from the list (its cause, whether to retry).
     const activeIds = new Set(active.map((job) => job.job_id));
     for (const id of [...states.keys()]) if (!activeIds.has(id)) states.delete(id);
@@ -64,19 +77,30 @@ export async function queuePage(container, { signal } = {}) {
     }
     const unfollowed = active.filter((job) => !followed.has(job.job_id));
     for (const job of unfollowed.splice(0, FOLLOWED - followed.size)) follow(job.job_id);
-    await Promise.all(unfollowed.map(async (job) => {
-      try { states.set(job.job_id, await call(`jobs/${encodeURIComponent(job.job_id)}`)); }
-      catch { /* gone between the list and now: the list's next change shows how it ended */ }
-    }));
+    await Promise.all(unfollowed.map((job) => readOnce(job.job_id)));
     drawJobs();
     await drawBatches(batches, listed, problem, signal);
   };
 
-  // One list at a time, in the order they came: a slow draw never overwrites a newer list.
-  let drawing = Promise.resolve();
+  // One list drawn at a time, the newest: a slow draw is never overwritten by an older list,
+  // and a burst of changes is one draw.
+  const draw = latestOnly(onJobs, (error) => say(problem, error));
+  let waiting = false; // for a free stream (said on the page until the stream delivers)
   followJobList((jobsNow) => {
-    drawing = drawing.then(() => onJobs(jobsNow)).catch((error) => say(problem, error));
-  }, { signal });
+    if (waiting) say(problem);
+    waiting = false;
+    draw(jobsNow);
+  }, {
+    signal,
+    onRefused: (message) => say(problem, { message: message || "The job list was refused." }),
+    onBusy: () => {
+      waiting = true;
+      say(problem, { message: "Live updates wait for a free stream: this tenant has all its " +
+                               "streams open (RESTYLE_TENANT_MAX_STREAMS). The list is as of now." });
+      call("jobs?limit=50").then(({ jobs: now }) => draw(now), (error) => say(problem, error));
+      return false; // tried again after the answer's Retry-After
+    },
+  });
 }
 
 function jobRow(job, state, problem) {
@@ -119,8 +143,8 @@ async function drawBatches(list, listed, problem, signal) {
 }
 
 async function finishing(batchId, line, problem, signal) {
-  for (const wait of FINISHING_MS) {
-    await new Promise((resolve) => setTimeout(resolve, wait));
+  for (let n = 0; ; n++) {
+    await sleep(FINISHING_MS[Math.min(n, FINISHING_MS.length - 1)]);
     if (signal?.aborted || !line.isConnected) return;
     const now = await batchLine(batchId, problem);
     line.replaceWith(now);

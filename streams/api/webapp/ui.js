@@ -20,6 +20,27 @@ export function h(tag, attributes = {}, ...children) {
   return element;
 }
 
+// run(value) for the newest value only: while one run is under way, later values replace one
+// another and the newest runs next (a burst of changes is one redraw, never a backlog).
+export function latestOnly(run, onError) {
+  let pending = null, running = false;
+  return (value) => {
+    pending = { value };
+    if (running) return;
+    running = true;
+    (async () => {
+      while (pending) {
+        const next = pending.value;
+        pending = null;
+        try { await run(next); } catch (error) { onError?.(error); }
+      }
+      running = false;
+    })();
+  };
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 let fieldCount = 0;
 // A labelled control: label text, then the input element (its id is made here).
 export function field(label, control, hint) {

@@ -21,9 +21,10 @@ class TrackingSettings(SettingsBase):
     # API and its event stream still see every tick, from the partition owner's memory).
     # 0 stores every tick.
     progress_store_interval_s: float = Field(1.0, ge=0)
-    # How far apart the clocks of restyle's hosts may be. A tracker that takes over a job's
-    # partition looks for results a stopped tracker published from this long before the
-    # event it replays (streams/tracking/published.py), so as not to publish them twice.
+    # How far apart the clocks of restyle's hosts may be. For events written before it took
+    # their partition (and this long after), a tracker looks for the result a stopped tracker
+    # may have published, from this long before the event on (streams/tracking/published.py),
+    # so as not to publish it twice.
     clock_skew_s: float = Field(60.0, ge=0)
 
     def timeout_for(self, pipeline: str | None, queued_for_gpu: bool = False) -> float:

@@ -21,8 +21,9 @@ def result(job_id: str, finished_at: float) -> bytes:
                        "schema_version": 1}).encode()
 
 
-async def results_topic(bootstrap: str, records: list[tuple[str, float, float]]) -> str:
-    """A new three-partition topic holding (job id, finished_at, written at) results."""
+async def results_topic(bootstrap: str, records: list[tuple[str, float, float, int]]) -> str:
+    """A new three-partition topic holding (job id, finished_at, written at, partition)
+    results, and a record that is not one."""
     topic = f"results-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -33,11 +34,11 @@ async def results_topic(bootstrap: str, records: list[tuple[str, float, float]])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        for job_id, finished_at, written_at in records:
+        for job_id, finished_at, written_at, partition in records:
             await producer.send_and_wait(topic, result(job_id, finished_at),
-                                         key=job_id.encode(),
+                                         key=job_id.encode(), partition=partition,
                                          timestamp_ms=int(written_at * 1000))
-        await producer.send_and_wait(topic, b"not a result", key=b"stray")
+        await producer.send_and_wait(topic, b"not a result", key=b"stray", partition=1)
     finally:
         await producer.stop()
     return topic
@@ -49,21 +50,23 @@ def test_results_written_since_a_time_are_found_and_older_ones_are_not(e2e):
 
     async def scenario():
         topic = await results_topic(bootstrap, [
-            ("job-an-hour-ago", now - 3600, now - 3600),
-            ("job-a-minute-ago", now - 61, now - 60),
-            ("job-just-now", now - 1, now)])
+            ("job-an-hour-ago", now - 3600, now - 3600, 1),
+            ("job-a-minute-ago", now - 61, now - 60, 1),
+            ("job-just-now", now - 1, now, 2)])
         connection = {"bootstrap_servers": bootstrap}
-        recent = await results_written_since(connection, topic, 3, now - 120)
-        tracker = PublishedResults(connection, topic, 3, clock_skew_s=90)
+        recent = [await results_written_since(connection, topic, p, now - 120)
+                  for p in range(3)]
+        tracker = PublishedResults(connection, topic, clock_skew_s=90)
         # The event that ended a job was written 30 s ago: results from 2 minutes ago on.
-        found = [await tracker.contains(job, finished, written_at=now - 30)
-                 for job, finished in [("job-just-now", now - 1),
-                                       ("job-a-minute-ago", now - 61),
-                                       ("job-an-hour-ago", now - 3600),
-                                       ("job-just-now", now - 2),  # not that job's ending
-                                       ("job-never-published", now - 5)]]
+        found = [await tracker.contains(partition, job, finished, written_at=now - 30)
+                 for partition, job, finished in [
+                     (2, "job-just-now", now - 1),
+                     (1, "job-a-minute-ago", now - 61),
+                     (1, "job-an-hour-ago", now - 3600),
+                     (2, "job-just-now", now - 2),  # not that job's ending
+                     (0, "job-never-published", now - 5)]]
         return recent, found
 
     recent, found = asyncio.run(scenario())
-    assert recent == {("job-a-minute-ago", now - 61), ("job-just-now", now - 1)}
+    assert recent == [set(), {("job-a-minute-ago", now - 61)}, {("job-just-now", now - 1)}]
     assert found == [True, True, False, False, False]
