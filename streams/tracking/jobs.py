@@ -58,6 +58,9 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         return bool(found)
 
     async def track(event: JobEvent) -> None:
+        handled = faust.current_event()
+        if handled is not None and handled.message.topic == rt.topics.job_events:
+            published.saw(handled.message.partition, handled.message.timestamp)
         step = board.step(event)
         transition = step.transition
         latest = transition.state or step.current  # the job's state after this event

@@ -11,11 +11,13 @@ An event written before this process took its partition (give or take the hosts'
 may have been handled by the partition's previous owner: its result is looked up first. A job's
 result goes to the results partition of the same number as its job-events partition (both are
 keyed by job id, with the same partition count), and only that partition's tracker writes it,
-so one partition is read: from shortly before the event was written to its end. Each partition
-is read once per assignment (again only for an event older than what was read), and only while
-events from before the assignment are replayed. What is read is bounded, and a read that fails
-is not tried again until the next assignment: the result is then published, since a result
-published twice beats one never published.
+so one partition is read: from shortly before the first event handled since the assignment
+(where a replay begins) to its end. The read starts as that first event is handled, in the
+background, so a job that starts and ends after a worker starts never waits for it; it is done
+once per partition and assignment (again only for an event older than what was read), and
+only while events from before the assignment come. What is read is bounded, and a read that
+fails is not tried again until the next assignment: the result is then published, since a
+result published twice beats one never published.
 
 Time is the test, not offsets: Tansu's answers to "where does the log end" and "which offset
 was written at this time" are not exact, so the read goes on past the end it was given until a
@@ -40,7 +42,7 @@ MAX_RECORDS_READ = 5_000
 READ_TIMEOUT_S = 5.0
 # A fetch waits this long for records at most; one that finds none past the end the broker
 # gave ends the read (the end may be said short: what came after it is read too).
-FETCH_WAIT_MS = 500
+FETCH_WAIT_MS = 300
 
 
 class PublishedResults:
@@ -51,19 +53,40 @@ class PublishedResults:
         results may be."""
         self.connection, self.topic, self.clock_skew_s = connection, results_topic, clock_skew_s
         self.clock = clock
+        self._reads: dict[int, asyncio.Task] = {}
         self.forget()
 
     def forget(self) -> None:
         """Partitions were assigned or revoked: events from before now may be replays."""
+        for read in self._reads.values():
+            read.cancel()
         self.assigned_at = self.clock()
-        self._since: dict[int, float] = {}  # partition -> results read from this time on
-        self._published: dict[int, set[tuple[str, float]]] = {}
+        self._reads = {}  # partition -> the read of its results (a set of identities)
+        self._since: dict[int, float] = {}  # partition -> that read began at this time
         self._unreadable = False
 
     def may_be_replayed(self, written_at: float) -> bool:
         """Whether an event written at written_at may have been handled by a previous owner
         of its partition."""
         return written_at < self.assigned_at + self.clock_skew_s
+
+    def saw(self, partition: int, written_at: float) -> None:
+        """An event of partition, written at written_at, is being handled. The first one since
+        the assignment is where the replay (if any) begins (faust resumes at the committed
+        offset): the results written from shortly before it are read now, in the
+        background, so the answer is ready by the time a replayed job's end comes."""
+        if partition not in self._reads and not self._unreadable and \
+                self.may_be_replayed(written_at):
+            self._read(partition, written_at - 2 * self.clock_skew_s)
+
+    def _read(self, partition: int, since: float) -> None:
+        previous = self._reads.get(partition)
+        if previous is not None:
+            previous.cancel()
+        read = asyncio.ensure_future(
+            results_written_since(self.connection, self.topic, partition, since))
+        read.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
+        self._reads[partition], self._since[partition] = read, since
 
     async def contains(self, partition: int, job_id: str, finished_at: float,
                        written_at: float) -> bool | None:
@@ -73,19 +96,22 @@ class PublishedResults:
         if self._unreadable:
             return None
         since = written_at - self.clock_skew_s
-        if partition not in self._since or since < self._since[partition]:
-            try:
-                self._published[partition] = await asyncio.wait_for(
-                    results_written_since(self.connection, self.topic, partition, since),
-                    READ_TIMEOUT_S)
-            except Exception:  # noqa: BLE001 - the caller publishes; said in the log
-                self._unreadable = True
-                log.warning("could not read %s (partition %d) to check for results published "
-                            "before a replay; results are published without that check until "
-                            "the next rebalance", self.topic, partition, exc_info=True)
-                return None
-            self._since[partition] = since
-        return (job_id, finished_at) in self._published[partition]
+        if partition not in self._reads or since < self._since[partition]:
+            self._read(partition, since)
+        read = self._reads[partition]
+        try:
+            published = await asyncio.wait_for(asyncio.shield(read), READ_TIMEOUT_S)
+        except asyncio.CancelledError:
+            if read.cancelled() and not asyncio.current_task().cancelling():
+                return None  # a rebalance dropped the read: the caller publishes
+            raise
+        except Exception:  # noqa: BLE001 - the caller publishes; said in the log
+            self._unreadable = True
+            log.warning("could not read %s (partition %d) to check for results published "
+                        "before a replay; results are published without that check until "
+                        "the next rebalance", self.topic, partition, exc_info=True)
+            return None
+        return (job_id, finished_at) in published
 
 
 async def results_written_since(connection: dict, topic: str, partition: int, since: float
