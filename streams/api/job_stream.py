@@ -24,6 +24,7 @@ from streams.tracking.jobboard import JobBoard
 
 SSE_KEEPALIVE_S = 5.0
 KEPT_FRAMES = 4096
+KEEP_ALIVE = b": keep-alive\n\n"
 
 
 class FrameCache:
@@ -58,11 +59,27 @@ class FrameCache:
         return frame
 
 
-async def stream_job(request, job_id: str, board: JobBoard, frames: FrameCache
-                     ) -> aioweb.StreamResponse:
+async def open_event_stream(request) -> aioweb.StreamResponse:
+    """An answer of Server-Sent Events, its headers sent."""
     response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
                                               "Cache-Control": "no-cache"})
     await response.prepare(request)
+    return response
+
+
+async def changed_in_time(changed: asyncio.Event) -> bool:
+    """Wait for changed for one keep-alive interval at most (spread by ±20%); False when it is
+    time for a keep-alive instead."""
+    try:
+        await asyncio.wait_for(changed.wait(), SSE_KEEPALIVE_S * random.uniform(0.8, 1.2))
+        return True
+    except TimeoutError:
+        return False
+
+
+async def stream_job(request, job_id: str, board: JobBoard, frames: FrameCache
+                     ) -> aioweb.StreamResponse:
+    response = await open_event_stream(request)
     sent = None
     while True:
         changed = board.changed(job_id)  # taken before reading: no change slips between
@@ -73,10 +90,7 @@ async def stream_job(request, job_id: str, board: JobBoard, frames: FrameCache
             await response.write(frame)
         if state.status.terminal:
             break
-        try:
-            await asyncio.wait_for(changed.wait(),
-                                   SSE_KEEPALIVE_S * random.uniform(0.8, 1.2))
-        except TimeoutError:
-            await response.write(b": keep-alive\n\n")
+        if not await changed_in_time(changed):
+            await response.write(KEEP_ALIVE)
     await response.write_eof()
     return response

@@ -19,9 +19,8 @@ from streams.api.tenants import TenantUsage
 from streams.api.routing import (
     cancel_refused,
     error_response,
-    is_local,
     json_body,
-    owner_url,
+    owned_here,
     routed,
     until_known,
 )
@@ -190,14 +189,11 @@ def register(rt: Runtime, tables: Tables, limiter: TenantLimiter, usage: TenantU
             if limit is None:
                 return error_response(self, 400, ErrorCode.SCHEMA_VIOLATION.value,
                                       "limit must be a whole number")
-            def owned() -> bool:
-                url = owner_url(app, tables.activity, tenant, rt.settings.partitions)
-                return url is not None and is_local(app, url)
-
             try:
                 with limiter.stream(tenant):
-                    return await stream_jobs(request, tenant, tables, limit,
-                                             request.query.get("active") == "true", owned)
+                    return await stream_jobs(
+                        request, tenant, tables, limit, request.query.get("active") == "true",
+                        owned=lambda: owned_here(rt, tables.activity, tenant))
             except TooManyStreams as exc:
                 return error_response(self, 429, "too_many_streams", str(exc),
                                       {"Retry-After": "5"})

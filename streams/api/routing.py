@@ -39,6 +39,12 @@ def is_local(app, url: URL) -> bool:
     return (url.host, url.port) == (mine.host, mine.port)
 
 
+def owned_here(rt, table, key: str) -> bool:
+    """Whether this worker owns key's partition of table now."""
+    url = owner_url(rt.app, table, key, rt.settings.partitions)
+    return url is not None and is_local(rt.app, url)
+
+
 # What a relayed answer keeps of the owner's headers: its type and what tells a client when
 # to come back (a 429's or 503's Retry-After, the rate limit's state).
 RELAYED_HEADERS = ("Content-Type", "Content-Disposition", "Cache-Control", "Retry-After",

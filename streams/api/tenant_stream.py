@@ -5,14 +5,12 @@ moves to another worker, when the stream ends and the client opens it again (rou
 list's new owner)."""
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 from typing import Callable
 
 from aiohttp import web as aioweb
 
-from streams.api.job_stream import SSE_KEEPALIVE_S
+from streams.api.job_stream import KEEP_ALIVE, changed_in_time, open_event_stream
 from streams.tracking import activity
 from streams.tracking.tables import Tables
 
@@ -29,9 +27,7 @@ async def stream_jobs(request, tenant: str, tables: Tables, limit: int, active_o
                       owned: Callable[[], bool]) -> aioweb.StreamResponse:
     """owned(): whether this worker still owns the tenant's list (asked at each keep-alive: a
     stream opened as a rebalance began would otherwise watch a list no longer written here)."""
-    response = aioweb.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                              "Cache-Control": "no-cache"})
-    await response.prepare(request)
+    response = await open_event_stream(request)
     watchers = tables.tenant_changes
     generation, sent = watchers.generation, None
     while watchers.generation == generation:
@@ -40,14 +36,10 @@ async def stream_jobs(request, tenant: str, tables: Tables, limit: int, active_o
         if listed != sent:
             sent = listed
             await response.write(f"event: jobs\ndata: {listed}\n\n".encode())
-        while not changed.is_set():
-            try:
-                await asyncio.wait_for(changed.wait(),
-                                       SSE_KEEPALIVE_S * random.uniform(0.8, 1.2))
-            except TimeoutError:
-                if not owned():
-                    await response.write_eof()
-                    return response
-                await response.write(b": keep-alive\n\n")
+        while not await changed_in_time(changed):
+            if not owned():
+                await response.write_eof()
+                return response
+            await response.write(KEEP_ALIVE)
     await response.write_eof()
     return response

@@ -40,14 +40,17 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     published = PublishedResults(client_options(settings), rt.topics.results,
                                  settings.clock_skew_s)
 
-    async def published_before(result: ResultEvent) -> bool:
-        """Whether the event being handled was handled before, by a tracker that published
-        this result and stopped before it stored the job's end."""
-        event = faust.current_event()
-        if event is None or event.message.topic != rt.topics.job_events:
-            return False
-        message = event.message
-        if not published.may_be_replayed(message.timestamp):
+    def job_events_message():
+        """The job-events message being handled (None when the event came another way)."""
+        handled = faust.current_event()
+        if handled is None or handled.message.topic != rt.topics.job_events:
+            return None
+        return handled.message
+
+    async def published_before(result: ResultEvent, message) -> bool:
+        """Whether message was handled before, by a tracker that published this result and
+        stopped before it stored the job's end."""
+        if message is None or not published.may_be_replayed(message.timestamp):
             return False
         found = await published.contains(message.partition, result.job_id, result.finished_at,
                                          message.timestamp)
@@ -58,9 +61,9 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         return bool(found)
 
     async def track(event: JobEvent) -> None:
-        handled = faust.current_event()
-        if handled is not None and handled.message.topic == rt.topics.job_events:
-            published.saw(handled.message.partition, handled.message.timestamp)
+        message = job_events_message()
+        if message is not None:
+            published.saw(message.partition, message.timestamp)
         step = board.step(event)
         transition = step.transition
         latest = transition.state or step.current  # the job's state after this event
@@ -69,7 +72,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event, and the replay finds the result published.
-            if not await published_before(transition.result):
+            if not await published_before(transition.result, message):
                 await rt.send(rt.topics.results, event.job_id, transition.result,
                               acknowledged=True)
                 # Counted once per job, with its result (not again for a replay).

@@ -6,8 +6,8 @@
 import { call, fileUrl, upload } from "./api.js";
 import { followJobList } from "./events.js";
 import {
-  errorLine, field, filled, h, image, latestOnly, localThumb, numberOrNothing, say, sleep,
-  statusWord,
+  abortsWith, errorLine, field, filled, h, image, latestOnly, localThumb, numberOrNothing, say,
+  sleep, statusWord,
 } from "./ui.js";
 
 // Once none of its images is being worked on, a batch is read again after these waits, until
@@ -140,8 +140,7 @@ async function followBatch(batchId, view, rows, signal) {
     return true;
   };
   if (await read() || signal?.aborted) return;
-  const stop = new AbortController();
-  signal?.addEventListener("abort", () => stop.abort(), { once: true, signal: stop.signal });
+  const stop = abortsWith(signal);
   const stopped = new Promise((resolve) => stop.signal.addEventListener("abort", resolve,
                                                                          { once: true }));
   // The newest reason to read only (a burst of list changes is one read); settling: none of

@@ -4,7 +4,7 @@
 
 import { call } from "./api.js";
 import { followJob, followJobList } from "./events.js";
-import { errorLine, h, latestOnly, say, sleep, statusWord } from "./ui.js";
+import { abortsWith, errorLine, h, latestOnly, say, sleep, statusWord } from "./ui.js";
 
 // Running jobs followed step by step at once. Each is one of the tenant's event streams, which
 // RESTYLE_TENANT_MAX_STREAMS bounds, and one of the few connections a browser opens to a host
@@ -47,8 +47,7 @@ export async function queuePage(container, { signal } = {}) {
     catch { /* gone between the list and now: the list's next change shows how it ended */ }
   };
   const follow = (jobId) => {
-    const stop = new AbortController();
-    signal?.addEventListener("abort", () => stop.abort(), { once: true, signal: stop.signal });
+    const stop = abortsWith(signal);
     followed.set(jobId, stop);
     followJob(jobId, (state) => {
       if (!state) return;

@@ -41,6 +41,16 @@ export function latestOnly(run, onError) {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// An AbortController that is aborted with parent too (a page's streams end when the page is
+// left), at once if parent already is.
+export function abortsWith(parent) {
+  const controller = new AbortController();
+  if (parent?.aborted) controller.abort();
+  parent?.addEventListener("abort", () => controller.abort(),
+                           { once: true, signal: controller.signal });
+  return controller;
+}
+
 let fieldCount = 0;
 // A labelled control: label text, then the input element (its id is made here).
 export function field(label, control, hint) {
