@@ -151,9 +151,10 @@ def up(models, state_dir, cpu_workers, gpu_workers, trainer_workers, workers, br
     starting.set()
 
     def on_signal(signum, _frame) -> None:
-        if starting.is_set():
-            raise StopRequested(signal.Signals(signum).name)
         stopping.set()
+        if starting.is_set():
+            starting.clear()  # a second signal must not interrupt the stopping
+            raise StopRequested(signal.Signals(signum).name)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
@@ -190,8 +191,10 @@ def kafka(port, work_dir) -> None:
     _serve_until_signal(Stack([service]))
 
 
-class StopRequested(Exception):
-    """SIGINT or SIGTERM while the stack starts."""
+class StopRequested(BaseException):
+    """SIGINT or SIGTERM while the stack starts. A BaseException, like KeyboardInterrupt: the
+    start-up code retries with `except Exception` (a health probe, a bucket that is not ready
+    yet), and a signal landing inside one of those must not be swallowed as a failed probe."""
 
 
 def _serve_until_signal(stack, stopping: threading.Event | None = None) -> None:

@@ -52,3 +52,39 @@ def test_a_worker_taken_out_of_the_stack_is_not_started_again(tmp_path):
     finally:
         stack.stop()
     assert kept.process.poll() is not None
+
+
+def test_a_signal_during_a_health_probe_stops_the_start_instead_of_failing_the_probe(tmp_path):
+    """`restyle up` turns SIGTERM while it starts into StopRequested. The start-up probes a
+    worker's health in a loop that takes any error for "not ready yet"; a signal landing
+    inside a probe must still stop the start (CI once saw `up` become ready after a SIGTERM)."""
+    import signal
+    import socket
+
+    import pytest
+
+    from streams.cli.main import StopRequested
+    from streams.core.settings import Settings
+    from streams.stack.up import RestyleStack
+
+    # A worker that accepts the probe's connection and never answers: the probe waits inside
+    # urlopen, where the signal lands.
+    silent_worker = socket.socket()
+    silent_worker.bind(("127.0.0.1", 0))
+    silent_worker.listen()
+    stack = RestyleStack(Settings(state_dir=str(tmp_path)))
+
+    def on_signal(signum, _frame):
+        raise StopRequested(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGALRM, on_signal)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StopRequested):
+            stack.wait_healthy([silent_worker.getsockname()[1]], timeout_s=10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        silent_worker.close()
+    assert time.monotonic() - started < 3
