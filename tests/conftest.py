@@ -294,6 +294,9 @@ WEBHOOK_SECRET = "e2e-webhook-secret"  # the workers know it as RESTYLE_WEBHOOK_
 JWT_SECRET, JWT_ISSUER, JWT_AUDIENCE = "e2e-only-hmac-secret-" * 2, "https://idp.e2e.test", \
     "restyle-e2e"
 JOB_TIMEOUT_S = 90  # stalled jobs are given up after this long in the end-to-end stacks
+# A worker stopped with SIGTERM finishes what it can within this long, then hands the rest back
+# (30 s by default): a render longer than that is handed back (the hand-back test).
+SHUTDOWN_GRACE_S = 2
 
 
 def pytest_report_header(config):
@@ -397,6 +400,7 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_BACKGROUND_MAX_SIDE": "64", "RESTYLE_CONDITION_MAX_SIDE": "64",
         # Stalled jobs are given up after 90 s here (an hour by default), swept every 2 s.
         "RESTYLE_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S), "RESTYLE_JOB_SWEEP_INTERVAL_S": "2",
+        "RESTYLE_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
         "RESTYLE_QUALITY_STEPS": json.dumps({"standard": 2, "premium": 3}),
         # Avatars: prior-preservation class images drawn in 2 steps.
         "RESTYLE_AVATAR_CLASS_IMAGE_STEPS": "2",

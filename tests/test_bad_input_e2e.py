@@ -219,6 +219,7 @@ def test_workers_keep_working_after_bad_input(e2e, room_photos, exits_before):
     assert e2e.result(job_id)["status"] == "done"
 
 
+@pytest.mark.slow  # it waits out the stacks' 90 s job timeout
 def test_a_job_that_stops_moving_fails_with_a_timeout_instead_of_running_forever(e2e):
     """A job whose work was lost outside restyle (here: admitted with nothing to run) ends
     `failed` with code `timeout` once it has not moved for RESTYLE_JOB_TIMEOUT_S."""

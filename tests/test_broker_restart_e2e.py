@@ -11,11 +11,15 @@ import subprocess
 import time
 import uuid
 
+import pytest
 from PIL import Image
 
 from streams.stack.embedded import free_port
 from tests.conftest import TopicCollector
 from tests.streams.cli.test_cli import CLI, alive, children, cli_env, wait_until_up
+
+# Two to three minutes: a stack of its own, a broker killed and started again.
+pytestmark = pytest.mark.slow
 
 
 def test_a_killed_broker_that_keeps_its_topics_is_restarted_and_no_job_is_lost(

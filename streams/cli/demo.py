@@ -99,7 +99,8 @@ def run_demo(models: str | None, rooms: int, style: str, serve: bool, serve_unti
                        "Running on tiny random-weight models instead: the pipeline is real, "
                        "the pictures are noise.")
             models = "tiny"
-    stack = RestyleStack(settings, models)
+    # The makeover needs no trainer; a stack kept serving gets one, for the web app's avatars.
+    stack = RestyleStack(settings, models, trainer_workers=1 if serve else 0)
     click.echo("starting the stack ...")
     started = time.monotonic()
     endpoints = stack.start()
