@@ -7,7 +7,7 @@ import time
 
 import faust
 
-from schemas import ErrorCode, JobError, JobEvent, JobStatus, ResultEvent
+from schemas import ErrorCode, JobError, JobEvent, JobStatus, ResultEvent, StageFailure
 from schemas.jobs import Cancellation, TenantActivity
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
 from streams.core.kafka import client_options
@@ -60,6 +60,21 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
                         "published again", result.job_id)
         return bool(found)
 
+    async def publish(result: ResultEvent, message) -> None:
+        """The job's result, acknowledged by the broker. Not acknowledged is not always not
+        written (a timeout after the write, a connection dropped before the answer): one found
+        on its partition counts as published, rather than the event being dead-lettered and the
+        job failed later by the sweeper with a second, contradictory result."""
+        sent_at = time.time()
+        try:
+            await rt.send(rt.topics.results, result.job_id, result, acknowledged=True)
+        except StageFailure:
+            if message is None or not await published.written_after_all(
+                    message.partition, result.job_id, result.finished_at, sent_at):
+                raise
+            log.warning("job %s: the broker did not acknowledge its result, but wrote it; it "
+                        "counts as published", result.job_id)
+
     async def track(event: JobEvent) -> None:
         message = job_events_message()
         if message is not None:
@@ -73,8 +88,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event, and the replay finds the result published.
             if not await published_before(transition.result, message):
-                await rt.send(rt.topics.results, event.job_id, transition.result,
-                              acknowledged=True)
+                await publish(transition.result, message)
                 # Counted once per job, with its result (not again for a replay).
                 code = transition.result.error.code.value if transition.result.error else ""
                 JOBS_FINISHED.labels(transition.result.status, code).inc()

@@ -19,6 +19,11 @@ only while events from before the assignment come. What is read is bounded, and 
 fails is not tried again until the next assignment: the result is then published, since a
 result published twice beats one never published.
 
+A result whose send the broker did not acknowledge (a timeout, a dropped connection) may have
+been written all the same; before the tracker gives up on it (the event is dead-lettered and the
+sweeper would later fail the job, a second and contradictory result), the partition is read
+afresh from just before the send (`written_after_all`).
+
 Time is the test, not offsets: Tansu's answers to "where does the log end" and "which offset
 was written at this time" are not exact, so the read goes on past the end it was given until a
 fetch comes back empty, and each record's own timestamp decides.
@@ -112,6 +117,25 @@ class PublishedResults:
                         "the next rebalance", self.topic, partition, exc_info=True)
             return None
         return (job_id, finished_at) in published
+
+
+    async def written_after_all(self, partition: int, job_id: str, finished_at: float,
+                                sent_at: float) -> bool:
+        """Whether the result of job_id that finished at finished_at, sent at sent_at without
+        an acknowledgement, is on the partition after all. False when it is not, or when the
+        partition cannot be read either (the broker is likely gone: the caller fails)."""
+        try:
+            written = await asyncio.wait_for(results_written_since(
+                self.connection, self.topic, partition, sent_at - self.clock_skew_s),
+                READ_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the send's own failure stands; said in the log
+            log.warning("could not read %s (partition %d) to see whether the result of job %s "
+                        "was written without an acknowledgement", self.topic, partition,
+                        job_id, exc_info=True)
+            return False
+        return (job_id, finished_at) in written
 
 
 async def results_written_since(connection: dict, topic: str, partition: int, since: float

@@ -70,3 +70,39 @@ def test_results_written_since_a_time_are_found_and_older_ones_are_not(e2e):
     recent, found = asyncio.run(scenario())
     assert recent == [set(), {("job-a-minute-ago", now - 61)}, {("job-just-now", now - 1)}]
     assert found == [True, True, False, False, False]
+
+
+def test_a_result_sent_without_an_acknowledgement_is_found_when_it_was_written(e2e):
+    """The tracker's send of a result failed (no acknowledgement): it reads the partition
+    afresh from just before the send, and counts the result as published only if it is
+    there; a partition it cannot read either leaves the send's failure standing."""
+    from streams.stack.embedded import free_port
+
+    bootstrap = e2e.stack.endpoints["kafka_bootstrap"]
+    now = time.time()
+
+    async def scenario():
+        topic = await results_topic(bootstrap, [])
+        tracker = PublishedResults({"bootstrap_servers": bootstrap}, topic, clock_skew_s=5)
+        # The partition was read before the send (the replay check): not there yet.
+        assert await tracker.contains(0, "job-written", now - 1, written_at=now - 1) is False
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:  # the send whose acknowledgement the tracker never got
+            await producer.send_and_wait(topic, result("job-written", now - 1),
+                                         key=b"job-written", partition=0)
+        finally:
+            await producer.stop()
+        found = [await tracker.written_after_all(0, job, finished, sent_at=now)
+                 for job, finished in [("job-written", now - 1),
+                                       ("job-written", now - 2),  # another ending of it
+                                       ("job-not-written", now - 1)]]
+        gone = PublishedResults({"bootstrap_servers": f"127.0.0.1:{free_port()}"}, topic,
+                                clock_skew_s=5)
+        started = time.monotonic()
+        unreadable = await gone.written_after_all(0, "job-written", now - 1, sent_at=now)
+        return found, unreadable, time.monotonic() - started
+
+    found, unreadable, took = asyncio.run(scenario())
+    assert found == [True, False, False]
+    assert unreadable is False and took < 10
