@@ -120,8 +120,10 @@ class S3Store:
                 if _code(exc) == "NoSuchBucket":
                     missing = f"bucket {ref.bucket!r} of {ref.uri} does not exist"
                 raise StageFailure(ErrorCode.OBJECT_NOT_FOUND, missing) from None
-            raise StageFailure(ErrorCode.STORAGE_ERROR, f"{what} {ref.uri} failed: {exc}") \
-                from exc
+            hint = "; a store whose certificate a private CA signed is trusted once " \
+                   "AWS_CA_BUNDLE names that CA's file" if _tls_failure(exc) else ""
+            raise StageFailure(ErrorCode.STORAGE_ERROR,
+                               f"{what} {ref.uri} failed: {exc}{hint}") from exc
 
     async def get(self, ref: ObjectRef, max_bytes: int | None = None) -> bytes:
         async def read(client) -> bytes:
@@ -195,18 +197,29 @@ THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "Request
 
 def s3_transient(exc: BaseException) -> bool:
     """Worth retrying: the store did not answer (refused, reset, timed out) or answered 5xx,
-    429 or a throttling code. A 4xx answer is final."""
+    429 or a throttling code. A 4xx answer is final, and so is a TLS failure (an untrusted
+    certificate; botocore's SSLError is a ConnectionError)."""
+    import aiohttp
     from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, \
         HTTPClientError
 
+    if _tls_failure(exc):
+        return False
     if isinstance(exc, ClientError):
         status = _status(exc) or 0
         return status >= 500 or status == 429 or _code(exc) in THROTTLED
     if isinstance(exc, (BotoConnectionError, HTTPClientError)):
         return True
-    import aiohttp
-
     return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError))
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    import ssl
+
+    import aiohttp
+    from botocore.exceptions import SSLError
+
+    return isinstance(exc, (SSLError, ssl.SSLError, aiohttp.ClientSSLError))
 
 
 def _code(exc: BaseException | None) -> str | None:

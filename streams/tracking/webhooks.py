@@ -96,6 +96,11 @@ async def deliver(settings, delivery: WebhookDelivery, sleep=asyncio.sleep) -> d
                 return  # the receiver refuses it: retrying will not help
         except UnsafeTarget as exc:
             outcome["error"] = exc.args[0]
+        except aiohttp.ClientSSLError as exc:  # the same on every attempt: not retried
+            log.info("webhook %s: %s", shown, exc)
+            outcome["error"] = "the webhook host's certificate is not trusted" if isinstance(
+                exc, aiohttp.ClientConnectorCertificateError) else \
+                "TLS with the webhook host failed"
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, UnsafeTarget):
                 outcome["error"] = exc.os_error.args[0]

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from schemas import ErrorCode, Product, ProductHit
+from schemas import ErrorCode, Product, ProductHit, StageFailure
 from streams.adapters.index.base import normalise
 from streams.adapters.retries import retried
 
@@ -74,13 +74,28 @@ def knn_query(vector: list[float], k: int, category: str | None, min_score: floa
 
 def transient(exc: BaseException) -> bool:
     """Worth retrying: OpenSearch did not answer (refused, timed out) or answered 429 (its
-    queues are full), 5xx, or a bulk write some of whose documents it rejected for a 429."""
+    queues are full), 5xx, or a bulk write some of whose documents it rejected for a 429. A
+    TLS failure is not."""
     from opensearchpy.exceptions import ConnectionError as Unreachable, TransportError
 
+    if tls_failure(exc):  # an untrusted certificate: the same on every attempt
+        return False
     if isinstance(exc, (Unreachable, Throttled)):
         return True
     status = getattr(exc, "status_code", None) if isinstance(exc, TransportError) else None
     return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def tls_failure(exc: BaseException) -> bool:
+    """opensearch-py says a TLS failure as a ConnectionError: an SSLError (its synchronous
+    transport) or one that carries aiohttp's (the asynchronous one restyle uses) as its info."""
+    import ssl
+
+    import aiohttp
+    from opensearchpy.exceptions import SSLError, TransportError
+
+    info = exc.args[2] if isinstance(exc, TransportError) and len(exc.args) > 2 else None
+    return isinstance(exc, SSLError) or isinstance(info, (ssl.SSLError, aiohttp.ClientSSLError))
 
 
 class Throttled(Exception):
@@ -137,8 +152,25 @@ class OpenSearchIndex:
         self._exists, self._dimension = True, dimension
 
     async def _retried(self, what: str, call):
-        return await retried(call, transient, f"{what} the OpenSearch index {self.name}",
-                             ErrorCode.INDEX_UNAVAILABLE)
+        """call() retried while OpenSearch is unavailable; a refusal no retry would change (an
+        untrusted certificate, credentials refused) fails at once, saying which setting."""
+        from opensearchpy.exceptions import TransportError
+
+        what = f"{what} the OpenSearch index {self.name}"
+        try:
+            return await retried(call, transient, what, ErrorCode.INDEX_UNAVAILABLE)
+        except TransportError as exc:
+            status = getattr(exc, "status_code", None)
+            if tls_failure(exc):
+                cause = "the cluster's certificate is not trusted (RESTYLE_OPENSEARCH_CA_CERTS " \
+                        "names the CA that signed it)"
+            elif status == 401:
+                cause = "the cluster refused restyle's credentials (RESTYLE_OPENSEARCH_USER, " \
+                        "RESTYLE_OPENSEARCH_PASSWORD)"
+            else:
+                raise
+            raise StageFailure(ErrorCode.INDEX_UNAVAILABLE, f"{what} failed: {cause}: {exc}") \
+                from exc
 
     async def upsert(self, products: list[Product], vectors) -> dict[str, str]:
         """Index products by id; returns {product_id: cause} for those OpenSearch refused.

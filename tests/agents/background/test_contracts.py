@@ -370,6 +370,17 @@ def test_a_refusing_webhook_is_not_retried_and_a_dead_one_gives_up_with_the_caus
         unknown["error"]
 
 
+def test_a_webhook_host_whose_certificate_is_not_trusted_is_not_retried(tmp_path):
+    from tests.tls import https_with_a_private_ca
+
+    settings = Settings(webhook_attempts=4, webhook_allowed_networks=["127.0.0.1/32"])
+    with https_with_a_private_ca(tmp_path) as (url, _ca):
+        outcome = asyncio.run(deliver(settings, WebhookDelivery(
+            batch_id="b", url=f"{url}/hook", body={}), sleep=no_wait))
+    assert outcome["status"] == "failed" and outcome["attempts"] == 1
+    assert outcome["error"] == "the webhook host's certificate is not trusted"
+
+
 def test_a_tenant_cannot_sign_with_a_secret_given_to_another():
     receiver = Receiver([])
     settings = Settings(webhook_secrets={"acme-hooks": "s3cret"},

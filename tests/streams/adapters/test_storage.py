@@ -1,8 +1,10 @@
 """What storage refuses before reading anything: objects above the byte limit, buckets restyle
-is not configured for, file:// paths outside the roots (real files on disk)."""
+is not configured for, file:// paths outside the roots (real files on disk); and a store whose
+certificate is not trusted, refused at once rather than retried."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -57,3 +59,30 @@ def test_a_listing_stops_at_its_limit(tmp_path):
     store = storage([tmp_path])
     assert len(asyncio.run(store.list(tmp_path.as_uri(), limit=11))) == 11
     assert len(asyncio.run(store.list(tmp_path.as_uri()))) == 30
+
+
+def test_a_store_whose_certificate_is_not_trusted_fails_at_once_with_the_cause(
+        tmp_path, monkeypatch):
+    """An S3 endpoint whose certificate no CA restyle trusts signed is a setting to fix, not a
+    store that is down for a moment: no retries (60 s of them by default), STORAGE_ERROR with
+    the way to trust it, which works."""
+    from tests.tls import https_with_a_private_ca
+
+    async def read(url: str) -> bytes:
+        store = Storage(S3Store(url, "key", "secret", "us-east-1", timeout_s=10), [])
+        try:
+            return await store.get("s3://restyle/photo.png")
+        finally:
+            await store.s3.close()
+
+    with https_with_a_private_ca(tmp_path) as (url, ca):
+        started = time.monotonic()
+        with pytest.raises(StageFailure) as failure:
+            asyncio.run(read(url))
+        took = time.monotonic() - started
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))
+        assert asyncio.run(read(url)) == b""  # trusted: the (empty) answer is read
+    assert failure.value.error.code is ErrorCode.STORAGE_ERROR
+    assert "certificate verify failed" in failure.value.error.message
+    assert "AWS_CA_BUNDLE names that CA's file" in failure.value.error.message
+    assert took < 10
