@@ -6,13 +6,11 @@
 import { call, fileUrl, upload } from "./api.js";
 import { followJobList } from "./events.js";
 import {
-  abortsWith, errorLine, field, filled, h, image, latestOnly, localThumb, numberOrNothing, say,
-  sleep, statusWord,
+  abortsWith, BATCH_FINISHING_MS, errorLine, field, filled, h, image, latestOnly, localThumb,
+  numberOrNothing, say, sleep, statusWord,
 } from "./ui.js";
 
-// Once none of its images is being worked on, a batch is read again after these waits, until
-// it has finished; and every SAFETY_NET_MS whatever the stream says.
-const FINISHING_MS = [300, 700, 1500, 3000, 6000];
+// A followed batch is read again every SAFETY_NET_MS whatever the stream says.
 const SAFETY_NET_MS = 15000;
 
 export async function backgroundPage(container, { signal } = {}) {
@@ -147,7 +145,7 @@ async function followBatch(batchId, view, rows, signal) {
   // its images is being worked on, so it is read until it has finished.
   const reread = latestOnly(async (settling) => {
     let finished = !stop.signal.aborted && await read();
-    for (const wait of settling ? FINISHING_MS : []) {
+    for (const wait of settling ? BATCH_FINISHING_MS : []) {
       if (finished || stop.signal.aborted) break;
       await Promise.race([sleep(wait), stopped]);
       finished = !stop.signal.aborted && await read();

@@ -4,16 +4,15 @@
 
 import { call } from "./api.js";
 import { followJob, followJobList } from "./events.js";
-import { abortsWith, errorLine, h, latestOnly, say, sleep, statusWord } from "./ui.js";
+import {
+  abortsWith, BATCH_FINISHING_MS, errorLine, h, latestOnly, say, sleep, statusWord,
+} from "./ui.js";
 
 // Running jobs followed step by step at once. Each is one of the tenant's event streams, which
 // RESTYLE_TENANT_MAX_STREAMS bounds, and one of the few connections a browser opens to a host
 // (with the list's own stream, three here). The others show their state as the list last
 // changed.
 const FOLLOWED = 2;
-// A batch whose images have all ended is finishing (its report): read again after these waits
-// (the last one over and over, while the batch is shown).
-const FINISHING_MS = [500, 1000, 2000, 4000, 8000];
 
 export async function queuePage(container, { signal } = {}) {
   const problem = errorLine();
@@ -143,7 +142,8 @@ async function drawBatches(list, listed, problem, signal) {
 
 async function finishing(batchId, line, problem, signal) {
   for (let n = 0; ; n++) {
-    await sleep(FINISHING_MS[Math.min(n, FINISHING_MS.length - 1)]);
+    // The last wait over and over, while the batch is shown.
+    await sleep(BATCH_FINISHING_MS[Math.min(n, BATCH_FINISHING_MS.length - 1)]);
     if (signal?.aborted || !line.isConnected) return;
     const now = await batchLine(batchId, problem);
     line.replaceWith(now);

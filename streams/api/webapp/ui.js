@@ -41,6 +41,10 @@ export function latestOnly(run, onError) {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// Once none of a batch's images is being worked on, its report is being written: the batch is
+// read again after these waits until it has finished (the queue and the background pages).
+export const BATCH_FINISHING_MS = [300, 700, 1500, 3000, 6000];
+
 // An AbortController that is aborted with parent too (a page's streams end when the page is
 // left), at once if parent already is.
 export function abortsWith(parent) {
