@@ -80,7 +80,7 @@ def test_a_gpu_worker_stopped_with_sigterm_hands_back_the_render_it_cannot_finis
 
     worker = next(s for s in e2e.stack.stack.services if s.name.startswith("gpu-worker"))
     job_id = f"sigterm-{uuid.uuid4().hex[:8]}"
-    long_render(e2e, job_id, steps=80)  # 15 s or so here: well past the grace period
+    long_render(e2e, job_id, steps=40)  # 8 s or so here: well past the grace period
     rendering(e2e, job_id)
 
     stopped_at = time.monotonic()
