@@ -122,11 +122,13 @@ async function followBatch(batchId, view, rows, signal) {
       return false;
     }
     const counts = Object.entries(batch.counts).map(([k, v]) => `${v} ${k}`).join(", ");
-    summary.textContent = `${statusWord(batch.status)} — ${counts}`;
+    const writing = batch.reporting ? ", writing its report" : "";
+    summary.textContent = `${statusWord(batch.status)}${writing} — ${counts}`;
     for (const line of batch.images || []) await showImage(line, table.tBodies[0], shown, rows);
     // Set after the rows: a reader that waits for the batch's end then sees every image's
-    // line as it ended (showing a result waits for its thumbnails).
-    view.querySelector("section").dataset.status = batch.status;
+    // line as it ended (showing a result waits for its thumbnails); and not an end while the
+    // report is being written, so that it then sees the report's links too.
+    view.querySelector("section").dataset.status = batch.reporting ? "reporting" : batch.status;
     if (batch.status === "running" || batch.reporting) return false;
     cancel.remove();
     if (batch.error) say(problem, { message: batch.error.message });

@@ -54,9 +54,11 @@ def test_a_worker_whose_broker_is_gone_still_stops_on_sigterm(tmp_path, tiny_mod
                            logs, env=env, port=port)
     try:
         deadline = time.monotonic() + 120
-        while True:  # up: it answers /livez
+        # Started: it answers /readyz (it owns partitions). /livez answers while it still
+        # creates its topics, and a broker killed then ends the start-up, not a running worker.
+        while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
                     break
             except OSError:
                 assert worker.process.poll() is None, worker.log_path.read_text()[-2000:]
