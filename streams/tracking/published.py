@@ -118,7 +118,6 @@ class PublishedResults:
             return None
         return (job_id, finished_at) in published
 
-
     async def written_after_all(self, partition: int, job_id: str, finished_at: float,
                                 sent_at: float) -> bool:
         """Whether the result of job_id that finished at finished_at, sent at sent_at without
