@@ -12,8 +12,10 @@ from schemas.jobs import Cancellation, TenantActivity
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
 from streams.core.kafka import client_options
 from streams.core.metrics import JOB_SECONDS, JOBS_FINISHED
+from streams.core import tracing
 from streams.core.runtime import Runtime
 from streams.tracking.jobstate import stalled
+from streams.tracking.fencing import Fenced, TransactionalResults
 from streams.tracking.published import PublishedResults
 from streams.tracking.tables import Tables
 
@@ -37,8 +39,15 @@ def image_outcome(result: ResultEvent) -> ImageOutcome:
 def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     """first_stages: pipeline name -> the topic its admitted jobs start on."""
     app, board, settings = rt.app, tables.board, rt.settings
-    published = PublishedResults(client_options(settings), rt.topics.results,
-                                 settings.clock_skew_s)
+    # Fencing (RESTYLE_RESULT_TRANSACTIONS): a partition's transactional id is registered
+    # before its results are read, and only committed results count.
+    transactional = TransactionalResults(client_options(settings), rt.topics.results,
+                                         settings.app_id) \
+        if settings.result_transactions else None
+    published = PublishedResults(
+        client_options(settings), rt.topics.results, settings.clock_skew_s,
+        before_read=transactional.ready if transactional else None,
+        isolation_level="read_committed" if transactional else "read_uncommitted")
 
     def job_events_message():
         """The job-events message being handled (None when the event came another way)."""
@@ -52,6 +61,8 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         stopped before it stored the job's end."""
         if message is None or not published.may_be_replayed(message.timestamp):
             return False
+        if transactional is not None:  # Fenced here: another tracker has the partition now
+            await transactional.ready(message.partition)
         found = await published.contains(message.partition, result.job_id, result.finished_at,
                                          message.timestamp)
         if found:
@@ -67,7 +78,12 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         job failed later by the sweeper with a second, contradictory result."""
         sent_at = time.time()
         try:
-            await rt.send(rt.topics.results, result.job_id, result, acknowledged=True)
+            if transactional is not None and message is not None:
+                await transactional.publish(message.partition, result.job_id.encode(),
+                                            result.model_dump_json().encode(),
+                                            tracing.outgoing_headers())
+            else:
+                await rt.send(rt.topics.results, result.job_id, result, acknowledged=True)
         except StageFailure:
             if message is None or not await published.written_after_all(
                     message.partition, result.job_id, result.finished_at, sent_at):
@@ -87,8 +103,20 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event, and the replay finds the result published.
-            if not await published_before(transition.result, message):
-                await publish(transition.result, message)
+            try:
+                already = await published_before(transition.result, message)
+                if not already:
+                    await publish(transition.result, message)
+            except Fenced:
+                # This tracker lost the partition without knowing it (a long pause): its new
+                # owner handles the event and publishes the result. Nothing is stored here,
+                # and the acknowledgement commits nothing: the group refuses a commit from a
+                # member it dropped (or, rejoined, from a generation before its own).
+                log.warning("job %s: another tracker has taken partition %d of %s; it "
+                            "publishes the job's result, not this one", event.job_id,
+                            message.partition, message.topic)
+                return
+            if not already:
                 # Counted once per job, with its result (not again for a replay).
                 code = transition.result.error.code.value if transition.result.error else ""
                 JOBS_FINISHED.labels(transition.result.status, code).inc()
@@ -164,14 +192,21 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
                 # worker renders it.
                 await stop_work(job_id, "the timeout sweeper", now)
 
+    def job_event_partitions(partitions) -> list[int]:
+        return [tp.partition for tp in partitions or () if tp.topic == rt.topics.job_events]
+
     @app.on_partitions_revoked.connect
-    async def forget_held_progress(*_args, **_kwargs) -> None:
+    async def forget_held_progress(_sender=None, revoked=None, **_kwargs) -> None:
         board.forget()
         published.forget()
+        if transactional is not None:
+            transactional.drop(job_event_partitions(revoked))
 
     @app.on_partitions_assigned.connect
-    async def forget_published(*_args, **_kwargs) -> None:
+    async def forget_published(_sender=None, assigned=None, **_kwargs) -> None:
         published.forget()
+        if transactional is not None:  # the previous owners are fenced from now on
+            transactional.take(job_event_partitions(assigned))
 
     # A tracker failure must not feed a `failed` event back into its own topic: the event
     # goes to the DLQ instead.

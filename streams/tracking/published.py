@@ -27,6 +27,9 @@ afresh from just before the send (`written_after_all`).
 Time is the test, not offsets: Tansu's answers to "where does the log end" and "which offset
 was written at this time" are not exact, so the read goes on past the end it was given until a
 fetch comes back empty, and each record's own timestamp decides.
+
+The read covers a tracker that stopped. One that lost its partition while it went on working (a
+long pause) is fenced where the broker has transactions: fencing.py.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -52,12 +56,16 @@ FETCH_WAIT_MS = 300
 
 class PublishedResults:
     def __init__(self, connection: dict, results_topic: str, clock_skew_s: float,
-                 clock=time.time):
+                 clock=time.time, before_read: Callable[[int], Awaitable[None]] | None = None,
+                 isolation_level: str = "read_uncommitted"):
         """connection: aiokafka client options (streams.core.kafka.client_options);
         clock_skew_s: how far apart the clocks of the hosts that write job events and
-        results may be."""
+        results may be; before_read(partition): awaited before a partition is read (results
+        published in transactions: the partition's transactional id is registered first,
+        fencing.py), and then only committed results count (isolation_level)."""
         self.connection, self.topic, self.clock_skew_s = connection, results_topic, clock_skew_s
         self.clock = clock
+        self.before_read, self.isolation_level = before_read, isolation_level
         self._reads: dict[int, asyncio.Task] = {}
         self.forget()
 
@@ -88,8 +96,7 @@ class PublishedResults:
         previous = self._reads.get(partition)
         if previous is not None:
             previous.cancel()
-        read = asyncio.ensure_future(
-            results_written_since(self.connection, self.topic, partition, since))
+        read = asyncio.ensure_future(self._written_since(partition, since))
         read.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
         self._reads[partition], self._since[partition] = read, since
 
@@ -124,9 +131,8 @@ class PublishedResults:
         an acknowledgement, is on the partition after all. False when it is not, or when the
         partition cannot be read either (the broker is likely gone: the caller fails)."""
         try:
-            written = await asyncio.wait_for(results_written_since(
-                self.connection, self.topic, partition, sent_at - self.clock_skew_s),
-                READ_TIMEOUT_S)
+            written = await asyncio.wait_for(
+                self._written_since(partition, sent_at - self.clock_skew_s), READ_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the send's own failure stands; said in the log
@@ -136,13 +142,22 @@ class PublishedResults:
             return False
         return (job_id, finished_at) in written
 
+    async def _written_since(self, partition: int, since: float) -> set[tuple[str, float]]:
+        if self.before_read is not None:
+            await self.before_read(partition)
+        return await results_written_since(self.connection, self.topic, partition, since,
+                                           self.isolation_level)
 
-async def results_written_since(connection: dict, topic: str, partition: int, since: float
+
+async def results_written_since(connection: dict, topic: str, partition: int, since: float,
+                                isolation_level: str = "read_uncommitted"
                                 ) -> set[tuple[str, float]]:
     """(job id, finished_at) of each result on the topic's partition written at or after since
-    (seconds), read up to its end and until a fetch finds nothing more."""
+    (seconds), read up to its end and until a fetch finds nothing more (read_committed: up to
+    the last settled transaction, committed results only)."""
     consumer = AIOKafkaConsumer(**connection, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=FETCH_WAIT_MS // 5)
+                                fetch_max_wait_ms=FETCH_WAIT_MS // 5,
+                                isolation_level=isolation_level)
     try:
         await consumer.start()
         tp = TopicPartition(topic, partition)

@@ -26,6 +26,13 @@ class TrackingSettings(SettingsBase):
     # may have published, from this long before the event on (streams/tracking/published.py),
     # so as not to publish it twice.
     clock_skew_s: float = Field(60.0, ge=0)
+    # Publish each result in a Kafka transaction under one transactional id per job-events
+    # partition, so that a tracker that lost its partition while it worked (a long pause, a
+    # network split) is fenced and cannot publish a second result (streams/tracking/
+    # fencing.py). Needs a broker with transactions: on for Apache Kafka (`restyle up` turns
+    # it on when it starts one), off for Tansu, which has none. Consumers of restyle.results
+    # then read with isolation.level=read_committed.
+    result_transactions: bool = False
 
     def timeout_for(self, pipeline: str | None, queued_for_gpu: bool = False) -> float:
         """How long a job of this pipeline may go without moving (0: forever)."""
