@@ -433,6 +433,8 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         # Both ways of moving a job between stages run the whole suite: chained (the
         # default, what `restyle up` runs) on Tansu, split into one topic per stage here.
         extra_env["RESTYLE_CHAIN_STAGES"] = "false"
+        # Kafka has transactions: results are fenced there, as `restyle up` does on Kafka.
+        extra_env["RESTYLE_RESULT_TRANSACTIONS"] = "true"
     if os.environ.get("RESTYLE_TEST_GUARANTEE"):
         extra_env["RESTYLE_PROCESSING_GUARANTEE"] = os.environ["RESTYLE_TEST_GUARANTEE"]
     settings = Settings(state_dir=state, web_port=free_port(), kafka_bootstrap=bootstrap)

@@ -106,6 +106,8 @@ class RestyleStack:
             service, bootstrap = start_apache_kafka(self.state_dir / "kafka", self.log_dir)
             self.stack.services.append(service)
             self.broker = f"apache-kafka {KAFKA_VERSION}"
+            # Kafka has transactions: results are fenced (streams/tracking/fencing.py).
+            broker_env["RESTYLE_RESULT_TRANSACTIONS"] = "true"
         elif not bootstrap:
             service, bootstrap = self._start_tansu(s3_endpoint, key, secret)
             self.stack.services.append(service)
