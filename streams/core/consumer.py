@@ -42,6 +42,15 @@ held-back message the fetch has passed without it coming again (the skip came af
 that would have brought it back) is fetched again from its partition after REDELIVER_AFTER_S.
 If the broker's retention has deleted it meanwhile, it will never come: the commit moves past
 it, and the log says so.
+
+faust's fetch loop also gives up delivering a message when the flow is suspended first, and
+reads on past it; the commit then moved past it once the next ones were processed (faust
+compares what was acknowledged with the committed offset one off, so the message at the
+committed offset itself can be passed over), or, with none after it, stayed below it for good:
+the fault bench's paused CPU worker lost uploads both ways. Such a message is held back
+(_delivering). And faust counts offsets its fetch loop jumps over as acknowledged (a compacted
+log, transaction markers); its seek back to the committed offset can make a jump out of
+messages handed on their way: those are held back too, not counted (_add_gap).
 """
 from __future__ import annotations
 
@@ -108,6 +117,26 @@ class _Partition:
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.callback = self._delivering(self.callback)
+
+    def _delivering(self, deliver):
+        """faust's delivery of a fetched message to its stream, which its fetch loop gives up
+        on when the flow is suspended first (a rebalance; the topic index being rebuilt holds
+        the delivery up), reading on past the message as if delivered: then it is held back,
+        and comes again."""
+        acks_enabled_for = self.app.topics.acks_enabled_for
+
+        async def callback(message):
+            try:
+                return await deliver(message)
+            except asyncio.CancelledError:
+                if acks_enabled_for(message.topic):
+                    self._hold_back(message.tp, message.offset)
+                raise
+        return callback
+
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -122,6 +151,12 @@ class _Consumer(faust_aiokafka.Consumer):
         book.held_back.discard(message.offset)
         book.redelivering.discard(message.offset)
         return super().ack(message)
+
+    def hold_back(self, message) -> None:
+        """A message its stream leaves unhandled (the worker is out of its group: pauses.py):
+        done with as far as the stream is concerned, never committed, and fetched again."""
+        message.acked = True
+        self._hold_back(message.tp, message.offset)
 
     def _books(self) -> dict:
         """Each assigned partition's _Partition (faust builds its consumer without us)."""
@@ -160,6 +195,27 @@ class _Consumer(faust_aiokafka.Consumer):
         finally:
             acked.extend(above)
             acked.sort()
+
+    async def _add_gap(self, tp, offset_from: int, offset_to: int) -> None:
+        """faust counts offsets its fetch loop jumped over (from offset_from up to the message
+        at offset_to) as acknowledged: a compacted log or transaction markers leave such gaps.
+        A jump can also come from faust's own seek back to the committed offset, whose rewound
+        read offset lands after messages handed on its way (its fetch loop drops a message
+        taken while the flow is suspended): the next message then looks like a jump over them
+        (the fault bench lost uploads so, a CPU worker paused past its session timeout). A
+        message handed to the streams in this generation and not acknowledged was read, not
+        jumped over: it is held back (the commit stays below it and it is fetched again), and
+        only the rest of the range counts."""
+        book = self._book(tp)
+        read_unprocessed = [offset for offset in range(offset_from, offset_to)
+                            if offset in book.handed and offset not in self._acked_index[tp]]
+        for offset in read_unprocessed:
+            self._hold_back(tp, offset)
+        run_from = offset_from
+        for offset in [*read_unprocessed, offset_to + 1]:
+            if offset > run_from:
+                await super()._add_gap(tp, run_from, offset - 1)
+            run_from = offset + 1
 
     async def perform_seek(self) -> None:
         """faust's seek to the committed offsets (after a rebalance): the fetch starts again
@@ -264,7 +320,7 @@ class _Consumer(faust_aiokafka.Consumer):
         acked = sorted(o for o in self._acked_index[tp] if run_from <= o < log_start)
         for offset in [*acked, log_start]:
             if offset > run_from:
-                await self._add_gap(tp, run_from, offset - 1)
+                await super()._add_gap(tp, run_from, offset - 1)
             run_from = offset + 1
 
     async def mark_polled(self) -> None:

@@ -284,3 +284,114 @@ def test_a_skipped_message_deleted_by_retention_no_longer_holds_the_commit(caplo
     assert seeks == [(PARTITION, 4)] and handed == [4, 5]
     assert commit == 6
     assert "offsets 2 were deleted by the broker's retention" in caplog.text
+
+
+async def drained(consumer) -> list[int]:
+    """handed_to_streams, with what faust's fetch loop also does: a message above the read
+    offset by more than one counts the offsets between as a gap in the log (acknowledged)."""
+    handed = []
+    async for tp, message in consumer.getmany(timeout=1.0):
+        read = consumer._read_offset[tp]
+        if read is None or message.offset >= read:
+            if read and message.offset - read > 1:
+                await consumer._add_gap(tp, read + 1, message.offset)
+            handed.append(message.offset)
+            consumer._read_offset[tp] = message.offset
+    return handed
+
+
+async def commits_after_a_seek_back_behind_dropped_messages(consumer_class, monkeypatch):
+    """Offsets 3..7 handed to the stream; 3 processed, 4..7 dropped on their way (the flow was
+    suspended); faust's seek back to the committed offset rewinds the read offset to 3, and
+    the next fetch brings 8, processed. Returns (the commit then, the seeks made, the commit
+    once what is fetched again is processed, in the steps faust takes)."""
+    app, consumer = rebalanced_consumer(consumer_class)
+    app.flow_control.resume()
+    consumer._thread = ConsumerThreadSeeks()
+    answering_fetches_with(consumer, [3, 4, 5, 6, 7])
+    await drained(consumer)
+    fetched(3, generation=2).ack(consumer)
+    consumer._read_offset[PARTITION] = 3  # perform_seek: read offsets := committed
+    answering_fetches_with(consumer, [8])
+    await drained(consumer)
+    fetched(8, generation=2).ack(consumer)
+    first = consumer._new_offset(PARTITION)
+    monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", 0.0)
+    if hasattr(consumer, "_plan_fetches_again"):
+        consumer._plan_fetches_again()
+        consumer._plan_fetches_again()
+    answering_fetches_with(consumer, [4, 5, 6, 7, 8, 9])
+    for offset in await drained(consumer):
+        fetched(offset, generation=2).ack(consumer)
+    seeks = getattr(consumer._thread, "seeks", [])
+    # (faust counts 8 twice, as a gap and as acknowledged: its run splits there, and the
+    # commit moves on in two steps)
+    return first, seeks, [consumer._new_offset(PARTITION), consumer._new_offset(PARTITION)]
+
+
+def test_faust_alone_commits_past_messages_dropped_before_a_seek_back():
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        first, _, _ = asyncio.run(commits_after_a_seek_back_behind_dropped_messages(
+            faust_aiokafka.Consumer, monkeypatch))
+    assert first == 9  # 4..7 counted as a gap in the log: never processed, committed
+
+
+def test_restyle_fetches_dropped_messages_again_before_committing_past_them():
+    """The fault bench's paused CPU worker lost uploads this way (Apache Kafka)."""
+    restyle_consumer.use_fetch_max_wait(20)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        first, seeks, then = asyncio.run(commits_after_a_seek_back_behind_dropped_messages(
+            faust_aiokafka.Transport.Consumer, monkeypatch))
+    assert first == 4  # held below the first dropped message
+    assert seeks == [(PARTITION, 4)]  # fetched again from it
+    assert then == [9, 10]  # processed at last: 4..9 committed
+
+
+def test_a_message_whose_delivery_faust_gave_up_on_is_held_back_and_fetched_again():
+    """faust's fetch loop abandons delivering offset 42 (the flow was suspended first) and
+    reads on: 43 and 44 are processed. faust alone would commit 45 (its check of what was
+    acknowledged against the committed offset, 42, is one off); restyle holds the commit at
+    42 and fetches the partition again from it."""
+    async def scenario(monkeypatch):
+        restyle_consumer.use_fetch_max_wait(20)
+        app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
+        app.flow_control.resume()
+        consumer._thread = ConsumerThreadSeeks()
+        consumer._committed_offset[PARTITION] = 42
+
+        async def stream_never_takes_it(message):
+            await asyncio.Event().wait()
+
+        consumer.callback = consumer._delivering(stream_never_takes_it)
+        answering_fetches_with(consumer, [42, 43, 44])
+        await handed_to_streams(consumer)
+        with pytest.raises(asyncio.TimeoutError):  # faust's wait_first, the flow suspended
+            await asyncio.wait_for(consumer.callback(fetched(42, generation=2)), 0.01)
+        for offset in (43, 44):
+            fetched(offset, generation=2).ack(consumer)
+        held = consumer._new_offset(PARTITION)
+        monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", 0.0)
+        consumer._plan_fetches_again()
+        consumer._plan_fetches_again()
+        answering_fetches_with(consumer, [42, 43, 44])
+        again = await handed_to_streams(consumer)
+        for offset in again:
+            fetched(offset, generation=2).ack(consumer)
+        return held, consumer._thread.seeks, again, consumer._new_offset(PARTITION)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        held, seeks, again, then = asyncio.run(scenario(monkeypatch))
+    assert held is None  # nothing committed past 42
+    assert seeks == [(PARTITION, 42)] and again == [42]  # 43 and 44 are not handed twice
+    assert then == 45
+
+
+def test_faust_alone_commits_past_the_message_at_the_committed_offset():
+    async def scenario():
+        app, consumer = rebalanced_consumer(faust_aiokafka.Consumer)
+        app.flow_control.resume()
+        consumer._committed_offset[PARTITION] = 42  # the next offset to process
+        for offset in (43, 44):  # 42 never delivered
+            fetched(offset, generation=2).ack(consumer)
+        return consumer._new_offset(PARTITION)
+    assert asyncio.run(scenario()) == 45
