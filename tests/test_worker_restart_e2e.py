@@ -49,6 +49,46 @@ def test_a_cpu_worker_killed_mid_stream_loses_no_job(e2e, room_photos):
     assert len(e2e.keyed_records("restyle.results", replayed)) == 1
 
 
+@pytest.mark.usefixtures("first_broker_only")
+def test_a_cpu_worker_stopped_past_its_session_timeout_loses_and_repeats_nothing(e2e,
+                                                                                room_photos):
+    """SIGSTOP the CPU worker while it works on jobs, for longer than its session timeout
+    (the group drops it), with more jobs arriving meanwhile; SIGCONT. It notices the stop,
+    leaves what it had fetched before it to the group (it rejoins), and every job ends done,
+    once."""
+    from streams.core.settings import Settings
+
+    stack = e2e.stack
+    worker = next(s for s in stack.stack.services if s.name.startswith("cpu-worker"))
+    uri = e2e.put_object("incoming/paused.jpg", room_photos[3].read_bytes())
+
+    def submit(count: int) -> list[str]:
+        ids = [f"paused-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+        for job_id in ids:
+            e2e.publish({"job_id": job_id, "pipeline": "room_makeover", "image": uri,
+                         "style": "scandinavian"}, key=job_id.encode())
+        return ids
+
+    job_ids = submit(3)
+    e2e.collector.wait_for("restyle.job-events", lambda m: m.key().decode() in job_ids
+                           and json.loads(m.value()).get("status") == "analyzing", 120)
+    stopped_s = Settings().session_timeout_s + 4
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        job_ids += submit(3)
+        time.sleep(stopped_s)
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
+
+    outcomes = {job_id: e2e.result(job_id, 300) for job_id in job_ids}
+    assert {job_id: r["status"] for job_id, r in outcomes.items()} == \
+        {job_id: "done" for job_id in job_ids}
+    for job_id in job_ids:
+        assert len(e2e.results(job_id)) == 1, f"{job_id} published more than one result"
+    log = (stack.log_dir / f"{worker.name}.log").read_text()
+    assert "longer than its session timeout" in log
+
+
 def plant_a_result_published_before_the_kill(e2e) -> str:
     """What a tracker killed between publishing a job's result and storing the job's end
     leaves behind: the event that ended the job, not yet committed, and the result already on

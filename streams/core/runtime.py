@@ -27,6 +27,7 @@ from streams.adapters.retries import describe, retry_policy
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.kafka import client_options
+from streams.core.pauses import PauseWatch
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.core import tracing
 from streams.core.compacted import CompactedView
@@ -74,6 +75,11 @@ class Runtime:
         self.draining = False
         self.handing_back = False
         self._in_flight = 0
+        # Stopped past the session timeout (SIGSTOP, a stalled host): out of the group until
+        # it rejoins, whatever its streams still hold (pauses.py).
+        self.pauses = PauseWatch(settings.session_timeout_s,
+                                 lambda: self.app.consumer_generation_id)
+        self.pauses.start()
         # The trained models (avatar adapters); read once the worker runs registry.run.
         self.registry = ModelRegistry(client_options(settings), settings.topics.models)
         # Cancelled jobs; read once the worker runs cancellations.run.
@@ -273,6 +279,10 @@ class Runtime:
         handed back (HandedBack) is held unacknowledged for the next worker. The stages the
         handler hands the job to in-process (chained: see stage_agent) run next, each under
         this same policy and this same message."""
+        if self.pauses.out_of_group():
+            # Fetched before the stop; the partition's owner handles it now (not this one).
+            self.app.consumer.hold_back(event.message)
+            return
         if self.draining:
             await self._held(event)  # taken from the buffer after SIGTERM: never started
         self._in_flight += 1
@@ -437,6 +447,10 @@ class Runtime:
 
     async def _handle_batch(self, stage: str, events, model: type[M],
                             handler: Callable[[list[M]], Awaitable[None]]) -> None:
+        if self.pauses.out_of_group():  # (as in handle)
+            for event in events:
+                self.app.consumer.hold_back(event.message)
+            return
         started = time.perf_counter()
         decoded = []
         for event in events:

@@ -1,0 +1,56 @@
+"""A worker stopped for longer than its session timeout handles nothing of the generation it
+was in once it wakes (its group has moved its partitions on); a shorter stop changes nothing."""
+from __future__ import annotations
+
+from streams.core.pauses import PauseWatch
+
+SESSION_TIMEOUT_S = 10.0
+
+
+class Worker:
+    """A worker's clock and consumer group generation, moved by hand."""
+
+    def __init__(self):
+        self.now, self.generation = 1000.0, 4
+        self.watch = PauseWatch(SESSION_TIMEOUT_S, lambda: self.generation, lambda: self.now)
+
+    def runs_for(self, seconds: float) -> None:
+        """Running: the watch's thread looks four times a second."""
+        for _ in range(int(seconds * 4)):
+            self.now += 0.25
+            self.watch.look()
+
+    def stopped_for(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_worker_stopped_past_its_session_timeout_handles_nothing_until_it_rejoins(caplog):
+    worker = Worker()
+    worker.runs_for(5)
+    worker.stopped_for(25)
+    assert worker.watch.out_of_group()  # the first message after the wake: not handled
+    worker.runs_for(2)
+    assert worker.watch.out_of_group()  # still generation 4: the rejoin is under way
+    worker.generation = 5  # rejoined
+    assert not worker.watch.out_of_group()
+    assert "stopped for 25.0 s, longer than its session timeout (10.0 s)" in caplog.text
+
+
+def test_a_stop_shorter_than_the_session_timeout_or_a_busy_worker_changes_nothing():
+    worker = Worker()
+    worker.stopped_for(9)
+    assert not worker.watch.out_of_group()
+    worker.runs_for(60)  # a minute of work, however busy its event loop
+    assert not worker.watch.out_of_group()
+
+
+def test_a_worker_still_in_its_generation_long_after_the_stop_works_on(caplog):
+    """A stop only just past the session timeout may not have cost the worker its place."""
+    worker = Worker()
+    worker.stopped_for(10.1)
+    assert worker.watch.out_of_group()
+    worker.runs_for(19)
+    assert worker.watch.out_of_group()
+    worker.runs_for(2)  # twice the session timeout since the wake, and no new generation
+    assert not worker.watch.out_of_group()
+    assert "still in its group (generation 4)" in caplog.text
