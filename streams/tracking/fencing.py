@@ -18,8 +18,12 @@ previous owner will ever publish, and nothing that owner sends later counts. Con
 restyle.results read with isolation.level=read_committed (librdkafka's default; the Java
 client's and aiokafka's is read_uncommitted), and an aborted result is never theirs.
 
-Only an assignment registers an id. A tracker never registers one again on its own (after an
-error, say): if it were the zombie, that would fence the partition's real owner. So a
+A fenced tracker publishes nothing and stores nothing for the event, and leaves it
+uncommitted: it comes again, to the partition's owner. Only an assignment registers an id. A
+tracker does not register one again on its own (after an error, say): if it were the zombie,
+that would fence the partition's real owner. The one exception is a tracker fenced on a
+partition it provably still owns (_still_owned): a stopped tracker's registration can go out
+after it wakes, and the owner takes the id back. So a
 transaction a failed publish left open is aborted with the same producer (refused, as any of
 its requests, once another tracker has the id), and one whose commit or abort got no answer is
 waited for, before the next result is published or the partition is read; a registration that
@@ -33,7 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable
+import time
+from typing import Callable, Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, ProducerFenced
@@ -54,20 +59,30 @@ ABORT_TIMEOUT_S = 10.0
 
 class Fenced(Exception):
     """Another tracker has taken the partition (it registered the partition's transactional id
-    after this one), or the partition is not this tracker's: it publishes nothing for it."""
+    after this one), or the partition is not this tracker's: it publishes nothing for it now.
+    The event is not done: it comes again, to the partition's owner."""
 
 
 class TransactionalResults:
     def __init__(self, connection: dict, results_topic: str, app_id: str,
-                 register_timeout_s: float = REGISTER_TIMEOUT_S):
+                 generation: Callable[[], int | None] = lambda: None,
+                 in_group: Callable[[], bool] = lambda: True, reclaim_after_s: float = 20.0,
+                 register_timeout_s: float = REGISTER_TIMEOUT_S, clock=time.monotonic):
         """connection: aiokafka client options (streams.core.kafka.client_options); app_id:
         names the deployment's transactional ids (two deployments on one broker never share
-        them)."""
+        them); generation(): the consumer group generation the tracker is in; in_group():
+        False while the tracker knows it is out of its group (stopped past its session
+        timeout: streams/core/pauses.py); reclaim_after_s: how long a tracker fenced on a
+        partition it still owns waits before it takes the partition's id back (twice the
+        session timeout: see _producer)."""
         self.connection, self.topic, self.app_id = connection, results_topic, app_id
-        self.register_timeout_s = register_timeout_s
+        self.generation, self.in_group, self.clock = generation, in_group, clock
+        self.reclaim_after_s, self.register_timeout_s = reclaim_after_s, register_timeout_s
         # partition -> the registration of its transactional id (resolves to its producer);
         # only the partitions assigned to this tracker and not fenced since.
         self._producers: dict[int, asyncio.Task] = {}
+        # partition -> (the generation it was fenced in, when): assigned, and fenced since.
+        self._fenced_in: dict[int, tuple[int | None, float]] = {}
 
     def transactional_id(self, partition: int) -> str:
         return f"{self.app_id}.results.{partition}"
@@ -77,14 +92,13 @@ class TransactionalResults:
         id is registered (fencing its previous owner), in the background; ready() waits for
         it."""
         for partition in partitions:
-            self._forget(partition)
-            registration = asyncio.ensure_future(self._registered(partition))
-            registration.add_done_callback(_retrieved)
-            self._producers[partition] = registration
+            self._fenced_in.pop(partition, None)
+            self._register(partition)
 
     def drop(self, partitions: Iterable[int]) -> None:
         """These partitions were revoked (or fenced): their producers are closed."""
         for partition in partitions:
+            self._fenced_in.pop(partition, None)
             self._forget(partition)
 
     async def ready(self, partition: int) -> None:
@@ -132,8 +146,17 @@ class TransactionalResults:
         if registration is not None:
             _retire(registration)
 
+    def _register(self, partition: int) -> None:
+        self._forget(partition)
+        registration = asyncio.ensure_future(self._registered(partition))
+        registration.add_done_callback(_retrieved)
+        self._producers[partition] = registration
+
     def _fenced(self, partition: int, cause: BaseException):
         self._forget(partition)
+        generation, recorded = self.generation(), self._fenced_in.get(partition)
+        if recorded is None or recorded[0] != generation:
+            self._fenced_in[partition] = (generation, self.clock())
         raise Fenced(self.transactional_id(partition)) from cause
 
     async def _registered(self, partition: int) -> AIOKafkaProducer:
@@ -144,6 +167,8 @@ class TransactionalResults:
                                  retry=retry_if_exception(_transient))
         async for attempt in retrying:
             with attempt:
+                while not self.in_group():  # a stopped tracker's: it would fence the owner
+                    await asyncio.sleep(0.25)  # (the rejoin's assignment replaces it)
                 producer = AIOKafkaProducer(**self.connection,
                                             transactional_id=self.transactional_id(partition))
                 try:
@@ -155,9 +180,12 @@ class TransactionalResults:
 
     async def _producer(self, partition: int) -> AIOKafkaProducer:
         registration = self._producers.get(partition)
+        if registration is None and self._still_owned(partition):
+            self._register(partition)
+            registration = self._producers[partition]
         if registration is None:
             raise Fenced(f"{self.transactional_id(partition)}: partition {partition} is not "
-                         f"assigned to this tracker")
+                         f"this tracker's now")
         try:
             return await asyncio.wait_for(asyncio.shield(registration),
                                           self.register_timeout_s)
@@ -173,6 +201,23 @@ class TransactionalResults:
                 f"to publish results within {self.register_timeout_s:g} s: {describe(exc)} "
                 f"(RESTYLE_RESULT_TRANSACTIONS needs a broker with transactions; Tansu has "
                 f"none)")) from exc
+
+    def _still_owned(self, partition: int) -> bool:
+        """Fenced on a partition it still owns: another tracker registered the partition's id
+        without owning it (one stopped while its registration was under way, which went out
+        once it woke). A tracker that is out of its group learns so at its next heartbeat and
+        rejoins, in a new generation; one still in the generation it was fenced in after
+        reclaim_after_s (twice the session timeout), heartbeating all along, is the owner, and
+        takes the id back."""
+        generation, since = self._fenced_in.get(partition, (None, None))
+        if since is None or generation != self.generation() or not self.in_group() or \
+                self.clock() - since < self.reclaim_after_s:
+            return False
+        log.warning("%s was registered by another tracker while this one stayed the "
+                    "partition's owner (generation %s, for %.0f s since): taken back",
+                    self.transactional_id(partition), generation, self.clock() - since)
+        del self._fenced_in[partition]
+        return True
 
     async def _settled(self, partition: int, producer: AIOKafkaProducer,
                        timeout_s: float) -> None:

@@ -41,8 +41,11 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     app, board, settings = rt.app, tables.board, rt.settings
     # Fencing (RESTYLE_RESULT_TRANSACTIONS): a partition's transactional id is registered
     # before its results are read, and only committed results count.
-    transactional = TransactionalResults(client_options(settings), rt.topics.results,
-                                         settings.app_id) \
+    transactional = TransactionalResults(
+        client_options(settings), rt.topics.results, settings.app_id,
+        generation=lambda: app.consumer_generation_id,
+        in_group=lambda: not rt.pauses.out_of_group(),
+        reclaim_after_s=2 * settings.session_timeout_s) \
         if settings.result_transactions else None
     published = PublishedResults(
         client_options(settings), rt.topics.results, settings.clock_skew_s,
@@ -100,6 +103,11 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         latest = transition.state or step.current  # the job's state after this event
         if transition.result is not None and transition.result.status == "cancelled":
             await stop_work(event.job_id, event.by or "an upstream system", event.at)
+        if rt.pauses.out_of_group():
+            # The worker was stopped while it handled this event, past its session timeout:
+            # the partition's new owner handles it, with the state it has (this one's may be
+            # stale), and this one writes nothing (streams/core/pauses.py).
+            return
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event, and the replay finds the result published.
@@ -108,13 +116,15 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
                 if not already:
                     await publish(transition.result, message)
             except Fenced:
-                # This tracker lost the partition without knowing it (a long pause): its new
-                # owner handles the event and publishes the result. Nothing is stored here,
-                # and the acknowledgement commits nothing: the group refuses a commit from a
-                # member it dropped (or, rejoined, from a generation before its own).
-                log.warning("job %s: another tracker has taken partition %d of %s; it "
-                            "publishes the job's result, not this one", event.job_id,
+                # Another tracker registered the partition's transactional id: this one lost
+                # the partition without knowing it (a long pause), or (rarely) a stopped
+                # tracker's registration went out late. Nothing is published or stored here,
+                # and the event is left uncommitted: it comes again to the partition's owner
+                # (fencing.py).
+                log.warning("job %s: another tracker has registered partition %d of %s; "
+                            "the event is left to the partition's owner", event.job_id,
                             message.partition, message.topic)
+                rt.app.consumer.hold_back(message)
                 return
             if not already:
                 # Counted once per job, with its result (not again for a replay).
@@ -130,6 +140,8 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
                     at=time.time(), outcome=image_outcome(transition.result)),
                     acknowledged=True)
         if transition.state is not None:
+            if rt.pauses.out_of_group():  # (stopped while it published: as above)
+                return
             board.keep(step)
             if not transition.state.status.terminal:
                 active.add(event.job_id)

@@ -8,18 +8,17 @@ transactions: Apache Kafka only (Tansu has none).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import ProducerFenced
 
 from schemas import StageFailure
 from streams.tracking.fencing import Fenced, TransactionalResults
 from streams.tracking.published import PublishedResults, results_written_since
+from tests.streams.tracking.test_published_e2e import result, results_topic
 from tests.conftest import on_one_broker
 
 
@@ -29,22 +28,6 @@ def kafka(e2e) -> str:
     if e2e.broker == "tansu":
         pytest.skip("Tansu has no transactions (RESTYLE_RESULT_TRANSACTIONS stays off there)")
     return e2e.stack.endpoints["kafka_bootstrap"]
-
-
-def result(job_id: str, finished_at: float) -> bytes:
-    return json.dumps({"job_id": job_id, "status": "done", "finished_at": finished_at,
-                       "schema_version": 1}).encode()
-
-
-async def new_results_topic(bootstrap: str) -> str:
-    topic = f"results-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        await admin.close()
-    return topic
 
 
 class Tracker:
@@ -72,7 +55,7 @@ def test_a_tracker_that_lost_its_partition_is_fenced_and_its_successor_publishes
     now = time.time()
 
     async def scenario():
-        topic = await new_results_topic(kafka)
+        topic = await results_topic(kafka, [])
         app_id = f"fencing-{uuid.uuid4().hex[:6]}"
         a, b = Tracker(kafka, topic, app_id), Tracker(kafka, topic, app_id)
         try:
@@ -106,6 +89,40 @@ def test_a_tracker_that_lost_its_partition_is_fenced_and_its_successor_publishes
                        {("job-3", now)}]
 
 
+def test_an_owner_fenced_by_a_late_registration_takes_the_partition_back(kafka):
+    """Tracker A, stopped while its registration of partition 0 was under way, registers it
+    once it wakes, after B has taken the partition: B's next publish is refused. B is still
+    in the generation it was fenced in once its reclaim time has passed (it heartbeats all
+    along): it owns the partition, takes the id back, and publishes; A is refused."""
+    now = time.time()
+
+    async def scenario():
+        topic = await results_topic(kafka, [])
+        app_id = f"fencing-{uuid.uuid4().hex[:6]}"
+        a, b = Tracker(kafka, topic, app_id), Tracker(kafka, topic, app_id)
+        b.results.reclaim_after_s = 1.0
+        try:
+            b.results.take([0])
+            await b.results.ready(0)
+            a.results.take([0])  # the late registration
+            await a.results.ready(0)
+            with pytest.raises(Fenced):
+                await b.publish(0, "job-1", now)
+            with pytest.raises(Fenced):  # too soon to tell a zombie from an owner
+                await b.publish(0, "job-1", now)
+            await asyncio.sleep(1.0)
+            await b.publish(0, "job-1", now)
+            with pytest.raises(Fenced):
+                await a.publish(0, "job-1", now)
+            return await results_written_since({"bootstrap_servers": kafka}, topic, 0,
+                                               now - 60, "read_committed")
+        finally:
+            await a.results.close()
+            await b.results.close()
+
+    assert asyncio.run(scenario()) == {("job-1", now)}
+
+
 def test_a_result_left_in_an_open_transaction_is_aborted_when_the_partition_is_taken(kafka):
     """A's result was sent but its transaction not committed when A lost the partition: B's
     registration of the partition's transactional id aborts it, so B's read does not wait on
@@ -113,7 +130,7 @@ def test_a_result_left_in_an_open_transaction_is_aborted_when_the_partition_is_t
     now = time.time()
 
     async def scenario():
-        topic = await new_results_topic(kafka)
+        topic = await results_topic(kafka, [])
         app_id = f"fencing-{uuid.uuid4().hex[:6]}"
         zombie = AIOKafkaProducer(bootstrap_servers=kafka,
                                   transactional_id=f"{app_id}.results.0")
@@ -171,7 +188,7 @@ def test_a_publish_that_fails_leaves_no_transaction_open_for_the_next(kafka):
     now = time.time()
 
     async def scenario():
-        topic = await new_results_topic(kafka)
+        topic = await results_topic(kafka, [])
         tracker = Tracker(kafka, topic, f"fencing-{uuid.uuid4().hex[:6]}")
         try:
             tracker.results.take([0])
