@@ -3,13 +3,19 @@ faults, measured in one run on one stack.
 
     python bench/faults.py [--broker tansu|kafka] [--kills 20] [--outage-s 40]
                            [--every-s 1] [--rate 300] [--streams 500] [--broker-restarts 3]
-                           [--broker-down-s 5] [--only kills,duplicate,outage,status,sse,broker]
+                           [--broker-down-s 5] [--pauses 10] [--pause-s 25] [--no-fencing]
+                           [--only kills,duplicate,outage,status,sse,broker,pauses]
 
 - kills: a steady stream of jobs (a conditioned generation every `--every-s`); kill -9 a CPU
   worker at random moments, `--kills` times, then the GPU worker as often; each is started
   again at once (as a supervisor would). Counts lost jobs (no result), stuck jobs (not ended),
   duplicate result events (and whether the duplicates are identical) and images in storage
   that no result names. Targets: 0 lost, 0 stuck, 0 duplicates.
+- pauses: two CPU workers; SIGSTOP one of them for `--pause-s` (longer than the session
+  timeout: the group gives its partitions to the other, which replays the events it had not
+  committed), then SIGCONT, `--pauses` times. The woken worker still holds events the other
+  has handled: a "zombie" tracker. Counts duplicate results, with results fenced (Apache
+  Kafka: RESTYLE_RESULT_TRANSACTIONS, on by default there) or not (`--no-fencing`).
 - duplicate: a render request delivered twice (published again as it was) -> one render, one
   result.
 - outage: the S3 server stopped for `--outage-s` seconds in the middle of a batch, then
@@ -52,7 +58,7 @@ class Bench:
     """One stack, a producer, a collector of results and job events."""
 
     def __init__(self, broker: str, gpu_workers: int = 1, broker_storage: str = "memory",
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, cpu_workers: int = 1):
         import boto3
         from confluent_kafka import Producer
 
@@ -66,7 +72,8 @@ class Bench:
         self.stack = RestyleStack(
             Settings(state_dir=self.state, web_port=free_port(), embedded_broker=broker,
                      embedded_broker_storage=broker_storage),
-            models=str(models), gpu_workers=gpu_workers, trainer_workers=0, extra_env={
+            models=str(models), cpu_workers=cpu_workers, gpu_workers=gpu_workers,
+            trainer_workers=0, extra_env={
                 "RESTYLE_DEFAULT_STEPS": "2", "RESTYLE_DEFAULT_WIDTH": "64",
                 "RESTYLE_DEFAULT_HEIGHT": "64", "RESTYLE_CONDITION_MAX_SIDE": "64",
                 "RESTYLE_BACKGROUND_MAX_SIDE": "64", "HF_HUB_OFFLINE": "1",
@@ -233,22 +240,55 @@ def _same(a: dict, b: dict) -> bool:
         [i["uri"] for i in (b.get("result") or {}).get("images", [])]
 
 
+def under_stream(bench: Bench, prefix: str, every_s: float, settle_s: float, faults) -> dict:
+    """faults() runs while a job is submitted every every_s; then every job submitted is
+    accounted for (account()), with what faults() returned added."""
+    job_ids, stop, feeder = feed(bench, prefix, every_s)
+    try:
+        figures = faults()
+    finally:
+        stop.set()
+        feeder.join()
+    return {**account(bench, list(job_ids), settle_s=settle_s), **figures}
+
+
 def kills(bench: Bench, count: int, every_s: float, seed: int = 5) -> dict:
     rng = random.Random(seed)
-    job_ids, stop, feeder = feed(bench, "kill", every_s)
-    rows = {}
-    try:
+
+    def kill_each_worker() -> dict:
+        rows = {}
         for prefix in ("cpu-worker", "gpu-worker"):
             started = time.monotonic()
             for _ in range(count):
                 time.sleep(rng.uniform(2.0, 8.0))
                 bench.kill_and_restart(prefix)
             rows[prefix] = round(time.monotonic() - started, 1)
-    finally:
-        stop.set()
-        feeder.join()
-    summary = account(bench, list(job_ids), settle_s=2400)
-    summary["kill_phase_s"] = rows
+        return {"kill_phase_s": rows}
+
+    return under_stream(bench, "kill", every_s, 2400, kill_each_worker)
+
+
+def pauses(bench: Bench, count: int, pause_s: float, every_s: float, seed: int = 7) -> dict:
+    """SIGSTOP one of the two CPU workers for pause_s, then SIGCONT, `count` times, while jobs
+    stream: each time the group moves its partitions to the other while it sleeps, and it
+    wakes holding events the other has handled since."""
+    rng = random.Random(seed)
+
+    def pause_a_cpu_worker() -> dict:
+        paused_s = []
+        for _ in range(count):
+            time.sleep(rng.uniform(4.0, 10.0))
+            worker = bench.worker(f"cpu-worker-{rng.randrange(2)}")
+            worker.process.send_signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            time.sleep(pause_s)
+            worker.process.send_signal(signal.SIGCONT)
+            paused_s.append(round(time.monotonic() - stopped_at, 1))
+        time.sleep(10)
+        return {"paused_s": paused_s}
+
+    summary = under_stream(bench, "pause", every_s, 900, pause_a_cpu_worker)
+    summary["exits"] = list(bench.stack.stack.exits)  # a worker the pauses made exit
     return summary
 
 
@@ -278,9 +318,9 @@ def broker_restart(bench: Bench, restarts: int, down_s: float, seed: int = 11) -
     """kill -9 the broker mid-stream, `restarts` times, each time starting it again after
     down_s on its own storage: the jobs resume, none is lost."""
     rng = random.Random(seed)
-    job_ids, stop, feeder = feed(bench, "broker")
-    outages = []
-    try:
+
+    def restart_the_broker() -> dict:
+        outages = []
         for _ in range(restarts):
             time.sleep(rng.uniform(5.0, 15.0))
             broker = bench.worker("apache-kafka" if "kafka" in bench.stack.broker else "tansu")
@@ -291,13 +331,9 @@ def broker_restart(bench: Bench, restarts: int, down_s: float, seed: int = 11) -
             bench.start_again(broker)
             outages.append(round(time.monotonic() - down_at, 1))
         time.sleep(10)
-    finally:
-        stop.set()
-        feeder.join()
-    summary = account(bench, list(job_ids), settle_s=600)
-    summary["broker"] = bench.stack.broker
-    summary["broker_down_s"] = outages
-    return summary
+        return {"broker": bench.stack.broker, "broker_down_s": outages}
+
+    return under_stream(bench, "broker", 0.5, 600, restart_the_broker)
 
 
 def duplicate(bench: Bench) -> dict:
@@ -557,11 +593,16 @@ def main() -> None:
     parser.add_argument("--broker-restarts", type=int, default=3)
     parser.add_argument("--broker-down-s", type=float, default=5)
     parser.add_argument("--streams", type=int, default=500)
-    parser.add_argument("--only", default="kills,duplicate,outage,status,sse,broker")
+    parser.add_argument("--pauses", type=int, default=10)
+    # Longer than the bench stack's 10 s session timeout, with room for the rebalance.
+    parser.add_argument("--pause-s", type=float, default=25)
+    parser.add_argument("--no-fencing", action="store_true",
+                        help="RESTYLE_RESULT_TRANSACTIONS=false on Apache Kafka too")
+    parser.add_argument("--only", default="kills,duplicate,outage,status,sse,broker,pauses")
     args = parser.parse_args()
     chosen = set(args.only.split(","))
 
-    if chosen - {"broker"}:
+    if chosen - {"broker", "pauses"}:
         bench = warmed(Bench(args.broker))
         try:
             if "duplicate" in chosen:
@@ -583,6 +624,15 @@ def main() -> None:
         try:
             print("broker", json.dumps(broker_restart(bench, args.broker_restarts,
                                                       args.broker_down_s)), flush=True)
+        finally:
+            bench.close()
+    if "pauses" in chosen:
+        fencing = {"RESTYLE_RESULT_TRANSACTIONS": "false"} if args.no_fencing else {}
+        bench = warmed(Bench(args.broker, cpu_workers=2, extra_env=fencing))
+        try:
+            summary = pauses(bench, args.pauses, args.pause_s, args.every_s)
+            summary["fencing"] = bench.stack.env.get("RESTYLE_RESULT_TRANSACTIONS") == "true"
+            print("pauses", json.dumps(summary), flush=True)
         finally:
             bench.close()
 

@@ -2,6 +2,7 @@
 in-process with the same tiny models and the same S3 server, measured in one run.
 
     python bench/overhead.py [--jobs 12] [--warmup 2] [--steps 2] [--size 64]
+                             [--broker tansu|kafka] [--split] [--no-fencing]
 
 Jobs alternate between the two paths. Prints the median end-to-end latency both ways, their
 ratio and the per-job overhead (targets: <= 1.15x and <= 60 ms), the CPU time each process
@@ -119,6 +120,9 @@ def main() -> None:
     parser.add_argument("--split", action="store_true",
                         help="one topic per stage (RESTYLE_CHAIN_STAGES=false), as before "
                              "chaining")
+    parser.add_argument("--no-fencing", action="store_true",
+                        help="results without transactions on Apache Kafka too "
+                             "(RESTYLE_RESULT_TRANSACTIONS=false): what fencing costs")
     args = parser.parse_args()
     if args.size % 8:
         parser.error("--size must be a multiple of 8 (Stable Diffusion's latent grid)")
@@ -139,7 +143,8 @@ def main() -> None:
     # The render every job asks for, on both paths (the workers read it as their defaults).
     render = {"RESTYLE_DEFAULT_STEPS": str(args.steps), "RESTYLE_DEFAULT_WIDTH": str(args.size),
               "RESTYLE_DEFAULT_HEIGHT": str(args.size)}
-    workers_env = {**render, "RESTYLE_CHAIN_STAGES": "false" if args.split else "true"}
+    workers_env = {**render, "RESTYLE_CHAIN_STAGES": "false" if args.split else "true",
+                   **({"RESTYLE_RESULT_TRANSACTIONS": "false"} if args.no_fencing else {})}
     work = Path(tempfile.mkdtemp(prefix="restyle-bench-"))
     models_dir = build_tiny_models(work / "models")
     os.environ.update(render)
@@ -297,8 +302,9 @@ def main() -> None:
         print(f"Kafka records written per job: {statistics.median(records):.0f} (median; "
               f"every topic, changelogs included); broker CPU per job: "
               f"{broker_cpu / args.jobs:.1f} ms")
+        fenced = stack.env.get("RESTYLE_RESULT_TRANSACTIONS") == "true"
         print(f"overhead: ratio={kafka / local:.3f}x per_job_ms={kafka - local:.1f} "
-              f"broker={args.broker}")
+              f"broker={args.broker}" + (" results=transactional" if fenced else ""))
     finally:
         stack.stop()
 
