@@ -47,8 +47,9 @@ faust's fetch loop also gives up delivering a message when the flow is suspended
 reads on past it; the commit then moved past it once the next ones were processed (faust
 compares what was acknowledged with the committed offset one off, so the message at the
 committed offset itself can be passed over), or, with none after it, stayed below it for good:
-the fault bench's paused CPU worker lost uploads both ways. Such a message is held back
-(_delivering). And faust counts offsets its fetch loop jumps over as acknowledged (a compacted
+the fault bench's paused CPU worker lost uploads both ways. A message delivered while faust
+rebuilds its topic index after a rebalance reaches no stream at all, with the same outcome.
+Such messages are held back (_delivering). And faust counts offsets its fetch loop jumps over as acknowledged (a compacted
 log, transaction markers); its seek back to the committed offset can make a jump out of
 messages handed on their way: those are held back too, not counted (_add_gap).
 """
@@ -114,6 +115,7 @@ class _Partition:
     fetched_to: int | None = None  # the highest offset fetched since the last seek
     eligible_since: float | None = None  # when the fetch was first seen past a held-back one
     refetch_from: int | None = None  # a fetch from here is due, made between two fetches
+    astray_since: tuple[int, float] | None = None  # (the committed offset, since when) astray
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -123,18 +125,25 @@ class _Consumer(faust_aiokafka.Consumer):
 
     def _delivering(self, deliver):
         """faust's delivery of a fetched message to its stream, which its fetch loop gives up
-        on when the flow is suspended first (a rebalance; the topic index being rebuilt holds
-        the delivery up), reading on past the message as if delivered: then it is held back,
-        and comes again."""
+        on when the flow is suspended first (a rebalance), or which reaches no stream (the
+        topic index being rebuilt), its fetch loop reading on past the message as if
+        delivered: then it is held back, and comes again."""
         acks_enabled_for = self.app.topics.acks_enabled_for
 
         async def callback(message):
             try:
-                return await deliver(message)
+                delivered = await deliver(message)
             except asyncio.CancelledError:
                 if acks_enabled_for(message.topic):
                     self._hold_back(message.tp, message.offset)
                 raise
+            if message.refcount <= 0 and not message.acked and \
+                    acks_enabled_for(message.topic):
+                # No stream took it: faust delivers to the topic's channels as its index has
+                # them, and the index is rebuilt after a rebalance ("Updating subscribed
+                # topics"); a message delivered in between goes nowhere.
+                self._hold_back(message.tp, message.offset)
+            return delivered
         return callback
 
     def _new_consumer_thread(self):
@@ -182,6 +191,11 @@ class _Consumer(faust_aiokafka.Consumer):
         committed = self._committed_offset.get(tp)
         if committed is not None:  # committed already (an earlier owner processed it)
             held.difference_update([offset for offset in held if offset < committed])
+            if self._acked[tp] and committed not in self._acked_index[tp] and \
+                    not self._gap[tp].overlaps(committed):
+                # The committed offset is the next one to process: nothing moves until it is
+                # done (faust's own check lets the run start one above it).
+                return None
         if not held:
             return super()._new_offset(tp)
         floor = min(held)
@@ -272,6 +286,7 @@ class _Consumer(faust_aiokafka.Consumer):
         if self.should_stop or self.app.rebalancing or not self.app.flow_control.is_active():
             return  # the seek that ends the rebalance brings it back
         now = time.monotonic()
+        self._find_astray(now)
         for book in self._books().values():
             waiting = book.held_back - book.redelivering
             if not waiting or book.fetched_to is None or book.fetched_to < min(waiting):
@@ -282,6 +297,35 @@ class _Consumer(faust_aiokafka.Consumer):
             if now - book.eligible_since >= REDELIVER_AFTER_S:
                 book.eligible_since = None
                 book.refetch_from = min(waiting)
+
+    def _find_astray(self, now: float) -> None:
+        """The message at a partition's committed offset, neither acknowledged, nor held back,
+        nor in a stream's hands, while a later one has been acknowledged: the commit waits on
+        it. Handed to the streams, it went astray on its way by some path not caught above:
+        after REDELIVER_AFTER_S it is held back, and so fetched again. Passed by the fetch
+        without ever coming, there is no record at that offset (a hole in the log, which
+        faust's gap bookkeeping never covers at the committed offset itself): it counts as a
+        gap."""
+        in_hand = {(message.tp, message.offset) for message in list(self._unacked_messages)}
+        for tp, book in self._books().items():
+            committed = self._committed_offset.get(tp)
+            acked = self._acked[tp]
+            waiting = committed is not None and bool(acked) and min(acked) > committed and \
+                committed not in book.held_back and (tp, committed) not in in_hand and \
+                not self._gap[tp].overlaps(committed) and \
+                (committed in book.handed or (book.fetched_to or -1) > committed)
+            if not waiting:
+                book.astray_since = None
+            elif book.astray_since is None or book.astray_since[0] != committed:
+                book.astray_since = (committed, now)
+            elif now - book.astray_since[1] >= REDELIVER_AFTER_S:
+                book.astray_since = None
+                if committed in book.handed:
+                    log.warning("%s offset %d was handed to its stream and never processed, "
+                                "while later ones were: fetched again", tp, committed)
+                    self._hold_back(tp, committed)
+                else:  # the fetch went past it without it: no record there (a log's hole)
+                    self._gap[tp].addi(committed, committed + 1)
 
     async def _fetch_again_where_due(self) -> None:
         due = [(tp, book) for tp, book in self._books().items() if book.refetch_from is not None]

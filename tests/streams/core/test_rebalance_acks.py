@@ -395,3 +395,67 @@ def test_faust_alone_commits_past_the_message_at_the_committed_offset():
             fetched(offset, generation=2).ack(consumer)
         return consumer._new_offset(PARTITION)
     assert asyncio.run(scenario()) == 45
+
+
+def test_a_message_no_stream_took_is_held_back():
+    """faust's delivery to the topic's channels as its index has them: while the index is
+    rebuilt after a rebalance, a message can go to none (it returns all the same)."""
+    async def scenario():
+        restyle_consumer.use_fetch_max_wait(20)
+        app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
+        app.flow_control.resume()
+        consumer._committed_offset[PARTITION] = 24
+
+        async def to_no_channel(message):
+            return None
+
+        async def to_a_stream(message):
+            message.incref()
+
+        consumer.callback = consumer._delivering(to_no_channel)
+        await consumer.callback(fetched(24, generation=2))
+        consumer.callback = consumer._delivering(to_a_stream)
+        delivered = fetched(25, generation=2)
+        await consumer.callback(delivered)
+        delivered.ack(consumer)
+        return consumer._new_offset(PARTITION), sorted(consumer._book(PARTITION).held_back)
+
+    assert asyncio.run(scenario()) == (None, [24])
+
+
+async def commit_after_a_message_goes_astray(handed_it: bool, monkeypatch):
+    """The committed offset is 42; 43 and 44 are processed, 42 never is (handed_it: it was
+    handed to the stream and went astray; else the fetch never brought a record at 42).
+    Returns (the commit then, the seeks made, the commit after the watch's two looks and,
+    when fetched again, 42 processed)."""
+    restyle_consumer.use_fetch_max_wait(20)
+    app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
+    app.flow_control.resume()
+    consumer._thread = ConsumerThreadSeeks()
+    consumer._committed_offset[PARTITION] = 42
+    answering_fetches_with(consumer, [42, 43, 44] if handed_it else [43, 44])
+    await handed_to_streams(consumer)
+    for offset in (43, 44):
+        fetched(offset, generation=2).ack(consumer)
+    first = consumer._new_offset(PARTITION)
+    monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", 0.0)
+    for _ in range(3):  # the commit timer's looks
+        consumer._plan_fetches_again()
+    if handed_it:
+        answering_fetches_with(consumer, [42, 43, 44])
+        for offset in await handed_to_streams(consumer):
+            fetched(offset, generation=2).ack(consumer)
+    return first, consumer._thread.seeks, consumer._new_offset(PARTITION)
+
+
+def test_a_message_at_the_committed_offset_that_went_astray_is_fetched_again():
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        first, seeks, then = asyncio.run(commit_after_a_message_goes_astray(True, monkeypatch))
+    assert first is None  # never past 42 while it is not processed
+    assert seeks == [(PARTITION, 42)] and then == 45
+
+
+def test_a_hole_in_the_log_at_the_committed_offset_does_not_hold_the_commit():
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        first, seeks, then = asyncio.run(commit_after_a_message_goes_astray(False, monkeypatch))
+    assert first is None and seeks == [] and then == 45
