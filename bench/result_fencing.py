@@ -1,0 +1,84 @@
+"""What fencing costs a result (RESTYLE_RESULT_TRANSACTIONS): publishing one result in its own
+transaction against one acknowledged send, on a fresh Apache Kafka, measured in one run.
+
+    python bench/result_fencing.py [--results 300]
+
+The two ways alternate, one result at a time (the tracker publishes results one by one), so the
+machine's noise falls on both alike. Prints the median and p95 per result each way and their
+ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+async def measure(bootstrap: str, results: int) -> dict[str, list[float]]:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from streams.tracking.fencing import TransactionalResults
+
+    topic = f"results-{uuid.uuid4().hex[:6]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    plain = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    fenced = TransactionalResults({"bootstrap_servers": bootstrap}, topic, "bench")
+    await plain.start()
+    fenced.take([0])
+    await fenced.ready(0)
+    timings: dict[str, list[float]] = {"acknowledged send": [], "transaction": []}
+    try:
+        for n in range(results + 10):  # the first 10 of each warm up
+            value = b'{"job_id": "bench-%d", "status": "done"}' % n
+            started = time.perf_counter()
+            await plain.send_and_wait(topic, value, key=b"bench-%d" % n, partition=0)
+            sent = time.perf_counter()
+            await fenced.publish(0, b"bench-%d" % n, value, [])
+            done = time.perf_counter()
+            if n >= 10:
+                timings["acknowledged send"].append((sent - started) * 1000)
+                timings["transaction"].append((done - sent) * 1000)
+    finally:
+        await plain.stop()
+        await fenced.close()
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=int, default=300)
+    args = parser.parse_args()
+    from streams.stack.apache_kafka import start_apache_kafka
+
+    work = Path(tempfile.mkdtemp(prefix="restyle-fencing-"))
+    service, bootstrap = start_apache_kafka(work / "kafka", work / "logs")
+    try:
+        timings = asyncio.run(measure(bootstrap, args.results))
+    finally:
+        service.stop()
+    for way, ms in timings.items():
+        p95 = statistics.quantiles(ms, n=20)[-1]
+        print(f"{way:>18}: median {statistics.median(ms):6.2f} ms, p95 {p95:6.2f} ms "
+              f"({len(ms)} results)")
+    ratio = statistics.median(timings["transaction"]) / \
+        statistics.median(timings["acknowledged send"])
+    extra = statistics.median(timings["transaction"]) - \
+        statistics.median(timings["acknowledged send"])
+    print(f"fencing: ratio={ratio:.2f}x extra_ms_per_result={extra:.2f}")
+
+
+if __name__ == "__main__":
+    main()
