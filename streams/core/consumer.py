@@ -300,20 +300,26 @@ class _Consumer(faust_aiokafka.Consumer):
 
     def _find_astray(self, now: float) -> None:
         """The message at a partition's committed offset, neither acknowledged, nor held back,
-        nor in a stream's hands, while a later one has been acknowledged: the commit waits on
-        it. Handed to the streams, it went astray on its way by some path not caught above:
+        nor in a stream's hands, while a later one has been acknowledged or its stream has
+        nothing in hand (it would have taken it): the commit waits on it. Handed to the streams, it went astray on its way by some path not caught above:
         after REDELIVER_AFTER_S it is held back, and so fetched again. Passed by the fetch
         without ever coming, there is no record at that offset (a hole in the log, which
         faust's gap bookkeeping never covers at the committed offset itself): it counts as a
         gap."""
-        in_hand = {(message.tp, message.offset) for message in list(self._unacked_messages)}
+        unacked = list(self._unacked_messages)
+        in_hand = {(message.tp, message.offset) for message in unacked}
+        busy_topics = {message.topic for message in unacked}
         for tp, book in self._books().items():
             committed = self._committed_offset.get(tp)
             acked = self._acked[tp]
-            waiting = committed is not None and bool(acked) and min(acked) > committed and \
-                committed not in book.held_back and (tp, committed) not in in_hand and \
-                not self._gap[tp].overlaps(committed) and \
-                (committed in book.handed or (book.fetched_to or -1) > committed)
+            if committed is None or committed in book.held_back or \
+                    (tp, committed) in in_hand or self._gap[tp].overlaps(committed):
+                waiting = False
+            elif acked:  # later ones done: it is not queued behind them
+                waiting = min(acked) > committed and \
+                    (committed in book.handed or (book.fetched_to or -1) > committed)
+            else:  # the last one fetched: astray if its stream is idle (it would take it)
+                waiting = committed in book.handed and tp.topic not in busy_topics
             if not waiting:
                 book.astray_since = None
             elif book.astray_since is None or book.astray_since[0] != committed:

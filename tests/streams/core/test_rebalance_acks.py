@@ -459,3 +459,31 @@ def test_a_hole_in_the_log_at_the_committed_offset_does_not_hold_the_commit():
     with pytest.MonkeyPatch.context() as monkeypatch:
         first, seeks, then = asyncio.run(commit_after_a_message_goes_astray(False, monkeypatch))
     assert first is None and seeks == [] and then == 45
+
+
+def test_the_last_message_fetched_that_went_astray_is_fetched_again_once_its_stream_is_idle():
+    async def scenario(monkeypatch):
+        restyle_consumer.use_fetch_max_wait(20)
+        app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
+        app.flow_control.resume()
+        consumer._thread = ConsumerThreadSeeks()
+        consumer._committed_offset[PARTITION] = 76
+        answering_fetches_with(consumer, [76])
+        await handed_to_streams(consumer)
+        monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", 0.0)
+        busy = fetched(70, generation=2)  # another message of the topic, in its stream's hands
+        consumer._unacked_messages.add(busy)
+        for _ in range(3):
+            consumer._plan_fetches_again()
+        while_busy = list(consumer._thread.seeks)
+        consumer._unacked_messages.discard(busy)
+        for _ in range(3):
+            consumer._plan_fetches_again()
+        answering_fetches_with(consumer, [76])
+        again = await handed_to_streams(consumer)
+        return while_busy, consumer._thread.seeks, again
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        while_busy, seeks, again = asyncio.run(scenario(monkeypatch))
+    assert while_busy == []  # it may be queued behind what the stream is doing
+    assert seeks == [(PARTITION, 76)] and again == [76]
