@@ -347,17 +347,24 @@ def test_restyle_fetches_dropped_messages_again_before_committing_past_them():
     assert then == [9, 10]  # processed at last: 4..9 committed
 
 
+def restyle_consumer_at(committed: int):
+    """restyle's consumer, its flow resumed after a rebalance, the partition committed up to
+    `committed` (the next offset to process), its seeks written down."""
+    restyle_consumer.use_fetch_max_wait(20)
+    app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
+    app.flow_control.resume()
+    consumer._thread = ConsumerThreadSeeks()
+    consumer._committed_offset[PARTITION] = committed
+    return app, consumer
+
+
 def test_a_message_whose_delivery_faust_gave_up_on_is_held_back_and_fetched_again():
     """faust's fetch loop abandons delivering offset 42 (the flow was suspended first) and
     reads on: 43 and 44 are processed. faust alone would commit 45 (its check of what was
     acknowledged against the committed offset, 42, is one off); restyle holds the commit at
     42 and fetches the partition again from it."""
     async def scenario(monkeypatch):
-        restyle_consumer.use_fetch_max_wait(20)
-        app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
-        app.flow_control.resume()
-        consumer._thread = ConsumerThreadSeeks()
-        consumer._committed_offset[PARTITION] = 42
+        app, consumer = restyle_consumer_at(42)
 
         async def stream_never_takes_it(message):
             await asyncio.Event().wait()
@@ -428,11 +435,7 @@ async def commit_after_a_message_goes_astray(handed_it: bool, monkeypatch):
     handed to the stream and went astray; else the fetch never brought a record at 42).
     Returns (the commit then, the seeks made, the commit after the watch's two looks and,
     when fetched again, 42 processed)."""
-    restyle_consumer.use_fetch_max_wait(20)
-    app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
-    app.flow_control.resume()
-    consumer._thread = ConsumerThreadSeeks()
-    consumer._committed_offset[PARTITION] = 42
+    app, consumer = restyle_consumer_at(42)
     answering_fetches_with(consumer, [42, 43, 44] if handed_it else [43, 44])
     await handed_to_streams(consumer)
     for offset in (43, 44):
@@ -463,11 +466,7 @@ def test_a_hole_in_the_log_at_the_committed_offset_does_not_hold_the_commit():
 
 def test_the_last_message_fetched_that_went_astray_is_fetched_again_once_its_stream_is_idle():
     async def scenario(monkeypatch):
-        restyle_consumer.use_fetch_max_wait(20)
-        app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
-        app.flow_control.resume()
-        consumer._thread = ConsumerThreadSeeks()
-        consumer._committed_offset[PARTITION] = 76
+        app, consumer = restyle_consumer_at(76)
         answering_fetches_with(consumer, [76])
         await handed_to_streams(consumer)
         monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", 0.0)
