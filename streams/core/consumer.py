@@ -49,9 +49,10 @@ compares what was acknowledged with the committed offset one off, so the message
 committed offset itself can be passed over), or, with none after it, stayed below it for good:
 the fault bench's paused CPU worker lost uploads both ways. A message delivered while faust
 rebuilds its topic index after a rebalance reaches no stream at all, with the same outcome.
-Such messages are held back (_delivering). And faust counts offsets its fetch loop jumps over as acknowledged (a compacted
-log, transaction markers); its seek back to the committed offset can make a jump out of
-messages handed on their way: those are held back too, not counted (_add_gap).
+Such messages are held back (_delivering). And faust counts offsets its fetch loop jumps over
+as acknowledged (a compacted log, transaction markers); its seek back to the committed offset
+can make a jump out of messages handed on their way: those are held back too, not counted
+(_add_gap).
 """
 from __future__ import annotations
 
@@ -131,14 +132,14 @@ class _Consumer(faust_aiokafka.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
 
         async def callback(message):
+            acking = acks_enabled_for(message.topic)
             try:
                 delivered = await deliver(message)
             except asyncio.CancelledError:
-                if acks_enabled_for(message.topic):
+                if acking:
                     self._hold_back(message.tp, message.offset)
                 raise
-            if message.refcount <= 0 and not message.acked and \
-                    acks_enabled_for(message.topic):
+            if acking and message.refcount <= 0 and not message.acked:
                 # No stream took it: faust delivers to the topic's channels as its index has
                 # them, and the index is rebuilt after a rebalance ("Updating subscribed
                 # topics"); a message delivered in between goes nowhere.
@@ -301,8 +302,9 @@ class _Consumer(faust_aiokafka.Consumer):
     def _find_astray(self, now: float) -> None:
         """The message at a partition's committed offset, neither acknowledged, nor held back,
         nor in a stream's hands, while a later one has been acknowledged or its stream has
-        nothing in hand (it would have taken it): the commit waits on it. Handed to the streams, it went astray on its way by some path not caught above:
-        after REDELIVER_AFTER_S it is held back, and so fetched again. Passed by the fetch
+        nothing in hand (it would have taken it): the commit waits on it. Handed to the
+        streams, it went astray on its way by some path not caught above: after
+        REDELIVER_AFTER_S it is held back, and so fetched again. Passed by the fetch
         without ever coming, there is no record at that offset (a hole in the log, which
         faust's gap bookkeeping never covers at the committed offset itself): it counts as a
         gap."""

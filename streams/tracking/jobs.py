@@ -64,8 +64,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         stopped before it stored the job's end."""
         if message is None or not published.may_be_replayed(message.timestamp):
             return False
-        if transactional is not None:  # Fenced here: another tracker has the partition now
-            await transactional.ready(message.partition)
+        # (Fenced here, from the read's before_read: another tracker has the partition now.)
         found = await published.contains(message.partition, result.job_id, result.finished_at,
                                          message.timestamp)
         if found:

@@ -104,7 +104,10 @@ class PublishedResults:
                        written_at: float) -> bool | None:
         """Whether a result of job_id that finished at finished_at is on the results topic's
         partition (written_at: when the event that ended the job was written, in seconds);
-        None when it could not be read (not tried again until the next assignment)."""
+        None when it could not be read (not tried again until the next assignment). What
+        before_read raises is raised (fencing.Fenced: another tracker has the partition)."""
+        if self.before_read is not None:
+            await self.before_read(partition)
         if self._unreadable:
             return None
         since = written_at - self.clock_skew_s
@@ -131,6 +134,8 @@ class PublishedResults:
         an acknowledgement, is on the partition after all. False when it is not, or when the
         partition cannot be read either (the broker is likely gone: the caller fails)."""
         try:
+            if self.before_read is not None:
+                await self.before_read(partition)
             written = await asyncio.wait_for(
                 self._written_since(partition, sent_at - self.clock_skew_s), READ_TIMEOUT_S)
         except asyncio.CancelledError:
@@ -143,8 +148,6 @@ class PublishedResults:
         return (job_id, finished_at) in written
 
     async def _written_since(self, partition: int, since: float) -> set[tuple[str, float]]:
-        if self.before_read is not None:
-            await self.before_read(partition)
         return await results_written_since(self.connection, self.topic, partition, since,
                                            self.isolation_level)
 
