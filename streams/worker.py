@@ -81,7 +81,7 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantL
     if settings.lag_interval_s > 0:
         rt.app.timer(interval=settings.lag_interval_s)(lag.LagReport(settings).report)
     index = open_index(settings)
-    tables = open_tables(rt.app, settings)
+    tables = open_tables(rt.app, settings, guard=rt.pauses.ensure_in_group)
     intake.register(rt)
     for pipeline in PIPELINES.values():
         pipeline.register(rt, models, index)

@@ -55,11 +55,25 @@ class KeptTopic:
         return done
 
 
+class KeptConsumer:
+    """What the runtime tells the consumer: the messages it holds back (never committed; a
+    broker gives them again to the partition's owner)."""
+
+    def __init__(self):
+        self.held: list[Message] = []
+
+    def hold_back(self, message: Message) -> None:
+        self.held.append(message)
+
+
 class KeptApp:
-    """The part of a faust app the agents touch at registration."""
+    """The part of a faust app the agents touch."""
+
+    consumer_generation_id = 1
 
     def __init__(self, runtime: "InProcessRuntime"):
         self.runtime = runtime
+        self.consumer = KeptConsumer()
 
     def topic(self, name: str, **_options) -> KeptTopic:
         return self.runtime.topic_named(name)

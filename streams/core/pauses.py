@@ -21,6 +21,13 @@ soon as its heartbeat is refused) it works as before. A shorter stop is not acte
 only just longer than the session timeout may have left the worker in its group after all (a
 heartbeat sent just before it): if no new generation has come twice the session timeout after
 the wake, the worker works on in the one it is in, and what it held back comes again to it.
+
+A stop can also come in the middle of a message. So what a worker writes for a message asks
+again first (ensure_in_group): every table write (streams/tracking/tables.py), a result, a
+notification. Once out of its group, the write raises OutOfGroup, and the message is held back
+like the ones after it: nothing of it is committed, and its new owner handles it whole. (A write
+already handed to the producer before the stop still goes out: only the broker's transactions
+fence those, which restyle uses for results: streams/tracking/fencing.py.)
 """
 from __future__ import annotations
 
@@ -39,6 +46,11 @@ def _clock() -> float:
     """Seconds that go on while the host is suspended, where the platform counts them."""
     boottime = getattr(time, "CLOCK_BOOTTIME", None)
     return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
+
+
+class OutOfGroup(Exception):
+    """The worker was stopped past its session timeout while it handled a message: it writes
+    nothing more for it (the runtime holds the message back for the partition's owner)."""
 
 
 class PauseWatch:
@@ -88,6 +100,13 @@ class PauseWatch:
                         self._dropped_in)
             self._dropped_in = None
             return False
+
+    def ensure_in_group(self) -> None:
+        """Before a write for the message being handled: raise OutOfGroup if the worker was
+        stopped out of its group since it took the message."""
+        if self.out_of_group():
+            raise OutOfGroup(f"this worker is out of its group (generation "
+                             f"{self._dropped_in} ended for it while it was stopped)")
 
     def _watch(self) -> None:
         while True:

@@ -27,7 +27,7 @@ from streams.adapters.retries import describe, retry_policy
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.kafka import client_options
-from streams.core.pauses import PauseWatch
+from streams.core.pauses import OutOfGroup, PauseWatch
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.core import tracing
 from streams.core.compacted import CompactedView
@@ -293,6 +293,13 @@ class Runtime:
             await self._handle(stage, event, model, handler, fail_jobs, on_failure,
                                on_undecodable, follows_cancellations, deaths)
             return
+        except OutOfGroup as out:
+            # Stopped in the middle of it: what it wrote before the stop stands (a new owner
+            # writes the same again), the rest is its new owner's (pauses.py).
+            log.warning("%s: %s; message %s[%d]@%d is left to the partition's owner", stage,
+                        out, message.topic, message.partition, message.offset)
+            self.app.consumer.hold_back(message)
+            return
         except HandedBack as back:
             log.info("%s: handed back (the worker is shutting down)", stage)
             job_id = back.args[0] if back.args else None
@@ -384,7 +391,7 @@ class Runtime:
                         STAGE_OUTCOMES.labels(stage, "cancelled").inc()
                         log.info("job %s was cancelled during %s: stopped", job_id, stage)
                         return []
-                    except (asyncio.CancelledError, HandedBack):
+                    except (asyncio.CancelledError, HandedBack, OutOfGroup):
                         raise
                     except Exception as exc:  # a bug or a model error: the worker lives
                         if attempt < attempts and not self.cancelled(job_id):
@@ -471,6 +478,11 @@ class Runtime:
             STAGE_OUTCOMES.labels(stage, "ok").inc(len(decoded))
         except asyncio.CancelledError:
             raise
+        except OutOfGroup as out:  # (as in handle: the whole batch is the owner's)
+            log.warning("%s: %s; a batch of %d is left to the partitions' owners", stage, out,
+                        len(decoded))
+            for event, _ in decoded:
+                self.app.consumer.hold_back(event.message)
         except Exception as exc:  # a bug: keep every message of the batch, the worker lives
             STAGE_OUTCOMES.labels(stage, "error").inc(len(decoded))
             log.exception("unexpected error in %s on a batch of %d", stage, len(decoded))

@@ -156,6 +156,9 @@ async def report_and_notify(rt: Runtime, tables: Tables, state: BatchState,
                 raise
             await asyncio.sleep(attempt)
     notification = await notification_for(rt, state, outcomes)
+    # Not from a worker stopped out of its group since it took the event: the batch's new
+    # owner notifies (the report above is the same whoever writes it).
+    rt.pauses.ensure_in_group()
     await rt.send(rt.topics.notifications, state.batch_id, notification)
     webhook = state.webhook
     url = webhook.url if webhook else rt.settings.webhook_url

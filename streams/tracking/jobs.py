@@ -102,11 +102,10 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         latest = transition.state or step.current  # the job's state after this event
         if transition.result is not None and transition.result.status == "cancelled":
             await stop_work(event.job_id, event.by or "an upstream system", event.at)
-        if rt.pauses.out_of_group():
-            # The worker was stopped while it handled this event, past its session timeout:
-            # the partition's new owner handles it, with the state it has (this one's may be
-            # stale), and this one writes nothing (streams/core/pauses.py).
-            return
+        # Stopped past the session timeout while it handled this event: the partition's new
+        # owner handles it, with the state it has (this one's may be stale), and this one
+        # publishes nothing (OutOfGroup: the event is held back; streams/core/pauses.py).
+        rt.pauses.ensure_in_group()
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event, and the replay finds the result published.
@@ -139,9 +138,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
                     at=time.time(), outcome=image_outcome(transition.result)),
                     acknowledged=True)
         if transition.state is not None:
-            if rt.pauses.out_of_group():  # (stopped while it published: as above)
-                return
-            board.keep(step)
+            board.keep(step)  # (a table write: refused after a stop, as above)
             if not transition.state.status.terminal:
                 active.add(event.job_id)
         if transition.start is not None:
@@ -178,7 +175,9 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     @app.timer(interval=settings.job_sweep_interval_s)
     async def sweep() -> None:
         nonlocal sweeps
-        if settings.job_timeout_s <= 0 or app.rebalancing:
+        # Not while out of its group after a stop (pauses.py): every job of its stale table
+        # would look stalled by the length of the stop, though its new owner runs it.
+        if settings.job_timeout_s <= 0 or app.rebalancing or rt.pauses.out_of_group():
             return
         if sweeps % FULL_SCAN_EVERY == 0:
             active.update(board.active_ids())
@@ -192,6 +191,8 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             queued = state.status is JobStatus.QUEUED_FOR_GPU
             timeout = settings.timeout_for(state.pipeline, queued)
             if timeout > 0 and stalled(state, now, timeout):
+                if rt.pauses.out_of_group():  # stopped while it swept: as above
+                    return
                 active.discard(job_id)
                 setting = "RESTYLE_GPU_QUEUE_TIMEOUT_S" if queued else \
                     "RESTYLE_JOB_TIMEOUTS" if state.pipeline in settings.job_timeouts \

@@ -6,6 +6,7 @@ hashes an id to the worker that owns it), values are the pydantic models as JSON
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import faust
 
@@ -35,10 +36,32 @@ class Tables:
     tenant_changes: Watchers = field(default_factory=Watchers)
 
 
-def open_tables(app: faust.App, settings: Settings) -> Tables:
+class GuardedTable(faust.Table):
+    """A table a worker writes only while it is in its group: a worker stopped past its session
+    timeout in the middle of a message (streams/core/pauses.py) would otherwise write stale
+    state over what the partition's new owner has written since. guard raises OutOfGroup then,
+    before the record is kept or sent to the changelog."""
+
+    guard: Callable[[], None] = staticmethod(lambda: None)
+
+    def on_key_set(self, key, value) -> None:
+        self.guard()
+        super().on_key_set(key, value)
+
+    def on_key_del(self, key) -> None:
+        self.guard()
+        super().on_key_del(key)
+
+
+def open_tables(app: faust.App, settings: Settings,
+                guard: Callable[[], None] = lambda: None) -> Tables:
+    """guard(): called before every write (PauseWatch.ensure_in_group, for a worker)."""
     def table(name: str) -> faust.Table:
-        return app.Table(name, default=None, partitions=settings.partitions, key_type=bytes,
-                         value_type=bytes)
+        # (what app.Table does, with this class)
+        made = GuardedTable(app, name=name, default=None, beacon=app.tables.beacon,
+                            partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        made.guard = guard
+        return app.tables.add(made)
 
     jobs = table("jobs")
     return Tables(jobs=jobs, ingests=table("ingests"), ingest_outcomes=table("ingest-outcomes"),

@@ -54,3 +54,43 @@ def test_a_worker_still_in_its_generation_long_after_the_stop_works_on(caplog):
     worker.runs_for(2)  # twice the session timeout since the wake, and no new generation
     assert not worker.watch.out_of_group()
     assert "still in its group (generation 4)" in caplog.text
+
+
+def test_a_worker_stopped_in_the_middle_of_a_message_writes_nothing_more_for_it(tmp_path):
+    """What it wrote before the stop stands (its new owner writes the same again); a table
+    write after it is refused, and the message is left uncommitted for the partition's owner,
+    neither failed nor dead-lettered nor run again here."""
+    import asyncio
+
+    import faust
+    from pydantic import BaseModel
+
+    from agents.pipelines import topic_sets
+    from streams.core.settings import Settings
+    from streams.tracking.tables import open_tables
+    from tests.inprocess import InProcessRuntime
+
+    class Work(BaseModel):
+        job_id: str
+
+    worker = Worker()
+    rt = InProcessRuntime(Settings(state_dir=tmp_path), topic_sets())
+    rt.pauses = worker.watch
+    app = faust.App("pause-test", broker="kafka://localhost:1", store="memory://")
+    tables = open_tables(app, Settings(state_dir=tmp_path), guard=rt.pauses.ensure_in_group)
+    runs = []
+
+    async def stage(work: Work) -> None:
+        runs.append(work.job_id)
+        await rt.send("restyle.stage.after", work.job_id, work)  # before the stop
+        worker.stopped_for(25)  # SIGSTOP here, SIGCONT 25 s later
+        tables.batches[work.job_id.encode()] = b"{}"  # stale state over the new owner's
+
+    rt.stage_agent("pausing", stage, Work, "restyle.stage.pausing")
+    asyncio.run(rt.deliver("restyle.stage.pausing", Work(job_id="job-1"), key="job-1"))
+
+    assert runs == ["job-1"]  # not run again here
+    assert [m.key for m in rt.sent("restyle.stage.after")] == [b"job-1"]
+    assert b"job-1" not in tables.batches.data
+    assert [m.key for m in rt.app.consumer.held] == [b"job-1"]
+    assert rt.sent(rt.topics.dlq) == [] and rt.sent(rt.topics.job_events) == []
