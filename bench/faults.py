@@ -165,6 +165,43 @@ class Bench:
                 return found
             token = page["NextContinuationToken"]
 
+    def where_uploaded(self, job_ids: list[str]) -> list[dict]:
+        """Where each job's upload lies on restyle.uploads, and how far the CPU workers' group
+        has committed on that partition: to tell an upload never read from one read, committed
+        and dropped."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        wanted, found = {j.encode() for j in job_ids}, []
+        reader = Consumer({"bootstrap.servers": self.endpoints["kafka_bootstrap"],
+                           "group.id": "restyle-faults-trace", "enable.auto.commit": False,
+                           "log_level": 2})
+        try:
+            topic, partitions = "restyle.uploads", range(self.settings.partitions)
+            reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            quiet = 0
+            while quiet < 10 and len(found) < len(wanted):
+                message = reader.poll(0.5)
+                if message is None or message.error():
+                    quiet += 1
+                    continue
+                quiet = 0
+                if message.key() in wanted:
+                    found.append({"job_id": message.key().decode(),
+                                  "partition": message.partition(),
+                                  "offset": message.offset()})
+            group = Consumer({"bootstrap.servers": self.endpoints["kafka_bootstrap"],
+                              "group.id": self.settings.app_id, "log_level": 2})
+            try:
+                committed = {tp.partition: tp.offset for tp in group.committed(
+                    [TopicPartition(topic, p) for p in partitions], timeout=10)}
+            finally:
+                group.close()
+            for upload in found:
+                upload["group_committed"] = committed.get(upload["partition"])
+        finally:
+            reader.close()
+        return found
+
     def close(self) -> None:
         self.collector.close()
         self.stack.stop()
@@ -213,6 +250,7 @@ def account(bench: Bench, job_ids: list[str], settle_s: float, quiet_s: float = 
     failed = {j: (bench.results(j)[0]["error"] or {}).get("code") for j in job_ids
               if bench.results(j) and bench.results(j)[0]["status"] == "failed"}
     ended_without_result = [j for j in lost if j not in stuck and j not in unknown]
+    where = bench.where_uploaded(unknown[:5]) if unknown else []
     return {"jobs": len(job_ids), "done": statuses.count("done"),
             "failed": statuses.count("failed"), "lost": len(ended_without_result),
             "never_admitted": len(unknown), "stuck": len(stuck), "duplicate_results": len(duplicated),
@@ -222,7 +260,8 @@ def account(bench: Bench, job_ids: list[str], settle_s: float, quiet_s: float = 
             "examples": {"lost": ended_without_result[:5], "never_admitted": unknown[:5],
                          "stuck": stuck[:5],
                          "duplicated": list(duplicated)[:5], "failed": list(failed)[:5],
-                         "orphans": orphans[:3]}}
+                         "orphans": orphans[:3]},
+            "never_admitted_uploads": where, "state_dir": str(bench.state)}
 
 
 def _uris(value) -> list[str]:
@@ -599,11 +638,14 @@ def main() -> None:
     parser.add_argument("--no-fencing", action="store_true",
                         help="RESTYLE_RESULT_TRANSACTIONS=false on Apache Kafka too")
     parser.add_argument("--only", default="kills,duplicate,outage,status,sse,broker,pauses")
+    parser.add_argument("--broker-storage", choices=["memory", "s3"], default="memory",
+                        help="Tansu's storage engine for the kills and pauses stacks (s3: its "
+                             "topics outlive the run, in the state dir)")
     args = parser.parse_args()
     chosen = set(args.only.split(","))
 
     if chosen - {"broker", "pauses"}:
-        bench = warmed(Bench(args.broker))
+        bench = warmed(Bench(args.broker, broker_storage=args.broker_storage))
         try:
             if "duplicate" in chosen:
                 print("duplicate", json.dumps(duplicate(bench)), flush=True)
@@ -628,7 +670,8 @@ def main() -> None:
             bench.close()
     if "pauses" in chosen:
         fencing = {"RESTYLE_RESULT_TRANSACTIONS": "false"} if args.no_fencing else {}
-        bench = warmed(Bench(args.broker, cpu_workers=2, extra_env=fencing))
+        bench = warmed(Bench(args.broker, cpu_workers=2, extra_env=fencing,
+                             broker_storage=args.broker_storage))
         try:
             summary = pauses(bench, args.pauses, args.pause_s, args.every_s)
             summary["fencing"] = bench.stack.env.get("RESTYLE_RESULT_TRANSACTIONS") == "true"
