@@ -15,4 +15,5 @@ def open_index(settings) -> VectorIndex:
     if settings.opensearch_url:
         return OpenSearchIndex.from_settings(settings)
     return LocalIndex(settings.index_path, ann_threshold=settings.index_ann_threshold,
-                      ef_search=settings.index_ef_search)
+                      ef_search=settings.index_ef_search,
+                      checkpoint_rows=settings.index_checkpoint_rows)

@@ -15,6 +15,9 @@ class IndexSettings(StorageSettings):
     # The embedded index searches exactly below this many products, with an HNSW graph above.
     index_ann_threshold: int = 5_000
     index_ef_search: int = 64
+    # With a graph, a write appends what changed; the index is saved whole again after this
+    # many changes (what a process opening it then adds to the saved graph, at most).
+    index_checkpoint_rows: int = 10_000
     opensearch_url: str | None = None
     opensearch_user: str | None = None
     opensearch_password: SecretStr | None = None
