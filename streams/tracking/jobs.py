@@ -14,6 +14,7 @@ from streams.core.kafka import client_options
 from streams.core.metrics import JOB_SECONDS, JOBS_FINISHED
 from streams.core import tracing
 from streams.core.runtime import Runtime
+from streams.tracking.jobboard import JobBoard
 from streams.tracking.jobstate import stalled
 from streams.tracking.fencing import Fenced, TransactionalResults
 from streams.tracking.published import PublishedResults
@@ -34,6 +35,42 @@ def image_outcome(result: ResultEvent) -> ImageOutcome:
         outputs=[image.uri for image in found.images] if found else [],
         seed=found.seed if found else None,
         timings_ms=found.timings_ms if found else {})
+
+
+async def stop_work(rt: Runtime, job_id: str, by: str, at: float) -> None:
+    """Every worker hears that the job ended for good: a stage does not start it, a render or
+    a training stops at its next step."""
+    await rt.send(rt.topics.cancellations, job_id, Cancellation(job_id=job_id, by=by, at=at),
+                  acknowledged=True)
+
+
+async def give_up_stalled(rt: Runtime, board: JobBoard, active: set[str], now: float) -> None:
+    """Fail `timeout` each job of active that has made no progress for its timeout (and drop
+    the ones that ended from active)."""
+    settings = rt.settings
+    for job_id in list(active):
+        state = board.get(job_id)
+        if state is None or state.status.terminal:
+            active.discard(job_id)
+            continue
+        queued = state.status is JobStatus.QUEUED_FOR_GPU
+        timeout = settings.timeout_for(state.pipeline, queued)
+        if timeout > 0 and stalled(state, now, timeout):
+            # Not after a stop past the session timeout (pauses.py), even one during the
+            # sweep: every job of the stale table looks stalled by the length of the stop,
+            # though its new owner runs it.
+            if rt.pauses.out_of_group():
+                return
+            active.discard(job_id)
+            setting = "RESTYLE_GPU_QUEUE_TIMEOUT_S" if queued else \
+                "RESTYLE_JOB_TIMEOUTS" if state.pipeline in settings.job_timeouts \
+                else "RESTYLE_JOB_TIMEOUT_S"
+            await rt.fail(state.job_id, JobError(
+                code=ErrorCode.TIMEOUT, message=f"no progress for {timeout:.0f}s while "
+                f"{state.status.value}; the job was given up ({setting})"), state.tenant)
+            # Given up is final: if its work turns up after all (a slow GPU queue), no
+            # worker renders it.
+            await stop_work(rt, job_id, "the timeout sweeper", now)
 
 
 def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
@@ -101,7 +138,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         transition = step.transition
         latest = transition.state or step.current  # the job's state after this event
         if transition.result is not None and transition.result.status == "cancelled":
-            await stop_work(event.job_id, event.by or "an upstream system", event.at)
+            await stop_work(rt, event.job_id, event.by or "an upstream system", event.at)
         # Stopped past the session timeout while it handled this event: the partition's new
         # owner handles it, with the state it has (this one's may be stale), and this one
         # publishes nothing (OutOfGroup: the event is held back; streams/core/pauses.py).
@@ -153,12 +190,6 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
                            batch_id=result.batch_id, status=result.status,
                            error=result.error, retryable=bool(latest and latest.retryable))
 
-    async def stop_work(job_id: str, by: str, at: float) -> None:
-        """Every worker hears that the job ended for good: a stage does not start it, a
-        render or a training stops at its next step."""
-        await rt.send(rt.topics.cancellations, job_id, Cancellation(job_id=job_id, by=by, at=at),
-                      acknowledged=True)
-
     async def announce(job_id: str, tenant: str | None, active: bool, **shown) -> None:
         """A job of the tenant started or ended (the activity tracker counts its jobs and
         lists its newest; shown: its pipeline, batch and how it ended)."""
@@ -175,34 +206,13 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     @app.timer(interval=settings.job_sweep_interval_s)
     async def sweep() -> None:
         nonlocal sweeps
-        # Not while out of its group after a stop (pauses.py): every job of its stale table
-        # would look stalled by the length of the stop, though its new owner runs it.
+        # (Not while out of its group after a stop: see give_up_stalled.)
         if settings.job_timeout_s <= 0 or app.rebalancing or rt.pauses.out_of_group():
             return
         if sweeps % FULL_SCAN_EVERY == 0:
             active.update(board.active_ids())
         sweeps += 1
-        now = time.time()
-        for job_id in list(active):
-            state = board.get(job_id)
-            if state is None or state.status.terminal:
-                active.discard(job_id)
-                continue
-            queued = state.status is JobStatus.QUEUED_FOR_GPU
-            timeout = settings.timeout_for(state.pipeline, queued)
-            if timeout > 0 and stalled(state, now, timeout):
-                if rt.pauses.out_of_group():  # stopped while it swept: as above
-                    return
-                active.discard(job_id)
-                setting = "RESTYLE_GPU_QUEUE_TIMEOUT_S" if queued else \
-                    "RESTYLE_JOB_TIMEOUTS" if state.pipeline in settings.job_timeouts \
-                    else "RESTYLE_JOB_TIMEOUT_S"
-                await rt.fail(state.job_id, JobError(
-                    code=ErrorCode.TIMEOUT, message=f"no progress for {timeout:.0f}s while "
-                    f"{state.status.value}; the job was given up ({setting})"), state.tenant)
-                # Given up is final: if its work turns up after all (a slow GPU queue), no
-                # worker renders it.
-                await stop_work(job_id, "the timeout sweeper", now)
+        await give_up_stalled(rt, board, active, time.time())
 
     def job_event_partitions(partitions) -> list[int]:
         return [tp.partition for tp in partitions or () if tp.topic == rt.topics.job_events]

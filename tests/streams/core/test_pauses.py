@@ -94,3 +94,31 @@ def test_a_worker_stopped_in_the_middle_of_a_message_writes_nothing_more_for_it(
     assert b"job-1" not in tables.batches.data
     assert [m.key for m in rt.app.consumer.held] == [b"job-1"]
     assert rt.sent(rt.topics.dlq) == [] and rt.sent(rt.topics.job_events) == []
+
+
+def test_a_worker_woken_from_a_long_stop_times_out_none_of_its_stale_tables_jobs(tmp_path):
+    """Its table's running job looks 70 s without progress (60 s of it the stop); the job's
+    new owner runs it. A worker that was not stopped gives the same job up."""
+    import asyncio
+
+    from agents.pipelines import topic_sets
+    from schemas import JobState, JobStatus
+    from streams.core.settings import Settings
+    from streams.tracking.jobboard import JobBoard
+    from streams.tracking.jobs import give_up_stalled
+    from tests.inprocess import InProcessRuntime
+
+    def sweep_after(stop_s: float) -> list[str]:
+        worker = Worker()
+        rt = InProcessRuntime(Settings(state_dir=tmp_path, job_timeout_s=60), topic_sets())
+        rt.pauses = worker.watch
+        running = JobState(job_id="job-1", status=JobStatus.GENERATING, created_at=0.0,
+                           updated_at=1000.0)
+        board = JobBoard({b"job-1": running.model_dump_json().encode()}, 5.0)
+        worker.stopped_for(stop_s)
+        asyncio.run(give_up_stalled(rt, board, {"job-1"}, now=1070.0))
+        return [m.value.decode() for m in rt.sent(rt.topics.job_events)]
+
+    assert sweep_after(stop_s=60) == []
+    [given_up] = sweep_after(stop_s=0)
+    assert '"code":"timeout"' in given_up and "no progress for 60s while generating" in given_up
