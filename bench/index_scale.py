@@ -150,7 +150,7 @@ def bench_embedded(n: int, dim: int, n_queries: int, rng) -> None:
         # A category's query three ways: a walk at the unfiltered ef, a walk widened by the
         # filter's selectivity, and exact search over the category's rows; the index picks
         # one of the last two by their estimated cost.
-        chosen = "exact" if graph._searched_exactly(len(lamps)) else "widened"
+        chosen = "exact" if graph._searched_exactly(10, len(lamps)) else "widened"
         filtered_runs = {}
         for way, widen, exact_rows in (("walked at the unfiltered ef", False, 0),
                                        ("walked, ef widened to "

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +27,8 @@ import numpy as np
 from schemas import Product, ProductHit
 from streams.adapters.index.base import normalise
 from streams.adapters.index.local_files import IndexFiles, Version, apply_changes
+
+log = logging.getLogger("restyle.index")
 
 
 # What one candidate of a graph walk costs, in rows scored by exact search (512-d, 20k
@@ -51,6 +55,9 @@ class LocalIndex:
         self.checkpoint_rows = checkpoint_rows
         self.widen_filtered = widen_filtered
         self._files = IndexFiles(self.directory)
+        # Queries and writes run in threads (asyncio.to_thread), and a faiss graph must not
+        # be searched while it is added to, nor rows read while they are renumbered.
+        self._in_process = threading.RLock()
         self._rows: list[Product | None] = []  # None marks a tombstone
         self._vectors = np.zeros((0, 0), dtype=np.float32)
         self._positions: dict[str, int] = {}
@@ -85,16 +92,16 @@ class LocalIndex:
         if len(products) != len(vectors):
             raise ValueError("one vector per product")
         vectors = normalise(vectors)
-        with self._locked(shared=False):
-            self._refresh(already_locked=True)
+        with self._writing():
             if self._vectors.size and self._vectors.shape[1] != vectors.shape[1]:
                 raise ValueError(f"index holds {self._vectors.shape[1]}-d vectors; got "
                                  f"{vectors.shape[1]}-d (was the embedding model changed?)")
             latest = {p.product_id: (p, v) for p, v in zip(products, vectors)}  # last one wins
-            if self._ann is None:
-                self._upsert_exact(latest, vectors.shape[1])
-            else:
-                self._upsert_graph(latest)
+            with self._reread_if_failed():
+                if self._ann is None:
+                    self._upsert_exact(latest, vectors.shape[1])
+                else:
+                    self._upsert_graph(latest)
 
     def _upsert_exact(self, latest: dict, dims: int) -> None:
         """Below the graph's threshold the index is small: rows change in place, and every
@@ -135,8 +142,7 @@ class LocalIndex:
         self._written(added, changes)
 
     def delete_now(self, product_ids: list[str]) -> None:
-        with self._locked(shared=False):
-            self._refresh(already_locked=True)
+        with self._writing(), self._reread_if_failed():
             changes = []
             for product_id in product_ids:
                 row = self._positions.pop(product_id, None)
@@ -151,6 +157,25 @@ class LocalIndex:
             else:
                 self._written(np.zeros((0, self._vectors.shape[1]), np.float32), changes)
 
+    @contextmanager
+    def _writing(self):
+        """The writer's locks, this process's threads' and then the machine's, with what
+        other processes wrote caught up with."""
+        with self._in_process, self._locked(shared=False):
+            self._refresh(already_locked=True)
+            yield
+
+    @contextmanager
+    def _reread_if_failed(self):
+        """A write changes memory before the files: one that raises part-way (a full disk)
+        leaves memory ahead of them, so the files are read again."""
+        try:
+            yield
+        except BaseException:
+            self._version = None
+            self._catch_up(self._files.version())
+            raise
+
     def _written(self, added: np.ndarray, changes: list) -> None:
         """Append a graph-mode write to the files; then rebuild, or checkpoint, where due."""
         if self._version is None or self._version.format == 1:
@@ -162,10 +187,21 @@ class LocalIndex:
         if self._maintain():
             self._save(self._vectors)
         elif self._since_checkpoint >= self.checkpoint_rows:
-            self._save(None)  # (vectors.f32 already holds every row)
+            try:
+                self._save(None)  # (the vectors file already holds every row)
+            except OSError:
+                # The write itself is committed, and memory still matches the files: the
+                # next write tries the checkpoint again.
+                log.warning("the index's checkpoint failed; its changes stay appended",
+                            exc_info=True)
 
     def query_now(self, vector, k: int, category: str | None = None,
                   min_score: float = -1.0) -> list[ProductHit]:
+        with self._in_process:
+            return self._query(vector, k, category, min_score)
+
+    def _query(self, vector, k: int, category: str | None,
+               min_score: float) -> list[ProductHit]:
         self._refresh()
         if not self._positions or k <= 0:
             return []
@@ -173,7 +209,7 @@ class LocalIndex:
         rows, selector = self._candidates(category)
         if rows is not None and len(rows) == 0:
             return []
-        if self._ann is None or (rows is not None and self._searched_exactly(len(rows))):
+        if self._ann is None or (rows is not None and self._searched_exactly(k, len(rows))):
             found = self._exact(query, k, rows)
         else:
             found = self._graph(query, k, selector, None if rows is None else len(rows))
@@ -181,13 +217,15 @@ class LocalIndex:
                 for row, score in found if score >= min_score]
 
     def count_now(self) -> int:
-        self._refresh()
-        return len(self._positions)
+        with self._in_process:
+            self._refresh()
+            return len(self._positions)
 
     def get_now(self, product_id: str) -> Product | None:
-        self._refresh()
-        row = self._positions.get(product_id)
-        return None if row is None else self._rows[row]
+        with self._in_process:
+            self._refresh()
+            row = self._positions.get(product_id)
+            return None if row is None else self._rows[row]
 
     # --- search ---
     def _candidates(self, category: str | None):
@@ -210,7 +248,7 @@ class LocalIndex:
         mask = np.zeros(len(self._rows), dtype=bool)
         mask[rows] = True
         bitmap = np.packbits(mask, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(self._rows), faiss.swig_ptr(bitmap))
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # (bytes)
         return selector, bitmap  # the selector points into bitmap: keep both alive
 
     def _exact(self, query: np.ndarray, k: int, rows: np.ndarray | None):
@@ -231,12 +269,12 @@ class LocalIndex:
             ef = int(ef * len(self._rows) / candidates)
         return ef
 
-    def _searched_exactly(self, candidates: int) -> bool:
+    def _searched_exactly(self, k: int, candidates: int) -> bool:
         """Whether scoring a filter's rows outright costs less than the widened walk: for a
         rare category it is both cheaper and exact."""
         if self.exact_filter_rows is not None:
             return candidates <= self.exact_filter_rows
-        return candidates <= EXACT_ROWS_PER_CANDIDATE * self._filtered_ef(10, candidates)
+        return candidates <= EXACT_ROWS_PER_CANDIDATE * self._filtered_ef(k, candidates)
 
     def _graph(self, query: np.ndarray, k: int, selector, candidates: int | None = None):
         """candidates: how many rows the filter lets through (None: no filter)."""
@@ -302,31 +340,25 @@ class LocalIndex:
                 and known.epoch == version.epoch \
                 and known.changes_bytes <= version.changes_bytes:
             # The same checkpoint: only what was appended since is read.
-            changes = self._files.changes(known.changes_bytes, version.changes_bytes)
-            for row, product in changes:
-                if row < len(self._rows) and self._rows[row] is not None:
-                    self._positions.pop(self._rows[row].product_id, None)
-                if product is not None:
-                    self._positions[product.product_id] = row
-            apply_changes(self._rows, changes)
+            changes = self._files.changes(version, known.changes_bytes)
+            apply_changes(self._rows, self._positions, changes)
             self._vectors = self._files.vectors(version)
             self._since_checkpoint += len(changes)
         else:
             checkpoint = self._files.checkpoint(version)
-            self._rows, self._vectors, self._ann = \
-                checkpoint.rows, checkpoint.vectors, checkpoint.graph
-            self._positions = {p.product_id: row for row, p in enumerate(self._rows)
-                               if p is not None}
+            self._rows, self._positions = checkpoint.rows, checkpoint.positions
+            self._vectors, self._ann = checkpoint.vectors, checkpoint.graph
             self._since_checkpoint = checkpoint.changes
         if self._ann is not None and self._ann.ntotal < len(self._rows):
-            # Rows appended since the graph was saved: added here as the writer added them.
+            # Rows appended since the graph was saved (added in other batches than the
+            # writer's: its graph and this one may differ a little, both valid).
             self._ann.add(np.ascontiguousarray(self._vectors[self._ann.ntotal:]))
         self._version = version
 
     def _save(self, vectors: np.ndarray | None) -> None:
         """A checkpoint of the whole index (vectors None: the vectors file is current)."""
         dims = self._vectors.shape[1] if self._vectors.ndim == 2 else 0
-        self._version = self._files.save(self._rows, vectors, dims, self._ann)
+        self._version = self._files.save(self._rows, vectors, dims, self._ann, self._version)
         # Mapped from the file from now on: an in-memory copy (after a compaction) goes.
         self._vectors = self._files.vectors(self._version)
         self._since_checkpoint = 0
