@@ -133,15 +133,24 @@ def test_an_empty_index_answers_nothing(make_index):
     make_index.run(scenario())
 
 
+def clustered_catalog(rng, count: int, dims: int, families: int, spread: float,
+                      category) -> tuple[list[Product], np.ndarray]:
+    """Products around `families` centres, like embeddings of product families (unit
+    vectors); category(i): the i-th product's category."""
+    centers = rng.normal(size=(families, dims))
+    vectors = centers[rng.integers(0, families, count)] + spread * rng.normal(size=(count, dims))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    products = [Product(product_id=f"p{i}", caption=f"product {i}", category=category(i))
+                for i in range(count)]
+    return products, vectors
+
+
 def test_many_products_recall_and_category_filter(make_index):
     """2,000 clustered 64-d products: the top 10 match exact search (recall@10 >= 0.95) and a
     filtered query returns only, and enough of, the requested category."""
     rng = np.random.default_rng(7)
-    centers = rng.normal(size=(40, 64))
-    vectors = centers[rng.integers(0, 40, 2000)] + 0.5 * rng.normal(size=(2000, 64))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    products = [Product(product_id=f"p{i}", caption=f"product {i}",
-                        category="chair" if i % 7 == 0 else "table") for i in range(2000)]
+    products, vectors = clustered_catalog(rng, 2000, 64, 40, 0.5,
+                                          lambda i: "chair" if i % 7 == 0 else "table")
     queries = vectors[rng.integers(0, 2000, 20)] + 0.1 * rng.normal(size=(20, 64))
 
     async def scenario():
@@ -167,11 +176,8 @@ def test_a_rare_category_is_found_as_well_as_the_whole_catalog(tmp_path):
     from streams.adapters.index.local import LocalIndex
 
     rng = np.random.default_rng(3)
-    centers = rng.normal(size=(200, 32))
-    vectors = centers[rng.integers(0, 200, 20_000)] + 0.6 * rng.normal(size=(20_000, 32))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    products = [Product(product_id=f"p{i}", caption=f"product {i}",
-                        category="rare" if i % 40 == 0 else "common") for i in range(20_000)]
+    products, vectors = clustered_catalog(rng, 20_000, 32, 200, 0.6,
+                                          lambda i: "rare" if i % 40 == 0 else "common")
     rare = np.arange(0, 20_000, 40)
     queries = vectors[rng.integers(0, 20_000, 50)] + 0.3 * rng.normal(size=(50, 32))
     walked = LocalIndex(tmp_path, ann_threshold=1, ef_search=16, exact_filter_rows=0)
