@@ -58,6 +58,8 @@ class LocalIndex:
         # Queries and writes run in threads (asyncio.to_thread), and a faiss graph must not
         # be searched while it is added to, nor rows read while they are renumbered.
         self._in_process = threading.RLock()
+        self._writer = threading.Lock()  # one writing thread at a time
+        self._checkpoint_due = False
         self._rows: list[Product | None] = []  # None marks a tombstone
         self._vectors = np.zeros((0, 0), dtype=np.float32)
         self._positions: dict[str, int] = {}
@@ -159,11 +161,34 @@ class LocalIndex:
 
     @contextmanager
     def _writing(self):
-        """The writer's locks, this process's threads' and then the machine's, with what
-        other processes wrote caught up with."""
-        with self._in_process, self._locked(shared=False):
-            self._refresh(already_locked=True)
-            yield
+        """A write: one thread of this process at a time; while it changes what queries
+        read, no query of this process (_in_process); and the machine's lock, with what other
+        processes wrote caught up with. A checkpoint due after it is written with this
+        process's queries going on (it only reads what they read)."""
+        with self._writer:
+            self._in_process.acquire()
+            querying_waits = True
+            try:
+                with self._locked(shared=False):
+                    self._refresh(already_locked=True)
+                    yield
+                    self._in_process.release()
+                    querying_waits = False
+                    if self._checkpoint_due:
+                        self._checkpoint()
+            finally:
+                if querying_waits:
+                    self._in_process.release()
+
+    def _checkpoint(self) -> None:
+        self._checkpoint_due = False
+        try:
+            self._save(None)  # (the vectors file already holds every row)
+        except OSError:
+            # The write itself is committed, and memory still matches the files: the next
+            # write tries the checkpoint again.
+            log.warning("the index's checkpoint failed; its changes stay appended",
+                        exc_info=True)
 
     @contextmanager
     def _reread_if_failed(self):
@@ -186,14 +211,8 @@ class LocalIndex:
             self._since_checkpoint += len(changes)
         if self._maintain():
             self._save(self._vectors)
-        elif self._since_checkpoint >= self.checkpoint_rows:
-            try:
-                self._save(None)  # (the vectors file already holds every row)
-            except OSError:
-                # The write itself is committed, and memory still matches the files: the
-                # next write tries the checkpoint again.
-                log.warning("the index's checkpoint failed; its changes stay appended",
-                            exc_info=True)
+        else:  # (written by _writing once queries may run again)
+            self._checkpoint_due = self._since_checkpoint >= self.checkpoint_rows
 
     def query_now(self, vector, k: int, category: str | None = None,
                   min_score: float = -1.0) -> list[ProductHit]:

@@ -227,3 +227,38 @@ def test_a_write_that_fails_is_absent_and_the_next_one_lands_right(tmp_path, mon
         assert view.count_now() == 102 and view.get_now("p100") is None
         assert nearest(view, added_vectors[1]) == "p201"
         assert nearest(view, vectors[99]) == "p99"
+
+
+def test_queries_go_on_while_the_writing_process_checkpoints(tmp_path, monkeypatch):
+    """A checkpoint takes ~11 s at 1M products; the process that writes (the CPU worker
+    during an ingest) answers its queries meanwhile: a checkpoint only reads."""
+    import threading
+
+    from streams.adapters.index.local_files import IndexFiles
+
+    index = graph_index(tmp_path, checkpoint_rows=2)
+    products, vectors = catalog(0, 100)
+    index.upsert_now(products, vectors)
+    saving, go_on = threading.Event(), threading.Event()
+    saves = IndexFiles.save
+
+    def slow_save(files, *args):
+        saving.set()
+        go_on.wait(30)
+        return saves(files, *args)
+    monkeypatch.setattr(IndexFiles, "save", slow_save)
+    added, added_vectors = catalog(100, 2)
+    writer = threading.Thread(target=index.upsert_now, args=(added, added_vectors))
+    writer.start()
+    try:
+        assert saving.wait(30)  # the write is appended; its checkpoint is under way
+        answered = threading.Event()
+        threading.Thread(target=lambda: (index.query_now(added_vectors[0], 1),
+                                         answered.set()), daemon=True).start()
+        assert answered.wait(10), "a query waited for the checkpoint"
+        assert nearest(index, added_vectors[1]) == "p101" and index.count_now() == 102
+    finally:
+        go_on.set()
+        writer.join(30)
+    assert current(tmp_path, "changes").stat().st_size == 0  # the checkpoint went through
+    assert nearest(graph_index(tmp_path), added_vectors[0]) == "p100"
