@@ -206,8 +206,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
     @app.timer(interval=settings.job_sweep_interval_s)
     async def sweep() -> None:
         nonlocal sweeps
-        # (Not while out of its group after a stop: see give_up_stalled.)
-        if settings.job_timeout_s <= 0 or app.rebalancing or rt.pauses.out_of_group():
+        if settings.job_timeout_s <= 0 or app.rebalancing:
             return
         if sweeps % FULL_SCAN_EVERY == 0:
             active.update(board.active_ids())
