@@ -62,12 +62,13 @@ PY
 [ $? -eq 0 ] || exit 1
 
 # The device paths: batched renders equal to lone ones, one shared base model drawing what
-# separate ones draw, the stage models per device and precision, a compiled UNet.
+# separate ones draw, the stage models per device and precision, a compiled UNet, and real
+# CUDA faults in a render (out of memory fails the job; a device-side assert ends the worker).
 # Not here: the adapter-leak test (it trains a person adapter: scikit-image) and the GPU
 # worker's own tests (faust); the CPU suite runs them.
 step "tests on $DEVICE" 300 python -m pytest -q -p no:cacheprovider \
   tests/gpu_agent/test_batched_renders.py tests/gpu_agent/test_shared_base.py \
-  tests/gpu_agent/test_previews.py \
+  tests/gpu_agent/test_previews.py tests/gpu_agent/test_cuda_faults.py \
   tests/agents/test_devices.py -k "not adapter_never_leaks and not gpu_worker \
   and not cancelled_during"
 

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from schemas import ErrorCode, StageFailure
+from schemas import ErrorCode, RenderRequest, StageFailure
 from streams.core.shutdown import exit_at_once
 
 log = logging.getLogger("restyle.gpu")
@@ -83,3 +83,13 @@ def job_failure(exc: BaseException, doing: str, advice: str, who: str,
     if fatal_device_error(exc):
         exit_now(f"{who}: {first_line(exc)}")
     return StageFailure(ErrorCode.MODEL_ERROR, f"{failed}: {exc}")
+
+
+def render_failure(request: RenderRequest, exc: BaseException) -> StageFailure:
+    """What a failed render means for its job (job_failure): out of memory names the size
+    that did not fit."""
+    params = request.params
+    return job_failure(
+        exc, f"rendering {params.num_images} image(s) of {params.width}x{params.height} "
+             f"({request.task}, {params.steps} steps)", "ask for fewer or smaller images",
+        f"job {request.job_id}", "rendering failed")

@@ -263,7 +263,7 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
     render_ms = round((time.perf_counter() - started) * 1000, 2)
     for member in members:
         member.render_ms = render_ms
-    return [render_failure(m.request, o) if _render_error(o) else o
+    return [faults.render_failure(m.request, o) if _render_error(o) else o
             for m, o in zip(members, outcomes)]
 
 
@@ -320,20 +320,10 @@ def _engine_call(engine: RenderEngine, members: list[Member]) -> list:
 
 
 def _render_error(outcome) -> bool:
-    """A failure of the render itself (what render_failure explains to the job), as opposed
+    """A failure of the render itself (what faults.render_failure explains to the job), as opposed
     to a cancellation, a hand-back or a bug (which the stage's error policy handles)."""
     return isinstance(outcome, (RuntimeError, ValueError, OSError, MemoryError)) and \
         not isinstance(outcome, (JobCancelled, HandedBack, StageFailure))
-
-
-def render_failure(request: RenderRequest, exc: BaseException) -> StageFailure:
-    """What a failed render means for its job (faults.job_failure): out of memory names the
-    size that did not fit."""
-    params = request.params
-    return faults.job_failure(
-        exc, f"rendering {params.num_images} image(s) of {params.width}x{params.height} "
-             f"({request.task}, {params.steps} steps)", "ask for fewer or smaller images",
-        f"job {request.job_id}", "rendering failed")
 
 
 async def _rendered_before(rt: Runtime, manifest_uri: str,

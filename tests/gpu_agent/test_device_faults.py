@@ -107,7 +107,7 @@ def test_a_broken_cuda_context_ends_the_worker_process_at_once_without_failing_t
     import sys
 
     script = (
-        "from gpu_agent.worker import render_failure\n"
+        "from gpu_agent.faults import render_failure\n"
         "from schemas import RenderParams, RenderRequest\n"
         "request = RenderRequest(job_id='j', prompt='p', params=RenderParams(steps=2, width=64,"
         " height=64, num_images=1, seed=1, guidance=7.5, controlnet_scale=1.0,"
