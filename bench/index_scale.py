@@ -3,14 +3,16 @@ compare the printed ratios rather than absolute times).
 
 Embedded index: N products x D dims (default 100k x 512), clustered like real embeddings.
 Prints p50/p95 query latency of exact search and of the HNSW graph, their ratio, recall@10 of the
-graph against exact search, and a filtered query's latency. Targets (issue 3): p50 <= 2 ms,
-recall@10 >= 0.95.
+graph against exact search, and filtered queries' latency and recall for categories of 1/8 to
+1/64 of the products (each walked at the unfiltered ef, walked widened, searched exactly; and,
+with --filtered-efs, walked at each ef given). Targets (issue 3): p50 <= 2 ms, recall@10 >= 0.95.
 
 OpenSearch (`--opensearch`, or RESTYLE_OPENSEARCH_URL): bulk ingest rate (vectors/s) and p50
 k-NN latency at --os-products (default 10k), starting a local node from Maven Central artifacts
 when no URL is given.
 
     python bench/index_scale.py [--products 100000] [--dim 512] [--queries 300] [--opensearch]
+                                [--filtered-efs 128,256,512]
 """
 from __future__ import annotations
 
@@ -42,10 +44,20 @@ def clustered(n: int, n_queries: int, dim: int, rng) -> tuple[np.ndarray, np.nda
     return around(n), around(n_queries)
 
 
+CATEGORIES = ["sofa", "chair", "lamp", "table", "rug", "bed", "shelf", "plant"]
+# The filtered queries: categories from common to rare (what share of the catalog each is, and
+# which products are in it; the rarer ones are carved out of the others).
+FILTERS = {"lamp": (8, lambda i: i % 8 == 2), "desk": (16, lambda i: i % 16 == 7),
+           "mirror": (32, lambda i: i % 32 == 13), "vase": (64, lambda i: i % 64 == 5)}
+
+
 def catalog(n: int) -> list[Product]:
-    categories = ["sofa", "chair", "lamp", "table", "rug", "bed", "shelf", "plant"]
-    return [Product(product_id=f"p{i}", caption=f"product {i}",
-                    category=categories[i % len(categories)]) for i in range(n)]
+    def category(i: int) -> str:
+        return next((name for name, (_, member) in FILTERS.items() if member(i)),
+                    CATEGORIES[i % 8])
+
+    return [Product(product_id=f"p{i}", caption=f"product {i}", category=category(i))
+            for i in range(n)]
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
@@ -120,7 +132,37 @@ def open_in_fresh_process(directory: Path, dim: int) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
-def bench_embedded(n: int, dim: int, n_queries: int, rng) -> None:
+def filtered_queries(graph, vectors: np.ndarray, queries: np.ndarray, category: str,
+                     rows: np.ndarray, efs: tuple[int, ...]) -> dict[str, tuple[list, float]]:
+    """One category's query: walked at the unfiltered ef, walked at the widened ef, searched
+    exactly over the category's rows (the index picks one of the last two by their estimated
+    cost), and walked at each of efs (the trade between latency and recall, as a curve):
+    each way's latencies and recall@10."""
+    truth = exact_top10(vectors, queries, rows)
+    n, candidates = len(vectors), len(rows)
+    chosen = "exact" if graph._searched_exactly(10, candidates) else "widened"
+    ways = [("unfiltered ef", "walked at the unfiltered ef", dict(widen_filtered=False,
+                                                                   exact_filter_rows=0)),
+            ("widened", f"walked, ef widened to {graph._filtered_ef(10, candidates)}",
+             dict(exact_filter_rows=0)),
+            ("exact", "searched exactly", dict(exact_filter_rows=n))]
+    ways += [("ef", f"walked at ef {ef}", dict(widen_filtered=False, exact_filter_rows=0,
+                                               ef_search=ef)) for ef in efs]
+    runs, defaults = {}, dict(widen_filtered=graph.widen_filtered, ef_search=graph.ef_search,
+                              exact_filter_rows=graph.exact_filter_rows)
+    for kind, way, settings in ways:
+        for name, value in {**defaults, **settings}.items():
+            setattr(graph, name, value)
+        latencies, found = timed_queries(graph.query_now, queries, category=category)
+        runs[way + (" (the default's choice)" if kind == chosen else "")] = (
+            latencies, np.mean([len(t & f) / 10 for t, f in zip(truth, found)]))
+    for name, value in defaults.items():
+        setattr(graph, name, value)
+    return runs
+
+
+def bench_embedded(n: int, dim: int, n_queries: int, rng,
+                   filtered_efs: tuple[int, ...] = ()) -> None:
     from streams.adapters.index.local import LocalIndex
 
     vectors, queries = clustered(n, n_queries, dim, rng)
@@ -136,8 +178,8 @@ def bench_embedded(n: int, dim: int, n_queries: int, rng) -> None:
         open_s, open_rss = open_in_fresh_process(Path(work) / "graph", dim)
 
         truth = exact_top10(vectors, queries)
-        lamps = np.arange(n)[np.arange(n) % 8 == 2]  # catalog(): every 8th product from 2
-        filtered_truth = exact_top10(vectors, queries, lamps)
+        filtered = {category: np.flatnonzero(member(np.arange(n)))
+                    for category, (_, member) in FILTERS.items()}
         exact_lat = []
         for vector in queries[:30]:  # brute force, as the index does below ann_threshold
             started = time.perf_counter()
@@ -145,23 +187,9 @@ def bench_embedded(n: int, dim: int, n_queries: int, rng) -> None:
             exact_lat.append(time.perf_counter() - started)
         graph_lat, found = timed_queries(graph.query_now, queries)
         recall = np.mean([len(t & f) / 10 for t, f in zip(truth, found)])
-        # A category's query three ways: a walk at the unfiltered ef, a walk widened by the
-        # filter's selectivity, and exact search over the category's rows; the index picks
-        # one of the last two by their estimated cost.
-        chosen = "exact" if graph._searched_exactly(10, len(lamps)) else "widened"
-        filtered_runs = {}
-        for kind, way, widen, exact_rows in (
-                ("unfiltered ef", "walked at the unfiltered ef", False, 0),
-                ("widened", f"walked, ef widened to {graph._filtered_ef(10, len(lamps))}",
-                 True, 0),
-                ("exact", "searched exactly", True, n)):
-            graph.widen_filtered, graph.exact_filter_rows = widen, exact_rows
-            latencies, filtered = timed_queries(graph.query_now, queries, category="lamp")
-            if kind == chosen:
-                way += " (the default's choice)"
-            filtered_runs[way] = (latencies, np.mean(
-                [len(t & f) / 10 for t, f in zip(filtered_truth, filtered)]))
-        graph.widen_filtered, graph.exact_filter_rows = True, None
+        filtered_runs = {category: filtered_queries(graph, vectors, queries, category, rows,
+                                                    filtered_efs)
+                         for category, rows in filtered.items()}
 
         # A catalog ingest writes in small batches: what one costs on an index this size
         # (appended to the files), what the checkpoint every RESTYLE_INDEX_CHECKPOINT_ROWS
@@ -197,10 +225,12 @@ def bench_embedded(n: int, dim: int, n_queries: int, rng) -> None:
     print(f"  graph speed-up over exact (p50): "
           f"{np.median(exact_lat) / np.median(graph_lat):.1f}x")
     print(f"  recall@10 vs exact: {recall:.3f}   (target >= 0.95)")
-    for walk, (latencies, filtered_recall) in filtered_runs.items():
-        print(f"  category filter (1/8 of products), {walk}: p50 "
-              f"{percentile_ms(latencies, 50):.3f} ms, p99 {percentile_ms(latencies, 99):.3f} "
-              f"ms, recall@10 {filtered_recall:.3f}")
+    for category, runs in filtered_runs.items():
+        share = FILTERS[category][0]
+        for walk, (latencies, filtered_recall) in runs.items():
+            print(f"  category filter (1/{share} of products), {walk}: p50 "
+                  f"{percentile_ms(latencies, 50):.3f} ms, p99 "
+                  f"{percentile_ms(latencies, 99):.3f} ms, recall@10 {filtered_recall:.3f}")
     print(f"  one upsert of 32 products into it (appended): median "
           f"{np.median(small_upserts) * 1000:.1f} ms of {len(small_upserts)}; another process "
           f"catches up in {np.median(catch_ups) * 1000:.1f} ms (median)")
@@ -259,10 +289,14 @@ def main() -> None:
     parser.add_argument("--opensearch", action="store_true")
     parser.add_argument("--os-products", type=int, default=10_000)
     parser.add_argument("--skip-embedded", action="store_true")
+    parser.add_argument("--filtered-efs", default="",
+                        help="also walk the category filter at these efs (e.g. 128,256,384) "
+                             "and print each one's latency and recall")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     if not args.skip_embedded:
-        bench_embedded(args.products, args.dim, args.queries, rng)
+        bench_embedded(args.products, args.dim, args.queries, rng,
+                       tuple(int(ef) for ef in args.filtered_efs.split(",") if ef))
     url = os.environ.get("RESTYLE_OPENSEARCH_URL")
     if args.opensearch or url:
         node = None

@@ -16,4 +16,5 @@ def open_index(settings) -> VectorIndex:
         return OpenSearchIndex.from_settings(settings)
     return LocalIndex(settings.index_path, ann_threshold=settings.index_ann_threshold,
                       ef_search=settings.index_ef_search,
+                      walk_min_share=settings.index_filter_walk_min_share,
                       checkpoint_rows=settings.index_checkpoint_rows)

@@ -5,7 +5,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from streams.core.settings.storage import StorageSettings
 
@@ -15,6 +15,9 @@ class IndexSettings(StorageSettings):
     # The embedded index searches exactly below this many products, with an HNSW graph above.
     index_ann_threshold: int = 5_000
     index_ef_search: int = 64
+    # A category filter letting through less than this share of the products is searched
+    # exactly over its rows; a commoner one walks the graph (its recall falls apart below).
+    index_filter_walk_min_share: float = Field(0.1, ge=0, le=1)
     # With a graph, a write appends what changed; the index is saved whole again after this
     # many changes (what a process opening it then adds to the saved graph, at most).
     index_checkpoint_rows: int = 10_000
