@@ -17,17 +17,10 @@ at least as long as the session timeout means the group has dropped the worker f
 (no heartbeat can have reached it for that long). Every message of the generation the worker
 was in is then left unhandled and never committed (restyle's consumer holds it back: it
 comes again to the partition's owner); from the next generation on (the worker rejoins as
-soon as its heartbeat is refused) it works as before. The session counts from the last
-heartbeat the broker had, up to one heartbeat interval before the stop, so a stop that long
-short of the session timeout counts too; a shorter one is not acted on. A stop near the session
-timeout may have left the worker in its group after all: if, twice the session timeout after
-the wake, the group coordinator still counts the worker in the generation it works in, it works
-on, and what it held back comes again to it. It never works on while a rejoin is under way (a
-revoke waits for the messages in hand, so a slow one must not outlast the watch).
-
-The coordinator's word counts on its own too: once it has refused the worker's generation
-(aiokafka resets it when a heartbeat or commit is refused: the group went on without this
-member, whatever the clock says), the worker is out of its group until it has rejoined.
+soon as its heartbeat is refused) it works as before. A shorter stop is not acted on. A stop
+only just longer than the session timeout may have left the worker in its group after all (a
+heartbeat sent just before it): if no new generation has come twice the session timeout after
+the wake, the worker works on in the one it is in, and what it held back comes again to it.
 
 A stop can also come in the middle of a message. So what a worker writes for a message asks
 again first (ensure_in_group): every table write (streams/tracking/tables.py), a result, a
@@ -62,17 +55,9 @@ class OutOfGroup(Exception):
 
 class PauseWatch:
     def __init__(self, session_timeout_s: float, generation: Callable[[], int | None],
-                 clock: Callable[[], float] = _clock, heartbeat_interval_s: float = 0.0,
-                 group_generation: Callable[[], int | None] = lambda: None):
-        """generation(): the consumer group generation the worker's handlers work in (the one
-        its partitions were assigned in). group_generation(): the one its group coordinator
-        holds now (-1 once the broker has refused the member; a new one once it has rejoined;
-        None where it is not known)."""
+                 clock: Callable[[], float] = _clock):
+        """generation(): the consumer group generation the worker is in now."""
         self.session_timeout_s, self.generation, self.clock = session_timeout_s, generation, clock
-        self.group_generation = group_generation
-        # A stop this long may have let the session expire: the broker counts it from the last
-        # heartbeat it had, up to one interval before the stop.
-        self.dropped_after_s = session_timeout_s - heartbeat_interval_s
         self._last_look = clock()
         self._dropped_in: int | None = None  # the generation a long stop ended
         self._woke_at = 0.0
@@ -91,26 +76,22 @@ class PauseWatch:
         with self._lock:
             now = self.clock()
             stopped_s, self._last_look = now - self._last_look, now
-            if stopped_s < self.dropped_after_s:
+            if stopped_s < self.session_timeout_s:
                 return
             generation = self.generation()
             if generation != self._dropped_in:
                 self._dropped_in, self._woke_at = generation, now
-                log.warning("this worker was stopped for %.1f s (its session timeout: %.1f "
-                            "s): its group has given its partitions to others. It handles "
-                            "nothing more until it has rejoined (generation %s is over for "
-                            "it)", stopped_s, self.session_timeout_s, generation)
+                log.warning("this worker was stopped for %.1f s, longer than its session "
+                            "timeout (%.1f s): its group has given its partitions to others. "
+                            "It handles nothing more until it has rejoined (generation %s "
+                            "is over for it)", stopped_s, self.session_timeout_s, generation)
 
     def out_of_group(self) -> bool:
-        """Whether the generation the worker is in ended for it while it was stopped, or its
-        coordinator has refused it (its handler looks too: the thread may not have run since
-        the wake)."""
+        """Whether the generation the worker is in ended for it while it was stopped (its
+        handler looks too: the thread may not have run since the wake)."""
         self.look()
         with self._lock:
-            generation = self.generation()
-            if self._refused(generation):
-                return True
-            if self._dropped_in is None or self._dropped_in != generation:
+            if self._dropped_in is None or self._dropped_in != self.generation():
                 return False
             if self.clock() - self._woke_at < 2 * self.session_timeout_s:
                 return True
@@ -120,19 +101,12 @@ class PauseWatch:
             self._dropped_in = None
             return False
 
-    def _refused(self, generation: int | None) -> bool:
-        """The coordinator holds another generation than the one the worker works in: it has
-        refused the member (-1), or the worker has rejoined and not yet been given its
-        partitions. (Before the first assignment the worker works in none: 0.)"""
-        theirs = self.group_generation()
-        return theirs is not None and bool(generation) and theirs != generation
-
     def ensure_in_group(self) -> None:
         """Before a write for the message being handled: raise OutOfGroup if the worker was
         stopped out of its group since it took the message."""
         if self.out_of_group():
             raise OutOfGroup(f"this worker is out of its group (generation "
-                             f"{self.generation()} is over for it)")
+                             f"{self._dropped_in} ended for it while it was stopped)")
 
     def _watch(self) -> None:
         while True:
