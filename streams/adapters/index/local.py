@@ -240,7 +240,8 @@ class LocalIndex:
         if rows is not None and len(rows) == 0:
             return []
         if self._ann is None or (rows is not None
-                                 and self._searched_exactly(k, len(rows), category)):
+                                 and self._searched_exactly(k, len(rows),
+                                                            filtered=category is not None)):
             found = self._exact(query, k, rows)
         else:
             found = self._graph(query, k, selector, None if rows is None else len(rows))
@@ -306,14 +307,14 @@ class LocalIndex:
             ef = int(ef * math.sqrt(len(self._rows) / candidates))
         return ef
 
-    def _searched_exactly(self, k: int, candidates: int, category: str | None = "") -> bool:
+    def _searched_exactly(self, k: int, candidates: int, filtered: bool = True) -> bool:
         """Whether to score a filter's rows outright rather than walk the graph: for a
         category too rare for the walk to keep its recall (walk_min_share), and for one small
         enough that scoring it costs less than the walk (then it is both cheaper and exact).
-        category None: no filter but the live rows (tombstones left out), never rare."""
+        filtered False: no category, only the live rows (tombstones left out): never rare."""
         if self.exact_filter_rows is not None:
             return candidates <= self.exact_filter_rows
-        rare = category is not None and candidates < self.walk_min_share * len(self._rows)
+        rare = filtered and candidates < self.walk_min_share * len(self._rows)
         return rare or candidates <= EXACT_ROWS_PER_CANDIDATE * self._filtered_ef(k, candidates)
 
     def _graph(self, query: np.ndarray, k: int, selector, candidates: int | None = None):
