@@ -45,16 +45,15 @@ def clustered(n: int, n_queries: int, dim: int, rng) -> tuple[np.ndarray, np.nda
 
 
 CATEGORIES = ["sofa", "chair", "lamp", "table", "rug", "bed", "shelf", "plant"]
-# The filtered queries: categories from common to rare (what share of the catalog each is, and
-# which products are in it; the rarer ones are carved out of the others).
-FILTERS = {"lamp": (8, lambda i: i % 8 == 2), "desk": (16, lambda i: i % 16 == 7),
-           "mirror": (32, lambda i: i % 32 == 13), "vase": (64, lambda i: i % 64 == 5)}
+# The filtered queries, categories from common to rare: name -> (1/share, offset), product i
+# being in it when i % (1/share) == offset (the rarer ones are carved out of the others).
+FILTERS = {"lamp": (8, 2), "desk": (16, 7), "mirror": (32, 13), "vase": (64, 5)}
 
 
 def catalog(n: int) -> list[Product]:
     def category(i: int) -> str:
-        return next((name for name, (_, member) in FILTERS.items() if member(i)),
-                    CATEGORIES[i % 8])
+        return next((name for name, (share, offset) in FILTERS.items()
+                     if i % share == offset), CATEGORIES[i % len(CATEGORIES)])
 
     return [Product(product_id=f"p{i}", caption=f"product {i}", category=category(i))
             for i in range(n)]
@@ -178,8 +177,8 @@ def bench_embedded(n: int, dim: int, n_queries: int, rng,
         open_s, open_rss = open_in_fresh_process(Path(work) / "graph", dim)
 
         truth = exact_top10(vectors, queries)
-        filtered = {category: np.flatnonzero(member(np.arange(n)))
-                    for category, (_, member) in FILTERS.items()}
+        filtered = {category: np.flatnonzero(np.arange(n) % share == offset)
+                    for category, (share, offset) in FILTERS.items()}
         exact_lat = []
         for vector in queries[:30]:  # brute force, as the index does below ann_threshold
             started = time.perf_counter()
