@@ -4,8 +4,10 @@ Two questions, two pages (as Kubernetes asks them):
 - `/livez`: is this process worth keeping? 200 while its event loop answers, 503 once it has
   stopped for good (a broker that takes no sends, a broken GPU: Runtime.stop_worker). A
   rebalance never makes a worker "dead".
-- `/readyz`: should it get work now? 200 only while it owns partitions and no rebalance or
-  shutdown is under way. `/healthz` is the same page, for older probes.
+- `/readyz`: should it get work now? 200 only while it owns partitions, no rebalance or
+  shutdown is under way, and it is in its consumer group (a stop past its session timeout, or
+  a member its coordinator refused, is out until it has rejoined: streams/core/pauses.py).
+  `/healthz` is the same page, for older probes.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ def register(rt: Runtime) -> None:
             return "stopping"
         if app.rebalancing:
             return "rebalancing"
+        if rt.pauses.out_of_group():
+            return "out_of_group"
         # Before it owns partitions a worker cannot process anything.
         return "ok" if app.consumer.assignment() else "starting"
 

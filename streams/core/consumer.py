@@ -423,3 +423,12 @@ def use_fetch_max_wait(milliseconds: int) -> None:
     global _fetch_max_wait_ms
     _fetch_max_wait_ms = milliseconds
     faust_aiokafka.Transport.Consumer = _Consumer
+
+
+def group_generation(app) -> int | None:
+    """The consumer group generation app's group coordinator holds for it now (aiokafka's:
+    -1 once the broker has refused the member, until it rejoins); None before its consumer has
+    started. Read from another thread: it is one attribute."""
+    kafka_consumer = getattr(getattr(getattr(app, "_consumer", None), "_thread", None),
+                             "_consumer", None)
+    return getattr(getattr(kafka_consumer, "_coordinator", None), "generation", None)

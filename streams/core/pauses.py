@@ -17,10 +17,19 @@ at least as long as the session timeout means the group has dropped the worker f
 (no heartbeat can have reached it for that long). Every message of the generation the worker
 was in is then left unhandled and never committed (restyle's consumer holds it back: it
 comes again to the partition's owner); from the next generation on (the worker rejoins as
-soon as its heartbeat is refused) it works as before. A shorter stop is not acted on. A stop
-only just longer than the session timeout may have left the worker in its group after all (a
-heartbeat sent just before it): if no new generation has come twice the session timeout after
-the wake, the worker works on in the one it is in, and what it held back comes again to it.
+soon as its heartbeat is refused) it works as before. The session counts from the last
+heartbeat the broker had, up to one heartbeat interval before the stop, so a stop that long
+short of the session timeout counts too; a shorter one is not acted on. A stop near the session
+timeout may have left the worker in its group after all: if, twice the session timeout after
+the wake, the group coordinator still counts the worker in the generation it works in, it works
+on, and what it held back comes again to it. It never works on while a rejoin is under way (a
+revoke waits for the messages in hand, so a slow one must not outlast the watch).
+
+The coordinator's word counts on its own too: once it has refused the worker's generation
+(aiokafka resets it when a heartbeat or commit is refused: the group went on without this
+member, whatever the clock says), the worker is out of its group until it has rejoined. A
+rebalance alone (another worker joining) does not count: the coordinator moves on to the next
+generation while this worker's revoke waits for its messages in hand, and they finish as usual.
 
 A stop can also come in the middle of a message. So what a worker writes for a message asks
 again first (ensure_in_group): every table write (streams/tracking/tables.py), a result, a
@@ -55,12 +64,23 @@ class OutOfGroup(Exception):
 
 class PauseWatch:
     def __init__(self, session_timeout_s: float, generation: Callable[[], int | None],
-                 clock: Callable[[], float] = _clock):
-        """generation(): the consumer group generation the worker is in now."""
+                 clock: Callable[[], float] = _clock, heartbeat_interval_s: float = 0.0,
+                 group_generation: Callable[[], int | None] = lambda: None):
+        """generation(): the consumer group generation the worker's handlers work in (the one
+        its partitions were assigned in). group_generation(): the one its group coordinator
+        holds now (-1 once the broker has refused the member; a new one once it has rejoined;
+        None where it is not known)."""
         self.session_timeout_s, self.generation, self.clock = session_timeout_s, generation, clock
+        self.group_generation = group_generation
+        # A stop this long may have let the session expire: the broker counts it from the last
+        # heartbeat it had, up to one interval before the stop (never less than half the
+        # session: a heartbeat interval set oddly close to it must not make every hiccup one).
+        self.dropped_after_s = max(session_timeout_s - heartbeat_interval_s,
+                                   session_timeout_s / 2)
         self._last_look = clock()
         self._dropped_in: int | None = None  # the generation a long stop ended
         self._woke_at = 0.0
+        self._leaving = False  # the worker leaves its group itself (a shutdown): no refusal
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -71,30 +91,47 @@ class PauseWatch:
             self._thread.start()
 
     def look(self) -> None:
-        """Take the time: a stop since the last look that outlasted the session timeout
-        marks the current generation as one the group has dropped this worker from."""
+        """Take the time: a stop since the last look that may have outlasted the session
+        timeout, or a coordinator that has refused the member, marks the current generation as
+        one the group has dropped this worker from."""
         with self._lock:
             now = self.clock()
             stopped_s, self._last_look = now - self._last_look, now
-            if stopped_s < self.session_timeout_s:
-                return
             generation = self.generation()
-            if generation != self._dropped_in:
-                self._dropped_in, self._woke_at = generation, now
-                log.warning("this worker was stopped for %.1f s, longer than its session "
-                            "timeout (%.1f s): its group has given its partitions to others. "
-                            "It handles nothing more until it has rejoined (generation %s "
-                            "is over for it)", stopped_s, self.session_timeout_s, generation)
+            # (Before its first assignment the worker works in no generation: 0.)
+            refused = bool(generation) and self.group_generation() == -1
+            stopped = stopped_s >= self.dropped_after_s
+            if not (stopped or refused) or generation == self._dropped_in:
+                return
+            self._dropped_in, self._woke_at = generation, now
+            if stopped:
+                log.warning("this worker was stopped for %.1f s (its session timeout: %.1f "
+                            "s): its group has given its partitions to others. It handles "
+                            "nothing more until it has rejoined (generation %s is over for "
+                            "it)", stopped_s, self.session_timeout_s, generation)
+            elif not self._leaving:
+                log.warning("this worker's group coordinator has refused it (generation %s is "
+                            "over for it): it handles nothing more until it has rejoined",
+                            generation)
+
+    def leaving(self) -> None:
+        """The worker is about to leave its group (a shutdown): the generation it then no longer
+        has is its own doing, not worth a warning (what it holds is still held back)."""
+        self._leaving = True
 
     def out_of_group(self) -> bool:
-        """Whether the generation the worker is in ended for it while it was stopped (its
-        handler looks too: the thread may not have run since the wake)."""
+        """Whether the generation the worker is in ended for it while it was stopped, or its
+        coordinator has refused it (its handler looks too: the thread may not have run since
+        the wake)."""
         self.look()
         with self._lock:
-            if self._dropped_in is None or self._dropped_in != self.generation():
+            generation = self.generation()
+            if self._dropped_in is None or self._dropped_in != generation:
                 return False
             if self.clock() - self._woke_at < 2 * self.session_timeout_s:
                 return True
+            if self.group_generation() not in (None, generation):
+                return True  # refused, or rejoined and not yet given its partitions
             log.warning("no new generation %.0f s after the stop: this worker is still in "
                         "its group (generation %s), and works on", 2 * self.session_timeout_s,
                         self._dropped_in)
@@ -106,7 +143,7 @@ class PauseWatch:
         stopped out of its group since it took the message."""
         if self.out_of_group():
             raise OutOfGroup(f"this worker is out of its group (generation "
-                             f"{self._dropped_in} ended for it while it was stopped)")
+                             f"{self.generation()} is over for it)")
 
     def _watch(self) -> None:
         while True:

@@ -27,6 +27,7 @@ from streams.adapters.retries import describe, retry_policy
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.kafka import client_options
+from streams.core.consumer import group_generation
 from streams.core.pauses import OutOfGroup, PauseWatch
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.core import tracing
@@ -78,7 +79,9 @@ class Runtime:
         # Stopped past the session timeout (SIGSTOP, a stalled host): out of the group until
         # it rejoins, whatever its streams still hold (pauses.py).
         self.pauses = PauseWatch(settings.session_timeout_s,
-                                 lambda: self.app.consumer_generation_id)
+                                 lambda: self.app.consumer_generation_id,
+                                 heartbeat_interval_s=settings.heartbeat_interval_s,
+                                 group_generation=lambda: group_generation(self.app))
         self.pauses.start()
         # The trained models (avatar adapters); read once the worker runs registry.run.
         self.registry = ModelRegistry(client_options(settings), settings.topics.models)
@@ -120,6 +123,7 @@ class Runtime:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.app.conf.stream_wait_empty = False
+        self.pauses.leaving()
         log.info("shutting down: committing and leaving the group")
 
     async def _held(self, event) -> None:
@@ -183,6 +187,10 @@ class Runtime:
         counts as done; acknowledged=True waits here, for an event that must land before what
         is sent next to another topic. Returns what the send's acknowledgement resolves to
         (the record's partition and offset) when awaited."""
+        if _unacknowledged.get() is not None:
+            # For the message being handled: not once a stop has cost the worker its group
+            # (its new owner sends the same; the message is held back: pauses.py).
+            self.pauses.ensure_in_group()
         if "sent_at" in type(model).model_fields:  # lets the next stage measure its queue wait
             model.sent_at = time.time()
         following = _chain.get()
@@ -394,6 +402,10 @@ class Runtime:
                     except (asyncio.CancelledError, HandedBack, OutOfGroup):
                         raise
                     except Exception as exc:  # a bug or a model error: the worker lives
+                        # An error after a stop that cost the worker its group (a send or a
+                        # read that timed out while it was stopped) is its new owner's to
+                        # have or not: neither retried nor failed here.
+                        self.pauses.ensure_in_group()
                         if attempt < attempts and not self.cancelled(job_id):
                             STAGE_OUTCOMES.labels(stage, "retried").inc()
                             log.warning("job %s: %s raised %s (attempt %d of %d); running it "
@@ -478,12 +490,16 @@ class Runtime:
             STAGE_OUTCOMES.labels(stage, "ok").inc(len(decoded))
         except asyncio.CancelledError:
             raise
-        except OutOfGroup as out:  # (as in handle: the whole batch is the owner's)
-            log.warning("%s: %s; a batch of %d is left to the partitions' owners", stage, out,
-                        len(decoded))
-            for event, _ in decoded:
-                self.app.consumer.hold_back(event.message)
         except Exception as exc:  # a bug: keep every message of the batch, the worker lives
+            if isinstance(exc, OutOfGroup) or self.pauses.out_of_group():
+                # (As in handle: the whole batch is the partitions' owners', and an error after
+                # the stop may be the stop's.)
+                log.warning("%s: this worker is out of its group; a batch of %d is left to the "
+                            "partitions' owners (%s: %s)", stage, len(decoded),
+                            type(exc).__name__, exc)
+                for event, _ in decoded:
+                    self.app.consumer.hold_back(event.message)
+                return
             STAGE_OUTCOMES.labels(stage, "error").inc(len(decoded))
             log.exception("unexpected error in %s on a batch of %d", stage, len(decoded))
             for event, _ in decoded:
@@ -496,7 +512,9 @@ class Runtime:
                       fail_jobs: bool, on_failure=None) -> None:
         """Say the job failed (or dead-letter its message), acknowledged by the broker. If the
         broker takes neither the work nor its failure, the worker stops: its message is not
-        committed, and a healthy worker takes it over."""
+        committed, and a healthy worker takes it over. Nothing is said once the worker is out of
+        its group (OutOfGroup): the failure may be the stop's, and the job is its new owner's."""
+        self.pauses.ensure_in_group()
         token = _chain.set(None)  # what a failure sends goes to its topics, never chained
         try:
             async with acknowledged_sends():

@@ -21,6 +21,7 @@ from schemas.background import (
     WebhookDelivery,
 )
 from schemas.uris import join_uri
+from streams.core.pauses import OutOfGroup
 from streams.core.runtime import Runtime
 from streams.tracking.batchstate import apply_batch_event, cancel_waiting, summary, to_release
 from streams.tracking.tables import Tables
@@ -103,6 +104,8 @@ def register(rt: Runtime, tables: Tables) -> None:
                     job = BackgroundJob.model_validate_json(stored)
                     await rt.job_event(job.job_id, JobEventKind.SUBMITTED, tenant=job.tenant,
                                        batch_id=state.batch_id, job=job)
+                except OutOfGroup:  # the batch is its partition's new owner's
+                    raise
                 except Exception:  # the batch's next event releases from here again
                     log.exception("releasing image %d of batch %s failed", position,
                                   state.batch_id)
@@ -156,9 +159,8 @@ async def report_and_notify(rt: Runtime, tables: Tables, state: BatchState,
                 raise
             await asyncio.sleep(attempt)
     notification = await notification_for(rt, state, outcomes)
-    # Not from a worker stopped out of its group since it took the event: the batch's new
-    # owner notifies (the report above is the same whoever writes it).
-    rt.pauses.ensure_in_group()
+    # Not from a worker stopped out of its group since it took the event (rt.send asks): the
+    # batch's new owner notifies (the report above is the same whoever writes it).
     await rt.send(rt.topics.notifications, state.batch_id, notification)
     webhook = state.webhook
     url = webhook.url if webhook else rt.settings.webhook_url

@@ -115,6 +115,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         written (a timeout after the write, a connection dropped before the answer): one found
         on its partition counts as published, rather than the event being dead-lettered and the
         job failed later by the sweeper with a second, contradictory result."""
+        rt.pauses.ensure_in_group()  # (also after published_before: a stop may come during it)
         sent_at = time.time()
         try:
             if transactional is not None and message is not None:
@@ -137,12 +138,12 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         step = board.step(event)
         transition = step.transition
         latest = transition.state or step.current  # the job's state after this event
+        # Stopped past the session timeout while it handled this event, the tracker sends and
+        # stores nothing more for it (rt.send, publish and the table ask first): the
+        # partition's new owner handles it, with the state it has (this one's may be stale).
+        # OutOfGroup holds the event back (streams/core/pauses.py).
         if transition.result is not None and transition.result.status == "cancelled":
             await stop_work(rt, event.job_id, event.by or "an upstream system", event.at)
-        # Stopped past the session timeout while it handled this event: the partition's new
-        # owner handles it, with the state it has (this one's may be stale), and this one
-        # publishes nothing (OutOfGroup: the event is held back; streams/core/pauses.py).
-        rt.pauses.ensure_in_group()
         if transition.result is not None:
             # Published (and acknowledged) before the terminal state is stored: a crash in
             # between replays the event, and the replay finds the result published.

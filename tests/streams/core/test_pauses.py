@@ -2,17 +2,29 @@
 was in once it wakes (its group has moved its partitions on); a shorter stop changes nothing."""
 from __future__ import annotations
 
+import asyncio
+import json
+
+import pytest
+from pydantic import BaseModel
+
+from schemas import ErrorCode, StageFailure
 from streams.core.pauses import PauseWatch
 
 SESSION_TIMEOUT_S = 10.0
+HEARTBEAT_INTERVAL_S = 0.8
 
 
 class Worker:
-    """A worker's clock and consumer group generation, moved by hand."""
+    """A worker's clock and consumer group generation, moved by hand: the one its handlers
+    work in (generation) and the one its group coordinator holds (coordinator; None: not
+    known, as before the consumer starts)."""
 
     def __init__(self):
-        self.now, self.generation = 1000.0, 4
-        self.watch = PauseWatch(SESSION_TIMEOUT_S, lambda: self.generation, lambda: self.now)
+        self.now, self.generation, self.coordinator = 1000.0, 4, None
+        self.watch = PauseWatch(SESSION_TIMEOUT_S, lambda: self.generation, lambda: self.now,
+                                heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+                                group_generation=lambda: self.coordinator)
 
     def runs_for(self, seconds: float) -> None:
         """Running: the watch's thread looks four times a second."""
@@ -33,7 +45,7 @@ def test_a_worker_stopped_past_its_session_timeout_handles_nothing_until_it_rejo
     assert worker.watch.out_of_group()  # still generation 4: the rejoin is under way
     worker.generation = 5  # rejoined
     assert not worker.watch.out_of_group()
-    assert "stopped for 25.0 s, longer than its session timeout (10.0 s)" in caplog.text
+    assert "stopped for 25.0 s (its session timeout: 10.0 s)" in caplog.text
 
 
 def test_a_stop_shorter_than_the_session_timeout_or_a_busy_worker_changes_nothing():
@@ -54,6 +66,76 @@ def test_a_worker_still_in_its_generation_long_after_the_stop_works_on(caplog):
     worker.runs_for(2)  # twice the session timeout since the wake, and no new generation
     assert not worker.watch.out_of_group()
     assert "still in its group (generation 4)" in caplog.text
+
+
+def test_a_stop_within_a_heartbeat_of_the_session_timeout_counts():
+    """The broker counts the session from the last heartbeat it had, which may have gone out
+    up to one interval before the stop."""
+    worker = Worker()
+    worker.stopped_for(SESSION_TIMEOUT_S - HEARTBEAT_INTERVAL_S / 2)
+    assert worker.watch.out_of_group()
+
+
+def test_a_worker_its_coordinator_has_refused_is_out_of_its_group_whatever_its_clock():
+    """No stop was seen (a long one just short of the mark, or a commit refused), but the
+    broker refused the member: aiokafka reset its generation."""
+    worker = Worker()
+    worker.coordinator = 4
+    worker.runs_for(5)
+    assert not worker.watch.out_of_group()
+    worker.coordinator = -1  # a heartbeat refused: the group went on without it
+    assert worker.watch.out_of_group()
+    worker.coordinator = 5  # rejoined, its partitions not yet given to it
+    assert worker.watch.out_of_group()
+    worker.generation = 5
+    assert not worker.watch.out_of_group()
+
+
+def test_a_rebalance_without_a_stop_or_a_refusal_leaves_the_worker_in_its_group():
+    """Another worker joining moves the group to a new generation: this one's messages in hand
+    finish as usual (its revoke waits for them) while it rejoins."""
+    worker = Worker()
+    worker.coordinator = 4
+    worker.runs_for(5)
+    worker.coordinator = 5  # joined the next generation, partitions not yet assigned
+    assert not worker.watch.out_of_group()
+
+
+def test_a_worker_leaving_its_group_itself_is_not_warned_about(caplog):
+    """A shutdown leaves the group (aiokafka resets the generation as a refusal does): what the
+    worker still holds is held back, and the log does not cry refusal."""
+    worker = Worker()
+    worker.coordinator = 4
+    worker.watch.leaving()
+    worker.coordinator = -1
+    assert worker.watch.out_of_group()
+    assert "refused" not in caplog.text
+
+
+def test_a_rejoin_held_up_by_a_slow_message_never_lets_the_worker_work_on():
+    """A revoke waits for the messages in hand: one that takes long after the wake keeps the
+    generation the worker works in unchanged past twice the session timeout, and the
+    worker must not take that for still being in its group."""
+    worker = Worker()
+    worker.coordinator = 4
+    worker.stopped_for(25)
+    worker.runs_for(0.5)
+    worker.coordinator = -1  # its first heartbeat after the wake is refused
+    worker.runs_for(30)
+    assert worker.watch.out_of_group()
+    worker.generation = worker.coordinator = 5
+    assert not worker.watch.out_of_group()
+
+
+def in_process(tmp_path, worker: Worker):
+    """A runtime in process, whose clock and group are the worker's."""
+    from agents.pipelines import topic_sets
+    from streams.core.settings import Settings
+    from tests.inprocess import InProcessRuntime
+
+    rt = InProcessRuntime(Settings(state_dir=tmp_path), topic_sets())
+    rt.pauses = worker.watch
+    return rt
 
 
 def test_a_worker_stopped_in_the_middle_of_a_message_writes_nothing_more_for_it(tmp_path):
@@ -122,3 +204,81 @@ def test_a_worker_woken_from_a_long_stop_times_out_none_of_its_stale_tables_jobs
     assert sweep_after(stop_s=60) == []
     [given_up] = sweep_after(stop_s=0)
     assert '"code":"timeout"' in given_up and "no progress for 60s while generating" in given_up
+
+
+class Work(BaseModel):
+    job_id: str
+
+
+@pytest.mark.parametrize("error", [
+    ConnectionResetError("Connection reset by peer"),  # its storage dropped the connection
+    StageFailure(ErrorCode.BROKER_UNAVAILABLE, "the broker did not acknowledge a send"),
+])
+def test_an_error_after_a_stop_that_cost_the_group_fails_nothing(tmp_path, error):
+    """What a stage was waiting on when the worker was stopped fails as it wakes: that is the
+    stop's doing, and the job is its new owner's now. It is neither retried, failed nor
+    dead-lettered here; the message is held back."""
+    worker = Worker()
+    rt = in_process(tmp_path, worker)
+    runs = []
+
+    async def stage(work: Work) -> None:
+        runs.append(work.job_id)
+        worker.stopped_for(25)
+        raise error
+
+    rt.stage_agent("pausing", stage, Work, "restyle.stage.pausing")
+    asyncio.run(rt.deliver("restyle.stage.pausing", Work(job_id="job-1"), key="job-1"))
+
+    assert runs == ["job-1"]
+    assert [m.key for m in rt.app.consumer.held] == [b"job-1"]
+    assert rt.sent(rt.topics.dlq) == [] and rt.sent(rt.topics.job_events) == []
+
+
+def test_a_send_after_a_stop_that_cost_the_group_is_not_made(tmp_path):
+    """The job's next stage (or its GPU render) is its new owner's to ask for."""
+    worker = Worker()
+    rt = in_process(tmp_path, worker)
+
+    async def stage(work: Work) -> None:
+        worker.stopped_for(25)
+        await rt.send("restyle.stage.after", work.job_id, work)
+
+    rt.stage_agent("pausing", stage, Work, "restyle.stage.pausing")
+    asyncio.run(rt.deliver("restyle.stage.pausing", Work(job_id="job-1"), key="job-1"))
+
+    assert rt.sent("restyle.stage.after") == []
+    assert [m.key for m in rt.app.consumer.held] == [b"job-1"]
+    assert rt.sent(rt.topics.dlq) == [] and rt.sent(rt.topics.job_events) == []
+
+
+def test_a_batch_that_fails_after_a_stop_is_left_to_the_partitions_owners(tmp_path):
+    """A batch stage that fails on waking dead-letters nothing: its messages are held back."""
+    worker = Worker()
+    rt = in_process(tmp_path, worker)
+
+    async def stage(works: list[Work]) -> None:
+        worker.stopped_for(25)
+        raise TimeoutError("the index did not answer")
+
+    rt.stage_agent("batching", stage, Work, "restyle.stage.batching", batch=(10, 0.1))
+    asyncio.run(rt.deliver("restyle.stage.batching", Work(job_id="job-1"), key="job-1"))
+
+    assert [m.key for m in rt.app.consumer.held] == [b"job-1"]
+    assert rt.sent(rt.topics.dlq) == []
+
+
+def test_a_failure_without_a_stop_still_fails_the_job(tmp_path):
+    """(The other side of the tests above: the same stage error, no stop.)"""
+    worker = Worker()
+    rt = in_process(tmp_path, worker)
+
+    async def stage(work: Work) -> None:
+        raise StageFailure(ErrorCode.BROKER_UNAVAILABLE, "the broker did not acknowledge")
+
+    rt.stage_agent("failing", stage, Work, "restyle.stage.failing")
+    asyncio.run(rt.deliver("restyle.stage.failing", Work(job_id="job-1"), key="job-1"))
+
+    [failed] = [json.loads(m.value) for m in rt.sent(rt.topics.job_events)]
+    assert failed["kind"] == "failed" and failed["error"]["code"] == "broker_unavailable"
+    assert rt.app.consumer.held == []
