@@ -39,10 +39,10 @@ def register(rt: Runtime) -> None:
             return "broken"
         if rt.draining:
             return "stopping"
+        if rt.pauses.out_of_group():  # (its rejoin is a rebalance too: the cause comes first)
+            return "out_of_group"
         if app.rebalancing:
             return "rebalancing"
-        if rt.pauses.out_of_group():
-            return "out_of_group"
         # Before it owns partitions a worker cannot process anything.
         return "ok" if app.consumer.assignment() else "starting"
 

@@ -58,8 +58,9 @@ def _clock() -> float:
 
 
 class OutOfGroup(Exception):
-    """The worker was stopped past its session timeout while it handled a message: it writes
-    nothing more for it (the runtime holds the message back for the partition's owner)."""
+    """The worker was stopped past its session timeout, or refused by its group coordinator,
+    while it handled a message: it writes nothing more for it (the runtime holds the message
+    back for the partition's owner)."""
 
 
 class PauseWatch:
@@ -101,8 +102,11 @@ class PauseWatch:
             # (Before its first assignment the worker works in no generation: 0.)
             refused = bool(generation) and self.group_generation() == -1
             stopped = stopped_s >= self.dropped_after_s
-            if not (stopped or refused) or generation == self._dropped_in:
+            fresh = generation != self._dropped_in
+            if not (stopped or fresh and refused):
                 return
+            # Each stop counts from its own wake: a second one in the same generation must not
+            # find the first one's watch over already.
             self._dropped_in, self._woke_at = generation, now
             if stopped:
                 log.warning("this worker was stopped for %.1f s (its session timeout: %.1f "
@@ -110,13 +114,14 @@ class PauseWatch:
                             "nothing more until it has rejoined (generation %s is over for "
                             "it)", stopped_s, self.session_timeout_s, generation)
             elif not self._leaving:
-                log.warning("this worker's group coordinator has refused it (generation %s is "
-                            "over for it): it handles nothing more until it has rejoined",
-                            generation)
+                log.warning("this worker's group coordinator no longer counts it in generation "
+                            "%s (the broker refused it, or it left the group): it handles "
+                            "nothing more until it has rejoined", generation)
 
     def leaving(self) -> None:
-        """The worker is about to leave its group (a shutdown): the generation it then no longer
-        has is its own doing, not worth a warning (what it holds is still held back)."""
+        """The worker is about to leave its group (a shutdown, or a stop for good): the
+        generation it then no longer has is its own doing, not worth a warning (what it holds
+        is still held back)."""
         self._leaving = True
 
     def out_of_group(self) -> bool:

@@ -247,7 +247,9 @@ class Runtime:
                           job_id: str | None = None, attempts: int = 1) -> None:
         """Put the message on the DLQ as it was (key, value, headers), with what went wrong in
         restyle-dlq-* headers; acknowledged by the broker before this returns. An original too
-        large to fit beside its headers is kept in object storage and named instead."""
+        large to fit beside its headers is kept in object storage and named instead. Not once
+        the worker is out of its group (OutOfGroup): the message is its new owner's."""
+        self.pauses.ensure_in_group()
         raw = message.value if isinstance(message.value, bytes) else bytes(message.value or b"")
         key = message.key if isinstance(message.key, bytes) else None
         letter = DeadLetter(source_topic=message.topic, partition=message.partition,
@@ -472,12 +474,18 @@ class Runtime:
             return
         started = time.perf_counter()
         decoded = []
-        for event in events:
-            try:
-                decoded.append((event, decode(event.message.value, model)))
-            except StageFailure as failure:
-                STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
-                await self.dead_letter(event.message, failure.error.code, failure.error.message)
+        try:
+            for event in events:
+                try:
+                    decoded.append((event, decode(event.message.value, model)))
+                except StageFailure as failure:
+                    STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
+                    await self.dead_letter(event.message, failure.error.code,
+                                           failure.error.message)
+        except OutOfGroup:  # (as in handle: the batch is the partitions' owners')
+            for event in events:
+                self.app.consumer.hold_back(event.message)
+            return
         if not decoded:
             return
         try:
@@ -526,6 +534,9 @@ class Runtime:
                     await self.dead_letter(message, error.code, error.message, job_id,
                                            error.attempts or 1)
         except StageFailure as unsent:
+            # (Unless the stop cost it its group: then the failure's send timed out with it,
+            # and the job is its new owner's.)
+            self.pauses.ensure_in_group()
             await self.stop_worker(f"job {job_id}: its failure could not be published "
                                    f"({unsent.error.message})")
         finally:
@@ -538,6 +549,7 @@ class Runtime:
         the partitions next."""
         log.critical("stopping the worker: %s", reason)
         self.broken = reason
+        self.pauses.leaving()
         release_in_flight()  # the messages in flight did not cause this
         await self.app.crash(RuntimeError(reason))
 

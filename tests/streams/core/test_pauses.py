@@ -282,3 +282,58 @@ def test_a_failure_without_a_stop_still_fails_the_job(tmp_path):
     [failed] = [json.loads(m.value) for m in rt.sent(rt.topics.job_events)]
     assert failed["kind"] == "failed" and failed["error"]["code"] == "broker_unavailable"
     assert rt.app.consumer.held == []
+
+
+def test_a_second_stop_in_the_same_generation_counts_from_its_own_wake():
+    """A first stop near the mark left the worker in its group (it works on after twice the
+    session timeout); a second, long one in the same generation is a stop of its own, whose
+    refusal has not come back yet when the worker next looks."""
+    worker = Worker()
+    worker.coordinator = 4
+    worker.stopped_for(SESSION_TIMEOUT_S - HEARTBEAT_INTERVAL_S / 2)
+    worker.runs_for(0.5)
+    worker.stopped_for(30)
+    assert worker.watch.out_of_group()
+
+
+def test_a_dead_letter_after_a_stop_that_cost_the_group_is_not_written(tmp_path):
+    """An unreadable message is its new owner's to dead-letter, once."""
+    from schemas import ErrorCode
+
+    worker = Worker()
+    rt = in_process(tmp_path, worker)
+
+    async def raw_stage(message) -> None:
+        worker.stopped_for(25)
+        await rt.dead_letter(message, ErrorCode.INVALID_JSON, "the upload is not JSON")
+
+    rt.stage_agent("raw", raw_stage, None, "restyle.stage.raw")
+    asyncio.run(rt.deliver("restyle.stage.raw", b"{not json", key="job-1"))
+
+    assert rt.sent(rt.topics.dlq) == []
+    assert [m.key for m in rt.app.consumer.held] == [b"job-1"]
+
+
+def test_a_failure_whose_send_the_stop_timed_out_does_not_stop_the_worker(tmp_path):
+    """The broker did not acknowledge the job's failure because the worker was stopped
+    meanwhile, not because the broker is gone: the worker lives, and holds the message back."""
+    worker = Worker()
+    rt = in_process(tmp_path, worker)
+    job_events = rt.topic_named(rt.topics.job_events)
+
+    async def send_timed_out_by_a_stop(key=None, value=None, headers=None):
+        worker.stopped_for(25)
+        timed_out = asyncio.get_running_loop().create_future()
+        timed_out.set_exception(TimeoutError("no acknowledgement within 30 s"))
+        return timed_out
+
+    job_events.send = send_timed_out_by_a_stop
+
+    async def stage(work: Work) -> None:
+        raise StageFailure(ErrorCode.STORAGE_UNAVAILABLE, "the object store did not answer")
+
+    rt.stage_agent("failing", stage, Work, "restyle.stage.failing")
+    asyncio.run(rt.deliver("restyle.stage.failing", Work(job_id="job-1"), key="job-1"))
+
+    assert rt.broken is None
+    assert [m.key for m in rt.app.consumer.held] == [b"job-1"]
