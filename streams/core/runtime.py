@@ -468,24 +468,38 @@ class Runtime:
 
     async def _handle_batch(self, stage: str, events, model: type[M],
                             handler: Callable[[list[M]], Awaitable[None]]) -> None:
+        """A batch stage's messages: the undecodable ones dead-lettered, the rest handed to
+        handler together (all dead-lettered if it raises). Out of its group (OutOfGroup,
+        wherever in the batch), the worker leaves what it has not dead-lettered yet to the
+        partitions' owners, as handle does."""
         if self.pauses.out_of_group():  # (as in handle)
             for event in events:
                 self.app.consumer.hold_back(event.message)
             return
+        left = list(events)  # not dead-lettered yet
+        try:
+            await self._handle_batch_in_group(stage, left, model, handler)
+        except OutOfGroup as out:
+            log.warning("%s: %s; %d message(s) of a batch are left to the partitions' owners",
+                        stage, out, len(left))
+            for event in left:
+                self.app.consumer.hold_back(event.message)
+
+    async def _handle_batch_in_group(self, stage: str, left: list, model: type[M],
+                                     handler: Callable[[list[M]], Awaitable[None]]) -> None:
+        """_handle_batch's work; each message dead-lettered is taken out of left."""
+        async def dead_letter(event, code: ErrorCode, reason: str) -> None:
+            await self.dead_letter(event.message, code, reason)
+            left.remove(event)
+
         started = time.perf_counter()
         decoded = []
-        try:
-            for event in events:
-                try:
-                    decoded.append((event, decode(event.message.value, model)))
-                except StageFailure as failure:
-                    STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
-                    await self.dead_letter(event.message, failure.error.code,
-                                           failure.error.message)
-        except OutOfGroup:  # (as in handle: the batch is the partitions' owners')
-            for event in events:
-                self.app.consumer.hold_back(event.message)
-            return
+        for event in list(left):
+            try:
+                decoded.append((event, decode(event.message.value, model)))
+            except StageFailure as failure:
+                STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
+                await dead_letter(event, failure.error.code, failure.error.message)
         if not decoded:
             return
         try:
@@ -496,23 +510,17 @@ class Runtime:
                 async with acknowledged_sends():
                     await handler([item for _, item in decoded])
             STAGE_OUTCOMES.labels(stage, "ok").inc(len(decoded))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, OutOfGroup):
             raise
         except Exception as exc:  # a bug: keep every message of the batch, the worker lives
-            if isinstance(exc, OutOfGroup) or self.pauses.out_of_group():
-                # (As in handle: the whole batch is the partitions' owners', and an error after
-                # the stop may be the stop's.)
-                log.warning("%s: this worker is out of its group; a batch of %d is left to the "
-                            "partitions' owners (%s: %s)", stage, len(decoded),
-                            type(exc).__name__, exc)
-                for event, _ in decoded:
-                    self.app.consumer.hold_back(event.message)
-                return
+            # (As in handle: an error after a stop that cost the worker its group may be the
+            # stop's; the batch is then the partitions' owners'.)
+            self.pauses.ensure_in_group()
             STAGE_OUTCOMES.labels(stage, "error").inc(len(decoded))
             log.exception("unexpected error in %s on a batch of %d", stage, len(decoded))
             for event, _ in decoded:
-                await self.dead_letter(event.message, ErrorCode.INTERNAL,
-                                       f"{stage} stage error: {type(exc).__name__}: {exc}")
+                await dead_letter(event, ErrorCode.INTERNAL,
+                                  f"{stage} stage error: {type(exc).__name__}: {exc}")
         finally:
             STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
 

@@ -337,3 +337,32 @@ def test_a_failure_whose_send_the_stop_timed_out_does_not_stop_the_worker(tmp_pa
 
     assert rt.broken is None
     assert [m.key for m in rt.app.consumer.held] == [b"job-1"]
+
+
+def test_a_stop_while_a_failed_batch_is_dead_lettered_leaves_the_rest_to_the_owners(tmp_path):
+    """A batch stage fails (a bug, no stop); the stop comes while its messages are
+    dead-lettered: the one dead-lettered stands, the rest is held back, and the worker's agent
+    goes on (nothing escapes it)."""
+    from tests.inprocess import Event, Message
+
+    worker = Worker()
+    rt = in_process(tmp_path, worker)
+    dlq = rt.topic_named(rt.topics.dlq)
+    send_to_dlq = dlq.send
+
+    async def stopped_while_sending(key=None, value=None, headers=None):
+        worker.stopped_for(25)
+        return await send_to_dlq(key=key, value=value, headers=headers)
+
+    dlq.send = stopped_while_sending
+
+    async def stage(works: list[Work]) -> None:
+        raise KeyError("a bug")
+
+    batch = [Event(Message("restyle.stage.batching", job.encode(),
+                           Work(job_id=job).model_dump_json().encode(), offset=offset))
+             for offset, job in enumerate(["job-1", "job-2"])]
+    asyncio.run(rt._handle_batch("batching", batch, Work, stage))
+
+    assert [m.key for m in rt.sent(rt.topics.dlq)] == [b"job-1"]
+    assert [m.key for m in rt.app.consumer.held] == [b"job-2"]
