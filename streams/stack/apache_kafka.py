@@ -17,7 +17,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from streams.stack.embedded import (Service, free_port, start_process, started_on_free_ports,
+from streams.stack.embedded import (Service, free_ports, start_process, started_on_free_ports,
                                     wait_for_port)
 from streams.stack.kafka_security import SecureListener
 
@@ -206,7 +206,10 @@ def start_apache_kafka(work_dir: Path, log_dir: Path, port: int | None = None,
 def _start_apache_kafka(work_dir: Path, log_dir: Path, port: int | None, timeout_s: float,
                         secure: SecureListener | None) -> tuple[Service, str]:
     java, lib = java_binary(), fetch_jars()
-    port, controller_port = port or free_port(), free_port()
+    if port is None:
+        port, controller_port = free_ports(2)
+    else:
+        [controller_port] = free_ports(1, besides=(port,))
     work_dir = Path(work_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     (work_dir / "logs").mkdir(parents=True)

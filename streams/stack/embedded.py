@@ -27,6 +27,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int, besides: tuple[int, ...] = ()) -> list[int]:
+    """count distinct free ports, none of them in besides. Each free_port() releases its port
+    at once, so two calls in a row can return the same one (Kafka then refuses a broker whose
+    two listeners share a port)."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = free_port()
+        if port not in chosen and port not in besides:
+            chosen.append(port)
+    return chosen
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:

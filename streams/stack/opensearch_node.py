@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 
 from streams.stack.apache_kafka import cache_dir
-from streams.stack.embedded import Service, free_port
+from streams.stack.embedded import Service, free_ports
 
 OPENSEARCH_VERSION = "3.6.0"
 MAVEN = "https://repo1.maven.org/maven2"
@@ -172,7 +172,7 @@ def start_opensearch(work: Path, heap: str = "512m", timeout_s: float = 240,
     for sub in ("data", "logs", "tmp"):
         (work / sub).mkdir(parents=True)
     config = _node_config(home, work)
-    http_port, transport_port = free_port(), free_port()
+    http_port, transport_port = free_ports(2)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work),
            "OPENSEARCH_HOME": str(home), "OPENSEARCH_JAVA_HOME": str(java_home),
            "OPENSEARCH_PATH_CONF": str(config), "OPENSEARCH_TMPDIR": str(work / "tmp"),

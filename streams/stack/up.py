@@ -19,7 +19,7 @@ from streams.stack.embedded import (
     EMBEDDED_S3_SECRET,
     Service,
     Stack,
-    free_port,
+    free_ports,
     python_command,
     start_process,
     start_seaweedfs,
@@ -126,16 +126,19 @@ class RestyleStack:
         api_key = self.create_default_key(bootstrap)
         web_port = settings.web_port if self.cpu_workers else None
         health = []
+        # Every worker's port chosen at once, so no two are given the same one.
+        spare = iter(free_ports(max(self.cpu_workers - 1, 0) + self.gpu_workers
+                                + self.trainer_workers, besides=(settings.web_port,)))
         for n in range(self.cpu_workers):
-            port = settings.web_port if n == 0 else free_port()
+            port = settings.web_port if n == 0 else next(spare)
             self.start_worker("cpu", port, f"cpu-worker-{n}")
             health.append(port)
         for n in range(self.gpu_workers):
-            port = free_port()
+            port = next(spare)
             self.start_worker("gpu", port, f"gpu-worker-{n}")
             health.append(port)
         for n in range(self.trainer_workers):
-            port = free_port()
+            port = next(spare)
             self.start_worker("trainer", port, f"trainer-{n}")
             health.append(port)
         embedded_s3 = bool(key == EMBEDDED_S3_KEY and s3_endpoint and

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from streams.stack.embedded import (GRPC_OFFSET, ExitedWhileStarting, free_port,
+from streams.stack.embedded import (GRPC_OFFSET, ExitedWhileStarting, free_port, free_ports,
                                     free_ports_with_grpc, port_is_free, start_process,
                                     start_tansu, started_on_free_ports, wait_for_port)
 
@@ -68,3 +68,9 @@ def test_a_process_the_stack_starts_can_be_stopped_with_sigterm(tmp_path):
     assert int(blocked.split()[1], 16) == 0
     service.stop(timeout_s=5)
     assert service.process.returncode == -15  # it ended on SIGTERM, not on a kill
+
+
+def test_ports_chosen_together_are_distinct_and_avoid_those_already_given():
+    given = free_port()
+    ports = free_ports(40, besides=(given,))
+    assert len(set(ports)) == 40 and given not in ports
