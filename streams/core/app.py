@@ -8,7 +8,7 @@ from typing import Iterable
 
 import faust
 
-from streams.core.consumer import use_fetch_max_wait
+from streams.core.consumer import install_consumer
 from streams.core.kafka import faust_credentials
 from streams.core.settings import Settings
 
@@ -35,7 +35,7 @@ def create_app(settings: Settings, role: str, topic_names: Iterable[str],
     if not settings.kafka_bootstrap:
         raise SystemExit("no Kafka configured: set RESTYLE_KAFKA_BOOTSTRAP or start `restyle up`")
     port = web_port or settings.web_port
-    use_fetch_max_wait(settings.fetch_max_wait_ms)
+    install_consumer(settings.fetch_max_wait_ms)
     datadir = settings.state_dir / "faust" / f"{role}-{port}"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(

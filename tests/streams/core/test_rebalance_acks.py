@@ -14,6 +14,7 @@ import asyncio
 
 import faust
 import pytest
+from faust import streams as faust_streams
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
@@ -57,9 +58,9 @@ async def commit_after_a_rebalance(consumer_class) -> list[int | None]:
 
 @pytest.fixture(autouse=True)
 def keep_transport():
-    before = faust_aiokafka.Transport.Consumer
+    before = faust_aiokafka.Transport.Consumer, faust_streams._CStreamIterator
     yield
-    faust_aiokafka.Transport.Consumer = before
+    faust_aiokafka.Transport.Consumer, faust_streams._CStreamIterator = before
 
 
 def test_faust_alone_commits_past_messages_not_yet_processed():
@@ -69,7 +70,7 @@ def test_faust_alone_commits_past_messages_not_yet_processed():
 
 
 def test_restyle_commits_only_what_this_generation_processed():
-    restyle_consumer.use_fetch_max_wait(20)
+    restyle_consumer.install_consumer(20)
     commits = asyncio.run(commit_after_a_rebalance(faust_aiokafka.Transport.Consumer))
     assert commits == [None, 4, 5]  # nothing for the stale copy; then 3 and 4 in order
 
@@ -95,7 +96,7 @@ def test_faust_alone_commits_a_message_skipped_during_recovery():
 
 
 def test_restyle_holds_the_commit_below_a_skipped_message_until_it_is_processed():
-    restyle_consumer.use_fetch_max_wait(20)
+    restyle_consumer.install_consumer(20)
     commits = asyncio.run(commit_after_a_skip_during_recovery(
         faust_aiokafka.Transport.Consumer))
     assert commits == [None, None, 2]  # offset 1 waits for offset 0; then both
@@ -103,7 +104,7 @@ def test_restyle_holds_the_commit_below_a_skipped_message_until_it_is_processed(
 
 def test_a_revoked_partition_forgets_what_it_held_back():
     async def scenario():
-        restyle_consumer.use_fetch_max_wait(20)
+        restyle_consumer.install_consumer(20)
         app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
         fetched(5, generation=1).ack(consumer)  # stale: held back
         await consumer.on_partitions_revoked({PARTITION})  # another worker takes it over
@@ -111,6 +112,49 @@ def test_a_revoked_partition_forgets_what_it_held_back():
         fetched(6, generation=2).ack(consumer)  # (were it given back) 6 may commit again
         return consumer._new_offset(PARTITION)
     assert asyncio.run(scenario()) == 7
+
+
+async def a_stream_meets_a_stale_message(consumer_class) -> tuple[list[int], int | None]:
+    """A real faust stream (an agent's) is given offset 0 fetched in the previous generation,
+    then 1 and 2 from this one, and processes them. Returns the offsets it processed and the
+    commit then."""
+    app, consumer = rebalanced_consumer(consumer_class)
+    app.flow_control.resume()
+    channel = app.channel()
+    processed = []
+
+    async def agent():
+        async for value in channel.stream():
+            processed.append(value["offset"])
+            if value["offset"] == 2:
+                return  # (leaving the loop acknowledges 2)
+
+    running = asyncio.ensure_future(agent())
+    while not channel.subscriber_count:  # the stream subscribes once it starts
+        await asyncio.sleep(0.01)
+    for offset, generation in ((0, 1), (1, 2), (2, 2)):
+        message = fetched(offset, generation)
+        message.refcount = 1  # what faust's delivery to one stream counts
+        await channel.put(app.create_event(message.key, {"offset": offset}, None, message))
+    await asyncio.wait_for(running, 10)
+    return processed, consumer._new_offset(PARTITION)
+
+
+def test_faust_alone_with_its_compiled_stream_iterator_commits_past_a_skipped_message():
+    if faust_streams._CStreamIterator is None:
+        pytest.skip("faust's compiled stream iterator is not built here")
+    processed, commit = asyncio.run(a_stream_meets_a_stale_message(faust_aiokafka.Consumer))
+    assert processed == [1, 2] and commit == 3  # 0 never processed, committed
+
+
+def test_restyle_streams_hold_the_commit_below_a_message_they_skipped():
+    """The compiled iterator drops a skipped message without acknowledging it, and copies
+    faust's ack rather than calling the consumer's: restyle's workers use the pure-Python
+    one, so the skip reaches restyle's consumer and 0 is held back (and fetched again)."""
+    restyle_consumer.install_consumer(20)
+    processed, commit = asyncio.run(a_stream_meets_a_stale_message(
+        faust_aiokafka.Transport.Consumer))
+    assert processed == [1, 2] and commit is None
 
 
 # A held-back message must also reach its stream when it is fetched again. faust's fetch loop
@@ -164,7 +208,7 @@ def test_faust_alone_drops_a_skipped_message_fetched_again_below_its_read_offset
 
 
 def test_restyle_delivers_the_skipped_message_once_and_not_what_it_processed():
-    restyle_consumer.use_fetch_max_wait(20)
+    restyle_consumer.install_consumer(20)
     assert asyncio.run(fetch_again_after_reading_past_a_skipped_message(
         faust_aiokafka.Transport.Consumer)) == [0]
 
@@ -193,7 +237,7 @@ async def skipped_after_the_seek(monkeypatch, wait_s: float, fetch_passed_it: bo
     """Offsets 2..4 handed to the streams; 2 skipped after (a stale copy), 3 processed, 4 still
     in flight. Returns (the seeks made, what the next fetch of 2..5 hands the streams, the
     commit then)."""
-    restyle_consumer.use_fetch_max_wait(20)
+    restyle_consumer.install_consumer(20)
     app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
     app.flow_control.resume()
     consumer._thread = ConsumerThreadSeeks()
@@ -234,7 +278,7 @@ def test_a_skipped_message_the_fetch_has_not_reached_is_left_to_come():
 
 def test_a_skipped_message_on_its_way_again_is_not_handed_out_twice():
     async def scenario():
-        restyle_consumer.use_fetch_max_wait(20)
+        restyle_consumer.install_consumer(20)
         app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
         fetched(0, generation=2).ack(consumer)  # skipped during the recovery
         app.flow_control.resume()
@@ -247,7 +291,7 @@ def test_a_skipped_message_on_its_way_again_is_not_handed_out_twice():
 
 def test_an_offset_held_back_below_the_commit_no_longer_holds_it():
     """Held back in an earlier ownership, the partition since committed past it elsewhere."""
-    restyle_consumer.use_fetch_max_wait(20)
+    restyle_consumer.install_consumer(20)
     app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
     fetched(2, generation=1).ack(consumer)  # held back
     consumer._committed_offset[PARTITION] = 5
@@ -262,7 +306,7 @@ def test_a_skipped_message_deleted_by_retention_no_longer_holds_the_commit(caplo
     deletes the log below 4. It will never come: the partition is fetched from 4, and once 4
     and 5 are processed the commit moves past the deleted range, which the log names."""
     async def scenario():
-        restyle_consumer.use_fetch_max_wait(20)
+        restyle_consumer.install_consumer(20)
         app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
         app.flow_control.resume()
         consumer._thread = ConsumerThreadSeeks(log_start=4)
@@ -338,7 +382,7 @@ def test_faust_alone_commits_past_messages_dropped_before_a_seek_back():
 
 def test_restyle_fetches_dropped_messages_again_before_committing_past_them():
     """The fault bench's paused CPU worker lost uploads this way (Apache Kafka)."""
-    restyle_consumer.use_fetch_max_wait(20)
+    restyle_consumer.install_consumer(20)
     with pytest.MonkeyPatch.context() as monkeypatch:
         first, seeks, then = asyncio.run(commits_after_a_seek_back_behind_dropped_messages(
             faust_aiokafka.Transport.Consumer, monkeypatch))
@@ -350,7 +394,7 @@ def test_restyle_fetches_dropped_messages_again_before_committing_past_them():
 def restyle_consumer_at(committed: int):
     """restyle's consumer, its flow resumed after a rebalance, the partition committed up to
     `committed` (the next offset to process), its seeks written down."""
-    restyle_consumer.use_fetch_max_wait(20)
+    restyle_consumer.install_consumer(20)
     app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
     app.flow_control.resume()
     consumer._thread = ConsumerThreadSeeks()
@@ -408,7 +452,7 @@ def test_a_message_no_stream_took_is_held_back():
     """faust's delivery to the topic's channels as its index has them: while the index is
     rebuilt after a rebalance, a message can go to none (it returns all the same)."""
     async def scenario():
-        restyle_consumer.use_fetch_max_wait(20)
+        restyle_consumer.install_consumer(20)
         app, consumer = rebalanced_consumer(faust_aiokafka.Transport.Consumer)
         app.flow_control.resume()
         consumer._committed_offset[PARTITION] = 24
