@@ -69,6 +69,8 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from faust import streams as faust_streams
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streams.core.flow_control import install_flow_control
+
 log = logging.getLogger("restyle")
 
 _fetch_max_wait_ms = 1500
@@ -240,10 +242,14 @@ class _Consumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         """faust's seek to the committed offsets (after a rebalance): the fetch starts again
         there. What was handed stays known (a batch fetched before the seek may still be
-        handing its messages out); the assignment before it started this generation afresh."""
-        await super().perform_seek()
+        handing its messages out); the assignment before it started this generation afresh.
+        Where the fetch has got to is forgotten before the seek, not after: the seek itself is
+        made in the consumer's thread well before this call returns, and a fetch from the
+        seek's offsets can be handed out meanwhile (a held-back message it passed must count
+        as passed, or it would wait for a fetch that never comes)."""
         for book in self._books().values():
             book.fetched_to = book.refetch_from = None
+        await super().perform_seek()
 
     async def on_partitions_assigned(self, assigned, *args, **kwargs) -> None:
         """A new generation starts from the committed offsets, everything after them fetched
@@ -337,6 +343,8 @@ class _Consumer(faust_aiokafka.Consumer):
                     log.warning("%s offset %d was handed to its stream and never processed, "
                                 "while later ones were: fetched again", tp, committed)
                     self._hold_back(tp, committed)
+                    if committed in book.held_back:  # the fetch has been past it: from it now
+                        book.refetch_from = committed
                 else:  # the fetch went past it without it: no record there (a log's hole)
                     self._gap[tp].addi(committed, committed + 1)
 
@@ -425,7 +433,8 @@ async def seek_in_consumer_thread(consumer, tp, offset: int, generation: int) ->
 
 def install_consumer(fetch_max_wait_ms: int) -> None:
     """Install restyle's consumer for every faust app in this process (one worker = one
-    process), and the stream iterator that acknowledges through it."""
+    process), the stream iterator that acknowledges through it, and the flow control that
+    keeps what it delivered (flow_control.py)."""
     global _fetch_max_wait_ms
     _fetch_max_wait_ms = fetch_max_wait_ms
     faust_aiokafka.Transport.Consumer = _Consumer
@@ -437,6 +446,7 @@ def install_consumer(fetch_max_wait_ms: int) -> None:
     # as handed, and the commit could move past it (a traced run of the pause e2e case lost
     # a message so). The pure-Python iterator costs microseconds a message.
     faust_streams._CStreamIterator = None
+    install_flow_control()
 
 
 def group_generation(app) -> int | None:

@@ -530,3 +530,25 @@ def test_the_last_message_fetched_that_went_astray_is_fetched_again_once_its_str
         while_busy, seeks, again = asyncio.run(scenario(monkeypatch))
     assert while_busy == []  # it may be queued behind what the stream is doing
     assert seeks == [(PARTITION, 76)] and again == [76]
+
+
+def test_a_message_lost_on_its_way_is_fetched_again_though_a_seek_reset_the_fetch():
+    """Offset 2 handed to the intake's stream and lost on its way (its queue was cleared);
+    nothing after it comes. The seek made before it was handed finished after, and forgot
+    where the fetch had got to: the message must still be fetched again once found astray,
+    not wait for a fetch past it that never comes (a traced pause e2e run lost an upload so)."""
+    async def scenario():
+        app, consumer = restyle_consumer_at(2)
+        answering_fetches_with(consumer, [2])
+        handed = await handed_to_streams(consumer)
+        consumer._book(PARTITION).fetched_to = None  # the late end of the seek
+        for _ in range(3):  # the commit timer's looks: astray, then held back and due
+            consumer._plan_fetches_again()
+        answering_fetches_with(consumer, [2])
+        again = await handed_to_streams(consumer)
+        return handed, consumer._thread.seeks, again
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(restyle_consumer, "REDELIVER_AFTER_S", 0.0)
+        handed, seeks, again = asyncio.run(scenario())
+    assert handed == [2] and seeks == [(PARTITION, 2)] and again == [2]
