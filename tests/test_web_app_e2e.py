@@ -127,6 +127,18 @@ def test_a_wrong_key_is_refused_and_the_right_one_opens_the_app(e2e, web):
     web.get_by_label("API key").wait_for()
 
 
+def test_a_page_left_while_it_loads_leaves_nothing_behind(e2e, web):
+    """Pages that wait for the API before drawing (the makeover asks for its styles) used to
+    finish into the page the user had moved on to: two forms, two "Room photo" fields."""
+    sign_in(web, e2e.key_for(TENANT))
+    # Two visits begun in one moment: both ask for the styles before either is answered.
+    web.evaluate("() => { location.hash = '#/makeover/a'; location.hash = '#/makeover/b'; }")
+    web.get_by_label("Room photo").wait_for()
+    web.wait_for_load_state("networkidle")
+    assert web.get_by_label("Room photo").count() == 1
+    assert web.locator("#page h2").all_inner_texts() == ["Room makeover"]
+
+
 def test_a_room_makeover_is_followed_live_to_a_result_with_its_products(e2e, web,
                                                                          room_photos):
     sign_in(web, e2e.key_for(TENANT))

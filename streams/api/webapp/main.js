@@ -54,8 +54,10 @@ async function route() {
     if (link.getAttribute("href") === `#/${name}`) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  const container = $("page");
-  container.replaceChildren();
+  // Each visit renders into its own element: a page still loading when the user moves on
+  // (its first call in flight) then finishes into a detached element, never beside the next.
+  const container = document.createElement("div");
+  $("page").replaceChildren(container);
   const heading = document.createElement("h2");
   heading.textContent = title;
   container.append(heading);
