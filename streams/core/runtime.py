@@ -472,12 +472,9 @@ class Runtime:
         handler together (all dead-lettered if it raises). Out of its group (OutOfGroup,
         wherever in the batch), the worker leaves what it has not dead-lettered yet to the
         partitions' owners, as handle does."""
-        if self.pauses.out_of_group():  # (as in handle)
-            for event in events:
-                self.app.consumer.hold_back(event.message)
-            return
         left = list(events)  # not dead-lettered yet
         try:
+            self.pauses.ensure_in_group()  # (as in handle: a batch taken after a stop)
             await self._handle_batch_in_group(stage, left, model, handler)
         except OutOfGroup as out:
             log.warning("%s: %s; %d message(s) of a batch are left to the partitions' owners",
