@@ -247,6 +247,14 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
     failed it."""
     loop = asyncio.get_running_loop()
     for member in members:
+        # Cancelled (or timed out) while it waited for the model, or the worker is handing
+        # its work back: it never starts, and it never shows as `generating`.
+        try:
+            rt.check_cancelled(member.request.job_id)
+        except (JobCancelled, HandedBack) as stopped:
+            member.stopped = stopped
+    starting = [m for m in members if m.stopped is None]
+    for member in starting:
         request = member.request
         # The wait for the GPU ends here, at the model's turn (a request held in the worker
         # behind others still waits): what a user waiting on a makeover feels.
@@ -255,16 +263,23 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
         # This worker holds the job now: from here, time without progress is a stall.
         await rt.job_event(request.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
         member.prepared.shot.on_step = _step_reporter(rt, member, loop, engine.previews)
+    if not starting:
+        return [m.stopped for m in members]
     started = time.perf_counter()
     try:
-        outcomes = await asyncio.to_thread(_engine_call, engine, members)
+        outcomes = await asyncio.to_thread(_engine_call, engine, starting)
     finally:
         meter.model_ran(time.perf_counter() - started)
     render_ms = round((time.perf_counter() - started) * 1000, 2)
-    for member in members:
+    for member in starting:
         member.render_ms = render_ms
-    return [faults.render_failure(m.request, o) if _render_error(o) else o
-            for m, o in zip(members, outcomes)]
+    rendered = dict(zip(map(id, starting), outcomes))
+    return [_explained(m.request, rendered.get(id(m), m.stopped)) for m in members]
+
+
+def _explained(request: RenderRequest, outcome):
+    """outcome, with a failure of the render itself told to the job (faults.render_failure)."""
+    return faults.render_failure(request, outcome) if _render_error(outcome) else outcome
 
 
 def _step_reporter(rt: Runtime, member: Member, loop, previews: Previews | None = None):
@@ -311,12 +326,16 @@ def _engine_call(engine: RenderEngine, members: list[Member]) -> list:
     except JobCancelled:
         return [m.stopped or JobCancelled(m.request.job_id) for m in members]
     except Exception as exc:
-        if len(members) == 1:
-            return [exc]
+        if len(members) == 1 or faults.fatal_device_error(exc):  # nothing runs after that
+            return [m.stopped or exc for m in members]
         log.warning("a batched render of %d requests failed (%s: %s); rendering them one by "
                     "one", len(members), type(exc).__name__, exc)
-        return [m.stopped or _engine_call(engine, [m])[0] for m in members]
-    return [m.stopped or found for m, found in zip(members, images)]
+    else:
+        return [m.stopped or found for m, found in zip(members, images)]
+    # Outside the except block: the failed call's tensors, held by its traceback, are gone
+    # before the first member renders alone (a batch too large for the device, most often).
+    faults.free_memory()
+    return [m.stopped or _engine_call(engine, [m])[0] for m in members]
 
 
 def _render_error(outcome) -> bool:

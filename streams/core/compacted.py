@@ -32,7 +32,13 @@ class CompactedView(Generic[R]):
         each record's type. A record's key on the topic is its key here."""
         self.connection, self.topic, self.model = connection, topic, model
         self.records: dict[str, R] = {}
+        # Where apply() writes: the records themselves, or, while the topic is read again
+        # after a failure, a fresh reading that replaces them once it reaches the end.
+        self._reading: dict[str, R] = self.records
         self.loaded = asyncio.Event()
+        # Read to its end at least once since run() started (never cleared again).
+        self.read_once = asyncio.Event()
+        self.running = False  # run() started: the topic is being read
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
         self._catching_up: asyncio.Task | None = None
@@ -46,7 +52,7 @@ class CompactedView(Generic[R]):
             return
         name = key.decode(errors="replace")
         if value is None:
-            self.records.pop(name, None)
+            self._reading.pop(name, None)
             return
         try:
             record = self.model.model_validate_json(value)
@@ -55,13 +61,14 @@ class CompactedView(Generic[R]):
             # skipped, never fatal.
             log.warning("skipped a malformed record on %s", self.topic)
             return
-        self.records[name] = record
+        self._reading[name] = record
 
     async def run(self) -> None:
         """Read the topic from the beginning, forever (a faust task of the worker). When
         reading fails (the broker, an ACL), the view reports itself not loaded (lookups are
         refused, not judged by a view that no longer sees changes), and the topic is read
         again from the start."""
+        self.running = True
         while True:
             try:
                 await self._follow()
@@ -74,23 +81,30 @@ class CompactedView(Generic[R]):
                 await asyncio.sleep(RETRY_S)
 
     async def _follow(self) -> None:
-        self.records = {}  # what the topic says now, not what was read before a failure
+        # What the topic says now, not what was read before a failure; until this reading
+        # reaches the end, the last complete one answers get() (loaded says which is which:
+        # a lookup that must be current, an API key, waits for it).
+        self._reading = {}
         end = await self._open()
         try:
             while True:
                 if not self.loaded.is_set() and await self._reached(end):
+                    self.records = self._reading
                     log.info("%s loaded: %d records", self.topic, len(self.records))
                     self.loaded.set()
+                    self.read_once.set()
                 await self._read(500)
         finally:
             await self._close()
 
     async def read_all(self) -> dict[str, R]:
         """Read the topic once, up to its end (for a CLI listing)."""
+        self._reading = {}
         end = await self._open()
         try:
             while not await self._reached(end):
                 await self._read(200)
+            self.records = self._reading
             return self.records
         finally:
             await self._close()

@@ -38,6 +38,10 @@ from streams.core.settings.broker import TopicNames, Topics
 
 log = logging.getLogger("restyle")
 M = TypeVar("M", bound=BaseModel)
+
+# How long a worker that has just started waits, before its first job, to have read every
+# cancellation (a broker that answers reads it in well under a second).
+CANCELLATIONS_FIRST_READ_S = 30.0
 T = TypeVar("T", bound=TopicNames)
 
 
@@ -88,9 +92,26 @@ class Runtime:
         # Cancelled jobs; read once the worker runs cancellations.run.
         self.cancellations = CompactedView(client_options(settings),
                                            settings.topics.cancellations, Cancellation)
+        self._gave_up_on_cancellations = False
 
     def cancelled(self, job_id: str | None) -> bool:
         return job_id is not None and job_id in self.cancellations.records
+
+    async def cancellations_known(self) -> None:
+        """Before a worker's first job: wait (bounded) until it has read every cancellation,
+        or a job cancelled or timed out before it started would run here. Past the bound it
+        goes on with what it has read (its reader keeps reading) and says so once."""
+        view = self.cancellations
+        if view.read_once.is_set() or not view.running or self._gave_up_on_cancellations:
+            return
+        try:
+            await asyncio.wait_for(view.read_once.wait(), CANCELLATIONS_FIRST_READ_S)
+        except asyncio.TimeoutError:
+            if not self._gave_up_on_cancellations:
+                log.warning("the cancellations (%s) could not be read within %g s: jobs run "
+                            "without knowing whether they were cancelled before now",
+                            view.topic, CANCELLATIONS_FIRST_READ_S)
+            self._gave_up_on_cancellations = True
 
     def check_cancelled(self, job_id: str | None, hand_back_at_once: bool = False) -> None:
         """Between two steps of a long stage (denoising, training): raise JobCancelled if the
@@ -359,6 +380,8 @@ class Runtime:
         fail_jobs, on_failure = step.fail_jobs, step.on_failure
         started = time.perf_counter()
         job_id = getattr(decoded, "job_id", None)
+        if step.follows_cancellations:
+            await self.cancellations_known()
         if step.follows_cancellations and self.cancelled(job_id):
             STAGE_OUTCOMES.labels(stage, "cancelled").inc()
             log.info("job %s is cancelled: %s does not start it", job_id, stage)

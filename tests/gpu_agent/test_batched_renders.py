@@ -174,9 +174,11 @@ def control_photos(tmp_path) -> list:
     return [folder / "control.png"]
 
 
-def deliver_at_once(tmp_path, tiny_models, room_photos, make_engine, count: int):
+def deliver_at_once(tmp_path, tiny_models, room_photos, make_engine, count: int,
+                    beside=None):
     """count render requests (job ids room-N, each its own seed, the job id as its prompt)
-    handled at the same moment by a GPU worker on make_engine(runtime), in process."""
+    handled at the same moment by a GPU worker on make_engine(runtime), in process (with
+    beside(runtime), a coroutine, running alongside)."""
     from agents.pipelines import topic_sets
     from gpu_agent import worker as gpu_worker
     from streams.core.settings import Settings
@@ -194,7 +196,7 @@ def deliver_at_once(tmp_path, tiny_models, room_photos, make_engine, count: int)
         one.params.seed, one.prompt = 100 + n, one.job_id
 
     async def all_at_once():
-        await asyncio.gather(*(rt.handle(agent.name, Event(Message(
+        await asyncio.gather(*([beside(rt)] if beside else []), *(rt.handle(agent.name, Event(Message(
             rt.topics.render, one.job_id.encode(), one.model_dump_json().encode(), offset=n)),
             agent.model, agent.handler) for n, one in enumerate(wanted)))
 
@@ -287,3 +289,68 @@ def test_a_batch_that_fails_is_rendered_one_by_one_without_the_cancelled_job(
     # Every other request was rendered alone and answered; the cancelled one was not.
     assert set(replies) == {o.job_id for o in wanted} - {engine.cancelled}
     assert all(len(r["images"]) == 1 for r in replies.values())
+
+
+class CancelsOneQueuedBehind(CallCountingEngine):
+    """While the first request renders alone, the job of one queued behind it is cancelled."""
+
+    def __init__(self, runtime, victim: str):
+        super().__init__()
+        self.runtime, self.victim = runtime, victim
+        self.rendered: list[str] = []
+
+    def render_shots(self, model, controlnet, shots):
+        if not self.calls:
+            cancel(self.runtime, self.victim)
+        self.rendered += [shot.prompt for shot in shots]  # the job ids (deliver_at_once)
+        return super().render_shots(model, controlnet, shots)
+
+
+def cancel(runtime, job_id: str) -> None:
+    """What every worker reads from the cancellations topic after `DELETE /jobs/{id}`."""
+    from schemas.jobs import Cancellation
+
+    runtime.cancellations.apply(job_id.encode(), Cancellation(
+        job_id=job_id, by="tests", at=0.0).model_dump_json().encode())
+
+
+def statuses(rt, job_id: str) -> list[str]:
+    import json
+
+    events = [json.loads(m.value) for m in rt.sent(rt.topics.job_events)]
+    return [e["status"] for e in events if e["job_id"] == job_id and e["kind"] == "status"]
+
+
+def test_a_job_cancelled_while_it_waits_for_the_model_never_starts(tmp_path, tiny_models,
+                                                                   control_photos):
+    engines = []
+    rt, wanted = deliver_at_once(
+        tmp_path, tiny_models, control_photos,
+        lambda rt: engines.append(CancelsOneQueuedBehind(rt, "room-2")) or engines[0], 4)
+    [engine] = engines
+    assert engine.rendered[0] != "room-2" and "room-2" not in engine.rendered
+    replies, progress = replies_and_progress(rt)
+    assert set(replies) == {o.job_id for o in wanted} - {"room-2"}
+    # Never shown as `generating`: it never held the model.
+    assert "generating" not in statuses(rt, "room-2") and "room-2" not in progress
+    assert "generating" in statuses(rt, "room-1")
+
+
+def test_a_worker_that_has_just_started_reads_the_cancellations_before_its_first_render(
+        tmp_path, tiny_models, control_photos):
+    """room-1 was cancelled before this worker started: its request, already on the render
+    topic, is not rendered, though the worker reads the cancellations only after the
+    requests arrive."""
+    engine = CallCountingEngine()
+
+    async def reader_catching_up(rt):
+        rt.cancellations.running = True  # as the worker's reader task is
+        await asyncio.sleep(0.5)
+        cancel(rt, "room-1")
+        rt.cancellations.read_once.set()
+
+    rt, wanted = deliver_at_once(tmp_path, tiny_models, control_photos, lambda _: engine, 3,
+                                 beside=reader_catching_up)
+    replies, _ = replies_and_progress(rt)
+    assert set(replies) == {"room-0", "room-2"}
+    assert sum(engine.calls) == 2 and statuses(rt, "room-1") == []
