@@ -177,7 +177,8 @@ class DeadLetter(BaseModel):
     def from_record(cls, key: bytes | None, headers) -> "DeadLetter":
         """The letter a DLQ record carries (headers: a list of (name, bytes) pairs)."""
         found = {name[len(DLQ_HEADER):]: value.decode(errors="replace")
-                 for name, value in (headers or []) if name.startswith(DLQ_HEADER)}
+                 for name, value in (headers or [])
+                 if name.startswith(DLQ_HEADER) and value is not None}
 
         def number(name: str) -> int | None:
             return int(found[name]) if found.get(name, "").isdigit() else None

@@ -47,6 +47,24 @@ def test_malformed_json_goes_to_the_dead_letter_topic_whole(e2e):
     assert letter.offset is not None and letter.partition is not None
 
 
+def test_a_dead_letter_keeps_the_original_key_and_headers_byte_for_byte(e2e):
+    """Whatever an upstream producer put on the message comes back as it was: a key that is
+    not text, no key at all, a header without a value."""
+    marker = new_id("headers").encode()
+    binary_key = b"\xff\xfe" + marker
+    headers = [("marker", marker), ("blob", b"\x00\x01\xfe"), ("no-value", None)]
+    e2e.publish(b"not json", key=binary_key, headers=headers)
+    e2e.publish(b"not json either", key=None, headers=[("marker", marker + b"-keyless")])
+
+    [letter] = e2e.collector.wait_for("restyle.dlq", lambda m: m.key() == binary_key, 60)
+    assert letter.value() == b"not json"
+    assert [h for h in letter.headers() if not h[0].startswith("restyle-dlq-")] == headers
+    assert dead_letter(letter).code == "invalid_json"
+    [keyless] = e2e.collector.wait_for(
+        "restyle.dlq", lambda m: ("marker", marker + b"-keyless") in (m.headers() or []), 60)
+    assert keyless.key() is None and keyless.value() == b"not json either"
+
+
 def test_a_schema_violation_with_a_readable_job_id_is_dead_lettered_and_failed(e2e):
     job_id = new_id("schema")
     e2e.publish({"job_id": job_id, "pipeline": "room_makeover", "style": "modern",

@@ -26,9 +26,10 @@ REPLAYED_FROM = "restyle-replayed-from"
 class Letter:
     letter: DeadLetter
     value: bytes
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     partition: int  # where the letter itself is on the DLQ
     offset: int
+    key: bytes | None = None  # the original's key, byte for byte
 
     @property
     def where(self) -> str:
@@ -81,10 +82,11 @@ async def read_letters(settings: Settings, timeout_s: float = 60) -> list[Letter
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    headers = [(name, bytes(value)) for name, value in record.headers or []]
+                    headers = [(name, None if value is None else bytes(value))
+                               for name, value in record.headers or []]
                     letters.append(Letter(DeadLetter.from_record(record.key, headers),
                                           record.value or b"", headers, record.partition,
-                                          record.offset))
+                                          record.offset, record.key))
             assigned = sorted(consumer.assignment())
             if not assigned:
                 if time.monotonic() - started > 10:
@@ -128,8 +130,7 @@ async def replay(settings: Settings, letters: list[Letter], dry_run: bool = Fals
             headers = [(name, value_) for name, value_ in original_headers(item.headers)
                        if name != REPLAYED_FROM]
             headers.append((REPLAYED_FROM, f"{settings.topics.dlq}:{item.where}".encode()))
-            key = letter.key.encode() if letter.key is not None else None
-            await producer.send_and_wait(letter.source_topic, value=value, key=key,
+            await producer.send_and_wait(letter.source_topic, value=value, key=item.key,
                                          headers=headers)
             lines.append(f"replayed {what}")
     finally:

@@ -286,9 +286,9 @@ class Runtime:
         DEAD_LETTERS.labels(message.topic, code.value).inc()
         log.warning("dead letter from %s@%s: %s", message.topic, message.offset, reason)
         headers = original_headers(as_header_list(message.headers)) + letter.headers()
-        pending = await self.channel(self.topics.dlq).send(
-            key=key if key is not None else (job_id or "").encode(), value=raw,
-            headers=headers)
+        # The original key, byte for byte (none stays none: its job id is in a header), so a
+        # replay lands where the original did.
+        pending = await self.channel(self.topics.dlq).send(key=key, value=raw, headers=headers)
         await settle([(self.topics.dlq, pending)])
 
     # --- the one way a stage handles a message ---
@@ -666,12 +666,13 @@ async def settle(sends: list) -> None:
                                f"publishing to {topic} failed: {describe(exc)}") from exc
 
 
-def as_header_list(headers) -> list[tuple[str, bytes]]:
-    """A message's headers as (name, bytes) pairs (faust gives a list or a mapping)."""
+def as_header_list(headers) -> list[tuple[str, bytes | None]]:
+    """A message's headers as (name, bytes) pairs (faust gives a list or a mapping); a header
+    without a value (Kafka allows it) keeps none."""
     if not headers:
         return []
     items = headers.items() if hasattr(headers, "items") else headers
-    return [(name, value if isinstance(value, bytes) else str(value).encode())
+    return [(name, value if isinstance(value, bytes) or value is None else str(value).encode())
             for name, value in items]
 
 

@@ -95,10 +95,10 @@ def outgoing_headers() -> list[tuple[str, bytes]]:
     return CONTENT_HEADERS + [(name, value.encode()) for name, value in carrier.items()]
 
 
-def context_of(headers: list[tuple[str, bytes]]) -> context.Context:
+def context_of(headers: list[tuple[str, bytes | None]]) -> context.Context:
     """The trace context a message's headers carry (an empty one when none)."""
     carrier = {name: value.decode(errors="replace") for name, value in headers
-               if name in ("traceparent", "tracestate")}
+               if name in ("traceparent", "tracestate") and value is not None}
     return propagate.extract(carrier)
 
 
