@@ -78,6 +78,10 @@ class KeptApp:
     def topic(self, name: str, **_options) -> KeptTopic:
         return self.runtime.topic_named(name)
 
+    async def crash(self, reason: BaseException) -> None:
+        """faust's app stops the worker (its supervisor starts another): kept, to be read."""
+        self.crashed = reason
+
 
 @dataclass
 class Registered:

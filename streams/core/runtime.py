@@ -352,9 +352,7 @@ class Runtime:
             decoded = message if model is None else decode(message.value, model)
         except StageFailure as failure:
             STAGE_OUTCOMES.labels(stage, "dead_letter").inc()
-            await self.dead_letter(message, failure.error.code, failure.error.message)
-            if on_undecodable is not None:
-                await on_undecodable(message.value, failure.error)
+            await self._dead_letter_or_stop(message, failure.error, on_undecodable)
             return
         step = ChainedStage(stage, handler, model, fail_jobs, on_failure, follows_cancellations)
         chain = await self._traced(step, message, decoded, deaths)
@@ -509,8 +507,9 @@ class Runtime:
                                      handler: Callable[[list[M]], Awaitable[None]]) -> None:
         """_handle_batch's work; each message dead-lettered is taken out of left."""
         async def dead_letter(event, code: ErrorCode, reason: str) -> None:
-            await self.dead_letter(event.message, code, reason)
-            left.remove(event)
+            await self._dead_letter_or_stop(event.message, JobError(code=code, message=reason))
+            if not self.broken:  # not written, the worker stopping: left for the next one
+                left.remove(event)
 
         started = time.perf_counter()
         decoded = []
@@ -532,6 +531,13 @@ class Runtime:
             STAGE_OUTCOMES.labels(stage, "ok").inc(len(decoded))
         except (asyncio.CancelledError, OutOfGroup):
             raise
+        except StageFailure as failure:  # the batch failed for a cause it names: kept with it
+            self.pauses.ensure_in_group()
+            STAGE_OUTCOMES.labels(stage, "failed").inc(len(decoded))
+            log.warning("%s failed on a batch of %d: %s", stage, len(decoded),
+                        failure.error.message)
+            for event, _ in decoded:
+                await dead_letter(event, failure.error.code, failure.error.message)
         except Exception as exc:  # a bug: keep every message of the batch, the worker lives
             # (As in handle: an error after a stop that cost the worker its group may be the
             # stop's; the batch is then the partitions' owners'.)
@@ -569,6 +575,21 @@ class Runtime:
                                    f"({unsent.error.message})")
         finally:
             _chain.reset(token)
+
+    async def _dead_letter_or_stop(self, message, error: JobError,
+                                   on_undecodable=None) -> None:
+        """An undecodable message to the DLQ (then on_undecodable(raw, error), to tell whoever
+        waits on it). If the broker (or, for a large original, the storage) takes neither, the
+        worker stops, as in _failed: its message is not committed, and a healthy worker
+        takes it over."""
+        try:
+            await self.dead_letter(message, error.code, error.message)
+            if on_undecodable is not None:
+                await on_undecodable(message.value, error)
+        except StageFailure as unsent:
+            self.pauses.ensure_in_group()
+            await self.stop_worker(f"{message.topic} offset {message.offset} could not be "
+                                   f"dead-lettered ({unsent.error.message})")
 
     async def stop_worker(self, reason: str) -> None:
         """Stop this worker for good (it exits; its supervisor starts it again): for a fault

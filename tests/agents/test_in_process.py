@@ -205,6 +205,20 @@ def test_a_bug_in_a_batch_handler_keeps_every_message_of_the_batch(runtime):
         (runtime.topics_of(CatalogTopics).index, 1)
 
 
+def test_a_batch_that_fails_for_a_named_cause_is_dead_lettered_with_that_cause(runtime):
+    async def unavailable(items):
+        raise StageFailure("index_unavailable", "the index did not answer (5 attempts in 60 s)")
+
+    runtime.stage_agent("catalog-index", unavailable, CatalogItem,
+                        topic=runtime.topics_of(CatalogTopics).index, batch=(10, 1.0))
+    item = CatalogItem(event=CatalogEvent(product_id="p1", action="delete"))
+    asyncio.run(runtime.deliver(runtime.topics_of(CatalogTopics).index, item, "p1"))
+
+    [(letter, _)] = dead_letters(runtime)
+    assert (letter.key, letter.code, letter.reason) == (
+        "p1", "index_unavailable", "the index did not answer (5 attempts in 60 s)")
+
+
 def test_a_stage_failure_fails_the_job_and_a_bug_fails_it_with_internal_error(runtime):
     async def refuses(job):
         raise StageFailure("invalid_params", "width must be a multiple of 8")
@@ -275,6 +289,27 @@ def test_a_send_the_broker_never_acknowledges_fails_the_job_with_broker_unavaila
     assert (failed["kind"], failed["error"]["code"]) == ("failed", "broker_unavailable")
     assert failed["error"]["message"] == (f"publishing to {topics.embed} failed: "
                                           f"KafkaTimeoutError: no acknowledgement within 60 s")
+
+
+def test_a_dead_letter_the_broker_never_acknowledges_stops_the_worker_instead_of_losing_it(
+        runtime):
+    """An undecodable message is dead-lettered before it counts as done; a DLQ that takes
+    nothing stops the worker (its message is not committed: the next worker has it), and the
+    stage never sees the message."""
+    topics = runtime.topics_of(MakeoverTopics)
+    runtime.channels[runtime.topics.dlq] = RefusingTopic(runtime.topics.dlq)
+    handled = []
+
+    async def analyze(job):
+        handled.append(job)
+
+    runtime.stage_agent("analyze", analyze, JobEvent, topic=topics.analyze)
+    asyncio.run(runtime.deliver(topics.analyze, b'{"job_id": "j1", "kind": ', "j1"))
+
+    assert handled == [] and runtime.sent(runtime.topics.dlq) == []
+    assert runtime.broken.startswith(f"{topics.analyze} offset 0 could not be dead-lettered "
+                                     f"(publishing to {runtime.topics.dlq} failed")
+    assert str(runtime.app.crashed) == runtime.broken
 
 
 def test_an_upload_without_an_id_gets_the_same_id_when_redelivered_and_a_new_one_after_a_reset():
