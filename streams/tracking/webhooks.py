@@ -15,7 +15,7 @@ import time
 
 import aiohttp
 from tenacity import (AsyncRetrying, RetryError, retry_if_exception_type,
-                      stop_after_attempt, wait_random_exponential)
+                      stop_after_attempt, stop_before_delay, wait_random_exponential)
 
 from schemas.background import BatchEvent, BatchEventKind, WebhookDelivery
 from streams.adapters.outbound import OutboundPolicy, UnsafeTarget, guarded_session, redact
@@ -118,8 +118,13 @@ async def deliver(settings, delivery: WebhookDelivery, sleep=asyncio.sleep) -> d
 
     # Waits drawn below webhook_backoff_s, then twice that, and so on (full jitter): receivers
     # that come back are not hit by every worker's retries at once.
+    # At most RESTYLE_WEBHOOK_ATTEMPTS, and, where RESTYLE_RETRY_BUDGETS names the webhooks
+    # stage, no new attempt once its budget is spent.
+    stop = stop_after_attempt(settings.webhook_attempts)
+    if "webhooks" in settings.retry_budgets:
+        stop = stop | stop_before_delay(settings.retry_budgets["webhooks"])
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(settings.webhook_attempts), sleep=sleep,
+        stop=stop, sleep=sleep,
         wait=wait_random_exponential(multiplier=settings.webhook_backoff_s,
                                      max=settings.webhook_backoff_s
                                      * 2 ** max(0, settings.webhook_attempts - 2)),

@@ -9,11 +9,13 @@ from streams.core.settings.base import SettingsBase
 
 
 class ResilienceSettings(SettingsBase):
-    # How long a stage goes on retrying a call to storage, the vector index or the broker that
-    # failed for a moment (refused, timed out, 5xx, throttled) before the job fails with
-    # storage_unavailable, index_unavailable or broker_unavailable and the attempt count.
+    # How long a stage goes on retrying a call to storage or the vector index that failed for
+    # a moment (refused, timed out, 5xx, throttled) before the job fails with
+    # storage_unavailable or index_unavailable and the attempt count; and how long the
+    # producer retries a send (at least 30 s) before the job fails broker_unavailable.
     retry_budget_s: float = Field(60.0, ge=0)
-    # Per stage, another budget ({"render": 300, "webhooks": 600}).
+    # Per stage, another budget ({"render": 300, "catalog-index": 600}; "webhooks" bounds a
+    # webhook's retries in time too, beside webhook_attempts).
     retry_budgets: dict[str, float] = Field(default_factory=dict)
     # The waits between attempts: exponential from the first, full jitter, capped.
     retry_first_wait_s: float = Field(0.5, gt=0)

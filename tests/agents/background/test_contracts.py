@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -368,6 +369,20 @@ def test_a_refusing_webhook_is_not_retried_and_a_dead_one_gives_up_with_the_caus
         batch_id="b", url=receiver.url, secret_name="nope", body={}), sleep=no_wait))
     assert unknown["status"] == "failed" and "no webhook secret named 'nope'" in \
         unknown["error"]
+
+
+def test_webhook_retries_stop_when_the_webhooks_retry_budget_is_spent():
+    receiver = Receiver([503] * 50)
+    settings = Settings(webhook_attempts=50, webhook_backoff_s=0.2,
+                        retry_budgets={"webhooks": 1.0}, **LOCAL_RECEIVER)
+    started = time.monotonic()
+    try:
+        outcome = asyncio.run(deliver(settings, WebhookDelivery(
+            batch_id="b", url=receiver.url, body={})))  # real waits
+    finally:
+        receiver.close()
+    assert outcome["status"] == "failed" and outcome["http_status"] == 503
+    assert 2 <= outcome["attempts"] < 50 and time.monotonic() - started < 3
 
 
 def test_a_webhook_host_whose_certificate_is_not_trusted_is_not_retried(tmp_path):
