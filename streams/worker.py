@@ -34,7 +34,7 @@ from streams.core.kafka import client_options
 from streams.core.rebalance_watch import watch_rebalances
 from streams.core.runtime import Runtime
 from streams.core.settings import Settings
-from streams.core.shutdown import exit_if_still_running
+from streams.core.shutdown import PORT_TAKEN, exit_if_still_running, port_taken
 from streams.core.topics import TopicLayoutError, ensure_topics
 from streams.tracking import activity, batches, ingests, webhooks
 from streams.tracking import jobs as job_tracker
@@ -144,7 +144,14 @@ def run_worker(settings: Settings, role: str, web_port: int | None = None,
     rt = build_worker(settings, role, web_port)
     worker = GracefulWorker(rt, loglevel=loglevel, quiet=True, redirect_stdouts=False,
                             logging_config=logged)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exiting:
+        # mode turns the error that ended the start into SystemExit(1): said apart when it was
+        # the web port, so a supervisor can start this worker again on another.
+        if port_taken(worker.crash_reason) or port_taken(exiting.__context__):
+            raise SystemExit(PORT_TAKEN) from None
+        raise
 
 
 class GracefulWorker(faust.Worker):

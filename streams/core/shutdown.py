@@ -9,6 +9,7 @@ whichever worker holds the partitions next).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -20,6 +21,15 @@ log = logging.getLogger("restyle")
 
 # The exit status of a stop that ran out of time (EX_TEMPFAIL: try again).
 STOP_TIMED_OUT = 75
+
+# The exit status of a worker whose web port was taken before it could bind it (EX_OSERR):
+# `restyle up` starts it again on a new port, where the port was its own choice.
+PORT_TAKEN = 71
+
+
+def port_taken(error: BaseException | None) -> bool:
+    """error is a listener's failure to bind a port another process holds."""
+    return isinstance(error, OSError) and error.errno == errno.EADDRINUSE
 
 
 def exit_at_once(status: int, message: str) -> None:

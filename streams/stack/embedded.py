@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.core.shutdown import PORT_TAKEN
+
 # SeaweedFS `mini` accepts any credentials unless configured otherwise; boto still needs a pair.
 log = logging.getLogger("restyle.stack")
 EMBEDDED_S3_KEY = "restyle"
@@ -136,6 +138,10 @@ class Service:
     # Whether the stack's supervisor starts it again when it dies (a worker; a server whose
     # data survives a restart), and how many times it has been restarted in a row.
     supervised: bool = False
+    # A port restyle chose (not one the user set): if another process takes it first, the
+    # service is started again on a new one (argv names it after port_flag).
+    port_movable: bool = False
+    port_flag: str = "--web-port"
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
     restart_due: float | None = None
@@ -145,6 +151,17 @@ class Service:
         again = start_process(self.name, self.argv, self.log_path.parent, env=self.env,
                               port=self.port, supervised=self.supervised, kind=self.kind)
         again.restarts = self.restarts + 1
+        again.port_movable = self.port_movable
+        return again
+
+    def start_on_new_port(self, besides: tuple[int, ...]) -> "Service":
+        """The same command on a port chosen afresh (none of besides): its own was taken."""
+        [port] = free_ports(1, besides=(self.port, *besides))
+        argv = list(self.argv)
+        argv[argv.index(self.port_flag) + 1] = str(port)
+        again = start_process(self.name, argv, self.log_path.parent, env=self.env, port=port,
+                              supervised=self.supervised, kind=self.kind)
+        again.port_movable, again.restarts = True, self.restarts
         return again
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -302,8 +319,24 @@ class Stack:
             if service.kind != "worker":
                 service.stop()
 
+    def service_named(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def move_off_taken_ports(self) -> None:
+        """Start again, on a new port, each service that exited because another process took
+        the port restyle had chosen for it (a port is free when chosen, not always when
+        bound): a new port, not a failed start, and no backoff."""
+        for service in list(self.services):
+            if not (service.port_movable and service.process.poll() == PORT_TAKEN):
+                continue
+            again = service.start_on_new_port(tuple(s.port for s in self.services if s.port))
+            self.services[self.services.index(service)] = again
+            log.warning("%s: port %d was taken by another process; started again on port %d",
+                        service.name, service.port, again.port)
+
     def check(self) -> str | None:
         """The first service that has exited, in words (None: all run)."""
+        self.move_off_taken_ports()
         for service in self.services:
             if service.process.poll() is not None:
                 return f"{service.name} exited with code {service.process.returncode} " \
@@ -315,6 +348,7 @@ class Stack:
         with backoff, saying so in the log; the death of any other server (a broker that
         keeps its topics in memory) is returned as a problem."""
         now = time.monotonic()
+        self.move_off_taken_ports()
         # A snapshot, each replaced where it is then: the list may change meanwhile (a test
         # removes a worker it is about to stop for good).
         for service in list(self.services):

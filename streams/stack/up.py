@@ -130,16 +130,17 @@ class RestyleStack:
         spare = iter(free_ports(max(self.cpu_workers - 1, 0) + self.gpu_workers
                                 + self.trainer_workers, besides=(settings.web_port,)))
         for n in range(self.cpu_workers):
+            # The first serves the API on the port the user set; the others' are restyle's.
             port = settings.web_port if n == 0 else next(spare)
-            self.start_worker("cpu", port, f"cpu-worker-{n}")
+            self.start_worker("cpu", port, f"cpu-worker-{n}", port_movable=n > 0)
             health.append(port)
         for n in range(self.gpu_workers):
             port = next(spare)
-            self.start_worker("gpu", port, f"gpu-worker-{n}")
+            self.start_worker("gpu", port, f"gpu-worker-{n}", port_movable=True)
             health.append(port)
         for n in range(self.trainer_workers):
             port = next(spare)
-            self.start_worker("trainer", port, f"trainer-{n}")
+            self.start_worker("trainer", port, f"trainer-{n}", port_movable=True)
             health.append(port)
         embedded_s3 = bool(key == EMBEDDED_S3_KEY and s3_endpoint and
                            not settings.s3_endpoint)
@@ -192,10 +193,12 @@ class RestyleStack:
                                         (*DEFAULT_SCOPES, Scope.CATALOG)))
         return key
 
-    def start_worker(self, role: str, port: int, name: str) -> Service:
+    def start_worker(self, role: str, port: int, name: str,
+                     port_movable: bool = False) -> Service:
         argv = python_command("worker", role, "--web-port", str(port))
         service = start_process(name, argv, self.log_dir, env=self.env, port=port,
                                 supervised=True, kind="worker")
+        service.port_movable = port_movable
         self.stack.services.append(service)
         return service
 
@@ -222,22 +225,29 @@ class RestyleStack:
                     time.sleep(0.5)  # the S3 gateway answers before its filer is ready
 
     def wait_healthy(self, ports: list[int], timeout_s: float = 300) -> None:
+        """Wait until the workers on ports answer /healthz (followed to a new port if theirs
+        was taken and they moved)."""
         deadline = time.monotonic() + timeout_s
-        pending = set(ports)
+        # Each awaited as its service (by name, its port may change), or as a bare port.
+        pending = {next((s.name for s in self.stack.services if s.port == port), port)
+                   for port in ports}
         while pending:
             problem = self.stack.check()
             if problem:
                 self.stop()
                 raise RuntimeError(problem)
-            for port in list(pending):
+            for awaited in list(pending):
+                service = self.stack.service_named(awaited) if isinstance(awaited, str) \
+                    else None
+                port = service.port if service is not None else awaited
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                        pending.discard(port)
+                        pending.discard(awaited)
                 except Exception:
                     pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"workers on ports {sorted(pending)} not ready after "
+                raise TimeoutError(f"workers {sorted(map(str, pending))} not ready after "
                                    f"{timeout_s:.0f}s; see logs in {self.log_dir}")
             time.sleep(0.3)
 

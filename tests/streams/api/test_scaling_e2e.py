@@ -46,3 +46,28 @@ def test_a_second_cpu_worker_takes_partitions_and_status_is_routed_to_owners(e2e
         extra.process.wait(60)
         stack.stack.services.remove(extra)
         stack.wait_healthy([stack.settings.web_port], 180)
+
+
+def test_a_worker_whose_port_another_process_took_is_started_on_a_new_one(e2e,
+                                                                          first_broker_only):
+    """What `restyle up` does when a port it chose for a worker is taken before the worker
+    binds it: the worker exits saying so (code 71), and it is started again elsewhere."""
+    import socket
+
+    stack = e2e.stack
+    squatter = socket.socket()
+    squatter.bind(("0.0.0.0", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    extra = stack.start_worker("gpu", taken, "gpu-worker-moved", port_movable=True)
+    try:
+        stack.wait_healthy([taken], 300)
+        moved = stack.stack.service_named("gpu-worker-moved")
+        assert moved.port != taken and extra.process.returncode == 71
+        assert "address already in use" in extra.log_path.read_text()
+    finally:
+        squatter.close()
+        moved = stack.stack.service_named("gpu-worker-moved")
+        stack.stack.services.remove(moved)
+        moved.process.send_signal(signal.SIGTERM)
+        moved.process.wait(60)

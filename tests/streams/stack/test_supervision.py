@@ -88,3 +88,75 @@ def test_a_signal_during_a_health_probe_stops_the_start_instead_of_failing_the_p
         signal.signal(signal.SIGALRM, previous)
         silent_worker.close()
     assert time.monotonic() - started < 3
+
+
+# Stands in for a worker: serves /healthz on its --web-port, or exits as a worker does when
+# another process holds that port (streams/worker.py).
+HEALTH_SERVER = r"""
+import http.server, sys
+from streams.core.shutdown import PORT_TAKEN
+port = int(sys.argv[sys.argv.index("--web-port") + 1])
+
+class Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+try:
+    server = http.server.HTTPServer(("127.0.0.1", port), Healthy)
+except OSError:
+    sys.exit(PORT_TAKEN)
+server.serve_forever()
+"""
+
+
+def test_a_worker_whose_port_was_taken_before_it_bound_it_starts_again_on_a_new_one(tmp_path):
+    """`restyle up` chooses free ports, and another process can take one before the worker
+    binds it: the start goes on, with that worker on a new port."""
+    import socket
+
+    from streams.core.settings import Settings
+    from streams.stack.up import RestyleStack
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    stack = RestyleStack(Settings(state_dir=str(tmp_path)))
+    worker = start_process("gpu-worker-0", [sys.executable, "-c", HEALTH_SERVER, "--web-port",
+                                            str(taken)], tmp_path, port=taken, supervised=True,
+                           kind="worker")
+    worker.port_movable = True
+    stack.stack.services.append(worker)
+    try:
+        stack.wait_healthy([taken], timeout_s=30)
+        moved = stack.stack.service_named("gpu-worker-0")
+        assert moved.port != taken and moved.process.poll() is None
+        assert moved.restarts == 0 and stack.stack.exits == []  # not a crash: no backoff
+    finally:
+        stack.stop()
+        squatter.close()
+
+
+def test_a_worker_on_a_port_the_user_set_is_not_moved_and_the_start_fails(tmp_path):
+    import socket
+
+    import pytest
+
+    from streams.core.settings import Settings
+    from streams.stack.up import RestyleStack
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    stack = RestyleStack(Settings(state_dir=str(tmp_path)))
+    stack.stack.services.append(start_process(
+        "cpu-worker-0", [sys.executable, "-c", HEALTH_SERVER, "--web-port", str(taken)],
+        tmp_path, port=taken, supervised=True, kind="worker"))
+    try:
+        with pytest.raises(RuntimeError, match="cpu-worker-0 exited with code 71"):
+            stack.wait_healthy([taken], timeout_s=30)
+    finally:
+        stack.stop()
+        squatter.close()
