@@ -70,6 +70,7 @@ from faust import streams as faust_streams
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.core.flow_control import install_flow_control
+from streams.core.heartbeats import heartbeat_through_assignment
 
 log = logging.getLogger("restyle")
 
@@ -433,8 +434,9 @@ async def seek_in_consumer_thread(consumer, tp, offset: int, generation: int) ->
 
 def install_consumer(fetch_max_wait_ms: int) -> None:
     """Install restyle's consumer for every faust app in this process (one worker = one
-    process), the stream iterator that acknowledges through it, and the flow control that
-    keeps what it delivered (flow_control.py)."""
+    process), the stream iterator that acknowledges through it, the flow control that keeps
+    what it delivered (flow_control.py), and heartbeats that go on while faust takes up a new
+    assignment (heartbeats.py)."""
     global _fetch_max_wait_ms
     _fetch_max_wait_ms = fetch_max_wait_ms
     faust_aiokafka.Transport.Consumer = _Consumer
@@ -447,6 +449,7 @@ def install_consumer(fetch_max_wait_ms: int) -> None:
     # a message so). The pure-Python iterator costs no more: about 8 us a message either way.
     faust_streams._CStreamIterator = None
     install_flow_control()
+    heartbeat_through_assignment()
 
 
 def group_generation(app) -> int | None:
