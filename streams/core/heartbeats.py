@@ -10,9 +10,11 @@ end-to-end run on two loaded cores saw this for two minutes on end, the worker n
 From the moment the group's answer names its generation, the member is part of it; Kafka's
 own client heartbeats from a thread of its own throughout the callback. So restyle starts
 aiokafka's heartbeat before the callback rather than after it (a second start afterwards is
-a no-op). The callback is still bounded: aiokafka's heartbeat leaves the group once nothing
-has been fetched for the max poll interval, and restyle's rebalance watch
-(rebalance_watch.py) marks a rebalancing worker as polled while its event loop runs.
+a no-op). The callback counts as activity for aiokafka's idle check, which would otherwise
+make the now-running heartbeat leave the group once a callback outlasts the max poll interval
+(8 s in the end-to-end suite: a fresh worker left, rejoined and opened every store again). A
+callback that never ends is caught by restyle's rebalance watch (rebalance_watch.py:
+RESTYLE_REBALANCE_STUCK_S), or at a worker's first start by its startup probe.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def heartbeat_through_assignment() -> None:
 
     async def on_join_complete(self, *args, **kwargs):
         self._start_heartbeat_task()  # no-op when it runs already
-        return await original(self, *args, **kwargs)
+        with self._subscription.fetch_context():  # taking up the assignment is not idleness
+            return await original(self, *args, **kwargs)
 
     on_join_complete.heartbeats_first = True
     on_join_complete.__wrapped__ = original

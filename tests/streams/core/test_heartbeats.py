@@ -1,6 +1,7 @@
-"""A consumer whose assignment callback outlasts its session timeout stays in its group
-(streams/core/heartbeats.py): what faust's callback does on a busy machine, opening a RocksDB
-store per table partition. On a real broker, with aiokafka's own consumer."""
+"""A consumer whose assignment callback outlasts its session timeout (and its max poll
+interval) stays in its group (streams/core/heartbeats.py): what faust's callback does on a busy
+machine, opening a RocksDB store per table partition. On a real broker, with aiokafka's own
+consumer."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ from streams.core.heartbeats import heartbeat_through_assignment
 from tests.conftest import production_broker, start_broker
 
 SESSION_TIMEOUT_MS = 6000  # restyle's default, and the broker's least
-CALLBACK_S = 9.0
+CALLBACK_S = 9.0  # past the session timeout, and past the max poll interval (8 s) too
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ async def generations_after_a_slow_assignment(bootstrap: str) -> tuple[int, int]
         await admin.close()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                                 session_timeout_ms=SESSION_TIMEOUT_MS,
-                                heartbeat_interval_ms=800, max_poll_interval_ms=60000)
+                                heartbeat_interval_ms=800, max_poll_interval_ms=8000)
     listener = SlowToTakeUp()
     consumer.subscribe([topic], listener=listener)
     await consumer.start()
