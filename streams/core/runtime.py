@@ -38,11 +38,11 @@ from streams.core.settings.broker import TopicNames, Topics
 
 log = logging.getLogger("restyle")
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T", bound=TopicNames)
 
 # How long a worker that has just started waits, before its first job, to have read every
 # cancellation (a broker that answers reads it in well under a second).
 CANCELLATIONS_FIRST_READ_S = 30.0
-T = TypeVar("T", bound=TopicNames)
 
 
 class JobCancelled(Exception):
@@ -578,10 +578,10 @@ class Runtime:
 
     async def _dead_letter_or_stop(self, message, error: JobError,
                                    on_undecodable=None) -> None:
-        """An undecodable message to the DLQ (then on_undecodable(raw, error), to tell whoever
-        waits on it). If the broker (or, for a large original, the storage) takes neither, the
-        worker stops, as in _failed: its message is not committed, and a healthy worker
-        takes it over."""
+        """message to the DLQ with error (then on_undecodable(raw, error) where given, to
+        tell whoever waits on an undecodable one). If the broker (or, for a large original, the
+        storage) takes neither, the worker stops, as in _failed: its message is not committed,
+        and a healthy worker takes it over."""
         try:
             await self.dead_letter(message, error.code, error.message)
             if on_undecodable is not None:
