@@ -43,7 +43,8 @@ class SlowToTakeUp(ConsumerRebalanceListener):
 
 
 async def generations_after_a_slow_assignment(bootstrap: str) -> tuple[int, int]:
-    """(times assigned, generations joined) over a slow first assignment and 4 s after."""
+    """(times assigned, generations joined) over a slow first assignment and a few
+    heartbeat intervals after it."""
     topic, group = f"hb-{uuid.uuid4().hex[:8]}", f"hb-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
