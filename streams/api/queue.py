@@ -5,7 +5,8 @@ between is ahead of it: requests the pool has not taken, or holds unanswered (a 
 prefetches a few). Partitions are served in parallel, so a position counts the job's own
 partition only: it says how much is in front of the job, not an exact wait.
 
-A partition's committed offset is read once a second at most, whatever the request rate."""
+A partition's committed offset is read once a second at most, whatever the request rate, and
+in the background: a page answers with the last one read."""
 from __future__ import annotations
 
 import asyncio
@@ -29,6 +30,8 @@ class QueuePositions:
                        settings.topics.train: f"{settings.app_id}-trainer"}
         # (group, topic, partition) -> (when read, the committed offset)
         self._committed: dict[tuple[str, str, int], tuple[float, int | None]] = {}
+        # (group, topic, partition) -> the read under way
+        self._reading: dict[tuple[str, str, int], asyncio.Future] = {}
         self._lock = asyncio.Lock()
         self._readers: dict = {}
 
@@ -46,32 +49,55 @@ class QueuePositions:
         return None if done is None else max(0, spot.offset - done)
 
     async def _offsets(self, group: str, topic: str, partition: int) -> int | None:
-        async with self._lock:
-            read_at, offset = self._committed.get((group, topic, partition), (0.0, None))
-            if time.monotonic() - read_at < FRESH_FOR_S:
-                return offset
-            from aiokafka import TopicPartition
+        """The group's committed offset on the partition, as last read: a page never waits
+        on the broker for it but the first time. Older than FRESH_FOR_S, it is read again in
+        the background, once however many pages ask meanwhile (under load a page waiting
+        for it, all pages queued behind one lock, took the status API's p50 from 2 to 168 ms
+        at 300 requests/s)."""
+        key = (group, topic, partition)
+        known = self._committed.get(key)
+        if known is None or time.monotonic() - known[0] >= FRESH_FOR_S:
+            reading = self._reading.get(key)
+            if reading is None or reading.done():
+                reading = self._reading[key] = asyncio.ensure_future(self._read(*key))
+                reading.add_done_callback(_logged)
+            if known is None:
+                return await asyncio.shield(reading)
+        return known[1]
 
-            # A consumer in the group that never joins it (nothing assigned, nothing
-            # committed): it only asks the group's coordinator for its committed offsets.
-            reader, where = await self._reader(group), TopicPartition(topic, partition)
-            offset = await reader.committed(where)
-            if offset is None:  # nothing committed yet: the pool reads from the log's start
-                offset = (await reader.beginning_offsets([where]))[where]
-            self._committed[(group, topic, partition)] = (time.monotonic(), offset)
-            return offset
+    async def _read(self, group: str, topic: str, partition: int) -> int | None:
+        from aiokafka import TopicPartition
+
+        # A consumer in the group that never joins it (nothing assigned, nothing committed):
+        # it only asks the group's coordinator for its committed offsets.
+        reader, where = await self._reader(group), TopicPartition(topic, partition)
+        offset = await reader.committed(where)
+        if offset is None:  # nothing committed yet: the pool reads from the log's start
+            offset = (await reader.beginning_offsets([where]))[where]
+        self._committed[(group, topic, partition)] = (time.monotonic(), offset)
+        return offset
 
     async def _reader(self, group: str):
-        if group not in self._readers:
-            from aiokafka import AIOKafkaConsumer
+        async with self._lock:  # one reader per group, however many partitions ask at once
+            if group not in self._readers:
+                from aiokafka import AIOKafkaConsumer
 
-            reader = AIOKafkaConsumer(**client_options(self.settings), group_id=group,
-                                      enable_auto_commit=False)
-            await reader.start()
-            self._readers[group] = reader
-        return self._readers[group]
+                reader = AIOKafkaConsumer(**client_options(self.settings), group_id=group,
+                                          enable_auto_commit=False)
+                await reader.start()
+                self._readers[group] = reader
+            return self._readers[group]
 
     async def close(self) -> None:
+        for reading in self._reading.values():
+            reading.cancel()
         for reader in self._readers.values():
             await reader.stop()
         self._readers.clear()
+
+
+def _logged(reading: asyncio.Future) -> None:
+    """A background read that failed: the last known offset stands (a position is a
+    courtesy), and the next page asks again."""
+    if not reading.cancelled() and reading.exception() is not None:
+        log.info("queue position not refreshed: %s", reading.exception())

@@ -45,3 +45,43 @@ def test_a_queue_position_counts_the_requests_ahead_on_the_same_partition(tmp_pa
         assert asyncio.run(ask()) == [2, 0, 0, 0, None]
     finally:
         service.stop()
+
+
+def test_a_page_is_answered_from_the_last_position_read_while_the_broker_is_slow_or_gone(
+        tmp_path):
+    """Positions are read again in the background: a status page never waits on the broker
+    for one, but the very first time (under load, pages queued behind those reads)."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.api import queue
+
+    service, bootstrap = start_tansu(tmp_path)
+    topic = "restyle.render-requests"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
+    group = Consumer({"bootstrap.servers": bootstrap, "group.id": "restyle-gpu",
+                      "enable.auto.commit": False})
+    group.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)
+    group.close()
+    positions = QueuePositions(Settings(kafka_bootstrap=bootstrap))
+    spot = QueueSpot(topic=topic, partition=0, offset=5)
+
+    async def ask_before_and_after_the_broker_goes():
+        try:
+            first = await positions.ahead(spot)
+            service.stop()  # every read from now on hangs until it times out
+            await asyncio.sleep(queue.FRESH_FOR_S + 0.1)
+            started = time.monotonic()
+
+            async def asks():
+                return [await positions.ahead(spot) for _ in range(50)]
+            again = await asyncio.wait_for(asks(), 5)  # not the broker's request timeout
+            return first, again, time.monotonic() - started
+        finally:
+            await asyncio.wait_for(positions.close(), 30)
+
+    first, again, took_s = asyncio.run(ask_before_and_after_the_broker_goes())
+    assert first == 2 and again == [2] * 50 and took_s < 0.5
