@@ -86,3 +86,30 @@ def test_a_store_whose_certificate_is_not_trusted_fails_at_once_with_the_cause(
     assert "certificate verify failed" in failure.value.error.message
     assert "AWS_CA_BUNDLE names that CA's file" in failure.value.error.message
     assert took < 10
+
+
+def test_a_presigned_url_is_reused_while_nine_tenths_of_its_validity_remain():
+    """Signing is botocore's endpoint resolution each time: a status page asked for 300
+    times a second hands out the same URL, made again once a tenth of its validity has
+    passed (so it still reads the image for at least nine tenths of it)."""
+    import asyncio
+    import time
+
+    store = Storage(S3Store("http://127.0.0.1:9", "key", "secret", "us-east-1"), [],
+                    presign_expiry_s=10)
+
+    async def sign_three_times():
+        try:
+            first = await store.presign("s3://restyle/results/j/0.png")
+            again = await store.presign("s3://restyle/results/j/0.png")
+            other = await store.presign("s3://restyle/results/k/0.png")
+            time.sleep(1.1)  # a tenth of the 10 s validity, and a new signing second
+            later = await store.presign("s3://restyle/results/j/0.png")
+            return first, again, other, later
+        finally:
+            await store.close()
+
+    first, again, other, later = asyncio.run(sign_three_times())
+    assert again == first and "X-Amz-Expires=10" in first and "/results/j/0.png" in first
+    assert "/results/k/0.png" in other
+    assert later != first and "/results/j/0.png" in later
