@@ -196,9 +196,10 @@ def deliver_at_once(tmp_path, tiny_models, room_photos, make_engine, count: int,
         one.params.seed, one.prompt = 100 + n, one.job_id
 
     async def all_at_once():
-        await asyncio.gather(*([beside(rt)] if beside else []), *(rt.handle(agent.name, Event(Message(
+        handled = (rt.handle(agent.name, Event(Message(
             rt.topics.render, one.job_id.encode(), one.model_dump_json().encode(), offset=n)),
-            agent.model, agent.handler) for n, one in enumerate(wanted)))
+            agent.model, agent.handler) for n, one in enumerate(wanted))
+        await asyncio.gather(*([beside(rt)] if beside else []), *handled)
 
     asyncio.run(all_at_once())
     return rt, wanted
