@@ -58,6 +58,10 @@ def register(rt: Runtime) -> None:
         await rt.send(request.reply_topic, job.job_id, outcome)
 
     rt.stage_agent("trainer", handle, TrainRequest, topic=rt.topics.train)
+    # The training of a trainer that died waits for this one again, and says so (one at a
+    # time: the one it trained, and one finished but not yet committed).
+    rt.take_over_requests([rt.topics.train], 2,
+                          lambda value: TrainRequest.model_validate_json(value).job.job_id)
 
 
 async def run_training(rt: Runtime, job: AvatarTrainJob) -> TrainOutcome:

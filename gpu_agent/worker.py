@@ -126,6 +126,10 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
                    concurrency=held)
     rt.stage_agent("render-batch", lane_handler(BATCH), RenderRequest,
                    topic=rt.topics.render_batch, concurrency=held)
+    # The jobs of a worker killed mid-render wait for this one again, and say so. Twice what
+    # a worker holds: finished requests not yet committed lie among those it held.
+    rt.take_over_requests([rt.topics.render, rt.topics.render_batch], 2 * held,
+                          lambda value: RenderRequest.model_validate_json(value).job_id)
 
     return meter
 

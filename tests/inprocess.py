@@ -117,6 +117,10 @@ class InProcessRuntime(Runtime):
             self.declare_chained(name, handler, model, topic, batch, options)
         self.agents.setdefault(topic, []).append(Registered(name, handler, model, batch, options))
 
+    def take_over_requests(self, topics, per_partition, job_id_of) -> None:
+        """One process, no consumer group: no worker's requests are ever taken over (the end-to-
+        end tests kill one: test_worker_restart_e2e.py)."""
+
     def sent(self, topic: str) -> list[Message]:
         """Every message sent to the topic named topic, in order."""
         return [m for m in self.log if m.topic == topic]

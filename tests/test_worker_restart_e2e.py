@@ -147,3 +147,32 @@ def test_a_gpu_worker_stopped_with_sigterm_hands_back_the_render_it_cannot_finis
     outcome = e2e.result(job_id, 300)
     assert outcome["status"] == "done"
     assert len(e2e.results(job_id)) == 1
+
+
+@pytest.mark.usefixtures("embedded_stack_only")
+def test_a_gpu_worker_killed_mid_render_leaves_its_job_waiting_for_the_next_one(e2e):
+    """kill -9 mid-render: the dead worker says nothing more, so the worker started in its
+    place (by the stack's supervisor) says it as it takes the request over: the job waits for
+    a GPU worker again, with its place in the queue, instead of showing a render nobody makes.
+    Then it renders and ends done, once."""
+    from tests.test_cancel_e2e import events, long_render, rendering
+
+    worker = next(s for s in e2e.stack.stack.services if s.name.startswith("gpu-worker"))
+    job_id = f"killed-gpu-{uuid.uuid4().hex[:8]}"
+    long_render(e2e, job_id, steps=40)
+    rendering(e2e, job_id)
+    worker.process.send_signal(signal.SIGKILL)
+
+    outcome = e2e.result(job_id, 300)
+    assert outcome["status"] == "done"
+    assert len(e2e.results(job_id)) == 1
+    told = events(e2e, job_id)
+    requeued = [n for n, event in enumerate(told) if event["kind"] == "requeued"]
+    assert len(requeued) == 1, [(e["kind"], e.get("status")) for e in told]
+    taken_over = told[requeued[0]]
+    assert taken_over["queue"]["topic"] == "restyle.render-requests"
+    # Dated from the takeover: before the new worker's render, which the tracker then shows.
+    again = [e for e in told[requeued[0]:] if e.get("status") == "generating"]
+    assert again and again[0]["at"] > taken_over["at"]
+    before = [e for e in told[:requeued[0]] if e["kind"] == "progress"]
+    assert before and before[-1]["at"] < taken_over["at"]

@@ -32,6 +32,7 @@ from streams.core.pauses import OutOfGroup, PauseWatch
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.core import tracing
 from streams.core.compacted import CompactedView
+from streams.core.inherited import InheritedWork
 from streams.core.registry import ModelRegistry
 from streams.core.settings import Settings
 from streams.core.settings.broker import TopicNames, Topics
@@ -255,10 +256,32 @@ class Runtime:
                              queue=spot, **shown)
 
     async def job_event(self, job_id: str, kind: JobEventKind, acknowledged: bool = False,
-                        **fields) -> None:
+                        at: float | None = None, **fields) -> None:
+        """at: when it happened (now, unless said)."""
         await self.send(self.topics.job_events, job_id,
-                        JobEvent(job_id=job_id, kind=kind, at=time.time(), **fields),
+                        JobEvent(job_id=job_id, kind=kind, at=time.time() if at is None else at,
+                                 **fields),
                         acknowledged=acknowledged)
+
+    def take_over_requests(self, topics: Iterable[str], per_partition: int,
+                           job_id_of: Callable[[bytes], str]) -> None:
+        """For a worker that renders or trains: the jobs of the requests it takes over from a
+        worker that died holding them show as waiting for a worker again, not as rendering
+        (inherited.py). per_partition: how many requests a worker takes ahead of the commit;
+        job_id_of: a request's job id, from its record (ValueError: not a request)."""
+        async def requeued(job_id: str, spot: QueueSpot, at: float) -> None:
+            await self.job_event(job_id, JobEventKind.REQUEUED, queue=spot, at=at)
+
+        work = InheritedWork(client_options(self.settings), self.app.conf.id, topics,
+                             per_partition, job_id_of, requeued)
+
+        @self.app.on_partitions_assigned.connect
+        async def take_over(_sender=None, assigned=None, **_kwargs) -> None:
+            work.assigned(assigned)
+
+        @self.app.on_partitions_revoked.connect
+        async def let_go(_sender=None, _revoked=None, **_kwargs) -> None:
+            work.revoked()
 
     async def fail(self, job_id: str, error: JobError, tenant: str | None = None,
                    kind: JobEventKind = JobEventKind.FAILED, **fields) -> None:

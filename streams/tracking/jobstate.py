@@ -62,7 +62,11 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
             "status": event.status, "progress": None, "queue": queue, "updated_at": event.at,
             "photo_check": event.photo_check or state.photo_check}))
     if kind is JobEventKind.REQUEUED:
-        if state.status not in (JobStatus.GENERATING, JobStatus.TRAINING):
+        # Only a job being rendered (or trained) waits again, and only one that has not moved
+        # since: a worker that took over a dead one's requests dates its word from when it took
+        # them, and a render it started since then stands (streams/core/inherited.py).
+        if state.status not in (JobStatus.GENERATING, JobStatus.TRAINING) or \
+                event.at < state.updated_at:
             return Transition(None)
         return Transition(state.model_copy(update={
             "status": JobStatus.QUEUED_FOR_GPU, "progress": None, "queue": event.queue,

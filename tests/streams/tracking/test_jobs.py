@@ -105,6 +105,29 @@ def test_a_job_handed_back_by_a_worker_waits_for_the_gpu_again_then_goes_on():
     assert apply_event(analyzing, event(JobEventKind.REQUEUED)).state is None
 
 
+def test_a_job_whose_worker_died_waits_again_unless_it_moved_since_the_takeover():
+    """The next owner of a dead worker's requests says its jobs wait again, as of when it took
+    them over: a job still showing the dead worker's render waits; one the new owner has
+    started meanwhile (its word arrived late) goes on rendering."""
+    spot = QueueSpot(topic="restyle.render-requests", partition=0, offset=3)
+    rendering = run([event(JobEventKind.SUBMITTED, job=_job(), at=1.0),
+                     event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=2.0),
+                     event(JobEventKind.PROGRESS, progress=Progress(step=4, total=20),
+                           at=3.0)])[0]  # ... and then its worker was killed
+    taken_over = apply_event(rendering, event(JobEventKind.REQUEUED, queue=spot, at=15.0))
+    assert (taken_over.state.status, taken_over.state.queue, taken_over.state.progress) == \
+        (JobStatus.QUEUED_FOR_GPU, spot, None)
+
+    restarted = run([event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=16.0)],
+                    taken_over.state)[0]
+    assert restarted.status is JobStatus.GENERATING  # the new owner renders it: it says so
+    started_first = run([event(JobEventKind.STATUS, status=JobStatus.QUEUED_FOR_GPU, at=1.5),
+                         event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=16.0)],
+                        run([event(JobEventKind.SUBMITTED, job=_job(), at=1.0)])[0])[0]
+    assert apply_event(started_first, event(JobEventKind.REQUEUED, queue=spot,
+                                            at=15.0)).state is None
+
+
 def test_a_rejected_upload_fails_a_new_job_but_never_a_known_one():
     error = JobError(code=ErrorCode.UNKNOWN_STYLE, message="unknown style")
     fresh = apply_event(None, event(JobEventKind.REJECTED, error=error))
