@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +87,16 @@ async def retried(call: Callable[[], Awaitable[R]], transient: Callable[[BaseExc
             code, f"{what} failed {attempts} time{'s' if attempts != 1 else ''} over "
                   f"{time.monotonic() - started:.1f} s and was given up (retry budget "
                   f"{policy.budget_s:g} s): {describe(last)}", attempts=attempts) from last
+
+
+def rerun_wait(policy: RetryPolicy, attempt: int) -> float:
+    """How long a stage that raised waits before it runs the message again (attempt: how many
+    runs failed so far): doubling from first_wait_s up to max_wait_s, its second half drawn at
+    random, so the workers that met one failure together do not run again in step, and none
+    runs again at once ("equal jitter": tenacity's waits are for calls it makes itself, and
+    this loop is the stage's own)."""
+    bound = min(policy.max_wait_s, policy.first_wait_s * 2 ** attempt)
+    return bound / 2 + random.uniform(0, bound / 2)
 
 
 def describe(exc: BaseException | None) -> str:

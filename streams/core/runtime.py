@@ -23,7 +23,7 @@ from schemas.jobs import Cancellation, QueueSpot
 from schemas.uris import is_under, join_uri, tenant_base
 from streams.adapters.images import decode_image, fit_within
 from streams.adapters.journal import InFlightJournal, release_in_flight
-from streams.adapters.retries import describe, retry_policy
+from streams.adapters.retries import current_policy, describe, rerun_wait, retry_policy
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.kafka import client_options
@@ -457,7 +457,7 @@ class Runtime:
                             log.warning("job %s: %s raised %s (attempt %d of %d); running it "
                                         "again", job_id, stage, type(exc).__name__, attempt,
                                         attempts, exc_info=True)
-                            await asyncio.sleep(self.settings.retry_first_wait_s * 2 ** attempt)
+                            await asyncio.sleep(rerun_wait(current_policy(), attempt))
                             continue
                         STAGE_OUTCOMES.labels(stage, "error").inc()
                         log.exception("job %s: unexpected error in %s", job_id, stage)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from schemas import ErrorCode, StageFailure
-from streams.adapters.retries import RetryPolicy, retried, retry_policy
+from streams.adapters.retries import RetryPolicy, rerun_wait, retried, retry_policy
 from streams.adapters.storage import S3Store, Storage
 from streams.stack.embedded import (EMBEDDED_S3_KEY, EMBEDDED_S3_SECRET, free_port,
                                     start_seaweedfs)
@@ -36,6 +36,15 @@ def test_a_call_that_fails_for_a_moment_succeeds_on_a_later_attempt():
     answer = asyncio.run(retried(flaky, lambda exc: isinstance(exc, ConnectionError),
                                  "calling", ErrorCode.STORAGE_UNAVAILABLE, QUICK))
     assert answer == "answer" and len(calls) == 3
+
+
+def test_a_stage_runs_again_after_a_growing_wait_that_workers_do_not_share():
+    policy = RetryPolicy(first_wait_s=0.5, max_wait_s=3.0)
+    after_first = [rerun_wait(policy, 1) for _ in range(200)]
+    assert all(0.5 <= wait <= 1.0 for wait in after_first)  # half fixed, half drawn
+    assert len(set(after_first)) > 100  # not in step
+    assert all(1.0 <= rerun_wait(policy, 2) <= 2.0 for _ in range(200))
+    assert all(1.5 <= rerun_wait(policy, 9) <= 3.0 for _ in range(200))  # never past the cap
 
 
 def test_a_permanent_error_is_raised_at_once_and_a_zero_budget_tries_once():
