@@ -4,11 +4,20 @@ unusable (an illegal memory access, a device-side assert, a lost device) fails n
 worker exits at once, without committing, so its jobs go to a healthy worker.
 
 After such an error every later CUDA call in the process fails, so going on would fail the
-whole queue one job at a time; only a new process gets a new context."""
+whole queue one job at a time; only a new process gets a new context.
+
+The exit counts as a death of the requests whose model call broke the device, not of the
+others the worker held (the in-flight journal, streams/adapters/journal.py): a request that
+breaks every device it runs on (a shape that trips a kernel bug) would otherwise take the GPU
+workers down one after another for ever. A request that was in flight at a death renders
+alone next time (gpu_agent/worker.py), so the ones batched with it go free, and at
+RESTYLE_CRASH_ATTEMPTS deaths its job fails `worker_crashed`. A device that fails of itself
+costs the request it was rendering one of those deaths."""
 from __future__ import annotations
 
 import gc
 import logging
+from typing import Iterable
 
 import torch
 
@@ -62,34 +71,36 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def exit_now(reason: str) -> None:
+def exit_now(reason: str, blamed: Iterable[tuple[str, str, int, int]] = ()) -> None:
     """Leave at once, committing nothing: what this worker held is delivered again, to a
-    worker with a healthy device."""
-    # The device failed, not the jobs: their count of deaths stays.
+    worker with a healthy device. blamed: the messages whose model call failed (their
+    (stage, topic, partition, offset)); this exit counts as a death of theirs."""
     exit_at_once(DEVICE_FAILED_EXIT_CODE, "the device failed; this worker exits so its jobs "
-                                          f"go to a healthy one: {reason}")
+                                          f"go to a healthy one: {reason}", blamed)
 
 
 def job_failure(exc: BaseException, doing: str, advice: str, who: str,
-                failed: str) -> StageFailure:
+                failed: str, blamed: Iterable[tuple[str, str, int, int]] = ()) -> StageFailure:
     """What a failed model call means for its job. Out of memory fails it (saying what did not
     fit, `doing`, and what to ask instead, `advice`) and frees the memory: the worker carries
-    on. A broken device fails nothing: the worker exits (`who`: whose work it held), and a
-    healthy worker takes the job. Anything else fails it as a model error (`failed`: …)."""
+    on. A broken device fails nothing: the worker exits (`who`: whose work it held; blamed:
+    the messages of the call, exit_now), and a healthy worker takes the job. Anything else
+    fails it as a model error (`failed`: …)."""
     if out_of_memory(exc):
         free_memory()
         return StageFailure(ErrorCode.GPU_OUT_OF_MEMORY,
                             f"out of memory {doing}: {first_line(exc)}; {advice}")
     if fatal_device_error(exc):
-        exit_now(f"{who}: {first_line(exc)}")
+        exit_now(f"{who}: {first_line(exc)}", blamed)
     return StageFailure(ErrorCode.MODEL_ERROR, f"{failed}: {exc}")
 
 
-def render_failure(request: RenderRequest, exc: BaseException) -> StageFailure:
+def render_failure(request: RenderRequest, exc: BaseException,
+                   blamed: Iterable[tuple[str, str, int, int]] = ()) -> StageFailure:
     """What a failed render means for its job (job_failure): out of memory names the size
-    that did not fit."""
+    that did not fit; blamed: the messages of the render call."""
     params = request.params
     return job_failure(
         exc, f"rendering {params.num_images} image(s) of {params.width}x{params.height} "
              f"({request.task}, {params.steps} steps)", "ask for fewer or smaller images",
-        f"job {request.job_id}", "rendering failed")
+        f"job {request.job_id}", "rendering failed", blamed)

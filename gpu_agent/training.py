@@ -30,7 +30,7 @@ from schemas import JobEventKind, JobStatus, Progress
 from schemas.avatars import AvatarTrainJob, TrainOutcome, TrainRequest
 from schemas.uris import join_uri
 from streams.adapters.images import encode_png
-from streams.core.runtime import Runtime
+from streams.core.runtime import Runtime, message_in_hand
 
 log = logging.getLogger("restyle")
 MANIFEST = "trained.json"
@@ -96,12 +96,14 @@ async def run_training(rt: Runtime, job: AvatarTrainJob) -> TrainOutcome:
     try:
         adapter = await asyncio.to_thread(train, run, on_step, on_checkpoint, resume)
     except (RuntimeError, ValueError, OSError, MemoryError) as exc:
-        # A broken device ends the trainer; the checkpoint is kept, a healthy one resumes.
-        params = job.params
+        # A broken device ends the trainer, blaming this training; the checkpoint is kept,
+        # a healthy trainer resumes.
+        params, in_hand = job.params, message_in_hand()
         raise faults.job_failure(
             exc, f"training at {params.resolution} px, batch {params.batch_size}, rank "
                  f"{params.rank}", "try gradient_checkpointing, a smaller resolution or rank",
-            f"training {job.job_id}", "training failed") from exc
+            f"training {job.job_id}", "training failed",
+            [in_hand.spot] if in_hand is not None else []) from exc
     with tempfile.TemporaryDirectory() as directory:
         await asyncio.to_thread(adapter.save, directory)
         data = (Path(directory) / ADAPTER_FILE).read_bytes()

@@ -45,7 +45,7 @@ from schemas.params import bounded_size
 from schemas.uris import join_uri
 from streams.adapters.images import encode_png
 from streams.core import tracing
-from streams.core.runtime import HandedBack, JobCancelled, Runtime
+from streams.core.runtime import HandedBack, InHand, JobCancelled, Runtime, message_in_hand
 
 MANIFEST = "render.json"
 GPU_MEMORY_REPORT_S = 15.0
@@ -216,14 +216,21 @@ class Member:
     stopped: BaseException | None = field(default=None, repr=False)
     # The members of the engine call it is in now (the batch, or itself alone on a retry).
     company: list = field(default_factory=list, repr=False)
+    # Its message, as the in-flight journal knows it (None outside a stage).
+    in_hand: InHand | None = None
+    # Its own model call left the device unusable (faults.fatal_device_error).
+    broke_device: bool = False
 
 
 async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
                   prepared: Prepared, batches: RenderBatches, lane: str,
                   meter: DutyMeter) -> RenderResult:
-    member = Member(request, prepared)
-    images = await batches.run(lane, prepared.key, member,
-                               partial(_call_together, rt, engine, meter))
+    member = Member(request, prepared, in_hand=message_in_hand())
+    # A request that was in flight when a worker died renders alone: if it is what breaks
+    # the device, no request batched with it shares its count of deaths (faults.py).
+    key = prepared.key if member.in_hand is None or not member.in_hand.deaths else \
+        (prepared.key, "alone", request.job_id)
+    images = await batches.run(lane, key, member, partial(_call_together, rt, engine, meter))
     render_ms, waited_ms = member.render_ms, member.waited_ms
 
     uris = [join_uri(request.output_prefix, f"{n}.png") for n in range(len(images))]
@@ -278,12 +285,17 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
     for member in starting:
         member.render_ms = render_ms
     rendered = dict(zip(map(id, starting), outcomes))
-    return [_explained(m.request, rendered.get(id(m), m.stopped)) for m in members]
+    # A device left unusable: the worker exits, and the requests whose call broke it are
+    # blamed for that (faults.py).
+    blamed = [m.in_hand.spot for m in starting if m.broke_device and m.in_hand is not None]
+    return [_explained(m.request, rendered.get(id(m), m.stopped), blamed) for m in members]
 
 
-def _explained(request: RenderRequest, outcome):
-    """outcome, with a failure of the render itself told to the job (faults.render_failure)."""
-    return faults.render_failure(request, outcome) if _render_error(outcome) else outcome
+def _explained(request: RenderRequest, outcome, blamed: list):
+    """outcome, with a failure of the render itself told to the job (faults.render_failure;
+    blamed: the messages whose call broke the device, if one did)."""
+    return faults.render_failure(request, outcome, blamed) if _render_error(outcome) \
+        else outcome
 
 
 def _step_reporter(rt: Runtime, member: Member, loop, previews: Previews | None = None):
@@ -330,7 +342,11 @@ def _engine_call(engine: RenderEngine, members: list[Member]) -> list:
     except JobCancelled:
         return [m.stopped or JobCancelled(m.request.job_id) for m in members]
     except Exception as exc:
-        if len(members) == 1 or faults.fatal_device_error(exc):  # nothing runs after that
+        if faults.fatal_device_error(exc):  # nothing runs after that
+            for member in members:
+                member.broke_device = member.stopped is None
+            return [m.stopped or exc for m in members]
+        if len(members) == 1:
             return [m.stopped or exc for m in members]
         log.warning("a batched render of %d requests failed (%s: %s); rendering them one by "
                     "one", len(members), type(exc).__name__, exc)
@@ -339,7 +355,13 @@ def _engine_call(engine: RenderEngine, members: list[Member]) -> list:
     # Outside the except block: the failed call's tensors, held by its traceback, are gone
     # before the first member renders alone (a batch too large for the device, most often).
     faults.free_memory()
-    return [m.stopped or _engine_call(engine, [m])[0] for m in members]
+    outcomes: list = []
+    for member in members:
+        broken = next((o for o in outcomes if isinstance(o, Exception)
+                       and faults.fatal_device_error(o)), None)
+        # After a call that broke the device, the rest are not run (nor blamed).
+        outcomes.append(member.stopped or broken or _engine_call(engine, [member])[0])
+    return outcomes
 
 
 def _render_error(outcome) -> bool:

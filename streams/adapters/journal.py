@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Iterable
 
 log = logging.getLogger("restyle.journal")
 
@@ -63,12 +64,18 @@ class InFlightJournal:
         if record.pop(offset, None) is not None:
             self._write(name, record)
 
-    def release_all(self) -> None:
-        """Forget every message in flight: the process is about to exit on purpose, for a
-        fault that is not theirs."""
+    def release_all(self, blamed: Iterable[tuple[str, str, int, int]] = ()) -> None:
+        """Forget every message in flight but the blamed ones ((stage, topic, partition,
+        offset)): the process is about to exit on purpose, for a fault that is not theirs
+        (their deaths are counted)."""
+        kept: dict[str, set[int]] = {}
+        for stage, topic, partition, offset in blamed:
+            kept.setdefault(_file_name(stage, topic, partition), set()).add(offset)
         for name, record in self._records.items():
-            if record:
-                record.clear()
+            innocent = [offset for offset in record if offset not in kept.get(name, ())]
+            if innocent:
+                for offset in innocent:
+                    del record[offset]
                 self._write(name, record)
 
     def _record(self, name: str) -> dict[int, int]:
@@ -98,11 +105,13 @@ class InFlightJournal:
         self._lengths[name] = len(data)
 
 
-def release_in_flight() -> None:
-    """A deliberate exit: no message this process holds is to blame for it."""
+def release_in_flight(blamed: Iterable[tuple[str, str, int, int]] = ()) -> None:
+    """A deliberate exit: no message this process holds is to blame for it, but those named
+    in blamed ((stage, topic, partition, offset))."""
+    blamed = list(blamed)
     for journal in OPEN:
         try:
-            journal.release_all()
+            journal.release_all(blamed)
         except OSError:  # exiting anyway; the worst case is a count one too high
             log.warning("could not clear the in-flight journal in %s", journal.directory)
 

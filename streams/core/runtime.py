@@ -343,6 +343,7 @@ class Runtime:
         message = event.message
         spot = (stage, message.topic, message.partition, message.offset)
         deaths = self.journal.started(*spot) if self.journal else 0
+        in_hand = _in_hand.set(InHand(spot, deaths))
         try:
             await self._handle(stage, event, model, handler, fail_jobs, on_failure,
                                on_undecodable, follows_cancellations, deaths)
@@ -363,6 +364,7 @@ class Runtime:
                     topic=message.topic, partition=message.partition, offset=message.offset),
                     acknowledged=True)
         finally:
+            _in_hand.reset(in_hand)
             self._in_flight -= 1
             if self.journal:
                 self.journal.finished(*spot)
@@ -420,8 +422,9 @@ class Runtime:
                       "partition %d, offset %d); it is not run again", job_id, deaths, stage,
                       message.topic, message.partition, message.offset)
             error = JobError(code=ErrorCode.WORKER_CRASHED, attempts=deaths, message=(
-                f"{stage}: the worker stopped {deaths} times while it ran this job (killed "
-                f"or crashed; out of memory is the usual cause); it is not run again"))
+                f"{stage}: the worker stopped {deaths} times while it ran this job (killed, "
+                f"crashed or its device failed; out of memory is the usual cause); it is not "
+                f"run again"))
             await self._failed(message, job_id, error, decoded, fail_jobs, on_failure)
             return []
         try:
@@ -666,6 +669,24 @@ class ChainedStage:
     fail_jobs: bool = True
     on_failure: Callable | None = None
     follows_cancellations: bool = True
+
+
+@dataclass(frozen=True)
+class InHand:
+    """The message a stage is handling, as the in-flight journal knows it: where it is
+    (stage, topic, partition, offset), and how many workers died while they ran it."""
+    spot: tuple[str, str, int, int]
+    deaths: int = 0
+
+
+_in_hand: contextvars.ContextVar[InHand | None] = contextvars.ContextVar(
+    "restyle_message_in_hand", default=None)
+
+
+def message_in_hand() -> InHand | None:
+    """The message the calling stage is handling (None outside a stage): what a worker that
+    exits because of it blames (streams.core.shutdown.exit_at_once)."""
+    return _in_hand.get()
 
 
 # The chained stages a stage has handed a job to while it handles one message (in order).

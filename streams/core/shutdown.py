@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+from typing import Iterable
 
 from streams.adapters.journal import release_in_flight
 
@@ -32,12 +33,14 @@ def port_taken(error: BaseException | None) -> bool:
     return isinstance(error, OSError) and error.errno == errno.EADDRINUSE
 
 
-def exit_at_once(status: int, message: str) -> None:
+def exit_at_once(status: int, message: str,
+                 blamed: Iterable[tuple[str, str, int, int]] = ()) -> None:
     """Leave now, committing nothing, after saying why (message, logged critical): what this
     worker held is delivered again. The messages in flight are not blamed for it (their
-    in-flight records go)."""
+    in-flight records go), but those in `blamed` ((stage, topic, partition, offset): the
+    exit counts as a death of theirs, streams/adapters/journal.py)."""
     log.critical(message)
-    release_in_flight()
+    release_in_flight(blamed)
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stderr.flush()

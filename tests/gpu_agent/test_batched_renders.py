@@ -175,10 +175,11 @@ def control_photos(tmp_path) -> list:
 
 
 def deliver_at_once(tmp_path, tiny_models, room_photos, make_engine, count: int,
-                    beside=None):
+                    beside=None, journal=None, **settings):
     """count render requests (job ids room-N, each its own seed, the job id as its prompt)
     handled at the same moment by a GPU worker on make_engine(runtime), in process (with
-    beside(runtime), a coroutine, running alongside)."""
+    beside(runtime), a coroutine, running alongside; journal: the worker's in-flight journal;
+    settings: Settings fields besides the test's)."""
     from agents.pipelines import topic_sets
     from gpu_agent import worker as gpu_worker
     from streams.core.settings import Settings
@@ -187,8 +188,8 @@ def deliver_at_once(tmp_path, tiny_models, room_photos, make_engine, count: int,
 
     settings = Settings(state_dir=tmp_path, storage_base=(tmp_path / "store").as_uri(),
                         file_roots=[room_photos[0].parent], models_dir=tiny_models,
-                        render_max_batch=4)
-    rt = InProcessRuntime(settings, topic_sets())
+                        **{"render_max_batch": 4, **settings})
+    rt = InProcessRuntime(settings, topic_sets(), journal)
     gpu_worker.register(rt, make_engine(rt))
     [agent] = rt.agents[rt.topics.render]
     wanted = [request(rt, f"room-{n}", room_photos) for n in range(count)]

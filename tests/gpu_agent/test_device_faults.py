@@ -122,3 +122,83 @@ def test_a_broken_cuda_context_ends_the_worker_process_at_once_without_failing_t
     assert "carried on" not in done.stdout
     assert "the device failed; this worker exits so its jobs go to a healthy one: job j: " \
            "CUDA error: an illegal memory access was encountered" in done.stderr
+
+
+# A GPU worker process whose device breaks on every model call that renders room-2 (an input
+# that trips a kernel bug): the requests room-0..2 handled at once, with the in-flight journal
+# under the state directory, as a worker restarted by its supervisor finds it. Requests wait up
+# to 3 s for company, so the three share a call when none has been in flight at a death.
+BREAKS_ON_ROOM_2 = r"""
+import sys
+from pathlib import Path
+
+from gpu_agent.engine import RenderEngine
+from streams.adapters.journal import InFlightJournal
+from tests.conftest import TEST_DEVICE
+from tests.gpu_agent.test_batched_renders import deliver_at_once
+
+state, models, photo = (Path(arg) for arg in sys.argv[1:4])
+
+class BreaksOnRoom2(RenderEngine):
+    def render_shots(self, model, controlnet, shots):
+        print("call", ",".join(shot.prompt for shot in shots), flush=True)
+        if any(shot.prompt == "room-2" for shot in shots):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().render_shots(model, controlnet, shots)
+
+rt, _ = deliver_at_once(state, models, [photo], lambda _: BreaksOnRoom2(TEST_DEVICE, "float32", 1),
+                        3, journal=InFlightJournal(state / "in-flight" / "gpu"),
+                        crash_attempts=2, render_max_batch=3, render_max_wait_ms=3000)
+for sent in rt.sent(rt.topics.job_events):
+    if b'"failed"' in sent.value:
+        print("failed", sent.value.decode(), flush=True)
+"""
+
+
+def test_a_request_that_breaks_every_device_fails_its_job_and_spares_the_others(
+        tmp_path, tiny_models):
+    """The worker exits at each broken device, blaming only the requests of the call that
+    broke it; a blamed request renders alone the next time, so those batched with it go
+    free; at RESTYLE_CRASH_ATTEMPTS (2 here) its job fails and the worker carries on, instead
+    of taking the GPU workers down one after another for ever."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    photo = tmp_path / "control.png"
+    Image.radial_gradient("L").convert("RGB").save(photo)
+    state = tmp_path / "state"
+    state.mkdir()
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", BREAKS_ON_ROOM_2, str(state),
+                               str(tiny_models), str(photo)],
+                              capture_output=True, text=True, timeout=300)
+
+    def calls(done) -> list[list[str]]:
+        return [line.split(" ", 1)[1].split(",") for line in done.stdout.splitlines()
+                if line.startswith("call ")]
+
+    def deaths() -> dict[str, int]:  # the journal's count, by job (room-N is at offset N)
+        record = state / "in-flight" / "gpu" / "render.restyle.render-requests.0"
+        return {f"room-{offset}": starts for offset, starts in
+                json.loads(record.read_text()).items()}
+
+    first = run()
+    assert first.returncode == faults.DEVICE_FAILED_EXIT_CODE, first.stderr
+    [broke] = [call for call in calls(first) if "room-2" in call]
+    assert len(broke) > 1, first.stdout  # batched with another request, blamed with it
+    assert deaths() == {job_id: 1 for job_id in broke}
+
+    # The restarted worker renders each blamed request alone; only room-2 breaks it again.
+    second = run()
+    assert second.returncode == faults.DEVICE_FAILED_EXIT_CODE, second.stderr
+    assert all(len(call) == 1 for call in calls(second) if set(call) & set(broke))
+    assert deaths() == {"room-2": 2}
+
+    third = run()  # room-2 has two deaths: its job fails, and the worker lives
+    assert third.returncode == 0, third.stderr
+    assert "room-2" not in {prompt for call in calls(third) for prompt in call}
+    [failed] = [line for line in third.stdout.splitlines() if line.startswith("failed ")]
+    assert '"job_id":"room-2"' in failed and '"code":"worker_crashed"' in failed

@@ -32,7 +32,7 @@ class Work(BaseModel):
 async def stage(work: Work) -> None:
     if behaviour == "die":
         os.kill(os.getpid(), signal.SIGKILL)
-    if behaviour == "broken-device":
+    if behaviour == "broken-device":  # broken by another request's call: nobody blamed
         from gpu_agent.faults import exit_now
         exit_now("CUDA error: an illegal memory access was encountered")
     print("ran", work.job_id, flush=True)
@@ -71,8 +71,8 @@ def test_a_message_that_kills_the_worker_three_times_fails_its_job(tmp_path):
     error = failure_of(fourth)
     assert error["code"] == "worker_crashed" and error["attempts"] == 3
     assert error["message"] == ("poisoned: the worker stopped 3 times while it ran this job "
-                                "(killed or crashed; out of memory is the usual cause); it is "
-                                "not run again")
+                                "(killed, crashed or its device failed; out of memory is the "
+                                "usual cause); it is not run again")
 
     # The next message at the same spot runs: the record went with the failed one.
     healthy = run_worker(tmp_path, "job-healthy", "run")
@@ -87,7 +87,10 @@ def test_one_death_is_forgiven_when_the_message_then_succeeds(tmp_path):
                    for line in again.stdout.splitlines() if line.startswith("event "))
 
 
-def test_a_deliberate_exit_for_a_broken_device_does_not_count_against_the_job(tmp_path):
+def test_a_deliberate_exit_for_a_device_it_did_not_break_does_not_count_against_the_job(
+        tmp_path):
+    """The GPU worker's exit blames only the requests whose model call broke the device
+    (tests/gpu_agent/test_device_faults.py); one it merely held goes free."""
     for _ in range(3):  # as many as RESTYLE_CRASH_ATTEMPTS: were they counted, a 4th is refused
         exited = run_worker(tmp_path, "job-device", "broken-device")
         assert exited.returncode == 70, exited.stderr
