@@ -11,8 +11,10 @@ others the worker held (the in-flight journal, streams/adapters/journal.py): a r
 breaks every device it runs on (a shape that trips a kernel bug) would otherwise take the GPU
 workers down one after another for ever. A request that was in flight at a death renders
 alone next time (gpu_agent/worker.py), so the ones batched with it go free, and at
-RESTYLE_CRASH_ATTEMPTS deaths its job fails `worker_crashed`. A device that fails of itself
-costs the request it was rendering one of those deaths."""
+RESTYLE_CRASH_ATTEMPTS deaths its job fails `worker_crashed`. The journal is each host's own:
+a request that moves to a worker on another host starts its count again there, so the pool
+loses at most that many workers per host it reaches. A device that fails of itself costs the
+request it was rendering one of those deaths."""
 from __future__ import annotations
 
 import gc
@@ -65,10 +67,16 @@ def first_line(exc: BaseException) -> str:
 
 
 def free_memory() -> None:
-    """Give back what a failed job held, so the next one starts with the whole device."""
+    """Give back what a failed job held, so the next one starts with the whole device. A
+    device found broken meanwhile ends the worker (exit_now)."""
     gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError as exc:
+            if fatal_device_error(exc):
+                exit_now(f"freeing memory after a failed render: {first_line(exc)}")
+            raise
 
 
 def exit_now(reason: str, blamed: Iterable[tuple[str, str, int, int]] = ()) -> None:

@@ -26,7 +26,7 @@ from safetensors.torch import save as save_tensors
 from gpu_agent.adapters import ADAPTER_FILE
 from gpu_agent.trainer import Checkpoint, TrainingRun, generate_class_images, train
 from gpu_agent import faults
-from schemas import JobEventKind, JobStatus, Progress
+from schemas import JobEventKind, JobStatus, Progress, StageFailure
 from schemas.avatars import AvatarTrainJob, TrainOutcome, TrainRequest
 from schemas.uris import join_uri
 from streams.adapters.images import encode_png
@@ -96,14 +96,7 @@ async def run_training(rt: Runtime, job: AvatarTrainJob) -> TrainOutcome:
     try:
         adapter = await asyncio.to_thread(train, run, on_step, on_checkpoint, resume)
     except (RuntimeError, ValueError, OSError, MemoryError) as exc:
-        # A broken device ends the trainer, blaming this training; the checkpoint is kept,
-        # a healthy trainer resumes.
-        params, in_hand = job.params, message_in_hand()
-        raise faults.job_failure(
-            exc, f"training at {params.resolution} px, batch {params.batch_size}, rank "
-                 f"{params.rank}", "try gradient_checkpointing, a smaller resolution or rank",
-            f"training {job.job_id}", "training failed",
-            [in_hand.spot] if in_hand is not None else []) from exc
+        raise device_failure(exc, job, "training") from exc
     with tempfile.TemporaryDirectory() as directory:
         await asyncio.to_thread(adapter.save, directory)
         data = (Path(directory) / ADAPTER_FILE).read_bytes()
@@ -183,6 +176,18 @@ def class_set_prefix(rt: Runtime, job: AvatarTrainJob) -> str:
     return join_uri(rt.settings.results_base, "avatars", "class-images", digest)
 
 
+def device_failure(exc: BaseException, job: AvatarTrainJob, doing: str) -> StageFailure:
+    """What a failed model call of a training means (faults.job_failure): a broken device
+    ends the trainer, blaming this training (its checkpoint is kept; a healthy trainer
+    resumes); out of memory fails the job with what to ask for instead."""
+    params, in_hand = job.params, message_in_hand()
+    return faults.job_failure(
+        exc, f"{doing} at {params.resolution} px, batch {params.batch_size}, rank "
+             f"{params.rank}", "try gradient_checkpointing, a smaller resolution or rank",
+        f"training {job.job_id}", f"{doing} failed",
+        [in_hand.spot] if in_hand is not None else [])
+
+
 async def prior_images(rt: Runtime, job: AvatarTrainJob) -> tuple[str, list]:
     prefix = class_set_prefix(rt, job)
     done = join_uri(prefix, "done.json")
@@ -191,10 +196,13 @@ async def prior_images(rt: Runtime, job: AvatarTrainJob) -> tuple[str, list]:
     if not await rt.storage.exists(done):
         await rt.job_event(job.job_id, JobEventKind.STATUS, status=JobStatus.TRAINING,
                            stage=f"drawing {count} class images of a {job.class_word}")
-        images = await asyncio.to_thread(
-            generate_class_images, job.base_model, f"a photo of {job.class_word}", count,
-            job.params.resolution, rt.settings.avatar_class_image_steps, 0,
-            rt.settings.device_for("diffusion"))
+        try:
+            images = await asyncio.to_thread(
+                generate_class_images, job.base_model, f"a photo of {job.class_word}", count,
+                job.params.resolution, rt.settings.avatar_class_image_steps, 0,
+                rt.settings.device_for("diffusion"))
+        except (RuntimeError, ValueError, OSError, MemoryError) as exc:
+            raise device_failure(exc, job, "drawing class images") from exc
         for uri, image in zip(names, images):
             await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
         await rt.storage.put(done, json.dumps({"count": count}).encode(), "application/json")

@@ -288,6 +288,9 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
     # A device left unusable: the worker exits, and the requests whose call broke it are
     # blamed for that (faults.py).
     blamed = [m.in_hand.spot for m in starting if m.broke_device and m.in_hand is not None]
+    broke = next((m for m in starting if m.broke_device), None)
+    if broke is not None:  # before anything else touches the broken device
+        faults.render_failure(broke.request, rendered[id(broke)], blamed)
     return [_explained(m.request, rendered.get(id(m), m.stopped), blamed) for m in members]
 
 

@@ -29,9 +29,10 @@ from schemas.jobs import QueueSpot
 
 log = logging.getLogger("restyle")
 
-# Under the group's rebalance timeout: a read outliving the assignment it was made for is moot.
+# A read bounded in time: what it announces is moot once the new owner renders the requests.
 READ_TIMEOUT_S = 10.0
-# A fetch that finds nothing in this long ends a partition's read.
+# A fetch that finds nothing in this long ends the read (an end of log said too far, as Tansu
+# may say it, is not waited for).
 FETCH_WAIT_MS = 300
 
 Announce = Callable[[str, QueueSpot, float], Awaitable[None]]
@@ -66,31 +67,27 @@ class InheritedWork:
             self._reads.add(read)
             read.add_done_callback(self._reads.discard)
 
-    def revoked(self) -> None:
-        for read in list(self._reads):
-            read.cancel()
-
     async def _announce(self, partitions: list[TopicPartition], at: float) -> None:
+        # Not cancelled by a revocation: a read outliving its assignment announces what is
+        # moot by then, which the tracker ignores, and one cut short would never be made
+        # again for a partition this worker keeps.
+        spots = []
         try:
             records = await asyncio.wait_for(
                 first_uncommitted(self.connection, self.group, partitions, self.per_partition),
                 READ_TIMEOUT_S)
-        except asyncio.CancelledError:
-            raise
+            for record in records:
+                try:
+                    job_id = self.job_id_of(record.value or b"")
+                except ValueError:  # pydantic's ValidationError too
+                    continue  # not a request (the consuming stage dead-letters it)
+                spot = QueueSpot(topic=record.topic, partition=record.partition,
+                                 offset=record.offset)
+                await self.announce(job_id, spot, at)
+                spots.append(f"{spot.topic}[{spot.partition}]@{spot.offset}")
         except Exception as exc:  # noqa: BLE001 - the jobs show `generating` a while longer
-            log.warning("could not read the requests waiting on %s (%s: %s)",
+            log.warning("could not announce the requests waiting on %s (%s: %s)",
                         _named(partitions), type(exc).__name__, exc)
-            return
-        spots = []
-        for record in records:
-            try:
-                job_id = self.job_id_of(record.value or b"")
-            except ValueError:  # pydantic's ValidationError too
-                continue  # not a request (the consuming stage dead-letters it)
-            spot = QueueSpot(topic=record.topic, partition=record.partition,
-                             offset=record.offset)
-            await self.announce(job_id, spot, at)
-            spots.append(f"{spot.topic}[{spot.partition}]@{spot.offset}")
         if spots:
             log.info("took over %d request(s) past the commit: %s", len(spots), ", ".join(spots))
 
@@ -98,13 +95,16 @@ class InheritedWork:
 async def first_uncommitted(connection: dict, group: str, partitions: list[TopicPartition],
                             count: int) -> list:
     """Up to `count` records of each partition from the group's committed offset on (from
-    the log's start where it committed none). Reads without joining the group."""
+    the log's start where it committed none), up to the end of the log as the read starts.
+    Reads without joining the group."""
     consumer = AIOKafkaConsumer(group_id=group, enable_auto_commit=False,
-                                auto_offset_reset="earliest", **connection)
-    await consumer.start()
+                                auto_offset_reset="earliest",
+                                fetch_max_wait_ms=FETCH_WAIT_MS // 5, **connection)
     try:
+        await consumer.start()
         consumer.assign(partitions)
-        wanted: dict[TopicPartition, int] = {}
+        ends = await consumer.end_offsets(partitions)
+        starts: dict[TopicPartition, int] = {}
         for tp in partitions:
             committed = await consumer.committed(tp)
             if committed is None:
@@ -112,18 +112,24 @@ async def first_uncommitted(connection: dict, group: str, partitions: list[Topic
                 committed = await consumer.position(tp)
             else:
                 consumer.seek(tp, committed)
-            wanted[tp] = committed + count
-        found = []
-        while wanted:
-            fetched = await consumer.getmany(*wanted, timeout_ms=FETCH_WAIT_MS)
+            if committed < ends[tp]:
+                starts[tp] = committed
+        found: dict[TopicPartition, list] = {tp: [] for tp in starts}
+        reading = set(starts)
+        while reading:
+            fetched = await consumer.getmany(*reading, timeout_ms=FETCH_WAIT_MS)
             if not fetched:
-                break  # the rest of the log is empty
+                break
             for tp, records in fetched.items():
-                found += [r for r in records if r.offset < wanted.get(tp, 0)]
-                if records and records[-1].offset + 1 >= wanted.get(tp, 0):
-                    wanted.pop(tp, None)
+                # From the commit on only (a commit the broker no longer has resets the read
+                # to the log's start), and no more than a worker holds.
+                found[tp] += [r for r in records if starts[tp] <= r.offset < ends[tp]]
+                del found[tp][count:]
+            for tp in list(reading):
+                if len(found[tp]) >= count or await consumer.position(tp) >= ends[tp]:
+                    reading.discard(tp)
                     consumer.pause(tp)
-        return found
+        return [record for records in found.values() for record in records]
     finally:
         await consumer.stop()
 

@@ -279,10 +279,6 @@ class Runtime:
         async def take_over(_sender=None, assigned=None, **_kwargs) -> None:
             work.assigned(assigned)
 
-        @self.app.on_partitions_revoked.connect
-        async def let_go(_sender=None, _revoked=None, **_kwargs) -> None:
-            work.revoked()
-
     async def fail(self, job_id: str, error: JobError, tenant: str | None = None,
                    kind: JobEventKind = JobEventKind.FAILED, **fields) -> None:
         await self.job_event(job_id, kind, error=error, tenant=tenant, **fields)

@@ -39,12 +39,14 @@ def exit_at_once(status: int, message: str,
     worker held is delivered again. The messages in flight are not blamed for it (their
     in-flight records go), but those in `blamed` ((stage, topic, partition, offset): the
     exit counts as a death of theirs, streams/adapters/journal.py)."""
-    log.critical(message)
-    release_in_flight(blamed)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    try:
+        log.critical(message)
+        release_in_flight(blamed)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+    finally:  # whatever failed above, the process ends
+        os._exit(status)
 
 
 def exit_if_still_running(after_s: float, why: str) -> threading.Timer:

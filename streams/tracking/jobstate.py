@@ -55,6 +55,10 @@ def apply_event(state: JobState | None, event: JobEvent) -> Transition:
     if state is None or state.status.terminal:
         return Transition(None)
     if kind is JobEventKind.STATUS and event.status is not None:
+        if event.status is state.status and event.at > state.updated_at and \
+                event.status in (JobStatus.GENERATING, JobStatus.TRAINING):
+            # A worker starts it again (it took over a dead one's request): it moved.
+            return Transition(state.model_copy(update={"updated_at": event.at}))
         if event.status.rank <= state.status.rank:
             return Transition(None)
         queue = event.queue if event.status is JobStatus.QUEUED_FOR_GPU else None

@@ -126,6 +126,13 @@ def test_a_job_whose_worker_died_waits_again_unless_it_moved_since_the_takeover(
                         run([event(JobEventKind.SUBMITTED, job=_job(), at=1.0)])[0])[0]
     assert apply_event(started_first, event(JobEventKind.REQUEUED, queue=spot,
                                             at=15.0)).state is None
+    # ... and so is one the new owner started before the dead worker's render was forgotten
+    # (a `generating` over a `generating`).
+    restarted_over = run([event(JobEventKind.STATUS, status=JobStatus.GENERATING, at=16.0)],
+                         rendering)[0]
+    assert restarted_over.updated_at == 16.0
+    assert apply_event(restarted_over, event(JobEventKind.REQUEUED, queue=spot,
+                                             at=15.0)).state is None
 
 
 def test_a_rejected_upload_fails_a_new_job_but_never_a_known_one():
