@@ -148,6 +148,12 @@ def test_a_trainer_killed_mid_run_resumes_from_its_last_checkpoint(e2e):
     assert resumed_from >= 40 and resumed_from % 20 == 0
     assert outcome["result"]["steps"] == 80
     assert len(e2e.results(job_id)) == 1
+    # Between the kill and the resumption it waited for a trainer again, and said so (the
+    # replacement announced the request it took over).
+    told = [json.loads(m.value()) for m in e2e.collector.matching(
+        "restyle.job-events", lambda m: m.key() == job_id.encode())]
+    requeued = [e["queue"]["topic"] for e in told if e["kind"] == "requeued"]
+    assert requeued and set(requeued) == {"restyle.train-requests"}
 
 
 def jpeg(photo: Image.Image) -> bytes:
