@@ -150,9 +150,10 @@ def test_a_trainer_killed_mid_run_resumes_from_its_last_checkpoint(e2e):
     assert len(e2e.results(job_id)) == 1
     # Between the kill and the resumption it waited for a trainer again, and said so (the
     # replacement announced the request it took over).
-    told = [json.loads(m.value()) for m in e2e.collector.matching(
-        "restyle.job-events", lambda m: m.key() == job_id.encode())]
-    requeued = [e["queue"]["topic"] for e in told if e["kind"] == "requeued"]
+    told = [json.loads(m.value()) for m in e2e.collector.wait_for(
+        "restyle.job-events", lambda m: m.key() == job_id.encode() and
+        json.loads(m.value())["kind"] == "requeued", 60)]
+    requeued = [e["queue"]["topic"] for e in told]
     assert requeued and set(requeued) == {"restyle.train-requests"}
 
 

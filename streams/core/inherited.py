@@ -30,10 +30,13 @@ from schemas.jobs import QueueSpot
 log = logging.getLogger("restyle")
 
 # A read bounded in time: what it announces is moot once the new owner renders the requests.
+# What was read by then is announced (an end of log said too far is not waited for).
 READ_TIMEOUT_S = 10.0
-# A fetch that finds nothing in this long ends the read (an end of log said too far, as Tansu
-# may say it, is not waited for).
+# Each fetch waits this long for records at most.
 FETCH_WAIT_MS = 300
+# The read ends when no record came for this long (not at the first empty fetch: Tansu answers
+# some fetches empty while records wait).
+QUIET_S = 1.0
 
 Announce = Callable[[str, QueueSpot, float], Awaitable[None]]
 # A request's job id, from its record's value (ValueError: not a request).
@@ -52,16 +55,17 @@ class InheritedWork:
         self.job_id_of = job_id_of
         self.per_partition, self.announce, self.clock = per_partition, announce, clock
         self.held: set[TopicPartition] = set()
-        self._reads: set[asyncio.Task] = set()
+        self.generation: int | None = None  # the group generation of that assignment
+        self._reads: set[asyncio.Task] = set()  # running (a task needs a reference kept)
 
-    def assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        """The group gave this worker `assigned`: announce the requests waiting on the
-        partitions it did not hold before (in the background: an assignment waits for
-        nothing)."""
-        # faust's TPs, as aiokafka's own (which its consumer insists on)
-        mine = {TopicPartition(tp.topic, tp.partition) for tp in assigned or ()
-                if tp.topic in self.topics}
-        taken, self.held = sorted(mine - self.held), mine
+    def assigned(self, assigned: Iterable[TopicPartition], generation: int | None = None
+                 ) -> None:
+        """The group gave this worker `assigned` in `generation`: announce the requests
+        waiting on the partitions it did not hold before (in the background: an assignment
+        waits for nothing)."""
+        taken, self.held = newly_taken(self.held, assigned, self.topics, self.generation,
+                                       generation)
+        self.generation = generation
         if taken:
             read = asyncio.ensure_future(self._announce(taken, self.clock()))
             self._reads.add(read)
@@ -73,9 +77,11 @@ class InheritedWork:
         # again for a partition this worker keeps.
         spots = []
         try:
+            # Bounded twice: the read itself stops fetching in time, and a broker that does
+            # not answer at all cannot hold it longer.
             records = await asyncio.wait_for(
                 first_uncommitted(self.connection, self.group, partitions, self.per_partition),
-                READ_TIMEOUT_S)
+                2 * READ_TIMEOUT_S)
             for record in records:
                 try:
                     job_id = self.job_id_of(record.value or b"")
@@ -84,7 +90,7 @@ class InheritedWork:
                 spot = QueueSpot(topic=record.topic, partition=record.partition,
                                  offset=record.offset)
                 await self.announce(job_id, spot, at)
-                spots.append(f"{spot.topic}[{spot.partition}]@{spot.offset}")
+                spots.append(f"{job_id} ({spot.topic}[{spot.partition}]@{spot.offset})")
         except Exception as exc:  # noqa: BLE001 - the jobs show `generating` a while longer
             log.warning("could not announce the requests waiting on %s (%s: %s)",
                         _named(partitions), type(exc).__name__, exc)
@@ -92,18 +98,34 @@ class InheritedWork:
             log.info("took over %d request(s) past the commit: %s", len(spots), ", ".join(spots))
 
 
+def newly_taken(held: set[TopicPartition], assigned: Iterable, topics: frozenset[str],
+                previous: int | None, generation: int | None
+                ) -> tuple[list[TopicPartition], set[TopicPartition]]:
+    """(the partitions of `topics` in `assigned` that another worker may have held since
+    this one last did, every partition of `topics` it holds now). A worker in each of its
+    group's generations held what it keeps throughout; one that skipped a generation (stopped
+    past its session timeout, then rejoined) held nothing in between."""
+    if previous is not None and generation is not None and generation > previous + 1:
+        held = set()
+    # faust's TPs, as aiokafka's own (which its consumer insists on)
+    mine = {TopicPartition(tp.topic, tp.partition) for tp in assigned or ()
+            if tp.topic in topics}
+    return sorted(mine - held), mine
+
+
 async def first_uncommitted(connection: dict, group: str, partitions: list[TopicPartition],
-                            count: int) -> list:
+                            count: int, within_s: float = READ_TIMEOUT_S) -> list:
     """Up to `count` records of each partition from the group's committed offset on (from
-    the log's start where it committed none), up to the end of the log as the read starts.
-    Reads without joining the group."""
+    the log's start where it committed none), read until the log has no more (QUIET_S without
+    a record), or what was read within_s after the start. Reads without joining
+    the group. The log's end is not asked for: Tansu's answer to it is not exact."""
+    deadline = time.monotonic() + within_s
     consumer = AIOKafkaConsumer(group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest",
                                 fetch_max_wait_ms=FETCH_WAIT_MS // 5, **connection)
     try:
         await consumer.start()
         consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
         starts: dict[TopicPartition, int] = {}
         for tp in partitions:
             committed = await consumer.committed(tp)
@@ -112,21 +134,20 @@ async def first_uncommitted(connection: dict, group: str, partitions: list[Topic
                 committed = await consumer.position(tp)
             else:
                 consumer.seek(tp, committed)
-            if committed < ends[tp]:
-                starts[tp] = committed
+            starts[tp] = committed
         found: dict[TopicPartition, list] = {tp: [] for tp in starts}
-        reading = set(starts)
-        while reading:
+        reading, last_record = set(starts), time.monotonic()
+        while (reading and time.monotonic() - last_record < QUIET_S
+               and time.monotonic() < deadline):
             fetched = await consumer.getmany(*reading, timeout_ms=FETCH_WAIT_MS)
-            if not fetched:
-                break
+            if fetched:
+                last_record = time.monotonic()
             for tp, records in fetched.items():
                 # From the commit on only (a commit the broker no longer has resets the read
                 # to the log's start), and no more than a worker holds.
-                found[tp] += [r for r in records if starts[tp] <= r.offset < ends[tp]]
+                found[tp] += [r for r in records if r.offset >= starts[tp]]
                 del found[tp][count:]
-            for tp in list(reading):
-                if len(found[tp]) >= count or await consumer.position(tp) >= ends[tp]:
+                if len(found[tp]) >= count:
                     reading.discard(tp)
                     consumer.pause(tp)
         return [record for records in found.values() for record in records]

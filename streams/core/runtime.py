@@ -277,7 +277,7 @@ class Runtime:
 
         @self.app.on_partitions_assigned.connect
         async def take_over(_sender=None, assigned=None, **_kwargs) -> None:
-            work.assigned(assigned)
+            work.assigned(assigned, group_generation(self.app))
 
     async def fail(self, job_id: str, error: JobError, tenant: str | None = None,
                    kind: JobEventKind = JobEventKind.FAILED, **fields) -> None:
