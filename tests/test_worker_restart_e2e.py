@@ -175,6 +175,9 @@ def test_a_gpu_worker_killed_mid_render_leaves_its_job_waiting_for_the_next_one(
     assert len(requeued) == 1, [(e["kind"], e.get("status")) for e in told]
     taken_over = requeued[0]
     assert taken_over["queue"]["topic"] == "restyle.render-requests"
-    # Dated from the takeover: after the dead worker's last step, before the new render.
-    assert any(e.get("status") == "generating" and e["at"] > taken_over["at"] for e in told)
-    assert any(e["kind"] == "progress" and e["at"] < taken_over["at"] for e in told)
+    # Dated from the takeover: after the dead worker's last step, before the new render
+    # (whose `generating` is the last one told).
+    generating = [n for n, e in enumerate(told) if e.get("status") == "generating"]
+    assert len(generating) >= 2, [(e["kind"], e.get("status")) for e in told]
+    dead_steps = [e for e in told[:generating[-1]] if e["kind"] == "progress"]
+    assert dead_steps and dead_steps[-1]["at"] < taken_over["at"] < told[generating[-1]]["at"]
