@@ -30,7 +30,7 @@ from schemas.jobs import QueueSpot
 log = logging.getLogger("restyle")
 
 # A read bounded in time: what it announces is moot once the new owner renders the requests.
-# What was read by then is announced (an end of log said too far is not waited for).
+# What was read by then is announced.
 READ_TIMEOUT_S = 10.0
 # Each fetch waits this long for records at most.
 FETCH_WAIT_MS = 300
