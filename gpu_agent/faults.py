@@ -11,10 +11,10 @@ others the worker held (the in-flight journal, streams/adapters/journal.py): a r
 breaks every device it runs on (a shape that trips a kernel bug) would otherwise take the GPU
 workers down one after another for ever. A request that was in flight at a death renders
 alone next time (gpu_agent/worker.py), so the ones batched with it go free, and at
-RESTYLE_CRASH_ATTEMPTS deaths its job fails `worker_crashed`. The journal is each host's own:
-a request that moves to a worker on another host starts its count again there, so the pool
-loses at most that many workers per host it reaches. A device that fails of itself costs the
-request it was rendering one of those deaths."""
+RESTYLE_CRASH_ATTEMPTS deaths its job fails `worker_crashed`. Each host's journal tells the
+others its deaths (streams/core/deaths.py), so the count is the pool's: a request that moves
+from host to host still costs at most that many workers in all. A device that fails of itself
+costs the request it was rendering one of those deaths."""
 from __future__ import annotations
 
 import gc

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from schemas.avatars import PhotoCheck
 from schemas.errors import JobError
@@ -72,6 +72,17 @@ class Cancellation(BaseModel):
     job_id: str
     by: str
     at: float
+
+
+class WorkerDeaths(BaseModel):
+    """A message that was in flight when worker processes died, as one host's in-flight journal
+    counted those deaths, on the compacted `restyle.worker-deaths` (keyed by spot and journal)
+    that every worker reads: a message that kills workers is counted across hosts."""
+
+    spot: str  # the stage, topic, partition and offset, as the journals name them
+    journal: str  # the identity of the journal (a worker's state directory) that counted them
+    deaths: int = Field(ge=0)  # 0: forgiven (the message then ran to its end)
+    at: float  # when it was told (after the deaths)
 
 
 class TenantActivity(BaseModel):

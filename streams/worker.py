@@ -57,6 +57,9 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     rt = Runtime(settings, wiring, Storage.from_settings(settings), sets, journal)
     # Every worker reads the cancellations: any of them may be working on a cancelled job.
     wiring.app.task(rt.cancellations.run)
+    # And every host's count of worker deaths, after telling its own (streams/core/deaths.py).
+    wiring.app.task(rt.worker_deaths.run)
+    wiring.app.task(rt.tell_deaths)
     if role == "cpu":
         build_cpu_worker(rt, first_stages(sets), limiter)
     elif role == "gpu":

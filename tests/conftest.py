@@ -459,7 +459,7 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         raise
     collector = TopicCollector(stack.endpoints["kafka_bootstrap"],
                                ["restyle.results", "restyle.dlq", "restyle.job-events",
-                                "restyle.notifications"],
+                                "restyle.notifications", "restyle.worker-deaths"],
                                settings.partitions)
     handles = E2E(stack, settings, collector)
     handles.local_uploads = uploads

@@ -48,7 +48,9 @@ class KeptTopic:
         return self.name
 
     async def send(self, key=None, value=None, headers=None):
-        self.runtime.record(Message(self.name, key, value, offset=len(self.runtime.log),
+        # Offsets count per topic, as a broker's do (a redelivery keeps its spot).
+        self.runtime.record(Message(self.name, key, value,
+                                    offset=len(self.runtime.sent(self.name)),
                                     headers=list(headers or [])))
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)

@@ -181,3 +181,11 @@ def test_a_gpu_worker_killed_mid_render_leaves_its_job_waiting_for_the_next_one(
     assert len(generating) >= 2, [(e["kind"], e.get("status")) for e in told]
     dead_steps = [e for e in told[:generating[-1]] if e["kind"] == "progress"]
     assert dead_steps and dead_steps[-1]["at"] < taken_over["at"] < told[generating[-1]]["at"]
+    # The death is told to every other host (the count of a message that kills workers is
+    # kept across them), then forgiven once the render ran to its end.
+    spot = f"render.restyle.render-requests.{taken_over['queue']['partition']}@" \
+           f"{taken_over['queue']['offset']}"
+    counted = [json.loads(m.value()) for m in e2e.collector.wait_for(
+        "restyle.worker-deaths", lambda m: json.loads(m.value())["spot"] == spot, 60, count=2)]
+    assert [record["deaths"] for record in counted] == [1, 0], counted
+    assert counted[0]["journal"] == counted[1]["journal"]

@@ -9,16 +9,21 @@ comes back means an earlier worker died while running it, and the runtime counts
 (Runtime.handle fails the job once RESTYLE_CRASH_ATTEMPTS is reached).
 
 The files live under the worker's state directory: a container restarted in its pod (an
-emptyDir volume) or a worker restarted by `restyle up` finds them. A message that moves to a
-worker on another machine starts its count again there. Writes are plain writes, not fsynced:
-the point is surviving the process, and the kernel keeps what a dead process wrote.
+emptyDir volume) or a worker restarted by `restyle up` finds them. Each journal has an identity
+of its own (a random id kept beside its records), and what it holds when a process opens it
+(`inherited`: the deaths of the processes before) is told to the other hosts at start
+(streams/core/deaths.py), so a message that moves from host to host is counted across them.
+Writes are plain writes, not fsynced: the point is surviving the process, and the kernel keeps
+what a dead process wrote.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -27,6 +32,9 @@ log = logging.getLogger("restyle.journal")
 # Records kept per stage and partition: a message handled by another worker never comes back
 # here to be cleared, so the oldest records make way.
 KEEP_PER_FILE = 64
+
+# Where a journal keeps its identity (no record file starts with a dot).
+IDENTITY_FILE = ".journal-id"
 
 # Every journal open in this process, so that a deliberate exit (a broken GPU, a broker that
 # takes no sends) can say that the messages in flight are not to blame.
@@ -43,7 +51,45 @@ class InFlightJournal:
         # ten times as much)
         self._files: dict[str, int] = {}
         self._lengths: dict[str, int] = {}
+        self.identity = self._identity()
+        # spot name -> starts that never finished, as the processes before this one left them
+        # (not the files another live worker of the role on this machine writes: its
+        # messages are in flight, not deaths)
+        self.inherited: dict[str, int] = {
+            spot_name_of(name, offset): starts
+            for name in sorted(os.listdir(self.directory))
+            if not name.startswith(".") and not self._written_by_a_live_process(name)
+            for offset, starts in self._record(name).items()}
         OPEN.append(self)
+
+    def _written_by_a_live_process(self, name: str) -> bool:
+        # A writer holds a shared lock on the file for its life (_write); the kernel drops it
+        # with the process.
+        try:
+            descriptor = os.open(self.directory / name, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(descriptor)
+
+    def _identity(self) -> str:
+        path = self.directory / IDENTITY_FILE
+        try:
+            return path.read_text().strip() or self._new_identity(path)
+        except FileNotFoundError:
+            return self._new_identity(path)
+
+    @staticmethod
+    def _new_identity(path: Path) -> str:
+        identity = uuid.uuid4().hex[:16]
+        path.write_text(identity)
+        return identity
 
     def started(self, stage: str, topic: str, partition: int, offset: int) -> int:
         """Record that stage starts the message at (topic, partition, offset); return how many
@@ -98,6 +144,7 @@ class InFlightJournal:
     def _write(self, name: str, record: dict[int, int]) -> None:
         if name not in self._files:
             self._files[name] = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT, 0o600)
+            fcntl.flock(self._files[name], fcntl.LOCK_SH)  # this process writes it (inherited)
         # One write, padded with spaces (JSON ignores them) to cover what the last one wrote:
         # a process that dies at any moment leaves a whole record behind.
         data = json.dumps(record).encode().ljust(self._lengths.get(name, 0))
@@ -118,3 +165,12 @@ def release_in_flight(blamed: Iterable[tuple[str, str, int, int]] = ()) -> None:
 
 def _file_name(stage: str, topic: str, partition: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{stage}.{topic}.{partition}")
+
+
+def spot_name(stage: str, topic: str, partition: int, offset: int) -> str:
+    """A message as a stage handles it, named the same by every journal."""
+    return spot_name_of(_file_name(stage, topic, partition), offset)
+
+
+def spot_name_of(file_name: str, offset: int) -> str:
+    return f"{file_name}@{offset}"

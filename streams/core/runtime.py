@@ -19,10 +19,10 @@ from pydantic import BaseModel, ValidationError
 from schemas import (DeadLetter, ErrorCode, JobError, JobEvent, JobEventKind, JobStatus,
                      StageFailure)
 from schemas.events import original_headers
-from schemas.jobs import Cancellation, QueueSpot
+from schemas.jobs import Cancellation, QueueSpot, WorkerDeaths
 from schemas.uris import is_under, join_uri, tenant_base
 from streams.adapters.images import decode_image, fit_within
-from streams.adapters.journal import InFlightJournal, release_in_flight
+from streams.adapters.journal import InFlightJournal, release_in_flight, spot_name
 from streams.adapters.retries import current_policy, describe, rerun_wait, retry_policy
 from streams.adapters.storage import Storage
 from streams.core.app import Wiring
@@ -30,7 +30,7 @@ from streams.core.kafka import client_options
 from streams.core.consumer import group_generation
 from streams.core.pauses import OutOfGroup, PauseWatch
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
-from streams.core import tracing
+from streams.core import deaths as worker_deaths, tracing
 from streams.core.compacted import CompactedView
 from streams.core.inherited import InheritedWork
 from streams.core.registry import ModelRegistry
@@ -42,7 +42,8 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T", bound=TopicNames)
 
 # How long a worker that has just started waits, before its first job, to have read every
-# cancellation (a broker that answers reads it in well under a second).
+# cancellation and every other host's count of worker deaths (a broker that answers reads them
+# in well under a second).
 CANCELLATIONS_FIRST_READ_S = 30.0
 
 
@@ -93,26 +94,78 @@ class Runtime:
         # Cancelled jobs; read once the worker runs cancellations.run.
         self.cancellations = CompactedView(client_options(settings),
                                            settings.topics.cancellations, Cancellation)
-        self._gave_up_on_cancellations = False
+        # Every host's count of the messages its workers died with (deaths.py); read once the
+        # worker runs worker_deaths.run.
+        self.worker_deaths = CompactedView(client_options(settings),
+                                           settings.topics.worker_deaths, WorkerDeaths)
+        self._gave_up_on: set[str] = set()  # the views not read in time before a first job
 
     def cancelled(self, job_id: str | None) -> bool:
         return job_id is not None and job_id in self.cancellations.records
 
     async def cancellations_known(self) -> None:
         """Before a worker's first job: wait (bounded) until it has read every cancellation,
-        or a job cancelled or timed out before it started would run here. Past the bound it
-        goes on with what it has read (its reader keeps reading) and says so once."""
-        view = self.cancellations
-        if view.read_once.is_set() or not view.running or self._gave_up_on_cancellations:
+        or a job cancelled or timed out before it started would run here."""
+        await self._read_before_first_job(self.cancellations, "jobs run without knowing "
+                                          "whether they were cancelled before now")
+
+    async def _read_before_first_job(self, view: CompactedView, without: str) -> None:
+        """Wait (bounded) until the view has read its topic once. Past the bound the worker
+        goes on with what it has read (its reader keeps reading) and says once what that
+        costs (without)."""
+        if view.read_once.is_set() or not view.running or view.topic in self._gave_up_on:
             return
         try:
             await asyncio.wait_for(view.read_once.wait(), CANCELLATIONS_FIRST_READ_S)
         except asyncio.TimeoutError:
-            if not self._gave_up_on_cancellations:
-                log.warning("the cancellations (%s) could not be read within %g s: jobs run "
-                            "without knowing whether they were cancelled before now",
-                            view.topic, CANCELLATIONS_FIRST_READ_S)
-            self._gave_up_on_cancellations = True
+            if view.topic not in self._gave_up_on:
+                log.warning("%s could not be read within %g s: %s", view.topic,
+                            CANCELLATIONS_FIRST_READ_S, without)
+            self._gave_up_on.add(view.topic)
+
+    async def tell_deaths(self) -> None:
+        """At start (a task of a worker with a journal): tell the other hosts of the messages
+        the processes before this one died with (deaths.py). A failure leaves each host
+        counting its own deaths only."""
+        if not self.journal or not self.journal.inherited:
+            return
+        try:
+            for key, record in worker_deaths.told(self.journal.inherited,
+                                                  self.journal.identity, time.time()):
+                await self.send(self.topics.worker_deaths, key, record, acknowledged=True)
+        except Exception as exc:  # noqa: BLE001 - each host still counts its own
+            log.warning("could not tell the other workers of the %d message(s) this host's "
+                        "workers died with (%s: %s); each host counts its own",
+                        len(self.journal.inherited), type(exc).__name__, exc)
+            return
+        log.warning("the workers before this one died with %d message(s) in flight (%s): "
+                    "told the other workers", len(self.journal.inherited),
+                    ", ".join(sorted(self.journal.inherited)))
+
+    def _deaths_of(self, spot: tuple[str, str, int, int], message) -> int:
+        """How many worker processes died running the message at spot: on this host (its
+        journal, which records this start) and on every other (deaths.py)."""
+        view = self.worker_deaths
+        here = self.journal.started(*spot)
+        if not view.records:
+            return here
+        since = (getattr(message, "timestamp", None) or 0.0) - self.settings.clock_skew_s
+        return here + worker_deaths.elsewhere(view.records, spot_name(*spot),
+                                              self.journal.identity, since)
+
+    async def _forgive(self, spot: tuple[str, str, int, int]) -> None:
+        """The message ran to its end after deaths: every host's count of it goes back to 0
+        (best effort: a count left standing is of a message that does not come back)."""
+        name = spot_name(*spot)
+        # What this worker told at start, whether or not its reader has read it back yet
+        records = {**self.worker_deaths.records, **dict(worker_deaths.told(
+            {name: self.journal.inherited[name]} if name in self.journal.inherited else {},
+            self.journal.identity, 0.0))}
+        try:
+            for key, record in worker_deaths.forgiven(records, name, time.time()):
+                await self.send(self.topics.worker_deaths, key, record)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not forgive %s its deaths (%s)", name, exc)
 
     def check_cancelled(self, job_id: str | None, hand_back_at_once: bool = False) -> None:
         """Between two steps of a long stage (denoising, training): raise JobCancelled if the
@@ -335,14 +388,20 @@ class Runtime:
             return
         if self.draining:
             await self._held(event)  # taken from the buffer after SIGTERM: never started
+        if self.journal:
+            await self._read_before_first_job(
+                self.worker_deaths, "a message that killed workers on other hosts is counted "
+                "from its deaths on this one")
         self._in_flight += 1
         message = event.message
         spot = (stage, message.topic, message.partition, message.offset)
-        deaths = self.journal.started(*spot) if self.journal else 0
+        deaths = self._deaths_of(spot, message) if self.journal else 0
         in_hand = _in_hand.set(InHand(spot, deaths))
         try:
             await self._handle(stage, event, model, handler, fail_jobs, on_failure,
                                on_undecodable, follows_cancellations, deaths)
+            if deaths:
+                await self._forgive(spot)
             return
         except OutOfGroup as out:
             # Stopped in the middle of it: what it wrote before the stop stands (a new owner

@@ -56,8 +56,8 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
     # key must outlive any retention period (a revocation, a deletion included).
     if name in (settings.topics.api_keys, settings.topics.models):
         return {"cleanup.policy": "compact"}
-    # A cancellation matters while its job could still run: no job runs for a week.
-    if name == settings.topics.cancellations:
+    # A cancellation (a death) matters while its job could still run: no job runs for a week.
+    if name in (settings.topics.cancellations, settings.topics.worker_deaths):
         return {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
     return {}
 
@@ -71,7 +71,8 @@ def check_layout(settings: Settings, counts: dict[str, int]) -> None:
     """Refuse topics whose partition count differs from RESTYLE_PARTITIONS (see the module's
     docstring), saying which and what to do."""
     # The compacted state topics are read whole by every worker: no key is routed by them.
-    read_whole = {settings.topics.api_keys, settings.topics.models, settings.topics.cancellations}
+    read_whole = {settings.topics.api_keys, settings.topics.models, settings.topics.cancellations,
+                  settings.topics.worker_deaths}
     wrong = {name: count for name, count in counts.items()
              if count != settings.partitions and name not in read_whole}
     if not wrong:

@@ -12,7 +12,7 @@ from schemas.avatars import ModelRecord, TrainRequest
 from schemas.background import BatchEvent, BatchNotification, WebhookDelivery
 from schemas.catalog import CatalogOutcome
 from schemas.credentials import ApiKeyRecord
-from schemas.jobs import Cancellation, TenantActivity
+from schemas.jobs import Cancellation, TenantActivity, WorkerDeaths
 from streams.core.settings.base import SettingsBase
 
 
@@ -71,6 +71,9 @@ class Topics(TopicNames):
     models: str = "restyle.models"
     # Cancelled jobs, compacted (kept a week); every worker reads all of it.
     cancellations: str = "restyle.cancellations"
+    # The messages that were in flight when worker processes died, per host, compacted (kept
+    # a week); every worker reads all of it.
+    worker_deaths: str = "restyle.worker-deaths"
 
     carries: ClassVar[dict[str, Carries]] = {
         # The pipelines' upload models are added by the contracts' writer (agents/pipelines.py
@@ -115,6 +118,10 @@ class Topics(TopicNames):
         "cancellations": Carries(Cancellation, "the job id",
                                  "Jobs ended for good, compacted: no worker starts or goes on "
                                  "with them."),
+        "worker_deaths": Carries(WorkerDeaths, "the spot name, '/', the journal's identity",
+                                 "Deaths of worker processes per message and host, compacted: "
+                                 "a message that kills workers fails its job after "
+                                 "RESTYLE_CRASH_ATTEMPTS of them, wherever they died."),
     }
 
 

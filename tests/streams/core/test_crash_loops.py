@@ -25,6 +25,9 @@ from streams.core.settings import Settings
 from tests.inprocess import InProcessRuntime
 
 state, job_id, behaviour = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+# What the other hosts told of their deaths, as the worker-deaths topic holds it (the test
+# carries it from one process to the next, as the broker would).
+told = json.loads(Path(sys.argv[4]).read_text()) if len(sys.argv) > 4 else {}
 
 class Work(BaseModel):
     job_id: str
@@ -41,17 +44,41 @@ async def main() -> None:
     rt = InProcessRuntime(Settings(state_dir=state, crash_attempts=3), topic_sets(),
                           InFlightJournal(state / "in-flight" / "cpu"))
     rt.stage_agent("poisoned", stage, Work, "restyle.stage.poisoned")
-    await rt.deliver("restyle.stage.poisoned", Work(job_id=job_id), key=job_id)
+    for key, value in told.items():
+        rt.worker_deaths.apply(key.encode(), json.dumps(value).encode())
+    await rt.tell_deaths()
+    tell(rt)
+    if behaviour != "idle":  # "idle": a worker that starts but is given no message
+        await rt.deliver("restyle.stage.poisoned", Work(job_id=job_id), key=job_id)
+    tell(rt)
     for sent in rt.sent(rt.topics.job_events):
         print("event", sent.value.decode(), flush=True)
+
+told_here = []
+
+def tell(rt) -> None:  # what this process told the other hosts (printed before it may die)
+    for sent in rt.sent(rt.topics.worker_deaths)[len(told_here):]:
+        print("told", sent.key.decode(), sent.value.decode(), flush=True)
+        told_here.append(sent)
 
 asyncio.run(main())
 """
 
 
-def run_worker(state, job_id: str, behaviour: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WORKER, str(state), job_id, behaviour],
+def run_worker(state, job_id: str, behaviour: str, topic=None) -> subprocess.CompletedProcess:
+    """topic: a file standing for the worker-deaths topic: what the process tells is added to
+    it as the broker would keep it (the latest record per key)."""
+    extra = [str(topic)] if topic else []
+    done = subprocess.run([sys.executable, "-c", WORKER, str(state), job_id, behaviour, *extra],
                           capture_output=True, text=True, timeout=120)
+    if topic:
+        records = json.loads(topic.read_text())
+        for line in done.stdout.splitlines():
+            if line.startswith("told "):
+                _, key, value = line.split(" ", 2)
+                records[key] = json.loads(value)
+        topic.write_text(json.dumps(records))
+    return done
 
 
 def failure_of(done: subprocess.CompletedProcess) -> dict:
@@ -77,6 +104,31 @@ def test_a_message_that_kills_the_worker_three_times_fails_its_job(tmp_path):
     # The next message at the same spot runs: the record went with the failed one.
     healthy = run_worker(tmp_path, "job-healthy", "run")
     assert healthy.returncode == 0 and "ran job-healthy" in healthy.stdout, healthy.stderr
+
+
+def test_deaths_on_other_hosts_count_toward_the_same_limit(tmp_path):
+    """Host A's worker dies twice on the message and is restarted there (telling the other
+    hosts of those deaths as it starts); the message moves to host B, whose worker dies once on
+    it: at its next start B counts 1 + 2 = 3 deaths and fails the job, where counting its own
+    alone it would run the message again (and A's two deaths would start over on each host
+    the message reached)."""
+    host_a, host_b, topic = tmp_path / "a", tmp_path / "b", tmp_path / "worker-deaths.json"
+    topic.write_text("{}")
+    for _ in range(2):
+        assert run_worker(host_a, "job-roams", "die", topic).returncode == -signal.SIGKILL
+    restarted_a = run_worker(host_a, "job-roams", "idle", topic)  # its partitions moved on
+    assert restarted_a.returncode == 0, restarted_a.stderr
+    [(key, told_by_a)] = json.loads(topic.read_text()).items()
+    assert told_by_a["deaths"] == 2 and key.startswith("poisoned.restyle.stage.poisoned.")
+
+    assert run_worker(host_b, "job-roams", "die", topic).returncode == -signal.SIGKILL
+    again_on_b = run_worker(host_b, "job-roams", "die", topic)
+    assert again_on_b.returncode == 0, again_on_b.stderr
+    assert "ran job-roams" not in again_on_b.stdout
+    error = failure_of(again_on_b)
+    assert error["code"] == "worker_crashed" and error["attempts"] == 3
+    # The message is done with: every host's count of it is back to 0.
+    assert {record["deaths"] for record in json.loads(topic.read_text()).values()} == {0}
 
 
 def test_one_death_is_forgiven_when_the_message_then_succeeds(tmp_path):
@@ -116,7 +168,40 @@ def test_the_journal_keeps_a_bounded_record_and_survives_a_cut_short_file(tmp_pa
     journal = InFlightJournal(tmp_path)
     for offset in range(KEEP_PER_FILE + 10):  # handled elsewhere, never finished here
         journal.started("embed", "restyle.stage.embed", 0, offset)
-    [record] = list(tmp_path.iterdir())
+    [record] = [path for path in tmp_path.iterdir() if not path.name.startswith(".")]
     assert len(json.loads(record.read_text())) == KEEP_PER_FILE
     record.write_text('{"12": 2, "1')  # a write cut short
     assert InFlightJournal(tmp_path).started("embed", "restyle.stage.embed", 0, 12) == 0
+
+
+def test_a_journal_keeps_its_identity_and_inherits_only_what_dead_processes_left(tmp_path):
+    journal = InFlightJournal(tmp_path)
+    journal.started("render", "restyle.render-requests", 2, 40)
+    # Another worker of the role on this machine, started now: that message is in flight in a
+    # live process, not a death.
+    beside = InFlightJournal(tmp_path)
+    assert beside.identity == journal.identity and beside.inherited == {}
+    # The writer dies (a process of its own, killed): what it held is inherited.
+    died = subprocess.run([sys.executable, "-c", (
+        "import os, sys; from streams.adapters.journal import InFlightJournal; "
+        "InFlightJournal(sys.argv[1]).started('render', 'restyle.render-requests', 3, 7); "
+        "os._exit(9)"), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert died.returncode == 9, died.stderr
+    assert InFlightJournal(tmp_path).inherited == {"render.restyle.render-requests.3@7": 1}
+
+
+def test_deaths_told_before_the_message_was_written_are_of_another_message():
+    from schemas.jobs import WorkerDeaths
+    from streams.core.deaths import elsewhere, forgiven, key_of
+
+    def told(journal: str, deaths: int, at: float) -> tuple[str, WorkerDeaths]:
+        return key_of("render.t.0@5", journal), WorkerDeaths(spot="render.t.0@5",
+                                                              journal=journal, deaths=deaths,
+                                                              at=at)
+    records = dict([told("a", 2, 1000.0), told("b", 1, 1010.0), told("mine", 4, 1010.0),
+                    told("old", 3, 100.0)])
+    # Mine are counted by my journal; "old" was told before the message at this spot (a topic
+    # recreated since) was written.
+    assert elsewhere(records, "render.t.0@5", "mine", since=990.0) == 3
+    assert elsewhere(records, "render.t.0@6", "mine", since=990.0) == 0
+    assert {record.deaths for _, record in forgiven(records, "render.t.0@5", 2000.0)} == {0}

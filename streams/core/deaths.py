@@ -1,0 +1,50 @@
+"""The deaths of worker processes, counted across hosts.
+
+Each host's in-flight journal (streams/adapters/journal.py) counts the messages its processes
+died with. Alone, it would let a message that kills workers run RESTYLE_CRASH_ATTEMPTS times on
+every host it reaches: in a GPU pool of ten, dozens of restarts before its job fails. So a
+worker that starts tells the others what its journal inherited (the deaths of the processes
+before it) on the compacted worker-deaths topic, which every worker reads, and a message's
+deaths are those its own host counted plus those every other host told of.
+
+What it costs: one record per message a process died with, at the next start; nothing per
+message handled. What it cannot see: a host that never starts again (a node lost for good)
+tells nothing; a message seldom takes a node with it.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from schemas.jobs import WorkerDeaths
+
+
+def key_of(spot: str, journal: str) -> str:
+    """The record's key: one per message and journal, so each host tells only its own count
+    (a forgiveness, which sets every count of a message to 0, is the one write to another's)."""
+    return f"{spot}/{journal}"
+
+
+def told(inherited: Mapping[str, int], journal: str, at: float
+         ) -> list[tuple[str, WorkerDeaths]]:
+    """What a starting worker tells of the deaths its journal inherited ({spot: deaths})."""
+    return [(key_of(spot, journal), WorkerDeaths(spot=spot, journal=journal, deaths=deaths,
+                                                 at=at))
+            for spot, deaths in sorted(inherited.items())]
+
+
+def elsewhere(records: Mapping[str, WorkerDeaths], spot: str, journal: str,
+              since: float) -> int:
+    """The deaths of the message at `spot` that journals other than `journal` told of since
+    `since` (the message's own time, less the hosts' clock skew: a record told before the
+    message was written is of an earlier message at the same spot, on a topic since
+    recreated)."""
+    return sum(record.deaths for record in records.values()
+               if record.spot == spot and record.journal != journal and record.at >= since)
+
+
+def forgiven(records: Mapping[str, WorkerDeaths], spot: str, at: float
+             ) -> list[tuple[str, WorkerDeaths]]:
+    """The message at `spot` ran to its end: every journal's count of it goes back to 0, as
+    its own journal forgets it (one death is no crash loop)."""
+    return [(key, record.model_copy(update={"deaths": 0, "at": at}))
+            for key, record in records.items() if record.spot == spot and record.deaths]
