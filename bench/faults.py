@@ -541,6 +541,24 @@ def loop_lag(bench: Bench) -> tuple[float, dict[float, float]]:
     return total, buckets
 
 
+def gc_pauses(bench: Bench) -> dict[str, float]:
+    """The CPU worker's cycle-collector pauses (streams/core/heap.py), all generations: runs,
+    seconds, and runs of 10 ms or less."""
+    import urllib.request
+
+    with urllib.request.urlopen(bench.endpoints["status_url"] + "/metrics", timeout=10) as page:
+        text = page.read().decode()
+    figures = {"runs": 0.0, "seconds": 0.0, "short": 0.0}
+    for line in text.splitlines():
+        if line.startswith("restyle_gc_pause_seconds_count"):
+            figures["runs"] += float(line.split()[-1])
+        elif line.startswith("restyle_gc_pause_seconds_sum"):
+            figures["seconds"] += float(line.split()[-1])
+        elif line.startswith("restyle_gc_pause_seconds_bucket") and 'le="0.01"' in line:
+            figures["short"] += float(line.split()[-1])
+    return figures
+
+
 def measured_window(bench: Bench, seconds: float) -> dict:
     """The CPU worker's CPU use and event-loop lag over `seconds` of what runs now."""
     pid = bench.worker("cpu-worker").process.pid
@@ -604,6 +622,7 @@ def status_load(bench: Bench, rate: float, seconds: float = 20) -> dict:
 
     feeder = threading.Thread(target=stream, daemon=True)
     feeder.start()
+    collector_before = gc_pauses(bench)
     try:
         done = subprocess.run([sys.executable, "-c", LOAD_CLIENT, bench.endpoints["status_url"],
                                bench.endpoints["api_key"], ",".join(job_ids), str(rate),
@@ -612,12 +631,19 @@ def status_load(bench: Bench, rate: float, seconds: float = 20) -> dict:
     finally:
         stop.set()
         feeder.join()
+    collector_after = gc_pauses(bench)
     measured = json.loads(done.stdout)
     latencies = sorted(measured["latencies"])
     return {"rate_per_s": rate, "sent": measured["sent"], "codes": measured["codes"],
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
             "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 1),
-            "max_ms": round(latencies[-1] * 1000, 1)}
+            "max_ms": round(latencies[-1] * 1000, 1),
+            # what Python's cycle collector stopped the CPU worker for meanwhile
+            "gc_runs": int(collector_after["runs"] - collector_before["runs"]),
+            "gc_runs_over_10ms": int(collector_after["runs"] - collector_before["runs"]
+                                     - collector_after["short"] + collector_before["short"]),
+            "gc_paused_ms": round((collector_after["seconds"] - collector_before["seconds"])
+                                  * 1000, 1)}
 
 
 def main() -> None:

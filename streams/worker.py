@@ -29,7 +29,7 @@ from streams.api.auth.middleware import Authenticator, auth_middleware
 from streams.adapters.journal import InFlightJournal
 from streams.api.limits import TenantLimiter, limit_middleware
 from streams.core.app import create_app
-from streams.core import lag, logs, tracing
+from streams.core import heap, lag, logs, tracing
 from streams.core.kafka import client_options
 from streams.core.rebalance_watch import watch_rebalances
 from streams.core.runtime import Runtime
@@ -78,7 +78,9 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
 def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantLimiter) -> None:
     """first_stages: pipeline name -> the topic its admitted jobs start on."""
     settings = rt.settings
-    models = StageModels(settings)
+    # Each model, once loaded, is kept out of garbage collection: none is ever unloaded, and
+    # a full collection over them stops the status API for a second (streams/core/heap.py).
+    models = StageModels(settings, after_load=heap.settle)
     models.warm_up()  # fail fast on a bad model id, and keep the first job fast
     rt.app.task(rt.registry.run)
     if settings.lag_interval_s > 0:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 from agents.models.caption import Captioner
 from agents.models.depth import DepthEstimator
@@ -15,8 +16,11 @@ from agents.models.semantic import SemanticSegmenter
 
 
 class StageModels:
-    def __init__(self, settings):
+    def __init__(self, settings, after_load: Callable[[str], None] | None = None):
         self.settings = settings
+        # Called (with the role) once a model is loaded: a worker settles its heap
+        # (streams/core/heap.py); these models are never unloaded.
+        self._after_load = after_load
         self._loaded: dict[str, object] = {}
         self._lock = threading.Lock()
 
@@ -31,6 +35,8 @@ class StageModels:
                                "attention": settings.attention}
                 self._loaded[role] = loader.from_pretrained(settings.model_id(role),
                                                             device=device, **options)
+                if self._after_load:
+                    self._after_load(f"the {role} model")
             return self._loaded[role]
 
     @property

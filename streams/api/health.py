@@ -17,7 +17,7 @@ from aiohttp import web as aioweb
 from faust import web
 
 from schemas import CONTRACTS_DIR
-from streams.core.metrics import render_metrics, watch_event_loop_lag
+from streams.core.metrics import GC_PAUSES, render_metrics, watch_event_loop_lag
 from streams.core.runtime import Runtime
 
 # The API's description, written by `restyle contracts` (streams/api/openapi.py) and installed
@@ -57,6 +57,7 @@ def register(rt: Runtime) -> None:
             return self.json(body(status), status=200 if status == "ok" else 503)
 
     app.task(watch_event_loop_lag)
+    GC_PAUSES.install()  # and what the cycle collector's pauses add to it
     app.page("/livez")(Live)
     app.page("/readyz")(Ready)
     app.page("/healthz")(type("Health", (Ready,), {}))

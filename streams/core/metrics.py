@@ -5,6 +5,8 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from streams.core.heap import GcPauses
+
 REGISTRY = CollectorRegistry()
 
 STAGE_SECONDS = Histogram(
@@ -69,6 +71,10 @@ EVENT_LOOP_LAG_SECONDS = Histogram(
     registry=REGISTRY, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                 2.5, 5))
 LOOP_LAG_PROBE_S = 0.25
+
+# Python's cycle collector: its runs and pauses (a worker installs it, streams/core/heap.py).
+GC_PAUSES = GcPauses()
+REGISTRY.register(GC_PAUSES)
 
 
 async def watch_event_loop_lag() -> None:

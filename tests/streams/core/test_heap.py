@@ -1,0 +1,77 @@
+"""A worker's loaded models are kept out of garbage collection, and the collector's pauses
+are on /metrics (streams/core/heap.py)."""
+from __future__ import annotations
+
+import gc
+import re
+import weakref
+
+import pytest
+
+from streams.core import heap
+from streams.core.metrics import GC_PAUSES, render_metrics
+
+
+@pytest.fixture
+def unfrozen():
+    yield
+    gc.unfreeze()  # the test process's heap is its own again
+
+
+class Node:
+    def __init__(self):
+        self.me = self  # a reference cycle: only the cycle collector frees it
+
+
+def tracked_ids() -> set[int]:
+    return {id(obj) for obj in gc.get_objects()}
+
+
+def test_what_is_loaded_when_the_heap_settles_is_no_longer_walked_by_collections(unfrozen):
+    loaded = Node()
+    garbage = Node()
+    left_over = weakref.ref(garbage)
+    del garbage
+    assert id(loaded) in tracked_ids()
+
+    heap.settle("a model")
+
+    assert left_over() is None  # start-up garbage is freed, not kept for ever
+    assert id(loaded) not in tracked_ids()  # frozen: no collection walks it
+    assert gc.get_freeze_count() > 0
+    after = Node()
+    assert id(after) in tracked_ids()  # what comes later is collected as usual
+
+
+def test_a_cpu_worker_settles_its_models_once_they_are_loaded(unfrozen, tiny_models,
+                                                              tmp_path):
+    from streams.core.settings import Settings
+    from streams.worker import build_worker
+
+    settings = Settings(state_dir=tmp_path, kafka_bootstrap="127.0.0.1:1",
+                        models_dir=tiny_models, storage_base=(tmp_path / "store").as_uri())
+    gc.unfreeze()
+    build_worker(settings, "cpu", 6098)  # built, not started: nothing is reached
+
+    import torch
+
+    assert gc.get_freeze_count() > 100_000  # the libraries and the detector, embedder, depth
+    walked = [obj for obj in gc.get_objects() if isinstance(obj, torch.nn.Module)]
+    assert not walked, walked[:3]  # no layer of a loaded model is walked by a collection
+
+
+def test_the_collectors_pauses_are_on_the_metrics_page():
+    def figures() -> dict[str, float]:
+        page = render_metrics().decode()
+        return {name: float(value) for name, value in re.findall(
+            r'^restyle_gc_pause_seconds_(count|sum)\{generation="2"\} (\S+)$', page, re.M)}
+
+    GC_PAUSES.install()
+    try:
+        before = figures()
+        gc.collect()
+        after = figures()
+    finally:
+        GC_PAUSES.uninstall()
+    assert after["count"] == before["count"] + 1
+    assert after["sum"] > before["sum"]
