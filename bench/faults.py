@@ -542,20 +542,20 @@ def loop_lag(bench: Bench) -> tuple[float, dict[float, float]]:
 
 
 def gc_pauses(bench: Bench) -> dict[str, float]:
-    """The CPU worker's cycle-collector pauses (streams/core/heap.py), all generations: runs,
-    seconds, and runs of 10 ms or less."""
+    """The CPU worker's cycle-collector pauses (streams/core/heap.py) per generation: runs,
+    seconds, and runs of 10 ms or less ({"runs_2": ..., "seconds_2": ..., "short_2": ...})."""
+    import re
     import urllib.request
 
     with urllib.request.urlopen(bench.endpoints["status_url"] + "/metrics", timeout=10) as page:
         text = page.read().decode()
-    figures = {"runs": 0.0, "seconds": 0.0, "short": 0.0}
-    for line in text.splitlines():
-        if line.startswith("restyle_gc_pause_seconds_count"):
-            figures["runs"] += float(line.split()[-1])
-        elif line.startswith("restyle_gc_pause_seconds_sum"):
-            figures["seconds"] += float(line.split()[-1])
-        elif line.startswith("restyle_gc_pause_seconds_bucket") and 'le="0.01"' in line:
-            figures["short"] += float(line.split()[-1])
+    figures = {f"{kind}_{generation}": 0.0 for kind in ("runs", "seconds", "short")
+               for generation in range(3)}
+    for kind, pattern in (("runs", r'_count\{generation="(\d)"\} (\S+)'),
+                          ("seconds", r'_sum\{generation="(\d)"\} (\S+)'),
+                          ("short", r'_bucket\{generation="(\d)",le="0.01"\} (\S+)')):
+        for generation, value in re.findall("^restyle_gc_pause_seconds" + pattern, text, re.M):
+            figures[f"{kind}_{generation}"] = float(value)
     return figures
 
 
@@ -622,7 +622,7 @@ def status_load(bench: Bench, rate: float, seconds: float = 20) -> dict:
 
     feeder = threading.Thread(target=stream, daemon=True)
     feeder.start()
-    collector_before = gc_pauses(bench)
+    gc_before = gc_pauses(bench)
     try:
         done = subprocess.run([sys.executable, "-c", LOAD_CLIENT, bench.endpoints["status_url"],
                                bench.endpoints["api_key"], ",".join(job_ids), str(rate),
@@ -631,19 +631,26 @@ def status_load(bench: Bench, rate: float, seconds: float = 20) -> dict:
     finally:
         stop.set()
         feeder.join()
-    collector_after = gc_pauses(bench)
+    gc_after = gc_pauses(bench)
     measured = json.loads(done.stdout)
     latencies = sorted(measured["latencies"])
     return {"rate_per_s": rate, "sent": measured["sent"], "codes": measured["codes"],
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
             "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 1),
             "max_ms": round(latencies[-1] * 1000, 1),
-            # what Python's cycle collector stopped the CPU worker for meanwhile
-            "gc_runs": int(collector_after["runs"] - collector_before["runs"]),
-            "gc_runs_over_10ms": int(collector_after["runs"] - collector_before["runs"]
-                                     - collector_after["short"] + collector_before["short"]),
-            "gc_paused_ms": round((collector_after["seconds"] - collector_before["seconds"])
-                                  * 1000, 1)}
+            # what Python's cycle collector stopped the CPU worker for meanwhile, per
+            # generation: runs, runs over 10 ms, milliseconds in all
+            "gc": gc_during(gc_before, gc_after)}
+
+
+def gc_during(before: dict[str, float], after: dict[str, float]) -> dict[int, list]:
+    def grew(name: str) -> float:
+        return after[name] - before[name]
+
+    return {generation: [int(grew(f"runs_{generation}")),
+                         int(grew(f"runs_{generation}") - grew(f"short_{generation}")),
+                         round(grew(f"seconds_{generation}") * 1000, 1)]
+            for generation in range(3)}
 
 
 def main() -> None:
@@ -655,6 +662,8 @@ def main() -> None:
     parser.add_argument("--every-s", type=float, default=1.0)
     parser.add_argument("--outage-s", type=float, default=40)
     parser.add_argument("--rate", type=float, default=300)
+    parser.add_argument("--status-s", type=float, default=20,
+                        help="how long the status API is loaded at --rate")
     parser.add_argument("--broker-restarts", type=int, default=3)
     parser.add_argument("--broker-down-s", type=float, default=5)
     parser.add_argument("--streams", type=int, default=500)
@@ -676,7 +685,7 @@ def main() -> None:
             if "duplicate" in chosen:
                 print("duplicate", json.dumps(duplicate(bench)), flush=True)
             if "status" in chosen:
-                print("status", json.dumps(status_load(bench, args.rate)), flush=True)
+                print("status", json.dumps(status_load(bench, args.rate, args.status_s)), flush=True)
             if "sse" in chosen:
                 print("sse", json.dumps(sse_fanout(bench, args.streams)), flush=True)
             if "outage" in chosen:

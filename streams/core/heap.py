@@ -12,7 +12,8 @@ collector's sight (gc.freeze, after a collection so that no start-up garbage is 
 collections then walk only what came after (measured: the same full collection, 0.0 ms).
 
 Only for what is never unloaded: a frozen object in a reference cycle is never freed, so a
-GPU worker, whose pipelines an LRU may evict, does not freeze them.
+GPU worker, whose pipelines an LRU may evict, does not freeze them. (A model first loaded
+while jobs run also freezes what those jobs hold at that moment: a one-off per model role.)
 
 `GcPauses` reports how long each collection stopped the process, per generation, on /metrics,
 so that a tail latency that comes from the collector can be told from one that does not.
