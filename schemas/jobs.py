@@ -75,12 +75,13 @@ class Cancellation(BaseModel):
 
 
 class WorkerDeaths(BaseModel):
-    """A message that was in flight when worker processes died, as one host's in-flight journal
-    counted those deaths, on the compacted `restyle.worker-deaths` (keyed by spot and journal)
-    that every worker reads: a message that kills workers is counted across hosts."""
+    """A message that was in flight when worker processes died, as one in-flight journal (a
+    worker's slot on its host) counted those deaths, on the compacted `restyle.worker-deaths`
+    (keyed by spot and journal) that every worker reads: a message that kills workers is
+    counted across workers and hosts."""
 
     spot: str  # the stage, topic, partition and offset, as the journals name them
-    journal: str  # the identity of the journal (a worker's state directory) that counted them
+    journal: str  # the identity of the journal (a worker's slot) that counted them
     deaths: int = Field(ge=0)  # 0: forgiven (the message then ran to its end)
     at: float  # when it was told (after the deaths)
 

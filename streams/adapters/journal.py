@@ -9,16 +9,18 @@ comes back means an earlier worker died while running it, and the runtime counts
 (Runtime.handle fails the job once RESTYLE_CRASH_ATTEMPTS is reached).
 
 The files live under the worker's state directory: a container restarted in its pod (an
-emptyDir volume) or a worker restarted by `restyle up` finds them. Each journal has an identity
-of its own (a random id kept beside its records), and what it holds when a process opens it
-(`inherited`: the deaths of the processes before) is told to the other hosts at start
-(streams/core/deaths.py), so a message that moves from host to host is counted across them.
+emptyDir volume) or a worker restarted by `restyle up` finds them, in the slot its dead
+predecessor held. Each slot has an identity of its own (a random id kept beside its records),
+and what it holds when a process takes it (`inherited`: the deaths of the processes before) is
+told to the other workers at start (streams/core/deaths.py), so a message that moves from
+worker to worker, host to host, is counted across them.
 Writes are plain writes, not fsynced: the point is surviving the process, and the kernel keeps
 what a dead process wrote.
 """
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -33,8 +35,9 @@ log = logging.getLogger("restyle.journal")
 # here to be cleared, so the oldest records make way.
 KEEP_PER_FILE = 64
 
-# Where a journal keeps its identity (no record file starts with a dot).
+# Where a slot keeps its identity and its lock (no record file starts with a dot).
 IDENTITY_FILE = ".journal-id"
+LOCK_FILE = ".lock"
 
 # Every journal open in this process, so that a deliberate exit (a broken GPU, a broker that
 # takes no sends) can say that the messages in flight are not to blame.
@@ -42,54 +45,74 @@ OPEN: list["InFlightJournal"] = []
 
 
 class InFlightJournal:
+    """A worker process's journal. Several processes of a role on one machine (`restyle up
+    --gpu-workers 2`) share the role's directory, each in a slot of its own (slot-0, slot-1,
+    ...): a process takes the first slot no live process holds (an exclusive lock the kernel
+    drops with the process), so a worker restarted after a death takes over what the dead one
+    left there, and two live processes never write the same files. Each slot is a journal
+    with its own identity."""
+
     def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.root = Path(directory)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock, self.directory = self._take_slot()
         # file name -> {offset: starts that have not finished}
         self._records: dict[str, dict[int, int]] = {}
+        # file name -> offsets this process started and has not finished
+        self._mine: dict[str, set[int]] = {}
         # file name -> an open descriptor: rewritten in place (opening a file per write cost
         # ten times as much)
         self._files: dict[str, int] = {}
         self._lengths: dict[str, int] = {}
-        self.identity = self._identity()
+        self.identity = identity_of(self.directory)
         # spot name -> starts that never finished, as the processes before this one left them
-        # (not the files another live worker of the role on this machine writes: its
-        # messages are in flight, not deaths)
         self.inherited: dict[str, int] = {
-            spot_name_of(name, offset): starts
-            for name in sorted(os.listdir(self.directory))
-            if not name.startswith(".") and not self._written_by_a_live_process(name)
+            spot_name_of(name, offset): starts for name in record_files(self.directory)
             for offset, starts in self._record(name).items()}
         OPEN.append(self)
 
-    def _written_by_a_live_process(self, name: str) -> bool:
-        # A writer holds a shared lock on the file for its life (_write); the kernel drops it
-        # with the process.
-        try:
-            descriptor = os.open(self.directory / name, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
+    def _take_slot(self) -> tuple[int, Path]:
+        for number in itertools.count():
+            slot = self.root / f"slot-{number}"
+            slot.mkdir(exist_ok=True)
+            lock = os.open(slot / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return lock, slot
+            except BlockingIOError:  # a live process's
+                os.close(lock)
+        raise AssertionError("unreachable")
+
+    def unheld(self) -> dict[str, dict[str, int]]:
+        """The other slots no live process holds (a worker of the role that stopped for good,
+        after a death): {their identity: {spot name: starts}}, to be told on their behalf."""
+        left: dict[str, dict[str, int]] = {}
+        for slot in sorted(self.root.glob("slot-*")):
+            if slot == self.directory or not (slot / IDENTITY_FILE).exists():
+                continue
+            lock = os.open(slot / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            else:
+                records = {spot_name_of(name, offset): starts
+                           for name in record_files(slot)
+                           for offset, starts in read_record(slot / name).items()}
+                if records:
+                    left[identity_of(slot)] = records
+            finally:
+                os.close(lock)  # (which drops the lock)
+        return left
+
+    def close(self) -> None:
+        """Let the slot go, as the process's end does."""
+        for descriptor in self._files.values():
             os.close(descriptor)
-
-    def _identity(self) -> str:
-        path = self.directory / IDENTITY_FILE
-        try:
-            return path.read_text().strip() or self._new_identity(path)
-        except FileNotFoundError:
-            return self._new_identity(path)
-
-    @staticmethod
-    def _new_identity(path: Path) -> str:
-        identity = uuid.uuid4().hex[:16]
-        path.write_text(identity)
-        return identity
+        self._files.clear()
+        os.close(self._lock)
+        if self in OPEN:
+            OPEN.remove(self)
 
     def started(self, stage: str, topic: str, partition: int, offset: int) -> int:
         """Record that stage starts the message at (topic, partition, offset); return how many
@@ -98,6 +121,7 @@ class InFlightJournal:
         record = self._record(name)
         earlier = record.get(offset, 0)
         record[offset] = earlier + 1
+        self._mine.setdefault(name, set()).add(offset)
         for stale in sorted(record)[:-KEEP_PER_FILE]:
             del record[stale]
         self._write(name, record)
@@ -106,45 +130,34 @@ class InFlightJournal:
     def finished(self, stage: str, topic: str, partition: int, offset: int) -> None:
         """The stage is done with the message, however it ended (but for the process dying)."""
         name = _file_name(stage, topic, partition)
+        self._mine.get(name, set()).discard(offset)
         record = self._record(name)
         if record.pop(offset, None) is not None:
             self._write(name, record)
 
     def release_all(self, blamed: Iterable[tuple[str, str, int, int]] = ()) -> None:
-        """Forget every message in flight but the blamed ones ((stage, topic, partition,
-        offset)): the process is about to exit on purpose, for a fault that is not theirs
-        (their deaths are counted)."""
+        """Forget every message this process holds but the blamed ones ((stage, topic,
+        partition, offset)): the process is about to exit on purpose, for a fault that is not
+        theirs (their deaths are counted). What the processes before it left stays."""
         kept: dict[str, set[int]] = {}
         for stage, topic, partition, offset in blamed:
             kept.setdefault(_file_name(stage, topic, partition), set()).add(offset)
-        for name, record in self._records.items():
-            innocent = [offset for offset in record if offset not in kept.get(name, ())]
+        for name, offsets in self._mine.items():
+            innocent = [offset for offset in offsets if offset not in kept.get(name, ())]
+            record = self._record(name)
+            for offset in innocent:
+                record.pop(offset, None)
             if innocent:
-                for offset in innocent:
-                    del record[offset]
                 self._write(name, record)
 
     def _record(self, name: str) -> dict[int, int]:
         if name not in self._records:
-            self._records[name] = self._read(name)
+            self._records[name] = read_record(self.directory / name, self._lengths, name)
         return self._records[name]
-
-    def _read(self, name: str) -> dict[int, int]:
-        try:
-            text = (self.directory / name).read_text()
-            self._lengths[name] = len(text.encode())
-            return {int(offset): int(starts) for offset, starts in json.loads(text).items()}
-        except FileNotFoundError:
-            return {}
-        except (ValueError, AttributeError, OSError) as exc:  # cut short: start again
-            log.warning("in-flight journal %s unreadable (%s): starting it afresh",
-                        self.directory / name, exc)
-            return {}
 
     def _write(self, name: str, record: dict[int, int]) -> None:
         if name not in self._files:
             self._files[name] = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT, 0o600)
-            fcntl.flock(self._files[name], fcntl.LOCK_SH)  # this process writes it (inherited)
         # One write, padded with spaces (JSON ignores them) to cover what the last one wrote:
         # a process that dies at any moment leaves a whole record behind.
         data = json.dumps(record).encode().ljust(self._lengths.get(name, 0))
@@ -161,6 +174,38 @@ def release_in_flight(blamed: Iterable[tuple[str, str, int, int]] = ()) -> None:
             journal.release_all(blamed)
         except OSError:  # exiting anyway; the worst case is a count one too high
             log.warning("could not clear the in-flight journal in %s", journal.directory)
+
+
+def identity_of(slot: Path) -> str:
+    """The slot's identity, made by the first process that held it (under its lock)."""
+    path = slot / IDENTITY_FILE
+    try:
+        identity = path.read_text().strip()
+    except FileNotFoundError:
+        identity = ""
+    if not identity:
+        identity = uuid.uuid4().hex[:16]
+        path.write_text(identity)
+    return identity
+
+
+def record_files(slot: Path) -> list[str]:
+    return sorted(name for name in os.listdir(slot) if not name.startswith("."))
+
+
+def read_record(path: Path, lengths: dict[str, int] | None = None,
+                name: str = "") -> dict[int, int]:
+    """{offset: starts} as a file holds it ({} for none, or one cut short)."""
+    try:
+        text = path.read_text()
+        if lengths is not None:
+            lengths[name] = len(text.encode())
+        return {int(offset): int(starts) for offset, starts in json.loads(text).items()}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, AttributeError, OSError) as exc:  # cut short: start again
+        log.warning("in-flight journal %s unreadable (%s): starting it afresh", path, exc)
+        return {}
 
 
 def _file_name(stage: str, topic: str, partition: int) -> str:

@@ -1,15 +1,19 @@
-"""The deaths of worker processes, counted across hosts.
+"""The deaths of worker processes, counted across workers and hosts.
 
-Each host's in-flight journal (streams/adapters/journal.py) counts the messages its processes
-died with. Alone, it would let a message that kills workers run RESTYLE_CRASH_ATTEMPTS times on
-every host it reaches: in a GPU pool of ten, dozens of restarts before its job fails. So a
-worker that starts tells the others what its journal inherited (the deaths of the processes
-before it) on the compacted worker-deaths topic, which every worker reads, and a message's
-deaths are those its own host counted plus those every other host told of.
+Each in-flight journal (streams/adapters/journal.py: one per live worker process, in a slot a
+restarted worker takes over) counts the messages its processes died with. Alone, it would let
+a message that kills workers run RESTYLE_CRASH_ATTEMPTS times on every worker it reaches: in
+a GPU pool of ten, dozens of restarts before its job fails. So a worker that starts tells the
+others what its journal inherited (the deaths of the processes before it), and what the slots
+of its role's workers that did not start again hold, on the compacted worker-deaths topic,
+which every worker reads; a message's deaths are those its own journal counted plus those
+every other journal told of.
 
 What it costs: one record per message a process died with, at the next start; nothing per
 message handled. What it cannot see: a host that never starts again (a node lost for good)
-tells nothing; a message seldom takes a node with it.
+tells nothing; a message seldom takes a node with it. What it repeats: a journal keeps a
+death until its own worker finishes the message, so a restart tells again the deaths of a
+message another worker has finished since (at most KEEP_PER_FILE per stage and partition).
 """
 from __future__ import annotations
 

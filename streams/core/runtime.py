@@ -124,34 +124,45 @@ class Runtime:
             self._gave_up_on.add(view.topic)
 
     async def tell_deaths(self) -> None:
-        """At start (a task of a worker with a journal): tell the other hosts of the messages
-        the processes before this one died with (deaths.py). A failure leaves each host
-        counting its own deaths only."""
-        if not self.journal or not self.journal.inherited:
+        """At start (a task of a worker with a journal): tell the other workers of the
+        messages the processes before this one died with (deaths.py), and of those left in
+        the slots of this role's workers that did not start again. A failure leaves this
+        worker's deaths counted by itself only."""
+        if not self.journal:
+            return
+        left = {self.journal.identity: self.journal.inherited, **self.journal.unheld()}
+        now = time.time()
+        telling = [told for identity, deaths in left.items() if deaths
+                   for told in worker_deaths.told(deaths, identity, now)]
+        if not telling:
             return
         try:
-            for key, record in worker_deaths.told(self.journal.inherited,
-                                                  self.journal.identity, time.time()):
+            for key, record in telling:
                 await self.send(self.topics.worker_deaths, key, record, acknowledged=True)
-        except Exception as exc:  # noqa: BLE001 - each host still counts its own
-            log.warning("could not tell the other workers of the %d message(s) this host's "
-                        "workers died with (%s: %s); each host counts its own",
-                        len(self.journal.inherited), type(exc).__name__, exc)
+        except Exception as exc:  # noqa: BLE001 - its own deaths are still counted here
+            log.warning("could not tell the other workers of the %d message(s) workers died "
+                        "with here (%s: %s); they count only their own", len(telling),
+                        type(exc).__name__, exc)
             return
-        log.warning("the workers before this one died with %d message(s) in flight (%s): "
-                    "told the other workers", len(self.journal.inherited),
-                    ", ".join(sorted(self.journal.inherited)))
+        log.warning("workers of this role died here with %d message(s) in flight (%s): told "
+                    "the other workers", len(telling),
+                    ", ".join(sorted({record.spot for _, record in telling})))
 
     def _deaths_of(self, spot: tuple[str, str, int, int], message) -> int:
-        """How many worker processes died running the message at spot: on this host (its
-        journal, which records this start) and on every other (deaths.py)."""
+        """How many worker processes died running the message at spot: in this journal (which
+        records this start) and in every other (deaths.py)."""
         view = self.worker_deaths
         here = self.journal.started(*spot)
         if not view.records:
             return here
+        name, identity = spot_name(*spot), self.journal.identity
         since = (getattr(message, "timestamp", None) or 0.0) - self.settings.clock_skew_s
-        return here + worker_deaths.elsewhere(view.records, spot_name(*spot),
-                                              self.journal.identity, since)
+        # What this journal told of it stands even where the journal let it go since (the
+        # message was handed back, or left to a partition's new owner, in between)
+        told_here = view.records.get(worker_deaths.key_of(name, identity))
+        if told_here is not None and told_here.at >= since:
+            here = max(here, told_here.deaths)
+        return here + worker_deaths.elsewhere(view.records, name, identity, since)
 
     async def _forgive(self, spot: tuple[str, str, int, int]) -> None:
         """The message ran to its end after deaths: every host's count of it goes back to 0
@@ -390,8 +401,10 @@ class Runtime:
             await self._held(event)  # taken from the buffer after SIGTERM: never started
         if self.journal:
             await self._read_before_first_job(
-                self.worker_deaths, "a message that killed workers on other hosts is counted "
-                "from its deaths on this one")
+                self.worker_deaths, "a message that killed workers elsewhere is counted from "
+                "its deaths here")
+            if self.draining:  # SIGTERM came while it waited: not started
+                await self._held(event)
         self._in_flight += 1
         message = event.message
         spot = (stage, message.topic, message.partition, message.offset)
@@ -400,7 +413,7 @@ class Runtime:
         try:
             await self._handle(stage, event, model, handler, fail_jobs, on_failure,
                                on_undecodable, follows_cancellations, deaths)
-            if deaths:
+            if 0 < deaths < self.settings.crash_attempts:  # (at the limit it failed its job)
                 await self._forgive(spot)
             return
         except OutOfGroup as out:

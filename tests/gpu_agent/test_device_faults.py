@@ -181,7 +181,7 @@ def test_a_request_that_breaks_every_device_fails_its_job_and_spares_the_others(
                 if line.startswith("call ")]
 
     def deaths() -> dict[str, int]:  # the journal's count, by job (room-N is at offset N)
-        record = state / "in-flight" / "gpu" / "render.restyle.render-requests.0"
+        record = state / "in-flight" / "gpu" / "slot-0" / "render.restyle.render-requests.0"
         return {f"room-{offset}": starts for offset, starts in
                 json.loads(record.read_text()).items()}
 

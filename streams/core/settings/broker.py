@@ -71,7 +71,7 @@ class Topics(TopicNames):
     models: str = "restyle.models"
     # Cancelled jobs, compacted (kept a week); every worker reads all of it.
     cancellations: str = "restyle.cancellations"
-    # The messages that were in flight when worker processes died, per host, compacted (kept
+    # The messages that were in flight when worker processes died, per journal, compacted (kept
     # a week); every worker reads all of it.
     worker_deaths: str = "restyle.worker-deaths"
 
@@ -119,7 +119,7 @@ class Topics(TopicNames):
                                  "Jobs ended for good, compacted: no worker starts or goes on "
                                  "with them."),
         "worker_deaths": Carries(WorkerDeaths, "the spot name, '/', the journal's identity",
-                                 "Deaths of worker processes per message and host, compacted: "
+                                 "Deaths of worker processes per message and journal, compacted: "
                                  "a message that kills workers fails its job after "
                                  "RESTYLE_CRASH_ATTEMPTS of them, wherever they died."),
     }

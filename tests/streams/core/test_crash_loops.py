@@ -127,8 +127,10 @@ def test_deaths_on_other_hosts_count_toward_the_same_limit(tmp_path):
     assert "ran job-roams" not in again_on_b.stdout
     error = failure_of(again_on_b)
     assert error["code"] == "worker_crashed" and error["attempts"] == 3
-    # The message is done with: every host's count of it is back to 0.
-    assert {record["deaths"] for record in json.loads(topic.read_text()).values()} == {0}
+    # Its job failed: the counts stand (a message that ran to its end would be forgiven, but
+    # this one, should its commit be lost, must not start a fresh count anywhere).
+    assert sorted(record["deaths"] for record in json.loads(topic.read_text()).values()) \
+        == [1, 2]
 
 
 def test_one_death_is_forgiven_when_the_message_then_succeeds(tmp_path):
@@ -154,40 +156,66 @@ def test_a_deliberate_exit_for_a_device_it_did_not_break_does_not_count_against_
 def test_the_journal_counts_starts_that_never_finished(tmp_path):
     journal = InFlightJournal(tmp_path)
     assert journal.started("render", "restyle.render-requests", 2, 40) == 0
-    # A new process (the old one died): the record is on disk.
+    journal.close()  # the process dies: the record is on disk, the slot free
     reopened = InFlightJournal(tmp_path)
+    assert reopened.directory == journal.directory
     assert reopened.started("render", "restyle.render-requests", 2, 40) == 1
     reopened.finished("render", "restyle.render-requests", 2, 40)
-    assert InFlightJournal(tmp_path).started("render", "restyle.render-requests", 2, 40) == 0
     # Another partition, another stage: counted apart.
     assert reopened.started("render", "restyle.render-requests", 3, 40) == 0
     assert reopened.started("analyze", "restyle.render-requests", 2, 40) == 0
+    reopened.close()
+    assert InFlightJournal(tmp_path).started("render", "restyle.render-requests", 2, 40) == 0
+
+
+def test_a_deliberate_exit_clears_what_the_process_held_not_what_it_inherited(tmp_path):
+    journal = InFlightJournal(tmp_path)
+    journal.started("render", "restyle.render-requests", 2, 40)
+    journal.close()  # died with it
+    successor = InFlightJournal(tmp_path)
+    successor.started("render", "restyle.render-requests", 2, 41)
+    successor.started("render", "restyle.render-requests", 2, 42)
+    successor.release_all([("render", "restyle.render-requests", 2, 42)])  # a broken GPU
+    successor.close()
+    after = InFlightJournal(tmp_path)
+    assert after.inherited == {"render.restyle.render-requests.2@40": 1,
+                               "render.restyle.render-requests.2@42": 1}
 
 
 def test_the_journal_keeps_a_bounded_record_and_survives_a_cut_short_file(tmp_path):
     journal = InFlightJournal(tmp_path)
     for offset in range(KEEP_PER_FILE + 10):  # handled elsewhere, never finished here
         journal.started("embed", "restyle.stage.embed", 0, offset)
-    [record] = [path for path in tmp_path.iterdir() if not path.name.startswith(".")]
+    journal.close()
+    [record] = [path for path in journal.directory.iterdir() if not path.name.startswith(".")]
     assert len(json.loads(record.read_text())) == KEEP_PER_FILE
     record.write_text('{"12": 2, "1')  # a write cut short
     assert InFlightJournal(tmp_path).started("embed", "restyle.stage.embed", 0, 12) == 0
 
 
-def test_a_journal_keeps_its_identity_and_inherits_only_what_dead_processes_left(tmp_path):
+def test_each_live_worker_of_a_role_has_a_journal_of_its_own(tmp_path):
     journal = InFlightJournal(tmp_path)
     journal.started("render", "restyle.render-requests", 2, 40)
-    # Another worker of the role on this machine, started now: that message is in flight in a
-    # live process, not a death.
+    # Another worker of the role on this machine, started now: a slot and an identity of its
+    # own; the first one's message is in flight in a live process, not a death.
     beside = InFlightJournal(tmp_path)
-    assert beside.identity == journal.identity and beside.inherited == {}
-    # The writer dies (a process of its own, killed): what it held is inherited.
+    assert beside.directory != journal.directory and beside.identity != journal.identity
+    assert beside.inherited == {} and beside.unheld() == {}
+    # A third dies (a process of its own, killed) holding a message.
     died = subprocess.run([sys.executable, "-c", (
         "import os, sys; from streams.adapters.journal import InFlightJournal; "
-        "InFlightJournal(sys.argv[1]).started('render', 'restyle.render-requests', 3, 7); "
-        "os._exit(9)"), str(tmp_path)], capture_output=True, text=True, timeout=60)
+        "j = InFlightJournal(sys.argv[1]); print(j.identity); "
+        "j.started('render', 'restyle.render-requests', 3, 7); os._exit(9)"), str(tmp_path)],
+        capture_output=True, text=True, timeout=60)
     assert died.returncode == 9, died.stderr
-    assert InFlightJournal(tmp_path).inherited == {"render.restyle.render-requests.3@7": 1}
+    dead = died.stdout.strip()
+    # Until a worker takes its slot, the others can tell its deaths on its behalf...
+    assert journal.unheld() == {dead: {"render.restyle.render-requests.3@7": 1}}
+    # ...and the worker started in its place takes it over, identity and all.
+    replacement = InFlightJournal(tmp_path)
+    assert replacement.identity == dead
+    assert replacement.inherited == {"render.restyle.render-requests.3@7": 1}
+    assert journal.unheld() == {}
 
 
 def test_deaths_told_before_the_message_was_written_are_of_another_message():
