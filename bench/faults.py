@@ -525,12 +525,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def loop_lag(bench: Bench) -> tuple[float, dict[float, float]]:
-    """The CPU worker's event-loop lag histogram: (sum, {upper bound: cumulative count})."""
+def metrics_page(bench: Bench) -> str:
+    """The CPU worker's /metrics, as Prometheus reads it."""
     import urllib.request
 
     with urllib.request.urlopen(bench.endpoints["status_url"] + "/metrics", timeout=10) as page:
-        text = page.read().decode()
+        return page.read().decode()
+
+
+def loop_lag(bench: Bench) -> tuple[float, dict[float, float]]:
+    """The CPU worker's event-loop lag histogram: (sum, {upper bound: cumulative count})."""
+    text = metrics_page(bench)
     total, buckets = 0.0, {}
     for line in text.splitlines():
         if line.startswith("restyle_event_loop_lag_seconds_sum"):
@@ -545,10 +550,8 @@ def gc_pauses(bench: Bench) -> dict[str, float]:
     """The CPU worker's cycle-collector pauses (streams/core/heap.py) per generation: runs,
     seconds, and runs of 10 ms or less ({"runs_2": ..., "seconds_2": ..., "short_2": ...})."""
     import re
-    import urllib.request
 
-    with urllib.request.urlopen(bench.endpoints["status_url"] + "/metrics", timeout=10) as page:
-        text = page.read().decode()
+    text = metrics_page(bench)
     figures = {f"{kind}_{generation}": 0.0 for kind in ("runs", "seconds", "short")
                for generation in range(3)}
     for kind, pattern in (("runs", r'_count\{generation="(\d)"\} (\S+)'),
@@ -685,7 +688,8 @@ def main() -> None:
             if "duplicate" in chosen:
                 print("duplicate", json.dumps(duplicate(bench)), flush=True)
             if "status" in chosen:
-                print("status", json.dumps(status_load(bench, args.rate, args.status_s)), flush=True)
+                print("status", json.dumps(status_load(bench, args.rate, args.status_s)),
+                      flush=True)
             if "sse" in chosen:
                 print("sse", json.dumps(sse_fanout(bench, args.streams)), flush=True)
             if "outage" in chosen:

@@ -27,7 +27,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 log = logging.getLogger("restyle.journal")
 
@@ -66,22 +66,16 @@ class InFlightJournal:
         self._lengths: dict[str, int] = {}
         self.identity = identity_of(self.directory)
         # spot name -> starts that never finished, as the processes before this one left them
-        self.inherited: dict[str, int] = {
-            spot_name_of(name, offset): starts for name in record_files(self.directory)
-            for offset, starts in self._record(name).items()}
+        self.inherited = left_in(self.directory, self._record)
         OPEN.append(self)
 
     def _take_slot(self) -> tuple[int, Path]:
         for number in itertools.count():
             slot = self.root / f"slot-{number}"
             slot.mkdir(exist_ok=True)
-            lock = os.open(slot / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock = lock_slot(slot)
+            if lock is not None:
                 return lock, slot
-            except BlockingIOError:  # a live process's
-                os.close(lock)
-        raise AssertionError("unreachable")
 
     def unheld(self) -> dict[str, dict[str, int]]:
         """The other slots no live process holds (a worker of the role that stopped for good,
@@ -90,15 +84,11 @@ class InFlightJournal:
         for slot in sorted(self.root.glob("slot-*")):
             if slot == self.directory or not (slot / IDENTITY_FILE).exists():
                 continue
-            lock = os.open(slot / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            lock = lock_slot(slot)
+            if lock is None:  # a live process's
                 continue
-            else:
-                records = {spot_name_of(name, offset): starts
-                           for name in record_files(slot)
-                           for offset, starts in read_record(slot / name).items()}
+            try:
+                records = left_in(slot, lambda name, slot=slot: read_record(slot / name))
                 if records:
                     left[identity_of(slot)] = records
             finally:
@@ -189,8 +179,23 @@ def identity_of(slot: Path) -> str:
     return identity
 
 
-def record_files(slot: Path) -> list[str]:
-    return sorted(name for name in os.listdir(slot) if not name.startswith("."))
+def lock_slot(slot: Path) -> int | None:
+    """The slot's lock, held exclusively (a descriptor to close to let it go), or None where a
+    live process holds it (the kernel drops a process's locks with it)."""
+    lock = os.open(slot / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return lock
+    except BlockingIOError:
+        os.close(lock)
+        return None
+
+
+def left_in(slot: Path, record_of: Callable[[str], dict[int, int]]) -> dict[str, int]:
+    """{spot name: starts that never finished} in a slot's record files (record_of(name))."""
+    return {spot_name_of(name, offset): starts
+            for name in sorted(n for n in os.listdir(slot) if not n.startswith("."))
+            for offset, starts in record_of(name).items()}
 
 
 def read_record(path: Path, lengths: dict[str, int] | None = None,
