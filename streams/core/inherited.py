@@ -13,8 +13,9 @@ The announcement is dated from the assignment, and the tracker takes it only for
 that was only waiting changes nothing, and neither does one this worker has started meanwhile
 (the read runs beside the stream, not before it).
 
-A read that fails is not tried again: the job shows `generating` until its render starts
-again, as it would without this.
+A read that fails (the broker unreachable, or busy with the group's rebalance) is tried
+again, READ_ATTEMPTS times in all, with jittered backoff (tenacity); after that the job shows
+`generating` until its render starts again, as it would without this.
 """
 from __future__ import annotations
 
@@ -24,19 +25,27 @@ import time
 from typing import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt,
+                      wait_random_exponential)
 
 from schemas.jobs import QueueSpot
 
 log = logging.getLogger("restyle")
 
-# A read bounded in time: what it announces is moot once the new owner renders the requests.
-# What was read by then is announced.
-READ_TIMEOUT_S = 10.0
 # Each fetch waits this long for records at most.
 FETCH_WAIT_MS = 300
-# The read ends when no record came for this long (not at the first empty fetch: Tansu answers
-# some fetches empty while records wait).
-QUIET_S = 1.0
+# The read ends once this many fetches in a row found nothing (not at the first empty one:
+# Tansu answers some fetches empty while records wait). Counted in fetches, not in seconds: a
+# worker starting its first render can hold its event loop for a second or more, which is no
+# sign that the log has nothing more (a read cut short by such a stall announced nothing).
+QUIET_FETCHES = 4
+# A read bounded in fetches too (about 10 s of them): what it announces is moot once the new
+# owner renders the requests. What was read by then is announced.
+MAX_FETCHES = 33
+# And in time, against a broker that does not answer at all.
+READ_TIMEOUT_S = 60.0
+READ_ATTEMPTS = 3
 
 Announce = Callable[[str, QueueSpot, float], Awaitable[None]]
 # A request's job id, from its record's value (ValueError: not a request).
@@ -77,11 +86,7 @@ class InheritedWork:
         # again for a partition this worker keeps.
         spots = []
         try:
-            # Bounded twice: the read itself stops fetching in time, and a broker that does
-            # not answer at all cannot hold it longer.
-            records = await asyncio.wait_for(
-                first_uncommitted(self.connection, self.group, partitions, self.per_partition),
-                2 * READ_TIMEOUT_S)
+            records = await self._read(partitions)
             for record in records:
                 try:
                     job_id = self.job_id_of(record.value or b"")
@@ -96,6 +101,19 @@ class InheritedWork:
                         _named(partitions), type(exc).__name__, exc)
         if spots:
             log.info("took over %d request(s) past the commit: %s", len(spots), ", ".join(spots))
+
+    async def _read(self, partitions: list[TopicPartition]) -> list:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(READ_ATTEMPTS), reraise=True,
+            wait=wait_random_exponential(multiplier=0.5, max=4),
+            retry=retry_if_exception_type((KafkaError, OSError, asyncio.TimeoutError)))
+        async for attempt in retrying:
+            with attempt:
+                # Bounded twice: the read itself stops fetching, and a broker that does not
+                # answer at all cannot hold it longer than READ_TIMEOUT_S.
+                return await asyncio.wait_for(
+                    first_uncommitted(self.connection, self.group, partitions,
+                                      self.per_partition), READ_TIMEOUT_S)
 
 
 def newly_taken(held: set[TopicPartition], assigned: Iterable, topics: frozenset[str],
@@ -114,12 +132,11 @@ def newly_taken(held: set[TopicPartition], assigned: Iterable, topics: frozenset
 
 
 async def first_uncommitted(connection: dict, group: str, partitions: list[TopicPartition],
-                            count: int, within_s: float = READ_TIMEOUT_S) -> list:
+                            count: int, fetches: int = MAX_FETCHES) -> list:
     """Up to `count` records of each partition from the group's committed offset on (from
-    the log's start where it committed none), read until the log has no more (QUIET_S without
-    a record), or what was read within_s after the start. Reads without joining
+    the log's start where it committed none), read until the log has no more (QUIET_FETCHES
+    fetches in a row found nothing), or what `fetches` fetches read. Reads without joining
     the group. The log's end is not asked for: Tansu's answer to it is not exact."""
-    deadline = time.monotonic() + within_s
     consumer = AIOKafkaConsumer(group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest",
                                 fetch_max_wait_ms=FETCH_WAIT_MS // 5, **connection)
@@ -136,12 +153,12 @@ async def first_uncommitted(connection: dict, group: str, partitions: list[Topic
                 consumer.seek(tp, committed)
             starts[tp] = committed
         found: dict[TopicPartition, list] = {tp: [] for tp in starts}
-        reading, last_record = set(starts), time.monotonic()
-        while (reading and time.monotonic() - last_record < QUIET_S
-               and time.monotonic() < deadline):
+        reading, empty = set(starts), 0
+        for _ in range(fetches):
+            if not reading or empty >= QUIET_FETCHES:
+                break
             fetched = await consumer.getmany(*reading, timeout_ms=FETCH_WAIT_MS)
-            if fetched:
-                last_record = time.monotonic()
+            empty = 0 if fetched else empty + 1
             for tp, records in fetched.items():
                 # From the commit on only (a commit the broker no longer has resets the read
                 # to the log's start), and no more than a worker holds.

@@ -4,6 +4,7 @@ which partitions count as taken over at all."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -70,3 +71,28 @@ def test_the_requests_read_are_the_first_past_the_commit_and_no_more(e2e):
         (0, 2, "job-0-2"), (0, 3, "job-0-3"), (0, 4, "job-0-4"),  # 3 at most, from the commit
         (1, 0, "job-1-0"), (1, 1, "job-1-1"),  # nothing committed: from the start, to the end
     ]  # and nothing of a partition whose requests were all done
+
+
+def test_a_worker_whose_event_loop_stalls_still_reads_the_requests_it_took_over(e2e):
+    """A GPU worker starting its first render can hold its event loop for a second or more
+    at a time (on a busy CPU host, longer). The read must not take such a stall for a log
+    with nothing more in it: the job would show a render nobody makes. (A read that counted
+    a second of quiet in wall-clock time came back empty in about one run in five here.)"""
+    bootstrap = e2e.endpoints["kafka_bootstrap"]
+    topic, group = requests_topic(bootstrap, [2]), f"inherited-{uuid.uuid4().hex[:8]}"
+
+    async def read_beside_a_stalling_loop() -> list:
+        async def stall():
+            while True:
+                await asyncio.sleep(0.005)
+                time.sleep(1.2)  # what a render blocking the loop does
+
+        staller = asyncio.ensure_future(stall())
+        try:
+            return await first_uncommitted({"bootstrap_servers": bootstrap}, group,
+                                           [tp(0, topic)], 3)
+        finally:
+            staller.cancel()
+
+    read = asyncio.run(read_beside_a_stalling_loop())
+    assert [(r.offset, r.value.decode()) for r in read] == [(0, "job-0-0"), (1, "job-0-1")]
