@@ -84,6 +84,9 @@ class WorkerDeaths(BaseModel):
     journal: str  # the identity of the journal (a worker's slot) that counted them
     deaths: int = Field(ge=0)  # 0: forgiven (the message then ran to its end)
     at: float  # when it was told (after the deaths)
+    # In a forgiveness: the deaths it forgave (a journal that counts no more than these of the
+    # message has nothing left to tell of it)
+    forgiven: int = Field(0, ge=0)
 
 
 class TenantActivity(BaseModel):

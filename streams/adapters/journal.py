@@ -95,6 +95,14 @@ class InFlightJournal:
                 os.close(lock)  # (which drops the lock)
         return left
 
+    def forget(self, spot: str) -> None:
+        """Drop an inherited message (by its spot name): it ran to its end elsewhere."""
+        name, _, offset = spot.rpartition("@")
+        record = self._record(name)
+        if record.pop(int(offset), None) is not None:
+            self._write(name, record)
+        self.inherited.pop(spot, None)
+
     def close(self) -> None:
         """Let the slot go, as the process's end does."""
         for descriptor in self._files.values():

@@ -11,9 +11,12 @@ every other journal told of.
 
 What it costs: one record per message a process died with, at the next start; nothing per
 message handled. What it cannot see: a host that never starts again (a node lost for good)
-tells nothing; a message seldom takes a node with it. What it repeats: a journal keeps a
-death until its own worker finishes the message, so a restart tells again the deaths of a
-message another worker has finished since (at most KEEP_PER_FILE per stage and partition).
+tells nothing; a message seldom takes a node with it.
+
+A journal keeps a death until its own worker finishes the message; a message another worker
+finished meanwhile was forgiven there, and the forgiveness says how many deaths it forgave: a
+starting worker drops from its journal (and does not tell again) a message none of whose
+deaths it counted came after that (finished_elsewhere).
 """
 from __future__ import annotations
 
@@ -50,5 +53,16 @@ def forgiven(records: Mapping[str, WorkerDeaths], spot: str, at: float
              ) -> list[tuple[str, WorkerDeaths]]:
     """The message at `spot` ran to its end: every journal's count of it goes back to 0, as
     its own journal forgets it (one death is no crash loop)."""
-    return [(key, record.model_copy(update={"deaths": 0, "at": at}))
+    return [(key, record.model_copy(update={"deaths": 0, "at": at, "forgiven": record.deaths}))
             for key, record in records.items() if record.spot == spot and record.deaths]
+
+
+def finished_elsewhere(records: Mapping[str, WorkerDeaths], left: Mapping[str, int],
+                       journal: str) -> set[str]:
+    """The spots of `left` ({spot: deaths} a journal holds) whose messages another worker
+    ran to its end since: each journal's record of them was forgiven, for as many deaths as
+    it counts (one that counts more died on the message again after)."""
+    def forgave(spot: str) -> int:
+        record = records.get(key_of(spot, journal))
+        return record.forgiven if record is not None and record.deaths == 0 else 0
+    return {spot for spot, deaths in left.items() if deaths <= forgave(spot)}

@@ -45,6 +45,8 @@ T = TypeVar("T", bound=TopicNames)
 # cancellation and every other host's count of worker deaths (a broker that answers reads them
 # in well under a second).
 CANCELLATIONS_FIRST_READ_S = 30.0
+# What a worker that could not read the worker deaths in that time goes without (said once)
+DEATHS_UNREAD = "a message that killed workers elsewhere is counted from its deaths here"
 
 
 class JobCancelled(Exception):
@@ -130,7 +132,15 @@ class Runtime:
         worker's deaths counted by itself only."""
         if not self.journal:
             return
-        left = {self.journal.identity: self.journal.inherited, **self.journal.unheld()}
+        # What was forgiven since (finished by another worker) is not told again
+        await self._read_before_first_job(self.worker_deaths, DEATHS_UNREAD)
+        left = {self.journal.identity: dict(self.journal.inherited), **self.journal.unheld()}
+        for identity, spots in left.items():
+            for spot in worker_deaths.finished_elsewhere(self.worker_deaths.records, spots,
+                                                         identity):
+                del spots[spot]
+                if identity == self.journal.identity:
+                    self.journal.forget(spot)  # nor kept here (another slot's is its own)
         now = time.time()
         telling = [told for identity, deaths in left.items() if deaths
                    for told in worker_deaths.told(deaths, identity, now)]
@@ -174,7 +184,7 @@ class Runtime:
             self.journal.identity, 0.0))}
         try:
             for key, record in worker_deaths.forgiven(records, name, time.time()):
-                await self.send(self.topics.worker_deaths, key, record)
+                await self.send(self.topics.worker_deaths, key, record, acknowledged=True)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not forgive %s its deaths (%s)", name, exc)
 
@@ -400,9 +410,7 @@ class Runtime:
         if self.draining:
             await self._held(event)  # taken from the buffer after SIGTERM: never started
         if self.journal:
-            await self._read_before_first_job(
-                self.worker_deaths, "a message that killed workers elsewhere is counted from "
-                "its deaths here")
+            await self._read_before_first_job(self.worker_deaths, DEATHS_UNREAD)
             if self.draining:  # SIGTERM came while it waited: not started
                 await self._held(event)
         self._in_flight += 1

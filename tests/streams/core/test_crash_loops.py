@@ -233,3 +233,28 @@ def test_deaths_told_before_the_message_was_written_are_of_another_message():
     assert elsewhere(records, "render.t.0@5", "mine", since=990.0) == 3
     assert elsewhere(records, "render.t.0@6", "mine", since=990.0) == 0
     assert {record.deaths for _, record in forgiven(records, "render.t.0@5", 2000.0)} == {0}
+
+
+def test_a_death_another_host_forgave_is_not_told_again(tmp_path):
+    """Host A's worker dies on the message and, restarted, tells of it; the message moves to
+    host B, where it runs to its end, and B forgives it (every count of it back to 0, saying
+    how many deaths it forgave). A's journal still holds the death (A never finished the
+    message): at A's next start it is dropped, not told again, which would bring the count
+    back for a message that is done."""
+    host_a, host_b, topic = tmp_path / "a", tmp_path / "b", tmp_path / "worker-deaths.json"
+    topic.write_text("{}")
+    assert run_worker(host_a, "job-moved", "die", topic).returncode == -signal.SIGKILL
+    assert run_worker(host_a, "job-moved", "idle", topic).returncode == 0
+    [told_by_a] = json.loads(topic.read_text()).values()
+    assert told_by_a["deaths"] == 1
+
+    on_b = run_worker(host_b, "job-moved", "run", topic)
+    assert "ran job-moved" in on_b.stdout, on_b.stderr
+    [forgiven] = json.loads(topic.read_text()).values()
+    assert (forgiven["deaths"], forgiven["forgiven"]) == (0, 1)
+
+    restarted_a = run_worker(host_a, "job-moved", "idle", topic)
+    assert restarted_a.returncode == 0, restarted_a.stderr
+    assert "told " not in restarted_a.stdout
+    assert list(json.loads(topic.read_text()).values()) == [forgiven]
+    assert InFlightJournal(host_a / "in-flight" / "cpu").inherited == {}
