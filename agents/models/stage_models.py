@@ -15,6 +15,12 @@ from agents.models.segment import BoxSegmenter, SalientSegmenter
 from agents.models.semantic import SemanticSegmenter
 
 
+# The roles no stage needs on every worker, loaded when first used (or at start where
+# RESTYLE_CPU_WARM_MODELS names them).
+ON_FIRST_USE = {"captioner": Captioner, "semantic": SemanticSegmenter,
+                "face_detector": FaceDetector}
+
+
 class StageModels:
     def __init__(self, settings, after_load: Callable[[str], None] | None = None):
         self.settings = settings
@@ -77,3 +83,5 @@ class StageModels:
             _ = self.segmenter
         if self.settings.mask_refiner == "u2netp" or self.settings.salient_fallback:
             _ = self.salient
+        for role in self.settings.cpu_warm_models:  # otherwise loaded on first use
+            self._get(role, ON_FIRST_USE[role])

@@ -72,6 +72,13 @@ class ModelSettings(SettingsBase):
     # attention; a model without it falls back to its own) or "eager". diffusers uses SDPA
     # on its own.
     attention: Literal["sdpa", "eager"] = "sdpa"
+    # The CPU worker's models loaded on first use (catalog captions, segmentation maps for
+    # `seg` conditioning, the avatar photo check's face detector) that it loads at start
+    # instead: the first such job does not wait for the load, and the collection that keeps
+    # the model out of the collector's sight (streams/core/heap.py, a second or so of a
+    # stalled worker) happens before any traffic.
+    cpu_warm_models: list[Literal["captioner", "semantic", "face_detector"]] = Field(
+        default_factory=list)
 
     def device_for(self, role: str) -> str:
         """The device a role's model runs on (a setting: "auto" is resolved where loaded)."""

@@ -44,14 +44,22 @@ def test_what_is_loaded_when_the_heap_settles_is_no_longer_walked_by_collections
 
 
 def test_a_cpu_worker_settles_its_models_once_they_are_loaded(unfrozen, tiny_models,
-                                                              tmp_path):
+                                                              tmp_path, caplog):
+    """The models every CPU worker needs, and those RESTYLE_CPU_WARM_MODELS names (the
+    others load on first use)."""
     from streams.core.settings import Settings
     from streams.worker import build_worker
 
     settings = Settings(state_dir=tmp_path, kafka_bootstrap="127.0.0.1:1",
-                        models_dir=tiny_models, storage_base=(tmp_path / "store").as_uri())
+                        models_dir=tiny_models, storage_base=(tmp_path / "store").as_uri(),
+                        cpu_warm_models=["semantic", "face_detector"])
     gc.unfreeze()
-    build_worker(settings, "cpu", 6098)  # built, not started: nothing is reached
+    with caplog.at_level("INFO", logger="restyle.heap"):
+        build_worker(settings, "cpu", 6098)  # built, not started: nothing is reached
+    settled = [re.match(r"the (\w+) model loaded", r.getMessage()) for r in caplog.records]
+    assert {m.group(1) for m in settled if m} >= {"detector", "embedder", "depth", "semantic",
+                                                  "face_detector"}
+    assert not any(m.group(1) == "captioner" for m in settled if m)  # not named: first use
 
     import torch
 
