@@ -32,6 +32,9 @@ class CompactedView(Generic[R]):
         each record's type. A record's key on the topic is its key here."""
         self.connection, self.topic, self.model = connection, topic, model
         self.records: dict[str, R] = {}
+        # Counts the changes to what the view holds: what is derived from the records (an
+        # index) is rebuilt when it moved on
+        self.version = 0
         # Where apply() writes: the records themselves, or, while the topic is read again
         # after a failure, a fresh reading that replaces them once it reaches the end.
         self._reading: dict[str, R] = self.records
@@ -50,6 +53,7 @@ class CompactedView(Generic[R]):
         """Fold one topic message in: a record (the latest per key wins) or a tombstone."""
         if not key:
             return
+        self.version += 1
         name = key.decode(errors="replace")
         if value is None:
             self._reading.pop(name, None)
@@ -90,6 +94,7 @@ class CompactedView(Generic[R]):
             while True:
                 if not self.loaded.is_set() and await self._reached(end):
                     self.records = self._reading
+                    self.version += 1
                     log.info("%s loaded: %d records", self.topic, len(self.records))
                     self.loaded.set()
                     self.read_once.set()

@@ -100,6 +100,7 @@ class Runtime:
         # worker runs worker_deaths.run.
         self.worker_deaths = CompactedView(client_options(settings),
                                            settings.topics.worker_deaths, WorkerDeaths)
+        self._deaths_at = worker_deaths.BySpot(self.worker_deaths)
         self._gave_up_on: set[str] = set()  # the views not read in time before a first job
 
     def cancelled(self, job_id: str | None) -> bool:
@@ -166,20 +167,23 @@ class Runtime:
         if not view.records:
             return here
         name, identity = spot_name(*spot), self.journal.identity
+        records = self._deaths_at(name)
+        if not records:
+            return here
         since = (getattr(message, "timestamp", None) or 0.0) - self.settings.clock_skew_s
         # What this journal told of it stands even where the journal let it go since (the
         # message was handed back, or left to a partition's new owner, in between)
-        told_here = view.records.get(worker_deaths.key_of(name, identity))
+        told_here = records.get(worker_deaths.key_of(name, identity))
         if told_here is not None and told_here.at >= since:
             here = max(here, told_here.deaths)
-        return here + worker_deaths.elsewhere(view.records, name, identity, since)
+        return here + worker_deaths.elsewhere(records, name, identity, since)
 
     async def _forgive(self, spot: tuple[str, str, int, int]) -> None:
         """The message ran to its end after deaths: every host's count of it goes back to 0
         (best effort: a count left standing is of a message that does not come back)."""
         name = spot_name(*spot)
         # What this worker told at start, whether or not its reader has read it back yet
-        records = {**self.worker_deaths.records, **dict(worker_deaths.told(
+        records = {**self._deaths_at(name), **dict(worker_deaths.told(
             {name: self.journal.inherited[name]} if name in self.journal.inherited else {},
             self.journal.identity, 0.0))}
         try:

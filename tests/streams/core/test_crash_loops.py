@@ -258,3 +258,25 @@ def test_a_death_another_host_forgave_is_not_told_again(tmp_path):
     assert "told " not in restarted_a.stdout
     assert list(json.loads(topic.read_text()).values()) == [forgiven]
     assert InFlightJournal(host_a / "in-flight" / "cpu").inherited == {}
+
+
+def test_a_message_looks_up_the_deaths_told_of_its_own_spot_as_the_view_changes():
+    from schemas.jobs import WorkerDeaths
+    from streams.core.compacted import CompactedView
+    from streams.core.deaths import BySpot, key_of
+
+    view = CompactedView({}, "restyle.worker-deaths", WorkerDeaths)
+    by_spot = BySpot(view)
+
+    def tell(spot: str, journal: str, deaths: int) -> None:
+        record = WorkerDeaths(spot=spot, journal=journal, deaths=deaths, at=1.0)
+        view.apply(key_of(spot, journal).encode(), record.model_dump_json().encode())
+
+    assert by_spot("render.t.0@5") == {}
+    tell("render.t.0@5", "a", 2)
+    tell("render.t.0@6", "a", 1)
+    assert {r.deaths for r in by_spot("render.t.0@5").values()} == {2}
+    tell("render.t.0@5", "b", 1)  # a change after a lookup is seen by the next
+    assert sorted(r.deaths for r in by_spot("render.t.0@5").values()) == [1, 2]
+    view.apply(key_of("render.t.0@5", "a").encode(), None)  # a tombstone
+    assert [r.journal for r in by_spot("render.t.0@5").values()] == ["b"]
