@@ -58,6 +58,8 @@ def build_worker(settings: Settings, role: str, web_port: int | None = None) -> 
     # Every worker reads the cancellations: any of them may be working on a cancelled job.
     wiring.app.task(rt.cancellations.run)
     # And every host's count of worker deaths, after telling its own (streams/core/deaths.py).
+    # In this order: faust starts its tasks in order, and tell_deaths waits for the reader
+    # only once it runs (what was forgiven since is not told again).
     wiring.app.task(rt.worker_deaths.run)
     wiring.app.task(rt.tell_deaths)
     if role == "cpu":

@@ -78,10 +78,17 @@ class StageModels:
         return self._get("face_detector", FaceDetector)
 
     def warm_up(self) -> None:
-        _ = self.detector, self.embedder, self.depth
-        if self.settings.mask_refiner == "sam":
-            _ = self.segmenter
-        if self.settings.mask_refiner == "u2netp" or self.settings.salient_fallback:
-            _ = self.salient
-        for role in self.settings.cpu_warm_models:  # otherwise loaded on first use
-            self._get(role, ON_FIRST_USE[role])
+        # Settled once for them all (a full collection each would cost a second apiece)
+        after_load, self._after_load = self._after_load, None
+        try:
+            _ = self.detector, self.embedder, self.depth
+            if self.settings.mask_refiner == "sam":
+                _ = self.segmenter
+            if self.settings.mask_refiner == "u2netp" or self.settings.salient_fallback:
+                _ = self.salient
+            for role in self.settings.cpu_warm_models:  # otherwise loaded on first use
+                self._get(role, ON_FIRST_USE[role])
+        finally:
+            self._after_load = after_load
+        if after_load:
+            after_load(f"the {', '.join(self._loaded)} models")

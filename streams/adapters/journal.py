@@ -96,8 +96,11 @@ class InFlightJournal:
         return left
 
     def forget(self, spot: str) -> None:
-        """Drop an inherited message (by its spot name): it ran to its end elsewhere."""
+        """Drop an inherited message (by its spot name): it ran to its end elsewhere. Not one
+        this process has started meanwhile (its start counts, and its end clears it)."""
         name, _, offset = spot.rpartition("@")
+        if int(offset) in self._mine.get(name, ()):
+            return
         record = self._record(name)
         if record.pop(int(offset), None) is not None:
             self._write(name, record)

@@ -40,11 +40,14 @@ FETCH_WAIT_MS = 300
 # worker starting its first render can hold its event loop for a second or more, which is no
 # sign that the log has nothing more (a read cut short by such a stall announced nothing).
 QUIET_FETCHES = 4
-# A read bounded in fetches too (about 10 s of them): what it announces is moot once the new
-# owner renders the requests. What was read by then is announced.
+# A read bounded in fetches too (about 10 s of them on a free event loop): what it announces
+# is moot once the new owner renders the requests. What was read by then is announced.
 MAX_FETCHES = 33
-# And in time, against a broker that does not answer at all.
-READ_TIMEOUT_S = 60.0
+# And in time, however stalled the loop (what was read by then is announced)...
+READ_WITHIN_S = 30.0
+# ...and against a broker that does not answer at all, even to start the read (nothing is).
+READ_TIMEOUT_S = 45.0
+# A read the broker refused (unreachable, or busy with the group's rebalance) is tried again.
 READ_ATTEMPTS = 3
 
 Announce = Callable[[str, QueueSpot, float], Awaitable[None]]
@@ -106,7 +109,7 @@ class InheritedWork:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(READ_ATTEMPTS), reraise=True,
             wait=wait_random_exponential(multiplier=0.5, max=4),
-            retry=retry_if_exception_type((KafkaError, OSError, asyncio.TimeoutError)))
+            retry=retry_if_exception_type(KafkaError))  # not a read that ran out of time
         async for attempt in retrying:
             with attempt:
                 # Bounded twice: the read itself stops fetching, and a broker that does not
@@ -132,11 +135,14 @@ def newly_taken(held: set[TopicPartition], assigned: Iterable, topics: frozenset
 
 
 async def first_uncommitted(connection: dict, group: str, partitions: list[TopicPartition],
-                            count: int, fetches: int = MAX_FETCHES) -> list:
+                            count: int, fetches: int = MAX_FETCHES,
+                            within_s: float = READ_WITHIN_S) -> list:
     """Up to `count` records of each partition from the group's committed offset on (from
     the log's start where it committed none), read until the log has no more (QUIET_FETCHES
-    fetches in a row found nothing), or what `fetches` fetches read. Reads without joining
-    the group. The log's end is not asked for: Tansu's answer to it is not exact."""
+    fetches in a row found none), or what `fetches` fetches read, or what was read within_s
+    after the start. Reads without joining the group. The log's end is not asked for: Tansu's
+    answer to it is not exact."""
+    deadline = time.monotonic() + within_s
     consumer = AIOKafkaConsumer(group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest",
                                 fetch_max_wait_ms=FETCH_WAIT_MS // 5, **connection)
@@ -155,14 +161,17 @@ async def first_uncommitted(connection: dict, group: str, partitions: list[Topic
         found: dict[TopicPartition, list] = {tp: [] for tp in starts}
         reading, empty = set(starts), 0
         for _ in range(fetches):
-            if not reading or empty >= QUIET_FETCHES:
+            if not reading or empty >= QUIET_FETCHES or time.monotonic() > deadline:
                 break
             fetched = await consumer.getmany(*reading, timeout_ms=FETCH_WAIT_MS)
-            empty = 0 if fetched else empty + 1
+            empty += 1
             for tp, records in fetched.items():
                 # From the commit on only (a commit the broker no longer has resets the read
                 # to the log's start), and no more than a worker holds.
-                found[tp] += [r for r in records if r.offset >= starts[tp]]
+                kept = [r for r in records if r.offset >= starts[tp]]
+                if kept:
+                    empty = 0
+                found[tp] += kept
                 del found[tp][count:]
                 if len(found[tp]) >= count:
                     reading.discard(tp)

@@ -280,3 +280,37 @@ def test_a_message_looks_up_the_deaths_told_of_its_own_spot_as_the_view_changes(
     assert sorted(r.deaths for r in by_spot("render.t.0@5").values()) == [1, 2]
     view.apply(key_of("render.t.0@5", "a").encode(), None)  # a tombstone
     assert [r.journal for r in by_spot("render.t.0@5").values()] == ["b"]
+
+
+def test_a_journal_forgets_what_was_finished_elsewhere_but_not_what_it_started_since(tmp_path):
+    """A message forgiven elsewhere is dropped from the slot at start; but one this process
+    has already started again (its first message can come before the start-up check) keeps
+    its count: the start is this process's, and its end clears it."""
+    dead = InFlightJournal(tmp_path)
+    dead.started("render", "t", 0, 5)
+    dead.started("render", "t", 0, 6)
+    dead.close()  # the process dies holding both
+
+    journal = InFlightJournal(tmp_path)
+    assert journal.started("render", "t", 0, 6) == 1  # taken again before the check
+    journal.forget("render.t.0@5")
+    journal.forget("render.t.0@6")
+    assert journal.inherited == {"render.t.0@6": 1}
+    journal.close()
+    assert InFlightJournal(tmp_path).inherited == {"render.t.0@6": 2}
+
+
+def test_only_deaths_all_forgiven_since_count_as_finished_elsewhere():
+    from schemas.jobs import WorkerDeaths
+    from streams.core.deaths import finished_elsewhere, key_of
+
+    def record(spot: str, deaths: int, forgiven: int = 0) -> tuple[str, WorkerDeaths]:
+        return key_of(spot, "mine"), WorkerDeaths(spot=spot, journal="mine", deaths=deaths,
+                                                  at=1.0, forgiven=forgiven)
+    records = dict([record("r.t.0@1", 0, forgiven=2), record("r.t.0@2", 0, forgiven=1),
+                    record("r.t.0@3", 2)])
+    left = {"r.t.0@1": 2,  # forgiven for both its deaths: finished
+            "r.t.0@2": 2,  # died here once more after the forgiveness: told
+            "r.t.0@3": 2,  # told, never forgiven: told
+            "r.t.0@4": 1}  # never told (the view had not read it, or the tell failed): told
+    assert finished_elsewhere(records, left, "mine") == {"r.t.0@1"}

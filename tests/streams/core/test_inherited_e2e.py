@@ -96,3 +96,34 @@ def test_a_worker_whose_event_loop_stalls_still_reads_the_requests_it_took_over(
 
     read = asyncio.run(read_beside_a_stalling_loop())
     assert [(r.offset, r.value.decode()) for r in read] == [(0, "job-0-0"), (1, "job-0-1")]
+
+
+def test_a_read_the_broker_refused_is_tried_again(monkeypatch):
+    """The broker refuses the first two reads (unreachable, or busy with the rebalance that
+    gave this worker the partition): the third announces the request."""
+    from types import SimpleNamespace
+
+    from aiokafka.errors import KafkaConnectionError
+
+    from streams.core import inherited
+
+    refusals = [KafkaConnectionError("refused"), KafkaConnectionError("refused")]
+
+    async def read(connection, group, partitions, count):
+        if refusals:
+            raise refusals.pop()
+        return [SimpleNamespace(topic="render", partition=0, offset=7, value=b"job-7")]
+
+    monkeypatch.setattr(inherited, "first_uncommitted", read)
+    announced = []
+
+    async def take_over():
+        async def announce(job_id, spot, at):
+            announced.append((job_id, spot.offset))
+        work = inherited.InheritedWork({}, "restyle-gpu", ["render"], 3,
+                                       lambda value: value.decode(), announce)
+        work.assigned([tp(0)], 1)
+        await asyncio.gather(*work._reads)
+
+    asyncio.run(take_over())
+    assert announced == [("job-7", 7)] and not refusals
