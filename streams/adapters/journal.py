@@ -65,6 +65,8 @@ class InFlightJournal:
         self._files: dict[str, int] = {}
         self._lengths: dict[str, int] = {}
         self.identity = identity_of(self.directory)
+        # identity -> slot, of this journal and of those unheld() read
+        self._slots = {self.identity: self.directory}
         # spot name -> starts that never finished, as the processes before this one left them
         self.inherited = left_in(self.directory, self._record)
         OPEN.append(self)
@@ -91,9 +93,19 @@ class InFlightJournal:
                 records = left_in(slot, lambda name, slot=slot: read_record(slot / name))
                 if records:
                     left[identity_of(slot)] = records
+                    self._slots[identity_of(slot)] = slot
             finally:
                 os.close(lock)  # (which drops the lock)
         return left
+
+    def written_at(self, identity: str, spot: str) -> float:
+        """When the slot of `identity` (this one, or one unheld() read) last wrote the record
+        that holds spot (0 where it has none)."""
+        slot = self._slots.get(identity)
+        try:
+            return (slot / spot.rpartition("@")[0]).stat().st_mtime if slot else 0.0
+        except OSError:
+            return 0.0
 
     def forget(self, spot: str) -> None:
         """Drop an inherited message (by its spot name): it ran to its end elsewhere. Not one

@@ -20,7 +20,7 @@ deaths it counted came after that (finished_elsewhere).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 from schemas.jobs import WorkerDeaths
 from streams.core.compacted import CompactedView
@@ -59,13 +59,18 @@ def forgiven(records: Mapping[str, WorkerDeaths], spot: str, at: float
 
 
 def finished_elsewhere(records: Mapping[str, WorkerDeaths], left: Mapping[str, int],
-                       journal: str) -> set[str]:
+                       journal: str, written_at: Callable[[str], float] = lambda spot: 0.0,
+                       clock_skew_s: float = 0.0) -> set[str]:
     """The spots of `left` ({spot: deaths} a journal holds) whose messages another worker
     ran to its end since: each journal's record of them was forgiven, for as many deaths as
-    it counts (one that counts more died on the message again after)."""
+    it counts (one that counts more died on the message again after), and after the journal
+    last wrote of them (written_at(spot), less the hosts' clock skew: a forgiveness from
+    before is of an earlier message at the same spot, on a topic since recreated)."""
     def forgave(spot: str) -> int:
         record = records.get(key_of(spot, journal))
-        return record.forgiven if record is not None and record.deaths == 0 else 0
+        if record is None or record.deaths or record.at < written_at(spot) - clock_skew_s:
+            return 0
+        return record.forgiven
     return {spot for spot, deaths in left.items() if deaths <= forgave(spot)}
 
 

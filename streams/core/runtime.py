@@ -137,8 +137,10 @@ class Runtime:
         await self._read_before_first_job(self.worker_deaths, DEATHS_UNREAD)
         left = {self.journal.identity: dict(self.journal.inherited), **self.journal.unheld()}
         for identity, spots in left.items():
-            for spot in worker_deaths.finished_elsewhere(self.worker_deaths.records, spots,
-                                                         identity):
+            for spot in worker_deaths.finished_elsewhere(
+                    self.worker_deaths.records, spots, identity,
+                    lambda spot, identity=identity: self.journal.written_at(identity, spot),
+                    self.settings.clock_skew_s):
                 del spots[spot]
                 if identity == self.journal.identity:
                     self.journal.forget(spot)  # nor kept here (another slot's is its own)

@@ -296,6 +296,10 @@ def test_a_journal_forgets_what_was_finished_elsewhere_but_not_what_it_started_s
     journal.forget("render.t.0@5")
     journal.forget("render.t.0@6")
     assert journal.inherited == {"render.t.0@6": 1}
+    # When it last wrote of a message: what a forgiveness must come after
+    assert journal.written_at(journal.identity, "render.t.0@6") == \
+        (journal.directory / "render.t.0").stat().st_mtime > 0
+    assert journal.written_at("another-slot", "render.t.0@6") == 0.0
     journal.close()
     assert InFlightJournal(tmp_path).inherited == {"render.t.0@6": 2}
 
@@ -308,9 +312,12 @@ def test_only_deaths_all_forgiven_since_count_as_finished_elsewhere():
         return key_of(spot, "mine"), WorkerDeaths(spot=spot, journal="mine", deaths=deaths,
                                                   at=1.0, forgiven=forgiven)
     records = dict([record("r.t.0@1", 0, forgiven=2), record("r.t.0@2", 0, forgiven=1),
-                    record("r.t.0@3", 2)])
+                    record("r.t.0@3", 2), record("r.t.0@5", 0, forgiven=3)])
     left = {"r.t.0@1": 2,  # forgiven for both its deaths: finished
             "r.t.0@2": 2,  # died here once more after the forgiveness: told
             "r.t.0@3": 2,  # told, never forgiven: told
-            "r.t.0@4": 1}  # never told (the view had not read it, or the tell failed): told
-    assert finished_elsewhere(records, left, "mine") == {"r.t.0@1"}
+            "r.t.0@4": 1,  # never told (the view had not read it, or the tell failed): told
+            "r.t.0@5": 1}  # its forgiveness (at 1.0) is older than this journal's record
+    written_at = {"r.t.0@5": 1000.0}.get  # (a topic recreated since: another message)
+    assert finished_elsewhere(records, left, "mine", lambda spot: written_at(spot, 0.0),
+                              clock_skew_s=60.0) == {"r.t.0@1"}
