@@ -59,7 +59,7 @@ class StageModels:
 
     @property
     def captioner(self) -> Captioner:
-        return self._get("captioner", Captioner)
+        return self._get("captioner", ON_FIRST_USE["captioner"])
 
     @property
     def segmenter(self) -> BoxSegmenter:
@@ -71,11 +71,11 @@ class StageModels:
 
     @property
     def semantic(self) -> SemanticSegmenter:
-        return self._get("semantic", SemanticSegmenter)
+        return self._get("semantic", ON_FIRST_USE["semantic"])
 
     @property
     def faces(self) -> FaceDetector:
-        return self._get("face_detector", FaceDetector)
+        return self._get("face_detector", ON_FIRST_USE["face_detector"])
 
     def warm_up(self) -> None:
         # Settled once for them all (a full collection each would cost a second apiece)

@@ -59,8 +59,8 @@ def forgiven(records: Mapping[str, WorkerDeaths], spot: str, at: float
 
 
 def finished_elsewhere(records: Mapping[str, WorkerDeaths], left: Mapping[str, int],
-                       journal: str, written_at: Callable[[str], float] = lambda spot: 0.0,
-                       clock_skew_s: float = 0.0) -> set[str]:
+                       journal: str, written_at: Callable[[str], float],
+                       clock_skew_s: float) -> set[str]:
     """The spots of `left` ({spot: deaths} a journal holds) whose messages another worker
     ran to its end since: each journal's record of them was forgiven, for as many deaths as
     it counts (one that counts more died on the message again after), and after the journal

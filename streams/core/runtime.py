@@ -164,10 +164,7 @@ class Runtime:
     def _deaths_of(self, spot: tuple[str, str, int, int], message) -> int:
         """How many worker processes died running the message at spot: in this journal (which
         records this start) and in every other (deaths.py)."""
-        view = self.worker_deaths
         here = self.journal.started(*spot)
-        if not view.records:
-            return here
         name, identity = spot_name(*spot), self.journal.identity
         records = self._deaths_at(name)
         if not records:
