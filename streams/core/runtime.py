@@ -150,8 +150,7 @@ class Runtime:
         if not telling:
             return
         try:
-            for key, record in telling:
-                await self.send(self.topics.worker_deaths, key, record, acknowledged=True)
+            await self.send_together(self.topics.worker_deaths, telling)
         except Exception as exc:  # noqa: BLE001 - its own deaths are still counted here
             log.warning("could not tell the other workers of the %d message(s) workers died "
                         "with here (%s: %s); they count only their own", len(telling),
@@ -186,8 +185,8 @@ class Runtime:
             {name: self.journal.inherited[name]} if name in self.journal.inherited else {},
             self.journal.identity, 0.0))}
         try:
-            for key, record in worker_deaths.forgiven(records, name, time.time()):
-                await self.send(self.topics.worker_deaths, key, record, acknowledged=True)
+            await self.send_together(self.topics.worker_deaths,
+                                     worker_deaths.forgiven(records, name, time.time()))
         except Exception as exc:  # noqa: BLE001
             log.warning("could not forgive %s its deaths (%s)", name, exc)
 
@@ -312,6 +311,11 @@ class Runtime:
         elif waiting is not None:
             waiting.append((topic, pending))
         return pending
+
+    async def send_together(self, topic: str, records: list[tuple[str, BaseModel]]) -> None:
+        """Publish every (key, model) of records on topic, then wait for the broker to
+        acknowledge them all: one round trip for the lot, not one per record."""
+        await settle([(topic, await self.send(topic, key, model)) for key, model in records])
 
     async def publish_upload(self, key: str, event: bytes) -> None:
         """An upload event as an upstream system publishes it (JSON the intake validates), from
