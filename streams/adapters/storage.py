@@ -334,5 +334,9 @@ class Storage:
             self._presigned.popitem(last=False)
         return url
 
+    async def open(self) -> None:
+        """Make the S3 client now, not for the first object that needs it."""
+        await self.s3.client()
+
     async def close(self) -> None:
         await self.s3.close()

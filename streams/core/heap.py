@@ -11,6 +11,12 @@ Those objects live as long as the process. Once they are loaded, `settle` moves 
 collector's sight (gc.freeze, after a collection so that no start-up garbage is kept for ever);
 collections then walk only what came after (measured: the same full collection, 0.0 ms).
 
+The same goes for the S3 client a CPU worker makes (botocore's model of the S3 service, about
+40,000 objects): made at start and settled (streams/worker.py), not by the first job. Made by
+the first job, it was what every later full collection walked: 69,000 objects in 16.5 ms on an
+idle worker, 36-141 ms under 300 status requests a second; settled, 10,000 in 2.2 ms (4.9 ms
+under that load).
+
 Only for what is never unloaded: a frozen object in a reference cycle is never freed, so a
 GPU worker, whose pipelines an LRU may evict, does not freeze them. (A model first loaded
 while jobs run also freezes what those jobs hold at that moment: a one-off per model role.)

@@ -69,6 +69,37 @@ def test_a_cpu_worker_settles_its_models_once_they_are_loaded(unfrozen, tiny_mod
     assert not walked, walked[:3]  # no layer of a loaded model is walked by a collection
 
 
+def test_a_cpu_worker_that_stores_in_s3_makes_its_client_at_start_and_settles_it(
+        unfrozen, tiny_models, tmp_path, caplog):
+    """botocore's model of the S3 service (tens of thousands of objects, kept for the life
+    of the process) is not walked by the collections that come after."""
+    import asyncio
+
+    from streams.core.settings import Settings
+    from streams.worker import build_worker, settled_storage
+
+    settings = Settings(state_dir=tmp_path, kafka_bootstrap="127.0.0.1:1",
+                        models_dir=tiny_models, s3_endpoint="http://127.0.0.1:1",
+                        storage_base="s3://restyle")
+    rt = build_worker(settings, "cpu", 6099)  # built, not started
+    before = len(gc.get_objects())
+
+    async def start() -> None:
+        await settled_storage(rt)()  # the task the worker runs as it starts
+        try:
+            client = await rt.storage.s3.client()  # no request: nothing is reached
+            model = client.meta.service_model._service_description
+            assert len(model["shapes"]) > 100
+            assert id(model) not in tracked_ids()
+        finally:
+            await rt.storage.close()
+
+    with caplog.at_level("INFO", logger="restyle.heap"):
+        asyncio.run(start())
+    assert any(r.getMessage().startswith("the S3 client loaded") for r in caplog.records)
+    assert len(gc.get_objects()) < before  # what the worker built is settled with it
+
+
 def test_the_collectors_pauses_are_on_the_metrics_page():
     def figures() -> dict[str, float]:
         page = render_metrics().decode()
