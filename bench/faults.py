@@ -2,7 +2,8 @@
 faults, measured in one run on one stack.
 
     python bench/faults.py [--broker tansu|kafka] [--kills 20] [--outage-s 40]
-                           [--every-s 1] [--rate 300] [--streams 500] [--broker-restarts 3]
+                           [--every-s 1] [--rate 300] [--status-clients python,vegeta]
+                           [--streams 500] [--broker-restarts 3]
                            [--broker-down-s 5] [--pauses 10] [--pause-s 25] [--no-fencing]
                            [--only kills,duplicate,outage,status,sse,broker,pauses]
 
@@ -25,7 +26,11 @@ faults, measured in one run on one stack.
   `--broker-down-s` on its own storage (Apache Kafka's log; Tansu with its S3 storage engine,
   on a stack of its own) -> the jobs resume: 0 lost, 0 stuck, 0 duplicates.
 - status: GET /jobs/{id} at `--rate` requests/s from a separate process while jobs run:
-  p50/p99 latency (target p99 <= 25 ms) and how many answered 200.
+  p50/p99 latency (target p99 <= 25 ms) and how many answered 200, from each of
+  `--status-clients` in turn: `python` (asyncio and aiohttp) and `vegeta` (a constant-rate load
+  tester written in Go, built into .tools/bin when Go is there). On a two-core machine the
+  Python client takes CPU the stack needs, so the pair tells the server's latency from the
+  client's.
 - sse: `--streams` Server-Sent-Events streams open at once on ten jobs (one rendering, a
   progress event a step; nine waiting for the GPU): the CPU worker's CPU use and event-loop lag (its
   restyle_event_loop_lag_seconds) over 20 s without the streams and 20 s with them.
@@ -38,6 +43,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -611,11 +617,83 @@ def sse_fanout(bench: Bench, streams: int, seconds: float = 20) -> dict:
             "cpu_ratio": round(busy["cpu_percent"] / max(quiet["cpu_percent"], 0.1), 2)}
 
 
-def status_load(bench: Bench, rate: float, seconds: float = 20) -> dict:
-    """GET /jobs/{id} at `rate` per second from another process while jobs run."""
+# The load client written in Go (one constant-rate HTTP load tester among the well-kept ones),
+# built into .tools/bin like the tests' kustomize.
+VEGETA = "github.com/tsenart/vegeta/v12@v12.13.0"
+
+
+def vegeta() -> str | None:
+    """The vegeta binary: on PATH, in .tools/bin, or built there with Go (None without Go)."""
+    tools = Path(__file__).resolve().parents[1] / ".tools" / "bin"
+    found = shutil.which("vegeta") or (str(tools / "vegeta")
+                                       if (tools / "vegeta").exists() else None)
+    if found or not shutil.which("go"):
+        return found
+    subprocess.run(["go", "install", VEGETA], env={**os.environ, "GOBIN": str(tools)},
+                   check=True, capture_output=True, timeout=600)
+    return str(tools / "vegeta")
+
+
+def python_load(url: str, key: str, job_ids: list[str], rate: float, seconds: float) -> dict:
+    """An asyncio/aiohttp client in a process of its own: every latency, in seconds."""
+    done = subprocess.run([sys.executable, "-c", LOAD_CLIENT, url, key, ",".join(job_ids),
+                           str(rate), str(seconds)], capture_output=True, text=True,
+                          timeout=seconds + 120)
+    measured = json.loads(done.stdout)
+    latencies = sorted(measured["latencies"])
+    return {"sent": measured["sent"], "codes": measured["codes"],
+            "p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 1),
+            "max_ms": round(latencies[-1] * 1000, 1)}
+
+
+def vegeta_load(binary: str, url: str, key: str, job_ids: list[str], rate: float,
+                seconds: float) -> dict:
+    """vegeta at a constant rate (its requests leave on schedule, however late the answers:
+    no coordinated omission), in a process that takes a fraction of the CPU of Python's."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as targets:
+        targets.write("".join(f"GET {url}/jobs/{job_id}\n" for job_id in job_ids))
+        targets.flush()
+        attack = subprocess.Popen(
+            [binary, "attack", f"-rate={rate:g}/s", f"-duration={seconds:g}s", "-timeout=30s",
+             f"-targets={targets.name}", "-header", f"Authorization: Bearer {key}"],
+            stdout=subprocess.PIPE)
+        report = subprocess.run([binary, "report", "-type=json"], stdin=attack.stdout,
+                                capture_output=True, text=True, timeout=seconds + 120)
+        attack.wait(60)
+    measured = json.loads(report.stdout)
+    latencies = {name: round(ns / 1e6, 1) for name, ns in measured["latencies"].items()}
+    return {"sent": measured["requests"], "codes": measured["status_codes"],
+            "p50_ms": latencies["50th"], "p99_ms": latencies["99th"],
+            "max_ms": latencies["max"]}
+
+
+def status_load(bench: Bench, rate: float, seconds: float = 20,
+                clients: tuple[str, ...] = ("python", "vegeta")) -> dict:
+    """GET /jobs/{id} at `rate` per second from another process while jobs run, from each
+    client in turn: the Python one shares the two cores with the stack and costs it CPU; the
+    Go one (vegeta) much less, so the pair tells the server's latency from the client's."""
     job_ids = [f"load-{uuid.uuid4().hex[:8]}" for _ in range(20)]
     for job_id in job_ids:
         bench.submit(job_id)
+    for job_id in job_ids:  # ended before the load starts: each client meets the same stream
+        bench.collector.wait_for("restyle.results",
+                                 lambda m, job_id=job_id: m.key() == job_id.encode(), 300)
+    url, key = bench.endpoints["status_url"], bench.endpoints["api_key"]
+
+    def load(client: str) -> dict | str:
+        gc_before = gc_pauses(bench)
+        binary = vegeta() if client == "vegeta" else None
+        if client == "vegeta" and binary is None:
+            return "no vegeta on PATH and no Go to build it"
+        measured = vegeta_load(binary, url, key, job_ids, rate, seconds) if binary \
+            else python_load(url, key, job_ids, rate, seconds)
+        # what Python's cycle collector stopped the CPU worker for meanwhile, per
+        # generation: runs, runs over 10 ms, milliseconds in all
+        return {**measured, "gc": gc_during(gc_before, gc_pauses(bench))}
+
+    # The same load with no job running first: what the jobs add to the latency
+    measured = {"rate_per_s": rate, f"{clients[0]}_no_jobs": load(clients[0])}
     stop = threading.Event()
 
     def stream() -> None:  # jobs keep running while the API is under load
@@ -625,25 +703,13 @@ def status_load(bench: Bench, rate: float, seconds: float = 20) -> dict:
 
     feeder = threading.Thread(target=stream, daemon=True)
     feeder.start()
-    gc_before = gc_pauses(bench)
     try:
-        done = subprocess.run([sys.executable, "-c", LOAD_CLIENT, bench.endpoints["status_url"],
-                               bench.endpoints["api_key"], ",".join(job_ids), str(rate),
-                               str(seconds)], capture_output=True, text=True,
-                              timeout=seconds + 120)
+        for client in clients:
+            measured[client] = load(client)
     finally:
         stop.set()
         feeder.join()
-    gc_after = gc_pauses(bench)
-    measured = json.loads(done.stdout)
-    latencies = sorted(measured["latencies"])
-    return {"rate_per_s": rate, "sent": measured["sent"], "codes": measured["codes"],
-            "p50_ms": round(statistics.median(latencies) * 1000, 1),
-            "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))] * 1000, 1),
-            "max_ms": round(latencies[-1] * 1000, 1),
-            # what Python's cycle collector stopped the CPU worker for meanwhile, per
-            # generation: runs, runs over 10 ms, milliseconds in all
-            "gc": gc_during(gc_before, gc_after)}
+    return measured
 
 
 def gc_during(before: dict[str, float], after: dict[str, float]) -> dict[int, list]:
@@ -665,6 +731,8 @@ def main() -> None:
     parser.add_argument("--every-s", type=float, default=1.0)
     parser.add_argument("--outage-s", type=float, default=40)
     parser.add_argument("--rate", type=float, default=300)
+    parser.add_argument("--status-clients", default="python,vegeta",
+                        help="the load clients of the status case, one after the other")
     parser.add_argument("--status-s", type=float, default=20,
                         help="how long the status API is loaded at --rate")
     parser.add_argument("--broker-restarts", type=int, default=3)
@@ -688,8 +756,9 @@ def main() -> None:
             if "duplicate" in chosen:
                 print("duplicate", json.dumps(duplicate(bench)), flush=True)
             if "status" in chosen:
-                print("status", json.dumps(status_load(bench, args.rate, args.status_s)),
-                      flush=True)
+                clients = tuple(args.status_clients.split(","))
+                print("status", json.dumps(status_load(bench, args.rate, args.status_s,
+                                                       clients)), flush=True)
             if "sse" in chosen:
                 print("sse", json.dumps(sse_fanout(bench, args.streams)), flush=True)
             if "outage" in chosen:
