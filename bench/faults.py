@@ -683,11 +683,15 @@ def status_load(bench: Bench, rate: float, seconds: float = 20,
 
     def load(client: str) -> dict | str:
         gc_before = gc_pauses(bench)
-        binary = vegeta() if client == "vegeta" else None
-        if client == "vegeta" and binary is None:
-            return "no vegeta on PATH and no Go to build it"
-        measured = vegeta_load(binary, url, key, job_ids, rate, seconds) if binary \
-            else python_load(url, key, job_ids, rate, seconds)
+        if client == "python":
+            measured = python_load(url, key, job_ids, rate, seconds)
+        elif client == "vegeta":
+            binary = vegeta()
+            if binary is None:
+                return "no vegeta on PATH and no Go to build it"
+            measured = vegeta_load(binary, url, key, job_ids, rate, seconds)
+        else:
+            raise ValueError(f"unknown status client {client!r} (python or vegeta)")
         # what Python's cycle collector stopped the CPU worker for meanwhile, per
         # generation: runs, runs over 10 ms, milliseconds in all
         return {**measured, "gc": gc_during(gc_before, gc_pauses(bench))}

@@ -113,9 +113,8 @@ def build_cpu_worker(rt: Runtime, first_stages: dict[str, str], limiter: TenantL
 
 def settled_storage(rt: Runtime):
     """The S3 client, made at start and settled with the models: botocore's model of the S3
-    service is about 40,000 Python objects kept for the life of the process. Made by the
-    first job, as before, they stayed in the collector's sight, and every full collection
-    walked them: 40-140 ms with the event loop stood still, measured on two cores."""
+    service is tens of thousands of objects kept for the life of the process, which every
+    full collection walked when the first job made it (streams/core/heap.py)."""
     async def open_storage() -> None:
         try:
             await rt.storage.open()

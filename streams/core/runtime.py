@@ -314,7 +314,8 @@ class Runtime:
 
     async def send_together(self, topic: str, records: list[tuple[str, BaseModel]]) -> None:
         """Publish every (key, model) of records on topic, then wait for the broker to
-        acknowledge them all: one round trip for the lot, not one per record."""
+        acknowledge them all: one round trip for the lot, not one per record. For a topic no
+        stage is chained to (a chained send places no record for the broker to acknowledge)."""
         await settle([(topic, await self.send(topic, key, model)) for key, model in records])
 
     async def publish_upload(self, key: str, event: bytes) -> None:
