@@ -22,10 +22,6 @@ import time
 import uuid
 from pathlib import Path
 
-# Before torch loads, as the workers do (streams/cli/main.py), so both paths run the same
-# OpenMP settings (the in-process path calls its models on the main thread).
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -123,9 +119,21 @@ def main() -> None:
     parser.add_argument("--no-fencing", action="store_true",
                         help="results without transactions on Apache Kafka too "
                              "(RESTYLE_RESULT_TRANSACTIONS=false): what fencing costs")
+    parser.add_argument("--model-threads", type=int, default=None,
+                        help="threads the models compute with, in the workers and in-process "
+                             "alike (OMP_NUM_THREADS); default: what a worker picks, every "
+                             "usable CPU but one")
     args = parser.parse_args()
     if args.size % 8:
         parser.error("--size must be a multiple of 8 (Stable Diffusion's latent grid)")
+    # Before torch loads, as the workers do (streams/cli/main.py), so both paths run the same
+    # OpenMP settings, thread count included (the workers inherit it; the in-process path
+    # calls its models on the main thread).
+    if args.model_threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.model_threads)
+    from streams.cli.model_threads import openmp_for_model_threads
+
+    openmp_for_model_threads()
 
     import interior_photos
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -265,7 +273,7 @@ def main() -> None:
         kafka, local = statistics.median(kafka_ms), statistics.median(local_ms)
         print(f"broker: {stack.broker}; jobs measured: {args.jobs} each way "
               f"(after {args.warmup} warm-up); renders {args.size}x{args.size}, "
-              f"{args.steps} steps; stages "
+              f"{args.steps} steps; {os.environ['OMP_NUM_THREADS']} model threads; stages "
               f"{'split, one topic each' if args.split else 'chained (the default)'}")
         print(f"in-process median: {local:8.1f} ms/job")
         print(f"through Kafka median: {kafka:8.1f} ms/job")

@@ -1,12 +1,18 @@
-"""A worker in a container computes with as many threads as its CPU limit allows, not one per
-CPU of the node (what OpenMP would start), unless OMP_NUM_THREADS says otherwise."""
+"""A worker's models compute with one thread fewer than the CPUs it may use (its CPU limit in a
+container, not every CPU of the node, which is what OpenMP would start), leaving a CPU to its
+event loop and what runs beside it, unless OMP_NUM_THREADS says otherwise."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from streams.cli.model_threads import cpu_quota, openmp_for_model_threads, threads_for_cpu_quota
+from streams.cli.model_threads import (
+    cpu_quota,
+    model_threads,
+    openmp_for_model_threads,
+    threads_for_cpu_quota,
+)
 
 
 def cgroup_v2(tmp_path, cpu_max: str):
@@ -42,23 +48,45 @@ def test_no_cgroup_no_limit(tmp_path):
     assert cpu_quota(tmp_path) is None
 
 
-def test_a_worker_under_a_cpu_limit_starts_that_many_threads(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cpus, quota, threads", [
+    (64, (200000, 100000), 1),   # limits: cpu: 2 on a 64-CPU node
+    (64, (400000, 100000), 3),   # limits: cpu: 4
+    (64, (50000, 100000), 1),    # 500m: never fewer than one
+    (2, (400000, 100000), 1),    # a limit above the CPUs: the CPUs count
+    (2, None, 1),                # this machine, no limit: the other CPU is the broker's
+    (16, None, 15),
+    (1, None, 1),
+])
+def test_the_models_get_every_usable_cpu_but_one(cpus, quota, threads):
+    assert model_threads(cpus, quota) == threads
+
+
+def test_a_worker_under_a_cpu_limit_sets_the_thread_count_before_torch_loads(tmp_path,
+                                                                              monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("os.cpu_count", lambda: 64)
-    openmp_for_model_threads(cgroup_v2(tmp_path, "200000 100000"))
-    assert os.environ["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setattr("streams.cli.model_threads.usable_cpus", lambda: 64)
+    openmp_for_model_threads(cgroup_v2(tmp_path, "400000 100000"))
+    assert os.environ["OMP_NUM_THREADS"] == "3"
     assert os.environ["GOMP_SPINCOUNT"]
 
 
 def test_the_environment_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
-    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("streams.cli.model_threads.usable_cpus", lambda: 64)
     openmp_for_model_threads(cgroup_v2(tmp_path, "200000 100000"))
     assert os.environ["OMP_NUM_THREADS"] == "8"
 
 
-def test_a_limit_above_the_cpus_changes_nothing(tmp_path, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    openmp_for_model_threads(cgroup_v2(tmp_path, "400000 100000"))
-    assert "OMP_NUM_THREADS" not in os.environ
+def test_torch_computes_with_the_count_a_worker_sets():
+    """In a fresh process, as a worker starts: the count reaches torch (it reads it once)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    started = subprocess.run(
+        [sys.executable, "-c", "from streams.cli.model_threads import *; "
+         "openmp_for_model_threads(); import torch; "
+         "print(torch.get_num_threads(), model_threads(usable_cpus(), cpu_quota()))"],
+        env=env, capture_output=True, text=True, check=True)
+    threads, wanted = map(int, started.stdout.split())
+    assert threads == wanted
