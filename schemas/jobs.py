@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.avatars import PhotoCheck
 from schemas.errors import JobError
@@ -120,6 +120,10 @@ class RecentJob(BaseModel):
 
 
 class JobState(BaseModel):
+    # One decoded state is shared by whoever reads the job (the status API, the tracker, the
+    # SSE streams: JobBoard), so a change is a copy (model_copy(update=...)), never in place.
+    model_config = ConfigDict(frozen=True)
+
     job_id: str
     tenant: str | None = None
     # None only for an upload refused before its pipeline could be read.

@@ -10,11 +10,15 @@ a crash or a rebalance is back with the next tick, replayed or new.
 
 Every change (stored or held) wakes whoever waits on the job (changed(): the SSE streams), so
 an open stream costs nothing while its job is still.
+
+A stored state is decoded once: the decoded state is kept beside the bytes it came from and
+served again while the table holds those bytes (a poll of `GET /jobs/{id}` decodes nothing).
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +27,8 @@ from streams.tracking.jobstate import Transition, apply_event
 from streams.tracking.watchers import Watchers
 
 _UNREAD = object()
+# Decoded states kept, of the jobs read or written most recently (more than are polled at once).
+DECODED_STATES_KEPT = 2048
 
 
 @dataclass
@@ -50,10 +56,27 @@ class JobBoard:
         self._held: dict[str, _Held] = {}
         self._last_store: dict[str, float] = {}  # job_id -> clock() of its last store here
         self._watchers = Watchers()  # the SSE streams of jobs that change here
+        # job_id -> (the stored bytes, their state): changelog recovery writes the table too,
+        # so the bytes, not this process's writes, say whether a decoded state is current.
+        self._decoded: OrderedDict[str, tuple[bytes, JobState]] = OrderedDict()
 
     def stored(self, job_id: str) -> JobState | None:
         raw = self.table.get(job_id.encode())
-        return JobState.model_validate_json(raw) if raw else None
+        if not raw:
+            self._decoded.pop(job_id, None)
+            return None
+        decoded = self._decoded.get(job_id)
+        if decoded is not None and decoded[0] == raw:
+            self._decoded.move_to_end(job_id)
+            return decoded[1]
+        return self._remember(job_id, raw, JobState.model_validate_json(raw))
+
+    def _remember(self, job_id: str, raw: bytes, state: JobState) -> JobState:
+        self._decoded[job_id] = (raw, state)
+        self._decoded.move_to_end(job_id)
+        while len(self._decoded) > DECODED_STATES_KEPT:
+            self._decoded.popitem(last=False)
+        return state
 
     def get(self, job_id: str, stored: JobState | None | object = _UNREAD) -> JobState | None:
         """The newest state of job_id (stored: its table state, if already read)."""
@@ -97,7 +120,9 @@ class JobBoard:
             self._held[job_id] = _Held(state, step.stored.updated_at)
             return
         self._held.pop(job_id, None)
-        self.table[job_id.encode()] = state.model_dump_json().encode()
+        raw = state.model_dump_json().encode()
+        self.table[job_id.encode()] = raw
+        self._remember(job_id, raw, state)
         if state.status.terminal:
             self._last_store.pop(job_id, None)
         else:

@@ -303,3 +303,28 @@ def test_a_watcher_wakes_at_each_change_of_its_job_held_ticks_included():
     assert watching.is_set() and not other.is_set()
     board.forget()  # partitions revoked: watchers read the table again
     assert other.is_set()
+
+
+def test_a_polled_state_is_decoded_once_and_a_table_change_is_read_at_once():
+    """GET /jobs/{id} is polled: while the table holds the same bytes, the state decoded from
+    them is served again. Bytes written behind the board's back (a changelog recovery, another
+    owner of the partition) are read at the next request, and a state is never changed in
+    place (it is shared)."""
+    import pytest
+    from pydantic import ValidationError
+
+    from streams.tracking.jobboard import JobBoard
+
+    table = {}
+    board = JobBoard(table, progress_store_interval_s=5.0, clock=Clock())
+    feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0))
+    first = board.get("j1")
+    assert board.get("j1") is first  # not decoded again
+    with pytest.raises(ValidationError):
+        first.status = JobStatus.DONE
+
+    finished = first.model_copy(update={"status": JobStatus.DONE, "updated_at": 12.0})
+    table[b"j1"] = finished.model_dump_json().encode()
+    assert board.get("j1") == finished
+    del table[b"j1"]
+    assert board.get("j1") is None
