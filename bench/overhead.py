@@ -3,6 +3,7 @@ in-process with the same tiny models and the same S3 server, measured in one run
 
     python bench/overhead.py [--jobs 12] [--warmup 2] [--steps 2] [--size 64]
                              [--broker tansu|kafka] [--split] [--no-fencing]
+                             [--model-threads N]
 
 Jobs alternate between the two paths. Prints the median end-to-end latency both ways, their
 ratio and the per-job overhead (targets: <= 1.15x and <= 60 ms), the CPU time each process
@@ -126,6 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.size % 8:
         parser.error("--size must be a multiple of 8 (Stable Diffusion's latent grid)")
+    if args.model_threads is not None and args.model_threads < 1:
+        parser.error("--model-threads must be at least 1")
     # Before torch loads, as the workers do (streams/cli/main.py), so both paths run the same
     # OpenMP settings, thread count included (the workers inherit it; the in-process path
     # calls its models on the main thread).

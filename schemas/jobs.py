@@ -121,7 +121,8 @@ class RecentJob(BaseModel):
 
 class JobState(BaseModel):
     # One decoded state is shared by whoever reads the job (the status API, the tracker, the
-    # SSE streams: JobBoard), so a change is a copy (model_copy(update=...)), never in place.
+    # SSE streams: JobBoard), so a change is a copy (model_copy(update=...)), never in place:
+    # frozen guards its fields; what they hold (result, upload, ...) must not be changed either.
     model_config = ConfigDict(frozen=True)
 
     job_id: str

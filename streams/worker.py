@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import faust
 
@@ -161,6 +162,9 @@ def build_gpu_worker(rt: Runtime) -> None:
 def run_worker(settings: Settings, role: str, web_port: int | None = None,
                loglevel: str = "info") -> None:
     logged = logs.configure(settings.log_format, loglevel)
+    # Set before torch loaded (streams/cli/model_threads.py), said once there is a log to say it
+    log.info("model threads: %s (OMP_NUM_THREADS)",
+             os.environ.get("OMP_NUM_THREADS", "torch's default"))
     tracing.export_spans(f"restyle-{role}-worker")
     if settings.kafka_bootstrap:
         try:

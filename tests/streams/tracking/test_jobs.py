@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+from pydantic import ValidationError
+
 from agents.makeover.stages import admit
 from schemas.jobs import QueueSpot
 from schemas import (
@@ -305,26 +308,63 @@ def test_a_watcher_wakes_at_each_change_of_its_job_held_ticks_included():
     assert other.is_set()
 
 
-def test_a_polled_state_is_decoded_once_and_a_table_change_is_read_at_once():
+class StoredBytes(dict):
+    """A table as RocksDB serves it: each read returns new bytes, equal to what was written."""
+
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        return bytes(bytearray(value)) if value is not None else None
+
+
+def counting_decodes(monkeypatch) -> list:
+    decoded = []
+    validate = JobState.model_validate_json
+
+    def counted(raw, *args, **kwargs):
+        decoded.append(raw)
+        return validate(raw, *args, **kwargs)
+
+    monkeypatch.setattr(JobState, "model_validate_json", counted)
+    return decoded
+
+
+def test_a_polled_state_is_decoded_once_and_a_table_change_is_read_at_once(monkeypatch):
     """GET /jobs/{id} is polled: while the table holds the same bytes, the state decoded from
     them is served again. Bytes written behind the board's back (a changelog recovery, another
     owner of the partition) are read at the next request, and a state is never changed in
     place (it is shared)."""
-    import pytest
-    from pydantic import ValidationError
-
     from streams.tracking.jobboard import JobBoard
 
-    table = {}
+    submitted = apply_event(None, event(JobEventKind.SUBMITTED, job=_job(), at=10.0)).state
+    table = StoredBytes({b"j1": submitted.model_dump_json().encode()})
     board = JobBoard(table, progress_store_interval_s=5.0, clock=Clock())
-    feed(board, event(JobEventKind.SUBMITTED, job=_job(), at=10.0))
+    decoded = counting_decodes(monkeypatch)
     first = board.get("j1")
-    assert board.get("j1") is first  # not decoded again
+    assert first == submitted and len(decoded) == 1
+    assert board.get("j1") is first and len(decoded) == 1  # not decoded again
     with pytest.raises(ValidationError):
         first.status = JobStatus.DONE
 
     finished = first.model_copy(update={"status": JobStatus.DONE, "updated_at": 12.0})
     table[b"j1"] = finished.model_dump_json().encode()
-    assert board.get("j1") == finished
+    assert board.get("j1") == finished and len(decoded) == 2
     del table[b"j1"]
     assert board.get("j1") is None
+
+
+def test_the_board_keeps_the_newest_decoded_states_and_what_it_wrote(monkeypatch):
+    from streams.tracking import jobboard
+    from streams.tracking.jobboard import JobBoard
+
+    monkeypatch.setattr(jobboard, "DECODED_STATES_KEPT", 2)
+    table = StoredBytes()
+    board = JobBoard(table, progress_store_interval_s=5.0, clock=Clock())
+    for job_id in ("a", "b", "c"):
+        board.keep(board.step(JobEvent(job_id=job_id, kind=JobEventKind.SUBMITTED, at=1.0,
+                                       job=_job(job_id))))
+    decoded = counting_decodes(monkeypatch)
+    board.get("b")
+    board.get("c")
+    assert decoded == []  # written here: known without a decode
+    board.get("a")
+    assert len(decoded) == 1  # the oldest was let go
