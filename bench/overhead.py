@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--model-threads", type=int, default=None,
                         help="threads the models compute with, in the workers and in-process "
                              "alike (OMP_NUM_THREADS); default: what a worker picks, every "
-                             "usable CPU but one")
+                             "usable core but one")
     args = parser.parse_args()
     if args.size % 8:
         parser.error("--size must be a multiple of 8 (Stable Diffusion's latent grid)")

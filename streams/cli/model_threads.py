@@ -49,7 +49,7 @@ def usable_cores(cpu_root: Path = Path("/sys/devices/system/cpu")) -> int:
     """The physical cores among the CPUs this process may run on (its affinity: taskset and
     cpusets narrow it): two hyperthreads of one core count once, as PyTorch counts them."""
     try:
-        cpus = sorted(os.sched_getaffinity(0))
+        cpus = os.sched_getaffinity(0)
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
     cores = set()
