@@ -52,42 +52,51 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
             timings[self.name] = timings.get(self.name, 0.0) + \
                 (time.perf_counter() - self.started) * 1000
 
+    # Blocking work runs in a thread, as the agents run it (asyncio.to_thread): the same
+    # calls on the same threads. On this process's main thread, decoding the photo alone took
+    # 40-86 ms against 21-23 ms in a thread (glibc's main heap, in a process this size), which
+    # made the in-process side look ~60 ms slower than it is.
+    thread = asyncio.to_thread
+
     async def run():
         with timed("analyze"):
-            image = decode_image(await storage.get(photo_uri), settings.max_image_pixels)
-            small = fit_within(image, settings.analysis_max_side)
-            found = models.detector.detect(small, settings.detection_labels,
-                                           settings.detection_threshold, settings.max_detections)
+            image = await thread(decode_image, await storage.get(photo_uri),
+                                 settings.max_image_pixels)
+            small = await thread(fit_within, image, settings.analysis_max_side)
+            found = await thread(models.detector.detect, small, settings.detection_labels,
+                                 settings.detection_threshold, settings.max_detections)
         with timed("embed"):
-            found = makeover.embed_detections(small, found, models.embedder)
+            found = await thread(makeover.embed_detections, small, found, models.embedder)
         with timed("retrieve"):
             matches = await makeover.match_products(found, index, settings.retrieve_k,
-                                              settings.match_score_floor)
+                                                    settings.match_score_floor)
         with timed("compose"):
             prompt = makeover.compose_prompt(settings.styles[UPLOAD["style"]], matches,
                                              settings.style_weight, settings.product_weight,
                                              settings.max_products_in_prompt)
         base = join_uri(settings.results_base, "bench-inproc", job_id)
         with timed("depth"):
-            depth = models.depth.estimate(small)
-            await storage.put(join_uri(base, "depth.png"), encode_png(depth), "image/png")
+            depth = await thread(models.depth.estimate, small)
+            await storage.put(join_uri(base, "depth.png"), await thread(encode_png, depth),
+                              "image/png")
         # The same parameters the intake resolves for the Kafka path's upload (defaults such
         # as the negative prompt included), so both paths render the same work.
         params = makeover.resolve_params(MakeoverUpload(**UPLOAD, image=photo_uri),
-                                          settings.render_defaults,
-                                         random.Random())
+                                         settings.render_defaults, random.Random())
         with timed("render"):
-            images = engine.render(settings.model_id("diffusion"),
-                                   settings.model_id("controlnet_depth"), prompt, depth, params)
+            images = await thread(engine.render, settings.model_id("diffusion"),
+                                  settings.model_id("controlnet_depth"), prompt, depth, params)
         with timed("reanalyze"):
             for n, generated in enumerate(images):
-                await storage.put(join_uri(base, f"{n}.png"), encode_png(generated), "image/png")
-                again = models.detector.detect(generated, settings.detection_labels,
-                                               settings.detection_threshold,
-                                               settings.max_detections)
-                again = makeover.embed_detections(generated, again, models.embedder)
+                await storage.put(join_uri(base, f"{n}.png"), await thread(encode_png, generated),
+                                  "image/png")
+                again = await thread(models.detector.detect, generated,
+                                     settings.detection_labels, settings.detection_threshold,
+                                     settings.max_detections)
+                again = await thread(makeover.embed_detections, generated, again,
+                                     models.embedder)
                 await makeover.match_products(again, index, settings.retrieve_k,
-                                        settings.match_score_floor)
+                                              settings.match_score_floor)
 
     IN_PROCESS_LOOP.run_until_complete(run())
     return timings
@@ -131,7 +140,7 @@ def main() -> None:
         parser.error("--model-threads must be at least 1")
     # Before torch loads, as the workers do (streams/cli/main.py), so both paths run the same
     # OpenMP settings, thread count included (the workers inherit it; the in-process path
-    # calls its models on the main thread).
+    # calls its models from threads, as the agents do).
     if args.model_threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.model_threads)
     from streams.cli.model_threads import openmp_for_model_threads
