@@ -110,10 +110,11 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         # The inputs are read while the manifest is looked for: on a first delivery (nearly
         # always) the model's turn comes a storage round trip sooner. A redelivery answered
         # from the manifest reads them for nothing.
-        inputs = asyncio.ensure_future(_inputs(rt, request, files))
+        inputs = asyncio.ensure_future(_read_inputs(rt, request, files))
         inputs.add_done_callback(_retrieve_exception)  # a dropped read must not log as lost
         try:
-            done = await _rendered_before(rt, manifest_uri, request)
+            with tracing.step_span("look for an earlier render"):
+                done = await _rendered_before(rt, manifest_uri, request)
             if done is not None:
                 return done
             return await _render(rt, engine, request, await inputs, batches, lane, meter)
@@ -197,6 +198,11 @@ TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest, AdapterFiles],
 }
 
 
+async def _read_inputs(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> Prepared:
+    with tracing.step_span("read inputs"):
+        return await _inputs(rt, request, files)
+
+
 async def _inputs(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> Prepared:
     """Read request's inputs; return its part of an engine call. A request too large to render
     (any producer can send one) fails its job before anything is read."""
@@ -230,7 +236,9 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
     # the device, no request batched with it shares its count of deaths (faults.py).
     key = prepared.key if member.in_hand is None or not member.in_hand.deaths else \
         (prepared.key, "alone", request.job_id)
-    images = await batches.run(lane, key, member, partial(_call_together, rt, engine, meter))
+    with tracing.step_span("wait for the model and render"):
+        images = await batches.run(lane, key, member,
+                                   partial(_call_together, rt, engine, meter))
     render_ms, waited_ms = member.render_ms, member.waited_ms
 
     uris = [join_uri(request.output_prefix, f"{n}.png") for n in range(len(images))]
@@ -246,9 +254,10 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
     # off every job): a redelivery trusts it only once every image it names exists.
     manifest = result.model_copy(update={"context": {}, "wait_ms": None}
                                  ).model_dump_json().encode()
-    await asyncio.gather(*(store(n, image) for n, image in enumerate(images)),
-                         rt.storage.put(join_uri(request.output_prefix, MANIFEST), manifest,
-                                        "application/json"))
+    with tracing.step_span("store images"):
+        await asyncio.gather(*(store(n, image) for n, image in enumerate(images)),
+                             rt.storage.put(join_uri(request.output_prefix, MANIFEST),
+                                            manifest, "application/json"))
     return result
 
 
@@ -278,7 +287,8 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
         return [m.stopped for m in members]
     started = time.perf_counter()
     try:
-        outcomes = await asyncio.to_thread(_engine_call, engine, starting)
+        with tracing.step_span("model", **{"restyle.batch_size": len(starting)}):
+            outcomes = await asyncio.to_thread(_engine_call, engine, starting)
     finally:
         meter.model_ran(time.perf_counter() - started)
     render_ms = round((time.perf_counter() - started) * 1000, 2)

@@ -40,6 +40,13 @@ def test_a_makeover_is_one_trace_from_the_upload_to_its_result(e2e, room_photos)
         assert span.parent_id == upstream_span or span.parent_id in by_id, span.name
     assert all(s.attributes.get("restyle.job_id") == job_id for s in spans if s.name in
                ("analyze", "render", "reanalyze"))
+    # Inside the GPU worker, where the render's time went: each step is a span of its own.
+    render = next(span for span in spans if span.name == "render")
+    steps = {span.name: span for span in spans if span.service == "restyle-gpu-worker"}
+    assert steps["look for an earlier render"].parent_id == render.span_id
+    assert steps["read inputs"].parent_id == render.span_id
+    assert by_id[steps["model"].parent_id].parent_id == render.span_id
+    assert steps["store images"].parent_id == render.span_id
     # Nothing of this job escaped into another trace.
     assert {s.trace_id for s in e2e.traces.of_job(job_id)} == {trace_id}
 
