@@ -6,6 +6,7 @@ Titan's mask conventions differ by task; restyle's keep-mask is white = keep:
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -50,28 +51,40 @@ def to_multiple_of_8(value: int | None) -> int | None:
     return None if value is None else value // 8 * 8
 
 
+def read_titan_images(request: TitanRequest, max_pixels: int) -> tuple[bytes, bytes | None]:
+    """The body's image as sent, checked, and its mask (if any) as restyle's keep-mask PNG."""
+    edit = request.edit
+    data, image = decode_base64_image(edit.image, "image", max_pixels)
+    if edit.maskImage is None:
+        return data, None
+    _, mask = decode_base64_image(edit.maskImage, "maskImage", max_pixels)
+    if mask.size != image.size:
+        raise StageFailure(ErrorCode.INVALID_MASK,
+                           f"maskImage is {mask.width}x{mask.height} but image is "
+                           f"{image.width}x{image.height}; they must be the same size")
+    keep = mask.convert("L")
+    if request.taskType == "OUTPAINTING":
+        keep = ImageOps.invert(keep)
+    return data, encode_png(keep)
+
+
 async def titan_batch(storage, settings, request: TitanRequest, batch_id: str,
                       tenant: str | None, tenant_base: str) -> BackgroundBatch:
     """Store the body's images (under tenant_base, the tenant's storage prefix) and describe
     the job as a one-image background batch."""
     edit = request.edit
-    data, image = decode_base64_image(edit.image, "image", settings.max_image_pixels)
+    # In a thread: an image of up to 5 MB decoded, a mask decoded and encoded again, would
+    # hold the event loop (the status API, every agent of the worker) for as long.
+    data, keep_png = await asyncio.to_thread(read_titan_images, request,
+                                             settings.max_image_pixels)
     base = join_uri(tenant_base, "uploads", batch_id)
     image_uri = join_uri(base, "image.png" if data[:4] == b"\x89PNG" else "image.jpg")
     await storage.put(image_uri, data, "image/png" if image_uri.endswith(".png")
                       else "image/jpeg")
     mask_uri = None
-    if edit.maskImage is not None:
-        _, mask = decode_base64_image(edit.maskImage, "maskImage", settings.max_image_pixels)
-        if mask.size != image.size:
-            raise StageFailure(ErrorCode.INVALID_MASK,
-                               f"maskImage is {mask.width}x{mask.height} but image is "
-                               f"{image.width}x{image.height}; they must be the same size")
-        keep = mask.convert("L")
-        if request.taskType == "OUTPAINTING":
-            keep = ImageOps.invert(keep)
+    if keep_png is not None:
         mask_uri = join_uri(base, "keep-mask.png")
-        await storage.put(mask_uri, encode_png(keep), "image/png")
+        await storage.put(mask_uri, keep_png, "image/png")
     config = request.imageGenerationConfig
     outpainting = request.taskType == "OUTPAINTING"
     return BackgroundBatch(

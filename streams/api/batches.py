@@ -215,7 +215,9 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
             except StageFailure as failure:
                 return error_response(self, 400, failure.error.code.value,
                                       failure.error.message)
-            small = fit_within(photo, settings.analysis_max_side)
+            # In a thread, as the detection: shrinking a large photo takes tens of ms, which
+            # every request to this worker would wait on the event loop.
+            small = await asyncio.to_thread(fit_within, photo, settings.analysis_max_side)
             found = await asyncio.to_thread(models.detector.detect, small, labels,
                                             settings.detection_threshold,
                                             settings.max_detections)
@@ -272,6 +274,7 @@ def register(rt: Runtime, tables: Tables, models, usage: TenantUsage) -> None:
             if isinstance(result, BackgroundResult) and result.return_mask and \
                     result.keep_mask:
                 keep = await rt.mask_image(result.keep_mask)
-                body["maskImage"] = base64.b64encode(encode_png(
-                    titan_mask(keep, result.mask_target))).decode()
+                mask_png = await asyncio.to_thread(
+                    lambda: encode_png(titan_mask(keep, result.mask_target)))
+                body["maskImage"] = base64.b64encode(mask_png).decode()
             return self.json(body)

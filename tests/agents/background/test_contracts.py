@@ -126,6 +126,38 @@ def test_titan_mask_images_are_read_in_the_convention_of_their_task(tmp_path):
         assert bool(keep[50, 5] >= 128) is not kept_inside
 
 
+def test_a_titan_body_is_decoded_and_its_mask_encoded_off_the_event_loop(tmp_path,
+                                                                          monkeypatch):
+    """Up to 5 MB of image and a mask: decoded on the worker's event loop, they would hold the
+    status API and every agent of the worker for as long."""
+    import agents.background.titan as titan
+
+    threads = []
+
+    def watched(function):
+        def call(*args, **kwargs):
+            threads.append(threading.current_thread())
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(titan, "decode_image", watched(titan.decode_image))
+    monkeypatch.setattr(titan, "encode_png", watched(titan.encode_png))
+    settings = Settings(storage_base=tmp_path.as_uri())
+    mask = Image.new("L", PHOTO.size, 255)
+    request = TitanRequest.model_validate(titan_body(**{
+        "outPaintingParams.maskPrompt": None, "outPaintingParams.maskImage": b64_png(mask)}))
+
+    async def submit():
+        batch = await titan_batch(Storage.from_settings(settings), settings, request, "t-off",
+                                  None, settings.results_base)
+        return batch, threading.current_thread()
+
+    batch, loop_thread = asyncio.run(submit())
+    assert batch.images[0].mask_image is not None
+    assert len(threads) == 3  # the image and the mask decoded, the keep-mask encoded
+    assert loop_thread not in threads
+
+
 @pytest.mark.parametrize("image, code", [
     ("not base64!", ErrorCode.INVALID_PARAMS),
     (b64_png(Image.new("RGB", (1500, 64))), ErrorCode.IMAGE_TOO_LARGE),
