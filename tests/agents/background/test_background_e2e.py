@@ -45,7 +45,9 @@ def notification(e2e, batch_id: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def webhook():
+def webhook(e2e):
+    """One receiver per broker (it follows e2e's parameter): run alone, the module runs both
+    brokers back to back, and a receiver shared by them answered 503 to the first one only."""
     receiver = Receiver([503])  # the first delivery attempt fails; the retry gets through
     yield receiver
     receiver.close()
