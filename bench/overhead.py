@@ -102,6 +102,58 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
     return timings
 
 
+def print_trace_breakdown(job_ids: list[str], receiver) -> None:
+    """Where each traced job's time went, median ms over the jobs: its stages' spans from the
+    moment the intake took the upload, then the gaps between them and inside the GPU worker's
+    render (its step spans)."""
+    starts: dict[str, list[float]] = {}
+    ends: dict[str, list[float]] = {}
+    gaps: dict[str, list[float]] = {}
+    for job_id in job_ids:
+        traced = {span.trace_id for span in receiver.of_job(job_id)}
+        if len(traced) != 1:
+            continue
+        spans = sorted(receiver.of_trace(traced.pop()), key=lambda span: span.start_ms)
+        first = {}
+        for span in spans:
+            first.setdefault(span.name, span)
+        trackers = [span for span in spans if span.name == "tracker"]
+        needed = ("intake", "analyze", "depth", "render", "model", "store images", "reanalyze")
+        if not trackers or any(name not in first for name in needed):
+            continue
+        # The tracker's last turn: the job's end, with its result published.
+        last = max(trackers, key=lambda span: span.end_ms)
+        at = first["intake"].start_ms
+        for span in [*first.values(), last]:
+            name = "tracker (the result)" if span is last else span.name
+            starts.setdefault(name, []).append(span.start_ms - at)
+            ends.setdefault(name, []).append(span.end_ms - at)
+        intake, analyze = first["intake"], first["analyze"]
+        render, model, stored = first["render"], first["model"], first["store images"]
+        reanalyze = first["reanalyze"]
+        for name, ms in (
+                ("intake → tracker", trackers[0].start_ms - intake.start_ms),
+                ("tracker → analyze", analyze.start_ms - trackers[0].start_ms),
+                ("render: taken → the model's turn", model.start_ms - render.start_ms),
+                ("render: the model", model.end_ms - model.start_ms),
+                ("render: model → images stored", stored.end_ms - model.end_ms),
+                ("images stored → reanalyze takes the reply", reanalyze.start_ms - stored.end_ms),
+                ("reanalyze → the tracker's last turn", last.start_ms - reanalyze.end_ms),
+                ("the tracker's last turn (result published)", last.end_ms - last.start_ms)):
+            gaps.setdefault(name, []).append(ms)
+    if not gaps:
+        print("trace: no complete job trace received")
+        return
+    jobs = len(next(iter(gaps.values())))
+    print(f"a traced job, median ms from the intake taking the upload ({jobs} jobs):")
+    for name in sorted(starts, key=lambda name: statistics.median(starts[name])):
+        print(f"  {name:44s} {statistics.median(starts[name]):7.1f} → "
+              f"{statistics.median(ends[name]):7.1f}")
+    print("between and inside the stages, median ms:")
+    for name, values in gaps.items():
+        print(f"  {name:44s} {statistics.median(values):7.1f}")
+
+
 def cpu_ms(pid: int) -> float:
     """CPU time (user + system) pid has used so far, in ms (10 ms resolution)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -133,6 +185,10 @@ def main() -> None:
                         help="threads the models compute with, in the workers and in-process "
                              "alike (OMP_NUM_THREADS); default: what a worker picks, every "
                              "usable core but one")
+    parser.add_argument("--trace", action="store_true",
+                        help="the workers export their spans to a receiver in this process, "
+                             "and the bench prints where a job's time goes between and inside "
+                             "the stages (exporting costs the workers some CPU)")
     args = parser.parse_args()
     if args.size % 8:
         parser.error("--size must be a multiple of 8 (Stable Diffusion's latent grid)")
@@ -165,6 +221,13 @@ def main() -> None:
               "RESTYLE_DEFAULT_HEIGHT": str(args.size)}
     workers_env = {**render, "RESTYLE_CHAIN_STAGES": "false" if args.split else "true",
                    **({"RESTYLE_RESULT_TRANSACTIONS": "false"} if args.no_fencing else {})}
+    receiver = None
+    if args.trace:
+        from tests.otlp import OtlpReceiver
+
+        receiver = OtlpReceiver()
+        workers_env.update({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+                            "OTEL_BSP_SCHEDULE_DELAY": "500"})
     work = Path(tempfile.mkdtemp(prefix="restyle-bench-"))
     models_dir = build_tiny_models(work / "models")
     os.environ.update(render)
@@ -217,8 +280,11 @@ def main() -> None:
                         TopicPartition(topic.topic, partition), timeout=10)[1]
             return total
 
+        kafka_job_ids: list[str] = []
+
         def kafka_job(n: int) -> tuple[float, dict]:
             job_id = f"bench-{uuid.uuid4().hex[:8]}"
+            kafka_job_ids.append(job_id)
             started = time.perf_counter()
             producer.produce("restyle.uploads", json.dumps({
                 **UPLOAD, "job_id": job_id, "image": f"s3://restyle/bench/kafka/{n}.jpg",
@@ -331,6 +397,9 @@ def main() -> None:
         print(f"Kafka records written per job: {records_per_job:.1f} (mean; every topic, "
               f"changelogs included); broker CPU per job: "
               f"{broker_cpu / args.jobs:.1f} ms")
+        if receiver is not None:
+            time.sleep(2.0)  # the workers export their spans every 0.5 s
+            print_trace_breakdown(kafka_job_ids[args.warmup:], receiver)
         fenced = stack.env.get("RESTYLE_RESULT_TRANSACTIONS") == "true"
         print(f"overhead: ratio={kafka / local:.3f}x per_job_ms={kafka - local:.1f} "
               f"broker={args.broker}" + (" results=transactional" if fenced else ""))

@@ -1,5 +1,6 @@
 """A tiny OTLP/HTTP trace receiver: what an OpenTelemetry collector is to restyle (outside the
-system), so the end-to-end tests can read the spans the workers export."""
+system), so the end-to-end tests (and bench/overhead.py --trace) can read the spans the workers
+export."""
 from __future__ import annotations
 
 import gzip
@@ -22,6 +23,8 @@ class ReceivedSpan:
     service: str
     attributes: dict
     links: tuple[tuple[str, str], ...] = ()  # (trace id, span id) of each span it links to
+    start_ms: float = 0.0  # when it started and ended, in ms since the epoch
+    end_ms: float = 0.0
 
 
 class OtlpReceiver:
@@ -65,7 +68,8 @@ class OtlpReceiver:
                         span.name, resource.get("service.name", ""),
                         {a.key: a.value.string_value or a.value.int_value
                          for a in span.attributes},
-                        tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links)))
+                        tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
+                        span.start_time_unix_nano / 1e6, span.end_time_unix_nano / 1e6))
         with self.lock:
             self.spans.extend(found)
 
