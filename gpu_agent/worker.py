@@ -110,7 +110,7 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         # The inputs are read while the manifest is looked for: on a first delivery (nearly
         # always) the model's turn comes a storage round trip sooner. A redelivery answered
         # from the manifest reads them for nothing.
-        inputs = asyncio.ensure_future(_read_inputs(rt, request, files))
+        inputs = asyncio.ensure_future(_inputs(rt, request, files))
         inputs.add_done_callback(_retrieve_exception)  # a dropped read must not log as lost
         try:
             with tracing.step_span("look for an earlier render"):
@@ -198,17 +198,13 @@ TASKS: dict[RenderTask, Callable[[Runtime, RenderRequest, AdapterFiles],
 }
 
 
-async def _read_inputs(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> Prepared:
-    with tracing.step_span("read inputs"):
-        return await _inputs(rt, request, files)
-
-
 async def _inputs(rt: Runtime, request: RenderRequest, files: AdapterFiles) -> Prepared:
     """Read request's inputs; return its part of an engine call. A request too large to render
     (any producer can send one) fails its job before anything is read."""
-    bounded_size(request.params.width, request.params.height, rt.settings.render_limits,
-                 request.params.num_images)
-    return await TASKS[request.task](rt, request, files)
+    with tracing.step_span("read inputs"):
+        bounded_size(request.params.width, request.params.height, rt.settings.render_limits,
+                     request.params.num_images)
+        return await TASKS[request.task](rt, request, files)
 
 
 @dataclass

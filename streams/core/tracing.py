@@ -128,12 +128,10 @@ def batch_span(stage: str, topic: str, headers_of_each: list[list[tuple[str, byt
         yield span
 
 
-@contextlib.contextmanager
 def step_span(name: str, **attributes):
     """A span for one step of the stage running now (reading its inputs, the model call,
     storing its outputs), child of the stage's span: where a stage's time goes, in the trace."""
-    with TRACER.start_as_current_span(name, attributes=attributes) as span:
-        yield span
+    return TRACER.start_as_current_span(name, attributes=attributes)
 
 
 @contextlib.contextmanager
