@@ -102,10 +102,12 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
     return timings
 
 
-def print_trace_breakdown(job_ids: list[str], receiver) -> None:
+def print_trace_breakdown(job_ids: list[str], receiver, ends_ms: dict[str, tuple]) -> None:
     """Where each traced job's time went, median ms over the jobs: its stages' spans from the
     moment the intake took the upload, then the gaps between them and inside the GPU worker's
-    render (its step spans)."""
+    render (its step spans). ends_ms: per job, when the bench sent its upload, when the
+    broker stamped its result record, and when the bench received it (epoch ms): the hops
+    at either end of the job, which no worker's span covers."""
     starts: dict[str, list[float]] = {}
     ends: dict[str, list[float]] = {}
     gaps: dict[str, list[float]] = {}
@@ -131,7 +133,9 @@ def print_trace_breakdown(job_ids: list[str], receiver) -> None:
         intake, analyze = first["intake"], first["analyze"]
         render, model, stored = first["render"], first["model"], first["store images"]
         reanalyze = first["reanalyze"]
+        sent, stamped, received = ends_ms[job_id]
         for name, ms in (
+                ("upload sent → the intake takes it", intake.start_ms - sent),
                 ("intake → tracker", trackers[0].start_ms - intake.start_ms),
                 ("tracker → analyze", analyze.start_ms - trackers[0].start_ms),
                 ("render: taken → the model's turn", model.start_ms - render.start_ms),
@@ -139,7 +143,9 @@ def print_trace_breakdown(job_ids: list[str], receiver) -> None:
                 ("render: model → images stored", stored.end_ms - model.end_ms),
                 ("images stored → reanalyze takes the reply", reanalyze.start_ms - stored.end_ms),
                 ("reanalyze → the tracker's last turn", last.start_ms - reanalyze.end_ms),
-                ("the tracker's last turn (result published)", last.end_ms - last.start_ms)):
+                ("the tracker's last turn (result published)", last.end_ms - last.start_ms),
+                ("result record's timestamp → its turn ended", last.end_ms - stamped),
+                ("the tracker's turn ended → the bench has it", received - last.end_ms)):
             gaps.setdefault(name, []).append(ms)
     if not gaps:
         print("trace: no complete job trace received")
@@ -281,11 +287,13 @@ def main() -> None:
             return total
 
         kafka_job_ids: list[str] = []
+        pause_results = args.broker != "kafka"
+        ends_ms: dict[str, tuple] = {}  # per job: upload sent, result stamped, result received
 
         def kafka_job(n: int) -> tuple[float, dict]:
             job_id = f"bench-{uuid.uuid4().hex[:8]}"
             kafka_job_ids.append(job_id)
-            started = time.perf_counter()
+            started, sent_ms = time.perf_counter(), time.time() * 1000
             producer.produce("restyle.uploads", json.dumps({
                 **UPLOAD, "job_id": job_id, "image": f"s3://restyle/bench/kafka/{n}.jpg",
             }).encode(), key=job_id.encode())
@@ -299,6 +307,7 @@ def main() -> None:
                         message.key() == job_id.encode():
                     break
             elapsed = (time.perf_counter() - started) * 1000
+            ends_ms[job_id] = (sent_ms, message.timestamp()[1], time.time() * 1000)
             result = json.loads(message.value())
             if result["status"] != "done":
                 raise SystemExit(f"job failed: {message.value()}")
@@ -331,9 +340,13 @@ def main() -> None:
             after = {name: cpu_ms(pid) for name, pid in processes.items()}
             # The tracker's last changelog writes may follow the result by a moment.
             time.sleep(0.3)
-            # The bench's result consumer stops fetching meanwhile: its polls (every 10 ms on
-            # Tansu) would cost the broker CPU on the cores the in-process job runs on.
-            consumer.pause(consumer.assignment())
+            # On Tansu the bench's result consumer stops fetching meanwhile: its polls (every
+            # 10 ms there) would cost the broker CPU on the cores the in-process job runs on.
+            # Not on Apache Kafka, where it long-polls: a fetch in flight at the pause is
+            # answered up to 500 ms later, and librdkafka drops what it brings after the resume
+            # and fetches again, so the next job's result reached the bench 28-70 ms late.
+            if pause_results:
+                consumer.pause(consumer.assignment())
             # Sampled again here: the settle above is neither path's.
             local_before = {name: cpu_ms(pid) for name, pid in processes.items()}
             started = time.perf_counter()
@@ -341,7 +354,9 @@ def main() -> None:
                                     f"s3://restyle/bench/local/{n}.jpg", f"job-{n}")
             local_elapsed = (time.perf_counter() - started) * 1000
             local_after = {name: cpu_ms(pid) for name, pid in processes.items()}
-            consumer.resume(consumer.assignment())
+            if pause_results:
+                consumer.resume(consumer.assignment())
+                time.sleep(0.1)  # until its fetches come and go again (10 ms each)
             if n < args.warmup:
                 continue
             kafka_ms.append(elapsed)
@@ -399,7 +414,7 @@ def main() -> None:
               f"{broker_cpu / args.jobs:.1f} ms")
         if receiver is not None:
             time.sleep(2.0)  # the workers export their spans every 0.5 s
-            print_trace_breakdown(kafka_job_ids[args.warmup:], receiver)
+            print_trace_breakdown(kafka_job_ids[args.warmup:], receiver, ends_ms)
         fenced = stack.env.get("RESTYLE_RESULT_TRANSACTIONS") == "true"
         print(f"overhead: ratio={kafka / local:.3f}x per_job_ms={kafka - local:.1f} "
               f"broker={args.broker}" + (" results=transactional" if fenced else ""))
