@@ -37,7 +37,7 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
     from agents.makeover import stages as makeover
     from schemas import MakeoverUpload
     from schemas.uris import join_uri
-    from streams.adapters.images import decode_image, encode_png, fit_within
+    from streams.adapters.images import decode_image, encode_png, fit_control, fit_within
 
     timings: dict[str, float] = {}
 
@@ -75,17 +75,21 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
                                              settings.style_weight, settings.product_weight,
                                              settings.max_products_in_prompt)
         base = join_uri(settings.results_base, "bench-inproc", job_id)
-        with timed("depth"):
-            depth = await thread(models.depth.estimate, small)
-            await storage.put(join_uri(base, "depth.png"), await thread(encode_png, depth),
-                              "image/png")
         # The same parameters the intake resolves for the Kafka path's upload (defaults such
         # as the negative prompt included), so both paths render the same work.
         params = makeover.resolve_params(MakeoverUpload(**UPLOAD, image=photo_uri),
                                          settings.render_defaults, random.Random())
+        with timed("depth"):  # at the render's size, as the depth stage makes it
+            depth = await thread(lambda: fit_control(models.depth.estimate(small),
+                                                     (params.width, params.height)))
+            png = await thread(encode_png, depth)
+        # Stored while the render runs, as the depth stage stores it while its request goes.
+        stored = asyncio.ensure_future(storage.put(join_uri(base, "depth.png"), png,
+                                                   "image/png"))
         with timed("render"):
             images = await thread(engine.render, settings.model_id("diffusion"),
                                   settings.model_id("controlnet_depth"), prompt, depth, params)
+        await stored
         with timed("reanalyze"):
             for n, generated in enumerate(images):
                 await storage.put(join_uri(base, f"{n}.png"), await thread(encode_png, generated),

@@ -37,6 +37,7 @@ from gpu_agent.adapters import ResidentAdapters
 from gpu_agent.previews import Previews
 from gpu_agent.prompts import PromptEncoder
 from schemas import RenderParams
+from streams.adapters.images import fit_control
 
 # (step, of steps, the step's latents for this request's first image: a function, so that
 # nothing is copied unless a preview is due).
@@ -230,7 +231,7 @@ class RenderEngine:
         self._base_only(diffusion_id)
         size = (shots[0].params.width, shots[0].params.height)
         return self._call(pipe, diffusion_id, shots, lambda shot: {
-            "image": shot.control.convert("RGB").resize(size, Image.Resampling.BICUBIC)},
+            "image": fit_control(shot.control, size).convert("RGB")},
             controlnet_conditioning_scale=shots[0].params.controlnet_scale)
 
     def inpaint_shots(self, inpainting_id: str, shots: list[Shot]) -> list[list[Image.Image]]:

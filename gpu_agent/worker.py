@@ -150,8 +150,9 @@ class Prepared:
 
 
 async def _inpaint_call(rt: Runtime, request: RenderRequest, _files: AdapterFiles) -> Prepared:
-    image, mask = await asyncio.gather(rt.image_uncached(request.image),
-                                       rt.mask_image(request.mask))
+    image, mask = await asyncio.gather(rt.image_uncached(request.image,
+                                                         carried=request.carried),
+                                       rt.mask_image(request.mask, request.carried))
     model = request.model or rt.settings.model_id("inpainting")
     return Prepared(Shot(request.prompt, request.params, image=image, mask=mask),
                     ("inpaint", model, shared_params(request.params)),
@@ -160,7 +161,7 @@ async def _inpaint_call(rt: Runtime, request: RenderRequest, _files: AdapterFile
 
 async def _controlnet_call(rt: Runtime, request: RenderRequest,
                            _files: AdapterFiles) -> Prepared:
-    control = await rt.image(request.control_image)
+    control = await rt.image(request.control_image, carried=request.carried)
     try:
         controlnet = rt.settings.model_id(f"controlnet_{request.control}")
     except ValueError as exc:
@@ -241,8 +242,8 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
     result = RenderResult(job_id=request.job_id, images=uris, seed=request.params.seed,
                           render_ms=render_ms, wait_ms=waited_ms, context=request.context)
 
-    async def store(n: int, image) -> None:
-        await rt.storage.put(uris[n], await asyncio.to_thread(encode_png, image), "image/png",
+    async def store(n: int, png: bytes) -> None:
+        await rt.storage.put(uris[n], png, "image/png",
                              metadata={**request.metadata, "job-id": request.job_id,
                                        "seed": str(request.params.seed + n)})
 
@@ -251,9 +252,12 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
     manifest = result.model_copy(update={"context": {}, "wait_ms": None}
                                  ).model_dump_json().encode()
     with tracing.step_span("store images"):
-        await asyncio.gather(*(store(n, image) for n, image in enumerate(images)),
+        pngs = await asyncio.to_thread(lambda: [encode_png(image) for image in images])
+        await asyncio.gather(*(store(n, png) for n, png in enumerate(pngs)),
                              rt.storage.put(join_uri(request.output_prefix, MANIFEST),
                                             manifest, "application/json"))
+    # The small ones go with the reply too, for a stage that looks at them (reanalyze).
+    result.carried = rt.to_carry(dict(zip(uris, pngs)))
     return result
 
 

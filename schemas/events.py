@@ -1,6 +1,8 @@
 """Events on the topics: the contract between upstream systems, the stages and downstream consumers.
 
-Images never travel in events; they carry URIs (claim check).
+Images travel in events by their URIs (claim check). The one exception is between restyle's own
+workers: a render request and its reply may also carry small images beside the URIs they are
+stored at (`carried`), so the worker on the other end need not read them back.
 """
 from __future__ import annotations
 
@@ -22,9 +24,18 @@ from schemas.pipelines import AnyJob, AnyResult
 RenderTask = Literal["controlnet_depth", "controlnet", "inpaint", "avatar"]
 
 
+# Encoded images by the URI each is stored at (base64 in JSON): the small ones a message
+# carries so that its reader need not fetch them (RESTYLE_CARRY_IMAGE_MAX_BYTES). Storage still
+# holds each one: a reader may always fetch it instead.
+CarriedImages = dict[str, bytes]
+_CARRIES_IMAGES = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+
 class RenderRequest(BaseModel):
     """Work for the GPU agent. Pipeline-agnostic: the caller names where the answer goes and
     passes its own context through untouched."""
+
+    model_config = _CARRIES_IMAGES
 
     job_id: str
     tenant: str | None = None
@@ -48,6 +59,8 @@ class RenderRequest(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     sent_at: float | None = None
+    # Inputs above (control_image, image, mask) small enough to travel with the request.
+    carried: CarriedImages = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _inputs_for_task(self) -> "RenderRequest":
@@ -60,6 +73,8 @@ class RenderRequest(BaseModel):
 
 
 class RenderResult(BaseModel):
+    model_config = _CARRIES_IMAGES
+
     job_id: str
     images: list[str] = Field(default_factory=list)
     seed: int
@@ -70,6 +85,8 @@ class RenderResult(BaseModel):
     error: JobError | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     sent_at: float | None = None
+    # Rendered images small enough to travel with the reply (for a stage that looks at them).
+    carried: CarriedImages = Field(default_factory=dict)
 
 
 class JobEventKind(StrEnum):

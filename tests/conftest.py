@@ -435,6 +435,9 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         extra_env["RESTYLE_CHAIN_STAGES"] = "false"
         # Kafka has transactions: results are fenced there, as `restyle up` does on Kafka.
         extra_env["RESTYLE_RESULT_TRANSACTIONS"] = "true"
+        # Images between the workers by URI only (claim check): renders read their inputs
+        # from storage here; on Tansu the small ones travel with the requests (the default).
+        extra_env["RESTYLE_CARRY_IMAGE_MAX_BYTES"] = "0"
     if os.environ.get("RESTYLE_TEST_GUARANTEE"):
         extra_env["RESTYLE_PROCESSING_GUARANTEE"] = os.environ["RESTYLE_TEST_GUARANTEE"]
     settings = Settings(state_dir=state, web_port=free_port(), kafka_bootstrap=bootstrap)

@@ -32,7 +32,7 @@ from streams.adapters.images import encode_png, fit_within
 from streams.adapters.index.base import VectorIndex
 from streams.core.admission import derived_id, id_from_key, readable_field
 from streams.core.pipeline import Pipeline
-from streams.core.render import rendered, request_render
+from streams.core.render import MadeImage, rendered, request_render
 from streams.core.runtime import Runtime, validate
 from streams.core.settings import Settings
 
@@ -178,13 +178,14 @@ async def mask(rt: Runtime, models: StageModels, job: BackgroundJob) -> None:
     job.params = params
     render_image, render_mask = join_uri(prefix, "render-input.png"), \
         join_uri(prefix, "render-mask.png")
-    for uri, image in ((job.keep_mask, keep), (render_image, small), (render_mask, repaint)):
-        await rt.storage.put(uri, await asyncio.to_thread(encode_png, image), "image/png")
+    made = [MadeImage(uri, png) for uri, png in zip(
+        (job.keep_mask, render_image, render_mask), await asyncio.to_thread(
+            lambda: [encode_png(image) for image in (keep, small, repaint)]))]
     job.timings_ms["mask"] = round((time.perf_counter() - started) * 1000, 2)
     # A batch's image takes the batch lane; a Titan request is one image someone waits for.
     await request_render(rt, job, rt.topics_of(BackgroundTopics).finish, prompt=job.prompt,
                          task="inpaint", image=render_image, mask=render_mask, params=params,
-                         output_prefix=join_uri(prefix, "raw"), batch=not job.titan)
+                         output_prefix=join_uri(prefix, "raw"), batch=not job.titan, made=made)
 
 
 async def finish(rt: Runtime, reply: RenderResult) -> None:
@@ -195,7 +196,7 @@ async def finish(rt: Runtime, reply: RenderResult) -> None:
     keep = await rt.mask_image(job.keep_mask)
     outputs = []
     for n, uri in enumerate(reply.images):
-        generated = await rt.image_uncached(uri)
+        generated = await rt.image_uncached(uri, carried=reply.carried)
         final = await asyncio.to_thread(background.finish, photo, generated, keep, job.mode,
                                         settings.default_feather_share)
         out = join_uri(job.output_prefix, f"{n}.png")

@@ -30,7 +30,7 @@ from streams.adapters.index.base import VectorIndex
 from streams.core.admission import admit_job
 from streams.core.metrics import BUCKET_EVENTS
 from streams.core.pipeline import Pipeline
-from streams.core.render import rendered, request_render
+from streams.core.render import MadeImage, rendered, request_render
 from streams.core.runtime import Runtime
 
 log = logging.getLogger("restyle")
@@ -110,16 +110,15 @@ async def prepare(rt: Runtime, models: StageModels, job: ConditionJob) -> None:
     fitted = await asyncio.to_thread(conditioning.fit_image, photo, size, job.fit)
     control = await asyncio.to_thread(control_map, models, fitted, job)
     job.control_map = join_uri(job.output_prefix, f"{job.conditioning.value}.png")
-    await rt.storage.put(job.control_map, await asyncio.to_thread(encode_png, control),
-                         "image/png", metadata={"job-id": job.job_id,
-                                                "kind": "conditioning-map"})
+    made = MadeImage(job.control_map, await asyncio.to_thread(encode_png, control),
+                     {"job-id": job.job_id, "kind": "conditioning-map"})
     job.params = job.params.model_copy(update={"width": size[0], "height": size[1]})
     job.timings_ms["prepare"] = round((time.perf_counter() - started) * 1000, 2)
     await request_render(rt, job, rt.topics_of(ConditionTopics).finish, prompt=job.prompt,
                          task="controlnet", control=job.conditioning.value,
                          control_image=job.control_map,
                          params=job.params, output_prefix=job.output_prefix.rstrip("/"),
-                         metadata=result_metadata(job, rt.settings))
+                         metadata=result_metadata(job, rt.settings), made=[made])
 
 
 def control_map(models: StageModels, image, job: ConditionJob):

@@ -25,11 +25,11 @@ from schemas import (
     RenderResult,
 )
 from schemas.uris import join_uri
-from streams.adapters.images import encode_png
+from streams.adapters.images import encode_png, fit_control
 from streams.adapters.index.base import VectorIndex
 from streams.core.admission import admit_job
 from streams.core.pipeline import Pipeline
-from streams.core.render import rendered, request_render
+from streams.core.render import MadeImage, rendered, request_render
 from streams.core.runtime import Runtime
 
 
@@ -97,15 +97,17 @@ async def depth(rt: Runtime, models: StageModels, job: MakeoverJob) -> None:
     settings = rt.settings
     started = time.perf_counter()
     small = await rt.image(job.image, settings.analysis_max_side)
-    depth_map = await asyncio.to_thread(models.depth.estimate, small)
+    # At the render's size: the map the render is conditioned on, small enough to travel
+    # with the request (streams/core/render.py) and the same render as from the full map.
+    size = (job.params.width, job.params.height)
+    png = await asyncio.to_thread(
+        lambda: encode_png(fit_control(models.depth.estimate(small), size)))
     results = join_uri(rt.base_for(job.tenant), "results", job.job_id)
     job.depth_map = join_uri(results, "depth.png")
-    await rt.storage.put(job.depth_map, await asyncio.to_thread(encode_png, depth_map),
-                         "image/png")
     _timed(job, "depth", started)
     await request_render(rt, job, rt.topics_of(MakeoverTopics).reanalyze, prompt=job.prompt,
                          control_image=job.depth_map, params=job.params,
-                         output_prefix=results)
+                         output_prefix=results, made=[MadeImage(job.depth_map, png)])
 
 
 async def reanalyze(rt: Runtime, models: StageModels, index: VectorIndex,
@@ -119,7 +121,7 @@ async def reanalyze(rt: Runtime, models: StageModels, index: VectorIndex,
         job.waits_ms["reanalyze"] = round((time.time() - reply.sent_at) * 1000, 2)
     products: list[ProductMatch] = []
     for uri in reply.images:
-        image = await rt.image(uri)
+        image = await rt.image(uri, carried=reply.carried)
         found = await asyncio.to_thread(
             models.detector.detect, image, settings.detection_labels,
             settings.detection_threshold, settings.max_detections)

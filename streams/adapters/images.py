@@ -67,6 +67,18 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def fit_control(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A control image (a depth, edge or segmentation map) at the render's size (width,
+    height), as the ControlNet pipeline is given it. A stage that makes a map for a render can
+    store and send it at that size (far smaller than the photo's); the GPU worker fits
+    whatever it is given the same way, and leaves one already at the size as it is, so the
+    render is the same either way. (Bicubic on one band then as RGB equals bicubic on RGB.)"""
+    size = (int(size[0]), int(size[1]))
+    if image.mode not in ("L", "RGB"):  # (PIL resizes palette images without filtering)
+        image = image.convert("RGB")
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
 def fit_within(image: Image.Image, max_side: int) -> Image.Image:
     if max(image.size) <= max_side:
         return image

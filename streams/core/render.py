@@ -2,7 +2,9 @@
 travels in the request's context; the reply brings it back with the render's time recorded."""
 from __future__ import annotations
 
-from typing import TypeVar
+import asyncio
+from dataclasses import dataclass, field
+from typing import Iterable, TypeVar
 
 from pydantic import BaseModel
 
@@ -12,17 +14,47 @@ from streams.core.runtime import Runtime
 J = TypeVar("J", bound=BaseModel)
 
 
+@dataclass(frozen=True)
+class MadeImage:
+    """An image a stage made for the render (a control map, an image and mask to repaint) or
+    for the job's result, encoded, and where it is stored."""
+    uri: str
+    png: bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
 async def request_render(rt: Runtime, job: BaseModel, reply_to: str, key: str | None = None,
-                         batch: bool = False, **request) -> None:
-    """Send job's render request; the answer comes back on the topic named reply_to, with the
-    job as it is now in its context. request: the RenderRequest fields the job decides. key:
-    what the request is partitioned by (the job id unless given): requests with one key go to
-    one GPU worker. batch: nobody waits on this one image (a batch's), so it takes the batch
-    lane when RESTYLE_RENDER_LANES is on (gpu_agent/turns.py)."""
+                         batch: bool = False, made: Iterable[MadeImage] = (),
+                         **request) -> None:
+    """Store the images the stage made and send job's render request; the answer comes back
+    on the topic named reply_to, with the job as it is now in its context. request: the
+    RenderRequest fields the job decides. key: what the request is partitioned by (the job id
+    unless given): requests with one key go to one GPU worker. batch: nobody waits on this one
+    image (a batch's), so it takes the batch lane when RESTYLE_RENDER_LANES is on
+    (gpu_agent/turns.py). made: stored, and those small enough carried in the request
+    (RESTYLE_CARRY_IMAGE_MAX_BYTES). When it carries all it names, the request goes while
+    they are stored (the render need not wait for the writes, nor read them back); otherwise
+    after, since the GPU worker reads them. Either way all is done before this returns: a
+    write that fails fails the stage."""
+    made = list(made)
+    carried = rt.to_carry({image.uri: image.png for image in made})
+    named = {request.get(name) for name in ("control_image", "image", "mask")} - {None}
+    stores = [rt.storage.put(image.uri, image.png, "image/png", metadata=image.metadata or None)
+              for image in made]
+    if named <= carried.keys():
+        await asyncio.gather(*stores, _send_request(rt, job, reply_to, key, batch, carried,
+                                                    request))
+    else:
+        await asyncio.gather(*stores)
+        await _send_request(rt, job, reply_to, key, batch, carried, request)
+
+
+async def _send_request(rt: Runtime, job: BaseModel, reply_to: str, key: str | None,
+                        batch: bool, carried: dict[str, bytes], request: dict) -> None:
     topic = rt.topics.render_batch if batch and rt.settings.render_lanes else rt.topics.render
     sent = await rt.send(topic, key or job.job_id, RenderRequest(
         job_id=job.job_id, tenant=job.tenant, reply_topic=reply_to,
-        context=job.model_dump(mode="json"), **request))
+        context=job.model_dump(mode="json"), carried=carried, **request))
     # After the request (a producer has one request in flight per broker: the status would
     # hold the render back a round trip), with where it waits. The GPU worker says
     # `generating` when it takes it, so a slow queue is never mistaken for a stalled job.

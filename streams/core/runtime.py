@@ -11,7 +11,7 @@ import warnings
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, TypeVar
+from typing import Awaitable, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ValidationError
@@ -712,31 +712,44 @@ class Runtime:
         release_in_flight()  # the messages in flight did not cause this
         await self.app.crash(RuntimeError(reason))
 
-    async def image_uncached(self, uri: str, at_least: int | None = None):
+    async def image_uncached(self, uri: str, at_least: int | None = None,
+                             carried: Mapping[str, bytes] | None = None):
         """The decoded image at uri, for images read once (catalog products): not cached.
-        at_least lets a JPEG decode at a reduced scale (see decode_image)."""
-        data = await self.storage.get(uri, self.settings.max_image_bytes)
+        at_least lets a JPEG decode at a reduced scale (see decode_image). carried: the images
+        the message in hand carries (schemas.events.CarriedImages); one there is not read from
+        storage."""
+        data = carried.get(uri) if carried else None
+        if data is None:
+            data = await self.storage.get(uri, self.settings.max_image_bytes)
         return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri,
                                        at_least)
 
+    def to_carry(self, encoded: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Of these encoded images (by URI), those small enough for a message to carry beside
+        their URIs (RESTYLE_CARRY_IMAGE_MAX_BYTES)."""
+        limit = self.settings.carry_image_max_bytes
+        return {uri: data for uri, data in encoded.items() if len(data) <= limit}
 
-    async def mask_image(self, uri: str):
+    async def mask_image(self, uri: str, carried: Mapping[str, bytes] | None = None):
         """A mask ("L" image) at uri, with the same header checks as photos."""
-        image = await self.image_uncached(uri)
+        image = await self.image_uncached(uri, carried=carried)
         return image.convert("L")
 
     # --- images, fetched once per worker while a job moves through its stages ---
-    async def image(self, uri: str, max_side: int | None = None):
+    async def image(self, uri: str, max_side: int | None = None,
+                    carried: Mapping[str, bytes] | None = None):
         """The decoded image at uri, downscaled to max_side if given. Kept in a small LRU:
-        a job's stages usually run on one worker (same partition), so it is read once."""
+        a job's stages usually run on one worker (same partition), so it is read once.
+        carried: as for image_uncached."""
         key = (uri, max_side)
         if key in self._images:
             self._images.move_to_end(key)
             return self._images[key]
         if max_side is None:
-            image = await self.image_uncached(uri)
+            image = await self.image_uncached(uri, carried=carried)
         else:
-            image = await asyncio.to_thread(fit_within, await self.image(uri), max_side)
+            image = await asyncio.to_thread(fit_within, await self.image(uri, carried=carried),
+                                            max_side)
         self._images[key] = image
         while len(self._images) > 16:
             self._images.popitem(last=False)

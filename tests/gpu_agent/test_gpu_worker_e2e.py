@@ -1,6 +1,7 @@
 """The GPU worker as its own consumer group: it renders a request once, even when redelivered."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import uuid
@@ -77,3 +78,26 @@ def test_a_manifest_that_cannot_be_trusted_is_rendered_again(e2e, manifest):
     assert Image.open(io.BytesIO(image)).size == (64, 64)
     e2e.collector.wait_for("restyle.job-events", lambda m: m.key() == job_id.encode() and
                            json.loads(m.value())["kind"] == "progress", 30, count=3)
+
+
+def test_a_request_that_carries_its_control_map_renders_without_reading_it(e2e):
+    """Between restyle's own workers, small images travel beside their URIs: the GPU worker
+    renders from the map the request carries (here nothing is stored at its URI, so a read
+    would fail the job), and the reply carries the image it stored, unless the stack sends
+    images by URI only (RESTYLE_CARRY_IMAGE_MAX_BYTES=0, as on Apache Kafka here)."""
+    job_id = f"render-{uuid.uuid4().hex[:8]}"
+    request = render_request(e2e, job_id)
+    map_png = e2e.s3.get_object(Bucket="restyle",
+                                Key=f"gpu-test/{job_id}-control.png")["Body"].read()
+    never_stored = f"s3://restyle/gpu-test/{job_id}-carried-only.png"
+    request.update(control_image=never_stored,
+                   carried={never_stored: base64.b64encode(map_png).decode()})
+    [reply] = deliver(e2e, request)
+    assert reply.get("error") is None
+    stored = e2e.s3.get_object(Bucket="restyle", Key=f"gpu-test/{job_id}/0.png")["Body"].read()
+    assert reply["images"] == [f"s3://restyle/gpu-test/{job_id}/0.png"]
+    if e2e.stack.extra_env.get("RESTYLE_CARRY_IMAGE_MAX_BYTES") == "0":
+        assert reply["carried"] == {}
+    else:
+        assert base64.urlsafe_b64decode(reply["carried"][reply["images"][0]]) == stored
+    assert Image.open(io.BytesIO(stored)).size == (64, 64)

@@ -43,6 +43,11 @@ def test_a_room_photo_becomes_a_restyled_room_with_products(e2e, room_uri):
     body = e2e.s3.get_object(Bucket="restyle", Key=f"{results}/0.png")["Body"].read()
     import io
     assert Image.open(io.BytesIO(body)).size == (64, 64)
+    # So is the depth map the render was conditioned on (small enough to travel with the
+    # render request, not the photo's size).
+    assert result["result"]["depth_map"] == f"s3://restyle/{results}/depth.png"
+    depth = e2e.s3.get_object(Bucket="restyle", Key=f"{results}/depth.png")["Body"].read()
+    assert Image.open(io.BytesIO(depth)).size == (64, 64)
 
     # The status API tells the same story, with a working presigned link.
     status, job = e2e.get(f"/jobs/{job_id}", tenant="acme")

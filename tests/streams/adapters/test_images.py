@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from schemas import ErrorCode, StageFailure
 from schemas.uris import parse_uri
-from streams.adapters.images import decode_image
+from streams.adapters.images import decode_image, fit_control
 from tests.conftest import jpeg_bytes, png_declaring
 
 
@@ -90,3 +91,22 @@ def test_formats_outside_the_photo_formats_are_never_decoded():
         with pytest.raises(StageFailure, match="not an image format restyle reads") as failure:
             decode_image(refused, 10**6)
         assert failure.value.error.code is ErrorCode.NOT_AN_IMAGE
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "P"])
+def test_a_control_map_made_at_the_render_size_conditions_the_render_as_the_full_map_does(mode):
+    """The makeover's depth stage sends its map at the render's size; the GPU worker fits
+    whatever map it gets to that size. Both ways the pipeline is given the same pixels: those
+    of the full map made RGB and resized bicubically (what the worker did before maps came
+    at the render's size)."""
+    pixels = np.random.default_rng(7).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    full = Image.fromarray(pixels if mode != "L" else pixels[..., 0])
+    full = full.quantize(64) if mode == "P" else full
+    for size in [(64, 64), (512, 256), (420, 300)]:
+        as_sent = fit_control(full, size)
+        assert as_sent.size == size
+        given = full.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        assert np.array_equal(np.asarray(fit_control(as_sent, size).convert("RGB")),
+                              np.asarray(given))
+        assert np.array_equal(np.asarray(fit_control(full, size).convert("RGB")),
+                              np.asarray(given))
