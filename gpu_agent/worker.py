@@ -3,7 +3,7 @@ with an inpainting pipeline (background replacement).
 
 Inference runs in a thread so the consumer keeps heartbeating; progress goes out per step; a
 redelivered request for a job already rendered replies from the stored manifest instead of
-rendering again.
+rendering again (the manifest is looked for while the render starts: EarlierRender).
 
 The model never waits on I/O: the worker holds up to `gpu_prefetch` requests of each lane at
 once. While one runs in the model (one at a time: interactive requests first, see
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -106,20 +107,31 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
         await rt.send(request.reply_topic, request.job_id, result)
 
     async def rendered_or_render(request: RenderRequest, lane: str) -> RenderResult:
-        manifest_uri = join_uri(request.output_prefix, MANIFEST)
-        # The inputs are read while the manifest is looked for: on a first delivery (nearly
-        # always) the model's turn comes a storage round trip sooner. A redelivery answered
-        # from the manifest reads them for nothing.
+        # The manifest of an earlier delivery is looked for while the request renders its
+        # first step, not before (EarlierRender): on a first delivery (nearly always) the
+        # model's turn comes a storage round trip sooner. A redelivery answered from the
+        # manifest reads its inputs and renders a step for nothing.
+        earlier = EarlierRender(partial(_looked_up, rt, request))
         inputs = asyncio.ensure_future(_inputs(rt, request, files))
         inputs.add_done_callback(_retrieve_exception)  # a dropped read must not log as lost
         try:
-            with tracing.step_span("look for an earlier render"):
-                done = await _rendered_before(rt, manifest_uri, request)
+            prepared = await inputs
+            return await _render(rt, engine, request, prepared, earlier, batches, lane, meter)
+        except AnsweredBefore as answered:
+            return answered.result
+        except Exception:
+            # Failed (its inputs gone, say) where an earlier delivery's answer stands: that
+            # answer, as when the look came first.
+            try:
+                done = await earlier.settled()
+            except Exception:  # noqa: BLE001 - the render's own failure is what is told
+                done = None
             if done is not None:
                 return done
-            return await _render(rt, engine, request, await inputs, batches, lane, meter)
+            raise
         finally:
             inputs.cancel()  # not needed (answered from the manifest, or failed); no-op if read
+            earlier.cancel()
 
     # Held at once per lane: a batch being gathered, and the next ones reading their inputs.
     held = settings.gpu_prefetch + max_batch - 1
@@ -138,6 +150,66 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
 def _retrieve_exception(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()
+
+
+class AnsweredBefore(Exception):
+    """An earlier delivery of the request finished, and stored its answer (result)."""
+
+    def __init__(self, result: RenderResult):
+        super().__init__(result.job_id)
+        self.result = result
+
+
+class EarlierRender:
+    """The look for an earlier delivery's stored answer (_rendered_before), made while the
+    request's render runs its first denoising step rather than before the render: started
+    once the render thread is (the storage call's own Python work would otherwise hold the
+    event loop, and the model's turn, back). The render goes no further than that step until
+    the look is over (the render thread waits there; a step outlasts the look by far), so a
+    request answered before never reports progress, stores images or replies from a new
+    render: it stops, or its images are dropped, and the stored answer is sent. A look that
+    fails fails the request, as before."""
+
+    def __init__(self, look: Callable[[], Awaitable[RenderResult | None]]):
+        self._look = look
+        self.lookup: asyncio.Future | None = None
+        self._over = threading.Event()
+
+    def start(self) -> None:
+        """(On the event loop) start the look, once."""
+        if self.lookup is None:
+            self.lookup = asyncio.ensure_future(self._look())
+            self.lookup.add_done_callback(_retrieve_exception)
+            self.lookup.add_done_callback(lambda _: self._over.set())
+
+    def found(self) -> RenderResult | None:
+        """The earlier answer, once the look found one (None until then, or if it found none
+        or failed)."""
+        lookup = self.lookup
+        if lookup is None or not lookup.done() or lookup.cancelled() or \
+                lookup.exception() is not None:
+            return None
+        return lookup.result()
+
+    def wait(self) -> RenderResult | None:
+        """(In the render thread, once the look started) found(), once the look is over."""
+        self._over.wait()
+        return self.found()
+
+    async def settled(self) -> RenderResult | None:
+        """(On the event loop) the look's outcome, started now if it was not: the earlier
+        answer or None; what it raised, if it failed."""
+        self.start()
+        return await asyncio.shield(self.lookup)
+
+    def cancel(self) -> None:
+        if self.lookup is not None:
+            self.lookup.cancel()  # (a no-op once it is over)
+
+
+async def _looked_up(rt: Runtime, request: RenderRequest) -> RenderResult | None:
+    with tracing.step_span("look for an earlier render"):
+        return await _rendered_before(rt, join_uri(request.output_prefix, MANIFEST), request)
 
 
 @dataclass
@@ -223,12 +295,24 @@ class Member:
     in_hand: InHand | None = None
     # Its own model call left the device unusable (faults.fatal_device_error).
     broke_device: bool = False
+    # The look for an earlier delivery's answer (None: none is made).
+    earlier: EarlierRender | None = field(default=None, repr=False)
+
+    def answered_before(self, wait: bool = False) -> bool:
+        """Whether an earlier delivery answered the request (then it stops). wait: in the
+        render thread, until the look is over."""
+        if self.earlier is None or self.stopped is not None:
+            return isinstance(self.stopped, AnsweredBefore)
+        done = self.earlier.wait() if wait else self.earlier.found()
+        if done is not None:
+            self.stopped = AnsweredBefore(done)
+        return done is not None
 
 
 async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
-                  prepared: Prepared, batches: RenderBatches, lane: str,
-                  meter: DutyMeter) -> RenderResult:
-    member = Member(request, prepared, in_hand=message_in_hand())
+                  prepared: Prepared, earlier: EarlierRender, batches: RenderBatches,
+                  lane: str, meter: DutyMeter) -> RenderResult:
+    member = Member(request, prepared, in_hand=message_in_hand(), earlier=earlier)
     # A request that was in flight when a worker died renders alone: if it is what breaks
     # the device, no request batched with it shares its count of deaths (faults.py).
     key = prepared.key if member.in_hand is None or not member.in_hand.deaths else \
@@ -236,6 +320,9 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
     with tracing.step_span("wait for the model and render"):
         images = await batches.run(lane, key, member,
                                    partial(_call_together, rt, engine, meter))
+    done = await earlier.settled()  # (over by now: the first step waited for it)
+    if done is not None:  # found after the render's last step: its images are dropped
+        return done
     render_ms, waited_ms = member.render_ms, member.waited_ms
 
     uris = [join_uri(request.output_prefix, f"{n}.png") for n in range(len(images))]
@@ -268,11 +355,13 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
     loop = asyncio.get_running_loop()
     for member in members:
         # Cancelled (or timed out) while it waited for the model, or the worker is handing
-        # its work back: it never starts, and it never shows as `generating`.
+        # its work back, or answered before: it never starts, and it never shows as
+        # `generating`.
         try:
             rt.check_cancelled(member.request.job_id)
         except (JobCancelled, HandedBack) as stopped:
             member.stopped = stopped
+        member.answered_before()
     starting = [m for m in members if m.stopped is None]
     for member in starting:
         request = member.request
@@ -285,6 +374,9 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
         member.prepared.shot.on_step = _step_reporter(rt, member, loop, engine.previews)
     if not starting:
         return [m.stopped for m in members]
+    for member in starting:  # (they run once the render thread below has started)
+        if member.earlier is not None:
+            member.earlier.start()
     started = time.perf_counter()
     try:
         with tracing.step_span("model", **{"restyle.batch_size": len(starting)}):
@@ -320,6 +412,7 @@ def _step_reporter(rt: Runtime, member: Member, loop, previews: Previews | None 
     report = tracing.bound_to_current(rt.job_event)  # progress belongs to the render's trace
 
     def on_step(step: int, total: int, latents=None) -> None:
+        member.answered_before(wait=True)  # (at once after the first step)
         if member.stopped is None:
             try:
                 rt.check_cancelled(job_id)
@@ -352,7 +445,7 @@ def _engine_call(engine: RenderEngine, members: list[Member]) -> list:
         images = members[0].prepared.run(engine, [m.prepared.shot for m in members])
     except HandedBack:  # the worker is shutting down: every member still wanted goes back
         return [m.stopped or HandedBack(m.request.job_id) for m in members]
-    except JobCancelled:
+    except (JobCancelled, AnsweredBefore):  # (raised only once every member stopped)
         return [m.stopped or JobCancelled(m.request.job_id) for m in members]
     except Exception as exc:
         if faults.fatal_device_error(exc):  # nothing runs after that

@@ -43,9 +43,12 @@ def test_a_makeover_is_one_trace_from_the_upload_to_its_result(e2e, room_photos)
     # Inside the GPU worker, where the render's time went: each step is a span of its own.
     render = next(span for span in spans if span.name == "render")
     steps = {span.name: span for span in spans if span.service == "restyle-gpu-worker"}
-    assert steps["look for an earlier render"].parent_id == render.span_id
     assert steps["read inputs"].parent_id == render.span_id
-    assert by_id[steps["model"].parent_id].parent_id == render.span_id
+    waited = by_id[steps["model"].parent_id]  # waiting for the model's turn, then the model
+    assert waited.name == "wait for the model and render" and waited.parent_id == render.span_id
+    # An earlier delivery's answer is looked for while the model renders its first step.
+    look = steps["look for an earlier render"]
+    assert look.parent_id == waited.span_id and look.start_ms >= steps["model"].start_ms
     assert steps["store images"].parent_id == render.span_id
     # Nothing of this job escaped into another trace.
     assert {s.trace_id for s in e2e.traces.of_job(job_id)} == {trace_id}
