@@ -713,16 +713,21 @@ class Runtime:
         await self.app.crash(RuntimeError(reason))
 
     async def image_uncached(self, uri: str, at_least: int | None = None,
-                             carried: Mapping[str, bytes] | None = None):
+                             carried: Mapping[str, bytes] | None = None,
+                             mode: str | None = None):
         """The decoded image at uri, for images read once (catalog products): not cached.
         at_least lets a JPEG decode at a reduced scale (see decode_image). carried: the images
         the message in hand carries (schemas.events.CarriedImages); one there is not read from
-        storage."""
+        storage. mode: converted to it (in the decoding thread, not on the event loop)."""
         data = carried.get(uri) if carried else None
         if data is None:
             data = await self.storage.get(uri, self.settings.max_image_bytes)
-        return await asyncio.to_thread(decode_image, data, self.settings.max_image_pixels, uri,
-                                       at_least)
+        max_pixels = self.settings.max_image_pixels
+
+        def decoded():
+            image = decode_image(data, max_pixels, uri, at_least)
+            return image if mode is None else image.convert(mode)
+        return await asyncio.to_thread(decoded)
 
     def to_carry(self, encoded: Mapping[str, bytes]) -> dict[str, bytes]:
         """Of these encoded images (by URI), those small enough for a message to carry beside
@@ -732,8 +737,7 @@ class Runtime:
 
     async def mask_image(self, uri: str, carried: Mapping[str, bytes] | None = None):
         """A mask ("L" image) at uri, with the same header checks as photos."""
-        image = await self.image_uncached(uri, carried=carried)
-        return image.convert("L")
+        return await self.image_uncached(uri, carried=carried, mode="L")
 
     # --- images, fetched once per worker while a job moves through its stages ---
     async def image(self, uri: str, max_side: int | None = None,
