@@ -83,13 +83,11 @@ def in_process_job(settings, models, engine, index, storage, photo_uri: str, job
             depth = await thread(lambda: fit_control(models.depth.estimate(small),
                                                      (params.width, params.height)))
             png = await thread(encode_png, depth)
-        # Stored while the render runs, as the depth stage stores it while its request goes.
-        stored = asyncio.ensure_future(storage.put(join_uri(base, "depth.png"), png,
-                                                   "image/png"))
+        # Stored before the render, outside the stage's time (as request_render stores it).
+        await storage.put(join_uri(base, "depth.png"), png, "image/png")
         with timed("render"):
             images = await thread(engine.render, settings.model_id("diffusion"),
                                   settings.model_id("controlnet_depth"), prompt, depth, params)
-        await stored
         with timed("reanalyze"):
             for n, generated in enumerate(images):
                 await storage.put(join_uri(base, f"{n}.png"), await thread(encode_png, generated),

@@ -14,6 +14,7 @@ oldest unanswered request (faust tracks acks per offset), so a crash loses nothi
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -49,6 +50,8 @@ from streams.core import tracing
 from streams.core.runtime import HandedBack, InHand, JobCancelled, Runtime, message_in_hand
 
 MANIFEST = "render.json"
+# How long a render's first step waits for the look for an earlier answer (EarlierRender).
+LOOKUP_WAIT_S = 1.0
 GPU_MEMORY_REPORT_S = 15.0
 log = logging.getLogger("restyle")
 
@@ -119,6 +122,8 @@ def register(rt: Runtime, engine: RenderEngine) -> DutyMeter:
             return await _render(rt, engine, request, prepared, earlier, batches, lane, meter)
         except AnsweredBefore as answered:
             return answered.result
+        except (JobCancelled, HandedBack):
+            raise  # (nobody waits for an answer; a draining worker does not wait on storage)
         except Exception:
             # Failed (its inputs gone, say) where an earlier delivery's answer stands: that
             # answer, as when the look came first.
@@ -162,25 +167,43 @@ class AnsweredBefore(Exception):
 
 class EarlierRender:
     """The look for an earlier delivery's stored answer (_rendered_before), made while the
-    request's render runs its first denoising step rather than before the render: started
-    once the render thread is (the storage call's own Python work would otherwise hold the
-    event loop, and the model's turn, back). The render goes no further than that step until
-    the look is over (the render thread waits there; a step outlasts the look by far), so a
-    request answered before never reports progress, stores images or replies from a new
-    render: it stops, or its images are dropped, and the stored answer is sent. A look that
-    fails fails the request, as before."""
+    request renders rather than before: started once the render thread is (the storage
+    calls' own Python work would otherwise hold the event loop, and the model's turn, back).
+    At its first step the render thread waits for the look, LOOKUP_WAIT_S at most (a step
+    outlasts a look by far, so it seldom waits at all); until the look is over the render
+    reports no progress; once it found an answer the render stops, and an answer found only
+    after the last step drops the new images. So a request answered before
+    never reports progress, stores images or replies from a new render: the stored answer is
+    sent. A look that fails fails the request, as before. A slow store holds the model's
+    turn a second at most."""
 
     def __init__(self, look: Callable[[], Awaitable[RenderResult | None]]):
         self._look = look
+        # The request's own context (its trace), not that of the batch's leader, which
+        # starts the look.
+        self._context = contextvars.copy_context()
         self.lookup: asyncio.Future | None = None
         self._over = threading.Event()
+        self._waited = False
 
     def start(self) -> None:
         """(On the event loop) start the look, once."""
         if self.lookup is None:
-            self.lookup = asyncio.ensure_future(self._look())
+            self.lookup = asyncio.get_running_loop().create_task(self._look(),
+                                                                 context=self._context)
             self.lookup.add_done_callback(_retrieve_exception)
             self.lookup.add_done_callback(lambda _: self._over.set())
+
+    def wait_once(self, timeout_s: float) -> None:
+        """(In the render thread) until the look is over, timeout_s at most; the first time
+        only."""
+        if self.lookup is not None and not self._waited:
+            self._waited = True
+            self._over.wait(timeout_s)
+
+    def over(self) -> bool:
+        """Whether the look has ended (found an answer or not, or failed)."""
+        return self.lookup is not None and self.lookup.done()
 
     def found(self) -> RenderResult | None:
         """The earlier answer, once the look found one (None until then, or if it found none
@@ -191,11 +214,6 @@ class EarlierRender:
             return None
         return lookup.result()
 
-    def wait(self) -> RenderResult | None:
-        """(In the render thread, once the look started) found(), once the look is over."""
-        self._over.wait()
-        return self.found()
-
     async def settled(self) -> RenderResult | None:
         """(On the event loop) the look's outcome, started now if it was not: the earlier
         answer or None; what it raised, if it failed."""
@@ -205,6 +223,7 @@ class EarlierRender:
     def cancel(self) -> None:
         if self.lookup is not None:
             self.lookup.cancel()  # (a no-op once it is over)
+        self._over.set()
 
 
 async def _looked_up(rt: Runtime, request: RenderRequest) -> RenderResult | None:
@@ -298,15 +317,19 @@ class Member:
     # The look for an earlier delivery's answer (None: none is made).
     earlier: EarlierRender | None = field(default=None, repr=False)
 
-    def answered_before(self, wait: bool = False) -> bool:
-        """Whether an earlier delivery answered the request (then it stops). wait: in the
-        render thread, until the look is over."""
+    def answered_before(self) -> bool:
+        """Whether an earlier delivery is known to have answered the request (then it
+        stops)."""
         if self.earlier is None or self.stopped is not None:
             return isinstance(self.stopped, AnsweredBefore)
-        done = self.earlier.wait() if wait else self.earlier.found()
+        done = self.earlier.found()
         if done is not None:
             self.stopped = AnsweredBefore(done)
         return done is not None
+
+    def may_report(self) -> bool:
+        """Whether its progress may be told: not while the look for an earlier answer runs."""
+        return self.earlier is None or self.earlier.over()
 
 
 async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
@@ -320,7 +343,7 @@ async def _render(rt: Runtime, engine: RenderEngine, request: RenderRequest,
     with tracing.step_span("wait for the model and render"):
         images = await batches.run(lane, key, member,
                                    partial(_call_together, rt, engine, meter))
-    done = await earlier.settled()  # (over by now: the first step waited for it)
+    done = await earlier.settled()  # (over by now, nearly always)
     if done is not None:  # found after the render's last step: its images are dropped
         return done
     render_ms, waited_ms = member.render_ms, member.waited_ms
@@ -412,7 +435,9 @@ def _step_reporter(rt: Runtime, member: Member, loop, previews: Previews | None 
     report = tracing.bound_to_current(rt.job_event)  # progress belongs to the render's trace
 
     def on_step(step: int, total: int, latents=None) -> None:
-        member.answered_before(wait=True)  # (at once after the first step)
+        if member.earlier is not None and member.stopped is None:
+            member.earlier.wait_once(LOOKUP_WAIT_S)
+        member.answered_before()
         if member.stopped is None:
             try:
                 rt.check_cancelled(job_id)
@@ -421,6 +446,8 @@ def _step_reporter(rt: Runtime, member: Member, loop, previews: Previews | None 
         if member.stopped is not None:
             if all(m.stopped is not None for m in member.company):
                 raise member.stopped
+            return
+        if not member.may_report():  # (it may have been answered before: EarlierRender)
             return
         preview = None
         if previews is not None and latents is not None and previews.due(step, total):

@@ -48,7 +48,7 @@ def test_a_makeover_is_one_trace_from_the_upload_to_its_result(e2e, room_photos)
     assert waited.name == "wait for the model and render" and waited.parent_id == render.span_id
     # An earlier delivery's answer is looked for while the model renders its first step.
     look = steps["look for an earlier render"]
-    assert look.parent_id == waited.span_id and look.start_ms >= steps["model"].start_ms
+    assert look.parent_id == render.span_id and look.start_ms >= steps["model"].start_ms
     assert steps["store images"].parent_id == render.span_id
     # Nothing of this job escaped into another trace.
     assert {s.trace_id for s in e2e.traces.of_job(job_id)} == {trace_id}

@@ -26,27 +26,21 @@ class MadeImage:
 async def request_render(rt: Runtime, job: BaseModel, reply_to: str, key: str | None = None,
                          batch: bool = False, made: Iterable[MadeImage] = (),
                          **request) -> None:
-    """Store the images the stage made and send job's render request; the answer comes back
+    """Store the images the stage made, then send job's render request; the answer comes back
     on the topic named reply_to, with the job as it is now in its context. request: the
     RenderRequest fields the job decides. key: what the request is partitioned by (the job id
     unless given): requests with one key go to one GPU worker. batch: nobody waits on this one
     image (a batch's), so it takes the batch lane when RESTYLE_RENDER_LANES is on
-    (gpu_agent/turns.py). made: stored, and those small enough carried in the request
-    (RESTYLE_CARRY_IMAGE_MAX_BYTES). When it carries all it names, the request goes while
-    they are stored (the render need not wait for the writes, nor read them back); otherwise
-    after, since the GPU worker reads them. Either way all is done before this returns: a
-    write that fails fails the stage."""
+    (gpu_agent/turns.py). made: stored before the request goes (what a later stage or the
+    job's result names exists once the render is asked for), and those of them the request
+    names (its inputs) carried in it when small (RESTYLE_CARRY_IMAGE_MAX_BYTES), so the GPU
+    worker need not read them back."""
     made = list(made)
-    carried = rt.to_carry({image.uri: image.png for image in made})
-    named = {request.get(name) for name in ("control_image", "image", "mask")} - {None}
-    stores = [rt.storage.put(image.uri, image.png, "image/png", metadata=image.metadata or None)
-              for image in made]
-    if named <= carried.keys():
-        await asyncio.gather(*stores, _send_request(rt, job, reply_to, key, batch, carried,
-                                                    request))
-    else:
-        await asyncio.gather(*stores)
-        await _send_request(rt, job, reply_to, key, batch, carried, request)
+    await asyncio.gather(*(rt.storage.put(image.uri, image.png, "image/png",
+                                          metadata=image.metadata or None) for image in made))
+    inputs = {request.get(name) for name in ("control_image", "image", "mask")}
+    carried = rt.to_carry({image.uri: image.png for image in made if image.uri in inputs})
+    await _send_request(rt, job, reply_to, key, batch, carried, request)
 
 
 async def _send_request(rt: Runtime, job: BaseModel, reply_to: str, key: str | None,

@@ -730,10 +730,10 @@ class Runtime:
         return await asyncio.to_thread(decoded)
 
     def to_carry(self, encoded: Mapping[str, bytes]) -> dict[str, bytes]:
-        """Of these encoded images (by URI), those small enough for a message to carry beside
-        their URIs (RESTYLE_CARRY_IMAGE_MAX_BYTES)."""
-        limit = self.settings.carry_image_max_bytes
-        return {uri: data for uri, data in encoded.items() if len(data) <= limit}
+        """Of these encoded images (by URI, in order), those one message carries beside their
+        URIs: as many as fit RESTYLE_CARRY_IMAGE_MAX_BYTES together (a budget per message, so
+        a reply with many images stays under the broker's message limit)."""
+        return within_budget(encoded, self.settings.carry_image_max_bytes)
 
     async def mask_image(self, uri: str, carried: Mapping[str, bytes] | None = None):
         """A mask ("L" image) at uri, with the same header checks as photos."""
@@ -770,6 +770,17 @@ class ChainedStage:
     fail_jobs: bool = True
     on_failure: Callable | None = None
     follows_cancellations: bool = True
+
+
+def within_budget(encoded: Mapping[str, bytes], budget: int) -> dict[str, bytes]:
+    """Of these encoded images (in order), those that fit budget bytes together: each one
+    that still fits is taken, one too large for what is left is skipped."""
+    left, taken = budget, {}
+    for uri, data in encoded.items():
+        if len(data) <= left:
+            taken[uri] = data
+            left -= len(data)
+    return taken
 
 
 @dataclass(frozen=True)

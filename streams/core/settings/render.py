@@ -22,11 +22,12 @@ class RenderSettings(SettingsBase):
     max_render_pixels: int = Field(2048 * 2048, ge=64 * 64)
     # What one request renders in all (num_images images of its size): a GPU's memory bound.
     max_request_pixels: int = Field(4 * 2048 * 2048, ge=64 * 64)
-    # A render's input made by a stage (a control map) or its output image, encoded, no larger
-    # than this travels in the render request or its reply as well as to storage, so that the
-    # worker on the other end need not read it back (a storage round trip, on the job's path).
-    # Larger ones travel by URI only. 0: always by URI. Kept well under the broker's message
-    # limit (message.max.bytes, 1 MiB by default): base64 adds a third.
+    # A render's inputs made by a stage (a control map; an image and mask to repaint) and its
+    # output images, encoded, travel in the render request or its reply as well as to
+    # storage, up to this many bytes in all per message, so that the worker on the other end
+    # need not read them back (a storage round trip, on the job's path). The rest travel by
+    # URI only. 0: always by URI. Kept well under the broker's message limit
+    # (message.max.bytes, 1 MiB by default): base64 adds a third.
     carry_image_max_bytes: int = Field(128 * 1024, ge=0, le=512 * 1024)
 
     @property
