@@ -317,15 +317,12 @@ class Member:
     # The look for an earlier delivery's answer (None: none is made).
     earlier: EarlierRender | None = field(default=None, repr=False)
 
-    def answered_before(self) -> bool:
-        """Whether an earlier delivery is known to have answered the request (then it
-        stops)."""
-        if self.earlier is None or self.stopped is not None:
-            return isinstance(self.stopped, AnsweredBefore)
-        done = self.earlier.found()
-        if done is not None:
-            self.stopped = AnsweredBefore(done)
-        return done is not None
+    def stop_if_answered_before(self) -> None:
+        """Stop it (AnsweredBefore) once the look found an earlier delivery's answer."""
+        if self.earlier is not None and self.stopped is None:
+            done = self.earlier.found()
+            if done is not None:
+                self.stopped = AnsweredBefore(done)
 
     def may_report(self) -> bool:
         """Whether its progress may be told: not while the look for an earlier answer runs."""
@@ -384,7 +381,7 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
             rt.check_cancelled(member.request.job_id)
         except (JobCancelled, HandedBack) as stopped:
             member.stopped = stopped
-        member.answered_before()
+        member.stop_if_answered_before()
     starting = [m for m in members if m.stopped is None]
     for member in starting:
         request = member.request
@@ -437,7 +434,7 @@ def _step_reporter(rt: Runtime, member: Member, loop, previews: Previews | None 
     def on_step(step: int, total: int, latents=None) -> None:
         if member.earlier is not None and member.stopped is None:
             member.earlier.wait_once(LOOKUP_WAIT_S)
-        member.answered_before()
+        member.stop_if_answered_before()
         if member.stopped is None:
             try:
                 rt.check_cancelled(job_id)

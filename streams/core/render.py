@@ -40,11 +40,6 @@ async def request_render(rt: Runtime, job: BaseModel, reply_to: str, key: str | 
                                           metadata=image.metadata or None) for image in made))
     inputs = {request.get(name) for name in ("control_image", "image", "mask")}
     carried = rt.to_carry({image.uri: image.png for image in made if image.uri in inputs})
-    await _send_request(rt, job, reply_to, key, batch, carried, request)
-
-
-async def _send_request(rt: Runtime, job: BaseModel, reply_to: str, key: str | None,
-                        batch: bool, carried: dict[str, bytes], request: dict) -> None:
     topic = rt.topics.render_batch if batch and rt.settings.render_lanes else rt.topics.render
     sent = await rt.send(topic, key or job.job_id, RenderRequest(
         job_id=job.job_id, tenant=job.tenant, reply_topic=reply_to,
