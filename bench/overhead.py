@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -275,18 +276,18 @@ def main() -> None:
         counter = Consumer({"bootstrap.servers": endpoints["kafka_bootstrap"],
                             "group.id": "bench-counter", "enable.auto.commit": False})
 
-        def records_on_broker() -> int:
-            """Every record the broker holds, summed over its topics (end offsets; the
-            internal __consumer_offsets aside): the difference around a job is what it
-            wrote, changelogs and DLQ included."""
-            total = 0
+        def records_on_broker() -> Counter:
+            """Every record the broker holds, per topic (end offsets, so a transaction's
+            commit marker counts; the internal __consumer_offsets aside): the difference
+            around a job is what it wrote, changelogs and DLQ included."""
+            held = Counter()
             for topic in counter.list_topics(timeout=10).topics.values():
                 if topic.topic.startswith("__"):
                     continue
                 for partition in topic.partitions:
-                    total += counter.get_watermark_offsets(
+                    held[topic.topic] += counter.get_watermark_offsets(
                         TopicPartition(topic.topic, partition), timeout=10)[1]
-            return total
+            return held
 
         kafka_job_ids: list[str] = []
         pause_results = args.broker != "kafka"
@@ -370,7 +371,9 @@ def main() -> None:
                 local_cpu[name] += local_after[name] - local_before[name]
             local_ms.append(local_elapsed)
             local_stages.append(stages)
-        records_per_job = (records_on_broker() - held) / args.jobs
+        written = records_on_broker()
+        written.subtract(held)
+        records_per_job = sum(written.values()) / args.jobs
         consumer.close()
         counter.close()
 
@@ -414,6 +417,8 @@ def main() -> None:
         print(f"Kafka records written per job: {records_per_job:.1f} (mean; every topic, "
               f"changelogs included); broker CPU per job: "
               f"{broker_cpu / args.jobs:.1f} ms")
+        print("  per topic: " + ", ".join(f"{topic} {count / args.jobs:.1f}" for topic, count
+                                          in written.most_common() if count))
         if receiver is not None:
             time.sleep(2.0)  # the workers export their spans every 0.5 s
             print_trace_breakdown(kafka_job_ids[args.warmup:], receiver, ends_ms)

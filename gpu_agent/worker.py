@@ -1,7 +1,8 @@
 """The GPU agent: renders RenderRequests with Stable Diffusion + ControlNet, or repaints them
 with an inpainting pipeline (background replacement).
 
-Inference runs in a thread so the consumer keeps heartbeating; progress goes out per step; a
+Inference runs in a thread so the consumer keeps heartbeating; progress goes out as the steps
+go, at most every RESTYLE_PROGRESS_INTERVAL_S (gpu_agent/progress.py); a
 redelivered request for a job already rendered replies from the stored manifest instead of
 rendering again (the manifest is looked for while the render starts: EarlierRender).
 
@@ -32,6 +33,7 @@ from gpu_agent.duty import DutyMeter
 from gpu_agent.engine import RenderEngine, Shot, shared_params
 from gpu_agent.memory import report_gpu_memory
 from gpu_agent.previews import Previews
+from gpu_agent.progress import ProgressPace
 from gpu_agent.turns import BATCH, INTERACTIVE, ModelTurns
 from schemas import (
     ErrorCode,
@@ -391,7 +393,8 @@ async def _call_together(rt: Runtime, engine: RenderEngine, meter: DutyMeter,
             if request.sent_at else None
         # This worker holds the job now: from here, time without progress is a stall.
         await rt.job_event(request.job_id, JobEventKind.STATUS, status=JobStatus.GENERATING)
-        member.prepared.shot.on_step = _step_reporter(rt, member, loop, engine.previews)
+        member.prepared.shot.on_step = _step_reporter(
+            rt, member, loop, ProgressPace(rt.settings.progress_interval_s), engine.previews)
     if not starting:
         return [m.stopped for m in members]
     for member in starting:  # (they run once the render thread below has started)
@@ -423,11 +426,13 @@ def _explained(request: RenderRequest, outcome, blamed: list):
         else outcome
 
 
-def _step_reporter(rt: Runtime, member: Member, loop, previews: Previews | None = None):
-    """member's progress callback (called from the render thread), with a preview of the
-    image so far when one is due. A cancelled job stops at the next denoising step: alone, the
-    call stops (JobCancelled leaves the pipeline's loop); in company, it is dropped from the
-    call's outcome and the others go on."""
+def _step_reporter(rt: Runtime, member: Member, loop, pace: ProgressPace,
+                   previews: Previews | None = None):
+    """member's progress callback (called from the render thread): its steps told at pace's
+    pace, with a preview of the image so far when one is due. A cancelled job stops at the
+    next denoising step, told or not: alone, the call stops (JobCancelled leaves the
+    pipeline's loop); in company, it is dropped from the call's outcome and the others go
+    on."""
     job_id = member.request.job_id
     report = tracing.bound_to_current(rt.job_event)  # progress belongs to the render's trace
 
@@ -446,8 +451,12 @@ def _step_reporter(rt: Runtime, member: Member, loop, previews: Previews | None 
             return
         if not member.may_report():  # (it may have been answered before: EarlierRender)
             return
+        preview_due = previews is not None and latents is not None and \
+            previews.due(step, total)
+        if not pace.tell(with_preview=preview_due):
+            return
         preview = None
-        if previews is not None and latents is not None and previews.due(step, total):
+        if preview_due:
             try:
                 preview = previews.data_uri(latents())
             except Exception:  # a preview is a nicety: never the reason a render fails

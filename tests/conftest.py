@@ -397,6 +397,9 @@ def e2e(request, tmp_path_factory, tiny_models, room_photos):
         "RESTYLE_DEFAULT_HEIGHT": "64", "HF_HUB_OFFLINE": "1",
         # A preview with every step but the last (renders here take 2 or 3 steps).
         "RESTYLE_PREVIEW_EVERY_STEPS": "1",
+        # Every render step told: tests follow a render step by step (the default paces them,
+        # tests/gpu_agent/test_progress_pace.py).
+        "RESTYLE_PROGRESS_INTERVAL_S": "0",
         "RESTYLE_BACKGROUND_MAX_SIDE": "64", "RESTYLE_CONDITION_MAX_SIDE": "64",
         # Stalled jobs are given up after 90 s here (an hour by default), swept every 2 s.
         "RESTYLE_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S), "RESTYLE_JOB_SWEEP_INTERVAL_S": "2",

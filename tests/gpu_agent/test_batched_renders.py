@@ -188,7 +188,8 @@ def deliver_at_once(tmp_path, tiny_models, room_photos, make_engine, count: int,
 
     settings = Settings(state_dir=tmp_path, storage_base=(tmp_path / "store").as_uri(),
                         file_roots=[room_photos[0].parent], models_dir=tiny_models,
-                        **{"render_max_batch": 4, **settings})
+                        # Every step told, as the tests here count them (gpu_agent/progress.py).
+                        **{"render_max_batch": 4, "progress_interval_s": 0, **settings})
     rt = InProcessRuntime(settings, topic_sets(), journal)
     gpu_worker.register(rt, make_engine(rt))
     [agent] = rt.agents[rt.topics.render]

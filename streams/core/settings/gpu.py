@@ -40,6 +40,12 @@ class GpuSettings(SettingsBase):
     # default size, which compiles it): faster denoising on a GPU after a slow first render;
     # a new image size compiles again. Off by default; worth it on long-running GPU workers.
     compile_unet: bool = False
+    # A render's progress is told at most this often (0: every denoising step); the first
+    # step is timed from its `generating` status, a step with a preview is always told, and a
+    # step slower than this is told every time (gpu_agent/progress.py). Each told step is a job
+    # event through the broker and the tracker: at 20-30 steps a second on a GPU, telling
+    # each one costs more than a progress bar shows.
+    progress_interval_s: float = Field(0.25, ge=0)
     # Live previews: every this many denoising steps a render sends a small JPEG of the image
     # so far with its progress (0: none), its longer side preview_size pixels; decoded by a
     # linear projection of the latents, or by the tiny VAE preview_decoder names (an
