@@ -4,6 +4,10 @@ producer to a plain consumer. Prints the median round trip through 1 and through
 chain, and so the cost per hop, on the chosen broker.
 
     python bench/hop_latency.py [--broker tansu|kafka] [--messages 60] [--role gpu|cpu]
+                                [--agents faust|aiokafka]
+
+`--agents aiokafka` runs the same chain as plain aiokafka consumers in one event loop (no faust,
+no consumer thread), the floor a hop could cost this client.
 """
 from __future__ import annotations
 
@@ -50,6 +54,37 @@ for n in range({chain}):
 faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
 """.replace("{chain}", str(CHAIN))
 
+# The same chain without faust: one aiokafka consumer per hop, forwarding in the event loop.
+PLAIN_WORKER = """
+import asyncio
+import sys
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+
+async def main():
+    producer = AIOKafkaProducer(bootstrap_servers=sys.argv[1], linger_ms=0, acks="all")
+    await producer.start()
+
+    async def forward(source):
+        consumer = AIOKafkaConsumer(f"hop.{source}", bootstrap_servers=sys.argv[1],
+                                    group_id=f"plain-hop{source}", fetch_max_wait_ms=500,
+                                    auto_offset_reset="latest")
+        await consumer.start()
+        async for message in consumer:
+            await producer.send_and_wait(f"hop.{source + 1}", message.value, key=message.key)
+
+    forwarding = [asyncio.ensure_future(forward(n)) for n in range({chain})]
+    runner = web.AppRunner(web.Application())  # the port the bench waits for
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[3])).start()
+    await asyncio.gather(*forwarding)
+
+
+asyncio.run(main())
+""".replace("{chain}", str(CHAIN))
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -58,6 +93,9 @@ def main() -> None:
     parser.add_argument("--role", choices=["gpu", "cpu"], default="gpu",
                         help="the app the agents run in: the GPU worker's (no tables) or the "
                              "CPU worker's (with the jobs, ingest and batch tables)")
+    parser.add_argument("--agents", choices=["faust", "aiokafka"], default="faust",
+                        help="faust agents as restyle's stages (default), or plain aiokafka "
+                             "consumers in one event loop: the floor")
     args = parser.parse_args()
 
     from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
@@ -80,7 +118,7 @@ def main() -> None:
     tansu_env = {} if args.broker == "kafka" else {"RESTYLE_FETCH_MAX_WAIT_MS": "20"}
     port = free_port()
     script = work / "hop_worker.py"
-    script.write_text(WORKER)
+    script.write_text(WORKER if args.agents == "faust" else PLAIN_WORKER)
     worker = subprocess.Popen([sys.executable, str(script), bootstrap, str(work / "state"),
                                str(port), args.role], cwd=Path(__file__).resolve().parents[1],
                               env={**tansu_env, **os.environ,
@@ -116,7 +154,8 @@ def main() -> None:
                     timings.append((time.perf_counter() - started) * 1000)
             results[hops] = statistics.median(timings)
         per_hop = (results[CHAIN] - results[1]) / (CHAIN - 1)
-        print(f"broker {args.broker}, {args.role} app: through 1 agent {results[1]:.1f} ms, "
+        app = f"{args.role} app" if args.agents == "faust" else "plain aiokafka"
+        print(f"broker {args.broker}, {app}: through 1 agent {results[1]:.1f} ms, "
               f"through {CHAIN} agents {results[CHAIN]:.1f} ms (median of {args.messages})")
         print(f"  cost per stage hop: {per_hop:.1f} ms")
     finally:
