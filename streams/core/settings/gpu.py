@@ -44,7 +44,8 @@ class GpuSettings(SettingsBase):
     # step is timed from its `generating` status, a step with a preview is always told, and a
     # step slower than this is told every time (gpu_agent/progress.py). Each told step is a job
     # event through the broker and the tracker: at 20-30 steps a second on a GPU, telling
-    # each one costs more than a progress bar shows.
+    # each one costs more than a progress bar shows. Keep it far below the job timeouts: the
+    # sweeper gives up a job whose render tells nothing for that long.
     progress_interval_s: float = Field(0.25, ge=0)
     # Live previews: every this many denoising steps a render sends a small JPEG of the image
     # so far with its progress (0: none), its longer side preview_size pixels; decoded by a
