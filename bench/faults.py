@@ -88,6 +88,9 @@ class Bench:
                 # A worker killed mid-job leaves its group after this long (default 30 s):
                 # its partitions move to the replacement sooner.
                 "RESTYLE_SESSION_TIMEOUT_S": "10", "RESTYLE_HEARTBEAT_INTERVAL_S": "2",
+                # Every render step told (the default paces them): the duplicate case counts
+                # renders by their first step, and the SSE fan-out carries the heavier load.
+                "RESTYLE_PROGRESS_INTERVAL_S": "0",
                 **(extra_env or {})})
         self.endpoints = self.stack.start()
         self.settings = load_settings(state_dir=self.state)
