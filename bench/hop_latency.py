@@ -4,7 +4,7 @@ producer to a plain consumer. Prints the median round trip through 1 and through
 chain, and so the cost per hop, on the chosen broker.
 
     python bench/hop_latency.py [--broker tansu|kafka] [--messages 60] [--role gpu|cpu]
-                                [--agents faust|aiokafka]
+                                [--agents faust|aiokafka] [--gap-ms 0]
 
 `--agents aiokafka` runs the same chain as plain aiokafka consumers in one event loop (no faust,
 no consumer thread), the floor a hop could cost this client.
@@ -90,6 +90,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu")
     parser.add_argument("--messages", type=int, default=60)
+    parser.add_argument("--gap-ms", type=float, default=0,
+                        help="idle time before each message (a job through the stack finds "
+                             "its workers idle: ~300 ms since the last)")
     parser.add_argument("--role", choices=["gpu", "cpu"], default="gpu",
                         help="the app the agents run in: the GPU worker's (no tables) or the "
                              "CPU worker's (with the jobs, ingest and batch tables)")
@@ -138,6 +141,7 @@ def main() -> None:
         for hops, consumer in consumers.items():
             timings = []
             for n in range(args.messages + 5):
+                time.sleep(args.gap_ms / 1000)
                 key = f"m{hops}-{n}".encode()
                 started = time.perf_counter()
                 producer.produce("hop.0", json.dumps({"n": n}).encode(), key=key)
@@ -156,7 +160,8 @@ def main() -> None:
         per_hop = (results[CHAIN] - results[1]) / (CHAIN - 1)
         app = f"{args.role} app" if args.agents == "faust" else "plain aiokafka"
         print(f"broker {args.broker}, {app}: through 1 agent {results[1]:.1f} ms, "
-              f"through {CHAIN} agents {results[CHAIN]:.1f} ms (median of {args.messages})")
+              f"through {CHAIN} agents {results[CHAIN]:.1f} ms (median of {args.messages}"
+              f"{f', {args.gap_ms:g} ms apart' if args.gap_ms else ''})")
         print(f"  cost per stage hop: {per_hop:.1f} ms")
     finally:
         worker.terminate()
