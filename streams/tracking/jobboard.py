@@ -2,8 +2,9 @@
 render progress newer than the table.
 
 A render reports its steps as they go (up to every step: RESTYLE_PROGRESS_INTERVAL_S paces
-them). Storing each tick would write a changelog record per tick (30 a job at 30 steps), each one a produce and a broker append on the cores the stages
-use, for a value only the status API shows. So a tick that changes nothing but progress is
+them). Storing each tick would write a changelog record per tick (30 a job at 30 steps told),
+each one a produce and a broker append on the cores the stages use, for a value only the
+status API shows. So a tick that changes nothing but progress is
 stored at most every `progress_store_interval_s`; meanwhile the newest is held here, in the
 process that owns the job's partition (where status requests are routed). A held tick lost in
 a crash or a rebalance is back with the next tick, replayed or new.
