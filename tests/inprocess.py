@@ -114,9 +114,9 @@ class InProcessRuntime(Runtime):
         self.log.append(message)
 
     def stage_agent(self, name, handler, model, topic, concurrency=1, batch=None,
-                    chained=False, **options) -> None:
+                    chained=False, owns_table=False, **options) -> None:
         if chained:
-            self.declare_chained(name, handler, model, topic, batch, options)
+            self.declare_chained(name, handler, model, topic, batch, options, owns_table)
         self.agents.setdefault(topic, []).append(Registered(name, handler, model, batch, options))
 
     def take_over_requests(self, topics, per_partition, job_id_of) -> None:

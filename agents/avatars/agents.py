@@ -137,7 +137,8 @@ async def trained(rt: Runtime, outcome: TrainOutcome) -> None:
         photos=job.photos, rejected=job.rejected, steps=outcome.steps,
         final_loss=outcome.final_loss, resumed_from=outcome.resumed_from, params=job.params,
         timings_ms=job.timings_ms, waits_ms=job.waits_ms)
-    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
+    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
+                       to_tracker=True)
 
 
 def register_training(rt: Runtime, models: StageModels, index) -> None:
@@ -179,7 +180,8 @@ async def finish(rt: Runtime, reply: RenderResult) -> None:
         prompt=job.prompt, seed=job.params.seed, width=job.params.width,
         height=job.params.height, lora_scale=job.lora_scale, timings_ms=job.timings_ms,
         waits_ms=job.waits_ms)
-    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
+    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
+                       to_tracker=True)
 
 
 def register_generation(rt: Runtime, models: StageModels, index) -> None:

@@ -213,7 +213,7 @@ async def finish(rt: Runtime, reply: RenderResult) -> None:
         mask_labels=job.mask_labels, width=photo.width, height=photo.height,
         timings_ms=job.timings_ms, waits_ms=job.waits_ms)
     await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
-                       batch_id=job.batch_id)
+                       batch_id=job.batch_id, to_tracker=True)
 
 
 @dataclass(frozen=True)

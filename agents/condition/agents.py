@@ -95,7 +95,7 @@ async def start(rt: Runtime, rule: BucketRule, obj: bucket_events.CreatedObject)
         await rt.fail(job_id, error, kind=JobEventKind.REJECTED, pipeline="condition")
         return
     BUCKET_EVENTS.labels("submitted").inc()
-    await rt.job_event(job_id, JobEventKind.SUBMITTED, job=job)
+    await rt.job_event(job_id, JobEventKind.SUBMITTED, job=job, to_tracker=True)
 
 
 
@@ -137,7 +137,8 @@ async def finish(rt: Runtime, reply: RenderResult) -> None:
         conditioning=job.conditioning, prompt=job.prompt, seed=job.params.seed,
         rule=job.rule, source=job.source, width=job.params.width,
         height=job.params.height, timings_ms=job.timings_ms, waits_ms=job.waits_ms)
-    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
+    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
+                       to_tracker=True)
 
 
 def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:

@@ -134,7 +134,8 @@ async def reanalyze(rt: Runtime, models: StageModels, index: VectorIndex,
         images=[{"uri": uri} for uri in job.images], products=products,
         seed=job.params.seed, prompt=job.prompt, style=job.style, depth_map=job.depth_map,
         detected=job.matches, timings_ms=job.timings_ms, waits_ms=job.waits_ms)
-    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant)
+    await rt.job_event(job.job_id, JobEventKind.COMPLETED, result=result, tenant=job.tenant,
+                       to_tracker=True)
 
 
 def register(rt: Runtime, models: StageModels, index: VectorIndex) -> None:

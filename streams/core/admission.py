@@ -39,7 +39,7 @@ async def admit_job(rt: Runtime, message, data: dict, pipeline: str, model: type
                       pipeline=pipeline)
         return
     await rt.job_event(job_id, JobEventKind.SUBMITTED, tenant=upload.tenant, job=job,
-                       upload=kept_upload(upload))
+                       upload=kept_upload(upload), to_tracker=True)
 
 
 def kept_upload(upload: BaseModel) -> dict | None:

@@ -28,6 +28,7 @@ from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.kafka import client_options
 from streams.core.consumer import group_generation
+from streams.core.copartition import current_message, lands_in_hand
 from streams.core.pauses import OutOfGroup, PauseWatch
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.core import deaths as worker_deaths, tracing
@@ -278,29 +279,35 @@ class Runtime:
 
     # --- sending ---
     async def send(self, topic: str, key: str, model: BaseModel, headers=None,
-                   acknowledged: bool = False):
+                   acknowledged: bool = False, to_table_owner: bool = False):
         """Publish model keyed by key on the topic named topic (rt.topics.results,
         rt.topics_of(...).mask, a reply topic a request names). While a stage handles a
         message, handle() waits for the broker to acknowledge every send before the message
         counts as done; acknowledged=True waits here, for an event that must land before what
         is sent next to another topic. Returns what the send's acknowledgement resolves to
-        (the record's partition and offset) when awaited."""
+        (the record's partition and offset) when awaited. to_table_owner: a stage chained on
+        topic that owns a table (the tracker) may take it in-process, where that is safe
+        (copartition.py), without waiting for the hop; the record is still written, for the
+        topic's other readers. Without it, such a stage always reads it from its topic."""
         if _unacknowledged.get() is not None:
             # For the message being handled: not once a stop has cost the worker its group
             # (its new owner sends the same; the message is held back: pauses.py).
             self.pauses.ensure_in_group()
         if "sent_at" in type(model).model_fields:  # lets the next stage measure its queue wait
             model.sent_at = time.time()
-        following = _chain.get()
-        if topic in self._chained and following is not None and headers is None \
-                and not acknowledged:
+        stage = self._chained_on(topic, key, headers is None and not acknowledged,
+                                 to_table_owner)
+        if stage is not None:
             # Chained: the handling stage calls it once it has finished (handle()), on a copy
             # (what it would have read from the topic), under the same input message.
-            stage = self._chained[topic]
             handed = model.model_copy(deep=True) if isinstance(model, stage.model) \
                 else validate(model.model_dump(mode="json"), stage.model)
-            following.append((stage, handed))
-            return _settled_send()
+            _chain.get().append((stage, handed))
+            if not stage.owns_table:
+                return _settled_send()
+            # A table owner's topic is a public one (job-events): the record is written all
+            # the same, in its place among the job's events, marked for the owner to pass by.
+            headers = tracing.outgoing_headers() + [HANDLED_IN_PROCESS]
         pending = await self.channel(topic).send(key=key.encode(),
                                                  value=model.model_dump_json().encode(),
                                                  headers=tracing.outgoing_headers()
@@ -311,6 +318,20 @@ class Runtime:
         elif waiting is not None:
             waiting.append((topic, pending))
         return pending
+
+    def _chained_on(self, topic: str, key: str, plain: bool,
+                    to_table_owner: bool) -> ChainedStage | None:
+        """The stage a send to topic calls in-process instead, if any: only while a stage
+        handles a message, for a plain send (no headers of its own, nothing waiting for the
+        broker's acknowledgement), and for a stage that owns a table only when the send asks
+        and the write lands where the topic would have put it."""
+        stage = self._chained.get(topic)
+        if stage is None or _chain.get() is None or not plain:
+            return None
+        if stage.owns_table and not (to_table_owner and lands_in_hand(
+                self.app.consumer, topic, key, current_message())):
+            return None
+        return stage
 
     async def send_together(self, topic: str, records: list[tuple[str, BaseModel]]) -> None:
         """Publish every (key, model) of records on topic, then wait for the broker to
@@ -338,12 +359,15 @@ class Runtime:
                              queue=spot, **shown)
 
     async def job_event(self, job_id: str, kind: JobEventKind, acknowledged: bool = False,
-                        at: float | None = None, **fields) -> None:
-        """at: when it happened (now, unless said)."""
+                        at: float | None = None, to_tracker: bool = False, **fields) -> None:
+        """at: when it happened (now, unless said). to_tracker: the tracker may take it
+        in-process, where this worker owns the job's partition (a job's start or end, on the
+        path a job waits on; the events along the way go through the topic, which the tracker
+        reads while the stages work)."""
         await self.send(self.topics.job_events, job_id,
                         JobEvent(job_id=job_id, kind=kind, at=time.time() if at is None else at,
                                  **fields),
-                        acknowledged=acknowledged)
+                        acknowledged=acknowledged, to_table_owner=to_tracker)
 
     def take_over_requests(self, topics: Iterable[str], per_partition: int,
                            job_id_of: Callable[[bytes], str]) -> None:
@@ -562,7 +586,7 @@ class Runtime:
 
     def stage_agent(self, name: str, handler, model: type[BaseModel] | None, topic: str,
                     concurrency: int = 1, batch: tuple[int, float] | None = None,
-                    chained: bool = False, **options) -> None:
+                    chained: bool = False, owns_table: bool = False, **options) -> None:
         """The one way an agent is made: a faust agent named `name` on the topic named `topic`
         that runs every message through handle(name, ..., handler).
         batch=(size, seconds): handler takes the decoded messages of up to `size` at a time (or
@@ -570,13 +594,18 @@ class Runtime:
         handler raises has each of its messages dead-lettered with the cause.
         chained: a stage of this worker that sends to `topic` calls this one in-process
         instead (RESTYLE_CHAIN_STAGES, RESTYLE_UNCHAINED_STAGES); for a stage whose input
-        comes from the stage before it in the same pipeline and role, not for one that owns a
-        table or takes batches. The agent still consumes the topic."""
+        comes from the stage before it in the same pipeline and role, not for one that takes
+        batches. The agent still consumes the topic. owns_table: a chained stage that writes
+        a table is called in-process only by the sends that ask for it (to_table_owner), and
+        only where its table write lands in the partition its topic would give (copartition.py).
+        """
         if chained:
-            self.declare_chained(name, handler, model, topic, batch, options)
+            self.declare_chained(name, handler, model, topic, batch, options, owns_table)
         async def agent(stream):
             if batch is None:
                 async for event in stream.events():
+                    if owns_table and handled_in_process(event.message):
+                        continue  # (its owner took it in-process: see send)
                     await self.handle(name, event, model, handler, **options)
             else:
                 async for events in stream.take_events(*batch):
@@ -586,7 +615,8 @@ class Runtime:
         self.app.agent(self.channels[topic], name=name, concurrency=concurrency)(agent)
 
     def declare_chained(self, name: str, handler, model: type[BaseModel] | None, topic: str,
-                        batch: tuple[int, float] | None, options: dict) -> None:
+                        batch: tuple[int, float] | None, options: dict,
+                        owns_table: bool = False) -> None:
         """Sends to `topic` call stage `name` in-process, unless it takes raw messages or
         batches, or chaining is off or split there (RESTYLE_CHAIN_STAGES,
         RESTYLE_UNCHAINED_STAGES). options: handle()'s, as stage_agent got them."""
@@ -595,7 +625,8 @@ class Runtime:
                 or name in settings.unchained_stages:
             return
         policy = {k: v for k, v in options.items() if k in ChainedStage.__dataclass_fields__}
-        self._chained[topic] = ChainedStage(name, handler, model, **policy)
+        self._chained[topic] = ChainedStage(name, handler, model, owns_table=owns_table,
+                                            **policy)
 
     async def _handle_batch(self, stage: str, events, model: type[M],
                             handler: Callable[[list[M]], Awaitable[None]]) -> None:
@@ -770,6 +801,7 @@ class ChainedStage:
     fail_jobs: bool = True
     on_failure: Callable | None = None
     follows_cancellations: bool = True
+    owns_table: bool = False  # chained only where a send asks (stage_agent)
 
 
 def within_budget(encoded: Mapping[str, bytes], budget: int) -> dict[str, bytes]:
@@ -841,6 +873,14 @@ async def settle(sends: list) -> None:
         except Exception as exc:
             raise StageFailure(ErrorCode.BROKER_UNAVAILABLE,
                                f"publishing to {topic} failed: {describe(exc)}") from exc
+
+
+# Marks a record a chained table owner was handed in-process before it was written (send).
+HANDLED_IN_PROCESS = ("restyle-handled-in-process", b"1")
+
+
+def handled_in_process(message) -> bool:
+    return HANDLED_IN_PROCESS in as_header_list(message.headers)
 
 
 def as_header_list(headers) -> list[tuple[str, bytes | None]]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
-import faust
-
 from schemas import ErrorCode, JobError, JobEvent, JobStatus, ResultEvent, StageFailure
 from schemas.jobs import Cancellation, TenantActivity
 from schemas.background import BatchEvent, BatchEventKind, ImageOutcome
+from streams.core.copartition import current_message
 from streams.core.kafka import client_options
+from streams.core.keyed_locks import KeyedLocks
 from streams.core.metrics import JOB_SECONDS, JOBS_FINISHED
 from streams.core import tracing
 from streams.core.runtime import Runtime
@@ -90,11 +90,10 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         isolation_level="read_committed" if transactional else "read_uncommitted")
 
     def job_events_message():
-        """The job-events message being handled (None when the event came another way)."""
-        handled = faust.current_event()
-        if handled is None or handled.message.topic != rt.topics.job_events:
-            return None
-        return handled.message
+        """The message being handled: a job-events message, or the input of the stage the
+        tracker is chained from (on the partition of the same number: see copartition.py),
+        which a crash would replay as it would the event."""
+        return current_message()
 
     async def published_before(result: ResultEvent, message) -> bool:
         """Whether message was handled before, by a tracker that published this result and
@@ -131,7 +130,15 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             log.warning("job %s: the broker did not acknowledge its result, but wrote it; it "
                         "counts as published", result.job_id)
 
+    # The tracker takes a job's events from its topic and, chained, from the stages that start
+    # and end the job in this worker: one event of a job at a time, as from one topic.
+    one_at_a_time = KeyedLocks()
+
     async def track(event: JobEvent) -> None:
+        async with one_at_a_time.holding(event.job_id):
+            await track_event(event)
+
+    async def track_event(event: JobEvent) -> None:
         message = job_events_message()
         if message is not None:
             published.saw(message.partition, message.timestamp)
@@ -232,5 +239,7 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
 
     # A tracker failure must not feed a `failed` event back into its own topic: the event
     # goes to the DLQ instead.
+    # Chained (owns_table): the job's start (intake) and end (its last stage) are tracked
+    # in-process where this worker owns the job's partition, without a hop through the topic.
     rt.stage_agent("tracker", track, JobEvent, topic=rt.topics.job_events, fail_jobs=False,
-                   follows_cancellations=False)
+                   follows_cancellations=False, chained=True, owns_table=True)
