@@ -99,7 +99,8 @@ class Bench:
                                aws_secret_access_key=self.endpoints["s3_secret_key"],
                                region_name="us-east-1")
         self.producer = Producer({"bootstrap.servers": self.endpoints["kafka_bootstrap"],
-                                  "message.timeout.ms": 20000, "log_level": 2})
+                                  "message.timeout.ms": 20000, "log_level": 2,
+                                  "partitioner": "murmur2_random"})
         self.collector = TopicCollector(self.endpoints["kafka_bootstrap"],
                                         ["restyle.results", "restyle.job-events",
                                          "restyle.render-requests"], self.settings.partitions)

@@ -260,8 +260,10 @@ def main() -> None:
             for path in ("kafka", "local"):
                 s3.put_object(Bucket="restyle", Key=f"bench/{path}/{n}.jpg", Body=photo)
 
+        # Keyed by job id with murmur2, as the README asks of upstream systems: the job's
+        # upload lands on the partition of its job, which its tracker owns.
         producer = Producer({"bootstrap.servers": endpoints["kafka_bootstrap"],
-                             "linger.ms": 0})
+                             "linger.ms": 0, "partitioner": "murmur2_random"})
         # Apache Kafka answers a long-poll as soon as a result arrives; a short wait would only
         # have the broker serve ~100 idle fetches a second, on the cores the stages use. Tansu
         # answers when the wait expires, so there it must be short.
