@@ -28,6 +28,7 @@ def test_a_cpu_worker_killed_mid_stream_loses_no_job(e2e, room_photos):
     worker.process.send_signal(signal.SIGKILL)
     worker.process.wait(10)
     replayed = plant_a_result_published_before_the_kill(e2e)
+    ended_anew = plant_a_job_whose_last_stage_runs_again(e2e, uri)
     stack.stack.services.remove(worker)
     replacement = stack.start_worker("cpu", worker.port, worker.name)
     stack.wait_healthy([replacement.port], 180)
@@ -47,6 +48,11 @@ def test_a_cpu_worker_killed_mid_stream_loses_no_job(e2e, room_photos):
         time.sleep(0.5)
     assert found[0] == 200 and found[1]["status"] == "failed"
     assert len(e2e.keyed_records("restyle.results", replayed)) == 1
+    # The job whose end the tracker takes in-process from its last stage (chained, Tansu):
+    # that stage ran again and ended the job anew, and the result already published counts.
+    assert e2e.result(ended_anew, 300)["status"] == "done"
+    assert e2e.get(f"/jobs/{ended_anew}")[1]["status"] == "done"
+    assert len(e2e.keyed_records("restyle.results", ended_anew)) == 1
 
 
 @pytest.mark.usefixtures("first_broker_only")
@@ -102,6 +108,20 @@ def plant_a_result_published_before_the_kill(e2e) -> str:
     e2e.publish({"job_id": job_id, "kind": "rejected", "at": at, "error": error,
                  "pipeline": "room_makeover", "schema_version": 1},
                 key=job_id.encode(), topic="restyle.job-events")
+    return job_id
+
+
+def plant_a_job_whose_last_stage_runs_again(e2e, uri: str) -> str:
+    """What a worker killed after its tracker, chained to a job's last stage, published the
+    job's result, and before the stage's input was committed, leaves behind: the result on
+    restyle.results and the job to run again (its last stage ends it anew, at another time).
+    Returns the job's id."""
+    job_id = f"ended-anew-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "status": "done", "error": None, "finished_at": time.time(),
+                 "pipeline": "room_makeover", "result": {"images": []}, "schema_version": 1},
+                key=job_id.encode(), topic="restyle.results")
+    e2e.publish({"job_id": job_id, "pipeline": "room_makeover", "image": uri,
+                 "style": "industrial"}, key=job_id.encode())
     return job_id
 
 

@@ -100,8 +100,13 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         stopped before it stored the job's end."""
         if message is None or not published.may_be_replayed(message.timestamp):
             return False
+        # A replayed job-events record ends the job as before (the same finished_at); the
+        # replayed input of a stage the tracker is chained from runs that stage again, which
+        # ends the job anew: any result of the job counts then (a job id has one result).
         # (Fenced here, from the read's before_read: another tracker has the partition now.)
-        found = await published.contains(message.partition, result.job_id, result.finished_at,
+        same_end = message.topic == rt.topics.job_events
+        found = await published.contains(message.partition, result.job_id,
+                                         result.finished_at if same_end else None,
                                          message.timestamp)
         if found:
             log.warning("job %s: its result was already published (the tracker that handled "

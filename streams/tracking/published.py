@@ -100,12 +100,13 @@ class PublishedResults:
         read.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
         self._reads[partition], self._since[partition] = read, since
 
-    async def contains(self, partition: int, job_id: str, finished_at: float,
+    async def contains(self, partition: int, job_id: str, finished_at: float | None,
                        written_at: float) -> bool | None:
-        """Whether a result of job_id that finished at finished_at is on the results topic's
-        partition (written_at: when the event that ended the job was written, in seconds);
-        None when it could not be read (not tried again until the next assignment). What
-        before_read raises is raised (fencing.Fenced: another tracker has the partition)."""
+        """Whether a result of job_id that finished at finished_at (None: any result of it)
+        is on the results topic's partition (written_at: when the event that ended the job
+        was written, in seconds); None when it could not be read (not tried again until the
+        next assignment). What before_read raises is raised (fencing.Fenced: another tracker
+        has the partition)."""
         if self.before_read is not None:
             await self.before_read(partition)
         if self._unreadable:
@@ -126,6 +127,8 @@ class PublishedResults:
                         "before a replay; results are published without that check until "
                         "the next rebalance", self.topic, partition, exc_info=True)
             return None
+        if finished_at is None:
+            return any(published_id == job_id for published_id, _ in published)
         return (job_id, finished_at) in published
 
     async def written_after_all(self, partition: int, job_id: str, finished_at: float,

@@ -65,11 +65,17 @@ def test_results_written_since_a_time_are_found_and_older_ones_are_not(e2e):
                      (1, "job-an-hour-ago", now - 3600),
                      (2, "job-just-now", now - 2),  # not that job's ending
                      (0, "job-never-published", now - 5)]]
-        return recent, found
+        # A job ended anew (its last stage ran again, the tracker chained to it): any of
+        # its results counts.
+        anew = [await tracker.contains(partition, job, None, written_at=now - 30)
+                for partition, job in [(2, "job-just-now"), (1, "job-an-hour-ago"),
+                                       (0, "job-never-published")]]
+        return recent, found, anew
 
-    recent, found = asyncio.run(scenario())
+    recent, found, anew = asyncio.run(scenario())
     assert recent == [set(), {("job-a-minute-ago", now - 61)}, {("job-just-now", now - 1)}]
     assert found == [True, True, False, False, False]
+    assert anew == [True, False, False]
 
 
 def test_a_result_sent_without_an_acknowledgement_is_found_when_it_was_written(e2e):
