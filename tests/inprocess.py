@@ -61,11 +61,20 @@ class KeptConsumer:
     """What the runtime tells the consumer: the messages it holds back (never committed; a
     broker gives them again to the partition's owner)."""
 
-    def __init__(self):
+    def __init__(self, runtime: "InProcessRuntime"):
+        self.runtime = runtime
         self.held: list[Message] = []
 
     def hold_back(self, message: Message) -> None:
         self.held.append(message)
+
+    def topic_partitions(self, topic: str) -> int:
+        return 1  # every kept topic is one log
+
+    def assignment(self) -> set:
+        from aiokafka.structs import TopicPartition
+
+        return {TopicPartition(name, 0) for name in self.runtime._by_name}
 
 
 class KeptApp:
@@ -75,7 +84,7 @@ class KeptApp:
 
     def __init__(self, runtime: "InProcessRuntime"):
         self.runtime = runtime
-        self.consumer = KeptConsumer()
+        self.consumer = KeptConsumer(runtime)
 
     def topic(self, name: str, **_options) -> KeptTopic:
         return self.runtime.topic_named(name)
@@ -92,6 +101,7 @@ class Registered:
     model: type[BaseModel] | None
     batch: tuple[int, float] | None
     options: dict
+    owns_table: bool = False
 
 
 class InProcessRuntime(Runtime):
@@ -117,7 +127,8 @@ class InProcessRuntime(Runtime):
                     chained=False, owns_table=False, **options) -> None:
         if chained:
             self.declare_chained(name, handler, model, topic, batch, options, owns_table)
-        self.agents.setdefault(topic, []).append(Registered(name, handler, model, batch, options))
+        self.agents.setdefault(topic, []).append(Registered(name, handler, model, batch, options,
+                                                            owns_table))
 
     def take_over_requests(self, topics, per_partition, job_id_of) -> None:
         """One process, no consumer group: no worker's requests are ever taken over (the end-to-
@@ -141,6 +152,8 @@ class InProcessRuntime(Runtime):
             self._delivered += 1
             for agent in self.agents.get(message.topic, []):
                 event = Event(message)
+                if agent.owns_table and await self.handled_in_process(message):
+                    continue  # (as the runtime's agent does: see stage_agent)
                 if agent.batch is None:
                     await self.handle(agent.name, event, agent.model, agent.handler,
                                       **agent.options)

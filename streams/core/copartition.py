@@ -23,14 +23,14 @@ def key_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def lands_in_hand(consumer, topic: str, key: str, message) -> bool:
-    """Whether key's partition of topic has the number of message's partition and this
-    worker's consumer holds it (consumer: faust's)."""
+def lands_in_hand(consumer, topic: str, key: str, in_hand: int | None) -> bool:
+    """Whether key's partition of topic is in_hand (the partition number of the message being
+    handled) and this worker's consumer holds it (consumer: faust's)."""
     partitions = consumer.topic_partitions(topic)
-    if message is None or not partitions:
+    if in_hand is None or not partitions:
         return False
     partition = key_partition(key.encode(), partitions)
-    return partition == message.partition and \
+    return partition == in_hand and \
         any(tp.topic == topic and tp.partition == partition for tp in consumer.assignment())
 
 

@@ -10,7 +10,7 @@ import time
 import warnings
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import unquote
 
@@ -28,7 +28,8 @@ from streams.adapters.storage import Storage
 from streams.core.app import Wiring
 from streams.core.kafka import client_options
 from streams.core.consumer import group_generation
-from streams.core.copartition import current_message, lands_in_hand
+from streams.core.copartition import lands_in_hand
+from streams.core.owner_claims import OwnerClaims
 from streams.core.pauses import OutOfGroup, PauseWatch
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.core import deaths as worker_deaths, tracing
@@ -78,6 +79,8 @@ class Runtime:
         self._images: OrderedDict[tuple[str, int | None], object] = OrderedDict()
         # topic -> the stage of this worker a send to it calls in-process (chaining).
         self._chained: dict[str, ChainedStage] = {}
+        # The records a chained table owner was handed in-process (owner_claims.py).
+        self._owner_claims = OwnerClaims()
         # Why this worker stopped for good (stop_worker), shown by /livez and /readyz.
         self.broken: str | None = None
         # Shutting down (SIGTERM): /readyz says so, and no new work is taken; once the grace
@@ -302,22 +305,35 @@ class Runtime:
             # (what it would have read from the topic), under the same input message.
             handed = model.model_copy(deep=True) if isinstance(model, stage.model) \
                 else validate(model.model_dump(mode="json"), stage.model)
-            _chain.get().append((stage, handed))
             if not stage.owns_table:
+                _chain.get().append((stage, handed, None))
                 return _settled_send()
             # A table owner's topic is a public one (job-events): the record is written all
-            # the same, in its place among the job's events, marked for the owner to pass by.
-            headers = tracing.outgoing_headers() + [HANDLED_IN_PROCESS]
-        pending = await self.channel(topic).send(key=key.encode(),
-                                                 value=model.model_dump_json().encode(),
-                                                 headers=tracing.outgoing_headers()
-                                                 if headers is None else headers)
+            # the same, in its place among the job's events, marked; the owner's agent passes
+            # it by if the in-process call handled it (owner_claims.py).
+            value = model.model_dump_json().encode()
+            claim = self._owner_claims.open(topic, key.encode(), value)
+            _chain.get().append((stage, handed, claim))
+            pending = await self.channel(topic).send(
+                key=key.encode(), value=value,
+                headers=tracing.outgoing_headers() + [HANDLED_IN_PROCESS])
+        else:
+            pending = await self.channel(topic).send(key=key.encode(),
+                                                     value=model.model_dump_json().encode(),
+                                                     headers=tracing.outgoing_headers()
+                                                     if headers is None else headers)
         waiting = _unacknowledged.get()
         if acknowledged:
             await settle([(topic, pending)])
         elif waiting is not None:
             waiting.append((topic, pending))
         return pending
+
+    async def handled_in_process(self, message) -> bool:
+        """Whether a table owner's agent passes message by: a record this worker handed the
+        owner in-process as it wrote it, and that call handled it (owner_claims.py)."""
+        return _marked(message) and await self._owner_claims.handled_here(
+            message.topic, message.key, message.value)
 
     def _chained_on(self, topic: str, key: str, plain: bool,
                     to_table_owner: bool) -> ChainedStage | None:
@@ -328,8 +344,9 @@ class Runtime:
         stage = self._chained.get(topic)
         if stage is None or _chain.get() is None or not plain:
             return None
-        if stage.owns_table and not (to_table_owner and lands_in_hand(
-                self.app.consumer, topic, key, current_message())):
+        in_hand = _in_hand.get()
+        if stage.owns_table and not (to_table_owner and in_hand is not None and lands_in_hand(
+                self.app.consumer, topic, key, in_hand.spot[2])):
             return None
         return stage
 
@@ -489,11 +506,20 @@ class Runtime:
             return
         step = ChainedStage(stage, handler, model, fail_jobs, on_failure, follows_cancellations)
         chain = await self._traced(step, message, decoded, deaths)
-        while chain:  # the stages this one handed the job to in-process, in order
-            step, decoded = chain.pop(0)
-            if self.handing_back:  # the grace period is over: the next worker reruns it all
-                raise HandedBack(getattr(decoded, "job_id", None))
-            chain[:0] = await self._traced(step, message, decoded)
+        try:
+            while chain:  # the stages this one handed the job to in-process, in order
+                step, decoded, claim = chain[0]
+                if self.handing_back:  # the grace period is over: the next worker reruns it
+                    raise HandedBack(getattr(decoded, "job_id", None))
+                if claim is not None:  # failed here, it is the owner agent's (owner_claims)
+                    step = replace(step, on_failure=_refusing(claim))
+                following = await self._traced(step, message, decoded)
+                chain.pop(0)
+                if claim is not None:
+                    claim.handled()
+                chain[:0] = following
+        finally:
+            _refuse_all(chain)  # (what a stop or a hand-back left unrun)
 
     async def _traced(self, step: ChainedStage, message, decoded, deaths: int = 0) -> list:
         """_run in the stage's span, child of the span that sent the message (its headers)."""
@@ -539,11 +565,12 @@ class Runtime:
             with retry_policy(self.settings.retry_policy(stage)):
                 for attempt in range(1, attempts + 1):
                     following: list = []  # what this attempt chains to; dropped if it fails
-                    token = _chain.set(following)
+                    token, kept = _chain.set(following), False
                     try:
                         async with acknowledged_sends():
                             await handler(decoded)
                         STAGE_OUTCOMES.labels(stage, "ok").inc()
+                        kept = True
                         return following
                     except StageFailure as failure:
                         STAGE_OUTCOMES.labels(stage, "failed").inc()
@@ -580,6 +607,8 @@ class Runtime:
                                            on_failure)
                     finally:
                         _chain.reset(token)
+                        if not kept:
+                            _refuse_all(following)
             return []
         finally:
             STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
@@ -604,8 +633,8 @@ class Runtime:
         async def agent(stream):
             if batch is None:
                 async for event in stream.events():
-                    if owns_table and handled_in_process(event.message):
-                        continue  # (its owner took it in-process: see send)
+                    if owns_table and await self.handled_in_process(event.message):
+                        continue
                     await self.handle(name, event, model, handler, **options)
             else:
                 async for events in stream.take_events(*batch):
@@ -838,6 +867,21 @@ _chain: contextvars.ContextVar[list | None] = contextvars.ContextVar(
     "restyle_chained_stages", default=None)
 
 
+def _refusing(claim):
+    """A chained table owner's on_failure: the owner's agent takes the record instead."""
+    async def refuse(_decoded, _error) -> None:
+        claim.refused()
+    return refuse
+
+
+def _refuse_all(chain: list) -> None:
+    """The chained steps of a dropped chain: their records are their owners' agents' to
+    handle."""
+    for _stage, _decoded, claim in chain:
+        if claim is not None:
+            claim.refused()
+
+
 def _settled_send() -> asyncio.Future:
     """What a chained send returns: a send already settled, that placed no record."""
     future = asyncio.get_running_loop().create_future()
@@ -875,11 +919,13 @@ async def settle(sends: list) -> None:
                                f"publishing to {topic} failed: {describe(exc)}") from exc
 
 
-# Marks a record a chained table owner was handed in-process before it was written (send).
+# Marks a record a chained table owner was handed in-process as it was written (send): its
+# agent passes it by where that call handled it (owner_claims.py).
 HANDLED_IN_PROCESS = ("restyle-handled-in-process", b"1")
 
 
-def handled_in_process(message) -> bool:
+def _marked(message) -> bool:
+    """Whether message carries the mark (not whether it was handled: Runtime's method)."""
     return HANDLED_IN_PROCESS in as_header_list(message.headers)
 
 
