@@ -30,8 +30,8 @@ def lands_in_hand(consumer, topic: str, key: str, in_hand: int | None) -> bool:
     if in_hand is None or not partitions:
         return False
     partition = key_partition(key.encode(), partitions)
-    return partition == in_hand and \
-        any(tp.topic == topic and tp.partition == partition for tp in consumer.assignment())
+    # (faust's TP and aiokafka's TopicPartition are (topic, partition) named tuples)
+    return partition == in_hand and (topic, partition) in consumer.assignment()
 
 
 def current_message():

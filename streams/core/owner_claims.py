@@ -29,7 +29,7 @@ class Claim:
         if not self.outcome.done():
             self.outcome.set_result(True)
 
-    def refused(self, *_why) -> None:
+    def refused(self) -> None:
         """Not handled in-process: the owner's agent handles the record when it reads it."""
         if not self.outcome.done():
             self.outcome.set_result(False)

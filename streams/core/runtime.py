@@ -311,17 +311,15 @@ class Runtime:
             # A table owner's topic is a public one (job-events): the record is written all
             # the same, in its place among the job's events, marked; the owner's agent passes
             # it by if the in-process call handled it (owner_claims.py).
+            headers = tracing.outgoing_headers() + [HANDLED_IN_PROCESS]
             value = model.model_dump_json().encode()
-            claim = self._owner_claims.open(topic, key.encode(), value)
-            _chain.get().append((stage, handed, claim))
-            pending = await self.channel(topic).send(
-                key=key.encode(), value=value,
-                headers=tracing.outgoing_headers() + [HANDLED_IN_PROCESS])
+            _chain.get().append(
+                (stage, handed, self._owner_claims.open(topic, key.encode(), value)))
         else:
-            pending = await self.channel(topic).send(key=key.encode(),
-                                                     value=model.model_dump_json().encode(),
-                                                     headers=tracing.outgoing_headers()
-                                                     if headers is None else headers)
+            value = model.model_dump_json().encode()
+        pending = await self.channel(topic).send(key=key.encode(), value=value,
+                                                 headers=tracing.outgoing_headers()
+                                                 if headers is None else headers)
         waiting = _unacknowledged.get()
         if acknowledged:
             await settle([(topic, pending)])
@@ -345,8 +343,8 @@ class Runtime:
         if stage is None or _chain.get() is None or not plain:
             return None
         in_hand = _in_hand.get()
-        if stage.owns_table and not (to_table_owner and in_hand is not None and lands_in_hand(
-                self.app.consumer, topic, key, in_hand.spot[2])):
+        if stage.owns_table and not (to_table_owner and lands_in_hand(
+                self.app.consumer, topic, key, in_hand.spot[2] if in_hand else None)):
             return None
         return stage
 

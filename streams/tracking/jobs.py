@@ -89,12 +89,6 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
         before_read=transactional.ready if transactional else None,
         isolation_level="read_committed" if transactional else "read_uncommitted")
 
-    def job_events_message():
-        """The message being handled: a job-events message, or the input of the stage the
-        tracker is chained from (on the partition of the same number: see copartition.py),
-        which a crash would replay as it would the event."""
-        return current_message()
-
     async def published_before(result: ResultEvent, message) -> bool:
         """Whether message was handled before, by a tracker that published this result and
         stopped before it stored the job's end."""
@@ -144,7 +138,10 @@ def register(rt: Runtime, tables: Tables, first_stages: dict[str, str]) -> None:
             await track_event(event)
 
     async def track_event(event: JobEvent) -> None:
-        message = job_events_message()
+        # A job-events message, or the input of the stage the tracker is chained from (on
+        # the partition of the same number: copartition.py), which a crash would replay as it
+        # would the event.
+        message = current_message()
         if message is not None:
             published.saw(message.partition, message.timestamp)
         step = board.step(event)
