@@ -54,6 +54,47 @@ def test_a_makeover_is_one_trace_from_the_upload_to_its_result(e2e, room_photos)
     assert {s.trace_id for s in e2e.traces.of_job(job_id)} == {trace_id}
 
 
+def test_an_upload_without_a_trace_starts_one_that_follows_the_job_stage_by_stage(
+        e2e, room_photos):
+    """No traceparent on the upload: the intake's span starts the job's trace, and each stage's
+    span is a descendant of the span of the stage that handed it the job, whether the two
+    talk through a topic (Apache Kafka here: stages split) or are chained in one worker
+    (Tansu: the CPU stages and the tracker at the job's ends called in-process)."""
+    job_id = f"untraced-{uuid.uuid4().hex[:8]}"
+    e2e.publish({"job_id": job_id, "pipeline": "room_makeover", "style": "modern",
+                 "image": e2e.put_object("incoming/untraced.jpg", room_photos[6].read_bytes())},
+                key=job_id.encode())
+    assert e2e.result(job_id)["status"] == "done"
+
+    deadline = time.monotonic() + 30  # spans are exported in batches
+    while True:
+        spans = e2e.traces.of_job(job_id)
+        if MAKEOVER_STAGES <= {span.name for span in spans} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {span.trace_id for span in spans} == {spans[0].trace_id}, "one trace for the job"
+    every = {span.span_id: span for span in e2e.traces.of_trace(spans[0].trace_id)}
+    first = {}
+    for span in sorted(every.values(), key=lambda span: span.start_ms):
+        first.setdefault(span.name, span)
+    assert first["intake"].parent_id == ""  # the root: nobody upstream traced it
+
+    def ancestors(span) -> list[str]:
+        names = []
+        while span.parent_id in every:
+            span = every[span.parent_id]
+            names.append(span.name)
+        return names
+
+    handed_by = {"tracker": "intake", "embed": "analyze", "retrieve": "embed",
+                 "compose": "retrieve", "depth": "compose", "render": "depth",
+                 "reanalyze": "render"}
+    for stage, sender in handed_by.items():
+        assert sender in ancestors(first[stage]), f"{stage}: {ancestors(first[stage])}"
+    last_turn = max((s for s in every.values() if s.name == "tracker"), key=lambda s: s.end_ms)
+    assert "reanalyze" in ancestors(last_turn)  # the job's end, handed over by its last stage
+
+
 @pytest.mark.usefixtures("first_broker_only")  # the HTTP span does not depend on the broker
 def test_a_job_submitted_over_http_is_traced_from_the_request(e2e, room_photos):
     """POST /jobs is a span of the status API (continuing the caller's traceparent header),

@@ -11,7 +11,7 @@ import warnings
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import Awaitable, Callable, Iterable, Mapping, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ValidationError
@@ -29,7 +29,7 @@ from streams.core.app import Wiring
 from streams.core.kafka import client_options
 from streams.core.consumer import group_generation
 from streams.core.copartition import lands_in_hand
-from streams.core.owner_claims import OwnerClaims
+from streams.core.owner_claims import Claim, OwnerClaims
 from streams.core.pauses import OutOfGroup, PauseWatch
 from streams.core.metrics import DEAD_LETTERS, STAGE_OUTCOMES, STAGE_SECONDS, STAGE_WAIT_SECONDS
 from streams.core import deaths as worker_deaths, tracing
@@ -305,16 +305,18 @@ class Runtime:
             # (what it would have read from the topic), under the same input message.
             handed = model.model_copy(deep=True) if isinstance(model, stage.model) \
                 else validate(model.model_dump(mode="json"), stage.model)
+            # The next stage's span is a child of this one's, as it would be through the topic.
+            sender = tracing.outgoing_headers()
             if not stage.owns_table:
-                _chain.get().append((stage, handed, None))
+                _chain.get().append(Handoff(stage, handed, None, sender))
                 return _settled_send()
             # A table owner's topic is a public one (job-events): the record is written all
             # the same, in its place among the job's events, marked; the owner's agent passes
             # it by if the in-process call handled it (owner_claims.py).
-            headers = tracing.outgoing_headers() + [HANDLED_IN_PROCESS]
+            headers = sender + [HANDLED_IN_PROCESS]
             value = model.model_dump_json().encode()
-            _chain.get().append(
-                (stage, handed, self._owner_claims.open(topic, key.encode(), value)))
+            _chain.get().append(Handoff(
+                stage, handed, self._owner_claims.open(topic, key.encode(), value), sender))
         else:
             value = model.model_dump_json().encode()
         pending = await self.channel(topic).send(key=key.encode(), value=value,
@@ -506,12 +508,12 @@ class Runtime:
         chain = await self._traced(step, message, decoded, deaths)
         try:
             while chain:  # the stages this one handed the job to in-process, in order
-                step, decoded, claim = chain[0]
+                step, decoded, claim, sender = chain[0]
                 if self.handing_back:  # the grace period is over: the next worker reruns it
                     raise HandedBack(getattr(decoded, "job_id", None))
                 if claim is not None:  # failed here, it is the owner agent's (owner_claims)
                     step = replace(step, on_failure=_refusing(claim))
-                following = await self._traced(step, message, decoded)
+                following = await self._traced(step, message, decoded, sender=sender)
                 chain.pop(0)
                 if claim is not None:
                     claim.handled()
@@ -519,11 +521,13 @@ class Runtime:
         finally:
             _refuse_all(chain)  # (what a stop or a hand-back left unrun)
 
-    async def _traced(self, step: ChainedStage, message, decoded, deaths: int = 0) -> list:
-        """_run in the stage's span, child of the span that sent the message (its headers)."""
+    async def _traced(self, step: ChainedStage, message, decoded, deaths: int = 0,
+                      sender: list[tuple[str, bytes]] | None = None) -> list:
+        """_run in the stage's span, child of the span that sent the message (its headers),
+        or for a chained stage of the span of the stage that handed it the job (sender)."""
         key = message.key.decode(errors="replace") if isinstance(message.key, bytes) else None
         with tracing.stage_span(step.name, message.topic, message.partition, message.offset,
-                                as_header_list(message.headers),
+                                as_header_list(message.headers) if sender is None else sender,
                                 getattr(decoded, "job_id", None) or key):
             return await self._run(step, message, decoded, deaths)
 
@@ -860,6 +864,16 @@ def message_in_hand() -> InHand | None:
     return _in_hand.get()
 
 
+class Handoff(NamedTuple):
+    """A job handed to a chained stage: the stage, its input, the owner claim on the record
+    written for a table owner (None for others), and the trace context of the span that
+    handed it over (the headers the record would have carried)."""
+    stage: ChainedStage
+    decoded: BaseModel
+    claim: Claim | None
+    sender: list[tuple[str, bytes]]
+
+
 # The chained stages a stage has handed a job to while it handles one message (in order).
 _chain: contextvars.ContextVar[list | None] = contextvars.ContextVar(
     "restyle_chained_stages", default=None)
@@ -875,9 +889,9 @@ def _refusing(claim):
 def _refuse_all(chain: list) -> None:
     """The chained steps of a dropped chain: their records are their owners' agents' to
     handle."""
-    for _stage, _decoded, claim in chain:
-        if claim is not None:
-            claim.refused()
+    for handoff in chain:
+        if handoff.claim is not None:
+            handoff.claim.refused()
 
 
 def _settled_send() -> asyncio.Future:
