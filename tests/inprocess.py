@@ -53,7 +53,10 @@ class KeptTopic:
                                     offset=len(self.runtime.sent(self.name)),
                                     headers=list(headers or [])))
         done = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        if self.name in self.runtime.acks_held:  # the broker has not answered yet
+            self.runtime.acks_held[self.name].append(done)
+        else:
+            done.set_result(None)
         return done
 
 
@@ -107,6 +110,9 @@ class Registered:
 class InProcessRuntime(Runtime):
     def __init__(self, settings: Settings, topic_sets: list[TopicNames], journal=None):
         self.log: list[Message] = []
+        # topic -> the acknowledgements of its sends, left for a test to give (or refuse):
+        # only for the topics a test names here.
+        self.acks_held: dict[str, list[asyncio.Future]] = {}
         self._delivered = 0  # how much of the log the agents have been given
         self.agents: dict[str, list[Registered]] = {}
         self._by_name: dict[str, KeptTopic] = {}

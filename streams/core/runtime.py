@@ -505,21 +505,40 @@ class Runtime:
             await self._dead_letter_or_stop(message, failure.error, on_undecodable)
             return
         step = ChainedStage(stage, handler, model, fail_jobs, on_failure, follows_cancellations)
-        chain = await self._traced(step, message, decoded, deaths)
+        unsettled: list[Unsettled] = []
+        token = _chain_unsettled.set(unsettled)
         try:
-            while chain:  # the stages this one handed the job to in-process, in order
-                step, decoded, claim, sender = chain[0]
-                if self.handing_back:  # the grace period is over: the next worker reruns it
-                    raise HandedBack(getattr(decoded, "job_id", None))
-                if claim is not None:  # failed here, it is the owner agent's (owner_claims)
-                    step = replace(step, on_failure=_refusing(claim))
-                following = await self._traced(step, message, decoded, sender=sender)
-                chain.pop(0)
-                if claim is not None:
-                    claim.handled()
-                chain[:0] = following
+            chain = await self._traced(step, message, decoded, deaths)
+            try:
+                while chain:  # the stages this one handed the job to in-process, in order
+                    step, decoded, claim, sender = chain[0]
+                    if self.handing_back:  # the grace period is over: the next worker reruns it
+                        raise HandedBack(getattr(decoded, "job_id", None))
+                    if claim is not None:  # failed here, it is the owner agent's (owner_claims)
+                        step = replace(step, on_failure=_refusing(claim))
+                    following = await self._traced(step, message, decoded, sender=sender)
+                    chain.pop(0)
+                    if claim is not None:
+                        claim.handled()
+                    chain[:0] = following
+            finally:
+                _refuse_all(chain)  # (what a stop or a hand-back left unrun)
         finally:
-            _refuse_all(chain)  # (what a stop or a hand-back left unrun)
+            _chain_unsettled.reset(token)
+        await self._settle_chain(message, unsettled)
+
+    async def _settle_chain(self, message, unsettled: list[Unsettled]) -> None:
+        """The acknowledgements the chain's stages left unsettled, each stage's in turn: one
+        not given fails that stage's job, as it would have failed the stage."""
+        for left in unsettled:
+            try:
+                await settle(left.sends)
+            except StageFailure as failure:
+                STAGE_OUTCOMES.labels(left.step.name, "failed").inc()
+                log.info("job %s failed in %s: %s", left.job_id, left.step.name,
+                         failure.error.message)
+                await self._failed(message, left.job_id, failure.error, left.decoded,
+                                   left.step.fail_jobs, left.step.on_failure)
 
     async def _traced(self, step: ChainedStage, message, decoded, deaths: int = 0,
                       sender: list[tuple[str, bytes]] | None = None) -> list:
@@ -569,7 +588,11 @@ class Runtime:
                     following: list = []  # what this attempt chains to; dropped if it fails
                     token, kept = _chain.set(following), False
                     try:
-                        async with acknowledged_sends():
+                        # A stage that hands the job on in-process does not hold the next one
+                        # back while the broker acknowledges its sends: they are settled once
+                        # the chain has run, before its message counts as done (_settle_chain).
+                        async with acknowledged_sends(
+                                lambda sends: _defer_to_chain(step, decoded, sends, following)):
                             await handler(decoded)
                         STAGE_OUTCOMES.labels(stage, "ok").inc()
                         kept = True
@@ -874,6 +897,29 @@ class Handoff(NamedTuple):
     sender: list[tuple[str, bytes]]
 
 
+class Unsettled(NamedTuple):
+    """A chained stage's sends, not yet acknowledged, with what failing its job takes."""
+    step: ChainedStage
+    decoded: BaseModel
+    job_id: str | None
+    sends: list
+
+
+# The sends of a chain's stages left to settle once the chain has run (Runtime._handle).
+_chain_unsettled: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "restyle_chain_unsettled", default=None)
+
+
+def _defer_to_chain(step: ChainedStage, decoded, sends: list, following: list) -> bool:
+    """Leave a stage's sends to be settled at the chain's end, where it has handed the job to
+    a stage in-process (following) that would otherwise wait for them."""
+    unsettled = _chain_unsettled.get()
+    if not following or not sends or unsettled is None:
+        return False
+    unsettled.append(Unsettled(step, decoded, getattr(decoded, "job_id", None), sends))
+    return True
+
+
 # The chained stages a stage has handed a job to while it handles one message (in order).
 _chain: contextvars.ContextVar[list | None] = contextvars.ContextVar(
     "restyle_chained_stages", default=None)
@@ -907,17 +953,19 @@ _unacknowledged: contextvars.ContextVar[list | None] = contextvars.ContextVar(
 
 
 @asynccontextmanager
-async def acknowledged_sends():
+async def acknowledged_sends(deferred: Callable[[list], bool] = lambda _sends: False):
     """Every Runtime.send made inside is acknowledged by the broker before this block ends
-    (StageFailure BROKER_UNAVAILABLE if one is not): a message is done only once what it
-    caused is on the broker. The producer retries a send within RESTYLE_RETRY_BUDGET_S."""
+    (StageFailure BROKER_UNAVAILABLE if one is not), unless deferred(sends) takes them to
+    settle later: a message is done only once what it caused is on the broker. The producer
+    retries a send within RESTYLE_RETRY_BUDGET_S."""
     sends: list = []
     token = _unacknowledged.set(sends)
     try:
         yield
     finally:
         _unacknowledged.reset(token)
-    await settle(sends)
+    if not deferred(sends):
+        await settle(sends)
 
 
 async def settle(sends: list) -> None:

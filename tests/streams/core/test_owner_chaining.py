@@ -66,6 +66,57 @@ def test_an_event_handled_in_process_is_written_and_passed_by_on_its_topic(runti
     assert runtime.sent(runtime.topics.dlq) == []
 
 
+def test_the_owner_takes_an_event_in_process_while_the_broker_acknowledges_its_write(runtime):
+    """The sender's acknowledgements do not hold the chain back: they are waited for once it
+    has run, before the upload counts as done."""
+    owner = Owner(runtime)
+    wire(runtime, owner)
+    runtime.acks_held[runtime.topics.job_events] = []
+
+    async def scenario():
+        delivering = asyncio.ensure_future(runtime.deliver(runtime.topics.uploads, b"{}",
+                                                           "job-5"))
+        async def owner_has_it():
+            while not runtime.acks_held[runtime.topics.job_events] or not owner.handled:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(owner_has_it(), 5)  # (the chain waited for the broker: never)
+        assert owner.handled == [("submitted", runtime.topics.uploads)]
+        await asyncio.sleep(0.05)
+        assert not delivering.done()  # the upload is not done before its write is on the broker
+        runtime.acks_held[runtime.topics.job_events][0].set_result(None)
+        await asyncio.wait_for(delivering, 5)
+
+    asyncio.run(scenario())
+    assert owner.handled == [("submitted", runtime.topics.uploads)]  # not again from the topic
+    assert runtime.sent(runtime.topics.dlq) == []
+
+
+def test_a_write_the_broker_never_acknowledged_fails_the_stage_that_sent_it(runtime):
+    """The owner took the event in-process, but the broker refused its record: the sender's
+    failure is said as it would have been had the chain waited (here its upload is
+    dead-lettered with the cause)."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    owner = Owner(runtime)
+    wire(runtime, owner)
+    runtime.acks_held[runtime.topics.job_events] = []
+
+    async def scenario():
+        delivering = asyncio.ensure_future(runtime.deliver(runtime.topics.uploads, b"{}",
+                                                           "job-6"))
+        while not runtime.acks_held[runtime.topics.job_events]:
+            await asyncio.sleep(0.01)
+        runtime.acks_held[runtime.topics.job_events][0].set_exception(
+            KafkaTimeoutError("no answer within the request timeout"))
+        await asyncio.wait_for(delivering, 5)
+
+    asyncio.run(scenario())
+    (letter,) = runtime.sent(runtime.topics.dlq)
+    assert letter.value == b"{}"
+    assert dict(letter.headers)["restyle-dlq-code"] == ErrorCode.BROKER_UNAVAILABLE.value.encode()
+    assert owner.handled == [("submitted", runtime.topics.uploads)]
+
+
 def test_an_event_whose_sender_failed_after_the_write_is_handled_from_its_topic(runtime):
     owner = Owner(runtime)
     wire(runtime, owner, fails_after_sending=True)
