@@ -534,11 +534,17 @@ class Runtime:
             try:
                 await settle(left.sends)
             except StageFailure as failure:
-                STAGE_OUTCOMES.labels(left.step.name, "failed").inc()
-                log.info("job %s failed in %s: %s", left.job_id, left.step.name,
-                         failure.error.message)
-                await self._failed(message, left.job_id, failure.error, left.decoded,
-                                   left.step.fail_jobs, left.step.on_failure)
+                await self._stage_failed(left.step, message, left.decoded, failure)
+
+    async def _stage_failed(self, step: ChainedStage, message, decoded,
+                            failure: StageFailure) -> None:
+        """A stage failed its job (a StageFailure from its handler or its sends): counted,
+        said, and the job failed under the stage's policy."""
+        job_id = getattr(decoded, "job_id", None)
+        STAGE_OUTCOMES.labels(step.name, "failed").inc()
+        log.info("job %s failed in %s: %s", job_id, step.name, failure.error.message)
+        await self._failed(message, job_id, failure.error, decoded, step.fail_jobs,
+                           step.on_failure)
 
     async def _traced(self, step: ChainedStage, message, decoded, deaths: int = 0,
                       sender: list[tuple[str, bytes]] | None = None) -> list:
@@ -598,11 +604,7 @@ class Runtime:
                         kept = True
                         return following
                     except StageFailure as failure:
-                        STAGE_OUTCOMES.labels(stage, "failed").inc()
-                        log.info("job %s failed in %s: %s", job_id, stage,
-                                 failure.error.message)
-                        await self._failed(message, job_id, failure.error, decoded, fail_jobs,
-                                           on_failure)
+                        await self._stage_failed(step, message, decoded, failure)
                         return []
                     except JobCancelled:
                         STAGE_OUTCOMES.labels(stage, "cancelled").inc()
@@ -901,7 +903,6 @@ class Unsettled(NamedTuple):
     """A chained stage's sends, not yet acknowledged, with what failing its job takes."""
     step: ChainedStage
     decoded: BaseModel
-    job_id: str | None
     sends: list
 
 
@@ -916,7 +917,7 @@ def _defer_to_chain(step: ChainedStage, decoded, sends: list, following: list) -
     unsettled = _chain_unsettled.get()
     if not following or not sends or unsettled is None:
         return False
-    unsettled.append(Unsettled(step, decoded, getattr(decoded, "job_id", None), sends))
+    unsettled.append(Unsettled(step, decoded, sends))
     return True
 
 

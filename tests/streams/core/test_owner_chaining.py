@@ -66,24 +66,36 @@ def test_an_event_handled_in_process_is_written_and_passed_by_on_its_topic(runti
     assert runtime.sent(runtime.topics.dlq) == []
 
 
+async def until(condition, timeout_s: float = 5.0) -> None:
+    async def polled():
+        while not condition():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(polled(), timeout_s)
+
+
+async def upload_while_job_events_are_unanswered(runtime: InProcessRuntime, job_id: str):
+    """Deliver an upload while the broker holds back its answers to writes on job-events:
+    the delivery under way, and the held acknowledgement of the upload's event, once written."""
+    held = runtime.acks_held.setdefault(runtime.topics.job_events, [])
+    delivering = asyncio.ensure_future(runtime.deliver(runtime.topics.uploads, b"{}", job_id))
+    await until(lambda: held)
+    return delivering, held[0]
+
+
 def test_the_owner_takes_an_event_in_process_while_the_broker_acknowledges_its_write(runtime):
     """The sender's acknowledgements do not hold the chain back: they are waited for once it
     has run, before the upload counts as done."""
     owner = Owner(runtime)
     wire(runtime, owner)
-    runtime.acks_held[runtime.topics.job_events] = []
 
     async def scenario():
-        delivering = asyncio.ensure_future(runtime.deliver(runtime.topics.uploads, b"{}",
-                                                           "job-5"))
-        async def owner_has_it():
-            while not runtime.acks_held[runtime.topics.job_events] or not owner.handled:
-                await asyncio.sleep(0.01)
-        await asyncio.wait_for(owner_has_it(), 5)  # (the chain waited for the broker: never)
+        delivering, acknowledgement = await upload_while_job_events_are_unanswered(
+            runtime, "job-5")
+        await until(lambda: owner.handled)  # (the chain waited for the broker: never)
         assert owner.handled == [("submitted", runtime.topics.uploads)]
         await asyncio.sleep(0.05)
         assert not delivering.done()  # the upload is not done before its write is on the broker
-        runtime.acks_held[runtime.topics.job_events][0].set_result(None)
+        acknowledgement.set_result(None)
         await asyncio.wait_for(delivering, 5)
 
     asyncio.run(scenario())
@@ -99,15 +111,11 @@ def test_a_write_the_broker_never_acknowledged_fails_the_stage_that_sent_it(runt
 
     owner = Owner(runtime)
     wire(runtime, owner)
-    runtime.acks_held[runtime.topics.job_events] = []
 
     async def scenario():
-        delivering = asyncio.ensure_future(runtime.deliver(runtime.topics.uploads, b"{}",
-                                                           "job-6"))
-        while not runtime.acks_held[runtime.topics.job_events]:
-            await asyncio.sleep(0.01)
-        runtime.acks_held[runtime.topics.job_events][0].set_exception(
-            KafkaTimeoutError("no answer within the request timeout"))
+        delivering, acknowledgement = await upload_while_job_events_are_unanswered(
+            runtime, "job-6")
+        acknowledgement.set_exception(KafkaTimeoutError("no answer within the request timeout"))
         await asyncio.wait_for(delivering, 5)
 
     asyncio.run(scenario())
